@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install meshemu and everything it needs on Debian 12 / Ubuntu 22.04+ (run as root).
+#
+#   ./install.sh          runtime: Debian packages (mininet, iproute2, ...) + .venv with meshemu
+#   ./install.sh --test   also the test tools (pytest, skyfield, qemu + a netem-capable
+#                         Debian kernel for the VM tests in tests/vm)
+#
+# The venv is made from /usr/bin/python3 with --system-site-packages, because Debian's
+# `mininet` package installs its Python module for the system interpreter only.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="${MESHEMU_VENV:-$HERE/.venv}"
+WITH_TEST=0
+for arg in "$@"; do
+    case "$arg" in
+        --test) WITH_TEST=1 ;;
+        -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+        *) echo "install.sh: unknown option '$arg' (valid: --test)" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: must run as root (it installs Debian packages): sudo $0 $*" >&2
+    exit 1
+fi
+
+PKGS=(mininet iproute2 iputils-ping iperf3 ethtool tcpdump procps psmisc python3 python3-venv python3-pip)
+if [ "$WITH_TEST" = 1 ]; then
+    PKGS+=(qemu-system-x86 busybox-static kmod cpio)
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "==> creating venv $VENV (system site-packages, for Debian's mininet module)"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+extra=""
+[ "$WITH_TEST" = 1 ] && extra="[test]"
+echo "==> pip install -e .$extra"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e "$HERE$extra"
+
+if [ "$WITH_TEST" = 1 ]; then
+    echo "==> fetching a netem-capable Debian kernel for tests/vm"
+    "$VENV/bin/python" -m meshemu.vmkernel fetch || {
+        echo "install.sh: could not fetch the Debian kernel package for the VM tests" >&2; exit 1; }
+fi
+
+"$VENV/bin/python" -c "import mininet.net, meshemu" || {
+    echo "install.sh: the venv cannot import mininet or meshemu" >&2; exit 1; }
+echo "==> meshemu installed: $VENV/bin/meshemu"

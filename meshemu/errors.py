@@ -1,0 +1,109 @@
+"""meshemu's exceptions.
+
+The tree, in one place::
+
+    MeshemuError                      root of everything meshemu raises on purpose
+    +-- ScenarioError(ValueError)     a scenario file (or dict) is malformed or impossible
+    |   +-- TLEError                  a TLE/3LE line is malformed (shows the expected template)
+    +-- ProfileError(ValueError)      a traffic profile or pcap is malformed
+    +-- RoutingError(ValueError)      unknown routing scheme, or a scheme that misbehaves
+    +-- ShaperError                   unknown shaper, or a shaper that cannot work on this kernel
+    +-- EmulationError                the live emulation cannot be built or run
+    |   +-- NotRootError              a command that needs root was run without it
+    |   +-- ResourceError             the scenario does not fit this machine (memory, limits)
+    |   +-- CommandError              an `ip`/`tc`/... command failed (carries cmd and stderr)
+
+Input errors also subclass ValueError so that generic callers can catch them as such.
+Every message says what was wrong, quoting the bad value, and what is allowed instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MeshemuError(Exception):
+    """Root of every error meshemu raises on purpose."""
+
+
+class ScenarioError(MeshemuError, ValueError):
+    """A scenario is malformed or physically impossible.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and what is allowed.
+    field : str, optional
+        Dotted path of the offending field (``constellation.shells[0].altitude_km``).
+    source : str, optional
+        File the scenario came from.
+    """
+
+    def __init__(self, message: str, field: str | None = None, source: str | None = None):
+        self.field = field
+        self.source = source
+        prefix = ""
+        if source:
+            prefix += f"{source}: "
+        if field:
+            prefix += f"{field}: "
+        super().__init__(prefix + message)
+
+
+class TLEError(ScenarioError):
+    """A two-line (or three-line) element set is malformed."""
+
+
+class ProfileError(MeshemuError, ValueError):
+    """A traffic profile (YAML) or a pcap to replay is malformed."""
+
+
+class RoutingError(MeshemuError, ValueError):
+    """An unknown or misbehaving routing scheme."""
+
+
+class ShaperError(MeshemuError):
+    """An unknown link shaper, or one that cannot work on this kernel."""
+
+
+class EmulationError(MeshemuError):
+    """The live emulation cannot be built or run."""
+
+
+class NotRootError(EmulationError):
+    """A command that needs root (network namespaces) was run without it."""
+
+    def __init__(self, what: str = "meshemu run"):
+        super().__init__(
+            f"{what} needs root to create network namespaces and links; "
+            f"run it with sudo (sudo .venv/bin/meshemu ...), or inside the VM in vagrant/ "
+            f"(see README, 'Run it in a VM')")
+
+
+class ResourceError(EmulationError):
+    """The scenario does not fit this machine."""
+
+
+class CommandError(EmulationError):
+    """An external command (ip, tc, ethtool, ...) failed.
+
+    Parameters
+    ----------
+    cmd : sequence of str or str
+        The command that failed.
+    returncode : int
+        Its exit status.
+    stderr : str
+        What it printed on stderr.
+    """
+
+    def __init__(self, cmd: Sequence[str] | str, returncode: int, stderr: str):
+        self.cmd = cmd if isinstance(cmd, str) else " ".join(cmd)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        super().__init__(f"command failed (exit {returncode}): {self.cmd}\n{self.stderr}")
+
+
+def choices_message(what: str, value: object, valid: Sequence[str]) -> str:
+    """Return "unknown WHAT 'VALUE'; please specify one of: a, b, c"."""
+    return f"unknown {what} {value!r}; please specify one of: {', '.join(sorted(valid))}"

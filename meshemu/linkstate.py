@@ -1,0 +1,121 @@
+"""Link state: which links exist at an instant, their delay, rate and whether they carry traffic.
+
+A :class:`Snapshot` is the network at one instant, as arrays in a fixed edge order (sorted by
+``key = a * n_nodes + b`` with ``a < b``), so comparing two snapshots is array arithmetic
+(:func:`diff`). Snapshots are produced by :mod:`meshemu.schedule` from geometry
+(:mod:`meshemu.geometry`) and consumed by routing (:mod:`meshemu.routing`) and the emulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: ``Snapshot.kind`` values.
+ISL = 0
+GSL = 1
+KIND_NAMES = ("isl", "gsl")
+
+#: Speed of light in vacuum, m/s (laser ISLs and radio GSLs both propagate at c).
+C_M_PER_S = 299_792_458.0
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """The network at one instant.
+
+    Attributes
+    ----------
+    t_s : float
+        Seconds since the scenario epoch.
+    n_nodes : int
+        Number of nodes (node ids are ``0 .. n_nodes-1``, as in :class:`meshemu.scenario.Nodes`).
+    a, b : ndarray of int32, shape (E,)
+        Link end points, ``a < b``; edges sorted by ``a * n_nodes + b``.
+    kind : ndarray of int8, shape (E,)
+        :data:`ISL` or :data:`GSL`.
+    up : ndarray of bool, shape (E,)
+        True when the link carries traffic (feasible and past its acquisition time).
+    distance_m, delay_s, rate_bps : ndarray of float64, shape (E,)
+        Length, one-way propagation delay (distance / c) and capacity.
+    transit : ndarray of bool, shape (n_nodes,)
+        Nodes that may forward traffic for others (satellites); ground nodes may not.
+    """
+
+    t_s: float
+    n_nodes: int
+    a: np.ndarray
+    b: np.ndarray
+    kind: np.ndarray
+    up: np.ndarray
+    distance_m: np.ndarray
+    delay_s: np.ndarray
+    rate_bps: np.ndarray
+    transit: np.ndarray
+
+    @property
+    def key(self) -> np.ndarray:
+        """Edge keys ``a * n_nodes + b`` (int64), sorted ascending."""
+        return self.a.astype(np.int64) * self.n_nodes + self.b
+
+    @property
+    def n_links(self) -> int:
+        return int(self.a.shape[0])
+
+    def edge_index(self, u: int, v: int) -> int:
+        """Index of the link between nodes ``u`` and ``v``, or -1 if there is none."""
+        a, b = (u, v) if u < v else (v, u)
+        k = np.int64(a) * self.n_nodes + b
+        keys = self.key
+        i = int(np.searchsorted(keys, k))
+        return i if i < keys.shape[0] and keys[i] == k else -1
+
+
+@dataclass(frozen=True, eq=False)
+class SnapshotDiff:
+    """What changed from one snapshot to the next.
+
+    Index arrays refer to the *new* snapshot (``added``, ``changed``, ``went_up``,
+    ``went_down``) or to the *old* one (``removed``).
+    """
+
+    t_s: float
+    added: np.ndarray
+    removed: np.ndarray
+    changed: np.ndarray
+    went_up: np.ndarray
+    went_down: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added.size or self.removed.size or self.changed.size
+                    or self.went_up.size or self.went_down.size)
+
+
+def diff(old: Snapshot, new: Snapshot, delay_tolerance_s: float = 1e-6,
+         rate_tolerance: float = 1e-9) -> SnapshotDiff:
+    """Compare two snapshots of the same node set.
+
+    Parameters
+    ----------
+    old, new : Snapshot
+    delay_tolerance_s : float
+        A delay change smaller than this does not count as a change.
+    rate_tolerance : float
+        Relative rate change that does not count as a change.
+    """
+    if old.n_nodes != new.n_nodes:
+        raise ValueError(f"snapshots have different node counts ({old.n_nodes} != {new.n_nodes})")
+    ko, kn = old.key, new.key
+    common, io, inew = np.intersect1d(ko, kn, assume_unique=True, return_indices=True)
+    added = np.setdiff1d(np.arange(kn.size), inew, assume_unique=True)
+    removed = np.setdiff1d(np.arange(ko.size), io, assume_unique=True)
+    d_delay = np.abs(new.delay_s[inew] - old.delay_s[io]) > delay_tolerance_s
+    d_rate = np.abs(new.rate_bps[inew] - old.rate_bps[io]) > rate_tolerance * np.maximum(
+        old.rate_bps[io], 1.0)
+    changed = inew[d_delay | d_rate]
+    went_up = inew[new.up[inew] & ~old.up[io]]
+    went_down = inew[~new.up[inew] & old.up[io]]
+    return SnapshotDiff(new.t_s, added, removed, np.sort(changed), np.sort(went_up),
+                        np.sort(went_down))
