@@ -1,0 +1,511 @@
+"""Scenario files: constellation, ground nodes, compute placement, ISL and GSL policy.
+
+A scenario is a YAML file (see ``topologies/``) validated on load into frozen dataclasses.
+Every error names the field (``isl.max_range_km``), quotes the bad value and says what is
+allowed. Load with :func:`load_scenario` (a path, or the name of a file shipped in
+``topologies/``) or :meth:`Scenario.from_dict`.
+
+Schema (units are in the key names)::
+
+    name: str
+    description: str                       (optional)
+    epoch: 2026-01-01T00:00:00Z            epoch of the Walker shells; t = 0 of the plan
+    constellation:
+      shells:                              Walker shells (any number)
+        - name: str                        (optional, default "shellN")
+          type: walker-delta | walker-star
+          planes: int >= 1
+          sats_per_plane: int >= 1
+          phasing: int, 0 <= F < planes    Walker phasing factor F
+          altitude_km: 160 .. 40000
+          inclination_deg: 0 .. 180
+          raan_spread_deg: (0, 360]        default 360 (delta) / 180 (star)
+      tle_files:                           TLE/3LE files in CelesTrak format (any number)
+        - file: path (relative to the scenario file)
+          max_satellites: int              (optional)
+    ground:                                ground stations, user sites, data centres
+      - {name: str, lat_deg: -90..90, lon_deg: -180..360, alt_m: float, kind: station|user|datacenter}
+    compute:
+      satellites: all | none | {every: k} | {list: [names]} | {cluster: {center: name, size: n}}
+      power_kw: float                      (informational: the compute satellites' class)
+    isl:
+      pattern: plus-grid | nearest
+      max_range_km, min_grazing_altitude_km, cross_plane_max_lat_deg (null = no limit),
+      allow_seam (bool), terminals (int), acquisition_s, rate_mbps, queue_packets
+    gsl:
+      min_elevation_deg, links_per_station, handover: nearest | longest-visible,
+      acquisition_s, rate_mbps, queue_packets
+    endpoints: [names]                     (optional) pairs for paths.csv; default: every
+                                           ground node and every compute satellite
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from meshemu.errors import ScenarioError
+
+EARTH_RADIUS_KM = 6378.135  # WGS-72 equatorial radius, the constants SGP4 uses
+
+SHELL_TYPES = ("walker-delta", "walker-star")
+ISL_PATTERNS = ("plus-grid", "nearest")
+HANDOVER_RULES = ("nearest", "longest-visible")
+GROUND_KINDS = ("station", "user", "datacenter")
+#: Node kinds, in the order nodes are numbered (satellites first, then ground nodes).
+NODE_KINDS = ("sat", "compute", "station", "user", "datacenter")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
+
+
+@dataclass(frozen=True)
+class ShellSpec:
+    """A Walker shell: ``planes`` x ``sats_per_plane`` satellites with phasing ``phasing``."""
+
+    name: str
+    type: str
+    planes: int
+    sats_per_plane: int
+    phasing: int
+    altitude_km: float
+    inclination_deg: float
+    raan_spread_deg: float
+
+    @property
+    def n_sats(self) -> int:
+        return self.planes * self.sats_per_plane
+
+
+@dataclass(frozen=True)
+class TLESource:
+    """A TLE or 3LE file in CelesTrak's format."""
+
+    path: Path
+    max_satellites: int | None = None
+
+
+@dataclass(frozen=True)
+class GroundSpec:
+    """A ground station, user site or ground data centre (geodetic, WGS-84)."""
+
+    name: str
+    lat_deg: float
+    lon_deg: float
+    alt_m: float = 0.0
+    kind: str = "station"
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    """Which satellites are compute nodes.
+
+    ``mode`` is one of ``all``, ``none``, ``every``, ``list``, ``cluster``.
+    """
+
+    mode: str = "none"
+    every: int = 0
+    names: tuple[str, ...] = ()
+    center: str = ""
+    size: int = 0
+    power_kw: float = 0.0
+
+
+@dataclass(frozen=True)
+class ISLPolicy:
+    """Inter-satellite laser link policy."""
+
+    pattern: str = "plus-grid"
+    max_range_km: float = 5000.0
+    min_grazing_altitude_km: float = 80.0
+    cross_plane_max_lat_deg: float | None = None
+    allow_seam: bool = False
+    terminals: int = 4
+    acquisition_s: float = 0.0
+    rate_mbps: float = 1000.0
+    queue_packets: int = 1000
+
+
+@dataclass(frozen=True)
+class GSLPolicy:
+    """Ground-to-satellite link policy."""
+
+    min_elevation_deg: float = 25.0
+    links_per_station: int = 1
+    handover: str = "nearest"
+    acquisition_s: float = 0.0
+    rate_mbps: float = 100.0
+    queue_packets: int = 1000
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario. Build with :func:`load_scenario` or :meth:`from_dict`."""
+
+    name: str
+    epoch: dt.datetime
+    shells: tuple[ShellSpec, ...]
+    tle_sources: tuple[TLESource, ...]
+    ground: tuple[GroundSpec, ...]
+    compute: ComputeSpec
+    isl: ISLPolicy
+    gsl: GSLPolicy
+    endpoints: tuple[str, ...] = ()
+    description: str = ""
+    source: str = ""
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "", base_dir: Path | None = None) -> Scenario:
+        """Validate a scenario given as a dict (the parsed YAML).
+
+        Raises
+        ------
+        ScenarioError
+            Naming the first bad field, its value and what is allowed.
+        """
+        return _parse(data, source, base_dir or Path.cwd())
+
+
+# ----------------------------------------------------------------------------- loading
+
+def default_scenario_dir() -> Path:
+    """The ``topologies/`` folder shipped with meshemu (repo checkout) or the package copy."""
+    repo = Path(__file__).resolve().parent.parent / "topologies"
+    if repo.is_dir():
+        return repo
+    return Path(str(resources.files("meshemu") / "data"))
+
+
+def list_scenarios() -> list[str]:
+    """Names of the scenarios shipped in ``topologies/``."""
+    return sorted(p.stem for p in default_scenario_dir().glob("*.yaml"))
+
+
+def load_scenario(spec: str | Path) -> Scenario:
+    """Load and validate a scenario from a YAML path or a shipped scenario name.
+
+    Parameters
+    ----------
+    spec : str or Path
+        A path to a YAML file, or the name of a scenario in ``topologies/``
+        (``default``, ``starlink-shell1``, ...).
+    """
+    path = Path(spec)
+    if not path.exists():
+        shipped = default_scenario_dir() / f"{spec}.yaml"
+        if shipped.exists():
+            path = shipped
+        else:
+            raise ScenarioError(
+                f"no scenario file {str(spec)!r}; give a path to a YAML file or one of the "
+                f"shipped scenarios: {', '.join(list_scenarios())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"not valid YAML: {exc}", source=str(path)) from None
+    except OSError as exc:
+        raise ScenarioError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    return _parse(data, str(path), path.parent)
+
+
+# ----------------------------------------------------------------------------- validation
+
+class _V:
+    """Field validators that raise ScenarioError with the field path."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, msg: str) -> None:
+        raise ScenarioError(msg, field=path, source=self.source or None)
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+        unknown = [k for k in value if k not in allowed]
+        if unknown:
+            self.fail(f"{path}.{unknown[0]}" if path else str(unknown[0]),
+                      f"unknown key; allowed keys: {', '.join(allowed)}")
+        return value
+
+    def number(self, d: dict, key: str, path: str, default: Any = None, lo: float | None = None,
+               hi: float | None = None, lo_open: bool = False, integer: bool = False,
+               required: bool = False, allow_none: bool = False) -> Any:
+        full = f"{path}.{key}" if path else key
+        if key not in d or d[key] is None:
+            if required:
+                self.fail(full, "is required" + _range_text(lo, hi, lo_open, integer))
+            if key in d and d[key] is None and allow_none:
+                return None
+            return default
+        v = d[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.fail(full, f"expected a number, got {v!r}")
+        if integer and (not float(v).is_integer()):
+            self.fail(full, f"expected a whole number, got {v!r}")
+        if not math.isfinite(v):
+            self.fail(full, f"must be finite, got {v!r}")
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            self.fail(full, f"{v!r} is out of range; allowed" + _range_text(lo, hi, lo_open, integer))
+        if hi is not None and v > hi:
+            self.fail(full, f"{v!r} is out of range; allowed" + _range_text(lo, hi, lo_open, integer))
+        return int(v) if integer else float(v)
+
+    def choice(self, d: dict, key: str, path: str, choices: tuple[str, ...], default: str) -> str:
+        v = d.get(key, default)
+        if v not in choices:
+            self.fail(f"{path}.{key}" if path else key,
+                      f"unknown value {v!r}; please specify one of: {', '.join(choices)}")
+        return v
+
+    def name(self, v: Any, path: str) -> str:
+        if not isinstance(v, str) or not _NAME_RE.match(v):
+            self.fail(path, f"bad name {v!r}: use 1-31 letters, digits or '_', starting with a "
+                            f"letter (names become node names)")
+        return v
+
+
+def _range_text(lo, hi, lo_open, integer) -> str:
+    kind = " a whole number" if integer else ""
+    if lo is not None and hi is not None:
+        return f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f"{kind} {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f"{kind} <= {hi:g}"
+    return kind
+
+
+def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
+    v = _V(source)
+    if not isinstance(data, dict):
+        raise ScenarioError(f"a scenario must be a YAML mapping, got {type(data).__name__}",
+                            source=source or None)
+    top = v.mapping(data, "", ("name", "description", "epoch", "constellation", "ground",
+                               "compute", "isl", "gsl", "endpoints"))
+    name = top.get("name", Path(source).stem if source else "scenario")
+    if not isinstance(name, str) or not name:
+        v.fail("name", f"expected a non-empty string, got {name!r}")
+    epoch = _parse_epoch(v, top.get("epoch", "2026-01-01T00:00:00Z"))
+
+    cons = v.mapping(top.get("constellation"), "constellation", ("shells", "tle_files"))
+    shells = []
+    raw_shells = cons.get("shells") or []
+    if not isinstance(raw_shells, list):
+        v.fail("constellation.shells", f"expected a list of shells, got {raw_shells!r}")
+    for i, s in enumerate(raw_shells):
+        shells.append(_parse_shell(v, s, f"constellation.shells[{i}]", i))
+    tles = []
+    raw_tles = cons.get("tle_files") or []
+    if not isinstance(raw_tles, list):
+        v.fail("constellation.tle_files", f"expected a list, got {raw_tles!r}")
+    for i, t in enumerate(raw_tles):
+        p = f"constellation.tle_files[{i}]"
+        t = v.mapping(t, p, ("file", "max_satellites"))
+        if not isinstance(t.get("file"), str):
+            v.fail(f"{p}.file", f"expected a file path, got {t.get('file')!r}")
+        path = (base_dir / t["file"]).resolve()
+        if not path.is_file():
+            v.fail(f"{p}.file", f"no such file {str(path)!r}")
+        tles.append(TLESource(path, v.number(t, "max_satellites", p, None, lo=1, integer=True)))
+    if not shells and not tles:
+        v.fail("constellation", "needs at least one Walker shell (shells:) or TLE file "
+                                "(tle_files:)")
+
+    ground = []
+    raw_ground = top.get("ground") or []
+    if not isinstance(raw_ground, list):
+        v.fail("ground", f"expected a list of ground nodes, got {raw_ground!r}")
+    seen: set[str] = set()
+    for i, g in enumerate(raw_ground):
+        p = f"ground[{i}]"
+        g = v.mapping(g, p, ("name", "lat_deg", "lon_deg", "alt_m", "kind"))
+        gname = v.name(g.get("name"), f"{p}.name")
+        if gname in seen:
+            v.fail(f"{p}.name", f"duplicate ground node name {gname!r}")
+        seen.add(gname)
+        ground.append(GroundSpec(
+            gname,
+            v.number(g, "lat_deg", p, required=True, lo=-90, hi=90),
+            v.number(g, "lon_deg", p, required=True, lo=-180, hi=360),
+            v.number(g, "alt_m", p, 0.0, lo=-500, hi=10000),
+            v.choice(g, "kind", p, GROUND_KINDS, "station")))
+
+    compute = _parse_compute(v, top.get("compute"))
+    isl = _parse_isl(v, top.get("isl"))
+    gsl = _parse_gsl(v, top.get("gsl"))
+    for s_i, s in enumerate(shells):
+        if isl.pattern == "plus-grid" and s.sats_per_plane < 3:
+            v.fail(f"constellation.shells[{s_i}].sats_per_plane",
+                   f"+Grid needs at least 3 satellites per plane, got {s.sats_per_plane}")
+    endpoints = top.get("endpoints") or []
+    if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
+        v.fail("endpoints", f"expected a list of node names, got {endpoints!r}")
+    return Scenario(name=name, epoch=epoch, shells=tuple(shells), tle_sources=tuple(tles),
+                    ground=tuple(ground), compute=compute, isl=isl, gsl=gsl,
+                    endpoints=tuple(endpoints), description=str(top.get("description", "")),
+                    source=source, raw=data)
+
+
+def _parse_epoch(v: _V, value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        e = value
+    elif isinstance(value, dt.date):
+        e = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            e = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            v.fail("epoch", f"{value!r} is not an ISO 8601 UTC time such as 2026-01-01T00:00:00Z")
+    else:
+        v.fail("epoch", f"{value!r} is not an ISO 8601 UTC time such as 2026-01-01T00:00:00Z")
+    if e.tzinfo is None:
+        e = e.replace(tzinfo=dt.timezone.utc)
+    return e.astimezone(dt.timezone.utc)
+
+
+def _parse_shell(v: _V, s: Any, p: str, i: int) -> ShellSpec:
+    s = v.mapping(s, p, ("name", "type", "planes", "sats_per_plane", "phasing", "altitude_km",
+                         "inclination_deg", "raan_spread_deg"))
+    kind = v.choice(s, "type", p, SHELL_TYPES, "walker-delta")
+    planes = v.number(s, "planes", p, required=True, lo=1, hi=1000, integer=True)
+    spp = v.number(s, "sats_per_plane", p, required=True, lo=1, hi=1000, integer=True)
+    phasing = v.number(s, "phasing", p, 0, lo=0, integer=True)
+    if phasing >= max(planes, 1) and planes > 1:
+        v.fail(f"{p}.phasing", f"Walker phasing F must be in [0, planes-1] = [0, {planes - 1}], "
+                               f"got {phasing}")
+    alt = v.number(s, "altitude_km", p, required=True, lo=160, hi=40000)
+    inc = v.number(s, "inclination_deg", p, required=True, lo=0, hi=180)
+    spread = v.number(s, "raan_spread_deg", p, 360.0 if kind == "walker-delta" else 180.0,
+                      lo=0, hi=360, lo_open=True)
+    name = v.name(s.get("name", f"shell{i}"), f"{p}.name")
+    return ShellSpec(name, kind, planes, spp, phasing, alt, inc, spread)
+
+
+def _parse_compute(v: _V, c: Any) -> ComputeSpec:
+    p = "compute"
+    c = v.mapping(c, p, ("satellites", "power_kw"))
+    power = v.number(c, "power_kw", p, 0.0, lo=0)
+    sel = c.get("satellites", "none")
+    if sel in ("all", "none"):
+        return ComputeSpec(mode=sel, power_kw=power)
+    if isinstance(sel, dict) and len(sel) == 1:
+        (mode, arg), = sel.items()
+        if mode == "every":
+            k = v.number(sel, "every", f"{p}.satellites", lo=1, integer=True, required=True)
+            return ComputeSpec(mode="every", every=k, power_kw=power)
+        if mode == "list":
+            if not isinstance(arg, list) or not arg or not all(isinstance(x, str) for x in arg):
+                v.fail(f"{p}.satellites.list", f"expected a list of satellite names, got {arg!r}")
+            return ComputeSpec(mode="list", names=tuple(arg), power_kw=power)
+        if mode == "cluster":
+            arg = v.mapping(arg, f"{p}.satellites.cluster", ("center", "size"))
+            if not isinstance(arg.get("center"), str):
+                v.fail(f"{p}.satellites.cluster.center",
+                       f"expected a satellite name, got {arg.get('center')!r}")
+            size = v.number(arg, "size", f"{p}.satellites.cluster", lo=1, integer=True,
+                            required=True)
+            return ComputeSpec(mode="cluster", center=arg["center"], size=size, power_kw=power)
+    v.fail(f"{p}.satellites", f"unknown selection {sel!r}; please specify one of: all, none, "
+                              f"{{every: k}}, {{list: [names]}}, {{cluster: {{center: name, size: n}}}}")
+    raise AssertionError  # unreachable
+
+
+def _parse_isl(v: _V, d: Any) -> ISLPolicy:
+    p = "isl"
+    d = v.mapping(d, p, ("pattern", "max_range_km", "min_grazing_altitude_km",
+                         "cross_plane_max_lat_deg", "allow_seam", "terminals", "acquisition_s",
+                         "rate_mbps", "queue_packets"))
+    pattern = v.choice(d, "pattern", p, ISL_PATTERNS, "plus-grid")
+    seam = d.get("allow_seam", False)
+    if not isinstance(seam, bool):
+        v.fail(f"{p}.allow_seam", f"expected true or false, got {seam!r}")
+    terminals = v.number(d, "terminals", p, 4, lo=0, hi=16, integer=True)
+    if pattern == "plus-grid" and terminals < 4:
+        v.fail(f"{p}.terminals", f"+Grid needs 4 laser terminals per satellite (2 intra-plane, "
+                                 f"2 cross-plane), got {terminals}; raise isl.terminals or use "
+                                 f"isl.pattern: nearest")
+    return ISLPolicy(
+        pattern=pattern,
+        max_range_km=v.number(d, "max_range_km", p, 5000.0, lo=0, lo_open=True),
+        min_grazing_altitude_km=v.number(d, "min_grazing_altitude_km", p, 80.0, lo=0, hi=2000),
+        cross_plane_max_lat_deg=v.number(d, "cross_plane_max_lat_deg", p, None, lo=0, hi=90,
+                                         allow_none=True),
+        allow_seam=seam, terminals=terminals,
+        acquisition_s=v.number(d, "acquisition_s", p, 0.0, lo=0, hi=3600),
+        rate_mbps=v.number(d, "rate_mbps", p, 1000.0, lo=0, lo_open=True),
+        queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True))
+
+
+def _parse_gsl(v: _V, d: Any) -> GSLPolicy:
+    p = "gsl"
+    d = v.mapping(d, p, ("min_elevation_deg", "links_per_station", "handover", "acquisition_s",
+                         "rate_mbps", "queue_packets"))
+    return GSLPolicy(
+        min_elevation_deg=v.number(d, "min_elevation_deg", p, 25.0, lo=0, hi=90, lo_open=False),
+        links_per_station=v.number(d, "links_per_station", p, 1, lo=1, hi=16, integer=True),
+        handover=v.choice(d, "handover", p, HANDOVER_RULES, "nearest"),
+        acquisition_s=v.number(d, "acquisition_s", p, 0.0, lo=0, hi=3600),
+        rate_mbps=v.number(d, "rate_mbps", p, 100.0, lo=0, lo_open=True),
+        queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True))
+
+
+# ----------------------------------------------------------------------------- nodes
+
+@dataclass(frozen=True, eq=False)
+class Nodes:
+    """Every node of a scenario: satellites first (shell by shell, plane-major), then ground.
+
+    Attributes
+    ----------
+    names : tuple of str
+    kind : ndarray of str, one of :data:`NODE_KINDS`
+    shell, plane, index : ndarray of int (-1 for ground nodes and for TLE satellites' plane)
+    n_sats : int
+        Satellites are nodes ``0 .. n_sats-1``.
+    """
+
+    names: tuple[str, ...]
+    kind: np.ndarray
+    shell: np.ndarray
+    plane: np.ndarray
+    index: np.ndarray
+    n_sats: int
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def id_of(self, name: str) -> int:
+        """Node id of ``name``; ScenarioError naming some valid names when unknown."""
+        try:
+            return self._ids[name]
+        except KeyError:
+            sample = ", ".join(self.names[:3] + self.names[self.n_sats:self.n_sats + 3])
+            raise ScenarioError(f"unknown node name {name!r}; node names look like: {sample}") \
+                from None
+
+    @property
+    def _ids(self) -> dict[str, int]:
+        ids = self.__dict__.get("_ids_cache")
+        if ids is None:
+            ids = {n: i for i, n in enumerate(self.names)}
+            object.__setattr__(self, "_ids_cache", ids)
+        return ids
+
+    @property
+    def transit(self) -> np.ndarray:
+        """Nodes that may forward traffic for others: satellites (compute ones included)."""
+        return np.isin(self.kind, ("sat", "compute"))
+
+    @property
+    def is_sat(self) -> np.ndarray:
+        return np.arange(len(self.names)) < self.n_sats

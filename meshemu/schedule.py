@@ -1,0 +1,217 @@
+"""From positions to link state over time: a :class:`~meshemu.linkstate.Snapshot` per step.
+
+:class:`LinkSchedule` turns a scenario into a stream of snapshots: it propagates the
+constellation (:mod:`meshemu.orbit`), decides feasible ISLs and GSLs (:mod:`meshemu.geometry`),
+applies the link policies (laser terminals, GSL handover rule) and the acquisition time
+(a newly formed link is listed but not ``up`` for ``acquisition_s``; links present at t = 0
+are taken as already acquired), and fills delay (distance / c) and rate.
+
+GSL handover
+------------
+``nearest``: at each step a station uses the ``links_per_station`` nearest satellites above
+its minimum elevation. ``longest-visible``: a station keeps its satellites while they are
+visible; a free slot takes the visible satellite that stays visible longest (looked ahead
+with SGP4 over the next 30 minutes). In both, when a station changes satellite and the new
+GSL is still acquiring, the old one stays up while it is visible (make before break).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshemu.constellation import Constellation, build_constellation, build_nodes
+from meshemu.geometry import (elevation_deg, isl_feasible, nearest_isls, plus_grid_pairs,
+                              distance_km)
+from meshemu.linkstate import C_M_PER_S, GSL, ISL, Snapshot
+from meshemu.orbit import ecef_to_geodetic, geodetic_to_ecef_km, propagate_ecef_km, up_vector
+from meshemu.scenario import Nodes, Scenario
+
+log = logging.getLogger(__name__)
+
+LOOKAHEAD_S = 1800.0
+LOOKAHEAD_STEP_S = 10.0
+
+
+@dataclass
+class _GslState:
+    current: list[set[int]]                   # per station: selected satellites
+    linger: list[dict[int, float]]            # per station: old satellite -> kept until t
+
+
+class LinkSchedule:
+    """Snapshots of a scenario at ``t = 0, step, 2 step, ...``.
+
+    Parameters
+    ----------
+    scenario : Scenario
+    step_s : float
+        Time between snapshots.
+
+    Attributes
+    ----------
+    nodes : Nodes
+    constellation : Constellation
+    ground_ecef_km : ndarray (G, 3)
+    """
+
+    def __init__(self, scenario: Scenario, step_s: float = 1.0):
+        if not step_s > 0:
+            raise ValueError(f"step must be > 0 s, got {step_s!r}")
+        self.scenario = scenario
+        self.step_s = float(step_s)
+        self.constellation: Constellation = build_constellation(scenario)
+        r0 = propagate_ecef_km(self.constellation.satrecs, scenario.epoch, np.array([0.0]))[:, 0]
+        self.nodes: Nodes = build_nodes(scenario, self.constellation, r0)
+        g = scenario.ground
+        self.ground_ecef_km = geodetic_to_ecef_km([x.lat_deg for x in g], [x.lon_deg for x in g],
+                                                  [x.alt_m for x in g]).reshape(-1, 3)
+        self.ground_up = up_vector([x.lat_deg for x in g], [x.lon_deg for x in g]).reshape(-1, 3)
+        self.n_sats = len(self.constellation)
+        if scenario.isl.pattern == "plus-grid":
+            self.grid_a, self.grid_b, self.grid_cross = plus_grid_pairs(
+                self.constellation, r0, scenario.isl.allow_seam)
+        self.transit = self.nodes.transit
+
+    # ------------------------------------------------------------------ public
+    def positions_ecef_km(self, t_s: np.ndarray) -> np.ndarray:
+        """Satellite positions (S, T, 3) at times ``t_s``."""
+        return propagate_ecef_km(self.constellation.satrecs, self.scenario.epoch, t_s)
+
+    def snapshots(self, duration_s: float, chunk_steps: int = 120) -> Iterator[Snapshot]:
+        """Yield the snapshot at every step from 0 to ``duration_s`` inclusive."""
+        n_steps = int(np.floor(duration_s / self.step_s + 1e-9)) + 1
+        state = _GslState([set() for _ in self.scenario.ground], [{} for _ in self.scenario.ground])
+        prev_keys = np.zeros(0, np.int64)
+        prev_formed = np.zeros(0, np.float64)
+        prev_isl: set[tuple[int, int]] = set()
+        for c0 in range(0, n_steps, chunk_steps):
+            ts = np.arange(c0, min(c0 + chunk_steps, n_steps)) * self.step_s
+            pos = self.positions_ecef_km(ts)
+            for j, t in enumerate(ts):
+                snap, prev_keys, prev_formed, prev_isl = self._snapshot(
+                    float(t), pos[:, j], state, prev_keys, prev_formed, prev_isl, first=(c0 + j == 0))
+                yield snap
+
+    def snapshot_at(self, t_s: float) -> Snapshot:
+        """The snapshot at one time, without history (every present link counts as acquired)."""
+        pos = self.positions_ecef_km(np.array([t_s]))[:, 0]
+        snap, *_ = self._snapshot(float(t_s), pos, _GslState([set() for _ in self.scenario.ground], [{} for _ in self.scenario.ground]),
+                                  np.zeros(0, np.int64), np.zeros(0), set(), first=True)
+        return snap
+
+    # ------------------------------------------------------------------ one step
+    def _snapshot(self, t: float, r: np.ndarray, state: _GslState, prev_keys: np.ndarray,
+                  prev_formed: np.ndarray, prev_isl: set, first: bool):
+        sc = self.scenario
+        n = len(self.nodes)
+        # --- ISLs
+        if self.n_sats and sc.isl.pattern == "plus-grid":
+            lat = ecef_to_geodetic(r)[0] if sc.isl.cross_plane_max_lat_deg is not None else None
+            ok, dist = isl_feasible(r, self.grid_a, self.grid_b, sc.isl, lat, self.grid_cross)
+            ia, ib, idist = self.grid_a[ok], self.grid_b[ok], dist[ok]
+            isl_now = prev_isl
+        elif self.n_sats:
+            pairs = nearest_isls(r, sc.isl, keep=prev_isl)
+            isl_now = set(pairs)
+            ia = np.array([p[0] for p in pairs], np.int32)
+            ib = np.array([p[1] for p in pairs], np.int32)
+            idist = distance_km(r[ia], r[ib]) if pairs else np.zeros(0)
+        else:
+            ia = ib = np.zeros(0, np.int32)
+            idist = np.zeros(0)
+            isl_now = set()
+        # --- GSLs
+        ga, gb, gdist, linger = self._gsls(t, r, state)
+        a = np.concatenate([ia, ga]).astype(np.int32)
+        b = np.concatenate([ib, gb]).astype(np.int32)
+        kind = np.concatenate([np.full(ia.size, ISL, np.int8), np.full(ga.size, GSL, np.int8)])
+        dist_km = np.concatenate([idist, gdist])
+        rate = np.concatenate([np.full(ia.size, sc.isl.rate_mbps * 1e6),
+                               np.full(ga.size, sc.gsl.rate_mbps * 1e6)])
+        acq = np.concatenate([np.full(ia.size, sc.isl.acquisition_s),
+                              np.full(ga.size, sc.gsl.acquisition_s)])
+        lingering = np.concatenate([np.zeros(ia.size, bool), linger])
+        key = a.astype(np.int64) * n + b
+        order = np.argsort(key, kind="stable")
+        a, b, kind, dist_km, rate, acq, key, lingering = (
+            x[order] for x in (a, b, kind, dist_km, rate, acq, key, lingering))
+        # --- acquisition: when was each present link formed?
+        formed = np.full(key.size, t if not first else -np.inf)
+        if prev_keys.size:
+            pos = np.searchsorted(prev_keys, key)
+            pos_c = np.minimum(pos, prev_keys.size - 1)
+            cont = prev_keys[pos_c] == key
+            formed[cont] = prev_formed[pos_c[cont]]
+        up = (t - formed) >= acq - 1e-9
+        up |= lingering  # a lingering (make-before-break) GSL is one that was up already
+        snap = Snapshot(t_s=t, n_nodes=n, a=a, b=b, kind=kind, up=up,
+                        distance_m=dist_km * 1000.0, delay_s=dist_km * 1000.0 / C_M_PER_S,
+                        rate_bps=rate, transit=self.transit)
+        return snap, key, formed, isl_now
+
+    def _gsls(self, t: float, r: np.ndarray, state: _GslState):
+        """Selected (and lingering) GSLs at this step: (sat ids, ground ids, km, lingering)."""
+        sc = self.scenario
+        G = len(sc.ground)
+        if G == 0 or self.n_sats == 0:
+            z = np.zeros(0)
+            return z.astype(np.int32), z.astype(np.int32), z, z.astype(bool)
+        elev = elevation_deg(self.ground_ecef_km, self.ground_up, r)          # (G, S)
+        dist = np.linalg.norm(r[None, :, :] - self.ground_ecef_km[:, None, :], axis=-1)
+        vis = elev >= sc.gsl.min_elevation_deg
+        L = sc.gsl.links_per_station
+        sats, gnds, kms, lingers = [], [], [], []
+        need_lookahead: list[int] = []
+        new_sel: list[set[int]] = []
+        for g in range(G):
+            visible = np.nonzero(vis[g])[0]
+            if sc.gsl.handover == "nearest":
+                sel = set(visible[np.argsort(dist[g, visible], kind="stable")[:L]].tolist())
+            else:
+                sel = {s for s in state.current[g] if vis[g, s]}
+                if len(sel) < L and visible.size > len(sel):
+                    need_lookahead.append(g)
+            new_sel.append(sel)
+        if need_lookahead:
+            self._fill_longest_visible(t, vis, need_lookahead, new_sel)
+        for g in range(G):
+            sel = new_sel[g]
+            if sc.gsl.acquisition_s > 0:
+                # make before break: a satellite dropped from the selection stays linked while
+                # it is visible and the links that replace it are still acquiring
+                for s in state.current[g] - sel:
+                    state.linger[g].setdefault(s, t + sc.gsl.acquisition_s)
+            state.linger[g] = {s: until for s, until in state.linger[g].items()
+                               if until > t + 1e-9 and vis[g, s] and s not in sel}
+            for s in sorted(sel | set(state.linger[g])):
+                sats.append(s)
+                gnds.append(self.n_sats + g)
+                kms.append(dist[g, s])
+                lingers.append(s in state.linger[g])
+            state.current[g] = sel
+        return (np.array(sats, np.int32), np.array(gnds, np.int32), np.array(kms, float),
+                np.array(lingers, bool))
+
+    def _fill_longest_visible(self, t: float, vis: np.ndarray, stations: list[int],
+                              sel: list[set[int]]) -> None:
+        sc = self.scenario
+        cand = sorted({int(s) for g in stations for s in np.nonzero(vis[g])[0]})
+        look = np.arange(0.0, LOOKAHEAD_S + LOOKAHEAD_STEP_S, LOOKAHEAD_STEP_S) + t
+        recs = [self.constellation.satrecs[s] for s in cand]
+        pos = propagate_ecef_km(recs, sc.epoch, look)                       # (C, T, 3)
+        for g in stations:
+            el = elevation_deg(self.ground_ecef_km[g:g + 1], self.ground_up[g:g + 1],
+                               pos.reshape(-1, 3)).reshape(len(cand), look.size)
+            visible_now = vis[g, cand]
+            above = el >= sc.gsl.min_elevation_deg
+            # steps until first not-visible sample (all visible -> full window)
+            remaining = np.where(above.all(axis=1), look.size, np.argmin(above, axis=1))
+            remaining = np.where(visible_now, remaining, -1)
+            for j in np.argsort(-remaining, kind="stable"):
+                if len(sel[g]) >= sc.gsl.links_per_station or remaining[j] < 0:
+                    break
+                sel[g].add(cand[j])
