@@ -1,0 +1,218 @@
+"""The ``meshemu`` command line.
+
+::
+
+    meshemu plan    [SCENARIO] [--duration S] [--step S] [--routing NAME] [--out DIR]
+    meshemu run     [SCENARIO] [--duration S] [--step S] [--time-scale X] [--shaper auto|netem|userspace]
+                    [--routing NAME] [--traffic PROFILE] [--out DIR] [--cli]
+    meshemu clean
+    meshemu report  RUN_DIR
+    meshemu compare RUN_DIR RUN_DIR...
+    meshemu scenarios
+
+SCENARIO is a YAML path or the name of a scenario shipped in ``topologies/`` (default:
+``default``). Errors meshemu knows about print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+from pathlib import Path
+
+from meshemu.errors import MeshemuError
+
+log = logging.getLogger("meshemu")
+
+
+class Progress:
+    """A one-line progress bar on stderr (only when stderr is a terminal or for long runs)."""
+
+    def __init__(self, label: str, min_interval_s: float = 0.5):
+        self.label = label
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.min_interval_s = min_interval_s
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < self.min_interval_s:
+            return
+        if not self.tty and done < total and now - self.t0 < 2.0:
+            return
+        self.last = now
+        frac = done / max(total, 1)
+        eta = (now - self.t0) / frac * (1 - frac) if frac > 0 else 0
+        bar = "#" * int(frac * 30)
+        end = "\n" if done >= total or not self.tty else "\r"
+        sys.stderr.write(f"{self.label} [{bar:<30}] {done}/{total} steps, "
+                         f"{now - self.t0:.1f} s elapsed, ~{eta:.0f} s left{end}")
+        sys.stderr.flush()
+
+
+def _run_dir(base: str | None, kind: str, scenario: str) -> Path:
+    if base:
+        return Path(base)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{kind}-{Path(scenario).stem}-{stamp}"
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from meshemu.plan import run_plan
+    from meshemu.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    out = _run_dir(args.out, "plan", args.scenario)
+    t0 = time.perf_counter()
+    res = run_plan(scenario, args.duration, args.step, args.routing, out,
+                   progress=Progress("plan"))
+    s = res.summary
+    print(f"plan of {s['scenario']}: {s['nodes']} nodes ({s['satellites']} satellites), "
+          f"{s['steps']} steps of {s['step_s']:g} s, routing {s['routing']}, "
+          f"{time.perf_counter() - t0:.1f} s")
+    print(f"  ISLs {s['isl_count_mean']:.0f}, GSLs {s['gsl_count_mean']:.1f} (mean per step); "
+          f"link events: {s['events']}")
+    print(f"  geometry {s['timing']['geometry_ms_per_step']:.2f} ms/step, routing "
+          f"{s['timing']['routing_ms_per_step']:.2f} ms/step")
+    reach = [p for p in s["pairs"] if p["delay_ms_mean"] is not None]
+    if reach:
+        worst = max(reach, key=lambda p: p["delay_ms_max"])
+        print(f"  {len(reach)}/{len(s['pairs'])} endpoint pairs reachable; highest path delay "
+              f"{worst['delay_ms_max']:.2f} ms ({worst['src']} -> {worst['dst']})")
+    print(f"wrote {res.out_dir}/: {', '.join(s['files'])}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from meshemu.runner import run_from_cli
+    return run_from_cli(args)
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from meshemu.clean import clean
+    from meshemu.emulator import require_root
+
+    require_root("meshemu clean")
+    removed = clean()
+    if removed:
+        print(f"removed {len(removed)} leftover(s):")
+        for r in removed:
+            print(f"  {r}")
+    else:
+        print("nothing to clean")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from meshemu.report import report_from_cli
+    return report_from_cli(args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from meshemu.report import compare_from_cli
+    return compare_from_cli(args)
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from meshemu.scenario import default_scenario_dir, list_scenarios, load_scenario
+
+    for name in list_scenarios():
+        sc = load_scenario(default_scenario_dir() / f"{name}.yaml")
+        n = sum(s.n_sats for s in sc.shells)
+        tle = f" + {len(sc.tle_sources)} TLE file(s)" if sc.tle_sources else ""
+        print(f"{name:24s} {n:6d} Walker satellites{tle}, {len(sc.ground)} ground nodes")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshemu", description="Laser inter-satellite mesh network "
+                                "emulator: SGP4 geometry driving a live Mininet network.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, duration: float) -> None:
+        sp.add_argument("scenario", nargs="?", default="default",
+                        help="scenario YAML path or shipped name (default: %(default)s)")
+        sp.add_argument("--duration", type=_nonneg, default=duration,
+                        help="emulated seconds (default: %(default)s)")
+        sp.add_argument("--step", type=_pos, default=1.0, help="seconds per step (default: 1)")
+        sp.add_argument("--routing", default="shortest-delay",
+                        help="routing scheme: a built-in name, FILE.py:Class or module:Class "
+                             "(default: %(default)s)")
+        sp.add_argument("--out", help="output directory (default: runs/<kind>-<scenario>-<time>)")
+
+    sp = sub.add_parser("plan", help="compute geometry, links and routes over time (no root)")
+    common(sp, 600.0)
+    sp.set_defaults(func=cmd_plan)
+
+    sp = sub.add_parser("run", help="run a live emulation (root)")
+    common(sp, 60.0)
+    sp.add_argument("--time-scale", type=_pos, default=1.0,
+                    help="emulated seconds per wall-clock second (default: 1 = real time)")
+    sp.add_argument("--shaper", default="auto",
+                    help="link shaper: auto, netem or userspace (default: auto)")
+    sp.add_argument("--traffic", default=None,
+                    help="traffic profile YAML path or name in traffic/ (default: the "
+                         "default mixed workload; 'none' for no traffic)")
+    sp.add_argument("--cli", action="store_true",
+                    help="open Mininet's CLI while the geometry keeps updating")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("clean", help="remove what a crashed run left behind (root)")
+    sp.set_defaults(func=cmd_clean)
+
+    sp = sub.add_parser("report", help="plots and summary table of a run directory")
+    sp.add_argument("run_dir")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("compare", help="compare run directories side by side")
+    sp.add_argument("run_dirs", nargs="+")
+    sp.add_argument("--out", help="output directory (default: runs/compare-<time>)")
+    sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("scenarios", help="list the shipped scenarios")
+    sp.set_defaults(func=cmd_scenarios)
+    return p
+
+
+def _pos(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return v
+
+
+def _nonneg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except MeshemuError as exc:
+        print(f"meshemu: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("meshemu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
