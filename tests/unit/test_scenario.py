@@ -57,16 +57,16 @@ def test_compute_selections():
         r0 = propagate_ecef_km(const.satrecs, sc.epoch, np.array([0.0]))[:, 0]
         nodes = build_nodes(sc, const, r0)
         assert int((nodes.kind == "compute").sum()) == expected, sel
-    # the cluster is the centre and its nearest neighbours: with 20 satellites per plane and
-    # planes 90 deg apart, those are the two in-plane neighbours
-    d = with_("compute", {"satellites": {"cluster": {"center": "s0_1_0", "size": 3}}})
-    d["constellation"]["shells"][0]["sats_per_plane"] = 20
+    # the cluster is the centre and its nearest neighbours: in a single plane of 20, those are
+    # the two in-plane neighbours
+    d = with_("compute", {"satellites": {"cluster": {"center": "s0_0_0", "size": 3}}})
+    d["constellation"]["shells"][0].update(planes=1, sats_per_plane=20, phasing=0)
     sc = Scenario.from_dict(d)
     const = build_constellation(sc)
     r0 = propagate_ecef_km(const.satrecs, sc.epoch, np.array([0.0]))[:, 0]
     nodes = build_nodes(sc, const, r0)
     chosen = {nodes.names[i] for i in np.nonzero(nodes.kind == "compute")[0]}
-    assert chosen == {"s0_1_0", "s0_1_1", "s0_1_19"}
+    assert chosen == {"s0_0_0", "s0_0_1", "s0_0_19"}
 
 
 @pytest.mark.parametrize("path,value,field,words", [
