@@ -91,6 +91,8 @@ def test_isl_acquisition_after_cross_plane_latitude_cutoff():
     # a re-formed link comes up exactly acquisition_s (5 steps) after it appears
     for k, (prev, cur) in enumerate(zip(snaps, snaps[1:])):
         for i in diff(prev, cur).added:
+            if cur.kind[i] != ISL:
+                continue
             key = cur.key[i]
             later = [x for x in snaps[k + 1:k + 8] if key in x.key]
             states = [bool(x.up[np.searchsorted(x.key, key)]) for x in later]
