@@ -59,6 +59,119 @@ class PlanResult:
     files: list[Path]
 
 
+class PlanRecorder:
+    """Writes ``nodes.csv``, ``links.csv`` and ``paths.csv`` step by step and keeps the
+    statistics for ``summary.json``; used by ``meshemu plan`` and by the live runner (which
+    records the plan it emulates beside its measurements).
+
+    Parameters
+    ----------
+    out : Path
+        Output directory (exists).
+    nodes : Nodes
+    ends : ndarray of int
+        Endpoint node ids; every ordered pair gets a row per step in ``paths.csv``.
+    """
+
+    def __init__(self, out: Path, nodes: Nodes, ends: np.ndarray):
+        self.out = out
+        self.nodes = nodes
+        self.names = nodes.names
+        self.ends = ends
+        write_nodes_csv(out / "nodes.csv", nodes)
+        self._lf = open(out / "links.csv", "w", newline="")
+        self._pf = open(out / "paths.csv", "w", newline="")
+        self._lw, self._pw = csv.writer(self._lf), csv.writer(self._pf)
+        self._lw.writerow(["t_s", "a", "b", "kind", "up", "distance_km", "delay_ms",
+                           "rate_mbps"])
+        self._pw.writerow(["t_s", "src", "dst", "path", "hops", "delay_ms"])
+        self.pair_stats = {(int(s), int(d)): PairStats() for s in ends for d in ends if s != d}
+        self.totals = {"links_added": 0, "links_removed": 0, "links_went_up": 0,
+                       "links_went_down": 0, "route_changes": 0}
+        self.route_changes_per_step: list[int] = []
+        self.n_isl: list[int] = []
+        self.n_gsl: list[int] = []
+        self.steps = 0
+        self._prev: Snapshot | None = None
+        self._prev_tables = None
+
+    def record(self, snap: Snapshot, tables) -> dict[tuple[int, int], list[int] | None]:
+        """Record one step; returns the path of every endpoint pair (None if unreachable)."""
+        names = self.names
+        _write_links(self._lw, snap, names)
+        self.n_isl.append(int((snap.kind == linkstate.ISL).sum()))
+        self.n_gsl.append(int((snap.kind == linkstate.GSL).sum()))
+        if self._prev is not None:
+            d = linkstate.diff(self._prev, snap)
+            self.totals["links_added"] += int(d.added.size)
+            self.totals["links_removed"] += int(d.removed.size)
+            self.totals["links_went_up"] += int(d.went_up.size)
+            self.totals["links_went_down"] += int(d.went_down.size)
+        rc = len(route_diff(self._prev_tables, tables)) if self._prev_tables is not None else 0
+        self.totals["route_changes"] += rc
+        self.route_changes_per_step.append(rc)
+        paths = {}
+        for (s, d_), st in self.pair_stats.items():
+            path = trace_path(tables, snap, s, d_)
+            paths[(s, d_)] = path
+            if path is None:
+                self._pw.writerow([f"{snap.t_s:g}", names[s], names[d_], "", "", ""])
+                if st.last_path is not None:
+                    st.path_changes += 1
+                st.last_path = None
+                continue
+            delay_ms = path_delay_s(snap, path) * 1e3
+            self._pw.writerow([f"{snap.t_s:g}", names[s], names[d_],
+                               " ".join(names[x] for x in path), len(path) - 1,
+                               f"{delay_ms:.6f}"])
+            st.delays_ms.append(delay_ms)
+            st.reachable_steps += 1
+            tp = tuple(path)
+            if st.last_path is not None and tp != st.last_path:
+                st.path_changes += 1
+            st.last_path = tp
+        self._prev, self._prev_tables = snap, tables
+        self.steps += 1
+        return paths
+
+    def flush(self) -> None:
+        self._lf.flush()
+        self._pf.flush()
+
+    def close(self) -> None:
+        self._lf.close()
+        self._pf.close()
+
+    def summary(self, scenario: Scenario, scheme_name: str, duration_s: float,
+                step_s: float) -> dict:
+        """The plan part of ``summary.json``."""
+        names = self.names
+        n_steps = max(self.steps, 1)
+        pairs = []
+        for (s, d), st in self.pair_stats.items():
+            arr = np.array(st.delays_ms) if st.delays_ms else np.array([np.nan])
+            pairs.append({"src": names[s], "dst": names[d],
+                          "reachable_fraction": st.reachable_steps / n_steps,
+                          "delay_ms_min": _f(np.nanmin(arr)),
+                          "delay_ms_mean": _f(np.nanmean(arr)),
+                          "delay_ms_max": _f(np.nanmax(arr)), "path_changes": st.path_changes})
+        nodes = self.nodes
+        kinds = {str(k): int((nodes.kind == k).sum()) for k in np.unique(nodes.kind)}
+        rc = self.route_changes_per_step
+        return {
+            "scenario": scenario.name, "source": scenario.source,
+            "epoch": scenario.epoch.isoformat(), "duration_s": duration_s, "step_s": step_s,
+            "steps": self.steps, "routing": scheme_name,
+            "nodes": len(nodes), "node_kinds": kinds, "satellites": nodes.n_sats,
+            "endpoints": [names[e] for e in self.ends],
+            "isl_count_mean": float(np.mean(self.n_isl)) if self.n_isl else 0.0,
+            "gsl_count_mean": float(np.mean(self.n_gsl)) if self.n_gsl else 0.0,
+            "events": dict(self.totals),
+            "route_changes_per_step_max": int(max(rc) if rc else 0),
+            "pairs": pairs,
+        }
+
+
 def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
              routing: str | RoutingScheme = "shortest-delay", out_dir: Path | str = "plan",
              progress: ProgressFn | None = None, plots: bool = True) -> PlanResult:
@@ -84,27 +197,12 @@ def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sched = LinkSchedule(scenario, step_s)
-    nodes = sched.nodes
-    names = nodes.names
-    ends = endpoint_ids(scenario, nodes)
+    ends = endpoint_ids(scenario, sched.nodes)
     n_steps = int(np.floor(duration_s / step_s + 1e-9)) + 1
-
-    write_nodes_csv(out / "nodes.csv", nodes)
-    pair_stats = {(int(s), int(d)): PairStats() for s in ends for d in ends if s != d}
+    rec = PlanRecorder(out, sched.nodes, ends)
     t_geom = t_route = 0.0
-    totals = {"links_added": 0, "links_removed": 0, "links_went_up": 0, "links_went_down": 0,
-              "route_changes": 0}
-    route_changes_per_step: list[int] = []
-    n_isl: list[int] = []
-    n_gsl: list[int] = []
-    prev: Snapshot | None = None
-    prev_tables = None
     first_snapshot = None
-    with open(out / "links.csv", "w", newline="") as lf, open(out / "paths.csv", "w",
-                                                              newline="") as pf:
-        lw, pw = csv.writer(lf), csv.writer(pf)
-        lw.writerow(["t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"])
-        pw.writerow(["t_s", "src", "dst", "path", "hops", "delay_ms"])
+    try:
         it = sched.snapshots(duration_s)
         for k in range(n_steps):
             t0 = time.perf_counter()
@@ -116,41 +214,14 @@ def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
             t_route += t2 - t1
             if first_snapshot is None:
                 first_snapshot = snap
-            _write_links(lw, snap, names)
-            n_isl.append(int((snap.kind == linkstate.ISL).sum()))
-            n_gsl.append(int((snap.kind == linkstate.GSL).sum()))
-            if prev is not None:
-                d = linkstate.diff(prev, snap)
-                totals["links_added"] += int(d.added.size)
-                totals["links_removed"] += int(d.removed.size)
-                totals["links_went_up"] += int(d.went_up.size)
-                totals["links_went_down"] += int(d.went_down.size)
-            rc = len(route_diff(prev_tables, tables)) if prev_tables is not None else 0
-            totals["route_changes"] += rc
-            route_changes_per_step.append(rc)
-            for (s, d_), st in pair_stats.items():
-                path = trace_path(tables, snap, s, d_)
-                if path is None:
-                    pw.writerow([f"{snap.t_s:g}", names[s], names[d_], "", "", ""])
-                    if st.last_path is not None:
-                        st.path_changes += 1
-                    st.last_path = None
-                    continue
-                delay_ms = path_delay_s(snap, path) * 1e3
-                pw.writerow([f"{snap.t_s:g}", names[s], names[d_],
-                             " ".join(names[x] for x in path), len(path) - 1, f"{delay_ms:.6f}"])
-                st.delays_ms.append(delay_ms)
-                st.reachable_steps += 1
-                tp = tuple(path)
-                if st.last_path is not None and tp != st.last_path and k > 0:
-                    st.path_changes += 1
-                st.last_path = tp
-            prev, prev_tables = snap, tables
+            rec.record(snap, tables)
             if progress:
                 progress(k + 1, n_steps)
-
-    summary = _summary(scenario, sched, scheme, duration_s, step_s, n_steps, ends, pair_stats,
-                       totals, route_changes_per_step, n_isl, n_gsl, t_geom, t_route)
+    finally:
+        rec.close()
+    summary = rec.summary(scenario, scheme.name, duration_s, step_s)
+    summary["timing"] = {"geometry_ms_per_step": 1e3 * t_geom / n_steps,
+                         "routing_ms_per_step": 1e3 * t_route / n_steps}
     files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "summary.json")]
     if plots:
         from meshemu import plots as plotmod
@@ -184,33 +255,6 @@ def _write_links(w, snap: Snapshot, names: tuple[str, ...]) -> None:
                 for a, b, k, u, dk, dm, r in zip(snap.a.tolist(), snap.b.tolist(),
                                                  snap.kind.tolist(), up.tolist(), dist.tolist(),
                                                  delay.tolist(), rate.tolist()))
-
-
-def _summary(scenario, sched, scheme, duration_s, step_s, n_steps, ends, pair_stats, totals,
-             rc_steps, n_isl, n_gsl, t_geom, t_route) -> dict:
-    nodes = sched.nodes
-    names = nodes.names
-    pairs = []
-    for (s, d), st in pair_stats.items():
-        arr = np.array(st.delays_ms) if st.delays_ms else np.array([np.nan])
-        pairs.append({"src": names[s], "dst": names[d],
-                      "reachable_fraction": st.reachable_steps / n_steps,
-                      "delay_ms_min": _f(np.nanmin(arr)), "delay_ms_mean": _f(np.nanmean(arr)),
-                      "delay_ms_max": _f(np.nanmax(arr)), "path_changes": st.path_changes})
-    kinds = {k: int((nodes.kind == k).sum()) for k in np.unique(nodes.kind)}
-    return {
-        "scenario": scenario.name, "source": scenario.source,
-        "epoch": scenario.epoch.isoformat(), "duration_s": duration_s, "step_s": step_s,
-        "steps": n_steps, "routing": scheme.name,
-        "nodes": len(nodes), "node_kinds": kinds, "satellites": nodes.n_sats,
-        "endpoints": [names[e] for e in ends],
-        "isl_count_mean": float(np.mean(n_isl)), "gsl_count_mean": float(np.mean(n_gsl)),
-        "events": totals,
-        "route_changes_per_step_max": int(max(rc_steps) if rc_steps else 0),
-        "pairs": pairs,
-        "timing": {"geometry_ms_per_step": 1e3 * t_geom / n_steps,
-                   "routing_ms_per_step": 1e3 * t_route / n_steps},
-    }
 
 
 def _f(x: float) -> float | None:

@@ -1,0 +1,31 @@
+"""What meshemu offers to Python users (everything else is internal).
+
+Example::
+
+    from meshemu.api import load_scenario, run_plan, run_emulation
+
+    sc = load_scenario("default")                  # or a path to your YAML
+    run_plan(sc, duration_s=600, out_dir="runs/plan")          # no root needed
+    res = run_emulation(sc, duration_s=30, shaper="auto",     # root
+                        routing="shortest-delay", traffic="default", out_dir="runs/demo")
+    print(res.summary["timing"])
+"""
+
+from meshemu.errors import (CommandError, EmulationError, MeshemuError, NotRootError,
+                            ProfileError, ResourceError, RoutingError, ScenarioError,
+                            ShaperError, TLEError)
+from meshemu.linkstate import Snapshot, SnapshotDiff, diff
+from meshemu.plan import run_plan
+from meshemu.routing import (ForwardingTables, RoutingScheme, get_scheme, register,
+                             route_diff, trace_path)
+from meshemu.runner import run_emulation
+from meshemu.scenario import Scenario, list_scenarios, load_scenario
+from meshemu.schedule import LinkSchedule
+
+__all__ = [
+    "CommandError", "EmulationError", "MeshemuError", "NotRootError", "ProfileError",
+    "ResourceError", "RoutingError", "ScenarioError", "ShaperError", "TLEError",
+    "Snapshot", "SnapshotDiff", "diff", "run_plan", "ForwardingTables", "RoutingScheme",
+    "get_scheme", "register", "route_diff", "trace_path", "run_emulation", "Scenario",
+    "list_scenarios", "load_scenario", "LinkSchedule",
+]
