@@ -194,10 +194,10 @@ def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
     if duration_s < 0:
         raise ValueError(f"duration must be >= 0 s, got {duration_s!r}")
     scheme = get_scheme(routing) if isinstance(routing, str) else routing
+    sched = LinkSchedule(scenario, step_s)  # validates names before anything is written
+    ends = endpoint_ids(scenario, sched.nodes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sched = LinkSchedule(scenario, step_s)
-    ends = endpoint_ids(scenario, sched.nodes)
     n_steps = int(np.floor(duration_s / step_s + 1e-9)) + 1
     rec = PlanRecorder(out, sched.nodes, ends)
     t_geom = t_route = 0.0

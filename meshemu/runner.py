@@ -166,7 +166,6 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     run_id = uuid.uuid4().hex[:6]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir) if out_dir else Path("runs") / f"run-{scenario.name}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
 
     # ---- plan (pure): every snapshot of the run
     t0 = time.perf_counter()
@@ -181,13 +180,14 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     log.info("plan: %d nodes, %d links over the run, %d steps (%.2f s)", len(nodes),
              link_keys.size, n_steps, t_plan)
 
+    out.mkdir(parents=True, exist_ok=True)
     feed = RouteFeed(snapshots, scheme, all_dests)
     recorder = PlanRecorder(out, nodes, ends)
     emu = None
     agents = None
     steps_f = open(out / "steps.csv", "w", newline="")
     steps_w = csv.writer(steps_f)
-    steps_w.writerow(["step", "t_s", "wall_s", "lag_ms", "apply_ms", "link_updates",
+    steps_w.writerow(["step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates",
                       "route_changes"])
     stats_rows: list[tuple] = []
     shaper_obj = None
@@ -215,6 +215,9 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
 
             def stepper() -> None:
                 start = time.monotonic()
+                # step 0 is the state the network was built in; the clock starts now
+                steps_w.writerow((0, snapshots[0].t_s, 0.0, round(time.time(), 6), 0.0,
+                                  round(t_build * 1e3, 3), 0, 0))
                 for k in range(1, n_steps):
                     due = start + k * step_s / time_scale
                     delay = due - time.monotonic()
@@ -223,13 +226,15 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                     if state.get("stop"):
                         return
                     began = time.monotonic()
+                    began_unix = time.time()
                     lag = began - due
                     tables = feed.get(k)
                     st = emu.apply(snapshots[k], tables)
                     apply_s = time.monotonic() - began
                     recorder.record(snapshots[k], tables)
-                    row = (k, snapshots[k].t_s, round(began - start, 6), round(lag * 1e3, 3),
-                           round(apply_s * 1e3, 3), st.n_link_updates, st.n_route_changes)
+                    row = (k, snapshots[k].t_s, round(began - start, 6), round(began_unix, 6),
+                           round(lag * 1e3, 3), round(apply_s * 1e3, 3), st.n_link_updates,
+                           st.n_route_changes)
                     steps_w.writerow(row)
                     stats_rows.append(row)
                     if k % 10 == 0:
@@ -277,8 +282,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
         elif shaper_obj is not None:
             shaper_obj.close()
     summary = recorder.summary(scenario, scheme.name, duration_s, step_s)
-    arr = np.array([r[4] for r in stats_rows]) if stats_rows else np.zeros(1)
-    lag = np.array([r[3] for r in stats_rows]) if stats_rows else np.zeros(1)
+    arr = np.array([r[5] for r in stats_rows]) if stats_rows else np.zeros(1)
+    lag = np.array([r[4] for r in stats_rows]) if stats_rows else np.zeros(1)
     summary.update({
         "kind": "run", "run_id": run_id, "shaper": shaper_obj.name if shaper_obj else shaper,
         "time_scale": time_scale, "links_total": int(link_keys.size),
@@ -289,8 +294,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                    "apply_ms_max": float(arr.max()),
                    "lag_ms_p99": float(np.percentile(lag, 99)),
                    "lag_ms_max": float(lag.max())},
-        "route_changes_total": int(sum(r[6] for r in stats_rows)),
-        "link_updates_total": int(sum(r[5] for r in stats_rows)),
+        "route_changes_total": int(sum(r[7] for r in stats_rows)),
+        "link_updates_total": int(sum(r[6] for r in stats_rows)),
     })
     files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "steps.csv")]
     if agents is not None:

@@ -1,0 +1,224 @@
+"""``meshemu clean``: remove what crashed (or SIGKILLed) runs left behind.
+
+A run is *live* while the process that wrote its lock file
+(:data:`meshemu.emulator.LOCK_DIR`/``<run_id>.lock``) runs; everything of a run that is not
+live is a leftover:
+
+* node shells: processes whose argv holds ``meshemu-run=<run_id>``
+  (:data:`meshemu.emulator.RUN_MARKER`; Mininet shells of other programs are never touched),
+  every other process inside those shells' network namespaces, and every process whose
+  environment has ``MESHEMU_RUN=<run_id>`` (:data:`meshemu.emulator.ENV_MARKER`: whatever
+  was started with ``node.cmd``/``node.popen``, which may outlive the shells: a node shell
+  dies with its pty when the emulator is killed, a ``nohup``-ed traffic agent does not);
+  once they are gone the kernel frees the namespaces and the interfaces in them;
+* delay-line processes and the shaper's ``meshemu-<run_id>-dl`` namespaces
+  (:func:`meshemu.shaper.cleanup_leftovers`);
+* other named namespaces ``meshemu-<run_id>-*`` that no process uses;
+* interfaces in the root namespace named like meshemu's (``isl<k>``, ``gsl<k>``,
+  ``dl<k>a``/``dl<k>b``): only when cleaning every run, as they carry no run id;
+* the lock files.
+
+Nothing here is specific to one run unless ``run_id`` is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+from meshemu import netns as nl
+from meshemu.emulator import (ENV_MARKER, LOCK_DIR, RUN_MARKER, lock_is_live, read_lock,
+                              require_root)
+from meshemu.errors import CommandError, EmulationError
+
+log = logging.getLogger(__name__)
+
+#: Root-namespace interface names meshemu (or its shapers) use.
+ROOT_IFACE_RE = re.compile(r"^(isl\d+|gsl\d+|dl\d+[ab])$")
+NS_PREFIX = "meshemu-"
+
+
+def _run_of_argv(argv: list[str]) -> str | None:
+    for a in argv:
+        if a.startswith(RUN_MARKER):
+            return a[len(RUN_MARKER):]
+    return None
+
+
+def find_runs() -> dict[str, dict]:
+    """Every run with a lock file, a node shell or a marked process: run id -> ``{"live": bool,
+    "lock": path or None, "shells": [pid, ...], "procs": [pid, ...], "netns": {inode, ...}}``
+    (``procs``: other processes with the run's :data:`~meshemu.emulator.ENV_MARKER`)."""
+    runs: dict[str, dict] = {}
+
+    def entry(rid: str) -> dict:
+        return runs.setdefault(rid, _empty())
+
+    if LOCK_DIR.is_dir():
+        for p in sorted(LOCK_DIR.glob("*.lock")):
+            e = entry(p.name[:-len(".lock")])
+            e["lock"] = p
+            info = read_lock(p)
+            e["live"] = bool(info) and lock_is_live(info)
+    for pid, (ino, argv) in nl.scan_processes().items():
+        rid = _run_of_argv(argv)
+        if rid is not None and argv and os.path.basename(argv[0]) in ("bash", "mnexec"):
+            e = entry(rid)
+            e["shells"].append(pid)
+            e["netns"].add(ino)
+    for pid, rid in nl.pids_with_env(ENV_MARKER).items():
+        e = entry(rid)
+        if pid not in e["shells"]:
+            e["procs"].append(pid)
+    return runs
+
+
+def _empty() -> dict:
+    return {"live": False, "lock": None, "shells": [], "procs": [], "netns": set()}
+
+
+def _named_netns() -> list[str]:
+    try:
+        return sorted(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return []
+
+
+def _root_ifaces() -> list[str]:
+    """meshemu-like interface names in this process' (the root) namespace."""
+    return [name for _, name in socket.if_nameindex() if ROOT_IFACE_RE.match(name)]
+
+
+def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
+    """Remove leftovers of runs that are not live (see the module docstring).
+
+    Parameters
+    ----------
+    run_id : str, optional
+        Only this run. It must not be live.
+    dry_run : bool
+        Only report what would be removed.
+
+    Returns
+    -------
+    list of str
+        What was (or would be) removed, e.g. ``["process 4242 (node shell of run ab12cd)",
+        "netns meshemu-ab12cd-dl", "lock /run/meshemu/ab12cd.lock"]``.
+
+    Raises
+    ------
+    NotRootError
+    EmulationError
+        ``run_id`` is a live run.
+    CommandError
+        Something could not be removed.
+    """
+    require_root("meshemu clean")
+    runs = find_runs()
+    if run_id is not None:
+        if runs.get(run_id, {}).get("live"):
+            info = read_lock(runs[run_id]["lock"]) or {}
+            raise EmulationError(f"run {run_id} is still running (process {info.get('pid')}); "
+                                 f"stop it first (Ctrl-C or kill {info.get('pid')})")
+        runs = {run_id: runs.get(run_id, _empty())}
+    dead = {rid: e for rid, e in runs.items() if not e["live"]}
+    live_ids = {rid for rid, e in runs.items() if e["live"]}
+    removed: list[str] = []
+
+    # 1. node shells and everything in their namespaces
+    inodes: set[int] = set()
+    shells: dict[int, str] = {}
+    marked: dict[int, str] = {}
+    for rid, e in dead.items():
+        inodes |= e["netns"]
+        shells.update((pid, rid) for pid in e["shells"])
+        marked.update((pid, rid) for pid in e["procs"])
+    procs = nl.scan_processes()
+    for pid in marked:
+        if pid in procs:
+            inodes.add(procs[pid][0])
+    inodes.discard(os.stat("/proc/self/ns/net").st_ino)   # never sweep the root namespace
+    victims = sorted(set(nl.pids_in_netns(inodes)) | set(shells) | set(marked))
+    for pid in victims:
+        argv = procs.get(pid, (0, []))[1]
+        prog = os.path.basename(argv[0]) if argv else "?"
+        what = (f"node shell of run {shells[pid]}" if pid in shells
+                else f"{prog} of run {marked[pid]}" if pid in marked
+                else f"{prog} in a node namespace")
+        removed.append(f"process {pid} ({what})")
+    if not dry_run and victims:
+        nl.kill_and_wait(victims)
+        for pid in victims:  # reap those that were our own children (tests)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+    # 2. the shapers' delay lines and namespaces
+    try:
+        from meshemu import shaper as shaper_mod
+        cleanup = getattr(shaper_mod, "cleanup_leftovers", None)
+    except ImportError:
+        cleanup = None
+    if cleanup is not None:
+        if dry_run:
+            removed += _shaper_dry_run(run_id, dead, live_ids)
+        else:
+            for rid in sorted(dead):
+                removed += cleanup(rid)
+            if run_id is None:
+                removed += cleanup()
+
+    # 3. other named namespaces of dead runs that no process uses
+    for ns in _named_netns():
+        if not ns.startswith(NS_PREFIX) or ns.endswith("-dl"):
+            continue
+        rid = next((r for r in [*dead, *live_ids] if ns.startswith(f"{NS_PREFIX}{r}-")), None)
+        if rid in live_ids or (run_id is not None and rid != run_id):
+            continue
+        try:
+            ino = os.stat(f"/run/netns/{ns}").st_ino
+        except OSError:
+            continue
+        if nl.pids_in_netns({ino}):
+            continue
+        removed.append(f"netns {ns}")
+        if not dry_run:
+            p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
+            if p.returncode != 0 and os.path.exists(f"/run/netns/{ns}"):
+                raise CommandError(["ip", "netns", "del", ns], p.returncode, p.stderr)
+
+    # 4. interfaces in the root namespace (no run id on them: only when cleaning all runs)
+    if run_id is None:
+        for name in _root_ifaces():
+            removed.append(f"interface {name} (root namespace)")
+            if not dry_run:
+                p = subprocess.run(["ip", "link", "del", name], capture_output=True, text=True)
+                if p.returncode != 0 and "Cannot find device" not in p.stderr:
+                    raise CommandError(["ip", "link", "del", name], p.returncode, p.stderr)
+
+    # 5. lock files
+    for rid, e in sorted(dead.items()):
+        if e["lock"] is not None:
+            removed.append(f"lock {e['lock']}")
+            if not dry_run:
+                Path(e["lock"]).unlink(missing_ok=True)
+    for item in removed:
+        log.info("%s %s", "would remove" if dry_run else "removed", item)
+    return removed
+
+
+def _shaper_dry_run(run_id: str | None, dead: dict, live_ids: set[str]) -> list[str]:
+    """What :func:`meshemu.shaper.cleanup_leftovers` would remove (approximately: its own
+    rules for unknown runs are not reproduced)."""
+    out = []
+    for ns in _named_netns():
+        if ns.startswith(NS_PREFIX) and ns.endswith("-dl"):
+            rid = ns[len(NS_PREFIX):-len("-dl")]
+            if rid in dead and (run_id is None or rid == run_id):
+                out.append(f"netns {ns}")
+    return out

@@ -1,0 +1,438 @@
+"""The userspace delay line: a process that delays, rate-limits and drops Ethernet frames.
+
+A link A<->B shaped in userspace is two veth pairs, ``IF_A <-> a'`` and ``b' <-> IF_B``, with
+``a'`` and ``b'`` in the shaper's own namespace (``meshemu-<run_id>-dl``). This process runs in
+that namespace (``python -m meshemu.delayline --run-id RUN``, started by
+:class:`meshemu.shaper.UserspaceShaper`), receives every frame that arrives on any ``a'``/``b'``
+and writes it to the other end at::
+
+    start     = max(arrival, link_free)            # drop-tail: dropped if queue_packets wait
+    link_free = start + size_bytes * 8 / rate_bps  # serialisation
+    departure = max(link_free + delay_s, previous departure)  # propagation; a link is FIFO
+
+How it keeps the error small (measured in ``benchmarks/bench_delayline.py``):
+
+- frames are read from one ``PACKET_RX_RING`` (TPACKET_V2, memory-mapped, no syscall per frame)
+  and the arrival time is the *kernel's* receive timestamp in the ring, not the time Python
+  got round to the frame, so a busy process does not add its lag to the delay;
+- ``PACKET_IGNORE_OUTGOING`` keeps the frames it sends itself out of the ring;
+- it waits in ``select`` (microsecond timeout, timer slack set to 1 ns) until
+  :data:`SPIN_NS` before the next departure and spins for the rest;
+- all frames leave through one unbound packet socket (``sendto`` names the egress
+  interface). A socket per interface would save a name lookup per frame, but closing a
+  packet socket waits for an RCU grace period, which made closing 13,000 of them take
+  minutes.
+
+With ``--workers W`` (W > 1) W such processes share the links: worker ``i`` attaches a classic
+BPF filter that only accepts frames whose ingress ifindex is ``i`` mod W. Direction state only
+depends on the ingress interface, so no state is shared.
+
+Control protocol (parent -> worker on stdin, replies on stdout), little-endian binary:
+a header :data:`HDR` ``(op, count)`` followed by ``count`` records: :data:`LINK_REC` for
+:data:`OP_ADD` / :data:`OP_UPDATE`, :data:`ID_REC` for :data:`OP_REMOVE`, nothing for
+:data:`OP_COUNTERS` / :data:`OP_QUIT`. Every message is answered with :data:`HDR`
+``(status, nbytes)`` and ``nbytes`` of payload: an error text when ``status`` is
+:data:`ST_ERROR`, :data:`CNT_REC` records for :data:`OP_COUNTERS`. The process exits when its
+stdin reaches EOF, so it never outlives the shaper that started it (even after SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import heapq
+import itertools
+import logging
+import math
+import mmap
+import os
+import random
+import select
+import socket
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+# ---- control protocol ---------------------------------------------------------------------
+#: Message header: operation (or reply status) and record count (or payload bytes).
+HDR = struct.Struct("<BI")
+#: One link's parameters: link_id, delay_ns, rate_bps (0 = unlimited), queue_packets,
+#: loss probability, up (0/1).
+LINK_REC = struct.Struct("<IqdIdB")
+#: A link id (for removal).
+ID_REC = struct.Struct("<I")
+#: Counters of one link (both directions summed): link_id, packets, bytes, dropped.
+CNT_REC = struct.Struct("<IQQQ")
+
+OP_ADD = 1
+OP_UPDATE = 2
+OP_REMOVE = 3
+OP_COUNTERS = 4
+OP_QUIT = 5
+ST_OK = 0
+ST_ERROR = 1
+
+#: Spin (instead of sleeping in select) for the last this-many ns before a departure;
+#: select() wakes 40 us late at p50 and ~110 us at p99 on the reference machine.
+SPIN_NS = 120_000
+
+# ---- kernel constants (linux/if_packet.h, linux/filter.h, linux/ethtool.h) ----------------
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_RX_RING = 5
+PACKET_VERSION = 10
+PACKET_IGNORE_OUTGOING = 23
+TPACKET_V2 = 1
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+SO_TIMESTAMPNS = 35
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+SKF_AD_OFF = -0x1000
+SKF_AD_IFINDEX = 8
+PR_SET_TIMERSLACK = 29
+
+#: tpacket2_hdr (32 bytes) then the sockaddr_ll family, protocol and ifindex.
+_TP2 = struct.Struct("<IIIHHII8xHHi")
+_FRAME_SIZE = 2048          # fits a 1500-byte MTU frame plus the ring headers
+_BLOCK_SIZE = 1 << 20
+_BLOCK_NR = 32              # 16,384 frames, 32 MiB
+
+
+def dl_ifname(link_id: int, side: str) -> str:
+    """Name of the delay-line end of link ``link_id`` on ``side`` ``'a'`` or ``'b'``."""
+    return f"dl{link_id}{side}"
+
+
+def encode_links(op: int, recs: Iterable[tuple[int, float, float, int, float, bool]]) -> bytes:
+    """Encode an :data:`OP_ADD` / :data:`OP_UPDATE` message.
+
+    Parameters
+    ----------
+    op : int
+        :data:`OP_ADD` or :data:`OP_UPDATE`.
+    recs : iterable of (link_id, delay_s, rate_bps, queue_packets, loss, up)
+        ``rate_bps`` 0 or inf means unlimited.
+    """
+    pack = LINK_REC.pack
+    body = [pack(lid, round(d * 1e9), 0.0 if math.isinf(r) else r, q, loss, 1 if up else 0)
+            for lid, d, r, q, loss, up in recs]
+    return HDR.pack(op, len(body)) + b"".join(body)
+
+
+def encode_ids(op: int, ids: Sequence[int]) -> bytes:
+    """Encode an :data:`OP_REMOVE` message (or any op with id records)."""
+    return HDR.pack(op, len(ids)) + struct.pack(f"<{len(ids)}I", *ids)
+
+
+# ---- the data path ------------------------------------------------------------------------
+class _Direction:
+    """One direction of a link: frames arriving on ``ifindex`` leave through ``send``."""
+
+    __slots__ = ("link_id", "addr", "delay_ns", "ns_per_byte", "limit", "loss", "up",
+                 "free_ns", "last_dep", "txq", "pkts", "bytes", "drops", "alive")
+
+    def __init__(self, link_id: int, out_ifname: str):
+        self.link_id = link_id
+        self.addr = (out_ifname, 0)
+        self.free_ns = 0
+        self.last_dep = 0
+        self.txq: deque[int] = deque()
+        self.pkts = self.bytes = self.drops = 0
+        self.alive = True
+
+    def configure(self, delay_ns: int, rate_bps: float, limit: int, loss: float, up: int) -> None:
+        self.delay_ns = delay_ns
+        self.ns_per_byte = 8e9 / rate_bps if rate_bps > 0 else 0.0
+        self.limit = limit
+        self.loss = loss
+        self.up = bool(up)
+
+
+def _bpf_ifindex_filter(workers: int, wid: int) -> tuple[bytes, ctypes.Array]:
+    """A classic BPF program accepting frames whose ingress ifindex % workers == wid."""
+    ld_w_abs, alu_mod_k, jmp_jeq_k, ret_k = 0x20, 0x94, 0x15, 0x06
+    prog = [(ld_w_abs, 0, 0, (SKF_AD_OFF + SKF_AD_IFINDEX) & 0xFFFFFFFF),
+            (alu_mod_k, 0, 0, workers),
+            (jmp_jeq_k, 0, 1, wid),
+            (ret_k, 0, 0, 0x40000),
+            (ret_k, 0, 0, 0)]
+    buf = ctypes.create_string_buffer(b"".join(struct.pack("<HBBI", *i) for i in prog))
+    fprog = struct.pack("<HxxxxxxQ", len(prog), ctypes.addressof(buf))
+    return fprog, buf
+
+
+class DelayLine:
+    """The forwarding loop of one worker (runs in the delay-line namespace).
+
+    Parameters
+    ----------
+    workers, wid : int
+        Number of workers sharing the namespace, and this worker's index.
+    ctrl_in, ctrl_out : int
+        File descriptors of the control channel.
+    """
+
+    def __init__(self, workers: int = 1, wid: int = 0, ctrl_in: int = 0, ctrl_out: int = 1):
+        self.workers = workers
+        self.wid = wid
+        self.ctrl_in = ctrl_in
+        self.ctrl_out = ctrl_out
+        self.dirs: dict[int, _Direction] = {}           # ingress ifindex -> direction
+        self.links: dict[int, list[_Direction]] = {}     # link id -> its directions (owned)
+        self.ifidx: dict[int, tuple[int, int]] = {}      # link id -> (ifindex a', ifindex b')
+        self.heap: list = []
+        self.seq = itertools.count()
+        self.unknown = 0
+        self.truncated = 0
+        self.rnd = random.random
+        self._buf = b""
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)   # stamp skbs at netif_rx
+        if workers > 1:
+            fprog, self._bpf = _bpf_ifindex_filter(workers, wid)
+            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        frames = _BLOCK_SIZE // _FRAME_SIZE * _BLOCK_NR
+        s.setsockopt(SOL_PACKET, PACKET_RX_RING,
+                     struct.pack("<IIII", _BLOCK_SIZE, _BLOCK_NR, _FRAME_SIZE, frames))
+        self.ring = mmap.mmap(s.fileno(), _BLOCK_SIZE * _BLOCK_NR, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+        self.nframes = frames
+        self.head = 0
+        self.rx = s
+        self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        os.set_blocking(ctrl_in, False)
+
+    # -- control ---------------------------------------------------------------------------
+    def _reply(self, status: int, payload: bytes = b"") -> None:
+        data = HDR.pack(status, len(payload)) + payload
+        while data:
+            n = os.write(self.ctrl_out, data)
+            data = data[n:]
+
+    def _add(self, recs: list[tuple]) -> None:
+        missing = []
+        for lid, delay_ns, rate, limit, loss, up in recs:
+            names = (dl_ifname(lid, "a"), dl_ifname(lid, "b"))
+            try:
+                idx = tuple(socket.if_nametoindex(n) for n in names)
+            except OSError:
+                missing.append(lid)
+                continue
+            if lid in self.links:
+                self._remove([lid])
+            owned = []
+            for k in (0, 1):
+                if idx[k] % self.workers != self.wid:
+                    continue
+                d = _Direction(lid, names[1 - k])
+                d.configure(delay_ns, rate, limit, loss, up)
+                self.dirs[idx[k]] = d
+                owned.append(d)
+            self.links[lid] = owned
+            self.ifidx[lid] = idx
+        if missing:
+            raise LookupError(f"no delay-line interfaces for link ids {missing[:10]} "
+                              f"({len(missing)} in all); create them before adding the links")
+
+    def _update(self, recs: list[tuple]) -> None:
+        unknown = []
+        for lid, delay_ns, rate, limit, loss, up in recs:
+            ds = self.links.get(lid)
+            if ds is None:
+                unknown.append(lid)
+                continue
+            for d in ds:
+                d.configure(delay_ns, rate, limit, loss, up)
+        if unknown:
+            raise LookupError(f"update of unknown link ids {unknown[:10]} ({len(unknown)} in all)")
+
+    def _remove(self, ids: Iterable[int]) -> None:
+        for lid in ids:
+            for d in self.links.pop(lid, ()):
+                d.alive = False
+            for i in self.ifidx.pop(lid, ()):
+                self.dirs.pop(i, None)
+
+    def _counters(self) -> bytes:
+        pack = CNT_REC.pack
+        out = []
+        for lid, ds in self.links.items():
+            out.append(pack(lid, sum(d.pkts for d in ds), sum(d.bytes for d in ds),
+                            sum(d.drops for d in ds)))
+        return b"".join(out)
+
+    def _control(self) -> bool:
+        """Read and run pending control messages; return False on EOF or QUIT."""
+        try:
+            chunk = os.read(self.ctrl_in, 1 << 20)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        buf = self._buf + chunk
+        while len(buf) >= HDR.size:
+            op, n = HDR.unpack_from(buf)
+            size = {OP_ADD: LINK_REC.size, OP_UPDATE: LINK_REC.size,
+                    OP_REMOVE: ID_REC.size}.get(op, 0) * n
+            if len(buf) < HDR.size + size:
+                break
+            body = memoryview(buf)[HDR.size:HDR.size + size]
+            buf = buf[HDR.size + size:]
+            if op == OP_QUIT:
+                self._reply(ST_OK)
+                return False
+            try:
+                if op == OP_ADD:
+                    self._add(list(LINK_REC.iter_unpack(body)))
+                    payload = b""
+                elif op == OP_UPDATE:
+                    self._update(list(LINK_REC.iter_unpack(body)))
+                    payload = b""
+                elif op == OP_REMOVE:
+                    self._remove([i for (i,) in ID_REC.iter_unpack(body)])
+                    payload = b""
+                elif op == OP_COUNTERS:
+                    payload = self._counters()
+                else:
+                    raise ValueError(f"unknown control operation {op!r}; valid: "
+                                     f"{OP_ADD, OP_UPDATE, OP_REMOVE, OP_COUNTERS, OP_QUIT}")
+            except Exception as exc:  # reported to the parent, which raises it
+                self._reply(ST_ERROR, str(exc).encode())
+                continue
+            self._reply(ST_OK, payload)
+        self._buf = buf
+        return True
+
+    # -- data path -------------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Take every frame the kernel has put in the ring and schedule it."""
+        ring = self.ring
+        head = self.head
+        nframes = self.nframes
+        dirs = self.dirs
+        heap = self.heap
+        push = heapq.heappush
+        seq = self.seq
+        rnd = self.rnd
+        unpack = _TP2.unpack_from
+        while True:
+            off = head * _FRAME_SIZE
+            if not ring[off] & TP_STATUS_USER:
+                break
+            _, length, snap, mac, _, sec, nsec, _, _, ifindex = unpack(ring, off)
+            d = dirs.get(ifindex)
+            if d is None:
+                self.unknown += 1
+            elif snap < length:
+                self.truncated += 1
+                d.drops += 1
+            elif not d.up or (d.loss and rnd() < d.loss):
+                d.drops += 1
+            else:
+                t = sec * 1_000_000_000 + nsec
+                npb = d.ns_per_byte
+                if npb:
+                    txq = d.txq
+                    while txq and txq[0] <= t:
+                        txq.popleft()
+                    if len(txq) >= d.limit:
+                        d.drops += 1
+                        ring[off:off + 4] = b"\0\0\0\0"
+                        head = head + 1 if head + 1 < nframes else 0
+                        continue
+                    free = d.free_ns
+                    end = (t if t > free else free) + int(length * npb)
+                    d.free_ns = end
+                    txq.append(end)
+                    dep = end + d.delay_ns
+                else:
+                    dep = t + d.delay_ns
+                if dep < d.last_dep:
+                    dep = d.last_dep
+                d.last_dep = dep
+                push(heap, (dep, next(seq), d, ring[off + mac:off + mac + snap]))
+            ring[off:off + 4] = b"\0\0\0\0"
+            head = head + 1 if head + 1 < nframes else 0
+        self.head = head
+
+    def run(self) -> None:
+        """Forward frames until the control channel closes."""
+        heap = self.heap
+        pop = heapq.heappop
+        clock = time.time_ns
+        rxfd = self.rx.fileno()
+        ctrl = self.ctrl_in
+        drain = self._drain
+        rlist = [rxfd, ctrl]
+        ring = self.ring
+        sendto = self.tx.sendto
+        self._reply(ST_OK, b"ready")
+        while True:
+            drain()
+            now = clock()
+            while heap and heap[0][0] <= now:
+                _, _, d, data = pop(heap)
+                if d.alive:
+                    try:
+                        sendto(data, d.addr)
+                        d.pkts += 1
+                        d.bytes += len(data)
+                    except OSError:
+                        d.drops += 1
+            if heap:
+                wait = heap[0][0] - now
+                if wait <= SPIN_NS:
+                    # spin: next departure is close; keep picking up frames meanwhile
+                    if not ring[self.head * _FRAME_SIZE] & TP_STATUS_USER:
+                        r, _, _ = select.select([ctrl], [], [], 0)
+                        if r and not self._control():
+                            return
+                    continue
+                timeout = (wait - SPIN_NS) / 1e9
+            else:
+                timeout = None
+            r, _, _ = select.select(rlist, [], [], timeout)
+            if ctrl in r and not self._control():
+                return
+
+
+def _prepare_process() -> None:
+    """Per-process tuning: fine timer slack, no IPv6 in this namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    # a' and b' carry no addresses: keep the kernel from sending IPv6 DAD/RS/MLD on them
+    for key in ("default", "all"):
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m meshemu.delayline``."""
+    p = argparse.ArgumentParser(prog="python -m meshemu.delayline",
+                                description="meshemu userspace delay line (started by the "
+                                            "userspace shaper; not meant to be run by hand)")
+    p.add_argument("--run-id", required=True, help="run this delay line belongs to")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--worker", type=int, default=0)
+    args = p.parse_args(argv)
+    if not 0 <= args.worker < args.workers:
+        p.error(f"--worker {args.worker} not in 0..{args.workers - 1}")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format=f"delayline[{args.run_id}/{args.worker}] %(levelname)s %(message)s")
+    _prepare_process()
+    DelayLine(args.workers, args.worker, 0, 1).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

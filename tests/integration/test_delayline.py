@@ -1,0 +1,273 @@
+"""The userspace shaper for real (root): two namespaces joined through the delay line.
+
+Also checks what can be checked of the netem path on a kernel without netem: its probe says
+no without leaking anything, its ``ip`` commands work and ``tc`` parses its qdisc commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from meshemu import shaper as sh
+from meshemu.shaper import LinkEnds, LinkParams, UserspaceShaper
+
+pytestmark = pytest.mark.root
+
+ADDR_A, ADDR_B = "10.77.0.1", "10.77.0.2"
+RTT_TOLERANCE_MS = 1.0
+
+
+def _rtts(ping_output: str) -> list[float]:
+    return [float(m) for m in re.findall(r"time=([\d.]+) ms", ping_output)]
+
+
+def _ping(ns, count: int, interval: float = 0.05, wait_s: float = 1.0) -> tuple[int, list]:
+    """(received, rtts) of ``count`` pings from ``ns`` to B."""
+    out = ns.run(["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(wait_s),
+                  ADDR_B], check=False).stdout
+    got = re.search(r"(\d+) received", out)
+    return (int(got.group(1)) if got else 0), _rtts(out)
+
+
+def _gone(path: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def pair(netns_factory, run_id):
+    """Namespaces A and B joined by one userspace-shaped link (id 0), addresses set.
+
+    Yields (shaper, A, B, make) where ``make(params, workers=1)`` creates the link.
+    """
+    a, b = netns_factory(), netns_factory()
+    made: list[UserspaceShaper] = []
+
+    def make(params: LinkParams, workers: int = 1) -> UserspaceShaper:
+        s = UserspaceShaper(run_id, workers=workers)
+        made.append(s)
+        s.create_links([(LinkEnds(0, a.pid, "mxa", b.pid, "mxb"), params)])
+        a.run(["ip", "addr", "add", f"{ADDR_A}/24", "dev", "mxa"])
+        b.run(["ip", "addr", "add", f"{ADDR_B}/24", "dev", "mxb"])
+        _ping(a, 1, wait_s=2)  # resolve ARP before anything is measured
+        return s
+
+    try:
+        yield a, b, make
+    finally:
+        for s in made:
+            s.close()
+
+
+def test_ping_follows_delay_live_and_link_goes_down_and_up(pair):
+    a, b, make = pair
+    s = make(LinkParams(0.010, 0))
+    assert "mxa" in a.links() and "mxb" in b.links()
+    got, rtts = _ping(a, 20)
+    assert got == 20
+    assert abs(statistics.median(rtts) - 20.0) < RTT_TOLERANCE_MS, rtts
+    before = s.counters()[0]
+
+    # change the delay live while a fast ping runs: RTT follows, nothing is lost
+    p = a.popen(["ping", "-n", "-c", "150", "-i", "0.01", "-W", "2", ADDR_B],
+                stdout=subprocess.PIPE, text=True)
+    time.sleep(0.6)
+    t0 = time.perf_counter()
+    s.update([(0, LinkParams(0.025, 0))])
+    update_ms = (time.perf_counter() - t0) * 1e3
+    out = p.communicate(timeout=30)[0]
+    assert re.search(r"150 packets transmitted, 150 received", out), out[-300:]
+    rtts = _rtts(out)
+    assert abs(statistics.median(rtts[:40]) - 20.0) < RTT_TOLERANCE_MS
+    assert abs(statistics.median(rtts[-40:]) - 50.0) < RTT_TOLERANCE_MS
+    assert update_ms < 200
+    got, rtts = _ping(a, 20)
+    assert got == 20 and abs(statistics.median(rtts) - 50.0) < RTT_TOLERANCE_MS, rtts
+    after = s.counters()[0]
+    assert after[0] >= before[0] + 2 * (150 + 20) and after[1] > before[1]
+
+    # down: nothing passes (and it counts as drops); the interfaces stay
+    s.update([(0, LinkParams(0.025, 0, up=False))])
+    got, _ = _ping(a, 5, interval=0.1, wait_s=0.5)
+    assert got == 0
+    assert s.counters()[0][2] >= 5
+    assert "mxa" in a.links()
+    s.update([(0, LinkParams(0.005, 0, up=True))])
+    got, rtts = _ping(a, 10)
+    assert got == 10 and abs(statistics.median(rtts) - 10.0) < RTT_TOLERANCE_MS
+
+
+def _iperf(a, b, extra: list[str], seconds: int) -> dict:
+    srv = b.popen(["iperf3", "-s", "-1", "-B", ADDR_B], stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):  # wait for the server socket
+            if ":5201" in b.run(["ss", "-ltn"]).stdout:
+                break
+            time.sleep(0.05)
+        r = a.run(["iperf3", "-c", ADDR_B, "-t", str(seconds), "-J", *extra], check=False,
+                  timeout=seconds + 20)
+        return json.loads(r.stdout)
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def test_tcp_throughput_matches_the_link_rate(pair):
+    a, b, make = pair
+    rate = 50e6
+    s = make(LinkParams(0.005, rate))
+    res = _iperf(a, b, [], 4)
+    got = res["end"]["sum_received"]["bits_per_second"]
+    # iperf3 counts TCP payload; the link carries Ethernet frames (1448 of 1514 bytes)
+    assert abs(got - rate) < 0.10 * rate, got
+    pk, by, dr = s.counters()[0]
+    assert pk > 10_000 and by > 0.9 * got * 4 / 8
+
+
+def test_drop_tail_queue_bounds_the_queueing_delay(pair):
+    a, b, make = pair
+    rate, queue, size, seconds = 2e6, 20, 1000, 3.0
+    s = make(LinkParams(0.001, rate, queue_packets=queue))
+    frame_bits = (size + 42) * 8  # UDP payload + UDP/IP/Ethernet headers
+    # offer twice the link rate, evenly spaced
+    gap = frame_bits / (2 * rate)
+    flood = a.popen([sys.executable, "-c", textwrap.dedent(f"""
+        import socket, time
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        t0 = time.monotonic()
+        for i in range(int({seconds} / {gap})):
+            time.sleep(max(0.0, t0 + i * {gap} - time.monotonic()))
+            s.sendto(bytes({size}), ("{ADDR_B}", 9))
+    """)])
+    time.sleep(1.0)
+    _, rtts = _ping(a, 30, interval=0.03)
+    flood.wait(timeout=seconds + 10)
+    pk, by, dr = s.counters()[0]
+    # 2x overload: about half of what is offered is dropped
+    assert 0.3 < dr / (pk + dr) < 0.7, (pk, dr)
+    assert by * 8 / seconds < 1.1 * rate  # what got through is at most the link rate
+    # a full queue of `queue` frames drains in queue * frame_bits / rate
+    bound_ms = (queue + 1) * frame_bits / rate * 1e3 + 2 * 1.0 + 5.0
+    assert rtts and max(rtts) < bound_ms, (rtts, bound_ms)
+    assert statistics.median(rtts) > 0.5 * queue * frame_bits / rate * 1e3  # it did queue
+
+
+def test_random_loss_in_each_direction(pair):
+    a, b, make = pair
+    s = make(LinkParams(0.0005, 0))
+    loss, n = 0.5, 200
+    s.update([(0, LinkParams(0.0005, 0, loss=loss))])
+    got, _ = _ping(a, n, interval=0.005, wait_s=0.5)
+    # a round trip survives both directions: binomial(n, (1-loss)^2), mean 50, sd 6.1
+    mean = n * (1 - loss) ** 2
+    assert abs(got - mean) < 5 * (mean * (1 - (1 - loss) ** 2)) ** 0.5, got
+    assert s.counters()[0][2] >= n - got
+
+
+def test_two_workers_forward_both_directions(pair):
+    a, b, make = pair
+    s = make(LinkParams(0.004, 0), workers=2)
+    assert len(s.pids) == 2
+    got, rtts = _ping(a, 10)
+    assert got == 10 and abs(statistics.median(rtts) - 8.0) < RTT_TOLERANCE_MS
+
+
+def test_close_leaves_nothing_behind(netns_factory, run_id):
+    a, b = netns_factory(), netns_factory()
+    s = UserspaceShaper(run_id)
+    s.create_links([(LinkEnds(i, a.pid, f"mxa{i}", b.pid, f"mxb{i}"), LinkParams(0.001, 1e8))
+                    for i in range(3)])
+    pids = s.pids
+    assert os.path.exists(f"/run/netns/{s.netns}") and len(a.links()) == 4
+    s.remove_links([0])
+    assert "mxa0" not in a.links() and "mxb0" not in b.links() and s.link_ids == [1, 2]
+    s.close()
+    s.close()
+    assert not os.path.exists(f"/run/netns/{s.netns}")
+    for pid in pids:
+        assert _gone(f"/proc/{pid}")
+    deadline = time.monotonic() + 10  # the namespace's veths go asynchronously
+    while (a.links() != ["lo"] or b.links() != ["lo"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert a.links() == ["lo"] and b.links() == ["lo"]
+    assert run_id not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                        text=True).stdout
+
+
+def test_killed_parent_takes_the_delay_line_along_and_cleanup_removes_the_rest(
+        netns_factory, run_id):
+    a, b = netns_factory(), netns_factory()
+    script = textwrap.dedent(f"""
+        import sys, time
+        from meshemu.shaper import UserspaceShaper, LinkEnds, LinkParams
+        s = UserspaceShaper({run_id!r})
+        s.create_links([(LinkEnds(0, {a.pid}, "mxa", {b.pid}, "mxb"), LinkParams(0.001, 0))])
+        print(s.pids[0], flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    netns = f"meshemu-{run_id}-dl"
+    try:
+        dl_pid = int(parent.stdout.readline())
+        assert os.path.exists(f"/proc/{dl_pid}")
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert _gone(f"/proc/{dl_pid}", timeout=5), "delay line outlived its parent"
+        assert os.path.exists(f"/run/netns/{netns}")
+        removed = sh.cleanup_leftovers()
+        assert f"netns {netns}" in removed
+        assert not os.path.exists(f"/run/netns/{netns}")
+        assert f"netns {netns}" not in sh.cleanup_leftovers()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if os.path.exists(f"/run/netns/{netns}"):
+            subprocess.run(["ip", "netns", "del", netns])
+
+
+def test_netem_probe_says_no_here_and_leaks_nothing():
+    def state():
+        return (sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+                subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+                .count("\n"))
+    before = state()
+    has = sh.netem_available()
+    kernel = subprocess.run(["unshare", "-n", "sh", "-c", "ip link add q0 type veth peer name q1 "
+                             "&& tc qdisc add dev q0 root netem delay 1ms"],
+                            capture_output=True, text=True)
+    assert has == (kernel.returncode == 0)
+    assert state() == before
+
+
+def test_netem_commands_are_accepted_by_ip_and_tc(netns_factory):
+    a, b = netns_factory(), netns_factory()
+    e = LinkEnds(0, a.pid, "mxa", b.pid, "mxb")
+    sh._batch("ip", [sh.veth_cmd(e.if_a, e.pid_a, e.if_b, e.pid_b)])
+    assert "mxa" in a.links() and "mxb" in b.links()
+    lines = [sh.netem_qdisc_cmd("mxa", p, act)
+             for p in (LinkParams(0.0123, 5e7, 300, 0.01), LinkParams(1.5, 0, up=False),
+                       LinkParams(0.0, 4e10, 1, 1.0))
+             for act in ("add", "change")]
+    for cmd in lines:
+        r = a.run(["tc", *cmd], check=False)
+        # parsed fine when only the kernel objects (no netem here, or no qdisc to change)
+        if r.returncode != 0:
+            assert re.search(r"qdisc kind is unknown|Qdisc not found|Invalid argument",
+                             r.stderr), (cmd, r.stderr)
+            assert "Illegal" not in r.stderr and "Usage" not in r.stderr

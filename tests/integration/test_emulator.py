@@ -1,0 +1,357 @@
+"""The live emulator on a small network (root): real packets, failover, teardown, signals.
+
+The network: a ring of three satellites s0-s1-s2 and two ground stations, g0 on s0 and g1 on
+s1, every link 5 ms one way, through the userspace shaper (this kernel has no netem)::
+
+    g0 --- s0 ---- s1 --- g1          g0 -> g1: 3 links, RTT 30 ms
+            \\    /                     with s0-s1 down: g0-s0-s2-s1-g1, RTT 40 ms
+              s2
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from meshemu import emulator as em
+from meshemu import netns as nl
+from meshemu.errors import EmulationError, NotRootError, ResourceError
+from meshemu.shaper import make_shaper
+
+pytestmark = pytest.mark.root
+
+NAMES = ["s0", "s1", "s2", "g0", "g1"]
+KINDS = ["sat", "sat", "sat", "station", "station"]
+EDGES = [(0, 1), (1, 2), (0, 2), (0, 3), (1, 4)]
+TRANSIT = [True, True, True, False, False]
+DELAY_S = 0.005
+MAIN = Path(__file__).resolve().parents[2]
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (they create network namespaces); run them "
+                    "as root, as CI does")
+
+
+def ring(up=None, t_s: float = 0.0, k: int = 2):
+    """Snapshot and shortest-delay tables (padded to ``k`` next hops) of the test ring."""
+    from meshemu.routing import ForwardingTables, get_scheme, snapshot_from_edges
+    snap = snapshot_from_edges(5, EDGES, [DELAY_S] * len(EDGES), transit=TRANSIT, up=up,
+                               rates=[1e9] * len(EDGES), t_s=t_s)
+    tab = get_scheme("shortest-delay").forwarding_tables(snap, np.arange(5, dtype=np.int32))
+    nh = np.full((5, 5, k), -1, dtype=np.int32)
+    nh[:, :, :min(k, tab.next_hop.shape[2])] = tab.next_hop[:, :, :k]
+    return snap, ForwardingTables(destinations=np.asarray(tab.destinations), next_hop=nh,
+                                  scheme="test")
+
+
+def machine_state() -> dict:
+    """What a run could leave behind: named namespaces, root interfaces, marked processes."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {
+        "netns": {ln.split()[0] for ln in netns.splitlines() if ln.strip()},
+        "links": {name for _, name in socket.if_nameindex()},
+        "marked": {pid for pid, (_, argv) in nl.scan_processes().items()
+                   if any(a.startswith(em.RUN_MARKER) for a in argv)},
+    }
+
+
+def leftovers(run_id: str, inodes: set[int] = frozenset()) -> list[str]:
+    """Everything of run ``run_id`` still on the machine."""
+    out = []
+    for pid, (ino, argv) in nl.scan_processes().items():
+        if em.RUN_MARKER + run_id in argv or f"--run-id" in argv and run_id in argv:
+            out.append(f"process {pid} {argv}")
+        elif ino in inodes and pid != os.getpid():
+            out.append(f"process {pid} in a node namespace {argv}")
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out += [f"netns {ln}" for ln in names.splitlines() if run_id in ln]
+    if em.lock_path(run_id).exists():
+        out.append(f"lock {em.lock_path(run_id)}")
+    return out
+
+
+def rtts_ms(output: str) -> list[float]:
+    return [float(x) for x in re.findall(r"time=([\d.]+) ms", output)]
+
+
+@pytest.fixture
+def run_id() -> str:
+    return f"mxemu{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def built(tmp_path, run_id):
+    """The ring, built with the userspace shaper; always stopped afterwards."""
+    _require_root()
+    snap, tab = ring()
+    emu = em.Emulation(NAMES, KINDS, make_shaper("userspace", run_id), tmp_path, run_id)
+    try:
+        emu.build(snap.key, snap, tab)
+        yield emu
+    finally:
+        emu.stop()
+
+
+def test_ping_rtt_and_failover_within_one_step(built):
+    emu = built
+    g1 = emu.node_address("g1")
+    assert emu.mininet["g1"].IP() == g1 == "10.0.0.5"
+    out = emu.node("g0").cmd(f"ping -c 12 -i 0.05 -W 2 {g1}")
+    rtt = rtts_ms(out)
+    assert len(rtt) >= 10, out
+    assert abs(np.median(rtt) - 2 * 3 * DELAY_S * 1e3) < 1.0, out
+
+    s0 = emu.node("s0")
+    k01 = emu.plan.link_id(0, 1)
+    k02 = emu.plan.link_id(0, 2)
+    assert f"dev isl{k01} " in s0.cmd(f"ip route get {g1}")
+
+    snap2, tab2 = ring(up=[False, True, True, True, True], t_s=1.0)   # s0-s1 down
+    st = emu.apply(snap2, tab2)
+    assert st.n_link_updates == 1 and st.n_route_changes > 0 and st.t_s == 1.0
+    route = s0.cmd(f"ip route get {g1}")
+    assert f"dev isl{k02} " in route and "10.64." in route, route
+    out = emu.node("g0").cmd(f"ping -c 12 -i 0.05 -W 2 {g1}")
+    rtt = rtts_ms(out)
+    assert len(rtt) >= 10, out
+    assert abs(np.median(rtt) - 2 * 4 * DELAY_S * 1e3) < 1.0, out
+
+    # nothing changed: nothing applied
+    st = emu.apply(snap2, tab2)
+    assert (st.n_link_updates, st.n_route_changes) == (0, 0)
+
+
+def test_build_configures_nodes(built, tmp_path):
+    emu = built
+    s1 = emu.node("s1")
+    addrs = s1.cmd("ip -o -4 addr show")
+    assert "10.0.0.2/32" in addrs
+    for k in (emu.plan.link_id(1, 0), emu.plan.link_id(1, 2), emu.plan.link_id(1, 4)):
+        assert re.search(rf"isl{k}|gsl{k}", addrs)
+    assert s1.cmd("cat /proc/sys/net/ipv4/ip_forward").strip() == "1"
+    assert s1.cmd("cat /proc/sys/net/ipv4/conf/all/rp_filter").strip() == "0"
+    routes = s1.cmd("ip route show proto static").strip().splitlines()
+    assert len(routes) == 4, routes          # every other node's address
+    g0_route = next(r for r in routes if r.startswith("10.0.0.4 "))
+    assert "src 10.0.0.2" in g0_route and f"dev isl{emu.plan.link_id(0, 1)}" in g0_route
+    k01 = emu.plan.link_id(0, 1)
+    assert "10.64.0.0 " in s1.cmd(f"ip neigh show dev isl{k01}") and "PERMANENT" in s1.cmd(
+        f"ip neigh show dev isl{k01}")           # the peer's MAC is known: no ARP
+    assert (tmp_path / "addressing.csv").exists() and (tmp_path / "addressing.json").exists()
+    # Mininet's view: node names resolve to node addresses, interfaces are listed
+    assert emu.mininet["g0"].defaultIntf().updateIP() == "10.0.0.4"
+    assert "gsl" in " ".join(emu.mininet["g0"].intfNames())
+
+
+def test_multipath_route(built):
+    emu = built
+    snap, tab = ring(t_s=1.0)
+    nh = tab.next_hop.copy()
+    nh[2, 4] = [1, 0]                   # s2 -> g1 via s1 and via s0
+    from meshemu.routing import ForwardingTables
+    st = emu.apply(snap, ForwardingTables(destinations=tab.destinations, next_hop=nh,
+                                          scheme="test"))
+    assert st.n_route_changes == 1
+    out = emu.node("s2").cmd(f"ip route show {emu.node_address('g1')}")
+    assert out.count("nexthop via") == 2, out
+    st = emu.apply(snap, tab)           # back to a single next hop
+    out = emu.node("s2").cmd(f"ip route show {emu.node_address('g1')}")
+    assert "nexthop" not in out and "via 10.64." in out, out
+
+
+def test_unreachable_destination_loses_its_route(built):
+    emu = built
+    snap, tab = ring(up=[True, True, True, True, False], t_s=1.0)    # g1's only link down
+    emu.apply(snap, tab)
+    g1 = emu.node_address("g1")
+    assert emu.node("s0").cmd(f"ip route show {g1}").strip() == ""
+    assert "unreachable" in emu.node("s0").cmd(f"ip route get {g1} 2>&1")
+    snap, tab = ring(t_s=2.0)
+    emu.apply(snap, tab)
+    assert "via" in emu.node("s0").cmd(f"ip route show {g1}")
+
+
+def test_stop_leaves_nothing(tmp_path, run_id):
+    _require_root()
+    before = machine_state()
+    snap, tab = ring()
+    emu = em.Emulation(NAMES, KINDS, make_shaper("userspace", run_id), tmp_path, run_id)
+    try:
+        emu.build(snap.key, snap, tab)
+        inodes = {nl.netns_inode(p) for p in emu.pids}
+        emu.node("g0").cmd("sleep 1000 &")               # a process inside a node
+        emu.node("s0").popen(["sleep", "1000"])           # and one attached with mnexec -a
+        assert leftovers(run_id, inodes)
+    finally:
+        emu.stop()
+    emu.stop()                                            # idempotent
+    assert leftovers(run_id, inodes) == []
+    after = machine_state()
+    assert after["links"] == before["links"]
+    assert after["netns"] <= before["netns"]
+    assert not (after["marked"] - before["marked"])
+
+
+def test_partial_build_failure_leaves_nothing(tmp_path, run_id):
+    _require_root()
+    snap, tab = ring()
+    nh = tab.next_hop.copy()
+    nh[3, 4, 0] = 2                      # g0 -> g1 via s2: there is no link g0-s2
+    from meshemu.routing import ForwardingTables
+    bad = ForwardingTables(destinations=tab.destinations, next_hop=nh, scheme="test")
+    before = machine_state()
+    emu = em.Emulation(NAMES, KINDS, make_shaper("userspace", run_id), tmp_path, run_id)
+    with pytest.raises(EmulationError, match="no link g0-s2"):
+        emu.build(snap.key, snap, bad)
+    assert emu.pids                      # it got as far as creating the nodes
+    inodes = set()
+    assert leftovers(run_id, inodes) == []
+    assert all(nl.process_start_ticks(p) is None for p in emu.pids)
+    after = machine_state()
+    assert after["links"] == before["links"] and after["netns"] <= before["netns"]
+    emu.stop()                           # still fine
+
+
+def test_not_root(monkeypatch, tmp_path):
+    snap, tab = ring()
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    emu = em.Emulation(NAMES, KINDS, make_shaper("fake", "mxfake"), tmp_path, "mxfake")
+    with pytest.raises(NotRootError, match="needs root"):
+        emu.build(snap.key, snap, tab)
+    with pytest.raises(NotRootError):
+        em.require_root()
+
+
+def test_not_root_for_real(tmp_path):
+    """As user nobody, in a fresh process: NotRootError, not a traceback from deep inside."""
+    _require_root()
+    code = ("from meshemu.emulator import require_root\n"
+            "from meshemu.errors import NotRootError\n"
+            "try:\n    require_root('meshemu run')\n"
+            "except NotRootError as e:\n    print('NotRootError:', e)\n")
+    p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd="/", env={**os.environ, "PYTHONPATH": str(MAIN)}, timeout=60)
+    assert "NotRootError: meshemu run needs root" in p.stdout, p.stderr
+
+
+def test_memory_estimate_refuses_what_cannot_fit(monkeypatch, tmp_path, run_id):
+    _require_root()
+    snap, tab = ring()
+    monkeypatch.setattr(em, "mem_available_bytes", lambda: 1 << 20)
+    shaper = make_shaper("fake", run_id)
+    emu = em.Emulation(NAMES, KINDS, shaper, tmp_path, run_id)
+    with pytest.raises(ResourceError, match="GiB"):
+        emu.build(snap.key, snap, tab)
+    assert not emu.pids and not shaper.calls
+    with pytest.raises(ResourceError, match="hard limit"):
+        em.raise_nofile_limit(1 << 40)
+
+
+SIGNAL_SCRIPT = r'''
+import sys, time
+import numpy as np
+from types import SimpleNamespace
+from meshemu.emulator import Emulation, handle_signals
+from meshemu.linkstate import Snapshot
+from meshemu.shaper import make_shaper
+
+run_id, run_dir = sys.argv[1], sys.argv[2]
+a = np.array([0, 0, 0, 1, 1], np.int32); b = np.array([1, 2, 3, 2, 4], np.int32)
+E = 5
+snap = Snapshot(0.0, 5, a, b, np.zeros(E, np.int8), np.ones(E, bool), np.full(E, 1500e3),
+                np.full(E, 0.005), np.full(E, 1e9), np.array([1, 1, 1, 0, 0], bool))
+nh = np.array([[-1, 1, 2, 3, 1], [0, -1, 2, 0, 4], [0, 1, -1, 0, 1],
+               [0, 0, 0, -1, 0], [1, 1, 1, 1, -1]], np.int32)[:, :, None]
+tables = SimpleNamespace(destinations=np.arange(5, dtype=np.int32), next_hop=nh)
+with handle_signals():
+    emu = Emulation(["s0", "s1", "s2", "g0", "g1"], ["sat"] * 3 + ["station"] * 2,
+                    make_shaper("userspace", run_id), run_dir, run_id)
+    try:
+        emu.build(snap.key, snap, tables)
+        emu.node("g0").cmd("sleep 1000 &")
+        emu.node("g1").cmd("nohup sleep 1001 >/dev/null 2>&1 &")   # survives a SIGHUP
+        emu.node("s0").popen(["sleep", "1002"])                   # not on the node's pty
+        print("BUILT", " ".join(str(p) for p in emu.pids), flush=True)
+        time.sleep(600)
+    finally:
+        emu.stop()
+        print("STOPPED", flush=True)
+'''
+
+
+def start_build_process(tmp_path: Path, run_id: str) -> tuple[subprocess.Popen, list[int]]:
+    """A process that builds the ring and sleeps; returns it and its node shells' pids."""
+    script = tmp_path / "build_and_sleep.py"
+    script.write_text(SIGNAL_SCRIPT)
+    p = subprocess.Popen([sys.executable, str(script), run_id, str(tmp_path / "run")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(MAIN)})
+    line = p.stdout.readline()
+    if not line.startswith("BUILT"):
+        p.kill()
+        raise AssertionError(f"build process failed: {line}{p.stderr.read()}")
+    return p, [int(x) for x in line.split()[1:]]
+
+
+def test_sigterm_tears_down_and_a_second_run_starts_right_after(tmp_path, run_id):
+    _require_root()
+    p, pids = start_build_process(tmp_path, run_id)
+    try:
+        inodes = {nl.netns_inode(pid) for pid in pids}
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+            from meshemu.clean import clean
+            clean(run_id)
+    assert "STOPPED" in out and "Interrupted" in err, err
+    assert leftovers(run_id, inodes) == []
+    # the next run, at once, with the same node names
+    run2 = run_id + "b"
+    snap, tab = ring()
+    emu = em.Emulation(NAMES, KINDS, make_shaper("userspace", run2), tmp_path / "r2", run2)
+    try:
+        emu.build(snap.key, snap, tab)
+        assert " 0% packet loss" in emu.node("g0").cmd(
+            f"ping -c 2 -i 0.1 -W 2 {emu.node_address('g1')}")
+    finally:
+        emu.stop()
+
+
+def test_netlink_messages_decode_with_pyroute2():
+    """The hand-packed route messages are what pyroute2 (and so the kernel) expect."""
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+    rec = nl.route_records(np.array([0x0A000005], np.uint32), np.array([0x0A400001], np.uint32),
+                           np.array([7]), np.array([0x0A000004], np.uint32),
+                           np.array([42], np.uint32))
+    m = rtmsg(rec.tobytes())
+    m.decode()
+    assert m["header"]["type"] == nl.RTM_NEWROUTE and m["header"]["sequence_number"] == 42
+    assert m["dst_len"] == 32 and m["proto"] == nl.RTPROT_MESHEMU
+    assert (m.get_attr("RTA_DST"), m.get_attr("RTA_GATEWAY"), m.get_attr("RTA_OIF"),
+            m.get_attr("RTA_PREFSRC")) == ("10.0.0.5", "10.64.0.1", 7, "10.0.0.4")
+    m = rtmsg(nl.multipath_route_msg(0x0A000005, [(0x0A400001, 3), (0x0A400003, 4)],
+                                     0x0A000004, 9))
+    m.decode()
+    hops = m.get_attr("RTA_MULTIPATH")
+    assert [(h["oif"], h.get_attr("RTA_GATEWAY")) for h in hops] == [
+        (3, "10.64.0.1"), (4, "10.64.0.3")]
+    d = rtmsg(nl.delroute_records(np.array([0x0A000005], np.uint32),
+                                  np.array([1], np.uint32)).tobytes())
+    d.decode()
+    assert d["header"]["type"] == nl.RTM_DELROUTE and d.get_attr("RTA_DST") == "10.0.0.5"

@@ -1,0 +1,244 @@
+"""`meshemu run` end to end, as root, with the userspace shaper (this kernel has no netem).
+
+These are the acceptance checks of the live emulation: ping RTT between two ground
+stations tracks the plan while the path changes, traffic moves when a link goes down,
+bad input fails cleanly, and a SIGKILLed run is cleaned up by `meshemu clean`.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from meshemu.scenario import Scenario, load_scenario
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+MESHEMU = [sys.executable, "-m", "meshemu.cli"]
+
+
+def machine_state() -> dict:
+    """What a run could leave behind: named netns, root-ns interfaces, meshemu processes."""
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {
+        "netns": sorted(l.split()[0] for l in ns.splitlines() if l.startswith("meshemu")),
+        "links": sorted(l.split(":")[1].strip().split("@")[0] for l in links.splitlines()),
+        "procs": sorted(l.split(None, 1)[1] for l in procs.splitlines()[1:]
+                        if ("meshemu" in l or "mininet:" in l) and "pytest" not in l
+                        and " ps " not in l),
+    }
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _planned_rtt_ms(run_dir: Path, src: str, dst: str) -> dict[float, float]:
+    one_way = defaultdict(dict)
+    for r in _rows(run_dir / "paths.csv"):
+        if r["delay_ms"] and {r["src"], r["dst"]} == {src, dst}:
+            one_way[float(r["t_s"])][r["src"]] = float(r["delay_ms"])
+    return {t: v[src] + v[dst] for t, v in one_way.items() if len(v) == 2}
+
+
+def _paths(run_dir: Path, src: str, dst: str) -> dict[float, str]:
+    return {float(r["t_s"]): r["path"] for r in _rows(run_dir / "paths.csv")
+            if r["src"] == src and r["dst"] == dst}
+
+
+@pytest.fixture(scope="module")
+def ping_run(tmp_path_factory):
+    """Default scenario, 45 emulated s at 1x, a 5 Hz ping london -> new_york all along."""
+    from meshemu.runner import run_emulation
+    before = machine_state()
+    out = tmp_path_factory.mktemp("run")
+    state = {}
+
+    def built(emu):
+        dst = emu.node_address("new_york")
+        state["ping"] = emu.node("london").popen(
+            ["ping", "-D", "-n", "-i", "0.1", "-w", "60", dst], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+
+    res = run_emulation(load_scenario("default"), duration_s=45, step_s=1.0, shaper="userspace",
+                        out_dir=out, traffic=None, on_built=built, plots=False)
+    p = state["ping"]
+    p.terminate()
+    text = p.communicate(timeout=10)[0]
+    return res, text, before
+
+
+def test_ping_rtt_tracks_plan_while_path_changes(ping_run):
+    res, text, _ = ping_run
+    run_dir = res.run_dir
+    steps = _rows(run_dir / "steps.csv")
+    starts = np.array([float(s["unix_s"]) for s in steps])
+    planned = _planned_rtt_ms(run_dir, "london", "new_york")
+    paths = _paths(run_dir, "london", "new_york")
+    assert len(set(paths.values())) >= 2, "the path must change during the test"
+    per_step = defaultdict(list)
+    for m in re.finditer(r"^\[(\d+\.\d+)\].*time=([\d.]+) ms", text, re.M):
+        recv, rtt = float(m.group(1)), float(m.group(2))
+        sent = recv - rtt / 1e3
+        k = int(np.searchsorted(starts, sent, side="right")) - 1
+        if k < 0 or k + 1 >= len(starts):
+            continue
+        # keep pings that start and end inside one step, away from the update itself
+        if sent - starts[k] < 0.05 or recv > starts[k + 1] - 0.01:
+            continue
+        per_step[k].append(rtt)
+    assert len(per_step) >= 30, f"too few steps with pings: {len(per_step)}"
+    errors = []
+    for k, rtts in per_step.items():
+        t = float(steps[k]["t_s"])
+        if t not in planned or len(rtts) < 3:
+            continue
+        errors.append((k, np.median(rtts), planned[t]))
+    assert len(errors) >= 30
+    bad = [(k, m, p) for k, m, p in errors if abs(m - p) > 1.0]
+    assert not bad, f"steps where median RTT is off the plan by > 1 ms: {bad[:5]}"
+    # the planned RTT itself changes across the run (the geometry moves the path)
+    ps = [p for _, _, p in errors]
+    assert max(ps) - min(ps) > 1.0
+
+
+def test_traffic_moves_within_one_step_when_path_changes(ping_run):
+    res, text, _ = ping_run
+    run_dir = res.run_dir
+    steps = _rows(run_dir / "steps.csv")
+    starts = np.array([float(s["unix_s"]) for s in steps])
+    paths = _paths(run_dir, "london", "new_york")
+    planned = _planned_rtt_ms(run_dir, "london", "new_york")
+    changes = [k for k in range(1, len(steps))
+               if paths.get(float(steps[k]["t_s"])) != paths.get(float(steps[k - 1]["t_s"]))]
+    assert changes
+    replies = [(float(m.group(1)), float(m.group(2))) for m in
+               re.finditer(r"^\[(\d+\.\d+)\].*time=([\d.]+) ms", text, re.M)]
+    for k in changes:
+        if k + 1 >= len(starts):
+            continue
+        new_rtt = planned[float(steps[k]["t_s"])]
+        # every ping sent in the step after the change follows the new path
+        window = [rtt for recv, rtt in replies
+                  if starts[k] + 0.05 < recv - rtt / 1e3 and recv < starts[k + 1] - 0.01]
+        assert window, f"no ping replies in the step after the path change at step {k}"
+        assert abs(np.median(window) - new_rtt) <= 1.0
+
+
+def test_run_summary_and_files(ping_run):
+    res, _, _ = ping_run
+    s = res.summary
+    assert s["shaper"] == "userspace"
+    assert s["steps"] == 46
+    for f in ("nodes.csv", "links.csv", "paths.csv", "steps.csv", "summary.json",
+              "addressing.csv"):
+        assert (res.run_dir / f).exists(), f
+    assert s["timing"]["apply_ms_p99"] < 1000
+
+
+def test_nothing_left_after_run(ping_run):
+    _, _, before = ping_run
+    after = machine_state()
+    assert after["netns"] == before["netns"]
+    assert after["links"] == before["links"]
+    assert after["procs"] == before["procs"]
+
+
+def test_unknown_shaper_is_clear_and_leaves_nothing(tmp_path):
+    before = machine_state()
+    r = subprocess.run(MESHEMU + ["run", "--shaper", "warp", "--duration", "2", "--out",
+                                  str(tmp_path / "x")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert "warp" in r.stderr and "userspace" in r.stderr and "Traceback" not in r.stderr
+    assert machine_state() == before
+
+
+def test_not_root_is_clear(tmp_path):
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                       + MESHEMU + ["run", "--duration", "2", "--out", str(tmp_path / "y")],
+                       capture_output=True, text=True, timeout=120, cwd="/")
+    assert r.returncode == 2, r.stderr
+    assert "root" in r.stderr and "sudo" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_too_large_scenario_is_refused(tmp_path):
+    before = machine_state()
+    big = copy.deepcopy(load_scenario("starlink-shell1").raw)
+    big["constellation"]["shells"][0].update(planes=400, sats_per_plane=400, phasing=1)
+    path = tmp_path / "huge.yaml"
+    import yaml
+    path.write_text(yaml.safe_dump(big))
+    r = subprocess.run(MESHEMU + ["run", str(path), "--duration", "1", "--out",
+                                  str(tmp_path / "z")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "memory" in r.stderr.lower() and "Traceback" not in r.stderr
+    assert machine_state() == before
+
+
+def test_sigkill_then_clean_restores_machine(tmp_path):
+    before = machine_state()
+    proc = subprocess.Popen(MESHEMU + ["run", "--duration", "120", "--shaper", "userspace",
+                                       "--traffic", "none", "--out", str(tmp_path / "k")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        seen = ""
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            seen += line
+            if line.startswith("built in") or not line:
+                break
+        assert "built in" in seen, seen
+        time.sleep(2)
+        assert machine_state() != before  # the run really built something
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        r = subprocess.run(MESHEMU + ["clean"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    deadline = time.time() + 30
+    while machine_state() != before and time.time() < deadline:
+        time.sleep(0.5)
+    assert machine_state() == before
+
+
+def test_sigterm_tears_down(tmp_path):
+    before = machine_state()
+    proc = subprocess.Popen(MESHEMU + ["run", "--duration", "120", "--shaper", "userspace",
+                                       "--traffic", "none", "--out", str(tmp_path / "t")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = ""
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            seen += line
+            if line.startswith("built in") or not line:
+                break
+        assert "built in" in seen, seen
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(MESHEMU + ["clean"], capture_output=True, timeout=300)
+    assert machine_state() == before

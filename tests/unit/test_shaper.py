@@ -1,0 +1,224 @@
+"""Link shapers without root: netem command generation, validation, registry, the fake."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+
+from meshemu import delayline as dl
+from meshemu import shaper as sh
+from meshemu.errors import ShaperError
+from meshemu.shaper import (FakeShaper, LinkEnds, LinkParams, LinkParamsError, make_shaper,
+                            netem_args, netem_limit, netem_qdisc_cmd)
+
+
+def _opt(cmd: list[str], key: str) -> str:
+    """The value after ``key`` in a netem command (``loss`` is followed by ``random``)."""
+    i = cmd.index(key) + 1
+    return cmd[i + 1] if cmd[i] == "random" else cmd[i]
+
+
+# ---- netem commands -----------------------------------------------------------------------
+@pytest.mark.parametrize("delay_s, expect", [(0.010, "10000.000us"), (0.0123456789, "12345.679us"),
+                                             (0.0, "0.000us"), (2.5, "2500000.000us")])
+def test_netem_delay_in_microseconds_with_ns_resolution(delay_s, expect):
+    assert _opt(netem_args(LinkParams(delay_s, 1e9)), "delay") == expect
+
+
+def test_netem_add_command_has_every_option():
+    p = LinkParams(0.010, 50e6, queue_packets=200, loss=0.01)
+    cmd = netem_qdisc_cmd("isl3", p, "add")
+    assert cmd[:7] == ["qdisc", "add", "dev", "isl3", "root", "handle", "1:"]
+    assert cmd[7] == "netem"
+    assert _opt(cmd, "rate") == "50000000bit"
+    assert _opt(cmd, "loss") == "1%"
+    assert int(_opt(cmd, "limit")) == netem_limit(p)
+
+
+def test_netem_change_is_a_change_not_delete_and_add():
+    cmd = netem_qdisc_cmd("isl3", LinkParams(0.025, 1e9), "change")
+    assert cmd[1] == "change" and "del" not in cmd and "delete" not in cmd
+    # every option is repeated, so a change cannot leave an old rate/loss behind
+    for key in ("delay", "rate", "limit", "loss"):
+        assert key in cmd
+
+
+def test_netem_down_is_total_loss_and_up_restores_configured_loss():
+    p = LinkParams(0.005, 1e8, loss=0.2, up=False)
+    assert _opt(netem_args(p), "loss") == "100%"
+    assert _opt(netem_args(LinkParams(0.005, 1e8, loss=0.2)), "loss") == "20%"
+    assert _opt(netem_args(LinkParams(0.005, 1e8)), "loss") == "0%"
+
+
+@pytest.mark.parametrize("rate", [0, math.inf])
+def test_netem_unlimited_rate_is_rate_zero(rate):
+    assert _opt(netem_args(LinkParams(0.001, rate)), "rate") == "0bit"
+
+
+def test_netem_limit_covers_queue_plus_bandwidth_delay_product():
+    p = LinkParams(0.020, 1.2e9, queue_packets=100)
+    bdp = 1.2e9 * 0.020 / (8 * sh.NETEM_BDP_PACKET_BYTES)
+    assert netem_limit(p) == 100 + math.ceil(bdp)
+    # a longer or faster link holds more packets in flight
+    assert netem_limit(LinkParams(0.040, 1.2e9, queue_packets=100)) > netem_limit(p)
+    assert netem_limit(LinkParams(0.0, 1e6, queue_packets=7)) == 7
+    assert netem_limit(LinkParams(0.01, 0, queue_packets=7)) == 7 + math.ceil(
+        0.01 * sh.NETEM_UNLIMITED_PPS)
+
+
+def test_netem_bad_action_names_the_valid_ones():
+    with pytest.raises(ShaperError, match="'replace'.*add, change"):
+        netem_qdisc_cmd("e0", LinkParams(0.001, 1e6), "replace")
+
+
+def test_netem_create_and_change_commands_group_by_namespace():
+    e1 = LinkEnds(1, 100, "a-eth0", 200, "b-eth0")
+    e2 = LinkEnds(2, 100, "a-eth1", 300, "c-eth0")
+    p = LinkParams(0.003, 1e7)
+    ip_cmds, tc = sh.netem_create_cmds([(e1, p), (e2, p)])
+    assert ip_cmds[0] == ["link", "add", "a-eth0", "netns", "100", "up", "type", "veth",
+                          "peer", "name", "b-eth0", "netns", "200"]
+    assert len(ip_cmds) == 2
+    assert sorted(tc) == [100, 200, 300]
+    assert [c[3] for c in tc[100]] == ["a-eth0", "a-eth1"]
+    assert all(c[1] == "add" for cmds in tc.values() for c in cmds)
+    ch = sh.netem_change_cmds([(e2, LinkParams(0.004, 1e7))])
+    assert sorted(ch) == [100, 300] and ch[300][0][:4] == ["qdisc", "change", "dev", "c-eth0"]
+    text = sh.batch_text(tc[100])
+    assert text.count("\n") == 2 and text.startswith("qdisc add dev a-eth0 root handle 1: netem")
+
+
+def test_userspace_commands_put_one_end_of_each_pair_in_the_delay_line_namespace():
+    e = LinkEnds(7, 100, "x0", 200, "y0")
+    cmds = sh.userspace_create_cmds([e], "meshemu-r1-dl")
+    assert cmds == [sh.veth_cmd("x0", 100, dl.dl_ifname(7, "a"), "meshemu-r1-dl"),
+                    sh.veth_cmd("y0", 200, dl.dl_ifname(7, "b"), "meshemu-r1-dl")]
+    assert all(len(dl.dl_ifname(2**32 - 1, s)) <= sh.IFNAME_MAX for s in "ab")
+
+
+# ---- validation ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, needle", [
+    ({"delay_s": -0.001}, "delay_s"), ({"delay_s": math.nan}, "delay_s"),
+    ({"delay_s": math.inf}, "delay_s"), ({"rate_bps": -1.0}, "rate_bps"),
+    ({"rate_bps": math.nan}, "rate_bps"), ({"rate_bps": 1.0}, "rate_bps"),
+    ({"loss": 1.5}, "loss"), ({"loss": -0.1}, "loss"), ({"queue_packets": 0}, "queue_packets"),
+    ({"queue_packets": 10.5}, "queue_packets"), ({"up": "yes"}, "up"),
+])
+def test_link_params_reject_impossible_values_quoting_them(kw, needle):
+    args = {"delay_s": 0.01, "rate_bps": 1e6, **kw}
+    with pytest.raises(LinkParamsError, match=needle) as ei:
+        LinkParams(**args)
+    assert isinstance(ei.value, ValueError) and isinstance(ei.value, ShaperError)
+    assert repr(kw[needle if needle in kw else next(iter(kw))]) in str(ei.value)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"link_id": -1}, "link_id"), ({"pid_a": 0}, "pid_a"),
+    ({"if_a": "much-too-long-name"}, "if_a"), ({"if_b": "has space"}, "if_b"),
+    ({"if_b": ""}, "if_b"), ({"pid_b": 10, "if_b": "e0"}, "both ends"),
+])
+def test_link_ends_reject_bad_ids_and_names(kw, needle):
+    args = {"link_id": 1, "pid_a": 10, "if_a": "e0", "pid_b": 11, "if_b": "e1", **kw}
+    with pytest.raises(LinkParamsError, match=needle):
+        LinkEnds(**args)
+
+
+def test_link_params_unlimited():
+    assert LinkParams(0.0, 0).unlimited and LinkParams(0.0, math.inf).unlimited
+    assert not LinkParams(0.0, 1e9).unlimited
+
+
+# ---- registry -----------------------------------------------------------------------------
+def test_registry_names():
+    assert set(sh.SHAPERS) == {"netem", "userspace", "fake"}
+    for name, cls in sh.SHAPERS.items():
+        assert cls.name == name and issubclass(cls, sh.LinkShaper)
+
+
+def test_unknown_shaper_lists_the_valid_choices():
+    with pytest.raises(ShaperError, match=r"'warp'.*auto, fake, netem, userspace"):
+        make_shaper("warp", "r1")
+
+
+def test_netem_without_kernel_support_suggests_userspace(monkeypatch):
+    monkeypatch.setattr(sh, "netem_available", lambda: False)
+    with pytest.raises(ShaperError, match="--shaper userspace"):
+        make_shaper("netem", "r1")
+
+
+@pytest.mark.parametrize("has_netem, cls", [(True, sh.NetemShaper),
+                                            (False, sh.UserspaceShaper)])
+def test_auto_picks_netem_when_available_and_says_so(monkeypatch, caplog, has_netem, cls):
+    monkeypatch.setattr(sh, "netem_available", lambda: has_netem)
+    with caplog.at_level(logging.INFO, logger="meshemu.shaper"):
+        s = make_shaper("auto", "r1")
+    assert type(s) is cls
+    assert any(cls.name in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+    s.close()  # nothing was created: close is a no-op, and idempotent
+    s.close()
+
+
+def test_run_id_is_checked():
+    with pytest.raises(ShaperError, match="'a/b'"):
+        make_shaper("fake", "a/b")
+
+
+def test_userspace_worker_count_is_checked():
+    with pytest.raises(ShaperError, match="workers.*0"):
+        sh.UserspaceShaper("r1", workers=0)
+
+
+# ---- the fake -----------------------------------------------------------------------------
+def _link(i: int) -> tuple[LinkEnds, LinkParams]:
+    return LinkEnds(i, 100 + i, f"e{i}a", 200 + i, f"e{i}b"), LinkParams(0.001 * (i + 1), 1e9)
+
+
+def test_fake_shaper_records_calls_and_keeps_state():
+    f = make_shaper("fake", "r1")
+    assert isinstance(f, FakeShaper)
+    f.create_links([_link(0), _link(1)])
+    new = LinkParams(0.02, 5e8, up=False)
+    f.update([(1, new)])
+    assert f.params(1) == new and f.params(0) == _link(0)[1]
+    assert f.counters() == {0: (0, 0, 0), 1: (0, 0, 0)}
+    f.remove_links([0])
+    assert f.link_ids == [1]
+    f.close()
+    assert [c[0] for c in f.calls] == ["create_links", "update", "counters", "remove_links",
+                                       "close"]
+    assert f.calls[1][1] == [(1, new)] and f.closed and f.link_ids == []
+
+
+def test_fake_shaper_rejects_what_the_real_ones_reject():
+    f = FakeShaper()
+    f.create_links([_link(0)])
+    with pytest.raises(LinkParamsError, match="already exists"):
+        f.create_links([_link(0)])
+    with pytest.raises(LinkParamsError, match=r"unknown link id\(s\) \[9\]"):
+        f.update([(9, LinkParams(0.0, 0))])
+    with pytest.raises(LinkParamsError, match="unknown"):
+        f.remove_links([5])
+    with pytest.raises(LinkParamsError, match="pairs"):
+        f.create_links([("not", "a link")])
+    assert f.link_ids == [0]
+
+
+# ---- delay-line control protocol ----------------------------------------------------------
+def test_control_messages_round_trip():
+    msg = dl.encode_links(dl.OP_UPDATE, [(3, 0.0123456789, math.inf, 50, 0.25, False),
+                                         (4, 0.001, 5e7, 1000, 0.0, True)])
+    op, n = dl.HDR.unpack_from(msg)
+    assert (op, n) == (dl.OP_UPDATE, 2)
+    recs = list(dl.LINK_REC.iter_unpack(msg[dl.HDR.size:]))
+    assert recs == [(3, 12_345_679, 0.0, 50, 0.25, 0), (4, 1_000_000, 5e7, 1000, 0.0, 1)]
+    ids = dl.encode_ids(dl.OP_REMOVE, [1, 2, 2**32 - 1])
+    assert dl.HDR.unpack_from(ids) == (dl.OP_REMOVE, 3)
+    assert [i for (i,) in dl.ID_REC.iter_unpack(ids[dl.HDR.size:])] == [1, 2, 2**32 - 1]
+
+
+def test_bpf_filter_program_shape():
+    fprog, buf = dl._bpf_ifindex_filter(2, 1)
+    n = int.from_bytes(fprog[:2], "little")
+    assert n == 5 and len(buf.raw) >= n * 8
