@@ -84,7 +84,7 @@ def test_path_delays_symmetric_and_triangle_inequality(plan_dir):
                 continue
             for (x2, y), w in pairs.items():
                 if x2 == x and y != s and (s, y) in pairs:
-                    assert pairs[(s, y)] <= v + w + 1e-6
+                    assert pairs[(s, y)] <= v + w + 1e-5  # three values rounded to 1e-6 ms
                     checked += 1
     assert checked > 100
 
