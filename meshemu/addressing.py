@@ -112,7 +112,7 @@ def check_limits(n_nodes: int, n_links: int) -> None:
     """Raise :class:`ResourceError` if the plan cannot address this many nodes or links."""
     if n_nodes > MAX_NODES:
         raise ResourceError(f"the scenario has {n_nodes} nodes but the addressing plan allows "
-                            f"at most {MAX_NODES} (one /32 each in {NODE_NET})")
+                            f"at most {MAX_NODES} (one /32 each in {NODE_NET}); use fewer satellites or ground nodes")
     if n_links > MAX_LINKS:
         raise ResourceError(f"the run has {n_links} distinct links but the addressing plan "
                             f"allows at most {MAX_LINKS} (one /31 each in {LINK_NET})")

@@ -6,8 +6,8 @@
     meshemu run     [SCENARIO] [--duration S] [--step S] [--time-scale X] [--shaper auto|netem|userspace]
                     [--routing NAME] [--traffic PROFILE] [--out DIR] [--cli]
     meshemu clean
-    meshemu report  RUN_DIR
-    meshemu compare RUN_DIR RUN_DIR...
+    meshemu report  RUN_DIR [--out DIR]
+    meshemu compare RUN_DIR RUN_DIR... [--out DIR]
     meshemu scenarios
 
 SCENARIO is a YAML path or the name of a scenario shipped in ``topologies/`` (default:
@@ -69,7 +69,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out = _run_dir(args.out, "plan", args.scenario)
     t0 = time.perf_counter()
     res = run_plan(scenario, args.duration, args.step, args.routing, out,
-                   progress=Progress("plan"))
+                   progress=Progress("plan"), start_s=args.start)
     s = res.summary
     print(f"plan of {s['scenario']}: {s['nodes']} nodes ({s['satellites']} satellites), "
           f"{s['steps']} steps of {s['step_s']:g} s, routing {s['routing']}, "
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--duration", type=_nonneg, default=duration,
                         help="emulated seconds (default: %(default)s)")
         sp.add_argument("--step", type=_pos, default=1.0, help="seconds per step (default: 1)")
+        sp.add_argument("--start", type=_nonneg, default=0.0,
+                        help="start this many seconds after the scenario epoch (default: 0)")
         sp.add_argument("--routing", default="shortest-delay",
                         help="routing scheme: a built-in name, FILE.py:Class or module:Class "
                              "(default: %(default)s)")
@@ -166,11 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_clean)
 
     sp = sub.add_parser("report", help="plots and summary table of a run directory")
-    sp.add_argument("run_dir")
+    sp.add_argument("run_dir", help="directory written by 'meshemu run' (or 'meshemu plan')")
+    sp.add_argument("--out", help="output directory (default: RUN_DIR/report)")
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("compare", help="compare run directories side by side")
-    sp.add_argument("run_dirs", nargs="+")
+    sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="two or more directories written by 'meshemu run'")
     sp.add_argument("--out", help="output directory (default: runs/compare-<time>)")
     sp.set_defaults(func=cmd_compare)
 

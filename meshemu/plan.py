@@ -143,7 +143,7 @@ class PlanRecorder:
         self._pf.close()
 
     def summary(self, scenario: Scenario, scheme_name: str, duration_s: float,
-                step_s: float) -> dict:
+                step_s: float, start_s: float = 0.0) -> dict:
         """The plan part of ``summary.json``."""
         names = self.names
         n_steps = max(self.steps, 1)
@@ -160,7 +160,7 @@ class PlanRecorder:
         rc = self.route_changes_per_step
         return {
             "scenario": scenario.name, "source": scenario.source,
-            "epoch": scenario.epoch.isoformat(), "duration_s": duration_s, "step_s": step_s,
+            "epoch": scenario.epoch.isoformat(), "start_s": start_s, "duration_s": duration_s, "step_s": step_s,
             "steps": self.steps, "routing": scheme_name,
             "nodes": len(nodes), "node_kinds": kinds, "satellites": nodes.n_sats,
             "endpoints": [names[e] for e in self.ends],
@@ -174,8 +174,10 @@ class PlanRecorder:
 
 def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
              routing: str | RoutingScheme = "shortest-delay", out_dir: Path | str = "plan",
-             progress: ProgressFn | None = None, plots: bool = True) -> PlanResult:
-    """Compute snapshots, routes and paths over ``[0, duration_s]`` and write the plan files.
+             progress: ProgressFn | None = None, plots: bool = True,
+             start_s: float = 0.0) -> PlanResult:
+    """Compute snapshots, routes and paths over ``[start_s, start_s + duration_s]`` (seconds
+    after the scenario epoch) and write the plan files.
 
     Parameters
     ----------
@@ -203,7 +205,7 @@ def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
     t_geom = t_route = 0.0
     first_snapshot = None
     try:
-        it = sched.snapshots(duration_s)
+        it = sched.snapshots(duration_s, start_s=start_s)
         for k in range(n_steps):
             t0 = time.perf_counter()
             snap = next(it)
@@ -219,7 +221,7 @@ def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
                 progress(k + 1, n_steps)
     finally:
         rec.close()
-    summary = rec.summary(scenario, scheme.name, duration_s, step_s)
+    summary = rec.summary(scenario, scheme.name, duration_s, step_s, start_s)
     summary["timing"] = {"geometry_ms_per_step": 1e3 * t_geom / n_steps,
                          "routing_ms_per_step": 1e3 * t_route / n_steps}
     files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "summary.json")]

@@ -61,9 +61,19 @@ class RunResult:
     files: list[Path] = field(default_factory=list)
 
 
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (even by SIGKILL)."""
+    import ctypes
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _routes_worker(snapshots: list[Snapshot], scheme: RoutingScheme, dests: np.ndarray,
                    q: mp.Queue) -> None:
     """Child process: forwarding tables for every step, in order, into ``q``."""
+    _die_with_parent()
     try:
         for k, snap in enumerate(snapshots):
             t = scheme.forwarding_tables(snap, dests)
@@ -121,13 +131,24 @@ class _Signals:
         return False
 
 
+def _check_capacity(n_nodes: int, n_sats: int, n_ground: int) -> None:
+    """Refuse a scenario that cannot fit before spending time planning it: addressing limits
+    and memory, with the link count estimated as 2 ISLs per satellite plus a few GSLs per
+    ground node (the plan's exact figures are checked again at build time)."""
+    from meshemu import addressing
+    from meshemu.emulator import check_memory
+    n_links = 2 * n_sats + 4 * n_ground
+    addressing.check_limits(n_nodes, n_links)
+    check_memory(n_nodes, n_links, n_nodes * n_nodes)
+
+
 def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: float = 1.0,
                   time_scale: float = 1.0, shaper: str = "auto",
                   routing: str | RoutingScheme = "shortest-delay",
                   out_dir: Path | str | None = None, traffic: str | None = "default",
                   cli: bool = False, on_step: StepHook | None = None,
                   on_built: Callable[["Emulation"], None] | None = None,  # noqa: F821
-                  plots: bool = True) -> RunResult:
+                  plots: bool = True, start_s: float = 0.0) -> RunResult:
     """Build the emulated network, drive it through the plan, tear it down.
 
     Parameters
@@ -152,6 +173,10 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
         Called after each step is applied (from the stepping thread); used by tests.
     on_built : callable(emulation), optional
         Called once the network is built, before the clock starts.
+    plots : bool
+        Write ``map.png`` and ``path_delay.png``.
+    start_s : float
+        Start this many seconds after the scenario epoch.
     """
     from meshemu.emulator import Emulation, require_root
     from meshemu.shaper import make_shaper
@@ -159,9 +184,9 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     require_root("meshemu run")
     if isinstance(scenario, (str, Path)):
         scenario = load_scenario(scenario)
-    if not (duration_s >= 0 and step_s > 0 and time_scale > 0):
-        raise EmulationError(f"need duration >= 0, step > 0 and time scale > 0; got "
-                             f"{duration_s}, {step_s}, {time_scale}")
+    if not (duration_s >= 0 and step_s > 0 and time_scale > 0 and start_s >= 0):
+        raise EmulationError(f"need duration >= 0, step > 0, time scale > 0 and start >= "
+                             f"0; got {duration_s}, {step_s}, {time_scale}, {start_s}")
     scheme = get_scheme(routing) if isinstance(routing, str) else routing
     run_id = uuid.uuid4().hex[:6]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -170,8 +195,9 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     # ---- plan (pure): every snapshot of the run
     t0 = time.perf_counter()
     sched = LinkSchedule(scenario, step_s)
+    _check_capacity(len(sched.nodes), sched.n_sats, len(scenario.ground))
     n_steps = int(np.floor(duration_s / step_s + 1e-9)) + 1
-    snapshots = list(sched.snapshots(duration_s))
+    snapshots = list(sched.snapshots(duration_s, start_s=start_s))
     link_keys = np.unique(np.concatenate([s.key for s in snapshots]))
     nodes = sched.nodes
     all_dests = np.arange(len(nodes), dtype=np.int32)
@@ -281,7 +307,7 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
             t_stop = time.perf_counter() - t0
         elif shaper_obj is not None:
             shaper_obj.close()
-    summary = recorder.summary(scenario, scheme.name, duration_s, step_s)
+    summary = recorder.summary(scenario, scheme.name, duration_s, step_s, start_s)
     arr = np.array([r[5] for r in stats_rows]) if stats_rows else np.zeros(1)
     lag = np.array([r[4] for r in stats_rows]) if stats_rows else np.zeros(1)
     summary.update({
@@ -316,7 +342,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
 def run_from_cli(args) -> int:
     """``meshemu run`` entry point."""
     res = run_emulation(args.scenario, args.duration, args.step, args.time_scale, args.shaper,
-                        args.routing, args.out, traffic=args.traffic or "default", cli=args.cli)
+                        args.routing, args.out, traffic=args.traffic or "default", cli=args.cli,
+                        start_s=args.start)
     s = res.summary
     t = s["timing"]
     print(f"run {s['run_id']} of {s['scenario']}: {s['nodes']} nodes, {s['links_total']} links, "

@@ -81,15 +81,18 @@ class LinkSchedule:
         """Satellite positions (S, T, 3) at times ``t_s``."""
         return propagate_ecef_km(self.constellation.satrecs, self.scenario.epoch, t_s)
 
-    def snapshots(self, duration_s: float, chunk_steps: int = 120) -> Iterator[Snapshot]:
-        """Yield the snapshot at every step from 0 to ``duration_s`` inclusive."""
+    def snapshots(self, duration_s: float, chunk_steps: int = 120,
+                  start_s: float = 0.0) -> Iterator[Snapshot]:
+        """Yield the snapshot at every step from ``start_s`` to ``start_s + duration_s``
+        inclusive (times after the scenario epoch; links present at ``start_s`` count as
+        acquired)."""
         n_steps = int(np.floor(duration_s / self.step_s + 1e-9)) + 1
         state = _GslState([set() for _ in self.scenario.ground], [{} for _ in self.scenario.ground])
         prev_keys = np.zeros(0, np.int64)
         prev_formed = np.zeros(0, np.float64)
         prev_isl: set[tuple[int, int]] = set()
         for c0 in range(0, n_steps, chunk_steps):
-            ts = np.arange(c0, min(c0 + chunk_steps, n_steps)) * self.step_s
+            ts = start_s + np.arange(c0, min(c0 + chunk_steps, n_steps)) * self.step_s
             pos = self.positions_ecef_km(ts)
             for j, t in enumerate(ts):
                 snap, prev_keys, prev_formed, prev_isl = self._snapshot(
