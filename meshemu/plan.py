@@ -149,12 +149,13 @@ class PlanRecorder:
         n_steps = max(self.steps, 1)
         pairs = []
         for (s, d), st in self.pair_stats.items():
-            arr = np.array(st.delays_ms) if st.delays_ms else np.array([np.nan])
+            arr = np.array(st.delays_ms)
             pairs.append({"src": names[s], "dst": names[d],
                           "reachable_fraction": st.reachable_steps / n_steps,
-                          "delay_ms_min": _f(np.nanmin(arr)),
-                          "delay_ms_mean": _f(np.nanmean(arr)),
-                          "delay_ms_max": _f(np.nanmax(arr)), "path_changes": st.path_changes})
+                          "delay_ms_min": _f(arr.min()) if arr.size else None,
+                          "delay_ms_mean": _f(arr.mean()) if arr.size else None,
+                          "delay_ms_max": _f(arr.max()) if arr.size else None,
+                          "path_changes": st.path_changes})
         nodes = self.nodes
         kinds = {str(k): int((nodes.kind == k).sum()) for k in np.unique(nodes.kind)}
         rc = self.route_changes_per_step

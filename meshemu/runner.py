@@ -225,8 +225,12 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
             emu = Emulation(nodes.names, list(nodes.kind), shaper_obj, out, run_id)
             first_tables = feed.get(0)
             t0 = time.perf_counter()
+            why = ""
+            if shaper == "auto":
+                why = (" picked by auto: the kernel has netem" if shaper_obj.name == "netem"
+                       else " picked by auto: the kernel has no netem")
             print(f"building {len(nodes)} nodes and {link_keys.size} links "
-                  f"(shaper: {shaper_obj.name}) ...", flush=True)
+                  f"(shaper: {shaper_obj.name}{why}) ...", flush=True)
             emu.build(link_keys, snapshots[0], first_tables)
             t_build = time.perf_counter() - t0
             print(f"built in {t_build:.1f} s", flush=True)
