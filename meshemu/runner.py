@@ -280,6 +280,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
 
             if cli:
                 from mininet.cli import CLI
+                from mininet.log import lg
+                lg.propagate = False  # it prints through its own handler; no second copy
 
                 def guarded() -> None:
                     try:
