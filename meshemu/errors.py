@@ -7,6 +7,7 @@ The tree, in one place::
     |   +-- TLEError                  a TLE/3LE line is malformed (shows the expected template)
     +-- ProfileError(ValueError)      a traffic profile or pcap is malformed
     +-- RoutingError(ValueError)      unknown routing scheme, or a scheme that misbehaves
+    +-- ReportError(ValueError)       a run directory (or one of its files) cannot be reported on
     +-- ShaperError                   unknown shaper, or a shaper that cannot work on this kernel
     +-- EmulationError                the live emulation cannot be built or run
     |   +-- NotRootError              a command that needs root was run without it
@@ -52,6 +53,10 @@ class ScenarioError(MeshemuError, ValueError):
 
 class TLEError(ScenarioError):
     """A two-line (or three-line) element set is malformed."""
+
+
+class ReportError(MeshemuError, ValueError):
+    """A run directory (or one of its files) cannot be reported on."""
 
 
 class ProfileError(MeshemuError, ValueError):
