@@ -52,8 +52,10 @@ echo "==> pip install -e .$extra"
 
 if [ "$WITH_TEST" = 1 ]; then
     echo "==> fetching a netem-capable Debian kernel for tests/vm"
-    "$VENV/bin/python" -m meshemu.vmkernel fetch || {
-        echo "install.sh: could not fetch the Debian kernel package for the VM tests" >&2; exit 1; }
+    # tests/vm/vmkernel.py: apt-get download linux-image-<abi>-amd64 into .vm/ (idempotent)
+    "$VENV/bin/python" "$HERE/tests/vm/vmkernel.py" fetch || {
+        echo "install.sh: could not fetch Debian's linux-image-amd64 kernel package for the" \
+             "netem tests in tests/vm (they fail without it; see the error above)" >&2; exit 1; }
 fi
 
 "$VENV/bin/python" -c "import mininet.net, meshemu" || {

@@ -234,13 +234,14 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
             emu.build(link_keys, snapshots[0], first_tables)
             t_build = time.perf_counter() - t0
             print(f"built in {t_build:.1f} s", flush=True)
-            recorder.record(snapshots[0], first_tables)
+            paths0 = recorder.record(snapshots[0], first_tables)
             if on_built:
                 on_built(emu)
             if traffic and traffic != "none":
                 from meshemu.traffic.runtime import start_traffic
                 agents = start_traffic(traffic, scenario, emu, sched, snapshots, out,
                                        duration_s / time_scale)
+                agents.step(0, snapshots[0].t_s, paths0)
             state = {"k": 0, "error": None}
 
             def stepper() -> None:
@@ -261,7 +262,9 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                     tables = feed.get(k)
                     st = emu.apply(snapshots[k], tables)
                     apply_s = time.monotonic() - began
-                    recorder.record(snapshots[k], tables)
+                    paths = recorder.record(snapshots[k], tables)
+                    if agents is not None:
+                        agents.step(k, snapshots[k].t_s, paths)
                     row = (k, snapshots[k].t_s, round(began - start, 6), round(began_unix, 6),
                            round(lag * 1e3, 3), round(apply_s * 1e3, 3), st.n_link_updates,
                            st.n_route_changes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 
 import pytest
 
@@ -88,6 +89,79 @@ def test_netem_create_and_change_commands_group_by_namespace():
     assert sorted(ch) == [100, 300] and ch[300][0][:4] == ["qdisc", "change", "dev", "c-eth0"]
     text = sh.batch_text(tc[100])
     assert text.count("\n") == 2 and text.startswith("qdisc add dev a-eth0 root handle 1: netem")
+
+
+# What iproute2 6.1 sends for `tc qdisc add dev IF root handle 1: netem delay 12345.678us
+# rate 20000000bit limit 1167 loss random 2%` (strace -e write=all, ifindex 3, seq 0x6b06a1fb).
+TC_NETEM_ADD = bytes.fromhex(
+    "60000000240005 06fba1066b00000000"
+    "000000000300000000000100ffffffff"
+    "000000000a0001006e6574656d000000"
+    "300002007af102008f04000052b81e05"
+    "000000000000000000000000140006 00"
+    "a0252600000000000000000000000000".replace(" ", ""))
+
+
+def _split_netem(msg: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(tcmsg, TCA_KIND attr, struct tc_netem_qopt, nested netem attributes) of a message."""
+    tcmsg, kind = msg[16:36], msg[36:48]
+    opt_len = struct.unpack_from("=H", msg, 48)[0]
+    return tcmsg, kind, msg[52:76], msg[76:48 + opt_len]
+
+
+def test_netem_netlink_message_matches_what_tc_sends():
+    p = LinkParams(0.012345678, 20e6, queue_packets=1167 - netem_limit(LinkParams(
+        0.012345678, 20e6, queue_packets=1)) + 1, loss=0.02)
+    assert netem_limit(p) == 1167
+    mine = sh.netem_qdisc_msg(3, p, "add", seq=0x6B06A1FB)
+    assert struct.unpack_from("=IHHI", mine) == (len(mine), 36, 0x1 | 0x400 | 0x200,
+                                                 0x6B06A1FB)   # tc also asks for an ack
+    t_tc, k_tc, q_tc, n_tc = _split_netem(TC_NETEM_ADD)
+    t_me, k_me, q_me, n_me = _split_netem(mine)
+    assert (t_me, k_me) == (t_tc, k_tc)
+    # limit, loss, gap, duplicate, jitter as tc; the 32-bit latency in psched ticks
+    # (64 ns) is superseded by TCA_NETEM_LATENCY64 (exact ns), which tc 6.1 does not send
+    assert q_me[4:] == q_tc[4:]
+    assert struct.unpack_from("=I", q_me)[0] == 12345678 >> 6
+    assert n_tc == bytes.fromhex("14000600a0252600" + "00" * 12)    # TCA_NETEM_RATE 2.5 MB/s
+    assert n_me == bytes.fromhex("0c000a00") + struct.pack("=q", 12345678) + n_tc
+
+
+def test_netem_netlink_change_and_edge_values():
+    ch = sh.netem_qdisc_msg(5, LinkParams(0.001, 0, up=False), "change", seq=1)
+    assert struct.unpack_from("=HH", ch, 4) == (36, 0x1)            # no create flag
+    _, _, qopt, nested = _split_netem(ch)
+    assert struct.unpack_from("=III", qopt)[2] == 0xFFFFFFFF          # down: loss 100 %
+    assert nested[12:16] == bytes.fromhex("14000600") and nested[16:20] == b"\0" * 4  # rate 0
+    fast = sh.netem_qdisc_msg(5, LinkParams(0.001, 100e9), "change")  # 12.5 GB/s > 2^32
+    _, _, _, nested = _split_netem(fast)
+    assert struct.unpack_from("=I", nested, 16)[0] == 0xFFFFFFFF
+    assert nested[32:36] == bytes.fromhex("0c000800")                # TCA_NETEM_RATE64
+    assert struct.unpack_from("=Q", nested, 36)[0] == 12_500_000_000
+    with pytest.raises(ShaperError, match="'replace'.*add, change"):
+        sh.netem_qdisc_msg(5, LinkParams(0.001, 0), "replace")
+
+
+def _qdisc_reply(ifindex: int, kind: bytes, parent: int, packets: int, nbytes: int,
+                 drops: int) -> bytes:
+    body = (struct.pack("=BxxxiIII", 0, ifindex, 0x10000, parent, 1)
+            + sh._nla(sh.TCA_KIND, kind + b"\0")
+            + sh._nla(sh.TCA_STATS, struct.pack("=QIIIIIII", nbytes, packets, drops,
+                                                 0, 0, 0, 0, 0)))
+    return struct.pack("=IHHII", 16 + len(body), 36, 2, 1, 0) + body
+
+
+def test_netem_stats_come_from_root_netem_qdiscs_of_a_dump():
+    data = (_qdisc_reply(4, b"netem", 0xFFFFFFFF, 10, 980, 2)
+            + _qdisc_reply(1, b"noqueue", 0xFFFFFFFF, 0, 0, 0)
+            + _qdisc_reply(5, b"netem", 0x10000, 7, 7, 7)          # not a root qdisc
+            + _qdisc_reply(6, b"netem", 0xFFFFFFFF, 2**32 - 1, 2**40, 0))
+    assert sh.parse_netem_stats(data) == ({4: (10, 980, 2), 6: (2**32 - 1, 2**40, 0)}, False)
+    done = struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0)
+    assert sh.parse_netem_stats(done) == ({}, True)
+    err = struct.pack("=IHHIIi", 36, 2, 0, 1, 0, -1) + b"\0" * 16
+    with pytest.raises(ShaperError, match="RTM_GETQDISC dump"):
+        sh.parse_netem_stats(err)
 
 
 def test_userspace_commands_put_one_end_of_each_pair_in_the_delay_line_namespace():

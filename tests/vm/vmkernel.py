@@ -27,7 +27,7 @@ Command line::
 
 Environment variables: ``MESHEMU_VM_DIR`` (where kernels go; default ``<repo>/.vm``),
 ``MESHEMU_VM_KERNEL`` (a kernel ABI name such as ``6.1.0-56-amd64`` instead of the current
-one), ``MESHEMU_VM_MEMORY_MB`` (2048), ``MESHEMU_VM_CPUS`` (2), ``MESHEMU_VM_TIMEOUT``
+one), ``MESHEMU_VM_MEMORY_MB`` (4096), ``MESHEMU_VM_CPUS`` (2), ``MESHEMU_VM_TIMEOUT``
 (seconds, 600), ``MESHEMU_VM_QEMU`` (``qemu-system-x86_64``).
 
 This file imports nothing from meshemu, so it works before meshemu is installed.
@@ -464,7 +464,7 @@ def run_in_vm(command: str, timeout_s: float | None = None, cwd: str | os.PathLi
     """
     k = k or kernel()
     timeout_s = timeout_s or _env_int("MESHEMU_VM_TIMEOUT", 600, 10, 24 * 3600)
-    memory_mb = _env_int("MESHEMU_VM_MEMORY_MB", 2048, 256, 1 << 20)
+    memory_mb = _env_int("MESHEMU_VM_MEMORY_MB", 4096, 256, 1 << 20)
     cpus = _env_int("MESHEMU_VM_CPUS", 2, 1, 64)
     cwd = os.path.abspath(cwd or os.getcwd())
     work = Path(tempfile.mkdtemp(prefix="meshemu-vm-"))

@@ -68,8 +68,11 @@ def test_each_end_gets_a_netem_root_qdisc_with_the_links_parameters(pair):
         assert opts["rate"]["rate"] == 20e6 / 8  # tc shows bytes/s
         assert opts["limit"] == netem_limit(params)
         assert opts["loss-random"]["loss"] == pytest.approx(0.02)
+        # admin up and carrier on (operstate lags behind: the kernel's linkwatch sets it
+        # asynchronously, so "state UP" may still read "UNKNOWN" here)
         link = ns.run(["ip", "-o", "link", "show", "dev", dev]).stdout
-        assert "state UP" in link, f"{dev} is not up: {link}"
+        flags = link.split("<", 1)[1].split(">", 1)[0].split(",")
+        assert "UP" in flags and "LOWER_UP" in flags, f"{dev} is not up: {link}"
 
 
 def test_same_interface_name_at_both_ends(netns_factory, run_id):

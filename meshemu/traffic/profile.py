@@ -1,0 +1,498 @@
+"""Workload profiles: YAML files in ``traffic/`` validated into frozen dataclasses.
+
+Load with :func:`load_profile` (a path, or the name of a file in the repository's
+``traffic/`` folder), then :func:`resolve` it against a scenario's nodes (names checked,
+``compute``/``users`` expanded). Every error is a :class:`meshemu.errors.ProfileError`
+naming the field (``workloads[1].target``), quoting the bad value and saying what is allowed.
+
+Schema (times are wall-clock seconds from the start of the traffic)::
+
+    name: str
+    description: str                         (optional)
+    seed: int                                (optional, default 1) Poisson schedules
+    workloads:
+      - kind: allreduce
+        name: str                            (optional, default "allreduce<i>")
+        algorithm: ring | tree | parameter_server
+        nodes: compute | [names]             compute = the scenario's compute satellites;
+                                             parameter_server: the first is the server
+        model_mb: float > 0                  model (gradient) size, MB (10^6 bytes)
+        iterations: int >= 1
+        compute_ms: float >= 0               compute time between iterations (default 0)
+        rate_mbps: float > 0                 pacing rate of each transfer (default 20)
+        start_s: float >= 0                  (default 0)
+      - kind: inference
+        users: users | [names]               users = the scenario's user and station nodes
+        servers: compute | [names]           (default compute)
+        rate_per_s: float > 0                Poisson request rate of each user
+        request_bytes, response_bytes: int >= 1
+        deadline_ms: float > 0
+        target: nearest | least_loaded       nearest: lowest path delay at the current step;
+                                             least_loaded: fewest requests this user has
+                                             outstanding there (ties: nearest)
+        rate_mbps: float > 0                 pacing of requests/responses (default 20)
+        start_s: float >= 0, duration_s: float > 0 | null (null: until the run ends)
+      - kind: bulk
+        src, dst: names
+        rate_mbps: float > 0                 constant rate (Ethernet frames counted)
+        start_s: float >= 0, duration_s: float > 0 | null
+      - kind: replay
+        pcap: path                           (relative to the profile file)
+        src, dst: names
+        start_s: float >= 0, duration_s: float > 0 | null
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from meshemu.errors import ProfileError, choices_message
+from meshemu.traffic.schedule import ALGORITHMS, ring_plan
+
+KINDS = ("allreduce", "inference", "bulk", "replay")
+TARGETS = ("nearest", "least_loaded")
+#: Largest pcap (packets) a replay reads.
+MAX_REPLAY_PACKETS = 200_000
+#: Kinds a node may have to be an inference user when ``users: users``.
+USER_KINDS = ("user", "station")
+
+
+@dataclass(frozen=True)
+class AllReduceSpec:
+    name: str
+    algorithm: str
+    nodes: tuple[str, ...] | str
+    model_mb: float
+    iterations: int
+    compute_ms: float = 0.0
+    rate_mbps: float = 20.0
+    start_s: float = 0.0
+    kind: str = "allreduce"
+
+    @property
+    def model_bytes(self) -> int:
+        return int(round(self.model_mb * 1e6))
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    name: str
+    users: tuple[str, ...] | str
+    rate_per_s: float
+    request_bytes: int
+    response_bytes: int
+    deadline_ms: float
+    target: str = "nearest"
+    servers: tuple[str, ...] | str = "compute"
+    rate_mbps: float = 20.0
+    start_s: float = 0.0
+    duration_s: float | None = None
+    kind: str = "inference"
+
+
+@dataclass(frozen=True)
+class BulkSpec:
+    name: str
+    src: str
+    dst: str
+    rate_mbps: float
+    start_s: float = 0.0
+    duration_s: float | None = None
+    kind: str = "bulk"
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    name: str
+    pcap: str
+    src: str
+    dst: str
+    start_s: float = 0.0
+    duration_s: float | None = None
+    kind: str = "replay"
+    #: Packet offsets (s from the first) and IP sizes read from the pcap.
+    times_s: tuple[float, ...] = field(default=(), repr=False)
+    ip_bytes: tuple[int, ...] = field(default=(), repr=False)
+
+
+Workload = AllReduceSpec | InferenceSpec | BulkSpec | ReplaySpec
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A workload profile.
+
+    Attributes
+    ----------
+    name, description : str
+    seed : int
+    workloads : tuple of AllReduceSpec | InferenceSpec | BulkSpec | ReplaySpec
+    source : str
+        File it came from ("" for a dict).
+    """
+
+    name: str
+    workloads: tuple[Workload, ...]
+    description: str = ""
+    seed: int = 1
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-able form (pcap timings left out)."""
+        out = {"name": self.name, "description": self.description, "seed": self.seed,
+               "source": self.source, "workloads": []}
+        for w in self.workloads:
+            d = asdict(w)
+            d.pop("times_s", None)
+            d.pop("ip_bytes", None)
+            if isinstance(w, ReplaySpec):
+                d["packets"] = len(w.times_s)
+            out["workloads"].append(d)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "", base_dir: Path | None = None) -> Profile:
+        """Validate a parsed YAML document."""
+        return _parse(data, source, base_dir or Path.cwd())
+
+
+def default_profile_dir() -> Path:
+    """The repository's ``traffic/`` folder."""
+    return Path(__file__).resolve().parents[2] / "traffic"
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in default_profile_dir().glob("*.yaml"))
+
+
+def load_profile(spec: str | Path | Profile) -> Profile:
+    """Load and validate a profile from a YAML path or the name of one in ``traffic/``."""
+    if isinstance(spec, Profile):
+        return spec
+    path = Path(spec)
+    if not path.is_file():
+        shipped = default_profile_dir() / f"{spec}.yaml"
+        if not shipped.is_file():
+            raise ProfileError(f"no traffic profile {str(spec)!r}; give a path to a YAML file "
+                               f"or one of the shipped profiles: {', '.join(list_profiles())}")
+        path = shipped
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read: {exc.strerror}") from None
+    return _parse(data, str(path), path.parent)
+
+
+# ---------------------------------------------------------------------------- validation
+class _V:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, msg: str):
+        raise ProfileError(f"{self.source + ': ' if self.source else ''}{path}: {msg}")
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping; got {value!r}")
+        for k in value:
+            if k not in allowed:
+                self.fail(f"{path}.{k}" if path else str(k),
+                          choices_message("key", k, allowed))
+        return value
+
+    def number(self, d: dict, key: str, path: str, default: Any = ..., lo: float | None = None,
+               hi: float | None = None, lo_open: bool = False, integer: bool = False,
+               null: bool = False) -> Any:
+        p = f"{path}.{key}"
+        if key not in d:
+            if default is ...:
+                self.fail(p, "is required")
+            return default
+        x = d[key]
+        if x is None and null:
+            return None
+        kind = "an integer" if integer else "a number"
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or (
+                integer and not isinstance(x, int)) or not math.isfinite(x):
+            self.fail(p, f"must be {kind}{' or null' if null else ''}; got {x!r}")
+        if lo is not None and (x < lo or (lo_open and x == lo)):
+            rng = f"{'>' if lo_open else '>='} {lo}"
+            if hi is not None:
+                rng += f" and <= {hi}"
+            self.fail(p, f"must be {kind} {rng}; got {x!r}")
+        if hi is not None and x > hi:
+            self.fail(p, f"must be {kind} <= {hi}; got {x!r}")
+        return x
+
+    def choice(self, d: dict, key: str, path: str, choices: tuple[str, ...],
+               default: Any = ...) -> str:
+        p = f"{path}.{key}"
+        if key not in d:
+            if default is ...:
+                self.fail(p, f"is required; one of: {', '.join(choices)}")
+            return default
+        if d[key] not in choices:
+            self.fail(p, choices_message(key.replace("_", " "), d[key], choices))
+        return d[key]
+
+    def name(self, d: dict, key: str, path: str) -> str:
+        p = f"{path}.{key}"
+        if key not in d:
+            self.fail(p, "is required (a node name)")
+        x = d[key]
+        if not isinstance(x, str) or not x:
+            self.fail(p, f"must be a node name; got {x!r}")
+        return x
+
+    def names(self, d: dict, key: str, path: str, keyword: str, default: Any = ...,
+              min_len: int = 1) -> tuple[str, ...] | str:
+        p = f"{path}.{key}"
+        if key not in d:
+            if default is ...:
+                self.fail(p, f"is required: {keyword!r} or a list of node names")
+            return default
+        x = d[key]
+        if x == keyword:
+            return keyword
+        if not isinstance(x, list) or not all(isinstance(n, str) and n for n in x):
+            self.fail(p, f"must be {keyword!r} or a list of node names; got {x!r}")
+        if len(x) < min_len:
+            self.fail(p, f"needs at least {min_len} node names; got {x!r}")
+        if len(set(x)) != len(x):
+            self.fail(p, f"lists a node twice: {x!r}")
+        return tuple(x)
+
+
+_COMMON = ("kind", "name", "start_s")
+
+
+def _parse(data: Any, source: str, base_dir: Path) -> Profile:
+    v = _V(source)
+    d = v.mapping(data, "", ("name", "description", "seed", "workloads"))
+    name = d.get("name", Path(source).stem if source else "profile")
+    if not isinstance(name, str) or not name:
+        v.fail("name", f"must be a non-empty string; got {name!r}")
+    desc = d.get("description", "") or ""
+    if not isinstance(desc, str):
+        v.fail("description", f"must be a string; got {desc!r}")
+    seed = v.number(d, "seed", "", default=1, lo=0, integer=True)
+    ws = d.get("workloads")
+    if not isinstance(ws, list) or not ws:
+        v.fail("workloads", f"must be a non-empty list of workloads; got {ws!r}")
+    out: list[Workload] = []
+    names_seen: set[str] = set()
+    for i, w in enumerate(ws):
+        p = f"workloads[{i}]"
+        if not isinstance(w, dict):
+            v.fail(p, f"must be a mapping; got {w!r}")
+        kind = v.choice(w, "kind", p, KINDS)
+        wname = w.get("name", f"{kind}{i}")
+        if not isinstance(wname, str) or not wname or "," in wname:
+            v.fail(f"{p}.name", f"must be a non-empty string without commas; got {wname!r}")
+        if wname in names_seen:
+            v.fail(f"{p}.name", f"{wname!r} is used by another workload; names must differ")
+        names_seen.add(wname)
+        start = v.number(w, "start_s", p, default=0.0, lo=0)
+        if kind == "allreduce":
+            v.mapping(w, p, _COMMON + ("algorithm", "nodes", "model_mb", "iterations",
+                                       "compute_ms", "rate_mbps"))
+            alg = v.choice(w, "algorithm", p, ALGORITHMS)
+            nodes = v.names(w, "nodes", p, "compute", min_len=2)
+            model = v.number(w, "model_mb", p, lo=0, lo_open=True, hi=10_000)
+            its = v.number(w, "iterations", p, lo=1, hi=1_000_000, integer=True)
+            comp = v.number(w, "compute_ms", p, default=0.0, lo=0)
+            rate = v.number(w, "rate_mbps", p, default=20.0, lo=0, lo_open=True, hi=100_000)
+            out.append(AllReduceSpec(wname, alg, nodes, float(model), its, float(comp),
+                                     float(rate), float(start)))
+        elif kind == "inference":
+            v.mapping(w, p, _COMMON + ("users", "servers", "rate_per_s", "request_bytes",
+                                       "response_bytes", "deadline_ms", "target", "rate_mbps",
+                                       "duration_s"))
+            users = v.names(w, "users", p, "users")
+            servers = v.names(w, "servers", p, "compute", default="compute")
+            rate = v.number(w, "rate_per_s", p, lo=0, lo_open=True, hi=10_000)
+            req = v.number(w, "request_bytes", p, lo=1, hi=50_000_000, integer=True)
+            resp = v.number(w, "response_bytes", p, lo=1, hi=50_000_000, integer=True)
+            dl = v.number(w, "deadline_ms", p, lo=0, lo_open=True)
+            target = v.choice(w, "target", p, TARGETS, default="nearest")
+            pace = v.number(w, "rate_mbps", p, default=20.0, lo=0, lo_open=True, hi=100_000)
+            dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
+            out.append(InferenceSpec(wname, users, float(rate), req, resp, float(dl), target,
+                                     servers, float(pace), float(start),
+                                     None if dur is None else float(dur)))
+        elif kind == "bulk":
+            v.mapping(w, p, _COMMON + ("src", "dst", "rate_mbps", "duration_s"))
+            src, dst = v.name(w, "src", p), v.name(w, "dst", p)
+            if src == dst:
+                v.fail(f"{p}.dst", f"must differ from src; both are {src!r}")
+            rate = v.number(w, "rate_mbps", p, lo=0, lo_open=True, hi=100_000)
+            dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
+            out.append(BulkSpec(wname, src, dst, float(rate), float(start),
+                                None if dur is None else float(dur)))
+        else:
+            v.mapping(w, p, _COMMON + ("pcap", "src", "dst", "duration_s"))
+            src, dst = v.name(w, "src", p), v.name(w, "dst", p)
+            if src == dst:
+                v.fail(f"{p}.dst", f"must differ from src; both are {src!r}")
+            pcap = w.get("pcap")
+            if not isinstance(pcap, str) or not pcap:
+                v.fail(f"{p}.pcap", f"must be the path of a pcap file; got {pcap!r}")
+            path = Path(pcap)
+            if not path.is_absolute():
+                path = base_dir / path
+            times, sizes = read_pcap(path, f"{source + ': ' if source else ''}{p}.pcap")
+            dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
+            out.append(ReplaySpec(wname, str(path), src, dst, float(start),
+                                  None if dur is None else float(dur), "replay",
+                                  tuple(times), tuple(sizes)))
+    return Profile(name, tuple(out), desc, seed, source)
+
+
+def read_pcap(path: Path | str, what: str = "pcap") -> tuple[list[float], list[int]]:
+    """Packet times (s, relative to the first) and IP sizes (bytes) of a pcap file.
+
+    Packets without an IP layer count with their whole length. At most
+    :data:`MAX_REPLAY_PACKETS` are read.
+
+    Raises
+    ------
+    ProfileError
+        The file is missing, unreadable, not a pcap, truncated or empty.
+    """
+    from scapy.error import Scapy_Exception
+    from scapy.utils import PcapReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"{what}: no such pcap file: {str(path)!r}")
+    times: list[float] = []
+    sizes: list[int] = []
+    # Scapy only logs a warning for a record cut short: collect those and fail on them
+    warnings: list[str] = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+
+    scapy_log = logging.getLogger("scapy.runtime")
+    catcher = _Catch(logging.WARNING)
+    scapy_log.addHandler(catcher)
+    try:
+        with PcapReader(str(path)) as reader:
+            for pkt in reader:
+                ip = pkt.getlayer("IP")
+                length = int(ip.len) if ip is not None and ip.len else len(pkt)
+                times.append(float(pkt.time))
+                sizes.append(length)
+                if len(times) >= MAX_REPLAY_PACKETS:
+                    break
+    except (Scapy_Exception, EOFError, OSError, ValueError, TypeError) as exc:
+        raise ProfileError(f"{what}: {str(path)!r} is not a readable pcap file "
+                           f"(libpcap format, .pcap; pcapng is read too): {exc}") from None
+    except Exception as exc:  # scapy raises assorted errors on truncated records
+        raise ProfileError(f"{what}: {str(path)!r} is malformed: {type(exc).__name__}: "
+                           f"{exc}") from None
+    finally:
+        scapy_log.removeHandler(catcher)
+    bad = [w for w in warnings if "truncated" in w.lower()]
+    if bad:
+        raise ProfileError(f"{what}: {str(path)!r} is malformed: {bad[0]} (after "
+                           f"{len(times)} packet(s)); the file is cut short or corrupt")
+    if not times:
+        raise ProfileError(f"{what}: {str(path)!r} holds no packets")
+    t0 = min(times)
+    return [t - t0 for t in times], sizes
+
+
+# ------------------------------------------------------------------------------ resolve
+@dataclass(frozen=True)
+class ResolvedProfile:
+    """A profile whose node lists are explicit names, all checked against the scenario."""
+
+    profile: Profile
+    workloads: tuple[Workload, ...]
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        d = self.profile.to_dict()
+        d["workloads"] = Profile(self.profile.name, self.workloads).to_dict()["workloads"]
+        return d
+
+
+def resolve(profile: Profile, names: Any, kinds: Any) -> ResolvedProfile:
+    """Expand ``compute``/``users`` and check every node name against the scenario.
+
+    Parameters
+    ----------
+    profile : Profile
+    names : sequence of str
+        Node names by id (``LinkSchedule(...).nodes.names``).
+    kinds : sequence of str
+        Node kinds by id (``sat``, ``compute``, ``station``, ``user``, ``datacenter``).
+    """
+    names = tuple(str(n) for n in names)
+    kinds = tuple(str(k) for k in np.asarray(kinds).tolist())
+    known = set(names)
+    compute = tuple(n for n, k in zip(names, kinds) if k == "compute")
+    users = tuple(n for n, k in zip(names, kinds) if k in USER_KINDS)
+    src = f"{profile.source}: " if profile.source else ""
+
+    def check(p: str, ns: tuple[str, ...]) -> tuple[str, ...]:
+        for n in ns:
+            if n not in known:
+                sample = [x for x, k in zip(names, kinds) if k != "sat"][:6] or list(names[:6])
+                raise ProfileError(f"{src}{p}: unknown node {n!r}; this scenario's nodes "
+                                   f"include: {', '.join(sample)} (and satellites like "
+                                   f"{names[0]})")
+        return ns
+
+    def expand(p: str, value, keyword: str, pool: tuple[str, ...], what: str,
+               min_len: int = 1) -> tuple[str, ...]:
+        if value == keyword:
+            if len(pool) < min_len:
+                raise ProfileError(f"{src}{p}: {keyword!r} means the scenario's {what}, but "
+                                   f"it has {len(pool)} (need {min_len}); list node names "
+                                   f"instead")
+            return pool
+        return check(p, value)
+
+    out: list[Workload] = []
+    for i, w in enumerate(profile.workloads):
+        p = f"workloads[{i}]"
+        if isinstance(w, AllReduceSpec):
+            nodes = expand(f"{p}.nodes", w.nodes, "compute", compute, "compute satellites", 2)
+            chunk = w.model_bytes / len(nodes) if w.algorithm == "ring" else w.model_bytes
+            if chunk / 1364 > 65535:
+                raise ProfileError(f"{src}{p}.model_mb: {w.model_mb!r} MB makes messages of "
+                                   f"{chunk / 1e6:.0f} MB, more than the 89 MB a message can "
+                                   f"hold; use a smaller model or more nodes")
+            ring_plan(len(nodes), w.model_bytes)  # checks p
+            out.append(_replace(w, nodes=nodes))
+        elif isinstance(w, InferenceSpec):
+            us = expand(f"{p}.users", w.users, "users", users, "user and station nodes")
+            sv = expand(f"{p}.servers", w.servers, "compute", compute, "compute satellites")
+            both = set(us) & set(sv)
+            if both:
+                raise ProfileError(f"{src}{p}: nodes {sorted(both)} are both users and "
+                                   f"servers")
+            out.append(_replace(w, users=us, servers=sv))
+        else:
+            check(f"{p}.src", (w.src,))
+            check(f"{p}.dst", (w.dst,))
+            out.append(w)
+    return ResolvedProfile(profile, tuple(out), names, kinds)
+
+
+def _replace(w, **kw):
+    from dataclasses import replace
+    return replace(w, **kw)
