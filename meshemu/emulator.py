@@ -73,6 +73,8 @@ RUN_MARKER = "meshemu-run="
 ENV_MARKER = "MESHEMU_RUN"
 #: A link parameter change smaller than this is not pushed to the shaper (seconds).
 DELAY_TOLERANCE_S = 1e-6
+#: Seconds ``build`` waits at most for the kernel to activate every interface.
+LINKS_RUNNING_TIMEOUT_S = 30.0
 #: Relative rate change that is not pushed to the shaper.
 RATE_TOLERANCE = 1e-9
 #: Seconds to wait for all node shells to print their prompt.
@@ -640,6 +642,9 @@ class Emulation:
             n_routes = self._install_full(dests, nh)
             t["routes_s"] = time.perf_counter() - t1
             self._tables = first_tables
+            t1 = time.perf_counter()
+            self._wait_links_running()
+            t["carrier_s"] = time.perf_counter() - t1
             self._register_intfs()
             plan.write(self.run_dir)
         except BaseException:
@@ -787,6 +792,26 @@ class Emulation:
                                  macs[k][1 - sd], 0)
                     for k, sd in zip(lid[sel].tolist(), side[sel].tolist())]
             check(i, socks[i].send_batch(nl.pack_messages(msgs)), "adding neighbours")
+
+    def _wait_links_running(self, timeout_s: float = LINKS_RUNNING_TIMEOUT_S) -> None:
+        """Wait until every interface is operationally up (see
+        :func:`meshemu.netns.links_not_running`), so that traffic started right after
+        ``build`` is not dropped by interfaces the kernel has not activated yet."""
+        deadline = time.monotonic() + timeout_s
+        pending = list(range(self.n_nodes))
+        while True:
+            res = nl.in_namespaces([self.pids[i] for i in pending],
+                                   lambda i, pid: nl.links_not_running(), threads=4)
+            still = [(pending[j], r) for j, r in enumerate(res) if r]
+            if not still:
+                return
+            if time.monotonic() > deadline:
+                i, names = still[0]
+                raise EmulationError(f"{len(still)} node(s) still have interfaces that are "
+                                     f"not running {timeout_s:.0f} s after they were brought "
+                                     f"up, e.g. {self.names[i]}: {', '.join(names[:4])}")
+            pending = [i for i, _ in still]
+            time.sleep(0.05)
 
     # -- routes ------------------------------------------------------------------------------
     def _install_full(self, dests: np.ndarray, nh: np.ndarray, block: int = 128) -> int:

@@ -483,6 +483,56 @@ class Netlink:
         return [e for e in errors if e[1] not in ign]
 
 
+RTM_GETLINK = 18
+NLM_F_DUMP = 0x300
+IFLA_IFNAME = 3
+IFLA_OPERSTATE = 16
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+IF_OPER_UP = 6
+
+
+def links_not_running() -> list[str]:
+    """Names of the interfaces in the calling thread's namespace that are administratively
+    up but not operationally up (``lo`` aside).
+
+    A veth comes up at once, but the kernel attaches its queueing discipline (and sets the
+    operational state) from the deferred link-watch work, up to a second or more later;
+    until then it drops every packet sent through it.
+    """
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    try:
+        s.send(_msg(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, bytes(16)))
+        bad: list[str] = []
+        while True:
+            data = s.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype = struct.unpack_from("=IH", data, off)
+                if mtype == NLMSG_DONE:
+                    return bad
+                if mtype == NLMSG_ERROR:
+                    raise EmulationError("netlink link dump failed")
+                if mtype == RTM_NEWLINK:
+                    flags = struct.unpack_from("=I", data, off + 24)[0]
+                    name, oper = "", 0
+                    a = off + 32
+                    while a + 4 <= off + length:
+                        alen, atype = struct.unpack_from("=HH", data, a)
+                        if alen < 4:
+                            break
+                        if atype == IFLA_IFNAME:
+                            name = data[a + 4:a + alen].split(b"\0", 1)[0].decode()
+                        elif atype == IFLA_OPERSTATE:
+                            oper = data[a + 4]
+                        a += (alen + 3) & ~3
+                    if flags & IFF_UP and not flags & IFF_LOOPBACK and oper != IF_OPER_UP:
+                        bad.append(name)
+                off += (length + 3) & ~3
+    finally:
+        s.close()
+
+
 def chunked(buf: bytes | memoryview, record_size: int | None = None,
             limit: int = SEND_CHUNK_BYTES) -> list[memoryview]:
     """Split concatenated messages of one fixed size into send-sized chunks."""
