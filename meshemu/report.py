@@ -755,9 +755,13 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
                          [[fmt(stats.steps), fmt(stats.route_changes), fmt(stats.link_updates),
                            fmt(stats.apply_ms_p50), fmt(stats.apply_ms_p99),
                            fmt(stats.lag_ms_p99)]]))
-    if stats.flows:
+    flows = [f for f in stats.flows if f.seq.received] if short else stats.flows
+    if short and len(flows) < len(stats.flows):
+        out.append(f"({len(stats.flows) - len(flows)} flows without packets left out; see "
+                   f"summary.md)")
+    if flows:
         rows = []
-        for f in stats.flows:
+        for f in flows:
             p50, p95, p99 = f.owd_p
             rows.append([f.name, f.kind, f"{f.src} -> {f.dst}", fmt(f.seq.received),
                          fmt(f.seq.loss_pct), fmt(f.seq.reorder_pct), fmt(p50), fmt(p95),

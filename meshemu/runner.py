@@ -345,6 +345,13 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                                                     f"({scheme.name})"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     files.append(out / "summary.json")
+    if plots and agents is not None:
+        from meshemu.report import report
+        try:
+            files += report(out).files
+        except MeshemuError as exc:  # the run's own files are written; say what is missing
+            log.warning("could not write the report of %s: %s (run `meshemu report %s` "
+                        "after fixing it)", out, exc, out)
     return RunResult(out, summary, [f for f in files if f.exists()])
 
 
@@ -365,5 +372,10 @@ def run_from_cli(args) -> int:
     if "traffic" in s:
         for line in s["traffic"].get("lines", []):
             print(f"  {line}")
-    print(f"wrote {res.run_dir}/: {', '.join(f.name for f in res.files)}")
+    names = [str(f.relative_to(res.run_dir)) if f.is_relative_to(res.run_dir) else str(f)
+             for f in res.files]
+    print(f"wrote {res.run_dir}/: {', '.join(names)}")
+    if (res.run_dir / "report" / "summary.md").exists():
+        print(f"report: {res.run_dir}/report/summary.md (tables) and its PNG plots; "
+              f"compare runs with `meshemu compare RUN_DIR RUN_DIR`")
     return 0
