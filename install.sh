@@ -25,7 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-PKGS=(mininet iproute2 iputils-ping iperf3 ethtool tcpdump procps psmisc python3 python3-venv python3-pip)
+PKGS=(mininet iproute2 iputils-ping iperf3 ethtool tcpdump procps psmisc kmod python3 python3-venv python3-pip)
 if [ "$WITH_TEST" = 1 ]; then
     PKGS+=(qemu-system-x86 busybox-static kmod cpio)
 fi
