@@ -196,6 +196,11 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     t0 = time.perf_counter()
     sched = LinkSchedule(scenario, step_s)
     _check_capacity(len(sched.nodes), sched.n_sats, len(scenario.ground))
+    if traffic and traffic != "none":
+        # a bad profile fails here, before anything is built
+        from meshemu.traffic.profile import load_profile, resolve
+        traffic = load_profile(traffic)
+        resolve(traffic, sched.nodes.names, sched.nodes.kind)
     n_steps = int(np.floor(duration_s / step_s + 1e-9)) + 1
     snapshots = list(sched.snapshots(duration_s, start_s=start_s))
     link_keys = np.unique(np.concatenate([s.key for s in snapshots]))

@@ -311,3 +311,18 @@ def test_tcp_throughput_through_a_rate_limited_isl(tmp_path):
     import json
     got = json.loads(out)["end"]["sum_received"]["bits_per_second"]
     assert abs(got - rate) < 0.10 * rate, f"{got / 1e6:.1f} Mbit/s through a {rate / 1e6:g} Mbit/s ISL"
+
+
+def test_bad_traffic_profile_fails_before_anything_is_built(tmp_path):
+    before = machine_state()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nworkloads:\n  - kind: allreduce\n    algorithm: butterfly\n"
+                   "    nodes: compute\n    model_mb: 1\n    iterations: 2\n")
+    r = subprocess.run(MESHEMU + ["run", "--traffic", str(bad), "--duration", "5", "--out",
+                                  str(tmp_path / "z")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert "workloads[0].algorithm" in r.stderr and "ring" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "z").exists()
+    assert machine_state() == before
