@@ -526,8 +526,8 @@ class Emulation:
         Where ``addressing.csv`` and ``addressing.json`` go.
     run_id : str
         Names this run's processes and lock (letters, digits, ``_``, ``-``).
-    queue_packets : int
-        Transmit queue of every link, packets.
+    queue_packets : int or (int, int)
+        Transmit queue of every link in packets, or ``(ISLs, GSLs)``.
     ipv6 : bool
         Keep IPv6 on in the nodes (off by default: see :data:`NO_IPV6_SYSCTLS`).
 
@@ -540,7 +540,8 @@ class Emulation:
     """
 
     def __init__(self, names: Sequence[str], kinds: Sequence[str], shaper, run_dir: Path | str,
-                 run_id: str, queue_packets: int = 1000, ipv6: bool = False):
+                 run_id: str, queue_packets: int | tuple[int, int] = 1000,
+                 ipv6: bool = False):
         self.plan = adr.AddressPlan.from_links(names, kinds, np.zeros(0, dtype=np.int64))
         if not isinstance(run_id, str) or not run_id or not all(
                 c.isalnum() or c in "_-" for c in run_id) or len(run_id) > 40:
@@ -551,7 +552,11 @@ class Emulation:
         self.shaper = shaper
         self.run_dir = Path(run_dir)
         self.run_id = run_id
-        self.queue_packets = queue_packets
+        q = (queue_packets, queue_packets) if isinstance(queue_packets, int) else queue_packets
+        if len(q) != 2 or not all(isinstance(x, int) and x >= 1 for x in q):
+            raise EmulationError(f"queue_packets must be a positive integer or a pair (ISL, "
+                                 f"GSL); got {queue_packets!r}")
+        self.queue_packets = tuple(q)
         self.ipv6 = ipv6
         self.mininet: Mininet | None = None
         self.nodes: list[MeshNode] = []
@@ -727,7 +732,8 @@ class Emulation:
 
     def _params(self, k: int):
         from meshemu.shaper import LinkParams
-        return LinkParams(float(self._delay[k]), float(self._rate[k]), self.queue_packets, 0.0,
+        queue = self.queue_packets[0] if self.plan.isl[k] else self.queue_packets[1]
+        return LinkParams(float(self._delay[k]), float(self._rate[k]), queue, 0.0,
                           bool(self._up[k]))
 
     def _snapshot_link_ids(self, snap: Snapshot) -> np.ndarray:

@@ -227,7 +227,9 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     try:
         with _Signals():
             shaper_obj = make_shaper(shaper, run_id)
-            emu = Emulation(nodes.names, list(nodes.kind), shaper_obj, out, run_id)
+            emu = Emulation(nodes.names, list(nodes.kind), shaper_obj, out, run_id,
+                            queue_packets=(scenario.isl.queue_packets,
+                                           scenario.gsl.queue_packets))
             first_tables = feed.get(0)
             t0 = time.perf_counter()
             why = ""

@@ -355,3 +355,20 @@ def test_netlink_messages_decode_with_pyroute2():
                                   np.array([1], np.uint32)).tobytes())
     d.decode()
     assert d["header"]["type"] == nl.RTM_DELROUTE and d.get_attr("RTA_DST") == "10.0.0.5"
+
+
+def test_queue_sizes_per_link_kind(tmp_path, run_id):
+    """ISLs and GSLs get the scenario's own queue sizes (here 7 and 9 packets)."""
+    _require_root()
+    snap, tab = ring()
+    emu = em.Emulation(NAMES, KINDS, make_shaper("userspace", run_id), tmp_path, run_id,
+                       queue_packets=(7, 9))
+    try:
+        emu.build(snap.key, snap, tab)
+        for k in range(snap.n_links):
+            isl = KINDS[snap.a[k]] == "sat" and KINDS[snap.b[k]] == "sat"
+            assert emu.shaper.params(k).queue_packets == (7 if isl else 9)
+    finally:
+        emu.stop()
+    with pytest.raises(EmulationError, match="queue_packets"):
+        em.Emulation(NAMES, KINDS, None, tmp_path, run_id, queue_packets=(0, 5))
