@@ -213,8 +213,11 @@ class ECMP(RoutingScheme):
     def forwarding_tables(self, snapshot: Snapshot, destinations) -> ForwardingTables:
         dests = _check_snapshot(snapshot, destinations)
         n = snapshot.n_nodes
-        hops, _, _ = _trees(snapshot, np.ones(snapshot.n_links), dests)
-        delay, pred, _ = _trees(snapshot, FewestHops().weights(snapshot), dests)
+        # one Dijkstra on fewest-hops costs (1 + delay_s / 100 per link): the integer part
+        # of a distance is the hop count (paths are shorter than 100 s), the rest is delay
+        cost, pred, _ = _trees(snapshot, FewestHops().weights(snapshot), dests)
+        hops = np.floor(cost)
+        delay = cost - hops
         k = self.max_paths
         nh = np.full((n, dests.size, k), -1, dtype=np.int32)
         nh[:, :, 0] = pred.T
