@@ -1178,8 +1178,10 @@ def comparison(run_dirs: Sequence[Path | str]) -> Comparison:
             labels[i] = f"{lab} #{seen[lab]}"
     tables = [{m.key: m.value for m in metrics(s)} for s in stats]
     row_keys = [(k, lab) for k, lab in COMPARE_ROWS if any(k in t for t in tables)]
-    common = [f.name for f in stats[0].flows
-              if all(any(g.name == f.name for g in s.flows) for s in stats[1:])]
+    # flows in every run that carried packets in at least one of them
+    busy = {g.name for st in stats for g in st.flows if g.seq.received}
+    common = [f.name for f in stats[0].flows if f.name in busy
+              and all(any(g.name == f.name for g in s.flows) for s in stats[1:])]
     for name in common[:20]:
         row_keys += [(("flow", name, m), f"{name}: {lab}") for m, lab in _FLOW_COMPARE]
     values = [[t.get(k, math.nan) for t in tables] for k, _ in row_keys]
