@@ -39,7 +39,14 @@ def test_clean_after_sigkill_restores_the_machine(tmp_path):
         deadline = time.monotonic() + 5
         while any(nl.process_start_ticks(x) for x in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
+        # the delay line exits by itself when its control pipe closes: let it finish, so
+        # that what is left no longer changes on its own
+        deadline = time.monotonic() + 5
+        while (any("meshemu.delayline" in x for x in leftovers(run_id, inodes))
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
         left = leftovers(run_id, inodes)
+        assert not any("meshemu.delayline" in x for x in left), left
         assert sum("in a node namespace" in x for x in left) == 2, left
         assert any(x.startswith("lock ") for x in left), left
 
