@@ -36,7 +36,6 @@ import contextlib
 import errno
 import json
 import logging
-import math
 import os
 import pty
 import resource
@@ -712,7 +711,7 @@ class Emulation:
         self._inodes = {r[0] for r in res}
 
     def _create_links(self, snap: Snapshot) -> None:
-        from meshemu.shaper import LinkEnds, LinkParams
+        from meshemu.shaper import LinkEnds
         plan = self.plan
         n_links = plan.n_links
         ids = self._snapshot_link_ids(snap)

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def leftovers(run_id: str, inodes: set[int] = frozenset()) -> list[str]:
     """Everything of run ``run_id`` still on the machine."""
     out = []
     for pid, (ino, argv) in nl.scan_processes().items():
-        if em.RUN_MARKER + run_id in argv or f"--run-id" in argv and run_id in argv:
+        if em.RUN_MARKER + run_id in argv or "--run-id" in argv and run_id in argv:
             out.append(f"process {pid} {argv}")
         elif ino in inodes and pid != os.getpid():
             out.append(f"process {pid} in a node namespace {argv}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshemu.scenario import Scenario, load_scenario
+from meshemu.scenario import load_scenario
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 MESHEMU = [sys.executable, "-m", "meshemu.cli"]

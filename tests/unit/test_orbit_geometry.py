@@ -35,7 +35,6 @@ def test_sgp4_earth_fixed_matches_skyfield():
 
 def test_sgp4_published_vector_satellite_00005():
     # Vallado et al. 2006 (AIAA 2006-6753) verification case 00005, t = 0: TEME position.
-    from sgp4.api import WGS72, Satrec
     l1 = "1 00005U 58002B   00179.78495062  .00000023  00000-0  28098-4 0  4753"
     l2 = "2 00005  34.2682 348.7242 1859667 331.7664  19.3264 10.82419157413667"
     _, rec = parse_tle_text(f"{l1}\n{l2}\n")[0]

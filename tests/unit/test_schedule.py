@@ -3,7 +3,6 @@
 import copy
 
 import numpy as np
-import pytest
 
 from meshemu.linkstate import GSL, ISL, diff
 from meshemu.scenario import Scenario, load_scenario
