@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="emulated seconds per wall-clock second (default: 1 = real time)")
     sp.add_argument("--shaper", default="auto",
                     help="link shaper: auto, netem or userspace (default: auto)")
+    sp.add_argument("--capture", action="append", metavar="NODE[:PEER]",
+                    help="write a pcap of NODE's interfaces, or of its link to PEER, into the "
+                         "run directory (repeatable)")
     sp.add_argument("--traffic", default=None,
                     help="traffic profile YAML path or name in traffic/ (default: the "
                          "default mixed workload; 'none' for no traffic)")

@@ -148,7 +148,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                   out_dir: Path | str | None = None, traffic: str | None = "default",
                   cli: bool = False, on_step: StepHook | None = None,
                   on_built: Callable[["Emulation"], None] | None = None,  # noqa: F821
-                  plots: bool = True, start_s: float = 0.0) -> RunResult:
+                  plots: bool = True, start_s: float = 0.0,
+                  capture: list[str] | None = None) -> RunResult:
     """Build the emulated network, drive it through the plan, tear it down.
 
     Parameters
@@ -177,6 +178,9 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
         Write ``map.png`` and ``path_delay.png``.
     start_s : float
         Start this many seconds after the scenario epoch.
+    capture : list of str, optional
+        Packet captures: ``NODE`` (all its interfaces) or ``NODE:PEER`` (one link); see
+        :mod:`meshemu.capture`.
     """
     from meshemu.emulator import Emulation, require_root
     from meshemu.shaper import make_shaper
@@ -208,6 +212,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     all_dests = np.arange(len(nodes), dtype=np.int32)
     ends = endpoint_ids(scenario, nodes)
     t_plan = time.perf_counter() - t0
+    from meshemu.capture import Captures, parse_specs
+    capture_specs = parse_specs(capture, nodes.names, link_keys)
     log.info("plan: %d nodes, %d links over the run, %d steps (%.2f s)", len(nodes),
              link_keys.size, n_steps, t_plan)
 
@@ -216,6 +222,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     recorder = PlanRecorder(out, nodes, ends)
     emu = None
     agents = None
+    captures = None
+    pcaps: list[Path] = []
     steps_f = open(out / "steps.csv", "w", newline="")
     steps_w = csv.writer(steps_f)
     steps_w.writerow(["step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates",
@@ -242,6 +250,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
             t_build = time.perf_counter() - t0
             print(f"built in {t_build:.1f} s", flush=True)
             paths0 = recorder.record(snapshots[0], first_tables)
+            if capture_specs:
+                captures = Captures(emu, capture_specs, out)
             if on_built:
                 on_built(emu)
             if traffic and traffic != "none":
@@ -317,6 +327,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
         feed.close()
         if agents is not None:
             agents.stop()
+        if captures is not None:
+            pcaps = captures.stop()
         if emu is not None:
             t0 = time.perf_counter()
             emu.stop()
@@ -343,6 +355,9 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     if agents is not None:
         summary["traffic"] = agents.summary()
         files += agents.files()
+    files += pcaps
+    if pcaps:
+        summary["captures"] = [p.name for p in pcaps]
     if plots:
         from meshemu import plots as plotmod
         files.append(plotmod.plot_map(out / "map.png", sched, snapshots[0],
@@ -366,7 +381,7 @@ def run_from_cli(args) -> int:
     """``meshemu run`` entry point."""
     res = run_emulation(args.scenario, args.duration, args.step, args.time_scale, args.shaper,
                         args.routing, args.out, traffic=args.traffic or "default", cli=args.cli,
-                        start_s=args.start)
+                        start_s=args.start, capture=args.capture)
     s = res.summary
     t = s["timing"]
     print(f"run {s['run_id']} of {s['scenario']}: {s['nodes']} nodes, {s['links_total']} links, "
