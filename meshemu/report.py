@@ -101,6 +101,8 @@ _SCHEMAS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
     "inference.csv": (("request_id", "latency_ms"),
                       ("user", "server", "send_unix", "done_unix", "deadline_ms", "missed"),
                       ("send_unix", "done_unix", "latency_ms", "deadline_ms", "missed")),
+    "rtt.csv": (("flow_id", "rtt_ms"), ("msg_id", "src", "dst", "send_unix_ns"),
+                ("send_unix_ns", "rtt_ms")),
 }
 
 #: Traffic files; any of them may be missing (a run without traffic has none).
@@ -440,6 +442,7 @@ class RunStats:
     apply_ms_p99: float
     lag_ms_p99: float
     notes: list[str]
+    rtt_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def owd_all_ms(self) -> np.ndarray:
@@ -617,9 +620,11 @@ def run_stats(run: Run) -> RunStats:
     lu = s.get("link_updates_total")
     if lu is None and st is not None and np.isfinite(st["link_updates"]).any():
         lu = int(np.nansum(st["link_updates"]))
+    rt = run.table("rtt.csv")
+    rtt = rt["rtt_ms"][np.isfinite(rt["rtt_ms"])] if rt is not None else np.zeros(0)
     return RunStats(run.label, flow_stats(run), job_stats(run), inference_stats(run),
                     None if rc is None else int(rc), None if lu is None else int(lu),
-                    s.get("steps"), apply_p50, apply_p99, lag_p99, notes)
+                    s.get("steps"), apply_p50, apply_p99, lag_p99, notes, rtt)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -667,6 +672,9 @@ def metrics(stats: RunStats) -> list[Metric]:
             add(Metric("traffic", name, f"owd_p{q}", v, "ms"))
         add(Metric("traffic", name, "throughput_mbps", float(sum(thr)) if thr else math.nan,
                    "Mbit/s"))
+    if stats.rtt_ms.size:
+        for q, v in zip(PERCENTILES, percentiles(stats.rtt_ms)):
+            add(Metric("traffic", "all flows", f"rtt_p{q}", v, "ms"))
     for f in stats.flows:
         add(Metric("flow", f.name, "packets", f.seq.received))
         add(Metric("flow", f.name, "lost", f.seq.lost))
@@ -777,6 +785,11 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
             [[j.job, j.algorithm, fmt(j.iterations), fmt(j.mean_ms), fmt(j.p95_ms),
               fmt(j.predicted_mean_ms), fmt(j.predicted_p95_ms), fmt(j.error_pct)]
              for j in jobs]))
+    if stats.rtt_ms.size:
+        p50, p95, p99 = percentiles(stats.rtt_ms)
+        out.append("\n" + _md_table(
+            ["transport RTT (acknowledged messages)", "p50 (ms)", "p95 (ms)", "p99 (ms)"],
+            [[fmt(stats.rtt_ms.size), fmt(p50), fmt(p95), fmt(p99)]]))
     if stats.inference is not None:
         i = stats.inference
         out.append("\n" + _md_table(
@@ -1122,6 +1135,8 @@ COMPARE_ROWS: tuple[tuple[tuple[str, str, str], str], ...] = (
     (("traffic", "all flows", "owd_p95"), "OWD p95 (ms)"),
     (("traffic", "all flows", "owd_p99"), "OWD p99 (ms)"),
     (("traffic", "all flows", "throughput_mbps"), "throughput, sum of flows (Mbit/s)"),
+    (("traffic", "all flows", "rtt_p50"), "transport RTT p50 (ms)"),
+    (("traffic", "all flows", "rtt_p99"), "transport RTT p99 (ms)"),
     (("allreduce", "all jobs", "mean_ms"), "all-reduce mean iteration (ms)"),
     (("allreduce", "all jobs", "p95_ms"), "all-reduce p95 iteration (ms)"),
     (("allreduce", "all jobs", "predicted_mean_ms"), "all-reduce predicted mean (ms)"),

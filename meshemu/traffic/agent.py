@@ -33,6 +33,9 @@ flushed at least once a second:
   one row per received data packet (every ``sample`` th packet for flows the config
   samples);
 - ``iterations``: ``job,iteration,rank,start_unix_ns,end_unix_ns``;
+- ``rtt``: ``flow_id,msg_id,src,dst,send_unix_ns,rtt_ms``, one row per acknowledged
+  reliable message: from the send of its last fragment to the arrival of the ACK (the
+  transport's round trip, both paths and the receiver's turnaround);
 - ``inference``: ``request_id,user,server,send_unix,done_unix,latency_ms,deadline_ms,
   missed`` (written when the response arrives, or at exit for requests without one);
 - ``status.json`` at exit, and an empty ``done`` file once the node's own sending work
@@ -419,6 +422,7 @@ class Agent:
         # the packets file appearing tells the runtime that the socket is bound
         self.f_iter = open(f"{self.prefix}.iterations.csv", "a")
         self.f_inf = open(f"{self.prefix}.inference.csv", "a")
+        self.f_rtt = open(f"{self.prefix}.rtt.csv", "a")
         self.f_packets = open(f"{self.prefix}.packets.csv", "a", buffering=1 << 20)
 
     def _setup_roles(self) -> None:
@@ -598,6 +602,9 @@ class Agent:
                     self.stats["messages_acked"] += 1
                     # smoothed RTT per peer (RFC 6298's alpha = 1/8), for the RTO
                     sample = rx - m.last_send_ns
+                    self.f_rtt.write(f"{flow},{mid},{self.node},"
+                                     f"{self.names_by_addr.get(src, src)},{m.last_send_ns},"
+                                     f"{sample / 1e6:.4f}\n")
                     old = self.srtt.get(src)
                     self.srtt[src] = sample if old is None else 0.875 * old + 0.125 * sample
             elif kind == H.NACK:
@@ -650,7 +657,7 @@ class Agent:
         self.f_inf.write(row)
 
     def flush(self) -> None:
-        for f in (self.f_packets, self.f_iter, self.f_inf):
+        for f in (self.f_packets, self.f_iter, self.f_inf, self.f_rtt):
             f.flush()
 
     def check_done(self) -> None:
@@ -738,7 +745,7 @@ class Agent:
         for cl in self.clients:
             cl.close()
         self.flush()
-        for f in (self.f_packets, self.f_iter, self.f_inf):
+        for f in (self.f_packets, self.f_iter, self.f_inf, self.f_rtt):
             f.close()
         import resource
         ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -17,6 +17,7 @@ Files in the run directory (formats are fixed; columns are only ever added at th
 ``link_counters.csv``    ``t_s,a,b,packets,bytes,dropped`` cumulative, per used link and step
 ``iterations.csv``       ``job,algorithm,iteration,start_unix,end_unix,duration_ms,predicted_ms``
                          (+ ``first_start_unix,critical_path_ms``)
+``rtt.csv``              ``flow_id,msg_id,src,dst,send_unix_ns,rtt_ms`` (acknowledged messages)
 ``inference.csv``        ``request_id,user,server,send_unix,done_unix,latency_ms,deadline_ms,missed``
 ``traffic.json``         the resolved profile, the flows and the summary
 
@@ -348,7 +349,8 @@ class TrafficRun:
         ``wall_duration_s`` after the go."""
         (self.dir / "go.json").unlink(missing_ok=True)
         for node, c in self.configs.items():
-            for suffix in (".packets.csv", ".iterations.csv", ".inference.csv", ".done",
+            for suffix in (".packets.csv", ".iterations.csv", ".inference.csv", ".rtt.csv",
+                           ".done",
                            ".status.json"):
                 (self.dir / f"{node}{suffix}").unlink(missing_ok=True)
             path = self.dir / f"{node}.json"
@@ -545,6 +547,7 @@ class TrafficRun:
                         rx_rows.append((fl, int(parts[5]), int(parts[7])))
                         owd.setdefault(fl, []).append(float(parts[8]))
         self._throughput(rx_rows)
+        self._merge_rtt()
         iters = self._iterations()
         inf = self._inference()
         statuses = {}
@@ -563,7 +566,19 @@ class TrafficRun:
         (out / "traffic.json").write_text(json.dumps(doc, indent=2, default=str))
         self._files = [out / n for n in ("flows.csv", "packets.csv", "flow_throughput.csv",
                                          "flow_paths.csv", "link_counters.csv",
-                                         "iterations.csv", "inference.csv", "traffic.json")]
+                                         "iterations.csv", "inference.csv", "rtt.csv",
+                                         "traffic.json")]
+
+    def _merge_rtt(self) -> None:
+        """``rtt.csv``: the agents' round-trip samples of acknowledged messages."""
+        with open(self.out / "rtt.csv", "w") as f:
+            f.write("flow_id,msg_id,src,dst,send_unix_ns,rtt_ms\n")
+            for node in self.procs:
+                p = self.dir / f"{node}.rtt.csv"
+                if not p.exists():
+                    continue
+                with open(p) as src:
+                    f.writelines(ln for ln in src if ln.count(",") == 5 and ln.endswith("\n"))
 
     def _bins(self) -> tuple[np.ndarray, list[float]]:
         """Wall-time bin edges (ns) and emulated t_s of each bin."""

@@ -135,6 +135,11 @@ def test_ring_allreduce_matches_alpha_beta(network, tmp_path):
     paths = read(out / "flow_paths.csv")
     assert {r["path"] for r in paths} == {"c0 c1", "c1 c2", "c2 c3", "c3 c0"}
     assert all(float(r["delay_ms"]) == pytest.approx(5.0) for r in paths)
+    # transport round trips of the ring's messages: one 5 ms hop each way, plus the last
+    # fragment's serialisation (1442 bytes at 50 Mbit/s, 0.23 ms) and the ACK's
+    rtt = np.array([float(r["rtt_ms"]) for r in read(out / "rtt.csv")])
+    assert rtt.size >= 4 * 2 * 3 * 2        # 4 nodes x 6 transfers x >= 2 iterations
+    assert rtt.min() >= 10.0 and 10.0 <= np.median(rtt) <= 11.5, np.percentile(rtt, [0, 50])
     # agents are gone
     assert all(p.poll() is not None for p in run.procs.values())
 

@@ -422,3 +422,13 @@ def test_compare_cli_prints_table(tmp_path, node_names, capsys):
     assert main(["compare", str(a), str(b), "--out", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "| metric" in out and "min-hop (b)" in out and "compare.png" in out
+
+
+def test_transport_rtt_percentiles(run_dir):
+    (run_dir / "rtt.csv").write_text(
+        "flow_id,msg_id,src,dst,send_unix_ns,rtt_ms\n"
+        + "".join(f"1,{i},a,b,{i},{v}\n" for i, v in enumerate([10, 20, 30, 40, 50])))
+    res = report(run_dir)
+    assert metric(res.table, "traffic", "all flows", "rtt_p50") == pytest.approx(30.0)
+    assert metric(res.table, "traffic", "all flows", "rtt_p99") == pytest.approx(49.6)
+    assert "transport RTT" in (run_dir / "report" / "summary.md").read_text()
