@@ -55,6 +55,10 @@ from mininet.link import Intf
 from mininet.net import Mininet
 from mininet.node import Host, Node
 
+# mininet.log makes every logger created after it a MininetLogger with its own handler at
+# level OUTPUT (25): meshemu's info messages would vanish and its warnings print twice
+logging.setLoggerClass(logging.Logger)
+
 from meshemu import addressing as adr
 from meshemu import netns as nl
 from meshemu.errors import EmulationError, NotRootError, ResourceError
