@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meshemu.errors import EmulationError, MeshemuError, RoutingError
+from meshemu.errors import EmulationError, MeshemuError, ProfileError, RoutingError
 from meshemu.linkstate import Snapshot
 from meshemu.plan import PlanRecorder, endpoint_ids
 from meshemu.routing import ForwardingTables, RoutingScheme, get_scheme
@@ -149,7 +149,8 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                   cli: bool = False, on_step: StepHook | None = None,
                   on_built: Callable[["Emulation"], None] | None = None,  # noqa: F821
                   plots: bool = True, start_s: float = 0.0,
-                  capture: list[str] | None = None) -> RunResult:
+                  capture: list[str] | None = None,
+                  traffic_optional: bool = False) -> RunResult:
     """Build the emulated network, drive it through the plan, tear it down.
 
     Parameters
@@ -178,6 +179,9 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
         Write ``map.png`` and ``path_delay.png``.
     start_s : float
         Start this many seconds after the scenario epoch.
+    traffic_optional : bool
+        If the profile does not fit the scenario (e.g. the default workload on a scenario
+        without compute satellites), run without traffic and say so instead of failing.
     capture : list of str, optional
         Packet captures: ``NODE`` (all its interfaces) or ``NODE:PEER`` (one link); see
         :mod:`meshemu.capture`.
@@ -204,7 +208,14 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
         # a bad profile fails here, before anything is built
         from meshemu.traffic.profile import load_profile, resolve
         traffic = load_profile(traffic)
-        resolve(traffic, sched.nodes.names, sched.nodes.kind)
+        try:
+            resolve(traffic, sched.nodes.names, sched.nodes.kind)
+        except ProfileError as exc:
+            if not traffic_optional:
+                raise
+            print(f"no traffic: the default workload does not fit scenario {scenario.name} "
+                  f"({exc}); give --traffic PROFILE for one that does", flush=True)
+            traffic = None
     n_steps = int(np.floor(duration_s / step_s + 1e-9)) + 1
     snapshots = list(sched.snapshots(duration_s, start_s=start_s))
     link_keys = np.unique(np.concatenate([s.key for s in snapshots]))
@@ -381,6 +392,7 @@ def run_from_cli(args) -> int:
     """``meshemu run`` entry point."""
     res = run_emulation(args.scenario, args.duration, args.step, args.time_scale, args.shaper,
                         args.routing, args.out, traffic=args.traffic or "default", cli=args.cli,
+                        traffic_optional=args.traffic is None,
                         start_s=args.start, capture=args.capture)
     s = res.summary
     t = s["timing"]

@@ -326,3 +326,24 @@ def test_bad_traffic_profile_fails_before_anything_is_built(tmp_path):
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "z").exists()
     assert machine_state() == before
+
+
+def test_default_traffic_is_skipped_where_it_does_not_fit_but_an_explicit_one_fails(tmp_path):
+    """`meshemu run SCENARIO` on a scenario without compute satellites runs without the
+    default workload and says why; asking for that workload explicitly is an error."""
+    import yaml
+    raw = copy.deepcopy(load_scenario("default").raw)
+    raw.pop("compute", None)
+    raw["name"] = "no-compute"
+    path = tmp_path / "no-compute.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = subprocess.run(MESHEMU + ["run", str(path), "--duration", "2", "--out",
+                                  str(tmp_path / "a")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "no traffic: the default workload does not fit" in r.stdout
+    r = subprocess.run(MESHEMU + ["run", str(path), "--duration", "2", "--traffic", "default",
+                                  "--out", str(tmp_path / "b")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "compute" in r.stderr, r.stderr
+    assert not (tmp_path / "b").exists()
