@@ -32,7 +32,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -492,6 +492,18 @@ IFF_LOOPBACK = 0x8
 IF_OPER_UP = 6
 
 
+def rtattrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """Walk the route attributes in ``data[start:end]``: ``(type, payload offset, payload
+    length)`` of each."""
+    a = start
+    while a + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", data, a)
+        if alen < 4:
+            return
+        yield atype, a + 4, alen - 4
+        a += (alen + 3) & ~3
+
+
 def links_not_running() -> list[str]:
     """Names of the interfaces in the calling thread's namespace that are administratively
     up but not operationally up (``lo`` aside).
@@ -516,16 +528,11 @@ def links_not_running() -> list[str]:
                 if mtype == RTM_NEWLINK:
                     flags = struct.unpack_from("=I", data, off + 24)[0]
                     name, oper = "", 0
-                    a = off + 32
-                    while a + 4 <= off + length:
-                        alen, atype = struct.unpack_from("=HH", data, a)
-                        if alen < 4:
-                            break
+                    for atype, p, n in rtattrs(data, off + 32, off + length):
                         if atype == IFLA_IFNAME:
-                            name = data[a + 4:a + alen].split(b"\0", 1)[0].decode()
+                            name = data[p:p + n].split(b"\0", 1)[0].decode()
                         elif atype == IFLA_OPERSTATE:
-                            oper = data[a + 4]
-                        a += (alen + 3) & ~3
+                            oper = data[p]
                     if flags & IFF_UP and not flags & IFF_LOOPBACK and oper != IF_OPER_UP:
                         bad.append(name)
                 off += (length + 3) & ~3

@@ -339,17 +339,12 @@ def parse_netem_stats(data: bytes) -> tuple[dict[int, tuple[int, int, int]], boo
         elif mtype == RTM_NEWQDISC and length >= 36:
             _, ifindex, _, parent, _ = _TCMSG.unpack_from(data, off + 16)
             kind, stats = b"", None
-            a = off + 36
-            while a + 4 <= off + length:
-                alen, atype = struct.unpack_from("=HH", data, a)
-                if alen < 4:
-                    break
+            for atype, p, n in nl.rtattrs(data, off + 36, off + length):
                 if atype == TCA_KIND:
-                    kind = data[a + 4:a + alen].rstrip(b"\0")
-                elif atype == TCA_STATS and alen >= 4 + 16:
-                    nbytes, packets, drops = struct.unpack_from("=QII", data, a + 4)
+                    kind = data[p:p + n].rstrip(b"\0")
+                elif atype == TCA_STATS and n >= 16:
+                    nbytes, packets, drops = struct.unpack_from("=QII", data, p)
                     stats = (packets, nbytes, drops)
-                a += (alen + 3) & ~3
             if parent == TC_H_ROOT and kind == b"netem" and stats is not None:
                 out[ifindex] = stats
         off += (length + 3) & ~3

@@ -60,8 +60,6 @@ from meshemu.traffic.profile import (AllReduceSpec, BulkSpec, InferenceSpec, Pro
 
 log = logging.getLogger(__name__)
 
-#: Seconds the go waits at most for down interfaces on the flows' paths to come up.
-LINKS_UP_TIMEOUT_S = 5.0
 #: Seconds between the go signal (every agent is up) and the traffic's time zero.
 GO_MARGIN_S = 0.2
 #: ``finish()`` waits at most this long past the end of the traffic.
@@ -173,7 +171,6 @@ class TrafficRun:
         self._last_path: dict[int, tuple] = {}
         self._stopped = False
         self._aggregated = False
-        self.down_at_start: list[str] = []
         self._summary: dict | None = None
         self._files: list[Path] = []
         self._plan()
@@ -294,55 +291,6 @@ class TrafficRun:
         return cache[key]
 
     # -- agents ------------------------------------------------------------------------------
-    def _path_nodes(self) -> list[str]:
-        """Nodes on the flows' step-0 paths (small networks only; see
-        :data:`FALLBACK_MAX_NODES`), senders and receivers included."""
-        nodes = {fl.src for fl in self.flows} | {fl.dst for fl in self.flows}
-        if self.snapshots and self.snapshots[0].n_nodes <= FALLBACK_MAX_NODES:
-            snap = self.snapshots[0]
-            for fl in self.flows:
-                p = self._route(snap, self.id_of[fl.src], self.id_of[fl.dst])
-                nodes.update(self.names[x] for x in (p or ()))
-        return sorted(nodes)
-
-    def _wait_interfaces_up(self, timeout_s: float) -> list[str]:
-        """Wait until no link interface of a node on the flows' paths is operationally down.
-
-        The shaper keeps the interfaces of a link that is down in the plan up (it drops the
-        frames instead), so a down interface means the network is not ready: observed
-        intermittently in the first one or two seconds after ``Emulation.build`` with the
-        userspace shaper, and traffic sent then is lost. Returns the interfaces still down
-        after ``timeout_s`` (``node:ifname``), which are logged and reported in the summary.
-        """
-        deadline = time.monotonic() + timeout_s
-        nodes = self._path_nodes()
-        down: list[str] = []
-        first = True
-        while True:
-            down = []
-            for n in nodes:
-                try:
-                    out = self.emu.node(n).cmd("ip -o link show")
-                except Exception:  # a node without a shell (a test double): nothing to check
-                    continue
-                for line in out.splitlines():
-                    parts = line.split(": ")
-                    if len(parts) > 2 and parts[1] != "lo" and (
-                            "NO-CARRIER" in line or "state DOWN" in line):
-                        down.append(f"{n}:{parts[1].split('@')[0]}")
-            if not down or time.monotonic() > deadline:
-                break
-            if first:
-                log.info("traffic: waiting for %d interface(s) on the flows' paths to come up "
-                         "(e.g. %s)", len(down), ", ".join(down[:4]))
-                first = False
-            time.sleep(0.1)
-        if down:
-            log.warning("traffic: %d interface(s) on the flows' paths are still down after "
-                        "%.0f s (e.g. %s); starting anyway", len(down), timeout_s,
-                        ", ".join(down[:4]))
-        return down
-
     def start_agents(self, ready_timeout_s: float = 60.0) -> None:
         """Start one agent per configured node, wait until each has bound its socket, then
         give the go: the traffic's time zero is :data:`GO_MARGIN_S` later and it ends
@@ -377,7 +325,6 @@ class TrafficRun:
         if pending:
             raise EmulationError(f"traffic agents of {sorted(pending)} did not start within "
                                  f"{ready_timeout_s:.0f} s: {self._log_tail(min(pending))}")
-        self.down_at_start = self._wait_interfaces_up(LINKS_UP_TIMEOUT_S)
         if self.snapshots:   # first server ranking for inference clients (small networks)
             snap = self.snapshots[0]
             first = {}
@@ -765,12 +712,7 @@ class TrafficRun:
         sent = sum(st.get("sent_packets", 0) for st in statuses.values())
         cpu = sum(st.get("cpu_s", 0.0) for st in statuses.values())
         s.update({"sent_packets": sent, "retransmissions": retx,
-                  "received_packets": len(rx_rows), "agents_cpu_s": round(cpu, 2),
-                  "interfaces_down_at_start": self.down_at_start})
-        if self.down_at_start:
-            lines.append(f"warning: {len(self.down_at_start)} interface(s) on the flows' paths "
-                         f"were down when the traffic started (e.g. "
-                         f"{', '.join(self.down_at_start[:3])})")
+                  "received_packets": len(rx_rows), "agents_cpu_s": round(cpu, 2)})
         lines.append(f"traffic: {sent} packets sent, {retx} retransmitted, "
                      f"{len(self.procs)} agents using {cpu:.1f} CPU-s")
         s["lines"] = lines

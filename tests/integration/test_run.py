@@ -17,6 +17,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -103,7 +104,12 @@ def ping_run(tmp_path_factory):
              (ln.split() for ln in state["probe"].communicate(timeout=10)[0].splitlines())]
     ping = _ping_samples(state["ping"].communicate(timeout=10)[0])
     state["echo"].wait(timeout=10)
-    return res, probe, ping, before
+    steps = _rows(res.run_dir / "steps.csv")
+    return SimpleNamespace(
+        res=res, probe=probe, ping=ping, before=before, steps=steps,
+        starts=np.array([float(s["unix_s"]) for s in steps]),
+        planned=_planned_rtt_ms(res.run_dir, "london", "new_york"),
+        paths=_paths(res.run_dir, "london", "new_york"))
 
 
 def _per_step(samples, starts):
@@ -121,14 +127,10 @@ def _per_step(samples, starts):
 
 
 def test_rtt_tracks_plan_while_path_changes(ping_run):
-    res, probe, _, _ = ping_run
-    run_dir = res.run_dir
-    steps = _rows(run_dir / "steps.csv")
-    starts = np.array([float(s["unix_s"]) for s in steps])
-    planned = _planned_rtt_ms(run_dir, "london", "new_york")
-    paths = _paths(run_dir, "london", "new_york")
-    assert len(set(paths.values())) >= 3, "the path must change twice during the test"
-    per_step = _per_step(probe, starts)
+    r = ping_run
+    steps, planned = r.steps, r.planned
+    assert len(set(r.paths.values())) >= 3, "the path must change twice during the test"
+    per_step = _per_step(r.probe, r.starts)
     assert len(per_step) >= 30, f"too few steps with probes: {len(per_step)}"
     errors = []
     for k, rtts in per_step.items():
@@ -146,9 +148,8 @@ def test_rtt_tracks_plan_while_path_changes(ping_run):
 
 def test_ping_agrees_with_the_probe(ping_run):
     """Plain ping sees the same RTTs (to its display resolution: 1 ms above 100 ms)."""
-    res, probe, ping, _ = ping_run
-    starts = np.array([float(s["unix_s"]) for s in _rows(res.run_dir / "steps.csv")])
-    a, b = _per_step(probe, starts), _per_step(ping, starts)
+    r = ping_run
+    a, b = _per_step(r.probe, r.starts), _per_step(r.ping, r.starts)
     common = [k for k in a if k in b and len(a[k]) >= 3 and len(b[k]) >= 3]
     assert len(common) >= 30
     for k in common:
@@ -156,12 +157,8 @@ def test_ping_agrees_with_the_probe(ping_run):
 
 
 def test_traffic_moves_within_one_step_when_path_changes(ping_run):
-    res, probe, _, _ = ping_run
-    run_dir = res.run_dir
-    steps = _rows(run_dir / "steps.csv")
-    starts = np.array([float(s["unix_s"]) for s in steps])
-    paths = _paths(run_dir, "london", "new_york")
-    planned = _planned_rtt_ms(run_dir, "london", "new_york")
+    r = ping_run
+    steps, starts, paths, planned, probe = r.steps, r.starts, r.paths, r.planned, r.probe
     changes = [k for k in range(1, len(steps))
                if paths.get(float(steps[k]["t_s"])) != paths.get(float(steps[k - 1]["t_s"]))]
     assert len(changes) >= 2
@@ -177,7 +174,7 @@ def test_traffic_moves_within_one_step_when_path_changes(ping_run):
 
 
 def test_run_summary_and_files(ping_run):
-    res, _, _, _ = ping_run
+    res = ping_run.res
     s = res.summary
     assert s["shaper"] == "userspace"
     assert s["steps"] == 46
@@ -188,7 +185,7 @@ def test_run_summary_and_files(ping_run):
 
 
 def test_nothing_left_after_run(ping_run):
-    _, _, _, before = ping_run
+    before = ping_run.before
     after = machine_state()
     assert after["netns"] == before["netns"]
     assert after["links"] == before["links"]
