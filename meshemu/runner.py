@@ -319,6 +319,11 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                         stepper()
                     except BaseException as exc:  # surfaced after the CLI exits
                         state["error"] = exc
+                        return
+                    if not state.get("stop"):
+                        k = state["k"]
+                        print(f"\n*** schedule ended at step {k} (t = {snapshots[k].t_s:g} s); "
+                              "the network stays as it is until 'exit'", flush=True)
 
                 th = threading.Thread(target=guarded, name="meshemu-clock", daemon=True)
                 th.start()

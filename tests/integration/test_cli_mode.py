@@ -1,14 +1,45 @@
 """`meshemu run --cli`: Mininet's CLI works while the geometry keeps stepping."""
 
 import csv
+import queue
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 pytestmark = pytest.mark.root
 MESHEMU = [sys.executable, "-m", "meshemu.cli"]
+
+
+class Output:
+    """Collects a child's output in a thread so the test can wait for a given text."""
+
+    def __init__(self, stream):
+        self.text = ""
+        self._q: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for chunk in iter(lambda: stream.read(1), ""):
+            self._q.put(chunk)
+        self._q.put(None)
+
+    def wait_for(self, needle: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while needle not in self.text:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                chunk = self._q.get(timeout=left)
+            except queue.Empty:
+                return False
+            if chunk is None:
+                return needle in self.text
+            self.text += chunk
+        return True
 
 
 def test_cli_mode_pings_while_steps_apply(tmp_path):
@@ -18,22 +49,29 @@ def test_cli_mode_pings_while_steps_apply(tmp_path):
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(4)
+        got = Output(p.stdout)
+        # the build time depends on the machine: wait for the CLI, not for a fixed time
+        assert got.wait_for("mininet>", 180), got.text
         # node 66 (0-based 65) is new_york in the default scenario; see nodes.csv
         p.stdin.write("london ping -c 3 -i 0.5 10.0.0.66\n")
         p.stdin.flush()
-        time.sleep(6)
+        assert got.wait_for("packets transmitted", 60), got.text
+        # the clock keeps going while the CLI is open; it says when the schedule is done
+        assert got.wait_for("*** schedule ended at step 8", 60), got.text
         p.stdin.write("exit\n")
         p.stdin.flush()
-        text = p.communicate(timeout=60)[0]
+        p.wait(timeout=60)
+        got.wait_for("\0never\0", 5)  # drain what is left
+        text = got.text
     finally:
         if p.poll() is None:
             p.kill()
+            p.wait()
     assert p.returncode == 0, text
     with open(out / "nodes.csv", newline="") as f:
         assert next(r for r in csv.DictReader(f) if r["id"] == "65")["name"] == "new_york"
     assert "3 received" in text, text
     with open(out / "steps.csv", newline="") as f:
         steps = list(csv.DictReader(f))
-    assert len(steps) == 9            # steps 0..8 applied while the CLI was open
+    assert [int(r["step"]) for r in steps] == list(range(9))  # all applied while the CLI was open
     assert text.count("64 bytes from 10.0.0.66") == 3   # printed once, not twice
