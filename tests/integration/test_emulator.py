@@ -281,7 +281,15 @@ with handle_signals():
     try:
         emu.build(snap.key, snap, tables)
         emu.node("g0").cmd("sleep 1000 &")
-        emu.node("g1").cmd("nohup sleep 1001 >/dev/null 2>&1 &")   # survives a SIGHUP
+        # survives a SIGHUP, once nohup has set SIGHUP to ignored and exec'ed sleep: wait for
+        # that, or a quick SIGKILL of this process can hang up the pty before nohup has run
+        pid = int(emu.node("g1").cmd("nohup sleep 1001 >/dev/null 2>&1 & echo $!").split()[-1])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "sleep":
+                    break
+            time.sleep(0.01)
         emu.node("s0").popen(["sleep", "1002"])                   # not on the node's pty
         print("BUILT", " ".join(str(p) for p in emu.pids), flush=True)
         time.sleep(600)

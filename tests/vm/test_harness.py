@@ -76,6 +76,19 @@ def test_initramfs_is_a_newc_archive_with_init_busybox_and_modules(fake_kernel, 
     assert "for m in virtio_ring.ko virtio.ko" in init
     assert "exec switch_root /newroot" in init
     assert (out / "mods" / "9p.ko").read_bytes() == b"\x7fELF kernel/fs/9p/9p.ko"
+    assert "/wlower" not in init                      # no cwd given: no fourth share
+
+
+@pytest.mark.skipif(not Path(vmkernel.BUSYBOX).is_file(), reason="needs busybox-static")
+def test_the_working_dir_is_mounted_at_its_own_path_after_the_guests_tmp(fake_kernel, tmp_path):
+    """A checkout under /tmp (hidden by the guest's tmpfs) is still there inside."""
+    img = vmkernel.build_initramfs(fake_kernel, tmp_path / "initramfs.img", "/tmp/my ci")
+    init = subprocess.run([vmkernel.BUSYBOX, "cpio", "-i", "--to-stdout", "init"],
+                          stdin=img.open("rb"), capture_output=True, check=True).stdout.decode()
+    tmp_at = init.index("tmpfs /newroot/tmp")
+    mount_at = init.index("mount -t 9p -o $o,ro,cache=loose workdir /wlower")
+    overlay_at = init.index("/newroot'/tmp/my ci' || fail")
+    assert tmp_at < mount_at < overlay_at < init.index("exec switch_root")
 
 
 def test_qemu_command_shares_root_read_only_and_results_read_write(fake_kernel, tmp_path):
@@ -87,6 +100,12 @@ def test_qemu_command_shares_root_read_only_and_results_read_write(fake_kernel, 
     assert f"path={fake_kernel.modules}," in shares[1] and "readonly=on" in shares[1]
     assert f"path={tmp_path / 'r'},mount_tag=results" in shares[2]
     assert "readonly" not in shares[2]
+    assert len(shares) == 3
+    cmd = vmkernel.qemu_command(fake_kernel, tmp_path / "i", tmp_path / "r", tmp_path / "c",
+                                2048, 2, "/tmp/a,b")
+    shares = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-virtfs"]
+    assert shares[3].startswith("local,path=/tmp/a,,b,mount_tag=workdir,")
+    assert "readonly=on" in shares[3]
 
 
 def _fake_tool(bindir: Path, name: str, script: str) -> None:

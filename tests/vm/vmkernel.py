@@ -324,7 +324,7 @@ mount -t 9p -o $o,ro,cache=loose modules /newroot/lib/modules || fail "mount mod
 mount -t 9p -o $o results /newroot{results} || fail "mount results"
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
-for d in proc sys dev; do mount --move /$d /newroot/$d; done
+{workdir}for d in proc sys dev; do mount --move /$d /newroot/$d; done
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
@@ -355,13 +355,35 @@ def _cpio_newc(entries: Sequence[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def build_initramfs(k: Kernel, dest: Path) -> Path:
-    """Write the initramfs (busybox, the boot modules, ``/init``) to ``dest``."""
+#: The directory the command runs in gets its own share, mounted (under a tmpfs overlay, so
+#: writes stay in the VM) at the same path after /tmp and /run: a checkout under /tmp or /run
+#: would otherwise be hidden by the guest's own tmpfs there.
+WORKDIR_TEMPLATE = r"""mkdir -p /wlower /wupper
+mount -t 9p -o $o,ro,cache=loose workdir /wlower || fail "mount workdir"
+mount -t tmpfs -o mode=0755 tmpfs /wupper
+mkdir -p /wupper/data /wupper/work /newroot{cwd}
+mount -t overlay -o lowerdir=/wlower,upperdir=/wupper/data,workdir=/wupper/work overlay \
+    /newroot{cwd} || fail "mount workdir overlay"
+"""
+
+
+def _workdir_shared(cwd: str | None) -> bool:
+    return cwd is not None and os.path.abspath(cwd) != "/"
+
+
+def build_initramfs(k: Kernel, dest: Path, cwd: str | None = None) -> Path:
+    """Write the initramfs (busybox, the boot modules, ``/init``) to ``dest``.
+
+    ``cwd``, when given, is the host directory :func:`qemu_command` shares as ``workdir``;
+    ``/init`` mounts it at the same path inside.
+    """
     if not Path(BUSYBOX).is_file():
         raise VMError(f"{BUSYBOX} is missing; install Debian's busybox-static "
                       f"(install.sh --test does)")
     kos = module_load_order(k, BOOT_MODULES)
-    init = INIT_TEMPLATE.format(mark=MARK, results=RESULTS_MOUNT,
+    workdir = (WORKDIR_TEMPLATE.format(cwd=sh_quote(os.path.abspath(cwd)))
+               if _workdir_shared(cwd) else "")
+    init = INIT_TEMPLATE.format(mark=MARK, results=RESULTS_MOUNT, workdir=workdir,
                                 modules=" ".join(p.name for p in kos))
     d = stat.S_IFDIR | 0o755
     entries: list[tuple[str, int, bytes]] = [
@@ -415,8 +437,11 @@ class VMRun:
 
 
 def qemu_command(k: Kernel, initrd: Path, results: Path, console: Path, memory_mb: int,
-                 cpus: int) -> list[str]:
-    """The qemu command line (pure; see PLATFORM.md for why each flag)."""
+                 cpus: int, cwd: str | None = None) -> list[str]:
+    """The qemu command line (pure; see PLATFORM.md for why each flag).
+
+    ``cwd``, when given, is shared read-only as ``workdir`` (see :data:`WORKDIR_TEMPLATE`).
+    """
     qemu = os.environ.get("MESHEMU_VM_QEMU") or "qemu-system-x86_64"
     return [
         qemu, "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb), "-smp", str(cpus),
@@ -428,7 +453,11 @@ def qemu_command(k: Kernel, initrd: Path, results: Path, console: Path, memory_m
                    "multidevs=remap",
         "-virtfs", f"local,path={k.modules},mount_tag=modules,security_model=none,readonly=on",
         "-virtfs", f"local,path={results},mount_tag=results,security_model=none",
-    ]
+    ] + ([
+        # qemu's option syntax escapes a comma in a value by doubling it
+        "-virtfs", f"local,path={os.path.abspath(cwd).replace(',', ',,')},mount_tag=workdir,"
+                   "security_model=none,readonly=on,multidevs=remap",
+    ] if _workdir_shared(cwd) else [])
 
 
 def run_in_vm(command: str, timeout_s: float | None = None, cwd: str | os.PathLike | None = None,
@@ -476,13 +505,13 @@ def run_in_vm(command: str, timeout_s: float | None = None, cwd: str | os.PathLi
         results.mkdir(mode=0o777)
         os.chmod(results, 0o777)
         console = work / "console.log"
-        initrd = build_initramfs(k, work / "initramfs.img")
+        initrd = build_initramfs(k, work / "initramfs.img", cwd)
         exports = "".join(f"export {n}={sh_quote(v)}\n" for n, v in (env or {}).items())
         (results / "run.sh").write_text(
             "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
             f"export HOME=/root LANG=C.UTF-8 MESHEMU_VM_RESULTS={RESULTS_MOUNT}\n{exports}"
             f"cd {sh_quote(cwd)} || exit 125\n{command}\n")
-        cmd = qemu_command(k, initrd, results, console, memory_mb, cpus)
+        cmd = qemu_command(k, initrd, results, console, memory_mb, cpus, cwd)
         log.info("booting %s: %s", k.abi, " ".join(cmd))
         try:
             qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
