@@ -269,7 +269,7 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                 from meshemu.traffic.runtime import start_traffic
                 agents = start_traffic(traffic, scenario, emu, sched, snapshots, out,
                                        duration_s / time_scale)
-                agents.step(0, snapshots[0].t_s, paths0)
+                agents.step(0, snapshots[0].t_s, paths0, first_tables)
             state = {"k": 0, "error": None}
 
             def stepper() -> None:
@@ -292,7 +292,7 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                     apply_s = time.monotonic() - began
                     paths = recorder.record(snapshots[k], tables)
                     if agents is not None:
-                        agents.step(k, snapshots[k].t_s, paths)
+                        agents.step(k, snapshots[k].t_s, paths, tables)
                     row = (k, snapshots[k].t_s, round(began - start, 6), round(began_unix, 6),
                            round(lag * 1e3, 3), round(apply_s * 1e3, 3), st.n_link_updates,
                            st.n_route_changes)

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from meshemu.errors import EmulationError
+from meshemu.routing import trace_path
 from meshemu.traffic import schedule as sch
 from meshemu.traffic.profile import (AllReduceSpec, BulkSpec, InferenceSpec, Profile,
                                      ReplaySpec, ResolvedProfile, load_profile, resolve)
@@ -356,12 +357,15 @@ class TrafficRun:
         self._lcw = csv.writer(self._lc, lineterminator="\n")
         self._lcw.writerow(["t_s", "a", "b", "packets", "bytes", "dropped"])
 
-    def step(self, k: int, t_s: float, paths: dict | None) -> None:
+    def step(self, k: int, t_s: float, paths: dict | None, tables=None) -> None:
         """Record step ``k`` (emulated time ``t_s``): flow paths, link counters, targets.
 
         ``paths`` maps ``(src_id, dst_id)`` of endpoint pairs to node-id lists (None:
-        unreachable); pairs it lacks are routed with :func:`shortest_delay_path` (in
-        networks of at most :data:`FALLBACK_MAX_NODES` nodes).
+        unreachable). Pairs it lacks (e.g. a bulk flow between two plain satellites) are
+        traced through ``tables``, the forwarding tables the emulator installed at this step
+        (:func:`meshemu.routing.trace_path`: the path the kernel forwards on, whatever the
+        scheme); without ``tables`` they are routed with :func:`shortest_delay_path` in
+        networks of at most :data:`FALLBACK_MAX_NODES` nodes, and left unknown in bigger ones.
         """
         if self._stopped:
             return
@@ -374,6 +378,9 @@ class TrafficRun:
             key = (self.id_of[fl.src], self.id_of[fl.dst])
             if key in paths:
                 p = paths[key]
+            elif snap is not None and tables is not None:
+                p = (trace_path(tables, snap, *key)
+                     if np.any(tables.destinations == key[1]) else None)
             elif snap is not None and snap.n_nodes <= FALLBACK_MAX_NODES:
                 p = self._route(snap, *key)
             else:
