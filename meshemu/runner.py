@@ -268,7 +268,7 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
             if traffic and traffic != "none":
                 from meshemu.traffic.runtime import start_traffic
                 agents = start_traffic(traffic, scenario, emu, sched, snapshots, out,
-                                       duration_s / time_scale)
+                                       duration_s / time_scale, first_tables)
                 agents.step(0, snapshots[0].t_s, paths0, first_tables)
             state = {"k": 0, "error": None}
 

@@ -121,6 +121,13 @@ def shortest_delay_path(snap, src: int, dst: int) -> list[int] | None:
     return path[::-1]
 
 
+def _traced(tables, snap, src: int, dst: int) -> list[int] | None:
+    """:func:`meshemu.routing.trace_path`, None when ``dst`` is not among the destinations."""
+    if not np.any(tables.destinations == dst):
+        return None
+    return trace_path(tables, snap, src, dst)
+
+
 def path_links(snap, path: list[int] | None) -> tuple[float, list[int], list[float]] | None:
     """Delay (s), link keys and link rates of a node path in a snapshot (None: a hop is
     missing or down)."""
@@ -146,8 +153,10 @@ class TrafficRun:
     """
 
     def __init__(self, resolved: ResolvedProfile, emu, snapshots: list, out_dir: Path,
-                 wall_duration_s: float):
+                 wall_duration_s: float, tables0=None):
         self.resolved = resolved
+        #: The forwarding tables installed at step 0 (None: route with Dijkstra instead).
+        self.tables0 = tables0
         self.profile: Profile = resolved.profile
         self.emu = emu
         self.snapshots = snapshots
@@ -284,12 +293,22 @@ class TrafficRun:
                 w.writerow([fl.flow_id, fl.name, fl.kind, fl.src, fl.dst])
 
     def _route(self, snap, src: int, dst: int) -> list[int] | None:
-        """:func:`shortest_delay_path`, memoised per snapshot and pair."""
+        """The path from ``src`` to ``dst`` in ``snap``, memoised per snapshot and pair:
+        traced through the step-0 tables for the first snapshot when they were given, else
+        :func:`shortest_delay_path`."""
         cache = self.__dict__.setdefault("_routes", {})
         key = (id(snap), src, dst)
         if key not in cache:
-            cache[key] = shortest_delay_path(snap, src, dst)
+            if self.tables0 is not None and self.snapshots and snap is self.snapshots[0]:
+                cache[key] = _traced(self.tables0, snap, src, dst)
+            else:
+                cache[key] = shortest_delay_path(snap, src, dst)
         return cache[key]
+
+    def _can_route(self, snap) -> bool:
+        """Whether :meth:`_route` is cheap enough for every flow in ``snap``."""
+        return ((self.tables0 is not None and snap is self.snapshots[0])
+                or snap.n_nodes <= FALLBACK_MAX_NODES)
 
     # -- agents ------------------------------------------------------------------------------
     def start_agents(self, ready_timeout_s: float = 60.0) -> None:
@@ -329,7 +348,7 @@ class TrafficRun:
         if self.snapshots:   # first server ranking for inference clients (small networks)
             snap = self.snapshots[0]
             first = {}
-            if snap.n_nodes <= FALLBACK_MAX_NODES:
+            if self._can_route(snap):
                 first = {fl.flow_id: self._route(snap, self.id_of[fl.src], self.id_of[fl.dst])
                          for fl in self.flows if fl.kind == "inference"}
             self._write_targets(snap, first)
@@ -379,8 +398,7 @@ class TrafficRun:
             if key in paths:
                 p = paths[key]
             elif snap is not None and tables is not None:
-                p = (trace_path(tables, snap, *key)
-                     if np.any(tables.destinations == key[1]) else None)
+                p = _traced(tables, snap, *key)
             elif snap is not None and snap.n_nodes <= FALLBACK_MAX_NODES:
                 p = self._route(snap, *key)
             else:
@@ -727,7 +745,7 @@ class TrafficRun:
 
 
 def start_traffic(profile: str | Path | Profile, scenario, emu, sched, snapshots: list,
-                  out_dir: Path | str, wall_duration_s: float) -> TrafficRun:
+                  out_dir: Path | str, wall_duration_s: float, tables0=None) -> TrafficRun:
     """Resolve ``profile`` against the scenario's nodes and start its agents.
 
     Parameters
@@ -745,6 +763,9 @@ def start_traffic(profile: str | Path | Profile, scenario, emu, sched, snapshots
         The run directory.
     wall_duration_s : float
         Wall-clock seconds the traffic may run (from now).
+    tables0 : ForwardingTables, optional
+        The tables installed at step 0; paths at the start (pacing, first server ranking)
+        follow them. Without them, a shortest-delay path is assumed.
 
     Raises
     ------
@@ -755,7 +776,7 @@ def start_traffic(profile: str | Path | Profile, scenario, emu, sched, snapshots
     """
     prof = load_profile(profile)
     res = resolve(prof, sched.nodes.names, sched.nodes.kind)
-    run = TrafficRun(res, emu, snapshots, Path(out_dir), wall_duration_s)
+    run = TrafficRun(res, emu, snapshots, Path(out_dir), wall_duration_s, tables0)
     try:
         run.start_agents()
     except BaseException:
