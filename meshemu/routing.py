@@ -217,7 +217,8 @@ class ECMP(RoutingScheme):
         # of a distance is the hop count (paths are shorter than 100 s), the rest is delay
         cost, pred, _ = _trees(snapshot, FewestHops().weights(snapshot), dests)
         hops = np.floor(cost)
-        delay = cost - hops
+        with np.errstate(invalid="ignore"):      # unreachable: inf - inf, never read
+            delay = cost - hops
         k = self.max_paths
         nh = np.full((n, dests.size, k), -1, dtype=np.int32)
         nh[:, :, 0] = pred.T
