@@ -150,21 +150,9 @@ def route_records(dst: np.ndarray, gw: np.ndarray, oif: np.ndarray, src: np.ndar
     ndarray of :data:`ROUTE_DTYPE`
         ``rec.tobytes()`` is ready for ``sendmsg``.
     """
-    n = len(dst)
-    r = np.zeros(n, dtype=ROUTE_DTYPE)
-    r["len"] = ROUTE_DTYPE.itemsize
-    r["type"] = RTM_NEWROUTE
-    r["flags"] = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
-    r["seq"] = seq
-    r["family"] = socket.AF_INET
-    r["dst_len"] = 32
-    r["table"] = RT_TABLE_MAIN
-    r["protocol"] = RTPROT_MESHEMU
-    r["scope"] = RT_SCOPE_UNIVERSE
-    r["rtype"] = RTN_UNICAST
+    r = _route_msgs(ROUTE_DTYPE, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
+                    dst, seq)
     r["rflags"] = RTNH_F_ONLINK
-    r["dst_rta"] = _rta_hdr(RTA_DST, 4)
-    r["dst"] = dst
     r["gw_rta"] = _rta_hdr(RTA_GATEWAY, 4)
     r["gw"] = gw
     r["oif_rta"] = _rta_hdr(RTA_OIF, 4)
@@ -176,10 +164,17 @@ def route_records(dst: np.ndarray, gw: np.ndarray, oif: np.ndarray, src: np.ndar
 
 def delroute_records(dst: np.ndarray, seq: np.ndarray) -> np.ndarray:
     """``RTM_DELROUTE`` messages for ``dst/32`` (meshemu's routes in the main table)."""
-    r = np.zeros(len(dst), dtype=DELROUTE_DTYPE)
-    r["len"] = DELROUTE_DTYPE.itemsize
-    r["type"] = RTM_DELROUTE
-    r["flags"] = NLM_F_REQUEST
+    return _route_msgs(DELROUTE_DTYPE, RTM_DELROUTE, NLM_F_REQUEST, dst, seq)
+
+
+def _route_msgs(dtype: np.dtype, msg_type: int, flags: int, dst: np.ndarray,
+                seq: np.ndarray) -> np.ndarray:
+    """Route messages of ``dtype`` with the header and ``RTA_DST`` filled in: one per
+    ``dst/32``, meshemu's protocol, the main table."""
+    r = np.zeros(len(dst), dtype=dtype)
+    r["len"] = dtype.itemsize
+    r["type"] = msg_type
+    r["flags"] = flags
     r["seq"] = seq
     r["family"] = socket.AF_INET
     r["dst_len"] = 32

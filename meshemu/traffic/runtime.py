@@ -292,22 +292,28 @@ class TrafficRun:
             for fl in self.flows:
                 w.writerow([fl.flow_id, fl.name, fl.kind, fl.src, fl.dst])
 
-    def _route(self, snap, src: int, dst: int) -> list[int] | None:
-        """The path from ``src`` to ``dst`` in ``snap``, memoised per snapshot and pair:
-        traced through the step-0 tables for the first snapshot when they were given, else
-        :func:`shortest_delay_path`."""
+    def _tables_for(self, snap, tables=None):
+        """``tables``, or the step-0 tables when ``snap`` is the first snapshot, or None."""
+        if tables is None and self.snapshots and snap is self.snapshots[0]:
+            return self.tables0
+        return tables
+
+    def _route(self, snap, src: int, dst: int, tables=None) -> list[int] | None:
+        """The path from ``src`` to ``dst`` in ``snap``: traced through the forwarding tables
+        (``tables``, or the step-0 ones for the first snapshot) when there are any, else
+        :func:`shortest_delay_path`, memoised per snapshot and pair."""
+        tables = self._tables_for(snap, tables)
+        if tables is not None:
+            return _traced(tables, snap, src, dst)
         cache = self.__dict__.setdefault("_routes", {})
         key = (id(snap), src, dst)
         if key not in cache:
-            if self.tables0 is not None and self.snapshots and snap is self.snapshots[0]:
-                cache[key] = _traced(self.tables0, snap, src, dst)
-            else:
-                cache[key] = shortest_delay_path(snap, src, dst)
+            cache[key] = shortest_delay_path(snap, src, dst)
         return cache[key]
 
-    def _can_route(self, snap) -> bool:
+    def _can_route(self, snap, tables=None) -> bool:
         """Whether :meth:`_route` is cheap enough for every flow in ``snap``."""
-        return ((self.tables0 is not None and snap is self.snapshots[0])
+        return (self._tables_for(snap, tables) is not None
                 or snap.n_nodes <= FALLBACK_MAX_NODES)
 
     # -- agents ------------------------------------------------------------------------------
@@ -397,10 +403,8 @@ class TrafficRun:
             key = (self.id_of[fl.src], self.id_of[fl.dst])
             if key in paths:
                 p = paths[key]
-            elif snap is not None and tables is not None:
-                p = _traced(tables, snap, *key)
-            elif snap is not None and snap.n_nodes <= FALLBACK_MAX_NODES:
-                p = self._route(snap, *key)
+            elif snap is not None and self._can_route(snap, tables):
+                p = self._route(snap, *key, tables)
             else:
                 p = None
             p = None if p is None else [int(x) for x in p]
