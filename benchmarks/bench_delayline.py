@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 from conftest import Netns  # noqa: E402  (the namespace helper the tests use)
 
-from meshemu.shaper import LinkEnds, LinkParams, UserspaceShaper  # noqa: E402
+from meshemu.live.shapers import LinkEnds, LinkParams, UserspaceShaper  # noqa: E402
 
 ADDR_A, ADDR_B = "10.78.0.1", "10.78.0.2"
 

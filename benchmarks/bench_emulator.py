@@ -26,9 +26,10 @@ import uuid
 
 import numpy as np
 
-from meshemu.emulator import Emulation, mem_available_bytes
+from meshemu.linux.limits import mem_available_bytes
+from meshemu.live.emulation import Emulation
 from meshemu.routing import get_scheme, snapshot_from_edges
-from meshemu.shaper import FakeShaper, batch_text, make_shaper, veth_cmd
+from meshemu.live.shapers import FakeShaper, batch_text, make_shaper, veth_cmd
 
 SATS_PER_PLANE = 22
 #: Ground stations each see this many candidate satellites over the run.

@@ -23,10 +23,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from meshemu import emulator as em
+from meshemu.live import emulation as em
 from meshemu.routing import get_scheme, snapshot_from_edges, trace_path
-from meshemu.shaper import make_shaper
-from meshemu.traffic.profile import Profile
+from meshemu.live.shapers import make_shaper
+from meshemu.spec.profile import Profile
 from meshemu.traffic.runtime import start_traffic
 
 NAMES = ["s0", "s1", "g0", "g1"]

@@ -21,8 +21,8 @@ import numpy as np
 
 from meshemu.plan import endpoint_ids, run_plan
 from meshemu.routing import get_scheme
-from meshemu.scenario import Scenario, load_scenario
-from meshemu.schedule import LinkSchedule
+from meshemu.spec.scenario import Scenario, load_scenario
+from meshemu.geometry.schedule import LinkSchedule
 
 
 def bench_schedule(name: str, scenario: Scenario, steps: int, routing: bool,

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from meshemu.emulator import mem_available_bytes
-from meshemu.runner import run_emulation
-from meshemu.scenario import load_scenario
+from meshemu.linux.limits import mem_available_bytes
+from meshemu.live.runner import run_emulation
+from meshemu.spec.scenario import load_scenario
 
 
 def mem_used_bytes() -> int:

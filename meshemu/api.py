@@ -14,13 +14,13 @@ Example::
 from meshemu.errors import (CommandError, EmulationError, MeshemuError, NotRootError,
                             ProfileError, ResourceError, RoutingError, ScenarioError,
                             ShaperError, TLEError)
-from meshemu.linkstate import Snapshot, SnapshotDiff, diff
+from meshemu.geometry.linkstate import Snapshot, SnapshotDiff, diff
 from meshemu.plan import run_plan
 from meshemu.routing import (ForwardingTables, RoutingScheme, get_scheme, register,
                              route_diff, trace_path)
-from meshemu.runner import run_emulation
-from meshemu.scenario import Scenario, list_scenarios, load_scenario
-from meshemu.schedule import LinkSchedule
+from meshemu.live.runner import run_emulation
+from meshemu.spec.scenario import Scenario, list_scenarios, load_scenario
+from meshemu.geometry.schedule import LinkSchedule
 
 __all__ = [
     "CommandError", "EmulationError", "MeshemuError", "NotRootError", "ProfileError",

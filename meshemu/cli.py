@@ -63,7 +63,7 @@ def _run_dir(base: str | None, kind: str, scenario: str) -> Path:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from meshemu.plan import run_plan
-    from meshemu.scenario import load_scenario
+    from meshemu.spec.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     out = _run_dir(args.out, "plan", args.scenario)
@@ -88,13 +88,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from meshemu.runner import run_from_cli
+    from meshemu.live.runner import run_from_cli
     return run_from_cli(args)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from meshemu.clean import clean
-    from meshemu.emulator import require_root
+    from meshemu.live.clean import clean
+    from meshemu.linux.limits import require_root
 
     require_root("meshemu clean")
     removed = clean()
@@ -118,7 +118,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
-    from meshemu.scenario import default_scenario_dir, list_scenarios, load_scenario
+    from meshemu.spec.scenario import default_scenario_dir, list_scenarios, load_scenario
 
     for name in list_scenarios():
         sc = load_scenario(default_scenario_dir() / f"{name}.yaml")

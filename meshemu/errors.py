@@ -9,10 +9,13 @@ The tree, in one place::
     +-- RoutingError(ValueError)      unknown routing scheme, or a scheme that misbehaves
     +-- ReportError(ValueError)       a run directory (or one of its files) cannot be reported on
     +-- ShaperError                   unknown shaper, or a shaper that cannot work on this kernel
+    |   +-- LinkParamsError(ValueError)  impossible link parameters or ends
     +-- EmulationError                the live emulation cannot be built or run
     |   +-- NotRootError              a command that needs root was run without it
     |   +-- ResourceError             the scenario does not fit this machine (memory, limits)
     |   +-- CommandError              an `ip`/`tc`/... command failed (carries cmd and stderr)
+    |   +-- Interrupted               a teardown signal arrived (carries signum)
+    +-- Terminated                    SIGINT/SIGTERM during a run; torn down
 
 Input errors also subclass ValueError so that generic callers can catch them as such.
 Every message says what was wrong, quoting the bad value, and what is allowed instead.
@@ -71,6 +74,10 @@ class ShaperError(MeshemuError):
     """An unknown link shaper, or one that cannot work on this kernel."""
 
 
+class LinkParamsError(ShaperError, ValueError):
+    """Impossible link parameters or link ends (negative delay, loss > 1, long names...)."""
+
+
 class EmulationError(MeshemuError):
     """The live emulation cannot be built or run."""
 
@@ -87,6 +94,19 @@ class NotRootError(EmulationError):
 
 class ResourceError(EmulationError):
     """The scenario does not fit this machine."""
+
+
+class Interrupted(EmulationError):
+    """A signal (SIGINT, SIGTERM, SIGHUP) arrived while a teardown handler was active."""
+
+    def __init__(self, signum: int):
+        import signal
+        self.signum = signum
+        super().__init__(f"received {signal.Signals(signum).name}; tearing the emulation down")
+
+
+class Terminated(MeshemuError):
+    """SIGTERM or SIGINT arrived during ``meshemu run``; the emulation is torn down."""
 
 
 class CommandError(EmulationError):

@@ -1,13 +1,13 @@
 """``meshemu plan``: the whole time line of a scenario, computed without root.
 
-Data flow: scenario -> :class:`~meshemu.schedule.LinkSchedule` (orbit, geometry, link state)
+Data flow: scenario -> :class:`~meshemu.geometry.schedule.LinkSchedule` (orbit, geometry, link state)
 -> routing scheme (forwarding tables per step) -> files in the output directory:
 
 ``nodes.csv``    ``id,name,kind,shell,plane,index``
 ``links.csv``    ``t_s,a,b,kind,up,distance_km,delay_ms,rate_mbps`` (every listed link, every step)
 ``paths.csv``    ``t_s,src,dst,path,hops,delay_ms`` for every ordered pair of endpoints
 ``summary.json`` counts, link and route events, per-pair delay statistics, timings
-``map.png``, ``path_delay.png`` (see :mod:`meshemu.plots`)
+``map.png``, ``path_delay.png`` (see :mod:`meshemu.report.maps`)
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from meshemu import linkstate
-from meshemu.linkstate import KIND_NAMES, Snapshot
+from meshemu.geometry import linkstate as linkstate
+from meshemu.geometry.linkstate import KIND_NAMES, Snapshot
 from meshemu.routing import RoutingScheme, get_scheme, route_diff, trace_path, path_delay_s
-from meshemu.scenario import Nodes, Scenario
-from meshemu.schedule import LinkSchedule
+from meshemu.spec.scenario import Nodes, Scenario
+from meshemu.geometry.schedule import LinkSchedule
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
                          "routing_ms_per_step": 1e3 * t_route / n_steps}
     files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "summary.json")]
     if plots:
-        from meshemu import plots as plotmod
+        from meshemu.report import maps as plotmod
         files.append(plotmod.plot_map(out / "map.png", sched, first_snapshot,
                                       title=f"{scenario.name} at t = 0 s"))
         files.append(plotmod.plot_path_delays(out / "path_delay.png", out / "paths.csv",

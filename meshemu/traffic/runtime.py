@@ -1,6 +1,6 @@
 """Running a workload profile in a live emulation, and collecting what it measured.
 
-:func:`start_traffic` is called by :func:`meshemu.runner.run_emulation` once the network is
+:func:`start_traffic` is called by :func:`meshemu.live.runner.run_emulation` once the network is
 built: it resolves the profile against the scenario's nodes, plans every flow, starts one
 agent (:mod:`meshemu.traffic.agent`) inside each node that sends or receives, and returns a
 :class:`TrafficRun`. The runner then calls ``step(k, t_s, paths)`` after every step,
@@ -56,7 +56,7 @@ import numpy as np
 from meshemu.errors import EmulationError
 from meshemu.routing import trace_path
 from meshemu.traffic import schedule as sch
-from meshemu.traffic.profile import (AllReduceSpec, BulkSpec, InferenceSpec, Profile,
+from meshemu.spec.profile import (AllReduceSpec, BulkSpec, InferenceSpec, Profile,
                                      ReplaySpec, ResolvedProfile, load_profile, resolve)
 
 log = logging.getLogger(__name__)
@@ -758,7 +758,7 @@ def start_traffic(profile: str | Path | Profile, scenario, emu, sched, snapshots
         A profile name in ``traffic/``, a YAML path, or a loaded profile.
     scenario : Scenario
         (Only used for logging; nodes come from ``sched.nodes``.)
-    emu : meshemu.emulator.Emulation
+    emu : meshemu.live.emulation.Emulation
         The built network.
     sched : LinkSchedule or any object with ``nodes.names`` and ``nodes.kind``
     snapshots : list of Snapshot

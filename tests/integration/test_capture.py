@@ -16,8 +16,8 @@ MESHEMU = [sys.executable, "-m", "meshemu.cli"]
 
 
 def test_capture_node_and_link_hold_meshemu_packets(tmp_path):
-    from meshemu.runner import run_emulation
-    from meshemu.scenario import load_scenario
+    from meshemu.live.runner import run_emulation
+    from meshemu.spec.scenario import load_scenario
     out = tmp_path / "run"
     res = run_emulation(load_scenario("default"), duration_s=8, shaper="userspace",
                         traffic="default", out_dir=out, plots=False,

@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 
-from meshemu import clean as cl
-from meshemu import emulator as em
-from meshemu import netns as nl
+from meshemu.live import clean as cl
+from meshemu.live import emulation as em
+from meshemu.linux import netns as nl
 from meshemu.errors import EmulationError
-from meshemu.shaper import make_shaper
+from meshemu.live.shapers import make_shaper
 
 from test_emulator import (KINDS, NAMES, _require_root, leftovers, machine_state, ring,
                             start_build_process)
@@ -42,11 +42,11 @@ def test_clean_after_sigkill_restores_the_machine(tmp_path):
         # the delay line exits by itself when its control pipe closes: let it finish, so
         # that what is left no longer changes on its own
         deadline = time.monotonic() + 5
-        while (any("meshemu.delayline" in x for x in leftovers(run_id, inodes))
+        while (any("meshemu.live.delayline" in x for x in leftovers(run_id, inodes))
                and time.monotonic() < deadline):
             time.sleep(0.05)
         left = leftovers(run_id, inodes)
-        assert not any("meshemu.delayline" in x for x in left), left
+        assert not any("meshemu.live.delayline" in x for x in left), left
         assert sum("in a node namespace" in x for x in left) == 2, left
         assert any(x.startswith("lock ") for x in left), left
 

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from meshemu import shaper as sh
-from meshemu.shaper import LinkEnds, LinkParams, UserspaceShaper
+from meshemu.live import shapers as sh
+from meshemu.live.shapers import LinkEnds, LinkParams, UserspaceShaper
 
 pytestmark = pytest.mark.root
 
@@ -214,7 +214,7 @@ def test_killed_parent_takes_the_delay_line_along_and_cleanup_removes_the_rest(
     a, b = netns_factory(), netns_factory()
     script = textwrap.dedent(f"""
         import sys, time
-        from meshemu.shaper import UserspaceShaper, LinkEnds, LinkParams
+        from meshemu.live.shapers import UserspaceShaper, LinkEnds, LinkParams
         s = UserspaceShaper({run_id!r})
         s.create_links([(LinkEnds(0, {a.pid}, "mxa", {b.pid}, "mxb"), LinkParams(0.001, 0))])
         print(s.pids[0], flush=True)

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshemu import emulator as em
-from meshemu import netns as nl
+from meshemu.linux import limits
+from meshemu.live import emulation as em
+from meshemu.linux import netns as nl
 from meshemu.errors import EmulationError, NotRootError, ResourceError
-from meshemu.shaper import make_shaper
+from meshemu.live.shapers import make_shaper
 
 pytestmark = pytest.mark.root
 
@@ -230,13 +231,13 @@ def test_not_root(monkeypatch, tmp_path):
     with pytest.raises(NotRootError, match="needs root"):
         emu.build(snap.key, snap, tab)
     with pytest.raises(NotRootError):
-        em.require_root()
+        limits.require_root()
 
 
 def test_not_root_for_real(tmp_path):
     """As user nobody, in a fresh process: NotRootError, not a traceback from deep inside."""
     _require_root()
-    code = ("from meshemu.emulator import require_root\n"
+    code = ("from meshemu.linux.limits import require_root\n"
             "from meshemu.errors import NotRootError\n"
             "try:\n    require_root('meshemu run')\n"
             "except NotRootError as e:\n    print('NotRootError:', e)\n")
@@ -256,16 +257,16 @@ def test_memory_estimate_refuses_what_cannot_fit(monkeypatch, tmp_path, run_id):
         emu.build(snap.key, snap, tab)
     assert not emu.pids and not shaper.calls
     with pytest.raises(ResourceError, match="hard limit"):
-        em.raise_nofile_limit(1 << 40)
+        limits.raise_nofile_limit(1 << 40)
 
 
 SIGNAL_SCRIPT = r'''
 import sys, time
 import numpy as np
 from types import SimpleNamespace
-from meshemu.emulator import Emulation, handle_signals
-from meshemu.linkstate import Snapshot
-from meshemu.shaper import make_shaper
+from meshemu.live.emulation import Emulation, handle_signals
+from meshemu.geometry.linkstate import Snapshot
+from meshemu.live.shapers import make_shaper
 
 run_id, run_dir = sys.argv[1], sys.argv[2]
 a = np.array([0, 0, 0, 1, 1], np.int32); b = np.array([1, 2, 3, 2, 4], np.int32)
@@ -324,7 +325,7 @@ def test_sigterm_tears_down_and_a_second_run_starts_right_after(tmp_path, run_id
         if p.poll() is None:
             p.kill()
             p.wait()
-            from meshemu.clean import clean
+            from meshemu.live.clean import clean
             clean(run_id)
     assert "STOPPED" in out and "Interrupted" in err, err
     assert leftovers(run_id, inodes) == []

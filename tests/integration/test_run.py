@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from meshemu.scenario import load_scenario
+from meshemu.spec.scenario import load_scenario
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 MESHEMU = [sys.executable, "-m", "meshemu.cli"]
@@ -78,7 +78,7 @@ def ping_run(tmp_path_factory):
     from 3 to 4 to 8 hops), 45 emulated s at 1x. All along, london probes new_york at 10 Hz
     with ping and with a UDP echo probe: ping prints whole milliseconds above 100 ms, too
     coarse for a 1 ms check, so the RTT checks use the probe's microsecond timestamps."""
-    from meshemu.runner import run_emulation
+    from meshemu.live.runner import run_emulation
     before = machine_state()
     out = tmp_path_factory.mktemp("run")
     state = {}
@@ -283,7 +283,7 @@ def test_sigterm_tears_down(tmp_path):
 def test_tcp_throughput_through_a_rate_limited_isl(tmp_path):
     """iperf3 between two neighbouring satellites gets the ISL's rate (default: 100 Mbit/s)
     within 10 % while the emulation runs (iperf3 counts TCP payload: 1448 of 1514 bytes)."""
-    from meshemu.runner import run_emulation
+    from meshemu.live.runner import run_emulation
     sc = load_scenario("default")
     rate = sc.isl.rate_mbps * 1e6
     state = {}

@@ -24,9 +24,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from meshemu import emulator as em
-from meshemu.shaper import make_shaper
-from meshemu.traffic.profile import Profile
+from meshemu.live import emulation as em
+from meshemu.live.shapers import make_shaper
+from meshemu.spec.profile import Profile
 from meshemu.traffic.runtime import TrafficRun, start_traffic
 
 pytestmark = pytest.mark.root

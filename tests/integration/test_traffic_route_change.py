@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from meshemu.report import load_run, path_change_times
-from meshemu.scenario import load_scenario
+from meshemu.spec.scenario import load_scenario
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -28,7 +28,7 @@ def rows(path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from meshemu.runner import run_emulation
+    from meshemu.live.runner import run_emulation
     tmp = tmp_path_factory.mktemp("rc")
     profile = tmp / "inference.yaml"
     profile.write_text(yaml.safe_dump({

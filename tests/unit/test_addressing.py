@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from meshemu import addressing as adr
+from meshemu.live import addressing as adr
 from meshemu.errors import ResourceError, ScenarioError
 
 

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from meshemu.constellation import build_constellation, parse_tle_text, walker_shell
-from meshemu.geometry import elevation_deg, grazing_altitude_km, isl_feasible, plus_grid_pairs
-from meshemu.orbit import (WGS84_A_KM, ecef_to_geodetic, geodetic_to_ecef_km, propagate_ecef_km,
+from meshemu.geometry.constellation import build_constellation, parse_tle_text, walker_shell
+from meshemu.geometry.visibility import elevation_deg, grazing_altitude_km, isl_feasible, plus_grid_pairs
+from meshemu.geometry.orbit import (WGS84_A_KM, ecef_to_geodetic, geodetic_to_ecef_km, propagate_ecef_km,
                            up_vector)
-from meshemu.scenario import EARTH_RADIUS_KM, ISLPolicy, Scenario, ShellSpec
+from meshemu.spec.scenario import EARTH_RADIUS_KM, ISLPolicy, Scenario, ShellSpec
 
 ISS = ("ISS (ZARYA)",
        "1 25544U 98067A   08264.51782528 -.00002182  00000-0 -11606-4 0  2927",

@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 
 from meshemu.plan import run_plan
-from meshemu.scenario import load_scenario
+from meshemu.spec.scenario import load_scenario
 
 MESHEMU = [sys.executable, "-m", "meshemu.cli"]
 

@@ -15,8 +15,8 @@ from meshemu.cli import main
 from meshemu.errors import MeshemuError
 from meshemu.report import (ReportError, compare, comparison, load_run, read_table, report,
                             run_stats, sequence_stats)
-from meshemu.scenario import load_scenario
-from meshemu.schedule import LinkSchedule
+from meshemu.spec.scenario import load_scenario
+from meshemu.geometry.schedule import LinkSchedule
 
 PLOTS = ("latency.png", "throughput.png", "latency_cdf.png", "iterations.png", "paths_map.png",
          "link_util.png")

@@ -9,8 +9,8 @@ import pytest
 from meshemu.errors import RoutingError
 from meshemu.routing import (ForwardingTables, get_scheme, path_delay_s, route_diff,
                              snapshot_from_edges, trace_path, validate_tables)
-from meshemu.scenario import load_scenario
-from meshemu.schedule import LinkSchedule
+from meshemu.spec.scenario import load_scenario
+from meshemu.geometry.schedule import LinkSchedule
 
 
 def random_graph(seed, n_sat=40, n_ground=6):

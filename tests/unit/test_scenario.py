@@ -5,10 +5,10 @@ import copy
 import numpy as np
 import pytest
 
-from meshemu.constellation import build_constellation, build_nodes, parse_tle_text
+from meshemu.geometry.constellation import build_constellation, build_nodes, parse_tle_text
 from meshemu.errors import ScenarioError, TLEError
-from meshemu.orbit import propagate_ecef_km
-from meshemu.scenario import Scenario, list_scenarios, load_scenario
+from meshemu.geometry.orbit import propagate_ecef_km
+from meshemu.spec.scenario import Scenario, list_scenarios, load_scenario
 
 BASE = {
     "name": "t",

@@ -4,9 +4,9 @@ import copy
 
 import numpy as np
 
-from meshemu.linkstate import GSL, ISL, diff
-from meshemu.scenario import Scenario, load_scenario
-from meshemu.schedule import LinkSchedule
+from meshemu.geometry.linkstate import GSL, ISL, diff
+from meshemu.spec.scenario import Scenario, load_scenario
+from meshemu.geometry.schedule import LinkSchedule
 
 BASE = {
     "constellation": {"shells": [{"type": "walker-delta", "planes": 8, "sats_per_plane": 8,
@@ -43,7 +43,7 @@ def test_gsl_nearest_is_nearest_visible_satellite():
         sat = snap.a[g[0]]
         r = s.positions_ecef_km(np.array([snap.t_s]))[:, 0]
         d = np.linalg.norm(r - s.ground_ecef_km[0], axis=1)
-        from meshemu.geometry import elevation_deg
+        from meshemu.geometry.visibility import elevation_deg
         el = elevation_deg(s.ground_ecef_km, s.ground_up, r)[0]
         vis = np.nonzero(el >= 10)[0]
         assert sat == vis[np.argmin(d[vis])]
@@ -102,7 +102,7 @@ def test_isl_acquisition_after_cross_plane_latitude_cutoff():
 def test_longest_visible_keeps_satellite_until_it_sets():
     s = sched(gsl={"handover": "longest-visible", "min_elevation_deg": 10})
     snaps = list(s.snapshots(1200, chunk_steps=200))
-    from meshemu.geometry import elevation_deg
+    from meshemu.geometry.visibility import elevation_deg
     prev_sat = None
     switches = 0
     for snap in snaps:

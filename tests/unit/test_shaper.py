@@ -8,10 +8,11 @@ import struct
 
 import pytest
 
-from meshemu import delayline as dl
-from meshemu import shaper as sh
+from meshemu.live import delayline as dl
+from meshemu.live import shapers as sh
 from meshemu.errors import ShaperError
-from meshemu.shaper import (FakeShaper, LinkEnds, LinkParams, LinkParamsError, make_shaper,
+from meshemu.errors import LinkParamsError
+from meshemu.live.shapers import (FakeShaper, LinkEnds, LinkParams, make_shaper,
                             netem_args, netem_limit, netem_qdisc_cmd)
 
 
@@ -226,7 +227,7 @@ def test_netem_without_kernel_support_suggests_userspace(monkeypatch):
                                             (False, sh.UserspaceShaper)])
 def test_auto_picks_netem_when_available_and_says_so(monkeypatch, caplog, has_netem, cls):
     monkeypatch.setattr(sh, "netem_available", lambda: has_netem)
-    with caplog.at_level(logging.INFO, logger="meshemu.shaper"):
+    with caplog.at_level(logging.INFO, logger="meshemu.live.shapers"):
         s = make_shaper("auto", "r1")
     assert type(s) is cls
     assert any(cls.name in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)

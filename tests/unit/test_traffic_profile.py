@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from meshemu.errors import ProfileError
-from meshemu.traffic.profile import (AllReduceSpec, InferenceSpec, Profile, ReplaySpec,
+from meshemu.spec.profile import (AllReduceSpec, InferenceSpec, Profile, ReplaySpec,
                                      list_profiles, load_profile, read_pcap, resolve)
 
 NAMES = ("s0", "s1", "c0", "c1", "c2", "gs", "usr", "dc")
@@ -34,8 +34,8 @@ def with_(i, key, value):
 
 @pytest.mark.parametrize("name", list_profiles())
 def test_shipped_profiles_resolve_on_default_scenario(name):
-    from meshemu.scenario import load_scenario
-    from meshemu.schedule import LinkSchedule
+    from meshemu.spec.scenario import load_scenario
+    from meshemu.geometry.schedule import LinkSchedule
     nodes = LinkSchedule(load_scenario("default"), 1.0).nodes
     res = resolve(load_profile(name), nodes.names, nodes.kind)
     assert res.workloads

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshemu import emulator as em
-from meshemu.emulator import DELAY_TOLERANCE_S
-from meshemu.scenario import load_scenario
-from meshemu.shaper import make_shaper
+from meshemu.live import emulation as em
+from meshemu.live.emulation import DELAY_TOLERANCE_S
+from meshemu.spec.scenario import load_scenario
+from meshemu.live.shapers import make_shaper
 from vmhelpers import U32_MAX, read_qdiscs
 
 MESHEMU = [sys.executable, "-m", "meshemu.cli"]
@@ -106,7 +106,7 @@ def netem_run(tmp_path_factory):
     was applied."""
     import yaml
 
-    from meshemu.runner import run_emulation
+    from meshemu.live.runner import run_emulation
     before = machine_state()
     out = tmp_path_factory.mktemp("netem-run")
     raw = dict(load_scenario("default").raw, epoch=RUN_EPOCH)

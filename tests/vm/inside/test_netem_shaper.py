@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshemu.shaper import (LinkEnds, LinkParams, NetemShaper, make_shaper, netem_available,
+from meshemu.live.shapers import (LinkEnds, LinkParams, NetemShaper, make_shaper, netem_available,
                             netem_limit)
 from vmhelpers import Netns, assert_rtt, ping
 

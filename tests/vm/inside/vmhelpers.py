@@ -217,6 +217,6 @@ def _dump_qdiscs_here() -> dict[str, Qdisc]:
 
 def read_qdiscs(pids: Sequence[int]) -> dict[int, dict[str, Qdisc]]:
     """Root qdiscs by interface name, of the network namespace of each of ``pids``."""
-    from meshemu.netns import in_namespaces
+    from meshemu.linux.netns import in_namespaces
     res = in_namespaces(list(pids), lambda i, pid: _dump_qdiscs_here(), threads=2)
     return dict(zip(pids, res))

@@ -290,7 +290,7 @@ CLONE_NEWNET = 0x40000000
 #: Long-lived per-node descriptors (ptys, netlink sockets) are moved to this number or above,
 #: so that code still using ``select()`` (limited to descriptors < FD_SETSIZE = 1024) keeps
 #: working in a process that holds thousands of them.
-FD_FLOOR = 1024
+from meshemu.linux.limits import FD_FLOOR  # noqa: E402
 
 
 def high_fd(fd: int) -> int:

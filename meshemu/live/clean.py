@@ -1,18 +1,18 @@
 """``meshemu clean``: remove what crashed (or SIGKILLed) runs left behind.
 
 A run is *live* while the process that wrote its lock file
-(:data:`meshemu.emulator.LOCK_DIR`/``<run_id>.lock``) runs; everything of a run that is not
+(:data:`meshemu.live.emulation.LOCK_DIR`/``<run_id>.lock``) runs; everything of a run that is not
 live is a leftover:
 
 * node shells: processes whose argv holds ``meshemu-run=<run_id>``
-  (:data:`meshemu.emulator.RUN_MARKER`; Mininet shells of other programs are never touched),
+  (:data:`meshemu.live.emulation.RUN_MARKER`; Mininet shells of other programs are never touched),
   every other process inside those shells' network namespaces, and every process whose
-  environment has ``MESHEMU_RUN=<run_id>`` (:data:`meshemu.emulator.ENV_MARKER`: whatever
+  environment has ``MESHEMU_RUN=<run_id>`` (:data:`meshemu.live.emulation.ENV_MARKER`: whatever
   was started with ``node.cmd``/``node.popen``, which may outlive the shells: a node shell
   dies with its pty when the emulator is killed, a ``nohup``-ed traffic agent does not);
   once they are gone the kernel frees the namespaces and the interfaces in them;
 * delay-line processes and the shaper's ``meshemu-<run_id>-dl`` namespaces
-  (:func:`meshemu.shaper.cleanup_leftovers`);
+  (:func:`meshemu.live.shapers.cleanup_leftovers`);
 * other named namespaces ``meshemu-<run_id>-*`` that no process uses;
 * interfaces in the root namespace named like meshemu's (``isl<k>``, ``gsl<k>``,
   ``dl<k>a``/``dl<k>b``): only when cleaning every run, as they carry no run id;
@@ -30,9 +30,9 @@ import socket
 import subprocess
 from pathlib import Path
 
-from meshemu import netns as nl
-from meshemu.emulator import (ENV_MARKER, LOCK_DIR, RUN_MARKER, lock_is_live, read_lock,
-                              require_root)
+from meshemu.linux import netns as nl
+from meshemu.linux.limits import require_root
+from meshemu.live.emulation import ENV_MARKER, LOCK_DIR, RUN_MARKER, lock_is_live, read_lock
 from meshemu.errors import CommandError, EmulationError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _run_of_argv(argv: list[str]) -> str | None:
 def find_runs() -> dict[str, dict]:
     """Every run with a lock file, a node shell or a marked process: run id -> ``{"live": bool,
     "lock": path or None, "shells": [pid, ...], "procs": [pid, ...], "netns": {inode, ...}}``
-    (``procs``: other processes with the run's :data:`~meshemu.emulator.ENV_MARKER`)."""
+    (``procs``: other processes with the run's :data:`~meshemu.live.emulation.ENV_MARKER`)."""
     runs: dict[str, dict] = {}
 
     def entry(rid: str) -> dict:
@@ -160,7 +160,7 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
 
     # 2. the shapers' delay lines and namespaces
     try:
-        from meshemu import shaper as shaper_mod
+        from meshemu.live import shapers as shaper_mod
         cleanup = getattr(shaper_mod, "cleanup_leftovers", None)
     except ImportError:
         cleanup = None
@@ -213,7 +213,7 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
 
 
 def _shaper_dry_run(run_id: str | None, dead: dict, live_ids: set[str]) -> list[str]:
-    """What :func:`meshemu.shaper.cleanup_leftovers` would remove (approximately: its own
+    """What :func:`meshemu.live.shapers.cleanup_leftovers` would remove (approximately: its own
     rules for unknown runs are not reproduced)."""
     out = []
     for ns in _named_netns():

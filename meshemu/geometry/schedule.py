@@ -1,7 +1,7 @@
-"""From positions to link state over time: a :class:`~meshemu.linkstate.Snapshot` per step.
+"""From positions to link state over time: a :class:`~meshemu.geometry.linkstate.Snapshot` per step.
 
 :class:`LinkSchedule` turns a scenario into a stream of snapshots: it propagates the
-constellation (:mod:`meshemu.orbit`), decides feasible ISLs and GSLs (:mod:`meshemu.geometry`),
+constellation (:mod:`meshemu.geometry.orbit`), decides feasible ISLs and GSLs (:mod:`meshemu.geometry.visibility`),
 applies the link policies (laser terminals, GSL handover rule) and the acquisition time
 (a newly formed link is listed but not ``up`` for ``acquisition_s``; links present at t = 0
 are taken as already acquired), and fills delay (distance / c) and rate.
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meshemu.constellation import Constellation, build_constellation, build_nodes
-from meshemu.geometry import (elevation_deg, isl_feasible, nearest_isls, plus_grid_pairs,
+from meshemu.geometry.constellation import Constellation, build_constellation, build_nodes
+from meshemu.geometry.visibility import (elevation_deg, isl_feasible, nearest_isls, plus_grid_pairs,
                               distance_km)
-from meshemu.linkstate import C_M_PER_S, GSL, ISL, Snapshot
-from meshemu.orbit import ecef_to_geodetic, geodetic_to_ecef_km, propagate_ecef_km, up_vector
-from meshemu.scenario import Nodes, Scenario
+from meshemu.geometry.linkstate import C_M_PER_S, GSL, ISL, Snapshot
+from meshemu.geometry.orbit import ecef_to_geodetic, geodetic_to_ecef_km, propagate_ecef_km, up_vector
+from meshemu.spec.scenario import Nodes, Scenario
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from meshemu import linkstate
+from meshemu.geometry import linkstate as linkstate
 from meshemu.errors import RoutingError, choices_message
-from meshemu.linkstate import Snapshot
+from meshemu.geometry.linkstate import Snapshot
 
 #: Largest number of next hops a built-in multipath scheme installs per destination.
 MAX_PATHS = 4
@@ -160,7 +160,7 @@ def _trees(snap: Snapshot, w: np.ndarray, dests: np.ndarray
 
 def _check_snapshot(snap: Snapshot, destinations) -> np.ndarray:
     if not isinstance(snap, Snapshot):
-        raise RoutingError(f"a routing scheme needs a meshemu.linkstate.Snapshot, got "
+        raise RoutingError(f"a routing scheme needs a meshemu.geometry.linkstate.Snapshot, got "
                            f"{type(snap).__name__}")
     d = np.asarray(destinations, dtype=np.int32).ravel()
     if d.size and (d.min() < 0 or d.max() >= snap.n_nodes):

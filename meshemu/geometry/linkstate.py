@@ -2,8 +2,8 @@
 
 A :class:`Snapshot` is the network at one instant, as arrays in a fixed edge order (sorted by
 ``key = a * n_nodes + b`` with ``a < b``), so comparing two snapshots is array arithmetic
-(:func:`diff`). Snapshots are produced by :mod:`meshemu.schedule` from geometry
-(:mod:`meshemu.geometry`) and consumed by routing (:mod:`meshemu.routing`) and the emulator.
+(:func:`diff`). Snapshots are produced by :mod:`meshemu.geometry.schedule` from geometry
+(:mod:`meshemu.geometry.visibility`) and consumed by routing (:mod:`meshemu.routing`) and the emulator.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Snapshot:
     t_s : float
         Seconds since the scenario epoch.
     n_nodes : int
-        Number of nodes (node ids are ``0 .. n_nodes-1``, as in :class:`meshemu.scenario.Nodes`).
+        Number of nodes (node ids are ``0 .. n_nodes-1``, as in :class:`meshemu.spec.scenario.Nodes`).
     a, b : ndarray of int32, shape (E,)
         Link end points, ``a < b``; edges sorted by ``a * n_nodes + b``.
     kind : ndarray of int8, shape (E,)

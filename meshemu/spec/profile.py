@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +165,9 @@ class Profile:
 
 
 def default_profile_dir() -> Path:
-    """The repository's ``traffic/`` folder."""
-    return Path(__file__).resolve().parents[2] / "traffic"
+    """The shipped traffic profiles, inside the package (``meshemu/spec/data/traffic``); the
+    repository's top-level ``traffic/`` links to the same files."""
+    return Path(str(resources.files("meshemu.spec") / "data" / "traffic"))
 
 
 def list_profiles() -> list[str]:

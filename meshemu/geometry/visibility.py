@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from meshemu.constellation import Constellation
-from meshemu.scenario import ISLPolicy
+from meshemu.geometry.constellation import Constellation
+from meshemu.spec.scenario import ISLPolicy
 
 EARTH_MEAN_RADIUS_KM = 6371.0
 

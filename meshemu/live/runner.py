@@ -36,20 +36,17 @@ from pathlib import Path
 
 import numpy as np
 
-from meshemu.errors import EmulationError, MeshemuError, ProfileError, RoutingError
-from meshemu.linkstate import Snapshot
+from meshemu.errors import (EmulationError, MeshemuError, ProfileError, RoutingError,
+                            Terminated)
+from meshemu.geometry.linkstate import Snapshot
 from meshemu.plan import PlanRecorder, endpoint_ids
 from meshemu.routing import ForwardingTables, RoutingScheme, get_scheme
-from meshemu.scenario import Scenario, load_scenario
-from meshemu.schedule import LinkSchedule
+from meshemu.spec.scenario import Scenario, load_scenario
+from meshemu.geometry.schedule import LinkSchedule
 
 log = logging.getLogger(__name__)
 
 StepHook = Callable[[int, Snapshot, "Emulation"], None]  # noqa: F821
-
-
-class Terminated(MeshemuError):
-    """SIGTERM or SIGINT arrived; the emulation is torn down."""
 
 
 @dataclass
@@ -135,8 +132,8 @@ def _check_capacity(n_nodes: int, n_sats: int, n_ground: int) -> None:
     """Refuse a scenario that cannot fit before spending time planning it: addressing limits
     and memory, with the link count estimated as 2 ISLs per satellite plus a few GSLs per
     ground node (the plan's exact figures are checked again at build time)."""
-    from meshemu import addressing
-    from meshemu.emulator import check_memory
+    from meshemu.live import addressing as addressing
+    from meshemu.live.emulation import check_memory
     n_links = 2 * n_sats + 4 * n_ground
     addressing.check_limits(n_nodes, n_links)
     check_memory(n_nodes, n_links, n_nodes * n_nodes)
@@ -184,10 +181,11 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
         without compute satellites), run without traffic and say so instead of failing.
     capture : list of str, optional
         Packet captures: ``NODE`` (all its interfaces) or ``NODE:PEER`` (one link); see
-        :mod:`meshemu.capture`.
+        :mod:`meshemu.live.capture`.
     """
-    from meshemu.emulator import Emulation, require_root
-    from meshemu.shaper import make_shaper
+    from meshemu.linux.limits import require_root
+    from meshemu.live.emulation import Emulation
+    from meshemu.live.shapers import make_shaper
 
     require_root("meshemu run")
     if isinstance(scenario, (str, Path)):
@@ -206,7 +204,7 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     _check_capacity(len(sched.nodes), sched.n_sats, len(scenario.ground))
     if traffic and traffic != "none":
         # a bad profile fails here, before anything is built
-        from meshemu.traffic.profile import load_profile, resolve
+        from meshemu.spec.profile import load_profile, resolve
         traffic = load_profile(traffic)
         try:
             resolve(traffic, sched.nodes.names, sched.nodes.kind)
@@ -223,7 +221,7 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     all_dests = np.arange(len(nodes), dtype=np.int32)
     ends = endpoint_ids(scenario, nodes)
     t_plan = time.perf_counter() - t0
-    from meshemu.capture import Captures, parse_specs
+    from meshemu.live.capture import Captures, parse_specs
     capture_specs = parse_specs(capture, nodes.names, link_keys)
     log.info("plan: %d nodes, %d links over the run, %d steps (%.2f s)", len(nodes),
              link_keys.size, n_steps, t_plan)
@@ -375,7 +373,7 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
     if pcaps:
         summary["captures"] = [p.name for p in pcaps]
     if plots:
-        from meshemu import plots as plotmod
+        from meshemu.report import maps as plotmod
         files.append(plotmod.plot_map(out / "map.png", sched, snapshots[0],
                                       title=f"{scenario.name} at t = 0 s"))
         files.append(plotmod.plot_path_delays(out / "path_delay.png", out / "paths.csv",

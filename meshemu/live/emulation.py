@@ -1,6 +1,6 @@
 """The live network: one Mininet node per scenario node, shaped links, kernel routes.
 
-:class:`Emulation` turns snapshots (:class:`meshemu.linkstate.Snapshot`) and forwarding
+:class:`Emulation` turns snapshots (:class:`meshemu.geometry.linkstate.Snapshot`) and forwarding
 tables (:class:`meshemu.routing.ForwardingTables`) into a running network::
 
     emu = Emulation(names, kinds, shaper, run_dir, run_id)
@@ -18,15 +18,15 @@ but they are built differently, because vanilla Mininet needs 55 s to build and 
   ``mnexec -c`` loop closing 20,000 descriptors) and all prompts are then awaited in one
   ``poll`` loop;
 * nodes are configured (sysctls, ``lo``, addresses) from threads that ``setns`` into each
-  namespace, and over one persistent rtnetlink socket per node (:mod:`meshemu.netns`),
+  namespace, and over one persistent rtnetlink socket per node (:mod:`meshemu.linux.netns`),
   never with a shell round trip per command;
 * the ``N x N`` routes are built as numpy records and sent thousands per ``sendmsg``;
 * ``stop()`` closes the shaper and SIGKILLs every process in the nodes' namespaces
   (the kernel then frees the namespaces and their interfaces by itself).
 
-Addresses and interface names follow :mod:`meshemu.addressing`. Every node shell carries
+Addresses and interface names follow :mod:`meshemu.live.addressing`. Every node shell carries
 ``meshemu-run=<run_id>`` in its argv and each run holds a lock file in :data:`LOCK_DIR`, so
-:func:`meshemu.clean.clean` can find what a crashed run left behind without touching other
+:func:`meshemu.live.clean.clean` can find what a crashed run left behind without touching other
 Mininet sessions or live runs.
 """
 
@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import pty
-import resource
 import select
 import shutil
 import signal
@@ -59,10 +58,12 @@ from mininet.node import Host, Node
 # level OUTPUT (25): meshemu's info messages would vanish and its warnings print twice
 logging.setLoggerClass(logging.Logger)
 
-from meshemu import addressing as adr
-from meshemu import netns as nl
-from meshemu.errors import EmulationError, NotRootError, ResourceError
-from meshemu.linkstate import Snapshot
+from meshemu.live import addressing as adr
+from meshemu.linux import netns as nl
+from meshemu.errors import EmulationError, Interrupted, ResourceError
+from meshemu.geometry.linkstate import Snapshot
+from meshemu.linux.limits import (FD_FLOOR, ensure_ptys, mem_available_bytes, raise_nofile_limit,
+                                  require_root)
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,6 @@ ROUTE_BYTES = 300
 MEMORY_HEADROOM = 0.85
 
 
-def require_root(what: str = "meshemu run") -> None:
-    """Raise :class:`NotRootError` unless running as root (effective uid 0)."""
-    if os.geteuid() != 0:
-        raise NotRootError(what)
-
-
 @dataclass(frozen=True)
 class StepStats:
     """What one :meth:`Emulation.apply` did.
@@ -144,15 +139,6 @@ def estimate_memory_bytes(n_nodes: int, n_links: int, n_routes: int) -> int:
     return n_nodes * NODE_BYTES + n_links * LINK_BYTES + n_routes * ROUTE_BYTES
 
 
-def mem_available_bytes() -> int:
-    """``MemAvailable`` from ``/proc/meminfo``."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise EmulationError("no MemAvailable in /proc/meminfo")
-
-
 def check_memory(n_nodes: int, n_links: int, n_routes: int) -> None:
     """Raise :class:`ResourceError` when the scenario will not fit the available memory."""
     need = estimate_memory_bytes(n_nodes, n_links, n_routes)
@@ -163,52 +149,6 @@ def check_memory(n_nodes: int, n_links: int, n_routes: int) -> None:
             f"{need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available "
             f"(at most {MEMORY_HEADROOM:.0%} of it may be planned); use fewer satellites or "
             f"ground nodes, fewer destinations, or a machine with more memory")
-
-
-def raise_nofile_limit(needed: int) -> int:
-    """Raise ``RLIMIT_NOFILE``'s soft limit to at least ``needed`` (up to the hard limit).
-
-    Every node holds a pty and a netlink socket open in this process.
-
-    Returns
-    -------
-    int
-        The new soft limit.
-
-    Raises
-    ------
-    ResourceError
-        The hard limit is below ``needed``.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return soft
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise ResourceError(f"this emulation needs {needed} open files but the hard limit "
-                            f"(ulimit -Hn) is {hard}; raise it (e.g. `ulimit -Hn {needed}` "
-                            f"as root, or LimitNOFILE= in a systemd unit)")
-    new = needed if hard == resource.RLIM_INFINITY else max(needed, min(hard, 1 << 20))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    return new
-
-
-def _ensure_ptys(n: int) -> None:
-    """Make sure ``n`` more ptys can be opened (``kernel.pty.max``)."""
-    try:
-        with open("/proc/sys/kernel/pty/max") as f:
-            cur = int(f.read())
-        with open("/proc/sys/kernel/pty/nr") as f:
-            used = int(f.read())
-    except OSError:
-        return
-    want = used + n + 256
-    if cur < want:
-        try:
-            with open("/proc/sys/kernel/pty/max", "w") as f:
-                f.write(str(want))
-        except OSError as exc:
-            raise ResourceError(f"{n} nodes need {n} ptys but kernel.pty.max is {cur} with "
-                                f"{used} in use, and raising it failed: {exc}") from None
 
 
 # ---- run lock -----------------------------------------------------------------------------
@@ -449,14 +389,6 @@ def _await_prompts(nodes: Sequence[MeshNode], what: str, timeout_s: float) -> No
 
 
 # ---- signals ------------------------------------------------------------------------------
-class Interrupted(EmulationError):
-    """A signal (SIGINT, SIGTERM, SIGHUP) arrived while :func:`handle_signals` was active."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"received {signal.Signals(signum).name}; tearing the emulation down")
-
-
 TEARDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -521,9 +453,9 @@ class Emulation:
     names : sequence of str
         Node names by node id (Mininet node names; ``sat ping gs`` uses them).
     kinds : sequence of str
-        Node kinds (:data:`meshemu.addressing.NODE_KINDS`); satellites (``sat``,
+        Node kinds (:data:`meshemu.live.addressing.NODE_KINDS`); satellites (``sat``,
         ``compute``) end ISLs, the others GSLs.
-    shaper : meshemu.shaper.LinkShaper
+    shaper : meshemu.live.shapers.LinkShaper
         Creates and shapes the links; closed by :meth:`stop`.
     run_dir : path
         Where ``addressing.csv`` and ``addressing.json`` go.
@@ -538,7 +470,7 @@ class Emulation:
     ----------
     mininet : mininet.net.Mininet
         The Mininet object holding the nodes (for :class:`mininet.cli.CLI`), after build.
-    plan : meshemu.addressing.AddressPlan
+    plan : meshemu.live.addressing.AddressPlan
         Addresses and interface names, after build.
     """
 
@@ -627,8 +559,8 @@ class Emulation:
         dests, nh = self._check_tables(first_tables)
         n_links = plan.n_links
         check_memory(n, n_links, n * len(dests))
-        raise_nofile_limit(nl.FD_FLOOR + 2 * n + 1024)
-        _ensure_ptys(n)
+        raise_nofile_limit(FD_FLOOR + 2 * n + 1024)
+        ensure_ptys(n)
         self.plan = plan
         self._started = True
         t = {}
@@ -715,7 +647,7 @@ class Emulation:
         self._inodes = {r[0] for r in res}
 
     def _create_links(self, snap: Snapshot) -> None:
-        from meshemu.shaper import LinkEnds
+        from meshemu.live.shapers import LinkEnds
         plan = self.plan
         n_links = plan.n_links
         ids = self._snapshot_link_ids(snap)
@@ -734,7 +666,7 @@ class Emulation:
             self.shaper.create_links(links)
 
     def _params(self, k: int):
-        from meshemu.shaper import LinkParams
+        from meshemu.live.shapers import LinkParams
         queue = self.queue_packets[0] if self.plan.isl[k] else self.queue_packets[1]
         return LinkParams(float(self._delay[k]), float(self._rate[k]), queue, 0.0,
                           bool(self._up[k]))
@@ -804,7 +736,7 @@ class Emulation:
 
     def _wait_links_running(self, timeout_s: float = LINKS_RUNNING_TIMEOUT_S) -> None:
         """Wait until every interface is operationally up (see
-        :func:`meshemu.netns.links_not_running`), so that traffic started right after
+        :func:`meshemu.linux.netns.links_not_running`), so that traffic started right after
         ``build`` is not dropped by interfaces the kernel has not activated yet."""
         deadline = time.monotonic() + timeout_s
         pending = list(range(self.n_nodes))

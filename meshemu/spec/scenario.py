@@ -176,11 +176,9 @@ class Scenario:
 # ----------------------------------------------------------------------------- loading
 
 def default_scenario_dir() -> Path:
-    """The ``topologies/`` folder shipped with meshemu (repo checkout) or the package copy."""
-    repo = Path(__file__).resolve().parent.parent / "topologies"
-    if repo.is_dir():
-        return repo
-    return Path(str(resources.files("meshemu") / "data"))
+    """The shipped scenarios, inside the package (``meshemu/spec/data/topologies``); the
+    repository's top-level ``topologies/`` links to the same files."""
+    return Path(str(resources.files("meshemu.spec") / "data" / "topologies"))
 
 
 def list_scenarios() -> list[str]:

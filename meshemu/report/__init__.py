@@ -965,14 +965,14 @@ def plot_link_util(path: Path, run: Run, top: int = 15) -> Path:
 
 
 def plot_paths_map(path: Path, run: Run, flows: list[FlowStats], max_paths: int = 12) -> Path:
-    """World map (:func:`meshemu.plots.plot_map`) with the flows' paths at the first time one
+    """World map (:func:`meshemu.report.maps.plot_map`) with the flows' paths at the first time one
     is known; the scenario is reloaded from ``summary.json`` (``source``, else ``scenario``).
 
     Raises ReportError when the scenario cannot be reloaded or does not match ``nodes.csv``.
     """
-    from meshemu.plots import plot_map
-    from meshemu.scenario import load_scenario
-    from meshemu.schedule import LinkSchedule
+    from meshemu.report.maps import plot_map
+    from meshemu.spec.scenario import load_scenario
+    from meshemu.geometry.schedule import LinkSchedule
 
     s = run.summary
     scenario = None

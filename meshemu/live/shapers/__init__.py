@@ -8,7 +8,7 @@ One narrow interface, :class:`LinkShaper`, three implementations in :data:`SHAPE
     :func:`netem_qdisc_msg`, the equivalent of the ``tc`` command :func:`netem_qdisc_cmd`).
     Needs a kernel with ``sch_netem``; see :func:`netem_available`.
 ``userspace``
-    Each link goes through a delay-line process (:mod:`meshemu.delayline`) in a namespace of
+    Each link goes through a delay-line process (:mod:`meshemu.live.delayline`) in a namespace of
     the shaper's own, ``meshemu-<run_id>-dl``. Works on any kernel.
 ``fake``
     :class:`FakeShaper`, a test double that records calls and needs no root.
@@ -39,10 +39,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from meshemu import delayline as dl
-from meshemu import netns as nl
-from meshemu.errors import CommandError, EmulationError, NotRootError, ShaperError, \
-    choices_message
+from meshemu.live import delayline as dl
+from meshemu.linux import netns as nl
+from meshemu.linux.limits import require_root, room_for_fds
+from meshemu.errors import (CommandError, EmulationError, LinkParamsError, ShaperError,
+                            choices_message)
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ NETEM_UNLIMITED_PPS = 100_000
 
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
-
-
-class LinkParamsError(ShaperError, ValueError):
-    """Impossible link parameters or link ends (negative delay, loss > 1, long names...)."""
 
 
 # ---- value types --------------------------------------------------------------------------
@@ -493,11 +490,6 @@ def configure_interfaces(jobs: dict[int, list[tuple[str, bool, bool]]]) -> None:
         raise result[0]
 
 
-def _require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise NotRootError(what)
-
-
 # ---- the interface ------------------------------------------------------------------------
 class LinkShaper(ABC):
     """Creates, shapes, updates and removes the emulation's links.
@@ -591,7 +583,7 @@ class NetemShaper(LinkShaper):
     The veth pairs are created by one ``ip -batch`` in the root namespace
     (``ip link add ... netns PID``). Everything after that goes over rtnetlink, without a
     process per namespace: for each node namespace the shaper opens one ``NETLINK_ROUTE``
-    socket there (from a thread that ``setns``-es in, :func:`meshemu.netns.in_namespaces`)
+    socket there (from a thread that ``setns``-es in, :func:`meshemu.linux.netns.in_namespaces`)
     and keeps it for its lifetime, and sends :func:`netem_qdisc_msg` messages on it, a
     whole step's worth per ``sendmsg``. Updates are ``RTM_NEWQDISC`` without a create flag
     (``tc qdisc change``): the qdisc, its handle, counters and queued packets stay.
@@ -614,7 +606,7 @@ class NetemShaper(LinkShaper):
             wanted[e.pid_b].append((e.if_b, True))
         pids = list(wanted)
         new = [p for p in pids if p not in self._nl]
-        _room_for_fds(len(new))
+        room_for_fds(len(new), "the netem shaper")
 
         def work(i: int, pid: int) -> tuple[nl.Netlink | None, list[int]]:
             sock = nl.Netlink(f"netns of pid {pid}") if pid not in self._nl else None
@@ -662,7 +654,7 @@ class NetemShaper(LinkShaper):
                                f"{f' (and {len(errors) - 1} more)' if len(errors) > 1 else ''}")
 
     def create_links(self, links: Sequence[tuple[LinkEnds, LinkParams]]) -> None:
-        _require_root("the netem shaper")
+        require_root("the netem shaper")
         links = list(links)
         self._check_new(links)
         if not links:
@@ -754,27 +746,9 @@ class NetemShaper(LinkShaper):
             raise errors[0]
 
 
-def _room_for_fds(n: int) -> None:
-    """Make sure ``n`` more descriptors can be opened (raise ``RLIMIT_NOFILE``'s soft limit
-    toward the hard one): the netem shaper holds a netlink socket per node namespace."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        highest = max(int(f) for f in os.listdir("/proc/self/fd"))
-    except (OSError, ValueError):
-        highest = 0
-    needed = max(highest, nl.FD_FLOOR) + n + 64
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise ShaperError(f"the netem shaper needs {needed} open files but the hard limit "
-                          f"(ulimit -Hn) is {hard}; raise it")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-
-
 # ---- userspace ----------------------------------------------------------------------------
 class UserspaceShaper(LinkShaper):
-    """Links through delay-line processes (:mod:`meshemu.delayline`) in ``meshemu-<run_id>-dl``.
+    """Links through delay-line processes (:mod:`meshemu.live.delayline`) in ``meshemu-<run_id>-dl``.
 
     Parameters
     ----------
@@ -802,12 +776,12 @@ class UserspaceShaper(LinkShaper):
             return
         if self._closed:
             raise ShaperError(f"shaper {self.run_id!r} is closed; make a new one")
-        _require_root("the userspace shaper")
+        require_root("the userspace shaper")
         _run(["ip", "netns", "add", self.netns])
         try:
             for i in range(self.workers):
                 cmd = ["ip", "netns", "exec", self.netns, sys.executable, "-m",
-                       "meshemu.delayline", "--run-id", self.run_id,
+                       "meshemu.live.delayline", "--run-id", self.run_id,
                        "--workers", str(self.workers), "--worker", str(i)]
                 self._procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE,
                                                     stdout=subprocess.PIPE, bufsize=0))
@@ -1060,7 +1034,7 @@ def _delayline_procs() -> list[tuple[int, int, str]]:
                 ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if b"meshemu.delayline" not in argv:
+        if b"meshemu.live.delayline" not in argv:
             continue
         run = ""
         if b"--run-id" in argv:

@@ -19,7 +19,7 @@ from sgp4 import exporter
 from sgp4.api import WGS72, Satrec
 
 from meshemu.errors import ScenarioError, TLEError
-from meshemu.scenario import EARTH_RADIUS_KM, Scenario, ShellSpec, Nodes
+from meshemu.spec.scenario import EARTH_RADIUS_KM, Scenario, ShellSpec, Nodes
 
 MU_KM3_S2 = 398600.8  # WGS-72 gravitational parameter (SGP4's constants)
 _SGP4_EPOCH0 = dt.datetime(1949, 12, 31, tzinfo=dt.timezone.utc)

@@ -15,7 +15,7 @@ Pure functions of node and link numbering (no root, nothing created)::
 The two ranges do not overlap (10.0.0.0/16 and 10.64.0.0/10), and neither overlaps
 127.0.0.0/8. Link ids are indices into the sorted array of every link key
 ``a * n_nodes + b`` (``a < b``) that appears at any step of the run, as in
-:class:`meshemu.linkstate.Snapshot`.
+:class:`meshemu.geometry.linkstate.Snapshot`.
 
 A route in node ``u`` to node ``d`` whose next hop is ``v`` over link ``k`` reads
 ``<addr d>/32 via <v's address on k> dev <u's interface on k> src <addr u>``.

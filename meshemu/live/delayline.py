@@ -2,8 +2,8 @@
 
 A link A<->B shaped in userspace is two veth pairs, ``IF_A <-> a'`` and ``b' <-> IF_B``, with
 ``a'`` and ``b'`` in the shaper's own namespace (``meshemu-<run_id>-dl``). This process runs in
-that namespace (``python -m meshemu.delayline --run-id RUN``, started by
-:class:`meshemu.shaper.UserspaceShaper`), receives every frame that arrives on any ``a'``/``b'``
+that namespace (``python -m meshemu.live.delayline --run-id RUN``, started by
+:class:`meshemu.live.shapers.UserspaceShaper`), receives every frame that arrives on any ``a'``/``b'``
 and writes it to the other end at::
 
     start     = max(arrival, link_free)            # drop-tail: dropped if queue_packets wait
@@ -453,8 +453,8 @@ def _prepare_process() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m meshemu.delayline``."""
-    p = argparse.ArgumentParser(prog="python -m meshemu.delayline",
+    """Entry point of ``python -m meshemu.live.delayline``."""
+    p = argparse.ArgumentParser(prog="python -m meshemu.live.delayline",
                                 description="meshemu userspace delay line (started by the "
                                             "userspace shaper; not meant to be run by hand)")
     p.add_argument("--run-id", required=True, help="run this delay line belongs to")

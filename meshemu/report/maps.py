@@ -17,8 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from meshemu.linkstate import GSL, ISL, Snapshot  # noqa: E402
-from meshemu.orbit import ecef_to_geodetic  # noqa: E402
+from meshemu.geometry.linkstate import GSL, ISL, Snapshot  # noqa: E402
+from meshemu.geometry.orbit import ecef_to_geodetic  # noqa: E402
 
 _KIND_STYLE = {"sat": ("#1f77b4", "o", 10), "compute": ("#d62728", "*", 60),
                "station": ("#2ca02c", "^", 60), "user": ("#9467bd", "s", 50),

@@ -1,0 +1,1 @@
+"""Pure geometry: constellation -> orbits -> visibility -> link schedule -> snapshots."""

@@ -1,0 +1,1 @@
+"""The live emulation: Mininet nodes, shaped links, routes, the real-time clock."""

@@ -1,0 +1,1 @@
+"""Input specs: scenario and traffic-profile files, validated into frozen dataclasses."""
