@@ -43,9 +43,8 @@ import shutil
 import signal
 import subprocess
 import termios
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +59,9 @@ logging.setLoggerClass(logging.Logger)
 
 from meshemu.live import addressing as adr
 from meshemu.linux import netns as nl
-from meshemu.errors import EmulationError, Interrupted, ResourceError
+from meshemu.errors import EmulationError, ResourceError
 from meshemu.geometry.linkstate import Snapshot
+from meshemu.live.signals import handle_signals, signals_deferred  # noqa: F401 (re-export)
 from meshemu.linux.limits import (FD_FLOOR, ensure_ptys, mem_available_bytes, raise_nofile_limit,
                                   require_root)
 
@@ -386,62 +386,6 @@ def _await_prompts(nodes: Sequence[MeshNode], what: str, timeout_s: float) -> No
                 poller.unregister(fd)
             else:
                 tails[fd] = tail
-
-
-# ---- signals ------------------------------------------------------------------------------
-TEARDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def handle_signals(signals: Sequence[int] = TEARDOWN_SIGNALS) -> Iterator[None]:
-    """While active, SIGINT/SIGTERM/SIGHUP raise :class:`Interrupted` in the main thread.
-
-    Use it around build and run so that ``finally: emu.stop()`` (or ``with emu:``) tears the
-    network down on Ctrl-C or ``kill``; :meth:`Emulation.stop` itself is never interrupted
-    (a signal arriving during it takes effect when it returns). Outside the main thread it
-    does nothing. Previous handlers are restored on exit.
-
-    Example
-    -------
-    >>> with handle_signals(), Emulation(names, kinds, shaper, run_dir, run_id) as emu:
-    ...     emu.build(keys, snapshot, tables)
-    ...     run(emu)
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    old = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP until the block ends, then hand them to the old handler."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum))
-           for s in TEARDOWN_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        for s in got[:1]:
-            h = old[s]
-            if callable(h):
-                h(s, None)
-            elif h == signal.SIG_DFL:
-                os.kill(os.getpid(), s)
 
 
 # ---- the emulation ------------------------------------------------------------------------
@@ -946,7 +890,7 @@ class Emulation:
         self._stopped = True
         errors: list[BaseException] = []
         t0 = time.perf_counter()
-        with _signals_deferred():
+        with signals_deferred():
             try:
                 self.shaper.close()
             except Exception as exc:

@@ -264,7 +264,8 @@ SIGNAL_SCRIPT = r'''
 import sys, time
 import numpy as np
 from types import SimpleNamespace
-from meshemu.live.emulation import Emulation, handle_signals
+from meshemu.live.emulation import Emulation
+from meshemu.live.signals import handle_signals
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.live.shapers import make_shaper
 
