@@ -8,7 +8,7 @@ A :class:`Snapshot` is the network at one instant, as arrays in a fixed edge ord
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,6 +16,9 @@ import numpy as np
 ISL = 0
 GSL = 1
 KIND_NAMES = ("isl", "gsl")
+
+#: Queue size of a link end when the link model gives none (packets).
+DEFAULT_QUEUE_PACKETS = 1000
 
 #: Speed of light in vacuum, m/s (laser ISLs and radio GSLs both propagate at c).
 C_M_PER_S = 299_792_458.0
@@ -41,6 +44,14 @@ class Snapshot:
         Length, one-way propagation delay (distance / c) and capacity.
     transit : ndarray of bool, shape (n_nodes,)
         Nodes that may forward traffic for others (satellites); ground nodes may not.
+    queue_packets : ndarray of int32, shape (E,)
+        Drop-tail queue size of each link end, in packets (default
+        :data:`DEFAULT_QUEUE_PACKETS`).
+    loss : ndarray of float64, shape (E,)
+        Random loss probability per packet (default 0).
+
+    Every parameter of a link travels in the snapshot, so the emulator takes them from here
+    and nowhere else.
     """
 
     t_s: float
@@ -53,6 +64,16 @@ class Snapshot:
     delay_s: np.ndarray
     rate_bps: np.ndarray
     transit: np.ndarray
+    queue_packets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        e = self.a.shape[0]
+        if self.queue_packets.shape != (e,):
+            object.__setattr__(self, "queue_packets",
+                               np.full(e, DEFAULT_QUEUE_PACKETS, np.int32))
+        if self.loss.shape != (e,):
+            object.__setattr__(self, "loss", np.zeros(e))
 
     @property
     def key(self) -> np.ndarray:
@@ -114,7 +135,9 @@ def diff(old: Snapshot, new: Snapshot, delay_tolerance_s: float = 1e-6,
     d_delay = np.abs(new.delay_s[inew] - old.delay_s[io]) > delay_tolerance_s
     d_rate = np.abs(new.rate_bps[inew] - old.rate_bps[io]) > rate_tolerance * np.maximum(
         old.rate_bps[io], 1.0)
-    changed = inew[d_delay | d_rate]
+    d_queue = new.queue_packets[inew] != old.queue_packets[io]
+    d_loss = np.abs(new.loss[inew] - old.loss[io]) > 1e-12
+    changed = inew[d_delay | d_rate | d_queue | d_loss]
     went_up = inew[new.up[inew] & ~old.up[io]]
     went_down = inew[~new.up[inew] & old.up[io]]
     return SnapshotDiff(new.t_s, added, removed, np.sort(changed), np.sort(went_up),

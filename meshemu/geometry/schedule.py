@@ -153,7 +153,10 @@ class LinkSchedule:
         up |= lingering  # a lingering (make-before-break) GSL is one that was up already
         snap = Snapshot(t_s=t, n_nodes=n, a=a, b=b, kind=kind, up=up,
                         distance_m=dist_km * 1000.0, delay_s=dist_km * 1000.0 / C_M_PER_S,
-                        rate_bps=rate, transit=self.transit)
+                        rate_bps=rate, transit=self.transit,
+                        queue_packets=np.where(kind == ISL, sc.isl.queue_packets,
+                                               sc.gsl.queue_packets).astype(np.int32),
+                        loss=np.where(kind == ISL, sc.isl.loss, sc.gsl.loss))
         return snap, key, formed, isl_now
 
     def _gsls(self, t: float, r: np.ndarray, state: _GslState):

@@ -31,10 +31,11 @@ Schema (units are in the key names)::
     isl:
       pattern: plus-grid | nearest
       max_range_km, min_grazing_altitude_km, cross_plane_max_lat_deg (null = no limit),
-      allow_seam (bool), terminals (int), acquisition_s, rate_mbps, queue_packets
+      allow_seam (bool), terminals (int), acquisition_s, rate_mbps, queue_packets,
+      loss (per-packet probability 0..1, default 0)
     gsl:
       min_elevation_deg, links_per_station, handover: nearest | longest-visible,
-      acquisition_s, rate_mbps, queue_packets
+      acquisition_s, rate_mbps, queue_packets, loss
     endpoints: [names]                     (optional) pairs for paths.csv; default: every
                                            ground node and every compute satellite
 """
@@ -130,6 +131,7 @@ class ISLPolicy:
     acquisition_s: float = 0.0
     rate_mbps: float = 1000.0
     queue_packets: int = 1000
+    loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class GSLPolicy:
     acquisition_s: float = 0.0
     rate_mbps: float = 100.0
     queue_packets: int = 1000
+    loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -422,7 +425,7 @@ def _parse_isl(v: _V, d: Any) -> ISLPolicy:
     p = "isl"
     d = v.mapping(d, p, ("pattern", "max_range_km", "min_grazing_altitude_km",
                          "cross_plane_max_lat_deg", "allow_seam", "terminals", "acquisition_s",
-                         "rate_mbps", "queue_packets"))
+                         "rate_mbps", "queue_packets", "loss"))
     pattern = v.choice(d, "pattern", p, ISL_PATTERNS, "plus-grid")
     seam = d.get("allow_seam", False)
     if not isinstance(seam, bool):
@@ -441,20 +444,22 @@ def _parse_isl(v: _V, d: Any) -> ISLPolicy:
         allow_seam=seam, terminals=terminals,
         acquisition_s=v.number(d, "acquisition_s", p, 0.0, lo=0, hi=3600),
         rate_mbps=v.number(d, "rate_mbps", p, 1000.0, lo=0, lo_open=True),
-        queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True))
+        queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True),
+        loss=v.number(d, "loss", p, 0.0, lo=0, hi=1))
 
 
 def _parse_gsl(v: _V, d: Any) -> GSLPolicy:
     p = "gsl"
     d = v.mapping(d, p, ("min_elevation_deg", "links_per_station", "handover", "acquisition_s",
-                         "rate_mbps", "queue_packets"))
+                         "rate_mbps", "queue_packets", "loss"))
     return GSLPolicy(
         min_elevation_deg=v.number(d, "min_elevation_deg", p, 25.0, lo=0, hi=90, lo_open=False),
         links_per_station=v.number(d, "links_per_station", p, 1, lo=1, hi=16, integer=True),
         handover=v.choice(d, "handover", p, HANDOVER_RULES, "nearest"),
         acquisition_s=v.number(d, "acquisition_s", p, 0.0, lo=0, hi=3600),
         rate_mbps=v.number(d, "rate_mbps", p, 100.0, lo=0, lo_open=True),
-        queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True))
+        queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True),
+        loss=v.number(d, "loss", p, 0.0, lo=0, hi=1))
 
 
 # ----------------------------------------------------------------------------- nodes
