@@ -26,7 +26,9 @@ MAX_PATHS = 4
 
 
 # -- graph helpers ---------------------------------------------------------------------------
-def _split_graph(snap: Snapshot, w: npt.NDArray[np.float64]) -> tuple[csr_matrix, npt.NDArray[np.int64]]:
+def _split_graph(
+    snap: Snapshot, w: npt.NDArray[np.float64]
+) -> tuple[csr_matrix, npt.NDArray[np.int64]]:
     """Directed graph in which non-transit nodes cannot be passed through.
 
     Node ``x`` keeps index ``x`` as its *arrival* copy (no outgoing edges if ``x`` is not a

@@ -181,11 +181,7 @@ def snapshot_from_edges(
         raise RoutingError("edge list has duplicate links")
     order = np.argsort(keys)
     delay = _per_edge(delays, 0.0, np.float64, order).astype(np.float64, copy=False)
-    tr = (
-        np.ones(n_nodes, dtype=bool)
-        if transit is None
-        else np.asarray(transit, dtype=bool).copy()
-    )
+    tr = np.ones(n_nodes, dtype=bool) if transit is None else np.asarray(transit, dtype=bool).copy()
     if tr.shape != (n_nodes,):
         raise RoutingError(f"transit needs one flag per node ({n_nodes})")
     return Snapshot(

@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 
 from meshemu.errors import RoutingError
-from meshemu.routing import (ForwardingTables, get_scheme, path_delay_s, route_diff,
-                             snapshot_from_edges, trace_path, validate_tables)
-from meshemu.spec.scenario import load_scenario
 from meshemu.geometry.schedule import LinkSchedule
+from meshemu.routing import (
+    ForwardingTables,
+    get_scheme,
+    path_delay_s,
+    route_diff,
+    snapshot_from_edges,
+    trace_path,
+    validate_tables,
+)
+from meshemu.spec.scenario import load_scenario
 
 
 def random_graph(seed, n_sat=40, n_ground=6):
@@ -100,11 +107,14 @@ def test_route_diff_counts_changed_entries():
     t0 = scheme.forwarding_tables(snap, dests)
     assert len(route_diff(t0, t0)) == 0
     g = nx.Graph(edges)
-    k = next(i for i, (a, b) in enumerate(edges) if b < 40 and nx.has_path(
-        nx.restricted_view(g, [n for n in g if n >= 40], [(a, b)]), a, b))
+    k = next(
+        i
+        for i, (a, b) in enumerate(edges)
+        if b < 40 and nx.has_path(nx.restricted_view(g, [n for n in g if n >= 40], [(a, b)]), a, b)
+    )
     a, b = edges[k]
     up = np.ones(len(edges), bool)
-    up[k] = False                        # a link a-b whose ends stay connected goes down
+    up[k] = False  # a link a-b whose ends stay connected goes down
     snap1 = snapshot_from_edges(snap.n_nodes, edges, delays, transit=snap.transit, up=up)
     t1 = scheme.forwarding_tables(snap1, dests)
     diff = route_diff(t0, t1)
@@ -113,30 +123,36 @@ def test_route_diff_counts_changed_entries():
     assert np.array_equal(t1.next_hop[diff.nodes, diff.dest_index], diff.new)
     detour = trace_path(t1, snap1, a, b)
     assert detour is not None and len(detour) > 2
-    assert trace_path(t0, snap, a, b) == [a, b] or path_delay_s(snap, trace_path(t0, snap, a, b)) < delays[k]
+    assert (
+        trace_path(t0, snap, a, b) == [a, b]
+        or path_delay_s(snap, trace_path(t0, snap, a, b)) < delays[k]
+    )
 
 
 def test_validate_tables_finds_loops_missing_links_and_ground_transit():
-    snap = snapshot_from_edges(4, [(0, 1), (1, 2), (2, 3)], [1e-3] * 3,
-                               transit=[True, True, False, True])
+    snap = snapshot_from_edges(
+        4, [(0, 1), (1, 2), (2, 3)], [1e-3] * 3, transit=[True, True, False, True]
+    )
     nh = np.full((4, 1, 1), -1, np.int32)
-    nh[0, 0, 0], nh[1, 0, 0] = 1, 0      # 0 <-> 1 loop towards 3
+    nh[0, 0, 0], nh[1, 0, 0] = 1, 0  # 0 <-> 1 loop towards 3
     problems = validate_tables(ForwardingTables([3], nh), snap)
     assert any("loop" in p for p in problems)
-    nh[1, 0, 0] = 3                      # no link 1-3
+    nh[1, 0, 0] = 3  # no link 1-3
     assert any("without an up link" in p for p in validate_tables(ForwardingTables([3], nh), snap))
-    nh[1, 0, 0], nh[2, 0, 0] = 2, 3      # through node 2, which is not a transit node
+    nh[1, 0, 0], nh[2, 0, 0] = 2, 3  # through node 2, which is not a transit node
     assert any("non-transit" in p for p in validate_tables(ForwardingTables([3], nh), snap))
 
 
 def test_scheme_registry_errors_and_user_scheme_from_file(tmp_path):
-    with pytest.raises(RoutingError, match="unknown routing scheme 'dijkstra'.*ecmp.*"
-                                           "fewest-hops.*shortest-delay"):
+    with pytest.raises(
+        RoutingError, match="unknown routing scheme 'dijkstra'.*ecmp.*fewest-hops.*shortest-delay"
+    ):
         get_scheme("dijkstra")
     with pytest.raises(RoutingError, match="does not exist"):
         get_scheme(str(tmp_path / "nope.py") + ":X")
     f = tmp_path / "myscheme.py"
-    f.write_text(textwrap.dedent("""
+    f.write_text(
+        textwrap.dedent("""
         import numpy as np
         from meshemu.routing import ShortestDelay
 
@@ -146,7 +162,8 @@ def test_scheme_registry_errors_and_user_scheme_from_file(tmp_path):
                 w = snap.delay_s.copy()
                 w[(snap.a == 0) & (snap.b == 1)] = 1.0
                 return w
-    """))
+    """)
+    )
     scheme = get_scheme(f"{f}:AvoidLink01")
     assert scheme.name == "avoid-01"
     snap = snapshot_from_edges(3, [(0, 1), (1, 2), (0, 2)], [1e-3, 1e-3, 5e-3])
