@@ -28,6 +28,7 @@ from meshemu.spec.scenario import Scenario, load_scenario
 def bench_schedule(
     name: str, scenario: Scenario, steps: int, routing: bool, all_dests: bool = False
 ) -> None:
+    """Print geometry and routing times per step of ``scenario`` over ``steps`` steps."""
     t0 = time.perf_counter()
     sched = LinkSchedule(scenario, 1.0)
     t_init = time.perf_counter() - t0
@@ -70,6 +71,7 @@ def bench_schedule(
 
 
 def main() -> None:
+    """Run the three benchmarks (see the module docstring)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args()

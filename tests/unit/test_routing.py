@@ -181,3 +181,84 @@ def test_default_scenario_routes_are_valid_every_step():
     for snap in sched.snapshots(30):
         for name in ("shortest-delay", "fewest-hops", "ecmp"):
             assert validate_tables(get_scheme(name).forwarding_tables(snap, dests), snap) == []
+
+
+def test_routing_package_keeps_every_name_it_exported():
+    import meshemu.routing as routing
+
+    names = [
+        "ECMP",
+        "MAX_PATHS",
+        "SCHEMES",
+        "FewestHops",
+        "ForwardingTables",
+        "RouteDiff",
+        "RoutingScheme",
+        "ShortestDelay",
+        "Snapshot",
+        "available_schemes",
+        "get_scheme",
+        "linkstate",
+        "path_delay_s",
+        "register",
+        "route_diff",
+        "snapshot_from_edges",
+        "trace_path",
+        "validate_tables",
+    ]
+    missing = [n for n in names if not hasattr(routing, n)]
+    assert missing == []
+    assert set(routing.__all__) >= set(names)
+
+
+def test_schemes_have_a_kind_and_builtins_are_computed():
+    from meshemu.routing import SCHEME_KINDS, RoutingScheme, available_schemes, scheme_kind
+
+    assert SCHEME_KINDS == ("computed", "daemon")
+    assert RoutingScheme.kind == "computed"
+    for name in ("shortest-delay", "fewest-hops", "ecmp"):
+        assert name in available_schemes()
+        assert scheme_kind(get_scheme(name)) == "computed"
+
+    class Duck:  # a plug-in that declares no kind: computed
+        name = "duck"
+
+    assert scheme_kind(Duck) == "computed"
+    Duck.kind = "quantum"
+    with pytest.raises(RoutingError, match="kind 'quantum'.*computed, daemon"):
+        scheme_kind(Duck)
+
+
+def test_duck_typed_scheme_from_file_and_registered_scheme(tmp_path):
+    from meshemu.routing import SCHEMES, ComputedScheme, ShortestDelay, register
+
+    f = tmp_path / "duck.py"
+    f.write_text(
+        textwrap.dedent("""
+        from meshemu.routing import get_scheme
+
+        class Duck:
+            name = "duck"
+            def forwarding_tables(self, snapshot, destinations):
+                return get_scheme("fewest-hops").forwarding_tables(snapshot, destinations)
+
+        NotAScheme = 42
+    """)
+    )
+    duck = get_scheme(f"{f}:Duck")
+    assert type(duck).__name__ == "Duck" and isinstance(duck, ComputedScheme)
+    snap = snapshot_from_edges(3, [(0, 1), (1, 2), (0, 2)], [1e-3, 1e-3, 5e-3])
+    assert trace_path(duck.forwarding_tables(snap, np.arange(3)), snap, 0, 2) == [0, 2]
+    with pytest.raises(RoutingError, match="is not a routing scheme"):
+        get_scheme(f"{f}:NotAScheme")
+
+    @register
+    class Slow(ShortestDelay):
+        name = "test-slow"
+
+    try:
+        assert isinstance(get_scheme("test-slow"), Slow)
+    finally:
+        SCHEMES.pop("test-slow")
+    with pytest.raises(RoutingError, match="takes a RoutingScheme subclass"):
+        register(int)
