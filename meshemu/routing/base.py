@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from meshemu.errors import RoutingError
+from meshemu.geometry.arrays import Int32Array
 from meshemu.geometry.linkstate import Snapshot
 
 #: How a scheme produces routes: ``computed`` tables or a ``daemon`` inside the nodes.
@@ -58,8 +59,8 @@ class ForwardingTables:
         Name of the scheme that made them.
     """
 
-    destinations: npt.NDArray[np.int32]
-    next_hop: npt.NDArray[np.int32]
+    destinations: Int32Array
+    next_hop: Int32Array
     scheme: str = ""
 
     def __post_init__(self) -> None:
@@ -80,7 +81,7 @@ class ForwardingTables:
         """Number of nodes (rows of ``next_hop``)."""
         return int(self.next_hop.shape[0])
 
-    def primary(self) -> npt.NDArray[np.int32]:
+    def primary(self) -> Int32Array:
         """Primary next hop, shape (N, D)."""
         return self.next_hop[:, :, 0]
 

@@ -18,6 +18,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from meshemu.errors import RoutingError
+from meshemu.geometry.arrays import FloatArray, Int32Array, Int64Array
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.routing.base import ForwardingTables, RoutingScheme
 
@@ -26,9 +27,7 @@ MAX_PATHS = 4
 
 
 # -- graph helpers ---------------------------------------------------------------------------
-def _split_graph(
-    snap: Snapshot, w: npt.NDArray[np.float64]
-) -> tuple[csr_matrix, npt.NDArray[np.int64]]:
+def _split_graph(snap: Snapshot, w: FloatArray) -> tuple[csr_matrix, Int64Array]:
     """Directed graph in which non-transit nodes cannot be passed through.
 
     Node ``x`` keeps index ``x`` as its *arrival* copy (no outgoing edges if ``x`` is not a
@@ -53,8 +52,8 @@ def _split_graph(
 
 
 def _trees(
-    snap: Snapshot, w: npt.NDArray[np.float64], dests: npt.NDArray[np.int32]
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    snap: Snapshot, w: FloatArray, dests: Int32Array
+) -> tuple[FloatArray, Int32Array, Int64Array]:
     """Shortest-path trees rooted at each destination (weights symmetric).
 
     Returns ``dist`` (D, N) cost from each node to each destination, ``pred`` (D, N) the next
@@ -64,7 +63,7 @@ def _trees(
     g, src_of = _split_graph(snap, w)
     roots = src_of[dests]
     dist_all, pred_all = dijkstra(g, directed=True, indices=roots, return_predecessors=True)
-    dist: npt.NDArray[np.float64] = np.asarray(dist_all, dtype=np.float64)[:, :n]
+    dist: FloatArray = np.asarray(dist_all, dtype=np.float64)[:, :n]
     pred = np.asarray(pred_all)[:, :n].astype(np.int64)
     # a predecessor that is a departure copy stands for its node
     dep = pred >= n
@@ -77,7 +76,7 @@ def _trees(
     return dist, pred.astype(np.int32), src_of
 
 
-def _check_snapshot(snap: Snapshot, destinations: npt.ArrayLike) -> npt.NDArray[np.int32]:
+def _check_snapshot(snap: Snapshot, destinations: npt.ArrayLike) -> Int32Array:
     """``destinations`` as node ids of ``snap`` (RoutingError if ``snap`` is no Snapshot or
     an id is out of range)."""
     if not isinstance(snap, Snapshot):
@@ -98,7 +97,7 @@ class ShortestDelay(RoutingScheme):
 
     name = "shortest-delay"
 
-    def weights(self, snapshot: Snapshot) -> npt.NDArray[np.float64]:
+    def weights(self, snapshot: Snapshot) -> FloatArray:
         """Cost of each link of the snapshot (positive)."""
         return np.maximum(snapshot.delay_s, 1e-9)
 
@@ -129,7 +128,7 @@ class FewestHops(ShortestDelay):
 
     name = "fewest-hops"
 
-    def weights(self, snapshot: Snapshot) -> npt.NDArray[np.float64]:
+    def weights(self, snapshot: Snapshot) -> FloatArray:
         """``1 + delay_s / 100`` per link: a hop outweighs any path's delay."""
         return 1.0 + np.maximum(snapshot.delay_s, 0.0) * 1e-2
 
@@ -175,10 +174,10 @@ class ECMP(RoutingScheme):
     def _fill_alternates(
         self,
         snapshot: Snapshot,
-        dests: npt.NDArray[np.int32],
-        hops: npt.NDArray[np.float64],
-        delay: npt.NDArray[np.float64],
-        nh: npt.NDArray[np.int32],
+        dests: Int32Array,
+        hops: FloatArray,
+        delay: FloatArray,
+        nh: Int32Array,
     ) -> None:
         """Fill columns 1.. of ``nh`` in place: the other neighbours one hop closer to each
         destination, by the delay of the path through them."""

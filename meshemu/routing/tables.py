@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from meshemu.errors import RoutingError
 from meshemu.geometry import linkstate
+from meshemu.geometry.arrays import IndexArray, Int32Array
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.routing.base import ForwardingTables
 
@@ -77,10 +78,10 @@ class RouteDiff:
     """Forwarding entries that differ between two tables: node ``nodes[i]`` towards
     ``destinations[dest_index[i]]`` went from next hops ``old[i]`` to ``new[i]``."""
 
-    nodes: npt.NDArray[np.intp]
-    dest_index: npt.NDArray[np.intp]
-    old: npt.NDArray[np.int32]
-    new: npt.NDArray[np.int32]
+    nodes: IndexArray
+    dest_index: IndexArray
+    old: Int32Array
+    new: Int32Array
 
     def __len__(self) -> int:
         return int(self.nodes.size)
@@ -116,7 +117,7 @@ def route_diff(old: ForwardingTables | None, new: ForwardingTables) -> RouteDiff
     return RouteDiff(u, j, o[u, j], n[u, j])
 
 
-def _pad(nh: npt.NDArray[np.int32], k: int) -> npt.NDArray[np.int32]:
+def _pad(nh: Int32Array, k: int) -> Int32Array:
     if nh.shape[2] == k:
         return nh
     out = np.full((*nh.shape[:2], k), -1, dtype=np.int32)
@@ -128,7 +129,7 @@ def _per_edge(
     x: npt.ArrayLike | None,
     default: float | int | bool,
     dtype: npt.DTypeLike,
-    order: npt.NDArray[np.intp],
+    order: IndexArray,
 ) -> npt.NDArray[np.generic]:
     """One value per edge (``default`` for all if ``x`` is None), in ``order``."""
     m = order.size
