@@ -3,7 +3,8 @@
 A :class:`Snapshot` is the network at one instant, as arrays in a fixed edge order (sorted by
 ``key = a * n_nodes + b`` with ``a < b``), so comparing two snapshots is array arithmetic
 (:func:`diff`). Snapshots are produced by :mod:`meshemu.geometry.schedule` from geometry
-(:mod:`meshemu.geometry.visibility`) and consumed by routing (:mod:`meshemu.routing`) and the emulator.
+(:mod:`meshemu.geometry.visibility`) and consumed by routing (:mod:`meshemu.routing`) and the
+emulator.
 """
 
 from __future__ import annotations
@@ -11,6 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from meshemu.errors import ScenarioError
+from meshemu.geometry.arrays import (
+    BoolArray,
+    FloatArray,
+    IndexArray,
+    Int8Array,
+    Int32Array,
+    Int64Array,
+)
 
 #: ``Snapshot.kind`` values.
 ISL = 0
@@ -33,7 +44,8 @@ class Snapshot:
     t_s : float
         Seconds since the scenario epoch.
     n_nodes : int
-        Number of nodes (node ids are ``0 .. n_nodes-1``, as in :class:`meshemu.spec.scenario.Nodes`).
+        Number of nodes (node ids are ``0 .. n_nodes-1``, as in
+        :class:`meshemu.spec.scenario.Nodes`).
     a, b : ndarray of int32, shape (E,)
         Link end points, ``a < b``; edges sorted by ``a * n_nodes + b``.
     kind : ndarray of int8, shape (E,)
@@ -56,32 +68,33 @@ class Snapshot:
 
     t_s: float
     n_nodes: int
-    a: np.ndarray
-    b: np.ndarray
-    kind: np.ndarray
-    up: np.ndarray
-    distance_m: np.ndarray
-    delay_s: np.ndarray
-    rate_bps: np.ndarray
-    transit: np.ndarray
-    queue_packets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    a: Int32Array
+    b: Int32Array
+    kind: Int8Array
+    up: BoolArray
+    distance_m: FloatArray
+    delay_s: FloatArray
+    rate_bps: FloatArray
+    transit: BoolArray
+    queue_packets: Int32Array = field(default_factory=lambda: np.zeros(0, np.int32))
+    loss: FloatArray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         e = self.a.shape[0]
         if self.queue_packets.shape != (e,):
-            object.__setattr__(self, "queue_packets",
-                               np.full(e, DEFAULT_QUEUE_PACKETS, np.int32))
+            object.__setattr__(self, "queue_packets", np.full(e, DEFAULT_QUEUE_PACKETS, np.int32))
         if self.loss.shape != (e,):
             object.__setattr__(self, "loss", np.zeros(e))
 
     @property
-    def key(self) -> np.ndarray:
+    def key(self) -> Int64Array:
         """Edge keys ``a * n_nodes + b`` (int64), sorted ascending."""
-        return self.a.astype(np.int64) * self.n_nodes + self.b
+        k: Int64Array = self.a.astype(np.int64) * self.n_nodes + self.b
+        return k
 
     @property
     def n_links(self) -> int:
+        """Number of links (the length of every per-link array)."""
         return int(self.a.shape[0])
 
     def edge_index(self, u: int, v: int) -> int:
@@ -102,20 +115,27 @@ class SnapshotDiff:
     """
 
     t_s: float
-    added: np.ndarray
-    removed: np.ndarray
-    changed: np.ndarray
-    went_up: np.ndarray
-    went_down: np.ndarray
+    added: IndexArray
+    removed: IndexArray
+    changed: IndexArray
+    went_up: IndexArray
+    went_down: IndexArray
 
     @property
     def empty(self) -> bool:
-        return not (self.added.size or self.removed.size or self.changed.size
-                    or self.went_up.size or self.went_down.size)
+        """True when nothing changed."""
+        return not (
+            self.added.size
+            or self.removed.size
+            or self.changed.size
+            or self.went_up.size
+            or self.went_down.size
+        )
 
 
-def diff(old: Snapshot, new: Snapshot, delay_tolerance_s: float = 1e-6,
-         rate_tolerance: float = 1e-9) -> SnapshotDiff:
+def diff(
+    old: Snapshot, new: Snapshot, delay_tolerance_s: float = 1e-6, rate_tolerance: float = 1e-9
+) -> SnapshotDiff:
     """Compare two snapshots of the same node set.
 
     Parameters
@@ -125,20 +145,29 @@ def diff(old: Snapshot, new: Snapshot, delay_tolerance_s: float = 1e-6,
         A delay change smaller than this does not count as a change.
     rate_tolerance : float
         Relative rate change that does not count as a change.
+
+    Raises
+    ------
+    ScenarioError
+        The snapshots have different node counts (they come from different scenarios).
     """
     if old.n_nodes != new.n_nodes:
-        raise ValueError(f"snapshots have different node counts ({old.n_nodes} != {new.n_nodes})")
+        raise ScenarioError(
+            f"snapshots have different node counts ({old.n_nodes} != {new.n_nodes})"
+        )
     ko, kn = old.key, new.key
     common, io, inew = np.intersect1d(ko, kn, assume_unique=True, return_indices=True)
     added = np.setdiff1d(np.arange(kn.size), inew, assume_unique=True)
     removed = np.setdiff1d(np.arange(ko.size), io, assume_unique=True)
     d_delay = np.abs(new.delay_s[inew] - old.delay_s[io]) > delay_tolerance_s
     d_rate = np.abs(new.rate_bps[inew] - old.rate_bps[io]) > rate_tolerance * np.maximum(
-        old.rate_bps[io], 1.0)
+        old.rate_bps[io], 1.0
+    )
     d_queue = new.queue_packets[inew] != old.queue_packets[io]
     d_loss = np.abs(new.loss[inew] - old.loss[io]) > 1e-12
     changed = inew[d_delay | d_rate | d_queue | d_loss]
     went_up = inew[new.up[inew] & ~old.up[io]]
     went_down = inew[~new.up[inew] & old.up[io]]
-    return SnapshotDiff(new.t_s, added, removed, np.sort(changed), np.sort(went_up),
-                        np.sort(went_down))
+    return SnapshotDiff(
+        new.t_s, added, removed, np.sort(changed), np.sort(went_up), np.sort(went_down)
+    )

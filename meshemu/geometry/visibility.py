@@ -17,28 +17,31 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from meshemu.geometry.arrays import BoolArray, FloatArray, Int32Array
 from meshemu.geometry.constellation import Constellation
 from meshemu.spec.scenario import ISLPolicy
 
 EARTH_MEAN_RADIUS_KM = 6371.0
 
 
-def distance_km(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def distance_km(p: FloatArray, q: FloatArray) -> FloatArray:
     """Euclidean distances between matching rows of ``p`` and ``q`` (..., 3)."""
-    return np.linalg.norm(q - p, axis=-1)
+    dist: FloatArray = np.linalg.norm(q - p, axis=-1)
+    return dist
 
 
-def grazing_altitude_km(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def grazing_altitude_km(p: FloatArray, q: FloatArray) -> FloatArray:
     """Lowest altitude above a spherical Earth along the straight segment P-Q."""
     d = q - p
     dd = np.einsum("...i,...i->...", d, d)
     with np.errstate(invalid="ignore", divide="ignore"):
         t = np.clip(-np.einsum("...i,...i->...", p, d) / np.where(dd > 0, dd, 1.0), 0.0, 1.0)
     closest = p + t[..., None] * d
-    return np.linalg.norm(closest, axis=-1) - EARTH_MEAN_RADIUS_KM
+    alt: FloatArray = np.linalg.norm(closest, axis=-1) - EARTH_MEAN_RADIUS_KM
+    return alt
 
 
-def elevation_deg(ground_km: np.ndarray, ground_up: np.ndarray, sat_km: np.ndarray) -> np.ndarray:
+def elevation_deg(ground_km: FloatArray, ground_up: FloatArray, sat_km: FloatArray) -> FloatArray:
     """Elevation (deg) of every satellite from every ground point.
 
     Parameters
@@ -55,11 +58,13 @@ def elevation_deg(ground_km: np.ndarray, ground_up: np.ndarray, sat_km: np.ndarr
     rng = np.linalg.norm(rel, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         s = np.einsum("gsi,gi->gs", rel, ground_up) / rng
-    return np.rad2deg(np.arcsin(np.clip(s, -1.0, 1.0)))
+    elev: FloatArray = np.rad2deg(np.arcsin(np.clip(s, -1.0, 1.0)))
+    return elev
 
 
-def plus_grid_pairs(const: Constellation, ecef0_km: np.ndarray, allow_seam: bool
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def plus_grid_pairs(
+    const: Constellation, ecef0_km: FloatArray, allow_seam: bool
+) -> tuple[Int32Array, Int32Array, BoolArray]:
     """Candidate +Grid ISLs of the Walker shells (TLE satellites get none).
 
     The cross-plane partner of satellite (p, s) is (p+1, s + shift) where ``shift`` is the
@@ -93,7 +98,7 @@ def plus_grid_pairs(const: Constellation, ecef0_km: np.ndarray, allow_seam: bool
                 best, best_len = 0, np.inf
                 for shift in range(S):
                     dst = np.roll(ids[q], -shift)
-                    m = np.nanmean(distance_km(ecef0_km[src], ecef0_km[dst]))
+                    m = float(np.nanmean(distance_km(ecef0_km[src], ecef0_km[dst])))
                     if m < best_len:
                         best, best_len = shift, m
                 a_l.append(src)
@@ -109,13 +114,17 @@ def plus_grid_pairs(const: Constellation, ecef0_km: np.ndarray, allow_seam: bool
     keep = lo != hi
     key = lo[keep].astype(np.int64) * (len(const) + 1) + hi[keep]
     _, first = np.unique(key, return_index=True)
-    return (lo[keep][first].astype(np.int32), hi[keep][first].astype(np.int32),
-            cross[keep][first])
+    return (lo[keep][first].astype(np.int32), hi[keep][first].astype(np.int32), cross[keep][first])
 
 
-def isl_feasible(ecef_km: np.ndarray, a: np.ndarray, b: np.ndarray, policy: ISLPolicy,
-                 lat_deg: np.ndarray | None = None, cross: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def isl_feasible(
+    ecef_km: FloatArray,
+    a: Int32Array,
+    b: Int32Array,
+    policy: ISLPolicy,
+    lat_deg: FloatArray | None = None,
+    cross: BoolArray | None = None,
+) -> tuple[BoolArray, FloatArray]:
     """Feasibility and length of candidate ISLs at one instant.
 
     Returns
@@ -129,16 +138,22 @@ def isl_feasible(ecef_km: np.ndarray, a: np.ndarray, b: np.ndarray, policy: ISLP
     dist = distance_km(p, q)
     with np.errstate(invalid="ignore"):
         ok = (dist <= policy.max_range_km) & (
-            grazing_altitude_km(p, q) >= policy.min_grazing_altitude_km)
+            grazing_altitude_km(p, q) >= policy.min_grazing_altitude_km
+        )
         if policy.cross_plane_max_lat_deg is not None and lat_deg is not None and cross is not None:
             polar = (np.abs(lat_deg[a]) > policy.cross_plane_max_lat_deg) | (
-                np.abs(lat_deg[b]) > policy.cross_plane_max_lat_deg)
+                np.abs(lat_deg[b]) > policy.cross_plane_max_lat_deg
+            )
             ok &= ~(cross & polar)
     return ok & np.isfinite(dist), dist
 
 
-def nearest_isls(ecef_km: np.ndarray, policy: ISLPolicy, keep: set[tuple[int, int]] | None = None,
-                 k_candidates: int = 12) -> list[tuple[int, int]]:
+def nearest_isls(
+    ecef_km: FloatArray,
+    policy: ISLPolicy,
+    keep: set[tuple[int, int]] | None = None,
+    k_candidates: int = 12,
+) -> list[tuple[int, int]]:
     """ISLs chosen greedily by length: each satellite uses at most ``policy.terminals`` links.
 
     Links in ``keep`` (the previous step's) are kept first while still feasible, so links
@@ -170,11 +185,11 @@ def nearest_isls(ecef_km: np.ndarray, policy: ISLPolicy, keep: set[tuple[int, in
         feasible = set(zip(lo.tolist(), hi.tolist()))
         for pair in sorted(keep):
             u, v = pair
-            if pair in feasible or _pair_feasible(ecef_km, u, v, policy):
-                if free[u] > 0 and free[v] > 0:
-                    chosen.append(pair)
-                    free[u] -= 1
-                    free[v] -= 1
+            feasible_now = pair in feasible or _pair_feasible(ecef_km, u, v, policy)
+            if feasible_now and free[u] > 0 and free[v] > 0:
+                chosen.append(pair)
+                free[u] -= 1
+                free[v] -= 1
     kept = set(chosen)
     for j in np.argsort(d, kind="stable"):
         u, v = int(lo[j]), int(hi[j])
@@ -185,8 +200,11 @@ def nearest_isls(ecef_km: np.ndarray, policy: ISLPolicy, keep: set[tuple[int, in
     return sorted(chosen)
 
 
-def _pair_feasible(ecef_km: np.ndarray, u: int, v: int, policy: ISLPolicy) -> bool:
+def _pair_feasible(ecef_km: FloatArray, u: int, v: int, policy: ISLPolicy) -> bool:
     p, q = ecef_km[u], ecef_km[v]
     d = float(np.linalg.norm(q - p))
-    return bool(np.isfinite(d) and d <= policy.max_range_km
-                and grazing_altitude_km(p, q) >= policy.min_grazing_altitude_km)
+    return bool(
+        np.isfinite(d)
+        and d <= policy.max_range_km
+        and grazing_altitude_km(p, q) >= policy.min_grazing_altitude_km
+    )

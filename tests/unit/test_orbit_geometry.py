@@ -7,19 +7,32 @@ import numpy as np
 import pytest
 
 from meshemu.geometry.constellation import build_constellation, parse_tle_text, walker_shell
-from meshemu.geometry.visibility import elevation_deg, grazing_altitude_km, isl_feasible, plus_grid_pairs
-from meshemu.geometry.orbit import (WGS84_A_KM, ecef_to_geodetic, geodetic_to_ecef_km, propagate_ecef_km,
-                           up_vector)
+from meshemu.geometry.orbit import (
+    WGS84_A_KM,
+    ecef_to_geodetic,
+    geodetic_to_ecef_km,
+    propagate_ecef_km,
+    up_vector,
+)
+from meshemu.geometry.visibility import (
+    elevation_deg,
+    grazing_altitude_km,
+    isl_feasible,
+    plus_grid_pairs,
+)
 from meshemu.spec.scenario import EARTH_RADIUS_KM, ISLPolicy, Scenario, ShellSpec
 
-ISS = ("ISS (ZARYA)",
-       "1 25544U 98067A   08264.51782528 -.00002182  00000-0 -11606-4 0  2927",
-       "2 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.72125391563537")
+ISS = (
+    "ISS (ZARYA)",
+    "1 25544U 98067A   08264.51782528 -.00002182  00000-0 -11606-4 0  2927",
+    "2 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.72125391563537",
+)
 
 
 def test_sgp4_earth_fixed_matches_skyfield():
     skyfield = pytest.importorskip("skyfield.api")
     from skyfield.framelib import itrs
+
     ts = skyfield.load.timescale(builtin=True)
     sat = skyfield.EarthSatellite(ISS[1], ISS[2], ISS[0], ts)
     _, rec = parse_tle_text("\n".join(ISS))[0]
@@ -94,11 +107,25 @@ def test_isl_line_of_sight_blocked_by_earth():
 
 
 def _walker(planes, spp, alt, inc, kind="walker-delta", phasing=1):
-    spec = ShellSpec("t", kind, planes, spp, phasing, alt, inc,
-                     360.0 if kind == "walker-delta" else 180.0)
-    sc = Scenario.from_dict({"constellation": {"shells": [{
-        "type": kind, "planes": planes, "sats_per_plane": spp, "phasing": phasing,
-        "altitude_km": alt, "inclination_deg": inc}]}})
+    spec = ShellSpec(
+        "t", kind, planes, spp, phasing, alt, inc, 360.0 if kind == "walker-delta" else 180.0
+    )
+    sc = Scenario.from_dict(
+        {
+            "constellation": {
+                "shells": [
+                    {
+                        "type": kind,
+                        "planes": planes,
+                        "sats_per_plane": spp,
+                        "phasing": phasing,
+                        "altitude_km": alt,
+                        "inclination_deg": inc,
+                    }
+                ]
+            }
+        }
+    )
     return spec, sc
 
 

@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 
 from meshemu.errors import RoutingError
-from meshemu.routing import (ForwardingTables, get_scheme, path_delay_s, route_diff,
-                             snapshot_from_edges, trace_path, validate_tables)
-from meshemu.spec.scenario import load_scenario
 from meshemu.geometry.schedule import LinkSchedule
+from meshemu.routing import (
+    ForwardingTables,
+    get_scheme,
+    path_delay_s,
+    route_diff,
+    snapshot_from_edges,
+    trace_path,
+    validate_tables,
+)
+from meshemu.spec.scenario import load_scenario
 
 
 def random_graph(seed, n_sat=40, n_ground=6):
@@ -100,11 +107,14 @@ def test_route_diff_counts_changed_entries():
     t0 = scheme.forwarding_tables(snap, dests)
     assert len(route_diff(t0, t0)) == 0
     g = nx.Graph(edges)
-    k = next(i for i, (a, b) in enumerate(edges) if b < 40 and nx.has_path(
-        nx.restricted_view(g, [n for n in g if n >= 40], [(a, b)]), a, b))
+    k = next(
+        i
+        for i, (a, b) in enumerate(edges)
+        if b < 40 and nx.has_path(nx.restricted_view(g, [n for n in g if n >= 40], [(a, b)]), a, b)
+    )
     a, b = edges[k]
     up = np.ones(len(edges), bool)
-    up[k] = False                        # a link a-b whose ends stay connected goes down
+    up[k] = False  # a link a-b whose ends stay connected goes down
     snap1 = snapshot_from_edges(snap.n_nodes, edges, delays, transit=snap.transit, up=up)
     t1 = scheme.forwarding_tables(snap1, dests)
     diff = route_diff(t0, t1)
@@ -113,30 +123,36 @@ def test_route_diff_counts_changed_entries():
     assert np.array_equal(t1.next_hop[diff.nodes, diff.dest_index], diff.new)
     detour = trace_path(t1, snap1, a, b)
     assert detour is not None and len(detour) > 2
-    assert trace_path(t0, snap, a, b) == [a, b] or path_delay_s(snap, trace_path(t0, snap, a, b)) < delays[k]
+    assert (
+        trace_path(t0, snap, a, b) == [a, b]
+        or path_delay_s(snap, trace_path(t0, snap, a, b)) < delays[k]
+    )
 
 
 def test_validate_tables_finds_loops_missing_links_and_ground_transit():
-    snap = snapshot_from_edges(4, [(0, 1), (1, 2), (2, 3)], [1e-3] * 3,
-                               transit=[True, True, False, True])
+    snap = snapshot_from_edges(
+        4, [(0, 1), (1, 2), (2, 3)], [1e-3] * 3, transit=[True, True, False, True]
+    )
     nh = np.full((4, 1, 1), -1, np.int32)
-    nh[0, 0, 0], nh[1, 0, 0] = 1, 0      # 0 <-> 1 loop towards 3
+    nh[0, 0, 0], nh[1, 0, 0] = 1, 0  # 0 <-> 1 loop towards 3
     problems = validate_tables(ForwardingTables([3], nh), snap)
     assert any("loop" in p for p in problems)
-    nh[1, 0, 0] = 3                      # no link 1-3
+    nh[1, 0, 0] = 3  # no link 1-3
     assert any("without an up link" in p for p in validate_tables(ForwardingTables([3], nh), snap))
-    nh[1, 0, 0], nh[2, 0, 0] = 2, 3      # through node 2, which is not a transit node
+    nh[1, 0, 0], nh[2, 0, 0] = 2, 3  # through node 2, which is not a transit node
     assert any("non-transit" in p for p in validate_tables(ForwardingTables([3], nh), snap))
 
 
 def test_scheme_registry_errors_and_user_scheme_from_file(tmp_path):
-    with pytest.raises(RoutingError, match="unknown routing scheme 'dijkstra'.*ecmp.*"
-                                           "fewest-hops.*shortest-delay"):
+    with pytest.raises(
+        RoutingError, match="unknown routing scheme 'dijkstra'.*ecmp.*fewest-hops.*shortest-delay"
+    ):
         get_scheme("dijkstra")
     with pytest.raises(RoutingError, match="does not exist"):
         get_scheme(str(tmp_path / "nope.py") + ":X")
     f = tmp_path / "myscheme.py"
-    f.write_text(textwrap.dedent("""
+    f.write_text(
+        textwrap.dedent("""
         import numpy as np
         from meshemu.routing import ShortestDelay
 
@@ -146,7 +162,8 @@ def test_scheme_registry_errors_and_user_scheme_from_file(tmp_path):
                 w = snap.delay_s.copy()
                 w[(snap.a == 0) & (snap.b == 1)] = 1.0
                 return w
-    """))
+    """)
+    )
     scheme = get_scheme(f"{f}:AvoidLink01")
     assert scheme.name == "avoid-01"
     snap = snapshot_from_edges(3, [(0, 1), (1, 2), (0, 2)], [1e-3, 1e-3, 5e-3])
@@ -164,3 +181,84 @@ def test_default_scenario_routes_are_valid_every_step():
     for snap in sched.snapshots(30):
         for name in ("shortest-delay", "fewest-hops", "ecmp"):
             assert validate_tables(get_scheme(name).forwarding_tables(snap, dests), snap) == []
+
+
+def test_routing_package_keeps_every_name_it_exported():
+    import meshemu.routing as routing
+
+    names = [
+        "ECMP",
+        "MAX_PATHS",
+        "SCHEMES",
+        "FewestHops",
+        "ForwardingTables",
+        "RouteDiff",
+        "RoutingScheme",
+        "ShortestDelay",
+        "Snapshot",
+        "available_schemes",
+        "get_scheme",
+        "linkstate",
+        "path_delay_s",
+        "register",
+        "route_diff",
+        "snapshot_from_edges",
+        "trace_path",
+        "validate_tables",
+    ]
+    missing = [n for n in names if not hasattr(routing, n)]
+    assert missing == []
+    assert set(routing.__all__) >= set(names)
+
+
+def test_schemes_have_a_kind_and_builtins_are_computed():
+    from meshemu.routing import SCHEME_KINDS, RoutingScheme, available_schemes, scheme_kind
+
+    assert SCHEME_KINDS == ("computed", "daemon")
+    assert RoutingScheme.kind == "computed"
+    for name in ("shortest-delay", "fewest-hops", "ecmp"):
+        assert name in available_schemes()
+        assert scheme_kind(get_scheme(name)) == "computed"
+
+    class Duck:  # a plug-in that declares no kind: computed
+        name = "duck"
+
+    assert scheme_kind(Duck) == "computed"
+    Duck.kind = "quantum"
+    with pytest.raises(RoutingError, match="kind 'quantum'.*computed, daemon"):
+        scheme_kind(Duck)
+
+
+def test_duck_typed_scheme_from_file_and_registered_scheme(tmp_path):
+    from meshemu.routing import SCHEMES, ComputedScheme, ShortestDelay, register
+
+    f = tmp_path / "duck.py"
+    f.write_text(
+        textwrap.dedent("""
+        from meshemu.routing import get_scheme
+
+        class Duck:
+            name = "duck"
+            def forwarding_tables(self, snapshot, destinations):
+                return get_scheme("fewest-hops").forwarding_tables(snapshot, destinations)
+
+        NotAScheme = 42
+    """)
+    )
+    duck = get_scheme(f"{f}:Duck")
+    assert type(duck).__name__ == "Duck" and isinstance(duck, ComputedScheme)
+    snap = snapshot_from_edges(3, [(0, 1), (1, 2), (0, 2)], [1e-3, 1e-3, 5e-3])
+    assert trace_path(duck.forwarding_tables(snap, np.arange(3)), snap, 0, 2) == [0, 2]
+    with pytest.raises(RoutingError, match="is not a routing scheme"):
+        get_scheme(f"{f}:NotAScheme")
+
+    @register
+    class Slow(ShortestDelay):
+        name = "test-slow"
+
+    try:
+        assert isinstance(get_scheme("test-slow"), Slow)
+    finally:
+        SCHEMES.pop("test-slow")
+    with pytest.raises(RoutingError, match="takes a RoutingScheme subclass"):
+        register(int)

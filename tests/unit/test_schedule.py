@@ -5,12 +5,22 @@ import copy
 import numpy as np
 
 from meshemu.geometry.linkstate import GSL, ISL, diff
-from meshemu.spec.scenario import Scenario, load_scenario
 from meshemu.geometry.schedule import LinkSchedule
+from meshemu.spec.scenario import Scenario, load_scenario
 
 BASE = {
-    "constellation": {"shells": [{"type": "walker-delta", "planes": 8, "sats_per_plane": 8,
-                                  "phasing": 1, "altitude_km": 1200, "inclination_deg": 53}]},
+    "constellation": {
+        "shells": [
+            {
+                "type": "walker-delta",
+                "planes": 8,
+                "sats_per_plane": 8,
+                "phasing": 1,
+                "altitude_km": 1200,
+                "inclination_deg": 53,
+            }
+        ]
+    },
     "ground": [{"name": "gs1", "lat_deg": 40, "lon_deg": -74}],
     "isl": {"max_range_km": 8000},
     "gsl": {"min_elevation_deg": 10},
@@ -44,6 +54,7 @@ def test_gsl_nearest_is_nearest_visible_satellite():
         r = s.positions_ecef_km(np.array([snap.t_s]))[:, 0]
         d = np.linalg.norm(r - s.ground_ecef_km[0], axis=1)
         from meshemu.geometry.visibility import elevation_deg
+
         el = elevation_deg(s.ground_ecef_km, s.ground_up, r)[0]
         vis = np.nonzero(el >= 10)[0]
         assert sat == vis[np.argmin(d[vis])]
@@ -93,7 +104,7 @@ def test_isl_acquisition_after_cross_plane_latitude_cutoff():
             if cur.kind[i] != ISL:
                 continue
             key = cur.key[i]
-            later = [x for x in snaps[k + 1:k + 8] if key in x.key]
+            later = [x for x in snaps[k + 1 : k + 8] if key in x.key]
             states = [bool(x.up[np.searchsorted(x.key, key)]) for x in later]
             if len(states) == 7:
                 assert states == [False] * 5 + [True] * 2
@@ -103,6 +114,7 @@ def test_longest_visible_keeps_satellite_until_it_sets():
     s = sched(gsl={"handover": "longest-visible", "min_elevation_deg": 10})
     snaps = list(s.snapshots(1200, chunk_steps=200))
     from meshemu.geometry.visibility import elevation_deg
+
     prev_sat = None
     switches = 0
     for snap in snaps:
@@ -118,8 +130,11 @@ def test_longest_visible_keeps_satellite_until_it_sets():
             assert el[prev_sat] < 10, "switched away from a still-visible satellite"
         prev_sat = sat
     nearest = sched()
-    ns = [int(x.a[x.kind == GSL][0]) for x in nearest.snapshots(1200, chunk_steps=200)
-          if (x.kind == GSL).any()]
+    ns = [
+        int(x.a[x.kind == GSL][0])
+        for x in nearest.snapshots(1200, chunk_steps=200)
+        if (x.kind == GSL).any()
+    ]
     n_switch = sum(1 for a, b in zip(ns, ns[1:]) if a != b)
     assert switches <= n_switch
 

@@ -1,0 +1,233 @@
+"""The routing interface: forwarding tables, what a scheme is, and how tables are checked.
+
+Forwarding tables are dense arrays so that they can be diffed and installed in bulk::
+
+    next_hop[u, j, m]   the m-th next hop of node u towards node destinations[j]
+                        (-1: no route / no further next hop; next_hop[d, j, :] = -1 at d itself)
+
+Column ``m = 0`` is the primary next hop (the one :func:`meshemu.routing.trace_path`
+follows); a multipath scheme fills further columns. Only links that are *up* carry routes,
+and nodes that are not transit nodes (ground stations, users, data centres) never forward
+for others: they appear only as the first or the last node of a path.
+
+Kinds of scheme
+---------------
+A scheme has a :data:`SchemeKind`:
+
+- ``"computed"`` (every scheme today): meshemu computes the tables itself from each snapshot,
+  ahead of the clock, and installs them in the nodes (:class:`RoutingScheme`,
+  :mod:`meshemu.routing.computed`);
+- ``"daemon"`` (reserved for the next step, :mod:`meshemu.routing.daemons`): a routing daemon
+  (OSPF, IS-IS) runs inside each node and converges on its own; such a scheme has no
+  ``forwarding_tables``.
+
+Consumers that only know computed schemes check :func:`scheme_kind` first.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from meshemu.errors import RoutingError
+from meshemu.geometry.arrays import Int32Array
+from meshemu.geometry.linkstate import Snapshot
+
+#: How a scheme produces routes: ``computed`` tables or a ``daemon`` inside the nodes.
+SchemeKind = Literal["computed", "daemon"]
+
+#: The kinds there are (``SchemeKind``'s values).
+SCHEME_KINDS: tuple[SchemeKind, ...] = ("computed", "daemon")
+
+
+@dataclass(frozen=True, eq=False)
+class ForwardingTables:
+    """Per node, per destination: next hop(s).
+
+    Attributes
+    ----------
+    destinations : ndarray of int32, shape (D,)
+        Destination node ids, the columns of ``next_hop``.
+    next_hop : ndarray of int32, shape (N, D, K)
+        Next hops, -1 padded (see the module docstring). A 2-D array (N, D) is taken as one
+        next hop per entry.
+    scheme : str
+        Name of the scheme that made them.
+    """
+
+    destinations: Int32Array
+    next_hop: Int32Array
+    scheme: str = ""
+
+    def __post_init__(self) -> None:
+        d = np.asarray(self.destinations, dtype=np.int32)
+        nh = np.asarray(self.next_hop, dtype=np.int32)
+        if nh.ndim == 2:
+            nh = nh[:, :, None]
+        if nh.ndim != 3 or nh.shape[1] != d.shape[0]:
+            raise RoutingError(
+                f"next_hop must have shape (nodes, {d.shape[0]} destinations, "
+                f"paths); got {nh.shape}"
+            )
+        object.__setattr__(self, "destinations", d)
+        object.__setattr__(self, "next_hop", nh)
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes (rows of ``next_hop``)."""
+        return int(self.next_hop.shape[0])
+
+    def primary(self) -> Int32Array:
+        """Primary next hop, shape (N, D)."""
+        return self.next_hop[:, :, 0]
+
+    def dest_index(self, d: int) -> int:
+        """Column of destination node ``d``.
+
+        Raises
+        ------
+        RoutingError
+            ``d`` is not one of the destinations.
+        """
+        j = np.flatnonzero(self.destinations == d)
+        if j.size == 0:
+            raise RoutingError(f"node {d} is not a destination of these forwarding tables")
+        return int(j[0])
+
+
+@runtime_checkable
+class ComputedScheme(Protocol):
+    """What the planner and the emulator need of a computed scheme: a ``name`` and
+    ``forwarding_tables``. :class:`RoutingScheme` subclasses satisfy it, and so does any
+    duck-typed plug-in class that :func:`meshemu.routing.get_scheme` accepts."""
+
+    name: str
+
+    def forwarding_tables(
+        self, snapshot: Snapshot, destinations: npt.ArrayLike
+    ) -> ForwardingTables:
+        """Forwarding tables for every node towards each of ``destinations``."""
+        ...
+
+
+class RoutingScheme(ABC):
+    """A computed routing scheme. Subclass it, give it a ``name``, implement
+    ``forwarding_tables``.
+
+    Example (a file ``myscheme.py``, used as ``--routing myscheme.py:Detour``)::
+
+        import numpy as np
+        from meshemu.routing import RoutingScheme, ShortestDelay
+
+        class Detour(ShortestDelay):
+            name = "detour"
+            def weights(self, snapshot):
+                w = snapshot.delay_s.copy()
+                w[snapshot.kind == 0] *= 1.5     # make ISLs look longer
+                return w
+    """
+
+    name: str = "custom"
+    #: Tables computed by meshemu from each snapshot (see the module docstring).
+    kind: ClassVar[SchemeKind] = "computed"
+
+    @abstractmethod
+    def forwarding_tables(
+        self, snapshot: Snapshot, destinations: npt.ArrayLike
+    ) -> ForwardingTables:
+        """Forwarding tables for every node towards each of ``destinations``."""
+
+
+def scheme_kind(scheme: object) -> SchemeKind:
+    """The :data:`SchemeKind` of a scheme (class or instance); ``"computed"`` when it
+    declares none (duck-typed plug-ins).
+
+    Raises
+    ------
+    RoutingError
+        The scheme declares a kind that is not one of :data:`SCHEME_KINDS`.
+    """
+    kind = getattr(scheme, "kind", "computed")
+    for k in SCHEME_KINDS:
+        if kind == k:
+            return k
+    raise RoutingError(
+        f"routing scheme {getattr(scheme, 'name', scheme)!r} has kind {kind!r}; "
+        f"a kind is one of: {', '.join(SCHEME_KINDS)}"
+    )
+
+
+def validate_tables(tables: ForwardingTables, snap: Snapshot) -> list[str]:
+    """Problems with tables made by a (user's) scheme for ``snap``.
+
+    Parameters
+    ----------
+    tables : ForwardingTables
+    snap : Snapshot
+        The snapshot the tables were made for.
+
+    Returns
+    -------
+    list of str
+        One line per kind of problem found: next hops that are not up neighbours, forwarding
+        through non-transit nodes, loops. Empty: fine.
+    """
+    n = snap.n_nodes
+    if tables.n_nodes != n:
+        return [f"tables are for {tables.n_nodes} nodes, the snapshot has {n}"]
+    nh = tables.next_hop
+    u, j, m = np.nonzero(nh >= 0)
+    v = nh[u, j, m].astype(np.int64)
+    if np.any(v >= n):
+        return [f"next hop {int(v.max())} is not a node id (0..{n - 1})"]
+    problems: list[str] = []
+    lo, hi = np.minimum(u, v), np.maximum(u, v)
+    keys = lo * n + hi
+    upkeys = snap.key[np.asarray(snap.up, dtype=bool)]
+    bad = ~np.isin(keys, upkeys)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        problems.append(
+            f"{int(bad.sum())} next hop(s) without an up link, e.g. node {u[i]} "
+            f"-> {v[i]} towards {tables.destinations[j[i]]}"
+        )
+    transit = np.asarray(snap.transit, dtype=bool)
+    d = tables.destinations[j]
+    via = ~transit[v] & (v != d)
+    if via.any():
+        i = int(np.flatnonzero(via)[0])
+        problems.append(
+            f"{int(via.sum())} next hop(s) forward through non-transit node(s), "
+            f"e.g. {u[i]} -> {v[i]} towards {d[i]}"
+        )
+    loop = _first_loop(tables)
+    if loop is not None:
+        problems.append(loop)
+    return problems
+
+
+def _first_loop(tables: ForwardingTables) -> str | None:
+    """A message about the first destination towards which primary next hops loop, or None."""
+    n = tables.n_nodes
+    prim = tables.primary()
+    for jj, dd in enumerate(tables.destinations.tolist()):
+        # follow primary hops from everywhere at once; a loop never reaches dd
+        cur = np.arange(n)
+        cur[prim[:, jj] < 0] = dd
+        for _ in range(n):
+            nxt = prim[cur, jj]
+            move = (cur != dd) & (nxt >= 0)
+            if not move.any():
+                break
+            cur = np.where(move, nxt, cur)
+        looping = cur != dd
+        if looping.any():
+            return (
+                f"{int(looping.sum())} node(s) loop towards destination {dd}, e.g. "
+                f"node {int(np.flatnonzero(looping)[0])}"
+            )
+    return None

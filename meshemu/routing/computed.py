@@ -1,0 +1,213 @@
+"""Computed schemes: meshemu computes the forwarding tables of every node from a snapshot.
+
+Built in: :class:`ShortestDelay` (Dijkstra on propagation delay), :class:`FewestHops`
+(Dijkstra on hop count, ties broken by delay) and :class:`ECMP` (equal-cost multipath on hop
+count, up to :data:`MAX_PATHS` next hops, primary = lowest delay).
+
+All three run one multi-source Dijkstra (``scipy.sparse.csgraph.dijkstra``) rooted at the
+destinations over a graph in which non-transit nodes cannot be passed through
+(:func:`_split_graph`): with symmetric link weights, the predecessor of node ``u`` in the
+tree rooted at ``d`` is ``u``'s next hop towards ``d``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+from meshemu.errors import RoutingError
+from meshemu.geometry.arrays import FloatArray, Int32Array, Int64Array
+from meshemu.geometry.linkstate import Snapshot
+from meshemu.routing.base import ForwardingTables, RoutingScheme
+
+#: Largest number of next hops a built-in multipath scheme installs per destination.
+MAX_PATHS = 4
+
+
+# -- graph helpers ---------------------------------------------------------------------------
+def _split_graph(snap: Snapshot, w: FloatArray) -> tuple[csr_matrix, Int64Array]:
+    """Directed graph in which non-transit nodes cannot be passed through.
+
+    Node ``x`` keeps index ``x`` as its *arrival* copy (no outgoing edges if ``x`` is not a
+    transit node); each non-transit node gets an extra *departure* copy ``N + j`` holding its
+    outgoing edges. Returns the matrix and ``src_of`` mapping node id -> departure index.
+    """
+    n = snap.n_nodes
+    transit = np.asarray(snap.transit, dtype=bool)
+    nt = np.flatnonzero(~transit)
+    src_of = np.arange(n, dtype=np.int64)
+    src_of[nt] = n + np.arange(nt.size)
+    up = np.asarray(snap.up, dtype=bool)
+    a = snap.a[up].astype(np.int64)
+    b = snap.b[up].astype(np.int64)
+    ww = np.asarray(w, dtype=np.float64)[up]
+    rows = np.concatenate([src_of[a], src_of[b]])
+    cols = np.concatenate([b, a])
+    data = np.concatenate([ww, ww])
+    m = n + nt.size
+    g = csr_matrix((data, (rows, cols)), shape=(m, m))
+    return g, src_of
+
+
+def _trees(
+    snap: Snapshot, w: FloatArray, dests: Int32Array
+) -> tuple[FloatArray, Int32Array, Int64Array]:
+    """Shortest-path trees rooted at each destination (weights symmetric).
+
+    Returns ``dist`` (D, N) cost from each node to each destination, ``pred`` (D, N) the next
+    hop of each node towards the destination (-1 none), and ``src_of``.
+    """
+    n = snap.n_nodes
+    g, src_of = _split_graph(snap, w)
+    roots = src_of[dests]
+    dist_all, pred_all = dijkstra(g, directed=True, indices=roots, return_predecessors=True)
+    dist: FloatArray = np.asarray(dist_all, dtype=np.float64)[:, :n]
+    pred = np.asarray(pred_all)[:, :n].astype(np.int64)
+    # a predecessor that is a departure copy stands for its node
+    dep = pred >= n
+    if np.any(dep):
+        inv = np.full(g.shape[0], -1, dtype=np.int64)
+        inv[src_of] = np.arange(n)
+        pred[dep] = inv[pred[dep]]
+    pred[pred < 0] = -1
+    pred[np.arange(dests.size), dests] = -1
+    return dist, pred.astype(np.int32), src_of
+
+
+def _check_snapshot(snap: Snapshot, destinations: npt.ArrayLike) -> Int32Array:
+    """``destinations`` as node ids of ``snap`` (RoutingError if ``snap`` is no Snapshot or
+    an id is out of range)."""
+    if not isinstance(snap, Snapshot):
+        raise RoutingError(
+            f"a routing scheme needs a meshemu.geometry.linkstate.Snapshot, got "
+            f"{type(snap).__name__}"
+        )
+    d = np.asarray(destinations, dtype=np.int32).ravel()
+    if d.size and (d.min() < 0 or d.max() >= snap.n_nodes):
+        raise RoutingError(f"destinations must be node ids in 0..{snap.n_nodes - 1}")
+    return d
+
+
+# -- built-in schemes ------------------------------------------------------------------------
+class ShortestDelay(RoutingScheme):
+    """Shortest path by one-way propagation delay (what a link-state IGP with delay metrics
+    converges to). Subclasses may override :meth:`weights`."""
+
+    name = "shortest-delay"
+
+    def weights(self, snapshot: Snapshot) -> FloatArray:
+        """Cost of each link of the snapshot (positive)."""
+        return np.maximum(snapshot.delay_s, 1e-9)
+
+    def forwarding_tables(
+        self, snapshot: Snapshot, destinations: npt.ArrayLike
+    ) -> ForwardingTables:
+        """Next hop of every node towards each destination along the least-cost path.
+
+        Raises
+        ------
+        RoutingError
+            A bad snapshot or destination, or :meth:`weights` returned something other than
+            one positive finite cost per link.
+        """
+        dests = _check_snapshot(snapshot, destinations)
+        w = np.asarray(self.weights(snapshot), dtype=np.float64)
+        if w.shape != snapshot.delay_s.shape or np.any(~np.isfinite(w)) or np.any(w <= 0):
+            raise RoutingError(
+                f"scheme {self.name}: weights() must return one positive finite "
+                f"cost per link ({snapshot.n_links})"
+            )
+        _, pred, _ = _trees(snapshot, w, dests)
+        return ForwardingTables(dests, pred.T[:, :, None].copy(), self.name)
+
+
+class FewestHops(ShortestDelay):
+    """Fewest hops; among equal hop counts the lowest delay (delay scaled to << 1 hop)."""
+
+    name = "fewest-hops"
+
+    def weights(self, snapshot: Snapshot) -> FloatArray:
+        """``1 + delay_s / 100`` per link: a hop outweighs any path's delay."""
+        return 1.0 + np.maximum(snapshot.delay_s, 0.0) * 1e-2
+
+
+class ECMP(RoutingScheme):
+    """Equal-cost multipath on hop count: every neighbour that is one hop closer to the
+    destination is a next hop (up to ``max_paths``, lowest-delay path first). The kernel
+    spreads flows over them by hash, as ECMP does in data centres."""
+
+    name = "ecmp"
+
+    def __init__(self, max_paths: int = MAX_PATHS) -> None:
+        if max_paths < 1:
+            raise RoutingError(f"ecmp: max_paths must be >= 1, got {max_paths}")
+        self.max_paths = max_paths
+
+    def forwarding_tables(
+        self, snapshot: Snapshot, destinations: npt.ArrayLike
+    ) -> ForwardingTables:
+        """Up to ``max_paths`` next hops per node and destination, all on fewest-hop paths;
+        column 0 is the lowest-delay one.
+
+        Raises
+        ------
+        RoutingError
+            A bad snapshot or destination.
+        """
+        dests = _check_snapshot(snapshot, destinations)
+        n = snapshot.n_nodes
+        # one Dijkstra on fewest-hops costs (1 + delay_s / 100 per link): the integer part
+        # of a distance is the hop count (paths are shorter than 100 s), the rest is delay
+        cost, pred, _ = _trees(snapshot, FewestHops().weights(snapshot), dests)
+        hops = np.floor(cost)
+        with np.errstate(invalid="ignore"):  # unreachable: inf - inf, never read
+            delay = cost - hops
+        k = self.max_paths
+        nh = np.full((n, dests.size, k), -1, dtype=np.int32)
+        nh[:, :, 0] = pred.T
+        if k > 1:
+            self._fill_alternates(snapshot, dests, hops, delay, nh)
+        return ForwardingTables(dests, nh, self.name)
+
+    def _fill_alternates(
+        self,
+        snapshot: Snapshot,
+        dests: Int32Array,
+        hops: FloatArray,
+        delay: FloatArray,
+        nh: Int32Array,
+    ) -> None:
+        """Fill columns 1.. of ``nh`` in place: the other neighbours one hop closer to each
+        destination, by the delay of the path through them."""
+        k = self.max_paths
+        up = np.asarray(snapshot.up, dtype=bool)
+        a = snapshot.a[up].astype(np.int64)
+        b = snapshot.b[up].astype(np.int64)
+        dl = snapshot.delay_s[up]
+        transit = np.asarray(snapshot.transit, dtype=bool)
+        # directed candidate edges u -> v
+        u = np.concatenate([a, b])
+        v = np.concatenate([b, a])
+        wd = np.concatenate([dl, dl])
+        for j, d in enumerate(dests.tolist()):
+            hv, hu = hops[j, v], hops[j, u]
+            ok = (
+                np.isfinite(hu)
+                & (hv == hu - 1)
+                & (u != d)
+                & (transit[v] | (v == d))
+                & (v != nh[u, j, 0])
+            )
+            if not ok.any():
+                continue
+            uu, vv = u[ok], v[ok]
+            cost = wd[ok] + delay[j, vv]
+            order = np.lexsort((cost, uu))
+            uu, vv = uu[order], vv[order]
+            starts = np.r_[True, uu[1:] != uu[:-1]]
+            pos = np.arange(uu.size)
+            rank = pos - np.maximum.accumulate(np.where(starts, pos, 0))
+            keep = rank < k - 1
+            nh[uu[keep], j, rank[keep] + 1] = vv[keep]
