@@ -157,8 +157,8 @@ def plot_path_delays(path: Path, paths_csv: Path, title: str = "", max_pairs: in
             d.append(float(row["delay_ms"]) if row["delay_ms"] else np.nan)
     fig, ax = plt.subplots(figsize=(10, 5))
     ranked = sorted(series.items())
-    for (s, d), (t, dl) in ranked[:max_pairs]:
-        ax.plot(t, dl, lw=1.2, label=f"{s} - {d}")
+    for (src, dst), (t, dl) in ranked[:max_pairs]:
+        ax.plot(t, dl, lw=1.2, label=f"{src} - {dst}")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("one-way path delay (ms)")
     ax.grid(True, color="#dddddd")

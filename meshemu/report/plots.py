@@ -55,14 +55,14 @@ def plot_latency(path: Path, run: Run, flows: list[FlowStats], max_flows: int = 
         ax.plot(f.t_s, f.owd_ms, ".", ms=2.5, color="#1f77b4", label="measured OWD")
         idx = pairs.get((f.src, f.dst))
         planned = (paths, idx) if idx is not None else (fp, fp_groups.get(f.flow_id))
-        if planned[1] is not None:  # paths.csv, else the delay of the flow's own path
-            t, i = planned
-            order = i[np.argsort(t["t_s"][i], kind="stable")]
-            ax.plot(t["t_s"][order], t["delay_ms"][order], "--", color="#d62728",
+        tab, i = planned
+        if tab is not None and i is not None:  # paths.csv, else the flow's own path's delay
+            order = i[np.argsort(tab["t_s"][i], kind="stable")]
+            ax.plot(tab["t_s"][order], tab["delay_ms"][order], "--", color="#d62728",
                     lw=1.2, drawstyle="steps-post", label="planned path delay")
-        for k, t in enumerate(path_change_times(run, f.flow_id, f.src, f.dst, fp_groups,
-                                                pairs)):
-            ax.axvline(t, color="#7f7f7f", ls=":", lw=1, label="path change" if k == 0 else None)
+        for k, tc in enumerate(path_change_times(run, f.flow_id, f.src, f.dst, fp_groups,
+                                                 pairs)):
+            ax.axvline(tc, color="#7f7f7f", ls=":", lw=1, label="path change" if k == 0 else None)
         style_axes(ax, "", "OWD (ms)")
         ax.set_title(f"{f.name}: {f.src} -> {f.dst}", fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper right")
@@ -73,7 +73,7 @@ def plot_latency(path: Path, run: Run, flows: list[FlowStats], max_flows: int = 
 
 def plot_throughput(path: Path, run: Run, flows: list[FlowStats], max_flows: int = 12) -> Path:
     """Receive throughput over emulated time per flow (``flow_throughput.csv``)."""
-    thr = run.table(FLOW_THROUGHPUT)
+    thr = run.need(FLOW_THROUGHPUT)
     groups = group_indices(thr["flow_id"])
     names = {f.flow_id: f.name for f in flows}
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -109,7 +109,7 @@ def plot_latency_cdf(path: Path, run: Run, flows: list[FlowStats], max_flows: in
             draw_cdf(ax, allv, "all flows", lw=2.2, color="black")
             style_axes(ax, "one-way delay (ms)", "CDF")
             ax.set_title("packet one-way delay", fontsize=10)
-        else:
+        elif inf is not None:
             lat = inf["latency_ms"]
             done = int(np.isfinite(lat).sum())
             draw_cdf(ax, lat, f"latency ({done} of {lat.size} completed)", of_all=True, lw=1.8)
@@ -125,7 +125,7 @@ def plot_latency_cdf(path: Path, run: Run, flows: list[FlowStats], max_flows: in
 
 def plot_iterations(path: Path, run: Run) -> Path:
     """All-reduce iteration time per iteration: measured (markers) vs predicted (dashed)."""
-    it = run.table(ITERATIONS)
+    it = run.need(ITERATIONS)
     keys = np.char.add(np.char.add(it["job"].astype(str), " "), it["algorithm"].astype(str))
     groups = group_indices(keys)
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -146,7 +146,7 @@ def plot_iterations(path: Path, run: Run) -> Path:
 def plot_link_util(path: Path, run: Run, top: int = 15) -> Path:
     """Top links by mean throughput (from cumulative ``link_counters.csv``), with their drops,
     and the throughput over time of the busiest five."""
-    lc = run.table(LINK_COUNTERS)
+    lc = run.need(LINK_COUNTERS)
     keys = np.char.add(np.char.add(lc["a"].astype(str), " - "), lc["b"].astype(str))
     series = []
     for key, idx in group_indices(keys).items():
@@ -242,12 +242,12 @@ def _map_paths(run: Run, flows: list[FlowStats], max_paths: int) -> list[tuple[f
     t0 = float(np.nanmin(paths["t_s"]))
     pairs = pair_indices(paths)
     wanted = [(f.src, f.dst) for f in flows] or sorted(pairs)
-    out = []
+    planned: list[tuple[float, str]] = []
     for pair in dict.fromkeys(wanted):
-        idx = pairs.get(pair)
-        if idx is None:
+        pidx = pairs.get(pair)
+        if pidx is None:
             continue
-        k = idx[np.argmin(np.abs(paths["t_s"][idx] - t0))]
-        out.append((t0, str(paths["path"][k])))
-    return out[:max_paths]
+        k = pidx[np.argmin(np.abs(paths["t_s"][pidx] - t0))]
+        planned.append((t0, str(paths["path"][k])))
+    return planned[:max_paths]
 

@@ -97,7 +97,7 @@ def _rows_at(reader: Any, path: Path, t_s: float) -> tuple[list[str], list[list[
     _check_header(header, LINKS.required, path)
     it = header.index("t_s")
     before: tuple[float, list[list[str]]] | None = None   # the group at or before t_s
-    cur_t, cur_rows = math.nan, []
+    cur_t, cur_rows = math.nan, list[list[str]]()
     for line, row in enumerate(reader, start=2):
         if not row:
             continue
@@ -168,6 +168,14 @@ class Run:
     run_dir: Path
     summary: dict[str, Any]
     tables: dict[str, Table | None]
+
+    def need(self, which: FileSpec) -> Table:
+        """The columns of a file that must be there; ReportError when it is missing or
+        empty."""
+        t = self.table(which)
+        if t is None:
+            raise ReportError(f"no {which.name} (or no rows in it) in {self.run_dir}")
+        return t
 
     def table(self, which: FileSpec | str) -> Table | None:
         """The columns of a file (a :class:`FileSpec` such as ``files.PACKETS``, or its name),
@@ -240,8 +248,9 @@ class Run:
         origin = self.clock_origin()
         if origin is None:
             pk = self.table(PACKETS)
-            sent = pk["send_unix_ns"][np.isfinite(pk["send_unix_ns"])] if pk is not None else []
-            first = sent.min() / 1e9 if len(sent) else (np.nanmin(unix_s) if unix_s.size else 0)
+            sent = (pk["send_unix_ns"][np.isfinite(pk["send_unix_ns"])] if pk is not None
+                    else np.zeros(0))
+            first = sent.min() / 1e9 if sent.size else (np.nanmin(unix_s) if unix_s.size else 0)
             origin = (0.0, float(first))
         t0, u0 = origin
         return t0 + (unix_s - u0) * self.time_scale
@@ -291,7 +300,11 @@ def group_indices(keys: np.ndarray) -> dict[str, np.ndarray]:
 def pair_indices(t: Table) -> dict[tuple[str, str], np.ndarray]:
     """Row indices of each ``(src, dst)`` pair of a table with those columns."""
     keys = np.char.add(np.char.add(t["src"].astype(str), "\x1f"), t["dst"].astype(str))
-    return {tuple(k.split("\x1f", 1)): v for k, v in group_indices(keys).items()}
+    out: dict[tuple[str, str], np.ndarray] = {}
+    for k, v in group_indices(keys).items():
+        src, dst = k.split("\x1f", 1)
+        out[(src, dst)] = v
+    return out
 
 
 def natural_key(s: str) -> tuple[int, float, str]:

@@ -51,7 +51,7 @@ import numpy as np
 
 from meshemu.report.files import (FLOW_PATHS, FLOW_THROUGHPUT, FLOWS, INFERENCE, ITERATIONS,
                                   PACKETS, PATHS, RTT, STEPS, TRAFFIC_FILES)
-from meshemu.report.run import Run, group_indices, n_rows, natural_key, pair_indices
+from meshemu.report.run import Run, Table, group_indices, n_rows, natural_key, pair_indices
 
 #: Percentiles reported for delays and latencies.
 PERCENTILES = (50, 95, 99)
@@ -108,8 +108,9 @@ def sequence_stats(msg_id: np.ndarray, seq: np.ndarray, recv_time: np.ndarray,
                                 np.asarray(recv_time)[i])
                  for i in group_indices(sender).values()]
         if len(parts) != 1:
-            return SeqStats(*(sum(getattr(p, f) for p in parts)
-                              for f in ("expected", "received", "lost", "reordered", "arrivals")),
+            return SeqStats(sum(p.expected for p in parts), sum(p.received for p in parts),
+                            sum(p.lost for p in parts), sum(p.reordered for p in parts),
+                            sum(p.arrivals for p in parts),
                             any(p.per_message_seq for p in parts))
     msg_id = np.asarray(msg_id)
     seq = np.asarray(seq, dtype=float)
@@ -231,73 +232,82 @@ def flow_stats(run: Run) -> list[FlowStats]:
     """Per-flow statistics; flows come from ``flows.csv``, plus any other flow id found in
     ``packets.csv``, ``flow_paths.csv`` or ``flow_throughput.csv``."""
     pk = run.table(PACKETS)
-    fl = run.table(FLOWS)
     thr = run.table(FLOW_THROUGHPUT)
     fp = run.table(FLOW_PATHS)
     paths = run.table(PATHS)
+    pk_groups = group_indices(pk["flow_id"]) if pk is not None else {}
+    thr_groups = group_indices(thr["flow_id"]) if thr is not None else {}
+    fp_groups = group_indices(fp["flow_id"]) if fp is not None else {}
+    pair_groups = pair_indices(paths) if paths is not None else {}
+    flows = _flow_names(run, pk_groups, fp_groups, thr_groups)
+    out = []
+    for fid in sorted(flows, key=natural_key):
+        info = flows[fid]
+        idx = pk_groups.get(fid)
+        if pk is not None and idx is not None:
+            sq, owd_ms, t_s, mbps = _packet_stats(run, pk, idx)
+        else:
+            sq, owd_ms, t_s, mbps = SeqStats(0, 0, 0, 0, 0, False), np.zeros(0), np.zeros(0), \
+                math.nan
+        if thr is not None and fid in thr_groups:  # the sampled throughput wins
+            v = thr["mbps"][thr_groups[fid]]
+            mbps = float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+        changes = len(path_change_times(run, fid, info["src"], info["dst"], fp_groups,
+                                        pair_groups))
+        out.append(FlowStats(fid, info["name"], info["kind"], info["src"], info["dst"], sq,
+                             owd_ms, t_s, mbps, changes))
+    return out
+
+
+def _flow_names(run: Run, pk_groups: dict[str, np.ndarray], fp_groups: dict[str, np.ndarray],
+                thr_groups: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
+    """Name, kind, src and dst of every flow id (a flow id several flows share a name with
+    gets its id appended)."""
+    fl, pk, fp = run.table(FLOWS), run.table(PACKETS), run.table(FLOW_PATHS)
     flows: dict[str, dict[str, str]] = {}
     if fl is not None:
         for i in range(n_rows(fl)):
             fid = str(fl["flow_id"][i])
             flows[fid] = {"name": str(fl["name"][i]) or fid, "kind": str(fl["kind"][i]),
                           "src": str(fl["src"][i]), "dst": str(fl["dst"][i])}
-    pk_groups: dict[str, np.ndarray] = {}
-    if pk is not None:
-        pk_groups = group_indices(pk["flow_id"])
-        for fid, idx in pk_groups.items():
-            if fid not in flows:
-                flows[fid] = {"name": fid, "kind": "", "src": str(pk["src"][idx[0]]),
-                              "dst": str(pk["dst"][idx[0]])}
-    thr_groups = group_indices(thr["flow_id"]) if thr is not None else {}
-    fp_groups = group_indices(fp["flow_id"]) if fp is not None else {}
-    for fid, idx in fp_groups.items():  # flows without flows.csv or packets
-        flows.setdefault(fid, {"name": fid, "kind": "", "src": str(fp["src"][idx[0]]),
-                               "dst": str(fp["dst"][idx[0]])})
+    for t, groups in ((pk, pk_groups), (fp, fp_groups)):  # flows without flows.csv
+        if t is None:
+            continue
+        for fid, idx in groups.items():
+            flows.setdefault(fid, {"name": fid, "kind": "", "src": str(t["src"][idx[0]]),
+                                   "dst": str(t["dst"][idx[0]])})
     for fid in thr_groups:
         flows.setdefault(fid, {"name": fid, "kind": "", "src": "", "dst": ""})
-    pair_groups = pair_indices(paths) if paths is not None else {}
     names = [f["name"] for f in flows.values()]
     for fid, f in flows.items():  # several flows of one name (a ring's hops): add the id
         if names.count(f["name"]) > 1:
             f["name"] = f"{f['name']}[{fid}]"
-    out = []
-    for fid in sorted(flows, key=natural_key):
-        info = flows[fid]
-        idx = pk_groups.get(fid)
-        if idx is not None:
-            recv = pk["recv_unix_ns"][idx]
-            owd = pk["owd_ms"][idx].copy()
-            fill = ~np.isfinite(owd) & np.isfinite(recv)
-            owd[fill] = (recv[fill] - pk["send_unix_ns"][idx][fill]) / 1e6
-            got = np.isfinite(owd)
-            # arrival time: recv_unix_ns, else send + OWD, else the order of the file
-            recv_t = np.where(np.isfinite(recv), recv,
-                              pk["send_unix_ns"][idx] + owd * 1e6)
-            if (got & ~np.isfinite(recv_t)).any():
-                recv_t = np.where(got, np.arange(idx.size, dtype=float), np.nan)
-            sq = sequence_stats(pk["msg_id"][idx], pk["seq"][idx], recv_t, pk["src"][idx])
-            t_s = run.emulated_time_s(pk["send_unix_ns"][idx][got] / 1e9)
-            owd_ms = owd[got]
-            order = np.argsort(t_s, kind="stable")
-            t_s, owd_ms = t_s[order], owd_ms[order]
-        else:
-            sq = SeqStats(0, 0, 0, 0, 0, False)
-            owd_ms = t_s = np.zeros(0)
-        mbps = math.nan
-        if fid in thr_groups:
-            mbps = float(np.nanmean(thr["mbps"][thr_groups[fid]])) \
-                if np.isfinite(thr["mbps"][thr_groups[fid]]).any() else math.nan
-        elif idx is not None:
-            recv = pk["recv_unix_ns"][idx]
-            size = pk["size_bytes"][idx]
-            ok = np.isfinite(recv) & np.isfinite(size)
-            if ok.sum() > 1 and recv[ok].max() > recv[ok].min():
-                mbps = float(size[ok].sum() * 8 / ((recv[ok].max() - recv[ok].min()) / 1e9) / 1e6)
-        changes = len(path_change_times(run, fid, info["src"], info["dst"], fp_groups,
-                                        pair_groups))
-        out.append(FlowStats(fid, info["name"], info["kind"], info["src"], info["dst"], sq,
-                             owd_ms, t_s, mbps, changes))
-    return out
+    return flows
+
+
+def _packet_stats(run: Run, pk: Table, idx: np.ndarray
+                  ) -> tuple[SeqStats, np.ndarray, np.ndarray, float]:
+    """Sequence statistics, OWDs (ms) and their emulated send times (s), in send order, and
+    the throughput from receive times (Mbit/s) of one flow's rows of ``packets.csv``."""
+    recv = pk["recv_unix_ns"][idx]
+    send = pk["send_unix_ns"][idx]
+    owd = pk["owd_ms"][idx].copy()
+    fill = ~np.isfinite(owd) & np.isfinite(recv)
+    owd[fill] = (recv[fill] - send[fill]) / 1e6
+    got = np.isfinite(owd)
+    # arrival time: recv_unix_ns, else send + OWD, else the order of the file
+    recv_t = np.where(np.isfinite(recv), recv, send + owd * 1e6)
+    if (got & ~np.isfinite(recv_t)).any():
+        recv_t = np.where(got, np.arange(idx.size, dtype=float), np.nan)
+    sq = sequence_stats(pk["msg_id"][idx], pk["seq"][idx], recv_t, pk["src"][idx])
+    t_s = run.emulated_time_s(send[got] / 1e9)
+    order = np.argsort(t_s, kind="stable")
+    size = pk["size_bytes"][idx]
+    ok = np.isfinite(recv) & np.isfinite(size)
+    mbps = math.nan
+    if ok.sum() > 1 and recv[ok].max() > recv[ok].min():
+        mbps = float(size[ok].sum() * 8 / ((recv[ok].max() - recv[ok].min()) / 1e9) / 1e6)
+    return sq, owd[got][order], t_s[order], mbps
 
 
 def path_change_times(run: Run, flow_id: str, src: str, dst: str,
@@ -314,9 +324,10 @@ def path_change_times(run: Run, flow_id: str, src: str, dst: str,
             return _changes(fp["t_s"][idx], fp["path"][idx])
     paths = run.table(PATHS)
     if paths is not None:
-        groups = pair_groups if pair_groups is not None else pair_indices(paths)
-        idx = groups.get((src, dst))
-        if idx is not None:
+        pairs = pair_groups if pair_groups is not None else pair_indices(paths)
+        pidx = pairs.get((src, dst))
+        if pidx is not None:
+            idx = pidx
             return _changes(paths["t_s"][idx], paths["path"][idx])
     return []
 
