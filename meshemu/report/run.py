@@ -187,8 +187,9 @@ class Run:
         """Node positions per recorded step (``positions.npz``); ReportError without it."""
         pos = files.read_positions(self.run_dir)
         if pos is None:
-            raise ReportError(f"no {files.POSITIONS.name} in {self.run_dir}: the run directory "
-                              f"was written by an older meshemu; run it again to get a map")
+            raise ReportError(f"no {files.POSITIONS.name} in {self.run_dir}: it was written "
+                              f"without positions (by an older meshemu, or by a recorder not "
+                              f"given positions_ecef_km); run it again to get a map")
         nodes = self.table(files.NODES)
         if nodes is not None and n_rows(nodes) != pos.n_nodes:
             raise ReportError(f"{files.POSITIONS.name} has {pos.n_nodes} nodes but "
