@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def _report(run: Run, out_dir: Path | str | None) -> ReportResult:
     files: list[Path] = []
     skipped: list[str] = []
     have_owd = any(f.owd_ms.size for f in stats.flows)
-    plots = [
+    plots: list[tuple[str, bool, str, Callable[[Path], Path]]] = [
         ("latency.png", have_owd, "no received packets (packets.csv)",
          lambda p: plot_latency(p, run, stats.flows)),
         ("throughput.png", run.table(FLOW_THROUGHPUT) is not None,

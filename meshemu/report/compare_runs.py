@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.patches
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -204,7 +205,7 @@ def plot_compare(path: Path, cmp: Comparison) -> Path:
                 transform=ax.transAxes, color="#7f7f7f")
     style_axes(ax, "one-way delay (ms)", "CDF")
     ax.set_title("OWD CDF, all flows", fontsize=10)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
+    handles = [matplotlib.patches.Rectangle((0, 0), 1, 1, color=c) for c in colors]
     fig.legend(handles, cmp.labels, loc="lower center", ncol=min(n, 4), fontsize=8)
     fig.suptitle("meshemu compare")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
