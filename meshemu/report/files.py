@@ -1,10 +1,18 @@
 """The run directory's file contract: every file meshemu writes into a run (or plan)
 directory, its columns in order, which of them readers require and which are numeric.
 
-Writers (:mod:`meshemu.plan`, :mod:`meshemu.live`, :mod:`meshemu.traffic`) take the header
-from here and readers (:mod:`meshemu.report`) check against the same :class:`FileSpec`, so
-a column is named in one place. Columns are only ever added at the end of a file; readers
-accept files without the optional columns (older runs).
+Writers (:mod:`meshemu.report.record` for the plan files, :mod:`meshemu.live`,
+:mod:`meshemu.traffic`) take the header from here and readers (:mod:`meshemu.report.run`)
+check against the same :class:`FileSpec`, so a column is named in one place. Columns are
+only ever added at the end of a file; readers accept files without the optional columns
+(older runs).
+
+Besides the CSV files a run directory holds ``positions.npz`` (:data:`POSITIONS`: every
+node's WGS-84 position per recorded step, so that a report draws its map without the
+scenario) and ``summary.json`` (the keys readers use are in :data:`SUMMARY_KEYS`).
+
+This module needs only NumPy and the standard library, so readers never import the
+geometry or the scenario parser through it.
 """
 
 from __future__ import annotations
@@ -15,6 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from meshemu.errors import ReportError
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,13 @@ SPECS: dict[str, FileSpec] = {s.name: s for s in (NODES, LINKS, PATHS, STEPS, FL
 TRAFFIC_FILES = (FLOWS.name, PACKETS.name, FLOW_THROUGHPUT.name, FLOW_PATHS.name,
                  LINK_COUNTERS.name, ITERATIONS.name, INFERENCE.name)
 
+#: Values of ``links.csv``'s ``kind`` column; the index is ``Snapshot.kind``
+#: (:data:`meshemu.geometry.linkstate.KIND_NAMES`).
+LINK_KINDS = ("isl", "gsl")
+
+#: Node kinds of ``nodes.csv`` that are satellites (the others are on the ground).
+SATELLITE_KINDS = ("sat", "compute")
+
 #: Other files: the run's summary, and the addressing plan.
 SUMMARY_JSON = "summary.json"
 ADDRESSING_CSV = "addressing.csv"
@@ -123,3 +143,134 @@ def open_csv(run_dir: Path | str, spec: FileSpec) -> tuple[Any, Any]:
     w = csv.writer(f)
     w.writerow(spec.columns)
     return f, w
+
+
+# ----------------------------------------------------------------------------- positions
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of an ``.npz`` file: name, dtype, axes and unit."""
+
+    name: str
+    dtype: str
+    axes: tuple[str, ...]
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class NpzSpec:
+    """An ``.npz`` file of a run directory and its arrays."""
+
+    name: str
+    arrays: tuple[ArraySpec, ...]
+
+
+#: ``positions.npz``: WGS-84 latitude, longitude and altitude of every node (ids as in
+#: ``nodes.csv``) at the recorded steps. Long runs keep every ``stride``-th step only, so that
+#: the file stays under :data:`POSITIONS_MAX_BYTES` (``stride`` is a power of two).
+POSITIONS = NpzSpec("positions.npz", (
+    ArraySpec("t_s", "float64", ("step",), "s"),
+    ArraySpec("lat_deg", "float32", ("step", "node"), "deg"),
+    ArraySpec("lon_deg", "float32", ("step", "node"), "deg"),
+    ArraySpec("alt_km", "float32", ("step", "node"), "km"),
+    ArraySpec("stride", "int64", (), "steps"),
+))
+
+#: Upper bound on the size of ``positions.npz`` (steps are thinned beyond it).
+POSITIONS_MAX_BYTES = 48 * 2**20
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Node positions per recorded step (the content of ``positions.npz``).
+
+    Attributes
+    ----------
+    t_s : ndarray, shape (T,)
+        Times of the recorded steps (s after the scenario epoch).
+    lat_deg, lon_deg, alt_km : ndarray of float32, shape (T, N)
+    stride : int
+        Steps between two recorded ones (1: every step).
+    """
+
+    t_s: np.ndarray
+    lat_deg: np.ndarray
+    lon_deg: np.ndarray
+    alt_km: np.ndarray
+    stride: int = 1
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes (columns)."""
+        return int(self.lat_deg.shape[1])
+
+    def nearest(self, t_s: float) -> int:
+        """Index of the recorded step nearest ``t_s``."""
+        return int(np.argmin(np.abs(self.t_s - t_s)))
+
+
+def write_positions(run_dir: Path | str, pos: Positions) -> Path:
+    """Write ``positions.npz`` (atomically: a partial file never has the final name)."""
+    path = Path(run_dir) / POSITIONS.name
+    tmp = path.with_name(path.name + ".tmp")
+    arrays: dict[str, npt.NDArray[Any]] = {
+        a.name: np.asarray(getattr(pos, a.name), dtype=a.dtype) for a in POSITIONS.arrays}
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+    tmp.replace(path)
+    return path
+
+
+def read_positions(run_dir: Path | str) -> Positions | None:
+    """Read ``positions.npz`` checked against :data:`POSITIONS`; None when it is missing."""
+    path = Path(run_dir) / POSITIONS.name
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            got = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+    missing = [a.name for a in POSITIONS.arrays if a.name not in got]
+    if missing:
+        raise ReportError(f"{path}: missing array(s) {', '.join(missing)}; expected "
+                          f"{', '.join(a.name for a in POSITIONS.arrays)}")
+    t = got["t_s"]
+    grid = got["lat_deg"]
+    if t.ndim != 1 or grid.ndim != 2 or grid.shape[0] != t.size:
+        raise ReportError(f"{path}: t_s has shape {t.shape} and lat_deg {grid.shape}; "
+                          f"expected (step,) and (step, node)")
+    for name in ("lon_deg", "alt_km"):
+        if got[name].shape != grid.shape:
+            raise ReportError(f"{path}: {name} has shape {got[name].shape}, expected "
+                              f"{grid.shape} as lat_deg")
+    if got["stride"].shape != ():
+        raise ReportError(f"{path}: stride should be a single number")
+    return Positions(t.astype(np.float64), got["lat_deg"], got["lon_deg"], got["alt_km"],
+                     int(got["stride"]))
+
+
+# ----------------------------------------------------------------------------- summary.json
+
+#: Keys of ``summary.json`` that readers use (dotted: nested objects), and what they hold.
+#: Writers: :meth:`meshemu.report.record.PlanRecorder.summary` (the plan part) and the live
+#: runner (``kind`` ... ``link_updates_total``); any of them may be missing.
+SUMMARY_KEYS: dict[str, str] = {
+    "scenario": "scenario name",
+    "routing": "routing scheme name",
+    "duration_s": "emulated duration (s)",
+    "step_s": "time between steps (s)",
+    "steps": "number of steps recorded",
+    "nodes": "number of nodes",
+    "events.route_changes": "route changes over the plan",
+    "kind": "'run' for a live run (a plan has none)",
+    "shaper": "link shaper of a live run",
+    "time_scale": "emulated seconds per wall-clock second (default 1)",
+    "timing.apply_ms_p50": "step apply time, median (ms)",
+    "timing.apply_ms_p99": "step apply time, 99th percentile (ms)",
+    "timing.lag_ms_p99": "step start lag, 99th percentile (ms)",
+    "route_changes_total": "route changes over the run",
+    "link_updates_total": "link updates over the run",
+    "traffic.profile": "traffic profile name",
+    "traffic.lines": "one-line summaries of the traffic, as printed by the run",
+}

@@ -1,12 +1,16 @@
-"""`meshemu report` and `meshemu compare` on small synthetic run directories.
+"""`meshemu report` and `meshemu compare` on small synthetic run directories, and the plan
+recorder's files (``positions.npz``) that let the report draw its map without the scenario.
 
 Every number checked here is computed by hand from the rows written by :func:`make_run`.
 """
 
 import csv
+import functools
 import json
 import logging
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,8 +19,14 @@ from meshemu.cli import main
 from meshemu.errors import MeshemuError
 from meshemu.report import (ReportError, compare, comparison, load_run, read_table, report,
                             run_stats, sequence_stats)
-from meshemu.spec.scenario import load_scenario
+from meshemu.geometry.linkstate import KIND_NAMES
+from meshemu.geometry.orbit import ecef_to_geodetic
 from meshemu.geometry.schedule import LinkSchedule
+from meshemu.plan import run_plan
+from meshemu.report import files
+from meshemu.report.maps import MapNodes, plot_map
+from meshemu.report.record import PlanRecorder, _PositionLog, node_positions_ecef_km
+from meshemu.spec.scenario import load_scenario
 
 PLOTS = ("latency.png", "throughput.png", "latency_cdf.png", "iterations.png", "paths_map.png",
          "link_util.png")
@@ -35,15 +45,29 @@ def write_csv(path, header, rows):
         w.writerows(rows)
 
 
+@functools.lru_cache(maxsize=1)
+def default_schedule():
+    return LinkSchedule(load_scenario("default"), 1.0)
+
+
+@functools.lru_cache(maxsize=1)
+def default_positions():
+    """The default scenario's node positions at t = 0..4 s, as the recorder writes them."""
+    lat, lon, alt = ecef_to_geodetic(node_positions_ecef_km(default_schedule(), np.arange(5.0)))
+    return files.Positions(np.arange(5.0), lat.T.astype(np.float32), lon.T.astype(np.float32),
+                           alt.T.astype(np.float32))
+
+
 @pytest.fixture(scope="module")
 def node_names():
-    return LinkSchedule(load_scenario("default"), 1.0).nodes.names
+    return default_schedule().nodes.names
 
 
 def make_run(d, node_names, routing="shortest-delay", owd_shift_ms=0.0, scenario="default"):
     """A run directory of the shipped default scenario, 5 steps, two flows, one all-reduce job
     and five inference requests."""
     d.mkdir(parents=True)
+    files.write_positions(d, default_positions())
     summary = {"scenario": scenario, "source": "", "routing": routing, "shaper": "userspace",
                "kind": "run", "steps": 5, "nodes": len(node_names), "duration_s": 4.0,
                "step_s": 1.0, "time_scale": 1.0,
@@ -333,14 +357,31 @@ def test_flows_sharing_a_name_get_their_id(run_dir):
     assert {r.name for r in res.table if r.section == "flow"} == {"ring[1]", "ring[2]"}
 
 
-def test_map_skipped_when_scenario_cannot_be_reloaded(run_dir):
+def test_map_drawn_when_the_scenario_does_not_exist(run_dir):
     s = json.loads((run_dir / "summary.json").read_text())
-    s["scenario"] = "no-such-scenario"
+    s["scenario"], s["source"] = "no-such-scenario", "/nonexistent/no-such-scenario.yaml"
     (run_dir / "summary.json").write_text(json.dumps(s))
     res = report(run_dir)
-    assert not (run_dir / "report" / "paths_map.png").exists()
-    assert any(x.startswith("paths_map.png: cannot reload the scenario") for x in res.skipped)
+    assert (run_dir / "report" / "paths_map.png").stat().st_size > 10_000
+    assert not any(x.startswith("paths_map.png") for x in res.skipped)
     assert (run_dir / "report" / "latency.png").exists()
+
+
+def test_map_skipped_without_positions(run_dir):
+    (run_dir / "positions.npz").unlink()   # a run directory of an older meshemu
+    res = report(run_dir)
+    assert not (run_dir / "report" / "paths_map.png").exists()
+    assert any(x.startswith("paths_map.png: no positions.npz") for x in res.skipped)
+    assert (run_dir / "report" / "latency.png").exists()
+
+
+def test_map_skipped_when_positions_do_not_match_the_nodes(run_dir):
+    p = default_positions()
+    files.write_positions(run_dir, files.Positions(p.t_s, p.lat_deg[:, :3], p.lon_deg[:, :3],
+                                                   p.alt_km[:, :3]))
+    res = report(run_dir)
+    assert not (run_dir / "report" / "paths_map.png").exists()
+    assert any("positions.npz has 3 nodes but nodes.csv has 68" in x for x in res.skipped)
 
 
 def test_bad_run_directories(tmp_path, run_dir):
@@ -432,3 +473,104 @@ def test_transport_rtt_percentiles(run_dir):
     assert metric(res.table, "traffic", "all flows", "rtt_p50") == pytest.approx(30.0)
     assert metric(res.table, "traffic", "all flows", "rtt_p99") == pytest.approx(49.6)
     assert "transport RTT" in (run_dir / "report" / "summary.md").read_text()
+
+
+# ----------------------------------------------------------------------------- positions
+
+@pytest.fixture(scope="module")
+def plan_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plan")
+    run_plan(load_scenario("default"), 3, 1.0, "shortest-delay", out)
+    return out
+
+
+def test_plan_records_every_nodes_position(plan_dir):
+    pos = files.read_positions(plan_dir)
+    assert pos.t_s.tolist() == [0.0, 1.0, 2.0, 3.0] and pos.stride == 1
+    assert pos.lat_deg.shape == pos.lon_deg.shape == pos.alt_km.shape == (4, 68)
+    assert pos.lat_deg.dtype == np.float32
+    sched = default_schedule()
+    lat, lon, alt = ecef_to_geodetic(node_positions_ecef_km(sched, pos.t_s))
+    np.testing.assert_allclose(pos.lat_deg, lat.T, atol=1e-4)
+    np.testing.assert_allclose(pos.lon_deg, lon.T, atol=1e-4)
+    np.testing.assert_allclose(pos.alt_km, alt.T, atol=1e-2)
+    g = sched.scenario.ground[0]                           # ground nodes follow satellites
+    assert pos.lat_deg[0, sched.n_sats] == pytest.approx(g.lat_deg, abs=1e-4)
+    assert 500 < float(pos.alt_km[0, 0]) < 2000            # a LEO satellite
+
+
+def test_report_of_a_plan_reads_neither_scenario_nor_geometry(plan_dir, tmp_path):
+    d = tmp_path / "plan"
+    shutil.copytree(plan_dir, d)
+    s = json.loads((d / "summary.json").read_text())
+    s["scenario"], s["source"] = "no-such-scenario", str(tmp_path / "gone.yaml")
+    (d / "summary.json").write_text(json.dumps(s))
+    code = ("import sys\nfrom meshemu.cli import main\n"
+            f"assert main(['report', {str(d)!r}]) == 0\n"
+            "bad = sorted(m for m in sys.modules if m.startswith(('meshemu.spec', "
+            "'meshemu.geometry', 'meshemu.routing', 'meshemu.report.record', 'meshemu.live', "
+            "'sgp4')))\n"
+            "assert not bad, bad\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (d / "report" / "paths_map.png").stat().st_size > 10_000
+    assert "skipped paths_map.png" not in res.stdout
+
+
+def test_links_at_reads_the_step_nearest(plan_dir):
+    run = load_run(plan_dir)
+    with open(plan_dir / "links.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for t, want in ((0.0, "0"), (1.4, "1"), (2.6, "3"), (99.0, "3")):
+        got = run.links_at(t)
+        expected = [r for r in rows if r["t_s"] == want]
+        assert got["t_s"].tolist() == [float(want)] * len(expected)
+        assert got["a"].tolist() == [r["a"] for r in expected]
+        assert got["kind_id"].tolist() == [KIND_NAMES.index(r["kind"]) for r in expected]
+
+
+def test_links_csv_kinds_are_the_link_state_kinds():
+    assert files.LINK_KINDS == KIND_NAMES
+
+
+def test_position_log_thins_long_runs():
+    log_ = _PositionLog(4, max_bytes=10 * (3 * 4 * 4 + 8))   # room for 10 steps
+    for k in range(100):
+        log_.add(k, float(k), np.full((4, 3), 7000.0))
+    pos = log_.positions()
+    assert pos.stride == 16 and pos.t_s.size <= 10
+    assert pos.t_s[0] == 0.0 and np.all(pos.t_s % pos.stride == 0)
+    assert np.all(np.diff(pos.t_s) == pos.stride)
+    with pytest.raises(ReportError, match=r"expected \(4, 3\)"):
+        log_.add(100, 100.0, np.zeros((3, 3)))
+
+
+def test_recorder_without_positions_writes_none(tmp_path):
+    sched = default_schedule()
+    rec = PlanRecorder(tmp_path, sched.nodes, np.array([sched.n_sats], np.int32))
+    rec.close()
+    assert not (tmp_path / "positions.npz").exists()
+    assert files.read_positions(tmp_path) is None
+    with pytest.raises(ReportError, match="no positions were recorded"):
+        rec.map_nodes()
+
+
+def test_bad_positions_file(run_dir):
+    (run_dir / "positions.npz").write_bytes(b"not a zip")
+    with pytest.raises(ReportError, match="cannot read"):
+        files.read_positions(run_dir)
+    np.savez(run_dir / "positions.npz", t_s=np.zeros(2))
+    with pytest.raises(ReportError, match="missing array"):
+        files.read_positions(run_dir)
+    res = report(run_dir)                      # the map is skipped, the rest is written
+    assert any(x.startswith("paths_map.png: ") for x in res.skipped)
+
+
+def test_plot_map_accepts_the_old_schedule_call(tmp_path):
+    sched = default_schedule()
+    snap = sched.snapshot_at(0.0)
+    old = plot_map(tmp_path / "old.png", sched, snap, title="old call")
+    lat, lon, _ = ecef_to_geodetic(node_positions_ecef_km(sched, 0.0))
+    new = plot_map(tmp_path / "new.png", MapNodes(sched.nodes.names, sched.nodes.kind, lat, lon),
+                   snap, title="old call")
+    assert old.read_bytes() == new.read_bytes()

@@ -1,0 +1,198 @@
+"""Tables of a run: the rows of ``summary.csv`` (:class:`Metric`, :func:`metrics`) and the
+Markdown summary (:func:`summary_markdown`), plus the number formatting they share with
+:mod:`meshemu.report.compare_runs`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meshemu.report.run import Run
+from meshemu.report.stats import PERCENTILES, RunStats, percentiles
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of ``summary.csv``: ``section,name,metric,value,unit``."""
+
+    section: str   # run | traffic | flow | allreduce | inference
+    name: str      # flow name, job name, "all flows", ...
+    metric: str
+    value: float
+    unit: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.section, self.name, self.metric)
+
+
+def metrics(stats: RunStats) -> list[Metric]:
+    """The summary table of a run as rows (what ``summary.csv`` holds)."""
+    rows: list[Metric] = []
+    add = rows.append
+    add(Metric("run", "", "steps", _num(stats.steps)))
+    add(Metric("run", "", "route_changes", _num(stats.route_changes)))
+    add(Metric("run", "", "link_updates", _num(stats.link_updates)))
+    add(Metric("run", "", "apply_ms_p50", stats.apply_ms_p50, "ms"))
+    add(Metric("run", "", "apply_ms_p99", stats.apply_ms_p99, "ms"))
+    add(Metric("run", "", "lag_ms_p99", stats.lag_ms_p99, "ms"))
+    if stats.flows:
+        seqs = [f.seq for f in stats.flows]
+        exp = sum(q.expected for q in seqs)
+        arr = sum(q.arrivals for q in seqs)
+        p = percentiles(stats.owd_all_ms)
+        thr = [f.throughput_mbps for f in stats.flows if math.isfinite(f.throughput_mbps)]
+        name = "all flows"
+        add(Metric("traffic", name, "flows", len(stats.flows)))
+        add(Metric("traffic", name, "packets", sum(q.received for q in seqs)))
+        add(Metric("traffic", name, "lost", sum(q.lost for q in seqs)))
+        add(Metric("traffic", name, "loss_pct",
+                   100.0 * sum(q.lost for q in seqs) / exp if exp else math.nan, "%"))
+        add(Metric("traffic", name, "reorder_pct",
+                   100.0 * sum(q.reordered for q in seqs) / arr if arr else math.nan, "%"))
+        for q, v in zip(PERCENTILES, p):
+            add(Metric("traffic", name, f"owd_p{q}", v, "ms"))
+        add(Metric("traffic", name, "throughput_mbps", float(sum(thr)) if thr else math.nan,
+                   "Mbit/s"))
+    if stats.rtt_ms.size:
+        for q, v in zip(PERCENTILES, percentiles(stats.rtt_ms)):
+            add(Metric("traffic", "all flows", f"rtt_p{q}", v, "ms"))
+    for f in stats.flows:
+        add(Metric("flow", f.name, "packets", f.seq.received))
+        add(Metric("flow", f.name, "lost", f.seq.lost))
+        add(Metric("flow", f.name, "loss_pct", f.seq.loss_pct, "%"))
+        add(Metric("flow", f.name, "reorder_pct", f.seq.reorder_pct, "%"))
+        for q, v in zip(PERCENTILES, f.owd_p):
+            add(Metric("flow", f.name, f"owd_p{q}", v, "ms"))
+        add(Metric("flow", f.name, "throughput_mbps", f.throughput_mbps, "Mbit/s"))
+        add(Metric("flow", f.name, "path_changes", f.path_changes))
+    jobs = stats.jobs if len(stats.jobs) > 2 else stats.jobs[1:]  # one job: pooled only
+    for j in jobs:
+        add(Metric("allreduce", j.job, "iterations", j.iterations))
+        add(Metric("allreduce", j.job, "mean_ms", j.mean_ms, "ms"))
+        add(Metric("allreduce", j.job, "p95_ms", j.p95_ms, "ms"))
+        add(Metric("allreduce", j.job, "predicted_mean_ms", j.predicted_mean_ms, "ms"))
+        add(Metric("allreduce", j.job, "predicted_p95_ms", j.predicted_p95_ms, "ms"))
+        add(Metric("allreduce", j.job, "error_pct", j.error_pct, "%"))
+    if stats.inference is not None:
+        i = stats.inference
+        add(Metric("inference", "all", "requests", i.requests))
+        add(Metric("inference", "all", "completed", i.completed))
+        add(Metric("inference", "all", "p50_ms", i.p50_ms, "ms"))
+        add(Metric("inference", "all", "p95_ms", i.p95_ms, "ms"))
+        add(Metric("inference", "all", "p99_ms", i.p99_ms, "ms"))
+        add(Metric("inference", "all", "deadline_misses", i.deadline_misses))
+        add(Metric("inference", "all", "miss_pct", i.miss_pct, "%"))
+    return rows
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else x
+
+
+def fmt(x: Any) -> str:
+    """A number for a table: ``n/a`` for missing, integers as such, else 2 decimals (1 above
+    100)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, (int, np.integer)) or (isinstance(x, float) and x.is_integer()
+                                            and abs(x) >= 1000):
+        return str(int(x))
+    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.2f}"
+
+
+def csv_value(x: Any) -> str:
+    """A number for a CSV cell: empty when missing, integers as such, else 6 decimals."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return ""
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    return str(round(float(x), 6))
+
+
+def write_metrics_csv(path: Path, rows: list[Metric]) -> Path:
+    """``section,name,metric,value,unit`` (empty value when not available)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["section", "name", "metric", "value", "unit"])
+        for r in rows:
+            w.writerow([r.section, r.name, r.metric, csv_value(r.value), r.unit])
+    return Path(path)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with padded columns."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in rows])
+
+
+def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
+    """The summary table as Markdown (``short``: for the terminal, without notes)."""
+    s = run.summary
+    out = []
+    if not short:
+        out.append(f"# meshemu report: {run.name}\n")
+    out.append(f"scenario {s.get('scenario', '?')}, routing {s.get('routing', '?')}, "
+               f"shaper {s.get('shaper', 'n/a (plan)')}, {s.get('nodes', '?')} nodes, "
+               f"{s.get('steps', '?')} steps of {s.get('step_s', '?')} s, time scale "
+               f"{run.time_scale:g}\n")
+    out.append(md_table(["steps", "route changes", "link updates", "apply p50 (ms)",
+                          "apply p99 (ms)", "lag p99 (ms)"],
+                         [[fmt(stats.steps), fmt(stats.route_changes), fmt(stats.link_updates),
+                           fmt(stats.apply_ms_p50), fmt(stats.apply_ms_p99),
+                           fmt(stats.lag_ms_p99)]]))
+    flows = [f for f in stats.flows if f.seq.received] if short else stats.flows
+    if short and len(flows) < len(stats.flows):
+        out.append(f"({len(stats.flows) - len(flows)} flows without packets left out; see "
+                   f"summary.md)")
+    if flows:
+        rows = []
+        for f in flows:
+            p50, p95, p99 = f.owd_p
+            rows.append([f.name, f.kind, f"{f.src} -> {f.dst}", fmt(f.seq.received),
+                         fmt(f.seq.loss_pct), fmt(f.seq.reorder_pct), fmt(p50), fmt(p95),
+                         fmt(p99), fmt(f.throughput_mbps), fmt(f.path_changes)])
+        out.append("\n" + md_table(["flow", "kind", "src -> dst", "packets", "loss %",
+                                     "reorder %", "OWD p50 (ms)", "OWD p95 (ms)",
+                                     "OWD p99 (ms)", "Mbit/s", "path changes"], rows))
+    if stats.jobs:
+        jobs = stats.jobs if len(stats.jobs) > 2 else stats.jobs[:1]  # pooled row if > 1 job
+        out.append("\n" + md_table(
+            ["all-reduce job", "algorithm", "iterations", "mean (ms)", "p95 (ms)",
+             "predicted mean (ms)", "predicted p95 (ms)", "measured vs predicted %"],
+            [[j.job, j.algorithm, fmt(j.iterations), fmt(j.mean_ms), fmt(j.p95_ms),
+              fmt(j.predicted_mean_ms), fmt(j.predicted_p95_ms), fmt(j.error_pct)]
+             for j in jobs]))
+    if stats.rtt_ms.size:
+        p50, p95, p99 = percentiles(stats.rtt_ms)
+        out.append("\n" + md_table(
+            ["transport RTT (acknowledged messages)", "p50 (ms)", "p95 (ms)", "p99 (ms)"],
+            [[fmt(stats.rtt_ms.size), fmt(p50), fmt(p95), fmt(p99)]]))
+    if stats.inference is not None:
+        i = stats.inference
+        out.append("\n" + md_table(
+            ["inference requests", "completed", "p50 (ms)", "p95 (ms)", "p99 (ms)",
+             "deadline misses", "miss %"],
+            [[fmt(i.requests), fmt(i.completed), fmt(i.p50_ms), fmt(i.p95_ms), fmt(i.p99_ms),
+              fmt(i.deadline_misses), fmt(i.miss_pct)]]))
+    if not short:
+        lines = (s.get("traffic") or {}).get("lines") or []
+        if lines:
+            out.append("\ntraffic summary from the run:\n\n" + "\n".join(f"- {x}" for x in lines))
+        if stats.notes:
+            out.append("\nnotes:\n\n" + "\n".join(f"- {x}" for x in stats.notes))
+        out.append("\nDefinitions (loss, reordering, percentiles): see meshemu/report/stats.py.")
+    return "\n".join(out) + "\n"
+
