@@ -112,7 +112,8 @@ def check_limits(n_nodes: int, n_links: int) -> None:
     """Raise :class:`ResourceError` if the plan cannot address this many nodes or links."""
     if n_nodes > MAX_NODES:
         raise ResourceError(f"the scenario has {n_nodes} nodes but the addressing plan allows "
-                            f"at most {MAX_NODES} (one /32 each in {NODE_NET}); use fewer satellites or ground nodes")
+                            f"at most {MAX_NODES} (one /32 each in {NODE_NET}); use fewer "
+                            f"satellites or ground nodes")
     if n_links > MAX_LINKS:
         raise ResourceError(f"the run has {n_links} distinct links but the addressing plan "
                             f"allows at most {MAX_LINKS} (one /31 each in {LINK_NET})")
@@ -135,7 +136,7 @@ class AddressPlan:
     a, b : ndarray of int32, shape (L,)
         Link ends (``a < b``).
     isl : ndarray of bool, shape (L,)
-        True when both ends are satellites.
+        True for inter-satellite links (``isl<k>`` interfaces), False for ground links.
     node_addr : ndarray of uint32, shape (N,)
         Node addresses (host order).
     """
@@ -150,8 +151,16 @@ class AddressPlan:
 
     @classmethod
     def from_links(cls, names: Sequence[str], kinds: Sequence[str],
-                   link_keys: np.ndarray) -> AddressPlan:
+                   link_keys: np.ndarray, isl: np.ndarray | None = None) -> AddressPlan:
         """Plan for nodes ``names`` (with ``kinds``) and the links ``link_keys``.
+
+        Parameters
+        ----------
+        names, kinds : sequence of str
+        link_keys : ndarray of int64
+        isl : ndarray of bool, optional
+            Which links are ISLs, e.g. from the snapshots' link kinds (what the emulator
+            passes). Default: the links whose ends are both satellites.
 
         Raises
         ------
@@ -182,8 +191,14 @@ class AddressPlan:
                           or np.any(b >= n)):
             raise ScenarioError(f"link_keys must be sorted, unique keys a*{n}+b with "
                                 f"0 <= a < b < {n}; got {keys[:5].tolist()}...")
-        sat = np.isin(np.array(kinds, dtype=object), SATELLITE_KINDS).astype(bool)
-        isl = sat[a] & sat[b] if keys.size else np.zeros(0, dtype=bool)
+        if isl is None:
+            sat = np.isin(np.array(kinds, dtype=object), SATELLITE_KINDS).astype(bool)
+            isl = sat[a] & sat[b] if keys.size else np.zeros(0, dtype=bool)
+        else:
+            isl = np.asarray(isl)
+            if isl.shape != keys.shape or isl.dtype != np.bool_:
+                raise ScenarioError(f"isl must be one bool per link ({keys.size}); got "
+                                    f"{isl.dtype} of shape {isl.shape}")
         return cls(names, kinds, keys, a, b, isl,
                    node_address_int(np.arange(n, dtype=np.int64)).astype(np.uint32))
 
