@@ -32,6 +32,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -60,6 +61,12 @@ _NODE_BASE = int(NODE_NET.network_address)
 _LINK_BASE = int(LINK_NET.network_address)
 
 
+@overload
+def node_address_int(node: int) -> int: ...
+@overload
+def node_address_int(node: np.ndarray) -> np.ndarray: ...
+
+
 def node_address_int(node: int | np.ndarray) -> int | np.ndarray:
     """Node address(es) as host-order integers (``uint32`` for arrays)."""
     if isinstance(node, np.ndarray):
@@ -73,6 +80,14 @@ def node_address(node: int) -> str:
         raise ResourceError(f"node id {node} is outside the addressing plan's limit of "
                             f"{MAX_NODES} nodes ({NODE_NET})")
     return str(ipaddress.IPv4Address(node_address_int(node)))
+
+
+@overload
+def link_address_int(link_id: int, side: int) -> int: ...
+@overload
+def link_address_int(link_id: np.ndarray, side: int | np.ndarray) -> np.ndarray: ...
+@overload
+def link_address_int(link_id: int | np.ndarray, side: np.ndarray) -> np.ndarray: ...
 
 
 def link_address_int(link_id: int | np.ndarray, side: int | np.ndarray
@@ -103,7 +118,7 @@ def ifname(link_id: int, isl: bool) -> str:
     return name
 
 
-def int_to_ip(value: int) -> str:
+def int_to_ip(value: int | np.integer) -> str:
     """A host-order integer as a dotted IPv4 address."""
     return str(ipaddress.IPv4Address(int(value)))
 

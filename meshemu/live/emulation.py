@@ -337,7 +337,7 @@ class Emulation:
 
     def _setup_namespaces(self) -> None:
         own = os.stat("/proc/self/ns/net").st_ino
-        sysctls = dict(NODE_SYSCTLS)
+        sysctls: dict[str, str | int] = dict(NODE_SYSCTLS)
         if not self.ipv6:
             sysctls.update(NO_IPV6_SYSCTLS)
         names = self.names

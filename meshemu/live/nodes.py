@@ -121,6 +121,7 @@ class MeshNode(Host):
 
     def __init__(self, name: str, run_id: str = "", **params: Any) -> None:
         self.run_id = run_id
+        self.shell: ShellHandle | None = None
         super().__init__(name, **params)
 
     #: Environment of every node shell: the prompt is Mininet's sentinel; job control and
