@@ -32,6 +32,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -60,6 +61,12 @@ _NODE_BASE = int(NODE_NET.network_address)
 _LINK_BASE = int(LINK_NET.network_address)
 
 
+@overload
+def node_address_int(node: int) -> int: ...
+@overload
+def node_address_int(node: np.ndarray) -> np.ndarray: ...
+
+
 def node_address_int(node: int | np.ndarray) -> int | np.ndarray:
     """Node address(es) as host-order integers (``uint32`` for arrays)."""
     if isinstance(node, np.ndarray):
@@ -73,6 +80,14 @@ def node_address(node: int) -> str:
         raise ResourceError(f"node id {node} is outside the addressing plan's limit of "
                             f"{MAX_NODES} nodes ({NODE_NET})")
     return str(ipaddress.IPv4Address(node_address_int(node)))
+
+
+@overload
+def link_address_int(link_id: int, side: int) -> int: ...
+@overload
+def link_address_int(link_id: np.ndarray, side: int | np.ndarray) -> np.ndarray: ...
+@overload
+def link_address_int(link_id: int | np.ndarray, side: np.ndarray) -> np.ndarray: ...
 
 
 def link_address_int(link_id: int | np.ndarray, side: int | np.ndarray
@@ -103,7 +118,7 @@ def ifname(link_id: int, isl: bool) -> str:
     return name
 
 
-def int_to_ip(value: int) -> str:
+def int_to_ip(value: int | np.integer) -> str:
     """A host-order integer as a dotted IPv4 address."""
     return str(ipaddress.IPv4Address(int(value)))
 
@@ -112,7 +127,8 @@ def check_limits(n_nodes: int, n_links: int) -> None:
     """Raise :class:`ResourceError` if the plan cannot address this many nodes or links."""
     if n_nodes > MAX_NODES:
         raise ResourceError(f"the scenario has {n_nodes} nodes but the addressing plan allows "
-                            f"at most {MAX_NODES} (one /32 each in {NODE_NET}); use fewer satellites or ground nodes")
+                            f"at most {MAX_NODES} (one /32 each in {NODE_NET}); use fewer "
+                            f"satellites or ground nodes")
     if n_links > MAX_LINKS:
         raise ResourceError(f"the run has {n_links} distinct links but the addressing plan "
                             f"allows at most {MAX_LINKS} (one /31 each in {LINK_NET})")
@@ -135,7 +151,7 @@ class AddressPlan:
     a, b : ndarray of int32, shape (L,)
         Link ends (``a < b``).
     isl : ndarray of bool, shape (L,)
-        True when both ends are satellites.
+        True for inter-satellite links (``isl<k>`` interfaces), False for ground links.
     node_addr : ndarray of uint32, shape (N,)
         Node addresses (host order).
     """
@@ -150,8 +166,16 @@ class AddressPlan:
 
     @classmethod
     def from_links(cls, names: Sequence[str], kinds: Sequence[str],
-                   link_keys: np.ndarray) -> AddressPlan:
+                   link_keys: np.ndarray, isl: np.ndarray | None = None) -> AddressPlan:
         """Plan for nodes ``names`` (with ``kinds``) and the links ``link_keys``.
+
+        Parameters
+        ----------
+        names, kinds : sequence of str
+        link_keys : ndarray of int64
+        isl : ndarray of bool, optional
+            Which links are ISLs, e.g. from the snapshots' link kinds (what the emulator
+            passes). Default: the links whose ends are both satellites.
 
         Raises
         ------
@@ -182,8 +206,14 @@ class AddressPlan:
                           or np.any(b >= n)):
             raise ScenarioError(f"link_keys must be sorted, unique keys a*{n}+b with "
                                 f"0 <= a < b < {n}; got {keys[:5].tolist()}...")
-        sat = np.isin(np.array(kinds, dtype=object), SATELLITE_KINDS).astype(bool)
-        isl = sat[a] & sat[b] if keys.size else np.zeros(0, dtype=bool)
+        if isl is None:
+            sat = np.isin(np.array(kinds, dtype=object), SATELLITE_KINDS).astype(bool)
+            isl = sat[a] & sat[b] if keys.size else np.zeros(0, dtype=bool)
+        else:
+            isl = np.asarray(isl)
+            if isl.shape != keys.shape or isl.dtype != np.bool_:
+                raise ScenarioError(f"isl must be one bool per link ({keys.size}); got "
+                                    f"{isl.dtype} of shape {isl.shape}")
         return cls(names, kinds, keys, a, b, isl,
                    node_address_int(np.arange(n, dtype=np.int64)).astype(np.uint32))
 

@@ -10,10 +10,13 @@ the node's namespace; the meshemu header on UDP port 47000 dissects in Scapy
 from __future__ import annotations
 
 import logging
+import os
+import select
 import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes kept of each packet: headers plus the meshemu header, not the padding.
 SNAPLEN = 256
+#: Seconds tcpdump may take to start listening (it says so on stderr) before the run fails.
+LISTEN_TIMEOUT_S = 30.0
 
 
 def parse_specs(specs: list[str] | None, names: list[str] | tuple[str, ...],
@@ -60,18 +65,37 @@ def parse_specs(specs: list[str] | None, names: list[str] | tuple[str, ...],
 
 
 class Captures:
-    """tcpdump processes of a run; :meth:`stop` ends them and returns the pcap files."""
+    """tcpdump processes of a run; :meth:`stop` ends them and returns the pcap files.
 
-    def __init__(self, emu, specs: list[tuple[str, str | None]], out_dir: Path):
+    The constructor returns once every tcpdump listens (it says ``listening on`` on stderr),
+    so nothing sent after it is missed.
+
+    Parameters
+    ----------
+    emu : meshemu.live.emulation.Emulation
+        A built emulation.
+    specs : list of (node, peer or None)
+        From :func:`parse_specs`.
+    out_dir : Path
+        Where the pcap files go.
+
+    Raises
+    ------
+    EmulationError
+        A tcpdump exited, or did not listen within :data:`LISTEN_TIMEOUT_S`.
+    """
+
+    def __init__(self, emu: Any, specs: list[tuple[str, str | None]], out_dir: Path) -> None:
         self.procs: list[tuple[subprocess.Popen, Path]] = []
         plan = emu.plan
-        n = len(plan.names)
-        ifnames = plan.ifnames() if any(p for _, p in specs) else []
+        index = {name: i for i, name in enumerate(plan.names)}
         for node, peer in specs:
             if peer:
-                a, b = sorted((emu._node_id(node), emu._node_id(peer)))
-                k = int(np.searchsorted(plan.link_keys, a * n + b))
-                iface, tag = ifnames[k], f"{node}-{peer}"
+                k = plan.link_id(index[node], index[peer])
+                if k < 0:
+                    raise EmulationError(f"--capture {node}:{peer}: there is no link "
+                                         f"{node}-{peer} in this emulation")
+                iface, tag = plan.ifname(k), f"{node}-{peer}"
             else:
                 iface, tag = "any", node
             path = Path(out_dir) / f"capture-{tag}.pcap"
@@ -79,15 +103,36 @@ class Captures:
                                       "-s", str(SNAPLEN), "--immediate-mode"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.procs.append((p, path))
-        deadline = time.monotonic() + 5
-        for p, path in self.procs:  # tcpdump writes the file header once it listens
-            while not path.exists() and p.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if p.poll() is not None:
-                err = p.stderr.read().decode(errors="replace").strip() if p.stderr else ""
-                self.stop()
-                raise EmulationError(f"tcpdump for {path.name} exited: {err}")
+        try:
+            self._await_listening(LISTEN_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
         log.info("capturing into %s", ", ".join(p.name for _, p in self.procs))
+
+    def _await_listening(self, timeout_s: float) -> None:
+        """Wait until every tcpdump has written ``listening on`` to its stderr."""
+        said = {p.stderr.fileno(): (p, path, b"") for p, path in self.procs if p.stderr}
+        deadline = time.monotonic() + timeout_s
+        while said:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                names = ", ".join(path.name for _, path, _ in said.values())
+                raise EmulationError(f"tcpdump for {names} did not start listening within "
+                                     f"{timeout_s:.0f} s; the machine may be overloaded")
+            ready, _, _ = select.select(list(said), [], [], left)
+            for fd in ready:
+                p, path, text = said[fd]
+                data = os.read(fd, 4096)
+                text += data
+                if b"listening on" in text:
+                    del said[fd]
+                elif not data:           # stderr closed: tcpdump exited
+                    p.wait()
+                    err = text.decode(errors="replace").strip()
+                    raise EmulationError(f"tcpdump for {path.name} exited: {err}")
+                else:
+                    said[fd] = (p, path, text)
 
     def stop(self) -> list[Path]:
         """Stop every capture (idempotent); returns the pcap files written."""

@@ -4,83 +4,83 @@
 tables (:class:`meshemu.routing.ForwardingTables`) into a running network::
 
     emu = Emulation(names, kinds, shaper, run_dir, run_id)
-    emu.build(link_keys, first_snapshot, first_tables)   # nodes, links, addresses, routes
+    emu.build(RunLinks.from_snapshots(snapshots), snapshots[0], first_tables)
     stats = emu.apply(snapshot, tables)                   # each step: only what changed
     CLI(emu.mininet)                                      # `sat0 ping gs1` works
     emu.stop()                                            # fast, complete, idempotent
 
-Nodes are real Mininet hosts (:class:`MeshNode`, a :class:`mininet.node.Host`) inside a
-:class:`mininet.net.Mininet` built with ``topo=None``, so Mininet's CLI and ``node.cmd`` work;
-but they are built differently, because vanilla Mininet needs 55 s to build and 94 s to stop
-1,584 nodes (``shared/PLATFORM.md``):
+It is assembled from one room per concern, each in its own module of :mod:`meshemu.live`:
 
-* every node shell is spawned first (``posix_spawn`` of ``mnexec -dn bash``, no
-  ``mnexec -c`` loop closing 20,000 descriptors) and all prompts are then awaited in one
-  ``poll`` loop;
-* nodes are configured (sysctls, ``lo``, addresses) from threads that ``setns`` into each
-  namespace, and over one persistent rtnetlink socket per node (:mod:`meshemu.linux.netns`),
-  never with a shell round trip per command;
-* the ``N x N`` routes are built as numpy records and sent thousands per ``sendmsg``;
-* ``stop()`` closes the shaper and SIGKILLs every process in the nodes' namespaces
-  (the kernel then frees the namespaces and their interfaces by itself).
+* :mod:`~meshemu.live.nodes`: the Mininet nodes (:class:`MeshNode`, a
+  :class:`mininet.node.Host`, in a :class:`mininet.net.Mininet` built with ``topo=None``, so
+  Mininet's CLI and ``node.cmd`` work); every shell is spawned first and all prompts are
+  awaited in one ``poll`` loop (vanilla Mininet needs 55 s to build and 94 s to stop 1,584
+  nodes, ``shared/PLATFORM.md``);
+* :mod:`~meshemu.live.links`: the link table, every link's parameters as one record taken
+  from the snapshots only;
+* :mod:`~meshemu.live.routes`: the route installer (``N x N`` routes as numpy records sent
+  thousands per ``sendmsg``; per step one netlink batch per node that has changes);
+* :mod:`~meshemu.live.lock`: the run lock and the markers ``meshemu clean`` looks for;
+* :mod:`~meshemu.live.resources`: memory, open files and ptys, refused before anything is
+  built.
 
-Addresses and interface names follow :mod:`meshemu.live.addressing`. Every node shell carries
-``meshemu-run=<run_id>`` in its argv and each run holds a lock file in :data:`LOCK_DIR`, so
-:func:`meshemu.live.clean.clean` can find what a crashed run left behind without touching other
-Mininet sessions or live runs.
+Nodes are configured (sysctls, ``lo``, addresses, neighbours) from threads that ``setns``
+into each namespace and over one persistent rtnetlink socket per node
+(:mod:`meshemu.linux.netns`), never with a shell round trip per command. ``stop()`` closes
+the shaper and SIGKILLs every process in the nodes' namespaces (the kernel then frees the
+namespaces and their interfaces by itself). Addresses and interface names follow
+:mod:`meshemu.live.addressing`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
 import os
-import pty
-import select
-import shutil
 import signal
-import subprocess
-import termios
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from mininet.link import Intf
 from mininet.net import Mininet
-from mininet.node import Host, Node
 
 # mininet.log makes every logger created after it a MininetLogger with its own handler at
 # level OUTPUT (25): meshemu's info messages would vanish and its warnings print twice
 logging.setLoggerClass(logging.Logger)
 
-from meshemu.live import addressing as adr
-from meshemu.linux import netns as nl
-from meshemu.errors import EmulationError, ResourceError
-from meshemu.geometry.linkstate import Snapshot
-from meshemu.live.signals import handle_signals, signals_deferred  # noqa: F401 (re-export)
-from meshemu.linux.limits import (FD_FLOOR, ensure_ptys, mem_available_bytes, raise_nofile_limit,
-                                  require_root)
+from meshemu.errors import EmulationError  # noqa: E402
+from meshemu.geometry.linkstate import Snapshot  # noqa: E402
+from meshemu.linux import netns as nl  # noqa: E402
+from meshemu.linux.limits import require_root  # noqa: E402
+from meshemu.live import addressing as adr  # noqa: E402
+from meshemu.live.links import (DELAY_TOLERANCE_S, RATE_TOLERANCE, LinkTable,  # noqa: E402
+                                RunLinks)
+from meshemu.live.lock import (ENV_MARKER, LOCK_DIR, RUN_MARKER, lock_is_live,  # noqa: E402
+                               lock_path, read_lock, write_lock)
+from meshemu.live.nodes import MeshIntf, MeshNode, await_prompts, mark_ready  # noqa: E402
+from meshemu.live.resources import (LINK_BYTES, MEMORY_HEADROOM, NODE_BYTES,  # noqa: E402
+                                    ROUTE_BYTES, check_capacity, check_memory,
+                                    estimate_memory_bytes, reserve_descriptors)
+from meshemu.live.routes import RouteInstaller, check_tables  # noqa: E402
+from meshemu.live.signals import handle_signals, signals_deferred  # noqa: E402
+from meshemu.routing import RouteDiff, route_diff  # noqa: E402
+
+__all__ = [
+    "Emulation", "StepStats", "RunLinks", "MeshNode", "MeshIntf",
+    "LOCK_DIR", "RUN_MARKER", "ENV_MARKER", "lock_path", "write_lock", "read_lock",
+    "lock_is_live", "DELAY_TOLERANCE_S", "RATE_TOLERANCE", "NODE_BYTES", "LINK_BYTES",
+    "ROUTE_BYTES", "MEMORY_HEADROOM", "estimate_memory_bytes", "check_memory",
+    "check_capacity", "handle_signals", "signals_deferred",
+]
 
 log = logging.getLogger(__name__)
 
-#: Directory of the run lock files (``<run_id>.lock``, JSON with the owner's pid).
-LOCK_DIR = Path("/run/meshemu")
-#: argv element marking a node shell of run ``<run_id>``: ``meshemu-run=<run_id>``.
-RUN_MARKER = "meshemu-run="
-#: Environment variable (value: the run id) of node shells and of everything started in a
-#: node with ``node.cmd`` or ``node.popen``; it survives the shell (``nohup``, daemons), so
-#: ``meshemu clean`` finds such processes after a crash.
-ENV_MARKER = "MESHEMU_RUN"
-#: A link parameter change smaller than this is not pushed to the shaper (seconds).
-DELAY_TOLERANCE_S = 1e-6
 #: Seconds ``build`` waits at most for the kernel to activate every interface.
 LINKS_RUNNING_TIMEOUT_S = 30.0
-#: Relative rate change that is not pushed to the shaper.
-RATE_TOLERANCE = 1e-9
 #: Seconds to wait for all node shells to print their prompt.
 SHELL_TIMEOUT_S = 120.0
 #: Sysctls of every node's namespace (written before its links exist, so ``default`` values
@@ -101,16 +101,6 @@ NO_IPV6_SYSCTLS = {
     "net.ipv6.conf.default.disable_ipv6": 1,
 }
 
-# Memory model used to refuse scenarios that cannot fit (measured on Debian 12, kernel 6.x;
-# see benchmarks/bench_emulator.py): a node = bash + pty + namespace + netlink socket;
-# a link = its interfaces (4 veth ends for the userspace shaper) + shaper state;
-# a route = a kernel fib entry.
-NODE_BYTES = 900 * 1024
-LINK_BYTES = 120 * 1024
-ROUTE_BYTES = 300
-#: Share of MemAvailable an emulation may plan to use.
-MEMORY_HEADROOM = 0.85
-
 
 @dataclass(frozen=True)
 class StepStats:
@@ -121,274 +111,37 @@ class StepStats:
     t_s : float
         The snapshot's time.
     n_link_updates : int
-        Links whose parameters (delay, rate, up/down) were pushed to the shaper.
+        Links whose parameters (delay, rate, queue, loss, up/down) were pushed to the shaper.
     n_route_changes : int
-        ``(node, destination)`` routes replaced, added or removed.
+        ``(node, destination)`` routes replaced, added or removed in the kernels.
     apply_s : float
         Wall time of the whole apply.
+    route_diff : RouteDiff
+        :func:`meshemu.routing.route_diff` of the previous tables and these, computed once
+        here: ``len(route_diff)`` is the plan's count of route changes for the step
+        (what :class:`meshemu.plan.PlanRecorder` counts), so callers need not diff again.
+    n_links_went_up, n_links_went_down : int
+        Links that came up and that went down (a link absent from the snapshot is down).
+    links_s, routes_s : float
+        Wall time of the shaper update and of the route changes.
     """
 
     t_s: float
     n_link_updates: int
     n_route_changes: int
     apply_s: float
+    route_diff: RouteDiff
+    n_links_went_up: int = 0
+    n_links_went_down: int = 0
+    links_s: float = 0.0
+    routes_s: float = 0.0
+
+    @property
+    def n_route_entries(self) -> int:
+        """Changed forwarding-table entries (``len(route_diff)``)."""
+        return len(self.route_diff)
 
 
-def estimate_memory_bytes(n_nodes: int, n_links: int, n_routes: int) -> int:
-    """Rough memory an emulation needs (see :data:`NODE_BYTES` and the others)."""
-    return n_nodes * NODE_BYTES + n_links * LINK_BYTES + n_routes * ROUTE_BYTES
-
-
-def check_memory(n_nodes: int, n_links: int, n_routes: int) -> None:
-    """Raise :class:`ResourceError` when the scenario will not fit the available memory."""
-    need = estimate_memory_bytes(n_nodes, n_links, n_routes)
-    avail = mem_available_bytes()
-    if need > MEMORY_HEADROOM * avail:
-        raise ResourceError(
-            f"{n_nodes} nodes, {n_links} links and {n_routes} routes need about "
-            f"{need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available "
-            f"(at most {MEMORY_HEADROOM:.0%} of it may be planned); use fewer satellites or "
-            f"ground nodes, fewer destinations, or a machine with more memory")
-
-
-# ---- run lock -----------------------------------------------------------------------------
-def lock_path(run_id: str) -> Path:
-    return LOCK_DIR / f"{run_id}.lock"
-
-
-def write_lock(run_id: str, run_dir: Path, n_nodes: int) -> Path:
-    """Record that run ``run_id`` is live, owned by this process."""
-    LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    p = lock_path(run_id)
-    info = {"run_id": run_id, "pid": os.getpid(), "start": nl.process_start_ticks(os.getpid()),
-            "run_dir": str(run_dir), "nodes": n_nodes, "created": time.time()}
-    try:
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        other = read_lock(p)
-        if other and lock_is_live(other):
-            raise EmulationError(f"run id {run_id!r} is already in use by process "
-                                 f"{other.get('pid')}; use another run id") from None
-        p.unlink(missing_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
-    return p
-
-
-def read_lock(path: Path) -> dict | None:
-    """The lock file's content, or None when unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def lock_is_live(info: dict) -> bool:
-    """True when the process that wrote the lock still runs (same pid and start time)."""
-    try:
-        pid = int(info["pid"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    start = nl.process_start_ticks(pid)
-    return start is not None and (info.get("start") is None or start == info.get("start"))
-
-
-# ---- Mininet nodes ------------------------------------------------------------------------
-class _Shell:
-    """The ``Popen``-like handle Mininet expects in ``node.shell`` (pid, poll, wait)."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                self.returncode = -1
-                return self.returncode
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                return None
-            time.sleep(0.002)
-        return self.returncode
-
-
-_MNEXEC: list[str] = []
-_ENV: dict[str, dict] = {}
-
-
-def _mnexec_path() -> str:
-    if not _MNEXEC:
-        path = shutil.which("mnexec")
-        if path is None:
-            raise EmulationError("mnexec not found; install Debian's mininet package "
-                                 "(apt-get install mininet)")
-        _MNEXEC.append(path)
-    return _MNEXEC[0]
-
-
-def _shell_env(extra: dict, run_id: str) -> dict:
-    """The node shells' environment (made once per run: 1,600 copies of os.environ cost)."""
-    env = _ENV.get(run_id)
-    if env is None:
-        _ENV.clear()
-        env = _ENV[run_id] = {**os.environ, **extra, ENV_MARKER: run_id}
-    return env
-
-
-class MeshNode(Host):
-    """A Mininet host that is a meshemu node (a router with its address on ``lo``).
-
-    Its shell is only *spawned* by the constructor; :class:`Emulation` waits for all shells'
-    prompts at once. The shell's argv ends with ``mininet:<name> meshemu-run=<run_id>``.
-    ``IP()`` is the node address (10.0.x.y), also what the CLI substitutes for node names.
-
-    Parameters
-    ----------
-    name : str
-    run_id : str
-    **params
-        As for :class:`mininet.node.Host`.
-    """
-
-    def __init__(self, name: str, run_id: str = "", **params):
-        self.run_id = run_id
-        super().__init__(name, **params)
-
-    #: Environment of every node shell: the prompt is Mininet's sentinel; job control and
-    #: history are switched off as Mininet's ``unset HISTFILE; set +m`` would, but by the
-    #: shell itself before its first prompt, which saves a round trip per node.
-    SHELL_ENV = {"PS1": chr(127), "HISTFILE": "", "PROMPT_COMMAND": "set +m; unset PROMPT_COMMAND"}
-
-    def startShell(self, mnopts: str | None = None) -> None:  # noqa: N802 (Mininet's name)
-        """Spawn the shell (``mnexec -dn bash``) without waiting for its prompt."""
-        if self.shell:
-            raise EmulationError(f"{self.name}: shell is already running")
-        mnexec = _mnexec_path()
-        opts = (mnopts or "-d") + ("n" if self.inNamespace else "")
-        argv = ["mnexec", opts, "bash", "--norc", "--noediting", "-is",
-                "mininet:" + self.name, RUN_MARKER + self.run_id]
-        master, slave = pty.openpty()
-        try:
-            # no echo (Mininet's `stty -echo`), set before the shell starts
-            attrs = termios.tcgetattr(slave)
-            attrs[3] &= ~termios.ECHO
-            termios.tcsetattr(slave, termios.TCSANOW, attrs)
-            pid = os.posix_spawn(mnexec, argv, _shell_env(self.SHELL_ENV, self.run_id), file_actions=[
-                (os.POSIX_SPAWN_DUP2, slave, 0), (os.POSIX_SPAWN_DUP2, slave, 1),
-                (os.POSIX_SPAWN_DUP2, slave, 2)])
-        except OSError:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        master = nl.high_fd(master)
-        self.master, self.slave = master, None
-        self.shell = _Shell(pid)
-        self.stdin = os.fdopen(master, "r")
-        self.stdout = self.stdin
-        self.pid = pid
-        self.pollOut = select.poll()
-        self.pollOut.register(self.stdout)
-        self.outToNode[self.stdout.fileno()] = self
-        self.inToNode[self.stdin.fileno()] = self
-        self.execed = False
-        self.lastCmd = None
-        self.lastPid = None
-        self.readbuf = ""
-        self.waiting = True
-
-    def _popen(self, cmd: list[str], **params):
-        """``Popen`` for :meth:`popen` (``mnexec -da PID ...``), with :data:`ENV_MARKER` set."""
-        env = dict(params.pop("env", None) or os.environ)
-        env[ENV_MARKER] = self.run_id
-        return subprocess.Popen(cmd, env=env, **params)
-
-    def cleanup(self) -> None:
-        """Close the pty (the shell is killed by :meth:`Emulation.stop`)."""
-        if self.stdin is not None:
-            self.outToNode.pop(self.stdin.fileno(), None)
-            self.inToNode.pop(self.stdin.fileno(), None)
-            with contextlib.suppress(OSError):
-                self.stdin.close()
-        self.shell = None
-
-    def terminate(self) -> None:
-        """Kill the shell and everything in its process group."""
-        if self.shell is not None and self.shell.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self.shell.wait(timeout=5)
-        self.cleanup()
-
-
-class MeshIntf(Intf):
-    """Mininet's view of an interface meshemu configured itself (no commands are run)."""
-
-    def __init__(self, name: str, node: Node, port: int, ip: str, prefix_len: int,
-                 link_id: int | None = None):
-        # Intf.__init__ would run ip/ifconfig in the node; meshemu already set everything.
-        self.node = node
-        self.name = name
-        self.link = None
-        self.mac = None
-        self.ip = ip
-        self.prefixLen = prefix_len
-        self.params = {}
-        self.link_id = link_id
-        node.addIntf(self, port=port, moveIntfFn=lambda *a, **k: None)
-
-    def updateIP(self) -> str:  # noqa: N802
-        return self.ip
-
-    def IP(self) -> str:  # noqa: N802
-        return self.ip
-
-
-def _await_prompts(nodes: Sequence[MeshNode], what: str, timeout_s: float) -> None:
-    """Read every node's pty until its prompt (``chr(127)``) shows, all at once."""
-    poller = select.poll()
-    by_fd = {}
-    for node in nodes:
-        fd = node.stdout.fileno()
-        by_fd[fd] = node
-        poller.register(fd, select.POLLIN)
-    tails = {fd: b"" for fd in by_fd}
-    deadline = time.monotonic() + timeout_s
-    while tails:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            sample = [by_fd[fd].name for fd in list(tails)[:5]]
-            raise EmulationError(f"{len(tails)} node shell(s) did not {what} within "
-                                 f"{timeout_s:.0f} s (e.g. {', '.join(sample)}); the machine "
-                                 f"may be overloaded")
-        for fd, _ in poller.poll(min(left, 1.0) * 1000):
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                node = by_fd[fd]
-                raise EmulationError(f"shell of node {node.name} (pid {node.pid}) exited "
-                                     f"before it could {what}: {tails[fd][-300:]!r}")
-            tail = (tails[fd] + data)[-512:]
-            if tail.endswith(b"\x7f"):
-                del tails[fd]
-                poller.unregister(fd)
-            else:
-                tails[fd] = tail
-
-
-# ---- the emulation ------------------------------------------------------------------------
 class Emulation:
     """A live emulated network.
 
@@ -397,16 +150,17 @@ class Emulation:
     names : sequence of str
         Node names by node id (Mininet node names; ``sat ping gs`` uses them).
     kinds : sequence of str
-        Node kinds (:data:`meshemu.live.addressing.NODE_KINDS`); satellites (``sat``,
-        ``compute``) end ISLs, the others GSLs.
+        Node kinds (:data:`meshemu.live.addressing.NODE_KINDS`), for the addressing plan.
     shaper : meshemu.live.shapers.LinkShaper
         Creates and shapes the links; closed by :meth:`stop`.
     run_dir : path
         Where ``addressing.csv`` and ``addressing.json`` go.
     run_id : str
         Names this run's processes and lock (letters, digits, ``_``, ``-``).
-    queue_packets : int or (int, int)
-        Transmit queue of every link in packets, or ``(ISLs, GSLs)``.
+    queue_packets : None
+        Deprecated and ignored (a :class:`DeprecationWarning` says so): every link's queue
+        size comes from the snapshots (``Snapshot.queue_packets``, from the scenario's
+        ``isl/gsl.queue_packets``).
     ipv6 : bool
         Keep IPv6 on in the nodes (off by default: see :data:`NO_IPV6_SYSCTLS`).
 
@@ -416,36 +170,41 @@ class Emulation:
         The Mininet object holding the nodes (for :class:`mininet.cli.CLI`), after build.
     plan : meshemu.live.addressing.AddressPlan
         Addresses and interface names, after build.
+    links : meshemu.live.links.LinkTable
+        Every link's current parameters, after build.
+    timings : dict of str to float
+        Seconds spent in the parts of :meth:`build` and in :meth:`stop`.
     """
 
-    def __init__(self, names: Sequence[str], kinds: Sequence[str], shaper, run_dir: Path | str,
-                 run_id: str, queue_packets: int | tuple[int, int] = 1000,
-                 ipv6: bool = False):
+    def __init__(self, names: Sequence[str], kinds: Sequence[str], shaper: Any,
+                 run_dir: Path | str, run_id: str, queue_packets: object = None,
+                 ipv6: bool = False) -> None:
         self.plan = adr.AddressPlan.from_links(names, kinds, np.zeros(0, dtype=np.int64))
         if not isinstance(run_id, str) or not run_id or not all(
                 c.isalnum() or c in "_-" for c in run_id) or len(run_id) > 40:
             raise EmulationError(f"run_id must be 1..40 letters, digits, '_' or '-'; got "
                                  f"{run_id!r}")
+        if queue_packets is not None:
+            warnings.warn("Emulation(queue_packets=...) is ignored: queue sizes come from the "
+                          "snapshots (Snapshot.queue_packets)", DeprecationWarning,
+                          stacklevel=2)
         self.names = self.plan.names
         self.kinds = self.plan.kinds
         self.shaper = shaper
         self.run_dir = Path(run_dir)
         self.run_id = run_id
-        q = (queue_packets, queue_packets) if isinstance(queue_packets, int) else queue_packets
-        if len(q) != 2 or not all(isinstance(x, int) and x >= 1 for x in q):
-            raise EmulationError(f"queue_packets must be a positive integer or a pair (ISL, "
-                                 f"GSL); got {queue_packets!r}")
-        self.queue_packets = tuple(q)
         self.ipv6 = ipv6
         self.mininet: Mininet | None = None
         self.nodes: list[MeshNode] = []
+        self.links: LinkTable | None = None
+        self.routes: RouteInstaller | None = None
         self._index = {n: i for i, n in enumerate(self.names)}
         self._netlink: list[nl.Netlink | None] = []
         self._inodes: set[int] = set()
         self._lock: Path | None = None
         self._started = False
         self._stopped = False
-        self._tables = None
+        self._tables: Any = None
         self.timings: dict[str, float] = {}
 
     # -- queries -----------------------------------------------------------------------------
@@ -477,14 +236,18 @@ class Emulation:
         return [n.pid for n in self.nodes]
 
     # -- build -------------------------------------------------------------------------------
-    def build(self, link_keys: np.ndarray, first_snapshot: Snapshot, first_tables) -> None:
+    def build(self, links: RunLinks | np.ndarray, first_snapshot: Snapshot,
+              first_tables: Any) -> None:
         """Create the nodes, every link of the run, the addresses and the first routes.
 
         Parameters
         ----------
-        link_keys : ndarray of int64
-            Sorted keys ``a * n + b`` of every link that is in any snapshot of the run; link
-            id = index. Links not up in ``first_snapshot`` are created down.
+        links : RunLinks or ndarray of int64
+            Every link that is in any snapshot of the run, with its kind
+            (:meth:`RunLinks.from_snapshots`); link id = index. Links not up in
+            ``first_snapshot`` are created down. A plain array of sorted link keys
+            ``a * n + b`` is accepted when every one of them is in ``first_snapshot`` (whose
+            ``kind`` then says which are ISLs).
         first_snapshot : Snapshot
         first_tables : ForwardingTables
             Routes to every destination in ``first_tables.destinations``.
@@ -498,32 +261,29 @@ class Emulation:
             raise EmulationError("build() can run only once per Emulation; make a new one")
         require_root("building an emulation")
         n = self.n_nodes
-        plan = adr.AddressPlan.from_links(self.names, self.kinds, link_keys)
-        self._check_snapshot(first_snapshot)
-        dests, nh = self._check_tables(first_tables)
-        n_links = plan.n_links
-        check_memory(n, n_links, n * len(dests))
-        raise_nofile_limit(FD_FLOOR + 2 * n + 1024)
-        ensure_ptys(n)
-        self.plan = plan
+        run_links = self._run_links(links, first_snapshot)
+        plan = adr.AddressPlan.from_links(self.names, self.kinds, run_links.key,
+                                          isl=run_links.isl)
+        table = LinkTable(run_links, self.names)
+        table.load(first_snapshot)
+        dests, nh = check_tables(first_tables, n)
+        check_memory(n, plan.n_links, n * len(dests))
+        reserve_descriptors(n)
+        self.plan, self.links = plan, table
         self._started = True
-        t = {}
+        t: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
             self._lock = write_lock(self.run_id, self.run_dir, n)
-            self._spawn_nodes()
-            t["shells_s"] = time.perf_counter() - t0
+            steps = (("shells_s", self._spawn_nodes), ("netns_s", self._setup_namespaces),
+                     ("links_s", lambda: self._create_links(table)),
+                     ("addresses_s", lambda: self._configure_addresses(plan)))
+            for name, fn in steps:
+                t1 = time.perf_counter()
+                fn()
+                t[name] = time.perf_counter() - t1
             t1 = time.perf_counter()
-            self._setup_namespaces()
-            t["netns_s"] = time.perf_counter() - t1
-            t1 = time.perf_counter()
-            self._create_links(first_snapshot)
-            t["links_s"] = time.perf_counter() - t1
-            t1 = time.perf_counter()
-            self._configure_addresses()
-            t["addresses_s"] = time.perf_counter() - t1
-            t1 = time.perf_counter()
-            n_routes = self._install_full(dests, nh)
+            n_routes = self._routes().install_full(dests, nh)
             t["routes_s"] = time.perf_counter() - t1
             self._tables = first_tables
             t1 = time.perf_counter()
@@ -540,23 +300,30 @@ class Emulation:
             raise
         t["build_s"] = time.perf_counter() - t0
         self.timings.update(t)
-        log.info("built %d nodes, %d links, %d routes in %.1f s (%s)", n, n_links, n_routes,
-                 t["build_s"], ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+        log.info("built %d nodes, %d links, %d routes in %.1f s (%s)", n, plan.n_links,
+                 n_routes, t["build_s"], ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
 
-    def _check_snapshot(self, snap: Snapshot) -> None:
-        if snap.n_nodes != self.n_nodes:
-            raise EmulationError(f"snapshot has {snap.n_nodes} nodes, the emulation "
+    def _run_links(self, links: RunLinks | np.ndarray, first: Snapshot) -> RunLinks:
+        """``links`` as :class:`RunLinks` (a key array takes its kinds from ``first``)."""
+        if first.n_nodes != self.n_nodes:
+            raise EmulationError(f"snapshot has {first.n_nodes} nodes, the emulation "
                                  f"{self.n_nodes}")
-
-    def _check_tables(self, tables) -> tuple[np.ndarray, np.ndarray]:
-        dests = np.asarray(tables.destinations, dtype=np.int64)
-        nh = np.asarray(tables.next_hop)
-        if nh.ndim != 3 or nh.shape[0] != self.n_nodes or nh.shape[1] != dests.size:
-            raise EmulationError(f"forwarding tables must have next_hop of shape (N={self.n_nodes}"
-                                 f", D={dests.size}, K); got {nh.shape}")
-        if dests.size and (dests.min() < 0 or dests.max() >= self.n_nodes):
-            raise EmulationError(f"destinations must be node ids in 0..{self.n_nodes - 1}")
-        return dests, nh
+        if isinstance(links, RunLinks):
+            if links.n_nodes != self.n_nodes:
+                raise EmulationError(f"links are for {links.n_nodes} nodes, the emulation has "
+                                     f"{self.n_nodes}")
+            return links
+        keys = np.asarray(links, dtype=np.int64)
+        snap_keys = first.key
+        at = np.searchsorted(snap_keys, keys)
+        ok = at < snap_keys.size
+        ok[ok] = snap_keys[at[ok]] == keys[ok]
+        if not ok.all():
+            raise EmulationError(
+                f"{int((~ok).sum())} of the link keys are not in the first snapshot, so their "
+                f"kind (ISL/GSL) is unknown; pass RunLinks.from_snapshots(snapshots) instead "
+                f"of the keys")
+        return RunLinks(self.n_nodes, keys, np.asarray(first.kind, dtype=np.int8)[at])
 
     def _spawn_nodes(self) -> None:
         self.mininet = Mininet(topo=None, build=False, controller=None, host=MeshNode,
@@ -565,14 +332,12 @@ class Emulation:
             node = self.mininet.addHost(name, cls=MeshNode, run_id=self.run_id,
                                         ip=f"{adr.node_address(i)}/32", inNamespace=True)
             self.nodes.append(node)
-        _await_prompts(self.nodes, "start", SHELL_TIMEOUT_S)
-        for node in self.nodes:
-            node.waiting = False
-            node.readbuf = ""
+        await_prompts(self.nodes, "start", SHELL_TIMEOUT_S)
+        mark_ready(self.nodes)
 
     def _setup_namespaces(self) -> None:
         own = os.stat("/proc/self/ns/net").st_ino
-        sysctls = dict(NODE_SYSCTLS)
+        sysctls: dict[str, str | int] = dict(NODE_SYSCTLS)
         if not self.ipv6:
             sysctls.update(NO_IPV6_SYSCTLS)
         names = self.names
@@ -590,48 +355,23 @@ class Emulation:
         self._netlink = [r[1] for r in res]
         self._inodes = {r[0] for r in res}
 
-    def _create_links(self, snap: Snapshot) -> None:
+    def _create_links(self, table: LinkTable) -> None:
         from meshemu.live.shapers import LinkEnds
         plan = self.plan
-        n_links = plan.n_links
-        ids = self._snapshot_link_ids(snap)
-        self._up = np.zeros(n_links, dtype=bool)
-        self._delay = np.zeros(n_links)
-        self._rate = np.zeros(n_links)
-        self._up[ids] = snap.up
-        self._delay[ids] = snap.delay_s
-        self._rate[ids] = snap.rate_bps
+        params = table.params_of(np.arange(plan.n_links))
         pids = self.pids
         names = plan.ifnames()
         a, b = plan.a.tolist(), plan.b.tolist()
-        links = [(LinkEnds(k, pids[a[k]], names[k], pids[b[k]], names[k]),
-                  self._params(k)) for k in range(n_links)]
+        links = [(LinkEnds(k, pids[a[k]], names[k], pids[b[k]], names[k]), params[k])
+                 for k in range(plan.n_links)]
         if links:
             self.shaper.create_links(links)
 
-    def _params(self, k: int):
-        from meshemu.live.shapers import LinkParams
-        queue = self.queue_packets[0] if self.plan.isl[k] else self.queue_packets[1]
-        return LinkParams(float(self._delay[k]), float(self._rate[k]), queue, 0.0,
-                          bool(self._up[k]))
-
-    def _snapshot_link_ids(self, snap: Snapshot) -> np.ndarray:
-        keys = snap.key
-        ids = np.searchsorted(self.plan.link_keys, keys)
-        ok = ids < self.plan.n_links
-        ok[ok] = self.plan.link_keys[ids[ok]] == keys[ok]
-        if not ok.all():
-            bad = keys[~ok][:5]
-            pairs = [(self.names[k // self.n_nodes], self.names[k % self.n_nodes]) for k in bad]
-            raise EmulationError(f"snapshot at t={snap.t_s} s has links that were not built "
-                                 f"(link_keys must hold every link of the run): {pairs}")
-        return ids
-
-    def _configure_addresses(self) -> None:
+    def _configure_addresses(self, plan: adr.AddressPlan) -> None:
         """Address ``lo`` and every link interface, then make each link's peer a permanent
         neighbour (no ARP through the shapers: the first packet over a link that comes up
-        does not wait an extra round trip, as on a real laser link)."""
-        plan = self.plan
+        does not wait an extra round trip, as on a real laser link). Makes the route
+        installer, which needs the interface indices."""
         n, n_links = self.n_nodes, plan.n_links
         ends = np.concatenate([plan.a, plan.b]).astype(np.int64)
         side = np.concatenate([np.zeros(n_links, np.int8), np.ones(n_links, np.int8)])
@@ -639,14 +379,19 @@ class Emulation:
         order = np.argsort(ends, kind="stable")
         bounds = np.searchsorted(ends[order], np.arange(n + 1))
         names = plan.ifnames()
-        self._ifindex = np.zeros((n_links, 2), dtype=np.int32)
+        ifindex = np.zeros((n_links, 2), dtype=np.int32)
         macs: list[list[bytes]] = [[b"", b""] for _ in range(n_links)]
         node_addr = plan.node_addr
-        ifindex = self._ifindex
         socks = self._netlink
         node_names = self.names
 
-        def check(i: int, errors: list, what: str) -> None:
+        def sock(i: int) -> nl.Netlink:
+            s = socks[i]
+            if s is None:
+                raise EmulationError(f"node {node_names[i]} has no netlink socket")
+            return s
+
+        def check(i: int, errors: list[tuple[int, int, str]], what: str) -> None:
             if errors:
                 _, err, text = errors[0]
                 raise EmulationError(f"{what} in node {node_names[i]} failed: "
@@ -668,7 +413,7 @@ class Emulation:
                     msgs.append(nl.addr_msg(idx, int(adr.link_address_int(k, sd)),
                                             adr.LINK_PREFIXLEN, 0))
                     msgs.append(nl.link_up_msg(idx, 0))
-            check(i, socks[i].send_batch(nl.pack_messages(msgs)), "configuring addresses")
+            check(i, sock(i).send_batch(nl.pack_messages(msgs)), "configuring addresses")
 
         nl.in_namespaces(self.pids, configure)
         for i in range(n):
@@ -676,7 +421,13 @@ class Emulation:
             msgs = [nl.neigh_msg(int(ifindex[k, sd]), int(adr.link_address_int(k, 1 - sd)),
                                  macs[k][1 - sd], 0)
                     for k, sd in zip(lid[sel].tolist(), side[sel].tolist())]
-            check(i, socks[i].send_batch(nl.pack_messages(msgs)), "adding neighbours")
+            check(i, sock(i).send_batch(nl.pack_messages(msgs)), "adding neighbours")
+        self.routes = RouteInstaller(plan, ifindex, socks)
+
+    def _routes(self) -> RouteInstaller:
+        if self.routes is None:
+            raise EmulationError("the emulation's addresses are not configured yet")
+        return self.routes
 
     def _wait_links_running(self, timeout_s: float = LINKS_RUNNING_TIMEOUT_S) -> None:
         """Wait until every interface is operationally up (see
@@ -698,114 +449,6 @@ class Emulation:
             pending = [i for i, _ in still]
             time.sleep(0.05)
 
-    # -- routes ------------------------------------------------------------------------------
-    def _install_full(self, dests: np.ndarray, nh: np.ndarray, block: int = 128) -> int:
-        """Install every route of ``nh``, a block of nodes at a time (bounded memory)."""
-        n = self.n_nodes
-        total = 0
-        for u0 in range(0, n, block):
-            u1 = min(n, u0 + block)
-            hops = nh[u0:u1]
-            k = hops.shape[2]
-            uu = np.repeat(np.arange(u0, u1, dtype=np.int64), dests.size)
-            dd = np.tile(dests, u1 - u0)
-            flat = hops.reshape(-1, k)
-            keep = (flat[:, 0] >= 0) & (uu != dd)
-            total += self._route_ops(uu[keep], dd[keep], flat[keep])
-        return total
-
-    def _route_ops(self, u: np.ndarray, d: np.ndarray, hops: np.ndarray) -> int:
-        """Make node ``u[m]``'s route to node ``d[m]`` use next hops ``hops[m]`` (-1 padded;
-        all -1: no route). Rows must be sorted by ``u``. Returns the number of rows."""
-        m = u.size
-        if m == 0:
-            return 0
-        n = self.n_nodes
-        plan = self.plan
-        prim = hops[:, 0].astype(np.int64)
-        delete = prim < 0
-        multi = ~delete & (hops[:, 1] >= 0) if hops.shape[1] > 1 else np.zeros(m, bool)
-        single = ~delete & ~multi
-        seq = np.arange(m, dtype=np.uint32)
-        dst_addr = adr.node_address_int(d.astype(np.int64)).astype(np.uint32)
-        src_addr = plan.node_addr[u]
-
-        def hop_fields(rows: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            uu = u[rows]
-            if np.any((v < 0) | (v >= n) | (v == uu)):
-                r = rows[(v < 0) | (v >= n) | (v == uu)][0]
-                raise EmulationError(f"forwarding table: node {self.names[u[r]]} has next hop "
-                                     f"{hops[r].tolist()} to {self.names[d[r]]}")
-            key = np.minimum(uu, v) * n + np.maximum(uu, v)
-            k = np.searchsorted(plan.link_keys, key)
-            k = np.minimum(k, max(plan.n_links - 1, 0))
-            bad = (plan.link_keys[k] != key) if plan.n_links else np.ones(k.size, bool)
-            if np.any(bad):
-                r = rows[bad][0]
-                vv = v[bad][0]
-                raise EmulationError(f"forwarding table: node {self.names[u[r]]} forwards to "
-                                     f"{self.names[d[r]]} via {self.names[vv]}, but there is no "
-                                     f"link {self.names[u[r]]}-{self.names[vv]} in link_keys")
-            s_u = (uu > v).astype(np.int64)   # 0: u is end a
-            gw = adr.link_address_int(k, 1 - s_u).astype(np.uint32)
-            oif = self._ifindex[k, s_u]
-            return gw, oif
-
-        per_node: dict[int, list] = {}
-        rows = np.flatnonzero(single)
-        if rows.size:
-            gw, oif = hop_fields(rows, prim[rows])
-            rec = nl.route_records(dst_addr[rows], gw, oif, src_addr[rows], seq[rows])
-            self._split(per_node, u[rows], rec)
-        rows = np.flatnonzero(delete)
-        if rows.size:
-            rec = nl.delroute_records(dst_addr[rows], seq[rows])
-            self._split(per_node, u[rows], rec)
-        rows = np.flatnonzero(multi)
-        if rows.size:
-            kk = hops.shape[1]
-            # per column j: the j-th next hop (or the primary where there is none)
-            fields = [hop_fields(rows, np.where(hops[rows, j] >= 0, hops[rows, j],
-                                                hops[rows, 0]).astype(np.int64))
-                      for j in range(kk)]
-            msgs: dict[int, list[bytes]] = {}
-            for i, r in enumerate(rows.tolist()):
-                nh_list: list[tuple[int, int]] = []
-                for j in range(kk):
-                    pair = (int(fields[j][0][i]), int(fields[j][1][i]))
-                    if hops[r, j] >= 0 and pair not in nh_list:
-                        nh_list.append(pair)
-                msgs.setdefault(int(u[r]), []).append(
-                    nl.multipath_route_msg(int(dst_addr[r]), nh_list, int(src_addr[r]), r))
-            for node, ms in msgs.items():
-                per_node.setdefault(node, []).extend(nl.pack_messages(ms))
-
-        failures = []
-        for node, chunks in per_node.items():
-            for s, err, text in self._netlink[node].send_batch(chunks, ignore=(errno.ESRCH,)):
-                failures.append((node, s, err, text))
-        if failures:
-            lines = []
-            for node, s, err, text in failures[:5]:
-                op = "delete" if delete[s] else "replace"
-                lines.append(f"{self.names[node]}: {op} route to {self.names[d[s]]} "
-                             f"({adr.int_to_ip(dst_addr[s])}) via {hops[s].tolist()}: "
-                             f"{os.strerror(err)}{' (' + text + ')' if text else ''}")
-            raise EmulationError(f"{len(failures)} route change(s) failed, e.g.:\n  "
-                                 + "\n  ".join(lines))
-        return m
-
-    @staticmethod
-    def _split(per_node: dict[int, list], u: np.ndarray, rec: np.ndarray) -> None:
-        """Append each node's records (``u`` sorted) to ``per_node`` as send-sized chunks."""
-        starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
-        ends = np.r_[starts[1:], u.size]
-        buf = rec.tobytes()
-        size = rec.itemsize
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            per_node.setdefault(int(u[s]), []).extend(
-                nl.chunked(memoryview(buf)[s * size:e * size], size))
-
     def _register_intfs(self) -> None:
         """Give Mininet an Intf object per interface (``lo`` with the node address first)."""
         plan = self.plan
@@ -820,54 +463,39 @@ class Emulation:
                 ports[u] += 1
 
     # -- steps -------------------------------------------------------------------------------
-    def apply(self, snapshot: Snapshot, tables) -> StepStats:
+    def apply(self, snapshot: Snapshot, tables: Any) -> StepStats:
         """Bring the network to ``snapshot`` and ``tables``, changing only what differs.
 
-        Link parameters (a delay change above :data:`DELAY_TOLERANCE_S`, any rate change,
-        up/down) go to the shaper in one ``update`` call; a link that is down gets no delay
-        updates until it comes up. Routes change per :func:`meshemu.routing.route_diff`,
-        in one netlink batch per node that has changes.
+        Link parameters (see :meth:`meshemu.live.links.LinkTable.advance`: up/down, and for
+        links that are up a delay change above :data:`DELAY_TOLERANCE_S`, a rate, queue or
+        loss change) go to the shaper in one ``update`` call. Routes change per
+        :func:`meshemu.routing.route_diff`, in one netlink batch per node that has changes.
 
         Returns
         -------
         StepStats
+            Including the route diff itself, so that nobody computes it again.
+
+        Raises
+        ------
+        EmulationError
+            Not built or stopped; a snapshot or tables that do not fit the emulation.
         """
-        from meshemu.routing import route_diff
-        if not self._started or self._stopped:
+        if not self._started or self._stopped or self.links is None or self.routes is None:
             raise EmulationError("apply() needs a built, running emulation")
         t0 = time.perf_counter()
-        self._check_snapshot(snapshot)
-        self._check_tables(tables)
-        ids = self._snapshot_link_ids(snapshot)
-        up = np.zeros_like(self._up)
-        up[ids] = snapshot.up
-        delay = self._delay.copy()
-        delay[ids] = snapshot.delay_s
-        rate = self._rate.copy()
-        rate[ids] = snapshot.rate_bps
-        with np.errstate(invalid="ignore"):
-            d_rate = ~(np.abs(rate - self._rate) <= RATE_TOLERANCE * np.maximum(self._rate, 1.0))
-            d_rate &= ~((rate == self._rate) | (np.isinf(rate) & np.isinf(self._rate)))
-        changed = np.flatnonzero((up != self._up) | (up & (
-            (np.abs(delay - self._delay) > DELAY_TOLERANCE_S) | d_rate)))
-        self._up[changed] = up[changed]
-        self._delay[changed] = delay[changed]
-        self._rate[changed] = rate[changed]
-        updates = [(k, self._params(k)) for k in changed.tolist()]
-        if updates:
-            self.shaper.update(updates)
+        dests, _ = check_tables(tables, self.n_nodes)
+        changes = self.links.advance(snapshot)
+        ids = changes.ids
+        if ids.size:
+            self.shaper.update(list(zip(ids.tolist(), self.links.params_of(ids))))
+        t1 = time.perf_counter()
         diff = route_diff(self._tables, tables)
-        dests = np.asarray(tables.destinations, dtype=np.int64)
-        nodes = np.asarray(diff.nodes, dtype=np.int64)
-        order = np.argsort(nodes, kind="stable")
-        u = nodes[order]
-        d = dests[np.asarray(diff.dest_index)[order]]
-        hops = np.asarray(diff.new)[order]
-        keep = u != d
-        n_routes = self._route_ops(u[keep], d[keep], hops[keep])
+        n_routes = self.routes.apply_diff(diff, dests)
         self._tables = tables
-        st = StepStats(float(snapshot.t_s), len(updates), int(n_routes),
-                       time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        st = StepStats(float(snapshot.t_s), int(ids.size), int(n_routes), t2 - t0, diff,
+                       changes.n_went_up, changes.n_went_down, t1 - t0, t2 - t1)
         log.debug("step t=%.1f s: %d link updates, %d route changes, %.1f ms", st.t_s,
                   st.n_link_updates, st.n_route_changes, st.apply_s * 1e3)
         return st

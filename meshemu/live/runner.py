@@ -184,7 +184,7 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
         :mod:`meshemu.live.capture`.
     """
     from meshemu.linux.limits import require_root
-    from meshemu.live.emulation import Emulation
+    from meshemu.live.emulation import Emulation, RunLinks
     from meshemu.live.shapers import make_shaper
 
     require_root("meshemu run")
@@ -255,7 +255,7 @@ def run_emulation(scenario: Scenario | str, duration_s: float = 60.0, step_s: fl
                        else " picked by auto: the kernel has no netem")
             print(f"building {len(nodes)} nodes and {link_keys.size} links "
                   f"(shaper: {shaper_obj.name}{why}) ...", flush=True)
-            emu.build(link_keys, snapshots[0], first_tables)
+            emu.build(RunLinks.from_snapshots(snapshots), snapshots[0], first_tables)
             t_build = time.perf_counter() - t0
             print(f"built in {t_build:.1f} s", flush=True)
             paths0 = recorder.record(snapshots[0], first_tables)

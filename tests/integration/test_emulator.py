@@ -10,6 +10,7 @@ s1, every link 5 ms one way, through the userspace shaper (this kernel has no ne
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -22,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshemu.linux import limits
-from meshemu.live import emulation as em
-from meshemu.linux import netns as nl
 from meshemu.errors import EmulationError, NotRootError, ResourceError
+from meshemu.geometry.linkstate import GSL, ISL
+from meshemu.linux import limits
+from meshemu.linux import netns as nl
+from meshemu.live import emulation as em
+from meshemu.live import resources
 from meshemu.live.shapers import make_shaper
 
 pytestmark = pytest.mark.root
@@ -33,6 +36,7 @@ pytestmark = pytest.mark.root
 NAMES = ["s0", "s1", "s2", "g0", "g1"]
 KINDS = ["sat", "sat", "sat", "station", "station"]
 EDGES = [(0, 1), (1, 2), (0, 2), (0, 3), (1, 4)]
+LINK_KINDS = [ISL, ISL, ISL, GSL, GSL]
 TRANSIT = [True, True, True, False, False]
 DELAY_S = 0.005
 MAIN = Path(__file__).resolve().parents[2]
@@ -48,7 +52,7 @@ def ring(up=None, t_s: float = 0.0, k: int = 2):
     """Snapshot and shortest-delay tables (padded to ``k`` next hops) of the test ring."""
     from meshemu.routing import ForwardingTables, get_scheme, snapshot_from_edges
     snap = snapshot_from_edges(5, EDGES, [DELAY_S] * len(EDGES), transit=TRANSIT, up=up,
-                               rates=[1e9] * len(EDGES), t_s=t_s)
+                               rates=[1e9] * len(EDGES), t_s=t_s, kinds=LINK_KINDS)
     tab = get_scheme("shortest-delay").forwarding_tables(snap, np.arange(5, dtype=np.int32))
     nh = np.full((5, 5, k), -1, dtype=np.int32)
     nh[:, :, :min(k, tab.next_hop.shape[2])] = tab.next_hop[:, :, :k]
@@ -250,7 +254,7 @@ def test_not_root_for_real(tmp_path):
 def test_memory_estimate_refuses_what_cannot_fit(monkeypatch, tmp_path, run_id):
     _require_root()
     snap, tab = ring()
-    monkeypatch.setattr(em, "mem_available_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(resources, "mem_available_bytes", lambda: 1 << 20)
     shaper = make_shaper("fake", run_id)
     emu = em.Emulation(NAMES, KINDS, shaper, tmp_path, run_id)
     with pytest.raises(ResourceError, match="GiB"):
@@ -261,7 +265,7 @@ def test_memory_estimate_refuses_what_cannot_fit(monkeypatch, tmp_path, run_id):
 
 
 SIGNAL_SCRIPT = r'''
-import sys, time
+import signal, sys, time
 import numpy as np
 from types import SimpleNamespace
 from meshemu.live.emulation import Emulation
@@ -294,7 +298,7 @@ with handle_signals():
             time.sleep(0.01)
         emu.node("s0").popen(["sleep", "1002"])                   # not on the node's pty
         print("BUILT", " ".join(str(p) for p in emu.pids), flush=True)
-        time.sleep(600)
+        signal.pause()              # until the test's signal (handle_signals raises)
     finally:
         emu.stop()
         print("STOPPED", flush=True)
@@ -366,18 +370,35 @@ def test_netlink_messages_decode_with_pyroute2():
     assert d["header"]["type"] == nl.RTM_DELROUTE and d.get_attr("RTA_DST") == "10.0.0.5"
 
 
-def test_queue_sizes_per_link_kind(tmp_path, run_id):
-    """ISLs and GSLs get the scenario's own queue sizes (here 7 and 9 packets)."""
+def test_queue_sizes_and_loss_come_from_the_snapshot(tmp_path, run_id):
+    """Each link gets the snapshot's own queue size and loss (here ISLs 7 packets, GSLs 9,
+    and one link 1 % loss); the link kind (interface name) is the snapshot's; a change of
+    queue or loss alone is pushed at the next step; a bad queue size is refused."""
     _require_root()
     snap, tab = ring()
-    emu = em.Emulation(NAMES, KINDS, make_shaper("userspace", run_id), tmp_path, run_id,
-                       queue_packets=(7, 9))
+    isl = snap.kind == ISL
+    queue = np.where(isl, 7, 9).astype(np.int32)
+    loss = np.zeros(snap.n_links)
+    loss[0] = 0.01
+    snap = dataclasses.replace(snap, queue_packets=queue, loss=loss)
+    emu = em.Emulation(NAMES, KINDS, make_shaper("userspace", run_id), tmp_path, run_id)
     try:
-        emu.build(snap.key, snap, tab)
+        emu.build(em.RunLinks.from_snapshots([snap]), snap, tab)
         for k in range(snap.n_links):
-            isl = KINDS[snap.a[k]] == "sat" and KINDS[snap.b[k]] == "sat"
-            assert emu.shaper.params(k).queue_packets == (7 if isl else 9)
+            p = emu.shaper.params(k)
+            assert p.queue_packets == (7 if isl[k] else 9) and p.loss == loss[k]
+            assert emu.plan.ifname(k).startswith("isl" if isl[k] else "gsl")
+        snap2, _ = ring(t_s=1.0)
+        queue2 = queue.copy()
+        queue2[1] = 50
+        snap2 = dataclasses.replace(snap2, queue_packets=queue2, loss=loss)
+        st = emu.apply(snap2, tab)
+        assert (st.n_link_updates, st.n_route_changes, len(st.route_diff)) == (1, 0, 0)
+        assert emu.shaper.params(1).queue_packets == 50
     finally:
         emu.stop()
+    bad = dataclasses.replace(snap, queue_packets=np.zeros(snap.n_links, np.int32))
+    emu = em.Emulation(NAMES, KINDS, None, tmp_path, run_id)   # refused before the shaper
     with pytest.raises(EmulationError, match="queue_packets"):
-        em.Emulation(NAMES, KINDS, None, tmp_path, run_id, queue_packets=(0, 5))
+        emu.build(snap.key, bad, tab)
+    assert not emu.pids

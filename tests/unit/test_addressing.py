@@ -69,6 +69,18 @@ def test_plan_interface_names_and_kinds():
     assert len(adr.ifname(adr.MAX_LINKS - 1, False)) <= adr.IFNAME_MAX
 
 
+def test_link_kinds_given_win_over_node_kinds():
+    """The emulator passes each link's kind (from the snapshots); it names the interface."""
+    base = _ring_plan()
+    isl = ~base.isl
+    plan = adr.AddressPlan.from_links(base.names, base.kinds, base.link_keys, isl=isl)
+    assert plan.isl.tolist() == isl.tolist()
+    assert [n[:3] for n in plan.ifnames()] == ["isl" if x else "gsl" for x in isl.tolist()]
+    assert plan.to_dict()["links"][0]["kind"] == ("isl" if isl[0] else "gsl")
+    with pytest.raises(ScenarioError, match="one bool per link"):
+        adr.AddressPlan.from_links(base.names, base.kinds, base.link_keys, isl=isl[:-1])
+
+
 def test_limits_name_the_limit():
     with pytest.raises(ResourceError, match=str(adr.MAX_NODES)):
         adr.check_limits(adr.MAX_NODES + 1, 10)
