@@ -113,7 +113,7 @@ def test_ring_allreduce_matches_alpha_beta(network, tmp_path):
     chunk = 250_000
     wire = chunk + 184 * 78
     step_s = 0.5e-3 + DELAY_S + wire * 8 / 20e6 + 1442 * 8 / RATE_BPS
-    pace = float(run.jobs[0]["pace_bps"][0])
+    pace = float(run.jobs[0].pace_bps[0])
     assert pace == 20e6
     for row in its:
         pred = float(row["predicted_ms"])
