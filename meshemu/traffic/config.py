@@ -323,9 +323,12 @@ def _config_from_dict(d: Mapping[str, Any]) -> AgentConfig:
             flow_req={str(k): int(v) for k, v in c["flow_req"].items()},
             flow_resp={str(k): int(v) for k, v in c["flow_resp"].items()},
             id_base=int(c["id_base"])))
-    servers = [InferenceServerConfig(**{k: (float(v) if k == "pace_bps" else int(v))
-                                        for k, v in _known(InferenceServerConfig, c).items()})
-               for c in d.pop("inference_servers", [])]
+    servers = []
+    for c in d.pop("inference_servers", []):
+        c = _known(InferenceServerConfig, c)
+        servers.append(InferenceServerConfig(
+            request_flow=int(c["request_flow"]), response_flow=int(c["response_flow"]),
+            response_bytes=int(c["response_bytes"]), pace_bps=float(c["pace_bps"])))
     streams = []
     for c in d.pop("streams", []):
         c = _known(StreamConfig, c)

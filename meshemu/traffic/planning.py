@@ -171,6 +171,16 @@ def _pace(w: AllReduceSpec, plan: list[sch.Transfer], ids: list[int], snap0: Sna
     return pace
 
 
+@dataclass
+class _Roles:
+    """A node's roles while planning."""
+
+    collectives: list[CollectiveConfig] = field(default_factory=list)
+    inference_clients: list[InferenceClientConfig] = field(default_factory=list)
+    inference_servers: list[InferenceServerConfig] = field(default_factory=list)
+    streams: list[StreamConfig] = field(default_factory=list)
+
+
 class _Planner:
     """The state of :func:`plan_traffic` while it goes through the workloads."""
 
@@ -184,7 +194,7 @@ class _Planner:
         self.flows: list[Flow] = []
         self.sample: dict[int, int] = {}
         self.jobs: list[Job] = []
-        self.roles: dict[str, dict[str, list]] = {}
+        self.roles: dict[str, _Roles] = {}
         self.active: set[str] = set()
         self.next_request_id = FIRST_REQUEST_ID
 
@@ -193,11 +203,8 @@ class _Planner:
         self.flows.append(Flow(fid, name, kind, src, dst))
         return fid
 
-    def node(self, node: str) -> dict[str, list]:
-        if node not in self.roles:
-            self.roles[node] = {"collectives": [], "inference_clients": [],
-                                "inference_servers": [], "streams": []}
-        return self.roles[node]
+    def node(self, node: str) -> _Roles:
+        return self.roles.setdefault(node, _Roles())
 
     def allreduce(self, w: AllReduceSpec) -> None:
         nodes = tuple(w.nodes)
@@ -213,7 +220,7 @@ class _Planner:
         self.jobs.append(Job(w.name, w.algorithm, nodes, tuple(plan), flow_ids, pace,
                              w.iterations))
         for r, node in enumerate(nodes):
-            self.node(node)["collectives"].append(CollectiveConfig(
+            self.node(node).collectives.append(CollectiveConfig(
                 job=w.name, rank=r, nodes=nodes, iterations=w.iterations,
                 compute_ms=w.compute_ms, start_s=w.start_s, plan=tuple(plan),
                 flow_ids=flow_ids, pace_bps=pace))
@@ -227,14 +234,14 @@ class _Planner:
             for s in w.servers:
                 flow_req[s] = self.flow(w.name, "inference", user, s)
                 flow_resp[s] = self.flow(w.name, "inference", s, user)
-                self.node(s)["inference_servers"].append(InferenceServerConfig(
+                self.node(s).inference_servers.append(InferenceServerConfig(
                     flow_req[s], flow_resp[s], w.response_bytes, w.rate_mbps * 1e6))
             rng = np.random.default_rng([self.resolved.profile.seed, wi, ui])
             times = sch.poisson_arrivals(w.rate_per_s, span, rng) + w.start_s
             id_base = self.next_request_id
             # request ids: unique over the run, and they fit the header's u32 msg_id
             self.next_request_id += 1_000_000 * (times.size // 1_000_000 + 1)
-            self.node(user)["inference_clients"].append(InferenceClientConfig(
+            self.node(user).inference_clients.append(InferenceClientConfig(
                 job=w.name, servers=tuple(w.servers), times_s=tuple(times.tolist()),
                 request_bytes=w.request_bytes, response_bytes=w.response_bytes,
                 deadline_ms=w.deadline_ms, target=w.target, pace_bps=w.rate_mbps * 1e6,
@@ -252,8 +259,8 @@ class _Planner:
             t, s = sch.replay_schedule(w.times_s, w.ip_bytes, w.duration_s)
             cfg = StreamConfig(fid, w.dst, w.start_s, w.duration_s,
                                times_s=tuple(t.tolist()), ip_bytes=tuple(s.tolist()))
-        self.node(w.src)["streams"].append(cfg)
-        self.node(w.dst)
+        self.node(w.src).streams.append(cfg)
+        self.node(w.dst)   # receives: gets an agent
         self.active.add(w.src)
 
 
@@ -291,9 +298,9 @@ def plan_traffic(resolved: ResolvedProfile, router: Router, snap0: Snapshot | No
     addrs = {n: address_of(n) for n in peers}
     configs = {node: AgentConfig(
         node=node, addrs=addrs, out_dir=out_dir, bind=bind, control=True,
-        sample=dict(p.sample), collectives=tuple(r["collectives"]),
-        inference_clients=tuple(r["inference_clients"]),
-        inference_servers=tuple(r["inference_servers"]), streams=tuple(r["streams"]))
+        sample=dict(p.sample), collectives=tuple(r.collectives),
+        inference_clients=tuple(r.inference_clients),
+        inference_servers=tuple(r.inference_servers), streams=tuple(r.streams))
         for node, r in p.roles.items()}
     return TrafficPlan(tuple(p.flows), dict(p.sample), tuple(p.jobs), configs,
                        frozenset(p.active))
