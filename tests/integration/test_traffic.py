@@ -86,6 +86,8 @@ def run_profile(emu, snap, tab, profile: dict, out: Path, wall_s: float,
     try:
         t0 = time.monotonic()
         for k in range(n_steps):
+            # the emulation's clock (a step a second, as the runner's): not a wait for a
+            # condition; finish() waits on the agents' done reports
             time.sleep(max(0.0, t0 + k - time.monotonic()))
             run.step(k, float(k), paths, tables)
         run.finish()

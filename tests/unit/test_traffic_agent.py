@@ -156,3 +156,34 @@ def test_control_lines_round_trip():
             parse_command(bad)
     with pytest.raises(EmulationError):
         parse_report("status {\"node\": \"a\", \"x\": 1}")
+
+
+def test_agent_without_control_runs_on_its_config_times(tmp_path):
+    """``python -m meshemu.traffic.agent CONFIG`` without control: it starts at the config's
+    time zero, reports done on stdout when its stream is over, and SIGTERM ends it with its
+    status."""
+    import signal
+    import subprocess
+    import sys
+    now = time.time_ns()
+    cfg = AgentConfig(node="a", bind="127.0.0.1", addrs=ADDRS, out_dir=str(tmp_path),
+                      start_unix_ns=now + 1_000_000_000, end_unix_ns=now + 5_000_000_000,
+                      streams=(StreamConfig(1, "b", 0.0, 0.2, rate_bps=1e6),))
+    path = write_agent_config(cfg, tmp_path / "a.json")
+    p = subprocess.Popen([sys.executable, "-m", "meshemu.traffic.agent", str(path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert parse_report(p.stdout.readline()) == Ready()
+        done = parse_report(p.stdout.readline())
+        assert isinstance(done, Done) and done.unix_ns >= now + 1_200_000_000
+        p.send_signal(signal.SIGTERM)
+        status = parse_report(p.stdout.readline())
+        assert p.wait(timeout=10) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert isinstance(status, AgentStatus) and status.done
+    # at most the schedule's packets (fewer if the interpreter started after time zero: a
+    # late sender does not make up more than MAX_BURST_NS of lost time)
+    assert 1 <= status.sent_packets <= 0.2 / sch.bulk_interval_s(1.0) + 1
