@@ -17,12 +17,10 @@ No root needed. Run: ``.venv/bin/python benchmarks/bench_generator.py`` (about 4
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import resource
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,8 @@ from pathlib import Path
 from scapy.packet import Raw
 
 from meshemu.traffic import header as H
+from meshemu.traffic.config import AgentConfig, StreamConfig
+from meshemu.traffic.supervision import AGENT_FILES, AgentSupervisor
 
 SINK_PORT = 47999
 
@@ -106,31 +106,23 @@ def bench_send(payload: int, duration_s: float) -> None:
 def bench_agents(rates_mbps: list[float], seconds: float) -> None:
     with tempfile.TemporaryDirectory() as d:
         for rate in rates_mbps:
-            start = time.time_ns() + 1_500_000_000
-            end = start + int((seconds + 0.5) * 1e9)
             addrs = {"a": "127.0.0.1", "b": "127.0.0.2"}
-            base = {"addrs": addrs, "start_unix_ns": start, "end_unix_ns": end, "out_dir": d,
-                    "collectives": [], "inference_clients": [], "inference_server": {}}
-            cfg_a = {**base, "node": "a", "bind": "127.0.0.1", "streams": [
-                {"flow_id": 1, "dst": "b", "rate_bps": rate * 1e6, "start_s": 0,
-                 "duration_s": seconds}]}
-            cfg_b = {**base, "node": "b", "bind": "127.0.0.2", "streams": []}
-            procs = []
-            for c in (cfg_b, cfg_a):
-                path = Path(d) / f"{c['node']}.json"
-                path.write_text(json.dumps(c))
-                procs.append(subprocess.Popen([sys.executable, "-m", "meshemu.traffic.agent",
-                                               str(path)]))
-            # wait until the sender has finished, then stop both
-            done = Path(d) / "a.done"
-            while not done.exists() and time.time_ns() < end + 3e9:
-                time.sleep(0.05)
-            time.sleep(0.3)
-            for pr in procs:
-                pr.terminate()
-            for pr in procs:
-                pr.wait(timeout=10)
-            st_a = json.loads((Path(d) / "a.status.json").read_text())
+            cfg_a = AgentConfig(node="a", bind="127.0.0.1", addrs=addrs, out_dir=d,
+                                control=True, streams=(StreamConfig(
+                                    flow_id=1, dst="b", rate_bps=rate * 1e6, start_s=0,
+                                    duration_s=seconds),))
+            cfg_b = AgentConfig(node="b", bind="127.0.0.2", addrs=addrs, out_dir=d,
+                                control=True)
+            sup = AgentSupervisor(Path(d))
+            try:
+                sup.start({"b": cfg_b, "a": cfg_a})
+                start = time.time_ns() + 200_000_000
+                end = start + int((seconds + 0.5) * 1e9)
+                sup.go(start, end)
+                # wait until the sender has finished, then stop both
+                sup.wait_done(["a"], end / 1e9 + 3)
+            finally:
+                st = sup.stop(wait_s=10)
             rows = (Path(d) / "b.packets.csv").read_text().splitlines()
             if rows:
                 t_first = int(rows[0].split(",")[7])
@@ -140,10 +132,9 @@ def bench_agents(rates_mbps: list[float], seconds: float) -> None:
             else:
                 frames = 0.0
             print(f"agent bulk flow at {rate:g} Mbit/s for {seconds:g} s: sent "
-                  f"{st_a['sent_packets']} packets, received {len(rows)}, achieved "
+                  f"{st['a'].sent_packets} packets, received {len(rows)}, achieved "
                   f"{frames:.1f} Mbit/s (Ethernet frames)")
-            for suffix in (".packets.csv", ".iterations.csv", ".inference.csv", ".done",
-                           ".status.json"):
+            for suffix in AGENT_FILES:
                 for node in "ab":
                     (Path(d) / f"{node}{suffix}").unlink(missing_ok=True)
 

@@ -133,7 +133,7 @@ def patch_fast(buf: bytearray, seq: int, frag: int, n_frags: int, send_ns: int,
     struct.pack_into("!H", buf, OFF_FLAGS, flags)
 
 
-def parse(buf: bytes | bytearray | memoryview) -> tuple:
+def parse(buf: bytes | bytearray | memoryview) -> tuple[int, ...]:
     """The header fields of a packet body, as :data:`HEADER` unpacks them:
     ``(magic, version, kind, flow_id, msg_id, seq, frag, n_frags, send_ns, msg_bytes,
     flags, reserved)``."""

@@ -191,7 +191,8 @@ def transfer_time_s(delay_s: float, nbytes: int, rate_bps: float,
 
 
 def fair_share_rates(plan: Sequence[Transfer], paths: Sequence[Sequence[int] | None],
-                     link_rate_bps: dict[int, float], pace_bps: Sequence[float]) -> np.ndarray:
+                     link_rate_bps: dict[int, float], pace_bps: Sequence[float] | np.ndarray
+                     ) -> np.ndarray:
     """Rate each transfer gets: ``min(pace, min over its links of rate / sharers)``.
 
     Parameters
@@ -229,7 +230,7 @@ def fair_share_rates(plan: Sequence[Transfer], paths: Sequence[Sequence[int] | N
 
 
 def predict_iteration_s(plan: Sequence[Transfer], delay_s: Sequence[float],
-                        rate_bps: Sequence[float],
+                        rate_bps: Sequence[float] | np.ndarray,
                         hop_rates_bps: Sequence[Sequence[float]] | None = None,
                         overhead_s: float = OVERHEAD_S) -> float:
     """Alpha-beta time of one iteration: sum over phases of the slowest transfer.
@@ -247,7 +248,7 @@ def predict_iteration_s(plan: Sequence[Transfer], delay_s: Sequence[float],
 
 
 def critical_path_s(plan: Sequence[Transfer], delay_s: Sequence[float],
-                    rate_bps: Sequence[float],
+                    rate_bps: Sequence[float] | np.ndarray,
                     hop_rates_bps: Sequence[Sequence[float]] | None = None,
                     overhead_s: float = OVERHEAD_S) -> float:
     """Alpha-beta time of one iteration along the plan's dependencies (longest path).

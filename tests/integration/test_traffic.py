@@ -86,6 +86,8 @@ def run_profile(emu, snap, tab, profile: dict, out: Path, wall_s: float,
     try:
         t0 = time.monotonic()
         for k in range(n_steps):
+            # the emulation's clock (a step a second, as the runner's): not a wait for a
+            # condition; finish() waits on the agents' done reports
             time.sleep(max(0.0, t0 + k - time.monotonic()))
             run.step(k, float(k), paths, tables)
         run.finish()
@@ -113,7 +115,7 @@ def test_ring_allreduce_matches_alpha_beta(network, tmp_path):
     chunk = 250_000
     wire = chunk + 184 * 78
     step_s = 0.5e-3 + DELAY_S + wire * 8 / 20e6 + 1442 * 8 / RATE_BPS
-    pace = float(run.jobs[0]["pace_bps"][0])
+    pace = float(run.jobs[0].pace_bps[0])
     assert pace == 20e6
     for row in its:
         pred = float(row["predicted_ms"])
