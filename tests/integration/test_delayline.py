@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from meshemu.linux import commands
 from meshemu.live import shapers as sh
 from meshemu.live.shapers import LinkEnds, LinkParams, UserspaceShaper
 
@@ -258,7 +259,7 @@ def test_netem_probe_says_no_here_and_leaks_nothing():
 def test_netem_commands_are_accepted_by_ip_and_tc(netns_factory):
     a, b = netns_factory(), netns_factory()
     e = LinkEnds(0, a.pid, "mxa", b.pid, "mxb")
-    sh._batch("ip", [sh.veth_cmd(e.if_a, e.pid_a, e.if_b, e.pid_b)])
+    commands.batch("ip", [sh.veth_cmd(e.if_a, e.pid_a, e.if_b, e.pid_b)])
     assert "mxa" in a.links() and "mxb" in b.links()
     lines = [sh.netem_qdisc_cmd("mxa", p, act)
              for p in (LinkParams(0.0123, 5e7, 300, 0.01), LinkParams(1.5, 0, up=False),
