@@ -401,7 +401,7 @@ def parse_link_dump(data: bytes) -> tuple[list[tuple[int, int, str, int]], bool]
     CommandError
         The kernel answered ``NLMSG_ERROR``.
     """
-    out = []
+    out: list[tuple[int, int, str, int]] = []
     for off, length, mtype, _, _ in messages(data):
         if mtype == NLMSG_DONE:
             return out, True
@@ -434,7 +434,7 @@ def parse_qdisc_dump(data: bytes
     CommandError
         The kernel answered ``NLMSG_ERROR``.
     """
-    out = []
+    out: list[tuple[int, int, str, tuple[int, int, int] | None]] = []
     for off, length, mtype, _, _ in messages(data):
         if mtype == NLMSG_DONE:
             return out, True

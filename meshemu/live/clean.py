@@ -63,7 +63,7 @@ def find_runs() -> dict[str, dict]:
             e = entry(p.name[:-len(".lock")])
             e["lock"] = p
             info = read_lock(p)
-            e["live"] = bool(info) and lock_is_live(info)
+            e["live"] = bool(info and lock_is_live(info))
     for pid, (ino, argv) in procs.scan_processes().items():
         rid = _run_of_argv(argv)
         if rid is not None and argv and os.path.basename(argv[0]) in ("bash", "mnexec"):
@@ -127,9 +127,29 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
         runs = {run_id: runs.get(run_id, _empty())}
     dead = {rid: e for rid, e in runs.items() if not e["live"]}
     live_ids = {rid for rid, e in runs.items() if e["live"]}
-    removed: list[str] = []
+    removed = _node_processes(dead, dry_run)                       # 1.
+    if dry_run:                                                    # 2.
+        removed += _shaper_dry_run(run_id, dead)
+    else:
+        for rid in sorted(dead):
+            removed += cleanup_leftovers(rid)
+        if run_id is None:
+            removed += cleanup_leftovers()
+    removed += _unused_netns(run_id, dead, live_ids, dry_run)      # 3.
+    if run_id is None:                                             # 4.
+        removed += _root_interfaces(dry_run)
+    for rid, e in sorted(dead.items()):                            # 5.
+        if e["lock"] is not None:
+            removed.append(f"lock {e['lock']}")
+            if not dry_run:
+                Path(e["lock"]).unlink(missing_ok=True)
+    for item in removed:
+        log.info("%s %s", "would remove" if dry_run else "removed", item)
+    return removed
 
-    # 1. node shells and everything in their namespaces
+
+def _node_processes(dead: dict[str, dict], dry_run: bool) -> list[str]:
+    """Step 1: kill the node shells of dead runs and everything in their namespaces."""
     inodes: set[int] = set()
     shells: dict[int, str] = {}
     marked: dict[int, str] = {}
@@ -143,6 +163,7 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
             inodes.add(running[pid][0])
     inodes.discard(os.stat("/proc/self/ns/net").st_ino)   # never sweep the root namespace
     victims = sorted(set(procs.pids_in_netns(inodes)) | set(shells) | set(marked))
+    removed = []
     for pid in victims:
         argv = running.get(pid, (0, []))[1]
         prog = os.path.basename(argv[0]) if argv else "?"
@@ -157,17 +178,13 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+    return removed
 
-    # 2. the shapers' delay lines and namespaces
-    if dry_run:
-        removed += _shaper_dry_run(run_id, dead)
-    else:
-        for rid in sorted(dead):
-            removed += cleanup_leftovers(rid)
-        if run_id is None:
-            removed += cleanup_leftovers()
 
-    # 3. other named namespaces of dead runs that no process uses
+def _unused_netns(run_id: str | None, dead: dict[str, dict], live_ids: set[str],
+                  dry_run: bool) -> list[str]:
+    """Step 3: other named namespaces of dead runs that no process uses."""
+    removed = []
     for ns in _named_netns():
         if not ns.startswith(NS_PREFIX) or delayline_netns_run(ns) is not None:
             continue
@@ -185,24 +202,18 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
             p = commands.run(["ip", "netns", "del", ns], check=False)
             if p.returncode != 0 and os.path.exists(f"/run/netns/{ns}"):
                 raise CommandError(["ip", "netns", "del", ns], p.returncode, p.stderr)
+    return removed
 
-    # 4. interfaces in the root namespace (no run id on them: only when cleaning all runs)
-    if run_id is None:
-        for name in _root_ifaces():
-            removed.append(f"interface {name} (root namespace)")
-            if not dry_run:
-                p = commands.run(["ip", "link", "del", name], check=False)
-                if p.returncode != 0 and "Cannot find device" not in p.stderr:
-                    raise CommandError(["ip", "link", "del", name], p.returncode, p.stderr)
 
-    # 5. lock files
-    for rid, e in sorted(dead.items()):
-        if e["lock"] is not None:
-            removed.append(f"lock {e['lock']}")
-            if not dry_run:
-                Path(e["lock"]).unlink(missing_ok=True)
-    for item in removed:
-        log.info("%s %s", "would remove" if dry_run else "removed", item)
+def _root_interfaces(dry_run: bool) -> list[str]:
+    """Step 4: meshemu-named interfaces in the root namespace (they carry no run id)."""
+    removed = []
+    for name in _root_ifaces():
+        removed.append(f"interface {name} (root namespace)")
+        if not dry_run:
+            p = commands.run(["ip", "link", "del", name], check=False)
+            if p.returncode != 0 and "Cannot find device" not in p.stderr:
+                raise CommandError(["ip", "link", "del", name], p.returncode, p.stderr)
     return removed
 
 

@@ -301,13 +301,13 @@ class NetemShaper(LinkShaper):
         out: dict[int, list[int]] = {lid: [0, 0, 0] for lid in self._links}
         for pid, links in by_pid.items():
             for ifindex, stats in qdisc_stats(self._nl[pid]).items():
-                lid = links.get(ifindex)
-                if lid is not None:
-                    c = out[lid]
+                owner = links.get(ifindex)
+                if owner is not None:
+                    c = out[owner]
                     c[0] += stats[0]
                     c[1] += stats[1]
                     c[2] += stats[2]
-        return {k: tuple(v) for k, v in out.items()}
+        return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
     def close(self) -> None:
         socks, self._nl = list(self._nl.values()), {}

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import IO
 
 from meshemu.errors import EmulationError, ShaperError
 from meshemu.linux import commands, ifaces, procs
@@ -64,7 +65,7 @@ class UserspaceShaper(LinkShaper):
             raise ShaperError(f"workers must be an integer in 1..64; got {workers!r}")
         self.workers = workers
         self.netns = f"{NS_PREFIX}{run_id}{DL_SUFFIX}"
-        self._procs: list[subprocess.Popen] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
         self._lock = threading.Lock()
 
@@ -96,8 +97,8 @@ class UserspaceShaper(LinkShaper):
         """Process ids of the delay-line workers."""
         return [p.pid for p in self._procs]
 
-    def _read_exact(self, p: subprocess.Popen, n: int) -> bytes:
-        fd = p.stdout.fileno()
+    def _read_exact(self, p: subprocess.Popen[bytes], n: int) -> bytes:
+        fd = _stdout(p).fileno()
         buf = b""
         deadline = time.monotonic() + CONTROL_TIMEOUT_S
         while len(buf) < n:
@@ -112,7 +113,7 @@ class UserspaceShaper(LinkShaper):
             buf += chunk
         return buf
 
-    def _read_reply(self, p: subprocess.Popen) -> bytes:
+    def _read_reply(self, p: subprocess.Popen[bytes]) -> bytes:
         status, n = dl.HDR.unpack(self._read_exact(p, dl.HDR.size))
         payload = self._read_exact(p, n) if n else b""
         if status != dl.ST_OK:
@@ -123,7 +124,7 @@ class UserspaceShaper(LinkShaper):
         with self._lock:
             for p in self._procs:
                 try:
-                    p.stdin.write(msg)
+                    _stdin(p).write(msg)
                 except BrokenPipeError:
                     raise EmulationError(f"delay-line worker (pid {p.pid}) is gone (exit "
                                          f"status {p.poll()})") from None
@@ -183,14 +184,14 @@ class UserspaceShaper(LinkShaper):
                 c[0] += pk
                 c[1] += by
                 c[2] += dr
-        return {k: tuple(v) for k, v in out.items()}
+        return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
     def close(self) -> None:
         self._closed = True
         for p in self._procs:
             try:
-                p.stdin.write(dl.HDR.pack(dl.OP_QUIT, 0))
-                p.stdin.close()
+                _stdin(p).write(dl.HDR.pack(dl.OP_QUIT, 0))
+                _stdin(p).close()
             except OSError:
                 pass
         for p in self._procs:
@@ -199,12 +200,22 @@ class UserspaceShaper(LinkShaper):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-            p.stdout.close()
+            _stdout(p).close()
         self._procs = []
         self._links.clear()
         if os.path.exists(f"/run/netns/{self.netns}"):
             # the namespace goes with its last process; its veths take the nodes' ends along
             commands.run(["ip", "netns", "del", self.netns])
+
+
+def _stdin(p: subprocess.Popen[bytes]) -> IO[bytes]:
+    assert p.stdin is not None    # every worker starts with stdin=PIPE
+    return p.stdin
+
+
+def _stdout(p: subprocess.Popen[bytes]) -> IO[bytes]:
+    assert p.stdout is not None   # and stdout=PIPE
+    return p.stdout
 
 
 def _recs(links: Iterable[tuple[LinkEnds, LinkParams]]) -> Iterable[tuple]:
