@@ -28,8 +28,8 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from conftest import Netns  # noqa: E402  (the namespace helper the tests use)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from doubles import Netns  # noqa: E402  (the namespace holder the tests use; no pytest)
 
 from meshemu.live.shapers import LinkEnds, LinkParams, UserspaceShaper  # noqa: E402
 

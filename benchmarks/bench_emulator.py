@@ -23,9 +23,11 @@ import dataclasses
 import logging
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +35,10 @@ from meshemu.geometry.linkstate import GSL, ISL
 from meshemu.linux.limits import mem_available_bytes
 from meshemu.live.emulation import Emulation
 from meshemu.routing import get_scheme, snapshot_from_edges
-from meshemu.live.shapers import FakeShaper, batch_text, make_shaper, veth_cmd
+from meshemu.live.shapers import batch_text, make_shaper, veth_cmd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from doubles import FakeShaper  # noqa: E402  (the test double; not a registered shaper)
 
 SATS_PER_PLANE = 22
 #: Ground stations each see this many candidate satellites over the run.

@@ -27,19 +27,19 @@ import logging
 import os
 import re
 import socket
-import subprocess
 from pathlib import Path
 
-from meshemu.linux import netns as nl
+from meshemu.linux import commands, procs
 from meshemu.linux.limits import require_root
 from meshemu.live.emulation import ENV_MARKER, LOCK_DIR, RUN_MARKER, lock_is_live, read_lock
+from meshemu.live.shapers import NS_PREFIX, cleanup_leftovers
+from meshemu.live.shapers.userspace import delayline_netns_run
 from meshemu.errors import CommandError, EmulationError
 
 log = logging.getLogger(__name__)
 
 #: Root-namespace interface names meshemu (or its shapers) use.
 ROOT_IFACE_RE = re.compile(r"^(isl\d+|gsl\d+|dl\d+[ab])$")
-NS_PREFIX = "meshemu-"
 
 
 def _run_of_argv(argv: list[str]) -> str | None:
@@ -63,14 +63,14 @@ def find_runs() -> dict[str, dict]:
             e = entry(p.name[:-len(".lock")])
             e["lock"] = p
             info = read_lock(p)
-            e["live"] = bool(info) and lock_is_live(info)
-    for pid, (ino, argv) in nl.scan_processes().items():
+            e["live"] = bool(info and lock_is_live(info))
+    for pid, (ino, argv) in procs.scan_processes().items():
         rid = _run_of_argv(argv)
         if rid is not None and argv and os.path.basename(argv[0]) in ("bash", "mnexec"):
             e = entry(rid)
             e["shells"].append(pid)
             e["netns"].add(ino)
-    for pid, rid in nl.pids_with_env(ENV_MARKER).items():
+    for pid, rid in procs.pids_with_env(ENV_MARKER).items():
         e = entry(rid)
         if pid not in e["shells"]:
             e["procs"].append(pid)
@@ -127,82 +127,18 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
         runs = {run_id: runs.get(run_id, _empty())}
     dead = {rid: e for rid, e in runs.items() if not e["live"]}
     live_ids = {rid for rid, e in runs.items() if e["live"]}
-    removed: list[str] = []
-
-    # 1. node shells and everything in their namespaces
-    inodes: set[int] = set()
-    shells: dict[int, str] = {}
-    marked: dict[int, str] = {}
-    for rid, e in dead.items():
-        inodes |= e["netns"]
-        shells.update((pid, rid) for pid in e["shells"])
-        marked.update((pid, rid) for pid in e["procs"])
-    procs = nl.scan_processes()
-    for pid in marked:
-        if pid in procs:
-            inodes.add(procs[pid][0])
-    inodes.discard(os.stat("/proc/self/ns/net").st_ino)   # never sweep the root namespace
-    victims = sorted(set(nl.pids_in_netns(inodes)) | set(shells) | set(marked))
-    for pid in victims:
-        argv = procs.get(pid, (0, []))[1]
-        prog = os.path.basename(argv[0]) if argv else "?"
-        what = (f"node shell of run {shells[pid]}" if pid in shells
-                else f"{prog} of run {marked[pid]}" if pid in marked
-                else f"{prog} in a node namespace")
-        removed.append(f"process {pid} ({what})")
-    if not dry_run and victims:
-        nl.kill_and_wait(victims)
-        for pid in victims:  # reap those that were our own children (tests)
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-
-    # 2. the shapers' delay lines and namespaces
-    try:
-        from meshemu.live import shapers as shaper_mod
-        cleanup = getattr(shaper_mod, "cleanup_leftovers", None)
-    except ImportError:
-        cleanup = None
-    if cleanup is not None:
-        if dry_run:
-            removed += _shaper_dry_run(run_id, dead, live_ids)
-        else:
-            for rid in sorted(dead):
-                removed += cleanup(rid)
-            if run_id is None:
-                removed += cleanup()
-
-    # 3. other named namespaces of dead runs that no process uses
-    for ns in _named_netns():
-        if not ns.startswith(NS_PREFIX) or ns.endswith("-dl"):
-            continue
-        rid = next((r for r in [*dead, *live_ids] if ns.startswith(f"{NS_PREFIX}{r}-")), None)
-        if rid in live_ids or (run_id is not None and rid != run_id):
-            continue
-        try:
-            ino = os.stat(f"/run/netns/{ns}").st_ino
-        except OSError:
-            continue
-        if nl.pids_in_netns({ino}):
-            continue
-        removed.append(f"netns {ns}")
-        if not dry_run:
-            p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
-            if p.returncode != 0 and os.path.exists(f"/run/netns/{ns}"):
-                raise CommandError(["ip", "netns", "del", ns], p.returncode, p.stderr)
-
-    # 4. interfaces in the root namespace (no run id on them: only when cleaning all runs)
-    if run_id is None:
-        for name in _root_ifaces():
-            removed.append(f"interface {name} (root namespace)")
-            if not dry_run:
-                p = subprocess.run(["ip", "link", "del", name], capture_output=True, text=True)
-                if p.returncode != 0 and "Cannot find device" not in p.stderr:
-                    raise CommandError(["ip", "link", "del", name], p.returncode, p.stderr)
-
-    # 5. lock files
-    for rid, e in sorted(dead.items()):
+    removed = _node_processes(dead, dry_run)                       # 1.
+    if dry_run:                                                    # 2.
+        removed += _shaper_dry_run(run_id, dead)
+    else:
+        for rid in sorted(dead):
+            removed += cleanup_leftovers(rid)
+        if run_id is None:
+            removed += cleanup_leftovers()
+    removed += _unused_netns(run_id, dead, live_ids, dry_run)      # 3.
+    if run_id is None:                                             # 4.
+        removed += _root_interfaces(dry_run)
+    for rid, e in sorted(dead.items()):                            # 5.
         if e["lock"] is not None:
             removed.append(f"lock {e['lock']}")
             if not dry_run:
@@ -212,13 +148,81 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
     return removed
 
 
-def _shaper_dry_run(run_id: str | None, dead: dict, live_ids: set[str]) -> list[str]:
+def _node_processes(dead: dict[str, dict], dry_run: bool) -> list[str]:
+    """Step 1: kill the node shells of dead runs and everything in their namespaces."""
+    inodes: set[int] = set()
+    shells: dict[int, str] = {}
+    marked: dict[int, str] = {}
+    for rid, e in dead.items():
+        inodes |= e["netns"]
+        shells.update((pid, rid) for pid in e["shells"])
+        marked.update((pid, rid) for pid in e["procs"])
+    running = procs.scan_processes()
+    for pid in marked:
+        if pid in running:
+            inodes.add(running[pid][0])
+    inodes.discard(os.stat("/proc/self/ns/net").st_ino)   # never sweep the root namespace
+    victims = sorted(set(procs.pids_in_netns(inodes)) | set(shells) | set(marked))
+    removed = []
+    for pid in victims:
+        argv = running.get(pid, (0, []))[1]
+        prog = os.path.basename(argv[0]) if argv else "?"
+        what = (f"node shell of run {shells[pid]}" if pid in shells
+                else f"{prog} of run {marked[pid]}" if pid in marked
+                else f"{prog} in a node namespace")
+        removed.append(f"process {pid} ({what})")
+    if not dry_run and victims:
+        procs.kill_and_wait(victims)
+        for pid in victims:  # reap those that were our own children (tests)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+    return removed
+
+
+def _unused_netns(run_id: str | None, dead: dict[str, dict], live_ids: set[str],
+                  dry_run: bool) -> list[str]:
+    """Step 3: other named namespaces of dead runs that no process uses."""
+    removed = []
+    for ns in _named_netns():
+        if not ns.startswith(NS_PREFIX) or delayline_netns_run(ns) is not None:
+            continue
+        rid = next((r for r in [*dead, *live_ids] if ns.startswith(f"{NS_PREFIX}{r}-")), None)
+        if rid in live_ids or (run_id is not None and rid != run_id):
+            continue
+        try:
+            ino = os.stat(f"/run/netns/{ns}").st_ino
+        except OSError:
+            continue
+        if procs.pids_in_netns({ino}):
+            continue
+        removed.append(f"netns {ns}")
+        if not dry_run:
+            p = commands.run(["ip", "netns", "del", ns], check=False)
+            if p.returncode != 0 and os.path.exists(f"/run/netns/{ns}"):
+                raise CommandError(["ip", "netns", "del", ns], p.returncode, p.stderr)
+    return removed
+
+
+def _root_interfaces(dry_run: bool) -> list[str]:
+    """Step 4: meshemu-named interfaces in the root namespace (they carry no run id)."""
+    removed = []
+    for name in _root_ifaces():
+        removed.append(f"interface {name} (root namespace)")
+        if not dry_run:
+            p = commands.run(["ip", "link", "del", name], check=False)
+            if p.returncode != 0 and "Cannot find device" not in p.stderr:
+                raise CommandError(["ip", "link", "del", name], p.returncode, p.stderr)
+    return removed
+
+
+def _shaper_dry_run(run_id: str | None, dead: dict) -> list[str]:
     """What :func:`meshemu.live.shapers.cleanup_leftovers` would remove (approximately: its own
     rules for unknown runs are not reproduced)."""
     out = []
     for ns in _named_netns():
-        if ns.startswith(NS_PREFIX) and ns.endswith("-dl"):
-            rid = ns[len(NS_PREFIX):-len("-dl")]
-            if rid in dead and (run_id is None or rid == run_id):
-                out.append(f"netns {ns}")
+        rid = delayline_netns_run(ns)
+        if rid is not None and rid in dead and (run_id is None or rid == run_id):
+            out.append(f"netns {ns}")
     return out

@@ -55,6 +55,9 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
+from meshemu.errors import CommandError
+from meshemu.linux.netns import write_sysctls
+
 log = logging.getLogger(__name__)
 
 # ---- control protocol ---------------------------------------------------------------------
@@ -445,9 +448,8 @@ def _prepare_process() -> bool:
     # a' and b' carry no addresses: keep the kernel from sending IPv6 DAD/RS/MLD on them
     for key in ("default", "all"):
         try:
-            with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
-                f.write("1")
-        except OSError:
+            write_sysctls({f"net.ipv6.conf.{key}.disable_ipv6": 1})
+        except CommandError:
             pass
     return realtime
 

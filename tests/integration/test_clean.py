@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 
 import pytest
@@ -16,11 +15,13 @@ import pytest
 from meshemu.live import clean as cl
 from meshemu.live import emulation as em
 from meshemu.linux import netns as nl
+from meshemu.linux import procs
 from meshemu.errors import EmulationError
 from meshemu.live.shapers import make_shaper
 
 from test_emulator import (KINDS, NAMES, _require_root, leftovers, machine_state, ring,
-                            start_build_process)
+                           start_build_process)
+from waits import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -36,15 +37,11 @@ def test_clean_after_sigkill_restores_the_machine(tmp_path):
         p.wait(timeout=10)
         # the node shells die with their ptys (SIGHUP); what was nohup'ed or popen'ed in
         # the nodes lives on, and so does the shaper's namespace
-        deadline = time.monotonic() + 5
-        while any(nl.process_start_ticks(x) for x in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        procs.wait_gone(pids, timeout_s=5)
         # the delay line exits by itself when its control pipe closes: let it finish, so
         # that what is left no longer changes on its own
-        deadline = time.monotonic() + 5
-        while (any("meshemu.live.delayline" in x for x in leftovers(run_id, inodes))
-               and time.monotonic() < deadline):
-            time.sleep(0.05)
+        wait_for(lambda: not any("meshemu.live.delayline" in x
+                                 for x in leftovers(run_id, inodes)), timeout_s=5)
         left = leftovers(run_id, inodes)
         assert not any("meshemu.live.delayline" in x for x in left), left
         assert sum("in a node namespace" in x for x in left) == 2, left

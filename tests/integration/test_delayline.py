@@ -18,8 +18,10 @@ import time
 
 import pytest
 
+from meshemu.linux import commands
 from meshemu.live import shapers as sh
 from meshemu.live.shapers import LinkEnds, LinkParams, UserspaceShaper
+from waits import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -40,12 +42,7 @@ def _ping(ns, count: int, interval: float = 0.05, wait_s: float = 1.0) -> tuple[
 
 
 def _gone(path: str, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return wait_for(lambda: not os.path.exists(path), timeout)
 
 
 @pytest.fixture
@@ -85,7 +82,9 @@ def test_ping_follows_delay_live_and_link_goes_down_and_up(pair):
     # change the delay live while a fast ping runs: RTT follows, nothing is lost
     p = a.popen(["ping", "-n", "-c", "150", "-i", "0.01", "-W", "2", ADDR_B],
                 stdout=subprocess.PIPE, text=True)
-    time.sleep(0.6)
+    # change it once 50 round trips (100 frames through the link) are done at the old delay
+    assert wait_for(lambda: s.counters()[0][0] >= before[0] + 2 * 50, timeout_s=20), \
+        s.counters()
     t0 = time.perf_counter()
     s.update([(0, LinkParams(0.025, 0))])
     update_ms = (time.perf_counter() - t0) * 1e3
@@ -115,10 +114,7 @@ def _iperf(a, b, extra: list[str], seconds: int) -> dict:
     srv = b.popen(["iperf3", "-s", "-1", "-B", ADDR_B], stdout=subprocess.DEVNULL,
                   stderr=subprocess.DEVNULL)
     try:
-        for _ in range(50):  # wait for the server socket
-            if ":5201" in b.run(["ss", "-ltn"]).stdout:
-                break
-            time.sleep(0.05)
+        wait_for(lambda: ":5201" in b.run(["ss", "-ltn"]).stdout, 2.5)  # the server socket
         r = a.run(["iperf3", "-c", ADDR_B, "-t", str(seconds), "-J", *extra], check=False,
                   timeout=seconds + 20)
         return json.loads(r.stdout)
@@ -154,7 +150,8 @@ def test_drop_tail_queue_bounds_the_queueing_delay(pair):
             time.sleep(max(0.0, t0 + i * {gap} - time.monotonic()))
             s.sendto(bytes({size}), ("{ADDR_B}", 9))
     """)])
-    time.sleep(1.0)
+    # measure once the queue is full: the delay line has started dropping
+    assert wait_for(lambda: s.counters()[0][2] > 0, timeout_s=seconds), s.counters()
     _, rtts = _ping(a, 30, interval=0.03)
     flood.wait(timeout=seconds + 10)
     pk, by, dr = s.counters()[0]
@@ -201,9 +198,8 @@ def test_close_leaves_nothing_behind(netns_factory, run_id):
     assert not os.path.exists(f"/run/netns/{s.netns}")
     for pid in pids:
         assert _gone(f"/proc/{pid}")
-    deadline = time.monotonic() + 10  # the namespace's veths go asynchronously
-    while (a.links() != ["lo"] or b.links() != ["lo"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # the namespace's veths go asynchronously
+    wait_for(lambda: a.links() == ["lo"] and b.links() == ["lo"], timeout_s=10)
     assert a.links() == ["lo"] and b.links() == ["lo"]
     assert run_id not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
                                         text=True).stdout
@@ -258,7 +254,7 @@ def test_netem_probe_says_no_here_and_leaks_nothing():
 def test_netem_commands_are_accepted_by_ip_and_tc(netns_factory):
     a, b = netns_factory(), netns_factory()
     e = LinkEnds(0, a.pid, "mxa", b.pid, "mxb")
-    sh._batch("ip", [sh.veth_cmd(e.if_a, e.pid_a, e.if_b, e.pid_b)])
+    commands.batch("ip", [sh.veth_cmd(e.if_a, e.pid_a, e.if_b, e.pid_b)])
     assert "mxa" in a.links() and "mxb" in b.links()
     lines = [sh.netem_qdisc_cmd("mxa", p, act)
              for p in (LinkParams(0.0123, 5e7, 300, 0.01), LinkParams(1.5, 0, up=False),

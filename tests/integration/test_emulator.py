@@ -30,6 +30,7 @@ from meshemu.linux import netns as nl
 from meshemu.live import emulation as em
 from meshemu.live import resources
 from meshemu.live.shapers import make_shaper
+from doubles import FakeShaper
 
 pytestmark = pytest.mark.root
 
@@ -231,7 +232,7 @@ def test_partial_build_failure_leaves_nothing(tmp_path, run_id):
 def test_not_root(monkeypatch, tmp_path):
     snap, tab = ring()
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    emu = em.Emulation(NAMES, KINDS, make_shaper("fake", "mxfake"), tmp_path, "mxfake")
+    emu = em.Emulation(NAMES, KINDS, FakeShaper("mxfake"), tmp_path, "mxfake")
     with pytest.raises(NotRootError, match="needs root"):
         emu.build(snap.key, snap, tab)
     with pytest.raises(NotRootError):
@@ -255,7 +256,7 @@ def test_memory_estimate_refuses_what_cannot_fit(monkeypatch, tmp_path, run_id):
     _require_root()
     snap, tab = ring()
     monkeypatch.setattr(resources, "mem_available_bytes", lambda: 1 << 20)
-    shaper = make_shaper("fake", run_id)
+    shaper = FakeShaper(run_id)
     emu = em.Emulation(NAMES, KINDS, shaper, tmp_path, run_id)
     with pytest.raises(ResourceError, match="GiB"):
         emu.build(snap.key, snap, tab)

@@ -1,4 +1,5 @@
-"""Link shapers without root: netem command generation, validation, registry, the fake."""
+"""Link shapers without root: netem command generation, validation, registry, the test
+double (tests/doubles.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from meshemu.live import delayline as dl
 from meshemu.live import shapers as sh
 from meshemu.errors import ShaperError
 from meshemu.errors import LinkParamsError
-from meshemu.live.shapers import (FakeShaper, LinkEnds, LinkParams, make_shaper,
-                            netem_args, netem_limit, netem_qdisc_cmd)
+from meshemu.linux import netlink
+from meshemu.live.shapers import (LinkEnds, LinkParams, make_shaper, netem_args, netem_limit,
+                                  netem_qdisc_cmd)
+from doubles import FakeShaper
 
 
 def _opt(cmd: list[str], key: str) -> str:
@@ -146,9 +149,9 @@ def test_netem_netlink_change_and_edge_values():
 def _qdisc_reply(ifindex: int, kind: bytes, parent: int, packets: int, nbytes: int,
                  drops: int) -> bytes:
     body = (struct.pack("=BxxxiIII", 0, ifindex, 0x10000, parent, 1)
-            + sh._nla(sh.TCA_KIND, kind + b"\0")
-            + sh._nla(sh.TCA_STATS, struct.pack("=QIIIIIII", nbytes, packets, drops,
-                                                 0, 0, 0, 0, 0)))
+            + netlink.rta(netlink.TCA_KIND, kind + b"\0")
+            + netlink.rta(netlink.TCA_STATS, struct.pack("=QIIIIIII", nbytes, packets, drops,
+                                                         0, 0, 0, 0, 0)))
     return struct.pack("=IHHII", 16 + len(body), 36, 2, 1, 0) + body
 
 
@@ -207,14 +210,20 @@ def test_link_params_unlimited():
 
 # ---- registry -----------------------------------------------------------------------------
 def test_registry_names():
-    assert set(sh.SHAPERS) == {"netem", "userspace", "fake"}
+    assert set(sh.SHAPERS) == {"netem", "userspace"}
     for name, cls in sh.SHAPERS.items():
         assert cls.name == name and issubclass(cls, sh.LinkShaper)
 
 
 def test_unknown_shaper_lists_the_valid_choices():
-    with pytest.raises(ShaperError, match=r"'warp'.*auto, fake, netem, userspace"):
+    with pytest.raises(ShaperError, match=r"'warp'.*auto, netem, userspace"):
         make_shaper("warp", "r1")
+
+
+def test_the_test_double_is_not_offered():
+    with pytest.raises(ShaperError,
+                       match=r"'fake'.*please specify one of: auto, netem, userspace$"):
+        make_shaper("fake", "r1")
 
 
 def test_netem_without_kernel_support_suggests_userspace(monkeypatch):
@@ -237,7 +246,9 @@ def test_auto_picks_netem_when_available_and_says_so(monkeypatch, caplog, has_ne
 
 def test_run_id_is_checked():
     with pytest.raises(ShaperError, match="'a/b'"):
-        make_shaper("fake", "a/b")
+        make_shaper("userspace", "a/b")
+    with pytest.raises(ShaperError, match="'a/b'"):
+        FakeShaper("a/b")
 
 
 def test_userspace_worker_count_is_checked():
@@ -245,14 +256,14 @@ def test_userspace_worker_count_is_checked():
         sh.UserspaceShaper("r1", workers=0)
 
 
-# ---- the fake -----------------------------------------------------------------------------
+# ---- the test double -----------------------------------------------------------------------------
 def _link(i: int) -> tuple[LinkEnds, LinkParams]:
     return LinkEnds(i, 100 + i, f"e{i}a", 200 + i, f"e{i}b"), LinkParams(0.001 * (i + 1), 1e9)
 
 
 def test_fake_shaper_records_calls_and_keeps_state():
-    f = make_shaper("fake", "r1")
-    assert isinstance(f, FakeShaper)
+    f = FakeShaper("r1")
+    assert isinstance(f, sh.LinkShaper)
     f.create_links([_link(0), _link(1)])
     new = LinkParams(0.02, 5e8, up=False)
     f.update([(1, new)])

@@ -1,0 +1,215 @@
+"""What every link shaper shares: link parameters and ends, the :class:`LinkShaper` interface
+and its argument checks.
+
+A shaper gives each emulated link its delay, capacity, queue, loss and up/down state. The
+implementations live one per module beside this one (:mod:`.netem`, :mod:`.userspace`) and
+are picked by name in :mod:`meshemu.live.shapers` (``make_shaper``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from meshemu.errors import LinkParamsError, ShaperError
+
+#: Prefix of everything meshemu's shapers create in the root namespace (named netns).
+NS_PREFIX = "meshemu-"
+#: Suffix of the userspace shaper's namespace, ``meshemu-<run_id>-dl``.
+DL_SUFFIX = "-dl"
+#: Longest interface name Linux accepts (IFNAMSIZ - 1).
+IFNAME_MAX = 15
+
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+_IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
+
+
+# ---- value types --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinkParams:
+    """How one link behaves (both directions alike).
+
+    Attributes
+    ----------
+    delay_s : float
+        One-way propagation delay, seconds (>= 0).
+    rate_bps : float
+        Capacity in bit/s; 0 or ``math.inf`` means unlimited.
+    queue_packets : int
+        Drop-tail limit of the transmit queue, packets (>= 1).
+    loss : float
+        Random loss probability, 0..1.
+    up : bool
+        False: the link drops everything (its interfaces stay up).
+    """
+
+    delay_s: float
+    rate_bps: float
+    queue_packets: int = 1000
+    loss: float = 0.0
+    up: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.delay_s, (int, float)) and math.isfinite(self.delay_s)
+                and 0 <= self.delay_s <= 3600):
+            raise LinkParamsError(f"delay_s must be a finite number of seconds in 0..3600; "
+                                  f"got {self.delay_s!r}")
+        if not (isinstance(self.rate_bps, (int, float)) and not math.isnan(self.rate_bps)
+                and self.rate_bps >= 0):
+            raise LinkParamsError(f"rate_bps must be >= 0 bit/s (0 or inf = unlimited); "
+                                  f"got {self.rate_bps!r}")
+        if not self.unlimited and self.rate_bps < 8:
+            raise LinkParamsError(f"rate_bps must be at least 8 bit/s (or 0/inf = unlimited); "
+                                  f"got {self.rate_bps!r}")
+        if (isinstance(self.queue_packets, bool) or not isinstance(self.queue_packets, int)
+                or not 1 <= self.queue_packets <= 2**31 - 1):
+            raise LinkParamsError(f"queue_packets must be an integer in 1..{2**31 - 1}; got "
+                                  f"{self.queue_packets!r}")
+        if not (isinstance(self.loss, (int, float)) and 0.0 <= self.loss <= 1.0):
+            raise LinkParamsError(f"loss must be a probability in 0..1; got {self.loss!r}")
+        if not isinstance(self.up, bool):
+            raise LinkParamsError(f"up must be True or False; got {self.up!r}")
+
+    @property
+    def unlimited(self) -> bool:
+        """True when the link has no rate limit."""
+        return self.rate_bps == 0 or math.isinf(self.rate_bps)
+
+
+@dataclass(frozen=True)
+class LinkEnds:
+    """Where one link goes: an interface in each of two namespaces.
+
+    Attributes
+    ----------
+    link_id : int
+        Unique per link within one emulation (>= 0).
+    pid_a, pid_b : int
+        A process in each namespace (e.g. a Mininet node's shell pid).
+    if_a, if_b : str
+        Interface names to create there (at most 15 characters, no blanks, '/' or ':').
+    """
+
+    link_id: int
+    pid_a: int
+    if_a: str
+    pid_b: int
+    if_b: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.link_id, bool) or not isinstance(self.link_id, int) or not (
+                0 <= self.link_id < 2**32):
+            raise LinkParamsError(f"link_id must be an integer in 0..{2**32 - 1}; got "
+                                  f"{self.link_id!r}")
+        for attr in ("pid_a", "pid_b"):
+            v = getattr(self, attr)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise LinkParamsError(f"{attr} must be a process id (> 0); got {v!r}")
+        for attr in ("if_a", "if_b"):
+            v = getattr(self, attr)
+            if not isinstance(v, str) or not _IFNAME_RE.match(v):
+                raise LinkParamsError(f"{attr} must be an interface name of 1..{IFNAME_MAX} "
+                                      f"characters without blanks, '/' or ':'; got {v!r}")
+        if self.pid_a == self.pid_b and self.if_a == self.if_b:
+            raise LinkParamsError(f"link {self.link_id}: both ends are {self.if_a!r} in "
+                                  f"process {self.pid_a}'s namespace")
+
+
+def veth_cmd(name_a: str, ns_a: int | str, name_b: str, ns_b: int | str) -> list[str]:
+    """An ``ip`` command (without the leading ``ip``) creating a veth pair across namespaces.
+
+    ``name_a`` is created admin-up (``ip link add`` can only bring up the first device of a
+    pair; the peer must be set up afterwards). ``ns_a``/``ns_b`` are a pid or a netns name.
+    """
+    return ["link", "add", name_a, "netns", str(ns_a), "up", "type", "veth",
+            "peer", "name", name_b, "netns", str(ns_b)]
+
+
+# ---- the interface ------------------------------------------------------------------------
+class LinkShaper(ABC):
+    """Creates, shapes, updates and removes the emulation's links.
+
+    A shaper is made by :func:`make_shaper`; ``close()`` removes all it created and may be
+    called any number of times, also after a failed ``create_links``. It is a context manager.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, run_id: str):
+        if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+            raise ShaperError(f"run_id must be 1..40 letters, digits, '_' or '-'; got "
+                              f"{run_id!r}")
+        self.run_id = run_id
+        self._links: dict[int, tuple[LinkEnds, LinkParams]] = {}
+
+    @abstractmethod
+    def create_links(self, links: Sequence[tuple[LinkEnds, LinkParams]]) -> None:
+        """Create the links: interfaces in the given namespaces, admin up, shaped."""
+
+    @abstractmethod
+    def update(self, changes: Sequence[tuple[int, LinkParams]]) -> None:
+        """Change links' parameters in place, live (packets in flight are kept)."""
+
+    @abstractmethod
+    def remove_links(self, link_ids: Sequence[int]) -> None:
+        """Remove links (and their interfaces)."""
+
+    @abstractmethod
+    def counters(self) -> dict[int, tuple[int, int, int]]:
+        """Per link, both directions summed: (packets forwarded, bytes forwarded, dropped)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Remove everything this shaper created. Idempotent."""
+
+    @property
+    def link_ids(self) -> list[int]:
+        """Ids of the links that exist now."""
+        return list(self._links)
+
+    def params(self, link_id: int) -> LinkParams:
+        """Current parameters of a link."""
+        return self._links[self._known([link_id])[0]][1]
+
+    def _check_new(self, links: Sequence[tuple[LinkEnds, LinkParams]]) -> None:
+        seen = set()
+        for item in links:
+            if (not isinstance(item, tuple) or len(item) != 2
+                    or not isinstance(item[0], LinkEnds) or not isinstance(item[1], LinkParams)):
+                raise LinkParamsError(f"create_links takes (LinkEnds, LinkParams) pairs; got "
+                                      f"{item!r}")
+            lid = item[0].link_id
+            if lid in self._links or lid in seen:
+                raise LinkParamsError(f"link id {lid} already exists; link ids must be unique")
+            seen.add(lid)
+
+    def _known(self, link_ids: Iterable[int]) -> list[int]:
+        ids = list(link_ids)
+        bad = [i for i in ids if i not in self._links]
+        if bad:
+            raise LinkParamsError(f"unknown link id(s) {bad[:10]}; existing ids: "
+                                  f"{_id_summary(self._links)}")
+        return ids
+
+    def _check_changes(self, changes: Sequence[tuple[int, LinkParams]]) -> None:
+        self._known(c[0] for c in changes)
+        for c in changes:
+            if not isinstance(c[1], LinkParams):
+                raise LinkParamsError(f"update takes (link_id, LinkParams) pairs; got {c!r}")
+
+    def __enter__(self) -> LinkShaper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _id_summary(links: dict) -> str:
+    if not links:
+        return "none"
+    ids = sorted(links)
+    return f"{len(ids)} ids in {ids[0]}..{ids[-1]}"
