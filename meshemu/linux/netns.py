@@ -10,8 +10,7 @@ stays bound to the namespace it was created in (:class:`meshemu.linux.netlink.Ne
 What else speaks to the kernel lives beside this module: :mod:`meshemu.linux.netlink` (the
 rtnetlink codec and socket), :mod:`meshemu.linux.procs` (``/proc`` scans, killing),
 :mod:`meshemu.linux.ifaces` (interface ioctls, link state), :mod:`meshemu.linux.commands`
-(``ip``/``tc``) and :mod:`meshemu.linux.limits`. The names this module held before they moved
-are still importable from it (see :data:`MOVED`).
+(``ip``/``tc``) and :mod:`meshemu.linux.limits`.
 """
 
 from __future__ import annotations
@@ -169,38 +168,3 @@ def write_sysctls(values: dict[str, str | int]) -> None:
         except OSError as exc:
             raise CommandError(f"sysctl -w {key}={value}", exc.errno or 1,
                                exc.strerror or str(exc)) from None
-
-
-# ---- moved to ... -------------------------------------------------------------------------
-#: Names this module held before the split, and the module each moved to. They stay
-#: importable from here (``from meshemu.linux import netns as nl; nl.Netlink``), looked up
-#: on first use so that the new modules can import this one.
-MOVED: dict[str, str] = {
-    **dict.fromkeys([
-        "NETLINK_ROUTE", "NLMSG_NOOP", "NLMSG_ERROR", "NLMSG_DONE", "NLM_F_REQUEST",
-        "NLM_F_ACK", "NLM_F_REPLACE", "NLM_F_EXCL", "NLM_F_CREATE", "NLM_F_DUMP",
-        "SOL_NETLINK", "NETLINK_EXT_ACK", "NETLINK_CAP_ACK", "NLMSGERR_ATTR_MSG",
-        "NLM_F_ACK_TLVS", "NLM_F_CAPPED", "RTM_NEWLINK", "RTM_GETLINK", "RTM_NEWADDR",
-        "RTM_NEWNEIGH", "RTM_NEWROUTE", "RTM_DELROUTE", "RTA_DST", "RTA_OIF", "RTA_GATEWAY",
-        "RTA_PREFSRC", "RTA_MULTIPATH", "RTA_TABLE", "IFA_ADDRESS", "IFA_LOCAL", "NDA_DST",
-        "NDA_LLADDR", "NUD_PERMANENT", "RT_TABLE_MAIN", "RT_SCOPE_UNIVERSE", "RT_SCOPE_HOST",
-        "RTN_UNICAST", "RTNH_F_ONLINK", "IFF_UP", "IFF_LOOPBACK", "IF_OPER_UP", "IFLA_IFNAME",
-        "IFLA_OPERSTATE", "RTPROT_MESHEMU", "SEND_CHUNK_BYTES", "ROUTE_DTYPE",
-        "DELROUTE_DTYPE", "route_records", "delroute_records", "multipath_route_msg",
-        "addr_msg", "neigh_msg", "link_up_msg", "parse_errors", "rtattrs", "Netlink",
-        "chunked", "pack_messages"], "meshemu.linux.netlink"),
-    **dict.fromkeys(["if_hwaddr", "links_not_running"], "meshemu.linux.ifaces"),
-    **dict.fromkeys(["scan_processes", "pids_in_netns", "process_start_ticks",
-                     "kill_and_wait", "pids_with_env"], "meshemu.linux.procs"),
-    "socket": "socket", "struct": "struct", "np": "numpy",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The names in :data:`MOVED`, from their new modules (PEP 562)."""
-    where = MOVED.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-    mod = importlib.import_module(where)
-    return mod if where in ("socket", "struct", "numpy") else getattr(mod, name)

@@ -55,6 +55,10 @@ logging.setLoggerClass(logging.Logger)
 from meshemu.errors import EmulationError  # noqa: E402
 from meshemu.geometry.linkstate import Snapshot  # noqa: E402
 from meshemu.linux import netns as nl  # noqa: E402
+from meshemu.linux import ifaces
+from meshemu.linux import netlink
+from meshemu.linux import procs
+import socket
 from meshemu.linux.limits import require_root  # noqa: E402
 from meshemu.live import addressing as adr  # noqa: E402
 from meshemu.live.links import (DELAY_TOLERANCE_S, RATE_TOLERANCE, LinkTable,  # noqa: E402
@@ -199,7 +203,7 @@ class Emulation:
         self.links: LinkTable | None = None
         self.routes: RouteInstaller | None = None
         self._index = {n: i for i, n in enumerate(self.names)}
-        self._netlink: list[nl.Netlink | None] = []
+        self._netlink: list[netlink.Netlink | None] = []
         self._inodes: set[int] = set()
         self._lock: Path | None = None
         self._started = False
@@ -342,13 +346,13 @@ class Emulation:
             sysctls.update(NO_IPV6_SYSCTLS)
         names = self.names
 
-        def setup(i: int, pid: int) -> tuple[int, nl.Netlink]:
+        def setup(i: int, pid: int) -> tuple[int, netlink.Netlink]:
             ino = os.stat("/proc/thread-self/ns/net").st_ino
             if ino == own:
                 raise EmulationError(f"node {names[i]} (pid {pid}) is not in a network "
                                      f"namespace of its own")
             nl.write_sysctls(sysctls)
-            return ino, nl.Netlink(names[i])
+            return ino, netlink.Netlink(names[i])
 
         self._netlink = [None] * self.n_nodes
         res = nl.in_namespaces(self.pids, setup)
@@ -385,7 +389,7 @@ class Emulation:
         socks = self._netlink
         node_names = self.names
 
-        def sock(i: int) -> nl.Netlink:
+        def sock(i: int) -> netlink.Netlink:
             s = socks[i]
             if s is None:
                 raise EmulationError(f"node {node_names[i]} has no netlink socket")
@@ -399,29 +403,29 @@ class Emulation:
 
         def configure(i: int, pid: int) -> None:
             sel = order[bounds[i]:bounds[i + 1]]
-            msgs = [nl.link_up_msg(1, 0), nl.addr_msg(1, int(node_addr[i]), 32, 0)]
-            with nl.socket.socket(nl.socket.AF_INET, nl.socket.SOCK_DGRAM) as s:
+            msgs = [netlink.link_up_msg(1, 0), netlink.addr_msg(1, int(node_addr[i]), 32, 0)]
+            with socket.socket.socket(socket.socket.AF_INET, socket.socket.SOCK_DGRAM) as s:
                 for k, sd in zip(lid[sel].tolist(), side[sel].tolist()):
                     try:
-                        idx = nl.socket.if_nametoindex(names[k])
-                        macs[k][sd] = nl.if_hwaddr(s, names[k])
+                        idx = socket.socket.if_nametoindex(names[k])
+                        macs[k][sd] = ifaces.if_hwaddr(s, names[k])
                     except OSError:
                         raise EmulationError(f"interface {names[k]} of link {k} is missing in "
                                              f"node {node_names[i]}; the shaper did not "
                                              f"create it") from None
                     ifindex[k, sd] = idx
-                    msgs.append(nl.addr_msg(idx, int(adr.link_address_int(k, sd)),
+                    msgs.append(netlink.addr_msg(idx, int(adr.link_address_int(k, sd)),
                                             adr.LINK_PREFIXLEN, 0))
-                    msgs.append(nl.link_up_msg(idx, 0))
-            check(i, sock(i).send_batch(nl.pack_messages(msgs)), "configuring addresses")
+                    msgs.append(netlink.link_up_msg(idx, 0))
+            check(i, sock(i).send_batch(netlink.pack_messages(msgs)), "configuring addresses")
 
         nl.in_namespaces(self.pids, configure)
         for i in range(n):
             sel = order[bounds[i]:bounds[i + 1]]
-            msgs = [nl.neigh_msg(int(ifindex[k, sd]), int(adr.link_address_int(k, 1 - sd)),
+            msgs = [netlink.neigh_msg(int(ifindex[k, sd]), int(adr.link_address_int(k, 1 - sd)),
                                  macs[k][1 - sd], 0)
                     for k, sd in zip(lid[sel].tolist(), side[sel].tolist())]
-            check(i, sock(i).send_batch(nl.pack_messages(msgs)), "adding neighbours")
+            check(i, sock(i).send_batch(netlink.pack_messages(msgs)), "adding neighbours")
         self.routes = RouteInstaller(plan, ifindex, socks)
 
     def _routes(self) -> RouteInstaller:
@@ -437,7 +441,7 @@ class Emulation:
         pending = list(range(self.n_nodes))
         while True:
             res = nl.in_namespaces([self.pids[i] for i in pending],
-                                   lambda i, pid: nl.links_not_running(), threads=4)
+                                   lambda i, pid: ifaces.links_not_running(), threads=4)
             still = [(pending[j], r) for j, r in enumerate(res) if r]
             if not still:
                 return
@@ -528,9 +532,9 @@ class Emulation:
                     os.killpg(node.pid, signal.SIGKILL)
             if self._inodes:
                 try:
-                    stray = nl.pids_in_netns(self._inodes)
+                    stray = procs.pids_in_netns(self._inodes)
                     if stray:
-                        nl.kill_and_wait(stray)
+                        procs.kill_and_wait(stray)
                 except Exception as exc:
                     errors.append(exc)
             for node in self.nodes:

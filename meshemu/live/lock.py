@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from meshemu.errors import EmulationError
-from meshemu.linux import netns as nl
+from meshemu.linux import procs
 
 #: Directory of the run lock files (``<run_id>.lock``, JSON with the owner's pid).
 LOCK_DIR = Path("/run/meshemu")
@@ -56,7 +56,7 @@ def write_lock(run_id: str, run_dir: Path, n_nodes: int) -> Path:
     """
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     p = lock_path(run_id)
-    info = {"run_id": run_id, "pid": os.getpid(), "start": nl.process_start_ticks(os.getpid()),
+    info = {"run_id": run_id, "pid": os.getpid(), "start": procs.process_start_ticks(os.getpid()),
             "run_dir": str(run_dir), "nodes": n_nodes, "created": time.time()}
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -87,5 +87,5 @@ def lock_is_live(info: dict[str, Any]) -> bool:
         pid = int(info["pid"])
     except (KeyError, TypeError, ValueError):
         return False
-    start = nl.process_start_ticks(pid)
+    start = procs.process_start_ticks(pid)
     return start is not None and (info.get("start") is None or start == info.get("start"))

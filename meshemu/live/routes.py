@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from meshemu.errors import EmulationError
-from meshemu.linux import netns as nl
+from meshemu.linux import netlink
 from meshemu.live import addressing as adr
 from meshemu.routing import RouteDiff
 
@@ -58,7 +58,7 @@ class RouteInstaller:
     """
 
     def __init__(self, plan: adr.AddressPlan, ifindex: np.ndarray,
-                 sockets: Sequence[nl.Netlink | None]) -> None:
+                 sockets: Sequence[netlink.Netlink | None]) -> None:
         self.plan = plan
         self.ifindex = ifindex
         self.sockets = sockets
@@ -120,11 +120,11 @@ class RouteInstaller:
         rows = np.flatnonzero(single)
         if rows.size:
             gw, oif = self._hop_fields(u, d, hops, rows, prim[rows])
-            rec = nl.route_records(dst_addr[rows], gw, oif, src_addr[rows], seq[rows])
+            rec = netlink.route_records(dst_addr[rows], gw, oif, src_addr[rows], seq[rows])
             self._split(per_node, u[rows], rec)
         rows = np.flatnonzero(delete)
         if rows.size:
-            rec = nl.delroute_records(dst_addr[rows], seq[rows])
+            rec = netlink.delroute_records(dst_addr[rows], seq[rows])
             self._split(per_node, u[rows], rec)
         rows = np.flatnonzero(multi)
         if rows.size:
@@ -187,9 +187,9 @@ class RouteInstaller:
                 if hops[r, j] >= 0 and pair not in nh_list:
                     nh_list.append(pair)
             msgs.setdefault(int(u[r]), []).append(
-                nl.multipath_route_msg(int(dst_addr[r]), nh_list, int(src_addr[r]), r))
+                netlink.multipath_route_msg(int(dst_addr[r]), nh_list, int(src_addr[r]), r))
         for node, ms in msgs.items():
-            per_node.setdefault(node, []).extend(nl.pack_messages(ms))
+            per_node.setdefault(node, []).extend(netlink.pack_messages(ms))
 
     def _raise_failures(self, failures: list[tuple[int, int, int, str]], d: np.ndarray,
                         hops: np.ndarray, delete: np.ndarray, dst_addr: np.ndarray) -> None:
@@ -212,4 +212,4 @@ class RouteInstaller:
         size = rec.itemsize
         for s, e in zip(starts.tolist(), ends.tolist()):
             per_node.setdefault(int(u[s]), []).extend(
-                nl.chunked(memoryview(buf)[s * size:e * size], size))
+                netlink.chunked(memoryview(buf)[s * size:e * size], size))

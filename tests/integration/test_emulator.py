@@ -27,6 +27,8 @@ from meshemu.errors import EmulationError, NotRootError, ResourceError
 from meshemu.geometry.linkstate import GSL, ISL
 from meshemu.linux import limits
 from meshemu.linux import netns as nl
+from meshemu.linux import netlink
+from meshemu.linux import procs
 from meshemu.live import emulation as em
 from meshemu.live import resources
 from meshemu.live.shapers import make_shaper
@@ -67,7 +69,7 @@ def machine_state() -> dict:
     return {
         "netns": {ln.split()[0] for ln in netns.splitlines() if ln.strip()},
         "links": {name for _, name in socket.if_nameindex()},
-        "marked": {pid for pid, (_, argv) in nl.scan_processes().items()
+        "marked": {pid for pid, (_, argv) in procs.scan_processes().items()
                    if any(a.startswith(em.RUN_MARKER) for a in argv)},
     }
 
@@ -75,7 +77,7 @@ def machine_state() -> dict:
 def leftovers(run_id: str, inodes: set[int] = frozenset()) -> list[str]:
     """Everything of run ``run_id`` still on the machine."""
     out = []
-    for pid, (ino, argv) in nl.scan_processes().items():
+    for pid, (ino, argv) in procs.scan_processes().items():
         if em.RUN_MARKER + run_id in argv or "--run-id" in argv and run_id in argv:
             out.append(f"process {pid} {argv}")
         elif ino in inodes and pid != os.getpid():
@@ -223,7 +225,7 @@ def test_partial_build_failure_leaves_nothing(tmp_path, run_id):
     assert emu.pids                      # it got as far as creating the nodes
     inodes = set()
     assert leftovers(run_id, inodes) == []
-    assert all(nl.process_start_ticks(p) is None for p in emu.pids)
+    assert all(procs.process_start_ticks(p) is None for p in emu.pids)
     after = machine_state()
     assert after["links"] == before["links"] and after["netns"] <= before["netns"]
     emu.stop()                           # still fine
@@ -350,25 +352,25 @@ def test_sigterm_tears_down_and_a_second_run_starts_right_after(tmp_path, run_id
 def test_netlink_messages_decode_with_pyroute2():
     """The hand-packed route messages are what pyroute2 (and so the kernel) expect."""
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
-    rec = nl.route_records(np.array([0x0A000005], np.uint32), np.array([0x0A400001], np.uint32),
+    rec = netlink.route_records(np.array([0x0A000005], np.uint32), np.array([0x0A400001], np.uint32),
                            np.array([7]), np.array([0x0A000004], np.uint32),
                            np.array([42], np.uint32))
     m = rtmsg(rec.tobytes())
     m.decode()
-    assert m["header"]["type"] == nl.RTM_NEWROUTE and m["header"]["sequence_number"] == 42
-    assert m["dst_len"] == 32 and m["proto"] == nl.RTPROT_MESHEMU
+    assert m["header"]["type"] == netlink.RTM_NEWROUTE and m["header"]["sequence_number"] == 42
+    assert m["dst_len"] == 32 and m["proto"] == netlink.RTPROT_MESHEMU
     assert (m.get_attr("RTA_DST"), m.get_attr("RTA_GATEWAY"), m.get_attr("RTA_OIF"),
             m.get_attr("RTA_PREFSRC")) == ("10.0.0.5", "10.64.0.1", 7, "10.0.0.4")
-    m = rtmsg(nl.multipath_route_msg(0x0A000005, [(0x0A400001, 3), (0x0A400003, 4)],
+    m = rtmsg(netlink.multipath_route_msg(0x0A000005, [(0x0A400001, 3), (0x0A400003, 4)],
                                      0x0A000004, 9))
     m.decode()
     hops = m.get_attr("RTA_MULTIPATH")
     assert [(h["oif"], h.get_attr("RTA_GATEWAY")) for h in hops] == [
         (3, "10.64.0.1"), (4, "10.64.0.3")]
-    d = rtmsg(nl.delroute_records(np.array([0x0A000005], np.uint32),
+    d = rtmsg(netlink.delroute_records(np.array([0x0A000005], np.uint32),
                                   np.array([1], np.uint32)).tobytes())
     d.decode()
-    assert d["header"]["type"] == nl.RTM_DELROUTE and d.get_attr("RTA_DST") == "10.0.0.5"
+    assert d["header"]["type"] == netlink.RTM_DELROUTE and d.get_attr("RTA_DST") == "10.0.0.5"
 
 
 def test_queue_sizes_and_loss_come_from_the_snapshot(tmp_path, run_id):
