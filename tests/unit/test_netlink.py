@@ -15,7 +15,6 @@ from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from meshemu.errors import CommandError
 from meshemu.linux import netlink as nl
-from meshemu.linux import netns
 
 
 def _decode(cls: type, data: bytes):
@@ -104,11 +103,3 @@ def test_errors_come_with_their_sequence_number_and_extack_text():
     ack = nl.msg(nl.NLMSG_ERROR, 0, 78, struct.pack("=i", 0) + inner)
     assert nl.parse_errors(capped + ack) == [(77, errno.EINVAL, "Nexthop has invalid gateway"),
                                              (78, 0, "")]
-
-
-def test_the_old_names_still_import_from_netns():
-    for name in netns.MOVED:
-        assert getattr(netns, name) is not None
-    assert netns.Netlink is nl.Netlink and netns.route_records is nl.route_records
-    with pytest.raises(AttributeError):
-        netns.no_such_name  # noqa: B018
