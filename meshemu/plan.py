@@ -216,7 +216,7 @@ def run_plan(scenario: Scenario | str | Path, duration_s: float, step_s: float =
         scenario = load_scenario(scenario)
     span = TimeSpan.checked(duration_s, step_s, start_s)
     out = check_out_dir(out_dir)
-    scheme = get_scheme(routing) if isinstance(routing, str) else routing
+    scheme = load_scheme(routing)
     sched = LinkSchedule(scenario, span.step_s)  # validates names before anything is written
     ends = endpoint_ids(scenario, sched.nodes)
     make_out_dir(out)
@@ -255,6 +255,19 @@ def run_plan(scenario: Scenario | str | Path, duration_s: float, step_s: float =
     summary["files"] = [str(f.name) for f in files]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return PlanResult(out, summary, files)
+
+
+def load_scheme(routing: str | RoutingScheme) -> RoutingScheme:
+    """A routing scheme from a name, plug-in spec or instance (:func:`~meshemu.routing.
+    get_scheme`), with whatever a plug-in raises while it is imported or constructed turned
+    into a one-line :class:`RoutingError`."""
+    try:
+        return get_scheme(routing)
+    except MeshemuError:
+        raise
+    except Exception as exc:  # a plug-in's own error, or a malformed spec such as ":"
+        raise RoutingError(f"cannot load routing scheme {routing!r}: {type(exc).__name__}: "
+                           f"{exc}") from None
 
 
 def checked_tables(scheme: RoutingScheme, snap: Snapshot, destinations: np.ndarray,

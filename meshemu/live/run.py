@@ -44,9 +44,9 @@ from meshemu.live.clock import Clock
 from meshemu.live.feed import RouteFeed
 from meshemu.live.options import RunOptions
 from meshemu.live.signals import handle_signals, signals_deferred
-from meshemu.plan import PlanRecorder, endpoint_ids
+from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
 from meshemu.report.files import STEPS, open_csv
-from meshemu.routing import RoutingScheme, get_scheme
+from meshemu.routing import RoutingScheme
 from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
 from meshemu.spec.profile import Profile, load_profile, resolve
 from meshemu.spec.scenario import Scenario, load_scenario
@@ -105,8 +105,7 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     span = options.span
-    scheme = get_scheme(options.routing) if isinstance(options.routing, str) \
-        else options.routing
+    scheme = load_scheme(options.routing)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = check_out_dir(options.out_dir or Path("runs") / f"run-{scenario.name}-{stamp}")
     profile = load_profile(options.traffic) if options.wants_traffic else None  # type: ignore[arg-type]

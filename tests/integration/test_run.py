@@ -30,17 +30,40 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 MESHEMU = [sys.executable, "-m", "meshemu.cli"]
 
 
+#: What marks a process of a meshemu run in its command line: the run itself (and its forked
+#: route feed), node shells, the delay line, traffic agents. (Other meshemu commands on the
+#: machine, such as a `meshemu plan` or a shell waiting on a lock, are not runs.)
+RUN_ARGV = ("meshemu.cli run", "meshemu run", "mininet:", "meshemu-run=", "meshemu.live.",
+            "meshemu.traffic.")
+
+
+def run_processes() -> list[str]:
+    """Command lines of every process that belongs to a meshemu run: its argv says so
+    (:data:`RUN_ARGV`) or it carries a run id in its MESHEMU_RUN environment variable."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if "pytest" in args or not args:
+            continue
+        if any(m in args for m in RUN_ARGV) or any(e.startswith(b"MESHEMU_RUN=") for e in env):
+            out.append(args.strip())
+    return sorted(out)
+
+
 def machine_state() -> dict:
-    """What a run could leave behind: named netns, root-ns interfaces, meshemu processes."""
+    """What a run could leave behind: named netns, root-ns interfaces, run processes."""
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return {
         "netns": sorted(l.split()[0] for l in ns.splitlines() if l.startswith("meshemu")),
         "links": sorted(l.split(":")[1].strip().split("@")[0] for l in links.splitlines()),
-        "procs": sorted(l.split(None, 1)[1] for l in procs.splitlines()[1:]
-                        if ("meshemu" in l or "mininet:" in l) and "pytest" not in l
-                        and " ps " not in l),
+        "procs": run_processes(),
     }
 
 

@@ -192,3 +192,10 @@ def test_run_plan_api_raises_meshemu_errors_only(tmp_path):
         with pytest.raises(OptionsError):
             run_plan(sc, out_dir=tmp_path / "x", **kw)
     assert not (tmp_path / "x").exists()
+
+
+def test_malformed_routing_spec_is_a_routing_error(tmp_path):
+    from meshemu.errors import RoutingError
+    with pytest.raises(RoutingError, match="cannot load routing scheme ':'"):
+        run_plan(load_scenario("default"), 2, routing=":", out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
