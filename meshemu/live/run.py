@@ -108,6 +108,7 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
     scheme = load_scheme(options.routing)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = check_out_dir(options.out_dir or Path("runs") / f"run-{scenario.name}-{stamp}")
+    out = out.absolute()  # the agents in the nodes read their configuration from there
     profile = load_profile(options.traffic) if options.wants_traffic else None  # type: ignore[arg-type]
     run_id = uuid.uuid4().hex[:6]
     shaper = make_shaper(options.shaper, run_id)   # unknown name, or netem without netem
