@@ -2,29 +2,34 @@
 
 Example::
 
-    from meshemu.api import load_scenario, run_plan, run_emulation
+    from meshemu.api import RunOptions, load_scenario, run_plan, run_emulation
 
     sc = load_scenario("default")                  # or a path to your YAML
     run_plan(sc, duration_s=600, out_dir="runs/plan")          # no root needed
     res = run_emulation(sc, duration_s=30, shaper="auto",     # root
                         routing="shortest-delay", traffic="default", out_dir="runs/demo")
     print(res.summary["timing"])
+
+    # or the same options as one value, reusable across runs:
+    opts = RunOptions(duration_s=30, shaper="userspace", traffic=None)
+    run_emulation(sc, opts, out_dir="runs/demo2")
 """
 
-from meshemu.errors import (CommandError, EmulationError, MeshemuError, NotRootError,
-                            ProfileError, ResourceError, RoutingError, ScenarioError,
-                            ShaperError, TLEError)
+from meshemu.errors import (CommandError, EmulationError, Interrupted, MeshemuError,
+                            NotRootError, OptionsError, ProfileError, ResourceError,
+                            RoutingError, ScenarioError, ShaperError, SpecError, TLEError)
 from meshemu.geometry.linkstate import Snapshot, SnapshotDiff, diff
 from meshemu.plan import run_plan
 from meshemu.routing import (ForwardingTables, RoutingScheme, get_scheme, register,
                              route_diff, trace_path)
-from meshemu.live.runner import run_emulation
+from meshemu.live.runner import RunOptions, RunResult, run_emulation
 from meshemu.spec.scenario import Scenario, list_scenarios, load_scenario
 from meshemu.geometry.schedule import LinkSchedule
 
 __all__ = [
-    "CommandError", "EmulationError", "MeshemuError", "NotRootError", "ProfileError",
-    "ResourceError", "RoutingError", "ScenarioError", "ShaperError", "TLEError",
+    "CommandError", "EmulationError", "Interrupted", "MeshemuError", "NotRootError",
+    "OptionsError", "ProfileError", "ResourceError", "RoutingError", "ScenarioError",
+    "ShaperError", "SpecError", "TLEError", "RunOptions", "RunResult",
     "Snapshot", "SnapshotDiff", "diff", "run_plan", "ForwardingTables", "RoutingScheme",
     "get_scheme", "register", "route_diff", "trace_path", "run_emulation", "Scenario",
     "list_scenarios", "load_scenario", "LinkSchedule",

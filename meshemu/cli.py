@@ -2,16 +2,18 @@
 
 ::
 
-    meshemu plan    [SCENARIO] [--duration S] [--step S] [--routing NAME] [--out DIR]
-    meshemu run     [SCENARIO] [--duration S] [--step S] [--time-scale X] [--shaper auto|netem|userspace]
-                    [--routing NAME] [--traffic PROFILE] [--out DIR] [--cli]
+    meshemu plan    [SCENARIO] [--duration S] [--step S] [--start S] [--routing NAME] [--out DIR]
+    meshemu run     [SCENARIO] [--duration S] [--step S] [--start S] [--time-scale X]
+                    [--shaper auto|netem|userspace] [--routing NAME] [--traffic PROFILE]
+                    [--capture NODE[:PEER]] [--out DIR] [--cli]
     meshemu clean
     meshemu report  RUN_DIR [--out DIR]
     meshemu compare RUN_DIR RUN_DIR... [--out DIR]
     meshemu scenarios
 
 SCENARIO is a YAML path or the name of a scenario shipped in ``topologies/`` (default:
-``default``). Errors meshemu knows about print one line and exit with status 2.
+``default``). Errors meshemu knows about print one line and exit with status 2. SIGINT,
+SIGTERM and SIGHUP tear a run down and exit with 128 + the signal's number (130, 143, 129).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from meshemu.errors import MeshemuError
+from meshemu.errors import Interrupted, MeshemuError
 
 log = logging.getLogger("meshemu")
 
@@ -137,10 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, duration: float) -> None:
         sp.add_argument("scenario", nargs="?", default="default",
                         help="scenario YAML path or shipped name (default: %(default)s)")
-        sp.add_argument("--duration", type=_nonneg, default=duration,
+        sp.add_argument("--duration", type=_number, default=duration,
                         help="emulated seconds (default: %(default)s)")
-        sp.add_argument("--step", type=_pos, default=1.0, help="seconds per step (default: 1)")
-        sp.add_argument("--start", type=_nonneg, default=0.0,
+        sp.add_argument("--step", type=_number, default=1.0,
+                        help="seconds per step (default: 1)")
+        sp.add_argument("--start", type=_number, default=0.0,
                         help="start this many seconds after the scenario epoch (default: 0)")
         sp.add_argument("--routing", default="shortest-delay",
                         help="routing scheme: a built-in name, FILE.py:Class or module:Class "
@@ -153,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="run a live emulation (root)")
     common(sp, 60.0)
-    sp.add_argument("--time-scale", type=_pos, default=1.0,
+    sp.add_argument("--time-scale", type=_number, default=1.0,
                     help="emulated seconds per wall-clock second (default: 1 = real time)")
     sp.add_argument("--shaper", default="auto",
                     help="link shaper: auto, netem or userspace (default: auto)")
@@ -186,24 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pos(text: str) -> float:
+def _number(text: str) -> float:
+    """A float; its range is checked with the other options (``TimeSpan``, ``RunOptions``)."""
     try:
-        v = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return v
-
-
-def _nonneg(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,8 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    from meshemu.live.signals import handle_signals
+
     try:
-        return args.func(args)
+        with handle_signals():
+            return args.func(args)
+    except Interrupted as exc:
+        print(f"meshemu: {exc}: done", file=sys.stderr)
+        return 128 + exc.signum
     except MeshemuError as exc:
         print(f"meshemu: error: {exc}", file=sys.stderr)
         return 2

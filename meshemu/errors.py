@@ -3,9 +3,11 @@
 The tree, in one place::
 
     MeshemuError                      root of everything meshemu raises on purpose
-    +-- ScenarioError(ValueError)     a scenario file (or dict) is malformed or impossible
-    |   +-- TLEError                  a TLE/3LE line is malformed (shows the expected template)
-    +-- ProfileError(ValueError)      a traffic profile or pcap is malformed
+    +-- SpecError(ValueError)         an input is malformed (carries field and source)
+    |   +-- ScenarioError             a scenario file (or dict) is malformed or impossible
+    |   |   +-- TLEError              a TLE/3LE line is malformed (shows the expected template)
+    |   +-- ProfileError              a traffic profile or pcap is malformed
+    |   +-- OptionsError              a run/plan option (duration, step, --out...) is unusable
     +-- RoutingError(ValueError)      unknown routing scheme, or a scheme that misbehaves
     +-- ReportError(ValueError)       a run directory (or one of its files) cannot be reported on
     +-- ShaperError                   unknown shaper, or a shaper that cannot work on this kernel
@@ -14,8 +16,8 @@ The tree, in one place::
     |   +-- NotRootError              a command that needs root was run without it
     |   +-- ResourceError             the scenario does not fit this machine (memory, limits)
     |   +-- CommandError              an `ip`/`tc`/... command failed (carries cmd and stderr)
-    |   +-- Interrupted               a teardown signal arrived (carries signum)
-    +-- Terminated                    SIGINT/SIGTERM during a run; torn down
+    |   +-- Interrupted               SIGINT, SIGTERM or SIGHUP arrived (carries signum);
+    |                                 the CLI exits 128 + signum after the teardown
 
 Input errors also subclass ValueError so that generic callers can catch them as such.
 Every message says what was wrong, quoting the bad value, and what is allowed instead.
@@ -30,8 +32,8 @@ class MeshemuError(Exception):
     """Root of every error meshemu raises on purpose."""
 
 
-class ScenarioError(MeshemuError, ValueError):
-    """A scenario is malformed or physically impossible.
+class SpecError(MeshemuError, ValueError):
+    """An input file (scenario, traffic profile) or option is malformed.
 
     Parameters
     ----------
@@ -40,7 +42,7 @@ class ScenarioError(MeshemuError, ValueError):
     field : str, optional
         Dotted path of the offending field (``constellation.shells[0].altitude_km``).
     source : str, optional
-        File the scenario came from.
+        File the value came from.
     """
 
     def __init__(self, message: str, field: str | None = None, source: str | None = None):
@@ -54,6 +56,10 @@ class ScenarioError(MeshemuError, ValueError):
         super().__init__(prefix + message)
 
 
+class ScenarioError(SpecError):
+    """A scenario is malformed or physically impossible (same parameters as SpecError)."""
+
+
 class TLEError(ScenarioError):
     """A two-line (or three-line) element set is malformed."""
 
@@ -62,8 +68,12 @@ class ReportError(MeshemuError, ValueError):
     """A run directory (or one of its files) cannot be reported on."""
 
 
-class ProfileError(MeshemuError, ValueError):
-    """A traffic profile (YAML) or a pcap to replay is malformed."""
+class ProfileError(SpecError):
+    """A traffic profile (YAML) or a pcap to replay is malformed (parameters as SpecError)."""
+
+
+class OptionsError(SpecError):
+    """A run or plan option is out of range, or the output path is unusable."""
 
 
 class RoutingError(MeshemuError, ValueError):
@@ -103,10 +113,6 @@ class Interrupted(EmulationError):
         import signal
         self.signum = signum
         super().__init__(f"received {signal.Signals(signum).name}; tearing the emulation down")
-
-
-class Terminated(MeshemuError):
-    """SIGTERM or SIGINT arrived during ``meshemu run``; the emulation is torn down."""
 
 
 class CommandError(EmulationError):

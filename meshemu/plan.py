@@ -6,6 +6,7 @@ Data flow: scenario -> :class:`~meshemu.geometry.schedule.LinkSchedule` (orbit, 
 ``nodes.csv``    ``id,name,kind,shell,plane,index``
 ``links.csv``    ``t_s,a,b,kind,up,distance_km,delay_ms,rate_mbps`` (every listed link, every step)
 ``paths.csv``    ``t_s,src,dst,path,hops,delay_ms`` for every ordered pair of endpoints
+``positions.npz`` latitude, longitude and altitude of every node per step (for the maps)
 ``summary.json`` counts, link and route events, per-pair delay statistics, timings
 ``map.png``, ``path_delay.png`` (see :mod:`meshemu.report.maps`)
 """
@@ -22,12 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from meshemu.geometry import linkstate as linkstate
+from meshemu.geometry.linkstate import Snapshot
+from meshemu.errors import MeshemuError, RoutingError
 from meshemu.report.record import PairStats as PairStats
 from meshemu.report.record import PlanRecorder as PlanRecorder
 from meshemu.report.record import node_positions_ecef_km
 from meshemu.report.record import write_nodes_csv as write_nodes_csv
-from meshemu.routing import RoutingScheme, get_scheme
-from meshemu.spec.scenario import Nodes, Scenario
+from meshemu.routing import ForwardingTables, RoutingScheme, get_scheme, validate_tables
+from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
+from meshemu.spec.scenario import Nodes, Scenario, load_scenario
 from meshemu.geometry.schedule import LinkSchedule
 
 log = logging.getLogger(__name__)
@@ -51,16 +55,22 @@ class PlanResult:
     files: list[Path]
 
 
-def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
+def run_plan(scenario: Scenario | str | Path, duration_s: float, step_s: float = 1.0,
              routing: str | RoutingScheme = "shortest-delay", out_dir: Path | str = "plan",
              progress: ProgressFn | None = None, plots: bool = True,
              start_s: float = 0.0) -> PlanResult:
     """Compute snapshots, routes and paths over ``[start_s, start_s + duration_s]`` (seconds
     after the scenario epoch) and write the plan files.
 
+    Every input is checked before anything is written: the time span
+    (:class:`~meshemu.spec.options.TimeSpan`), the output directory, the routing scheme and
+    the scenario's names. The scheme's tables are checked at every step
+    (:func:`~meshemu.routing.validate_tables`), as the live emulation does.
+
     Parameters
     ----------
-    scenario : Scenario
+    scenario : Scenario, str or Path
+        A scenario, or a YAML path / shipped name.
     duration_s, step_s : float
         Time span and step (s).
     routing : str or RoutingScheme
@@ -71,25 +81,35 @@ def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
     progress : callable(done_steps, total_steps), optional
     plots : bool
         Also write the PNG plots.
+    start_s : float
+
+    Raises
+    ------
+    OptionsError, ScenarioError
+        Bad time span, output path or scenario (nothing is written).
+    RoutingError
+        Unknown scheme (nothing written), or one that fails or returns unusable tables
+        mid-plan.
     """
-    if duration_s < 0:
-        raise ValueError(f"duration must be >= 0 s, got {duration_s!r}")
-    scheme = get_scheme(routing) if isinstance(routing, str) else routing
-    sched = LinkSchedule(scenario, step_s)  # validates names before anything is written
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario)
+    span = TimeSpan.checked(duration_s, step_s, start_s)
+    out = check_out_dir(out_dir)
+    scheme = load_scheme(routing)
+    sched = LinkSchedule(scenario, span.step_s)  # validates names before anything is written
     ends = endpoint_ids(scenario, sched.nodes)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    n_steps = int(np.floor(duration_s / step_s + 1e-9)) + 1
+    make_out_dir(out)
+    n_steps = span.n_steps
     rec = PlanRecorder(out, sched.nodes, ends)
     t_geom = t_route = 0.0
     first_snapshot = None
     try:
-        it = sched.snapshots(duration_s, start_s=start_s)
+        it = sched.snapshots(span.duration_s, start_s=span.start_s)
         for k in range(n_steps):
             t0 = time.perf_counter()
             snap = next(it)
             t1 = time.perf_counter()
-            tables = scheme.forwarding_tables(snap, ends)
+            tables = checked_tables(scheme, snap, ends, k)
             t2 = time.perf_counter()
             t_geom += t1 - t0
             t_route += t2 - t1
@@ -100,10 +120,11 @@ def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
                 progress(k + 1, n_steps)
     finally:
         rec.close()
-    summary = rec.summary(scenario, scheme.name, duration_s, step_s, start_s)
+    summary = rec.summary(scenario, scheme.name, span.duration_s, span.step_s, span.start_s)
     summary["timing"] = {"geometry_ms_per_step": 1e3 * t_geom / n_steps,
                          "routing_ms_per_step": 1e3 * t_route / n_steps}
-    files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "summary.json")]
+    files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz",
+                               "summary.json")]
     if plots:
         from meshemu.report import maps as plotmod
         files.append(plotmod.plot_map(out / "map.png", rec.map_nodes(first_snapshot.t_s),
@@ -114,3 +135,44 @@ def run_plan(scenario: Scenario, duration_s: float, step_s: float = 1.0,
     summary["files"] = [str(f.name) for f in files]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return PlanResult(out, summary, files)
+
+
+def load_scheme(routing: str | RoutingScheme) -> RoutingScheme:
+    """A routing scheme from a name, plug-in spec or instance (:func:`~meshemu.routing.
+    get_scheme`), with whatever a plug-in raises while it is imported or constructed turned
+    into a one-line :class:`RoutingError`."""
+    try:
+        return get_scheme(routing)
+    except MeshemuError:
+        raise
+    except Exception as exc:  # a plug-in's own error, or a malformed spec such as ":"
+        raise RoutingError(f"cannot load routing scheme {routing!r}: {type(exc).__name__}: "
+                           f"{exc}") from None
+
+
+def checked_tables(scheme: RoutingScheme, snap: Snapshot, destinations: np.ndarray,
+                   k: int) -> ForwardingTables:
+    """``scheme``'s forwarding tables for ``snap``, checked with
+    :func:`~meshemu.routing.validate_tables`.
+
+    Raises
+    ------
+    RoutingError
+        The scheme raised (its error in one line), returned something that is not
+        :class:`~meshemu.routing.ForwardingTables`, or tables with next hops that are not up
+        neighbours, forward through ground nodes or loop.
+    """
+    where = f"routing scheme {scheme.name!r} at step {k} (t = {snap.t_s:g} s)"
+    try:
+        tables = scheme.forwarding_tables(snap, destinations)
+    except MeshemuError:
+        raise
+    except Exception as exc:  # a plug-in's bug: one line, not a traceback
+        raise RoutingError(f"{where} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(tables, ForwardingTables):
+        raise RoutingError(f"{where} returned {type(tables).__name__}, not "
+                           f"meshemu.routing.ForwardingTables")
+    problems = validate_tables(tables, snap)
+    if problems:
+        raise RoutingError(f"{where} returned unusable tables: {'; '.join(problems[:3])}")
+    return tables

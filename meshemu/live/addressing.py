@@ -51,11 +51,7 @@ LINK_PREFIXLEN = 31
 #: Longest interface name Linux accepts.
 IFNAME_MAX = 15
 
-#: Node kinds that are satellites (links between two of them are ISLs).
-SATELLITE_KINDS = ("sat", "compute")
-#: Node kinds on the ground (``ground`` is a generic alias of ``station``).
-GROUND_KINDS = ("station", "ground", "user", "datacenter")
-NODE_KINDS = SATELLITE_KINDS + GROUND_KINDS
+from meshemu.spec.validate import GROUND_KINDS, NODE_KINDS, SATELLITE_KINDS  # noqa: E402,F401
 
 _NODE_BASE = int(NODE_NET.network_address)
 _LINK_BASE = int(LINK_NET.network_address)

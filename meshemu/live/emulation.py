@@ -39,7 +39,6 @@ import logging
 import os
 import signal
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,10 +160,6 @@ class Emulation:
         Where ``addressing.csv`` and ``addressing.json`` go.
     run_id : str
         Names this run's processes and lock (letters, digits, ``_``, ``-``).
-    queue_packets : None
-        Deprecated and ignored (a :class:`DeprecationWarning` says so): every link's queue
-        size comes from the snapshots (``Snapshot.queue_packets``, from the scenario's
-        ``isl/gsl.queue_packets``).
     ipv6 : bool
         Keep IPv6 on in the nodes (off by default: see :data:`NO_IPV6_SYSCTLS`).
 
@@ -181,17 +176,12 @@ class Emulation:
     """
 
     def __init__(self, names: Sequence[str], kinds: Sequence[str], shaper: Any,
-                 run_dir: Path | str, run_id: str, queue_packets: object = None,
-                 ipv6: bool = False) -> None:
+                 run_dir: Path | str, run_id: str, ipv6: bool = False) -> None:
         self.plan = adr.AddressPlan.from_links(names, kinds, np.zeros(0, dtype=np.int64))
         if not isinstance(run_id, str) or not run_id or not all(
                 c.isalnum() or c in "_-" for c in run_id) or len(run_id) > 40:
             raise EmulationError(f"run_id must be 1..40 letters, digits, '_' or '-'; got "
                                  f"{run_id!r}")
-        if queue_packets is not None:
-            warnings.warn("Emulation(queue_packets=...) is ignored: queue sizes come from the "
-                          "snapshots (Snapshot.queue_packets)", DeprecationWarning,
-                          stacklevel=2)
         self.names = self.plan.names
         self.kinds = self.plan.kinds
         self.shaper = shaper

@@ -146,8 +146,8 @@ class PlanRecorder:
         self._closed = False
 
     def record(self, snap: Snapshot, tables: Any,
-               positions_ecef_km: np.ndarray | None = None
-               ) -> dict[tuple[int, int], list[int] | None]:
+               positions_ecef_km: np.ndarray | None = None,
+               route_changes: int | None = None) -> dict[tuple[int, int], list[int] | None]:
         """Record one step; returns the path of every endpoint pair (None if unreachable).
 
         Parameters
@@ -157,6 +157,9 @@ class PlanRecorder:
         positions_ecef_km : ndarray, shape (N, 3), optional
             Earth-fixed positions (km) of every node at ``snap.t_s``, satellites first
             (:func:`node_positions_ecef_km`); written to ``positions.npz`` when given.
+        route_changes : int, optional
+            The step's route changes when the caller has diffed the tables already (the live
+            emulation's :class:`~meshemu.live.emulation.StepStats`); else they are diffed here.
         """
         if positions_ecef_km is not None:
             self._positions.add(self.steps, snap.t_s, positions_ecef_km)
@@ -170,7 +173,11 @@ class PlanRecorder:
             self.totals["links_removed"] += int(d.removed.size)
             self.totals["links_went_up"] += int(d.went_up.size)
             self.totals["links_went_down"] += int(d.went_down.size)
-        rc = len(route_diff(self._prev_tables, tables)) if self._prev_tables is not None else 0
+        if route_changes is not None:
+            rc = route_changes if self._prev_tables is not None else 0
+        else:
+            rc = (len(route_diff(self._prev_tables, tables)) if self._prev_tables is not None
+                  else 0)
         self.totals["route_changes"] += rc
         self.route_changes_per_step.append(rc)
         paths = {}

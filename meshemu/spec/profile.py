@@ -45,7 +45,6 @@ Schema (times are wall-clock seconds from the start of the traffic)::
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,7 +53,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from meshemu.errors import ProfileError, choices_message
+from meshemu.errors import ProfileError
+from meshemu.spec.validate import Validator
 from meshemu.traffic.schedule import ALGORITHMS, ring_plan
 
 KINDS = ("allreduce", "inference", "bulk", "replay")
@@ -188,104 +188,23 @@ def load_profile(spec: str | Path | Profile) -> Profile:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+        raise ProfileError(f"not valid YAML: {exc}", source=str(path)) from None
     except OSError as exc:
-        raise ProfileError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ProfileError(f"cannot read: {exc.strerror}", source=str(path)) from None
     return _parse(data, str(path), path.parent)
 
 
 # ---------------------------------------------------------------------------- validation
-class _V:
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, path: str, msg: str):
-        raise ProfileError(f"{self.source + ': ' if self.source else ''}{path}: {msg}")
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
-        if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping; got {value!r}")
-        for k in value:
-            if k not in allowed:
-                self.fail(f"{path}.{k}" if path else str(k),
-                          choices_message("key", k, allowed))
-        return value
-
-    def number(self, d: dict, key: str, path: str, default: Any = ..., lo: float | None = None,
-               hi: float | None = None, lo_open: bool = False, integer: bool = False,
-               null: bool = False) -> Any:
-        p = f"{path}.{key}"
-        if key not in d:
-            if default is ...:
-                self.fail(p, "is required")
-            return default
-        x = d[key]
-        if x is None and null:
-            return None
-        kind = "an integer" if integer else "a number"
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or (
-                integer and not isinstance(x, int)) or not math.isfinite(x):
-            self.fail(p, f"must be {kind}{' or null' if null else ''}; got {x!r}")
-        if lo is not None and (x < lo or (lo_open and x == lo)):
-            rng = f"{'>' if lo_open else '>='} {lo}"
-            if hi is not None:
-                rng += f" and <= {hi}"
-            self.fail(p, f"must be {kind} {rng}; got {x!r}")
-        if hi is not None and x > hi:
-            self.fail(p, f"must be {kind} <= {hi}; got {x!r}")
-        return x
-
-    def choice(self, d: dict, key: str, path: str, choices: tuple[str, ...],
-               default: Any = ...) -> str:
-        p = f"{path}.{key}"
-        if key not in d:
-            if default is ...:
-                self.fail(p, f"is required; one of: {', '.join(choices)}")
-            return default
-        if d[key] not in choices:
-            self.fail(p, choices_message(key.replace("_", " "), d[key], choices))
-        return d[key]
-
-    def name(self, d: dict, key: str, path: str) -> str:
-        p = f"{path}.{key}"
-        if key not in d:
-            self.fail(p, "is required (a node name)")
-        x = d[key]
-        if not isinstance(x, str) or not x:
-            self.fail(p, f"must be a node name; got {x!r}")
-        return x
-
-    def names(self, d: dict, key: str, path: str, keyword: str, default: Any = ...,
-              min_len: int = 1) -> tuple[str, ...] | str:
-        p = f"{path}.{key}"
-        if key not in d:
-            if default is ...:
-                self.fail(p, f"is required: {keyword!r} or a list of node names")
-            return default
-        x = d[key]
-        if x == keyword:
-            return keyword
-        if not isinstance(x, list) or not all(isinstance(n, str) and n for n in x):
-            self.fail(p, f"must be {keyword!r} or a list of node names; got {x!r}")
-        if len(x) < min_len:
-            self.fail(p, f"needs at least {min_len} node names; got {x!r}")
-        if len(set(x)) != len(x):
-            self.fail(p, f"lists a node twice: {x!r}")
-        return tuple(x)
-
-
 _COMMON = ("kind", "name", "start_s")
 
 
 def _parse(data: Any, source: str, base_dir: Path) -> Profile:
-    v = _V(source)
+    v = Validator(ProfileError, source)
     d = v.mapping(data, "", ("name", "description", "seed", "workloads"))
     name = d.get("name", Path(source).stem if source else "profile")
     if not isinstance(name, str) or not name:
         v.fail("name", f"must be a non-empty string; got {name!r}")
-    desc = d.get("description", "") or ""
-    if not isinstance(desc, str):
-        v.fail("description", f"must be a string; got {desc!r}")
+    desc = v.string(d, "description", "", "")
     seed = v.number(d, "seed", "", default=1, lo=0, integer=True)
     ws = d.get("workloads")
     if not isinstance(ws, list) or not ws:
@@ -296,67 +215,82 @@ def _parse(data: Any, source: str, base_dir: Path) -> Profile:
         p = f"workloads[{i}]"
         if not isinstance(w, dict):
             v.fail(p, f"must be a mapping; got {w!r}")
-        kind = v.choice(w, "kind", p, KINDS)
+        kind = v.choice(w, "kind", p, tuple(sorted(KINDS)))
         wname = w.get("name", f"{kind}{i}")
         if not isinstance(wname, str) or not wname or "," in wname:
             v.fail(f"{p}.name", f"must be a non-empty string without commas; got {wname!r}")
         if wname in names_seen:
             v.fail(f"{p}.name", f"{wname!r} is used by another workload; names must differ")
         names_seen.add(wname)
-        start = v.number(w, "start_s", p, default=0.0, lo=0)
-        if kind == "allreduce":
-            v.mapping(w, p, _COMMON + ("algorithm", "nodes", "model_mb", "iterations",
-                                       "compute_ms", "rate_mbps"))
-            alg = v.choice(w, "algorithm", p, ALGORITHMS)
-            nodes = v.names(w, "nodes", p, "compute", min_len=2)
-            model = v.number(w, "model_mb", p, lo=0, lo_open=True, hi=10_000)
-            its = v.number(w, "iterations", p, lo=1, hi=1_000_000, integer=True)
-            comp = v.number(w, "compute_ms", p, default=0.0, lo=0)
-            rate = v.number(w, "rate_mbps", p, default=20.0, lo=0, lo_open=True, hi=100_000)
-            out.append(AllReduceSpec(wname, alg, nodes, float(model), its, float(comp),
-                                     float(rate), float(start)))
-        elif kind == "inference":
-            v.mapping(w, p, _COMMON + ("users", "servers", "rate_per_s", "request_bytes",
-                                       "response_bytes", "deadline_ms", "target", "rate_mbps",
-                                       "duration_s"))
-            users = v.names(w, "users", p, "users")
-            servers = v.names(w, "servers", p, "compute", default="compute")
-            rate = v.number(w, "rate_per_s", p, lo=0, lo_open=True, hi=10_000)
-            req = v.number(w, "request_bytes", p, lo=1, hi=50_000_000, integer=True)
-            resp = v.number(w, "response_bytes", p, lo=1, hi=50_000_000, integer=True)
-            dl = v.number(w, "deadline_ms", p, lo=0, lo_open=True)
-            target = v.choice(w, "target", p, TARGETS, default="nearest")
-            pace = v.number(w, "rate_mbps", p, default=20.0, lo=0, lo_open=True, hi=100_000)
-            dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
-            out.append(InferenceSpec(wname, users, float(rate), req, resp, float(dl), target,
-                                     servers, float(pace), float(start),
-                                     None if dur is None else float(dur)))
-        elif kind == "bulk":
-            v.mapping(w, p, _COMMON + ("src", "dst", "rate_mbps", "duration_s"))
-            src, dst = v.name(w, "src", p), v.name(w, "dst", p)
-            if src == dst:
-                v.fail(f"{p}.dst", f"must differ from src; both are {src!r}")
-            rate = v.number(w, "rate_mbps", p, lo=0, lo_open=True, hi=100_000)
-            dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
-            out.append(BulkSpec(wname, src, dst, float(rate), float(start),
-                                None if dur is None else float(dur)))
-        else:
-            v.mapping(w, p, _COMMON + ("pcap", "src", "dst", "duration_s"))
-            src, dst = v.name(w, "src", p), v.name(w, "dst", p)
-            if src == dst:
-                v.fail(f"{p}.dst", f"must differ from src; both are {src!r}")
-            pcap = w.get("pcap")
-            if not isinstance(pcap, str) or not pcap:
-                v.fail(f"{p}.pcap", f"must be the path of a pcap file; got {pcap!r}")
-            path = Path(pcap)
-            if not path.is_absolute():
-                path = base_dir / path
-            times, sizes = read_pcap(path, f"{source + ': ' if source else ''}{p}.pcap")
-            dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
-            out.append(ReplaySpec(wname, str(path), src, dst, float(start),
-                                  None if dur is None else float(dur), "replay",
-                                  tuple(times), tuple(sizes)))
+        start = float(v.number(w, "start_s", p, default=0.0, lo=0))
+        out.append(_WORKLOAD_PARSERS[kind](v, w, p, wname, start, base_dir))
     return Profile(name, tuple(out), desc, seed, source)
+
+
+def _parse_allreduce(v: Validator, w: dict, p: str, name: str, start: float,
+                     base_dir: Path) -> AllReduceSpec:
+    v.mapping(w, p, _COMMON + ("algorithm", "nodes", "model_mb", "iterations", "compute_ms",
+                               "rate_mbps"))
+    return AllReduceSpec(
+        name, v.choice(w, "algorithm", p, tuple(sorted(ALGORITHMS))),
+        v.node_names(w, "nodes", p, "compute", min_len=2),
+        v.number(w, "model_mb", p, lo=0, lo_open=True, hi=10_000),
+        v.number(w, "iterations", p, lo=1, hi=1_000_000, integer=True),
+        v.number(w, "compute_ms", p, default=0.0, lo=0),
+        v.number(w, "rate_mbps", p, default=20.0, lo=0, lo_open=True, hi=100_000), start)
+
+
+def _parse_inference(v: Validator, w: dict, p: str, name: str, start: float,
+                     base_dir: Path) -> InferenceSpec:
+    v.mapping(w, p, _COMMON + ("users", "servers", "rate_per_s", "request_bytes",
+                               "response_bytes", "deadline_ms", "target", "rate_mbps",
+                               "duration_s"))
+    users = v.node_names(w, "users", p, "users")
+    servers = v.node_names(w, "servers", p, "compute", default="compute")
+    rate = v.number(w, "rate_per_s", p, lo=0, lo_open=True, hi=10_000)
+    req = v.number(w, "request_bytes", p, lo=1, hi=50_000_000, integer=True)
+    resp = v.number(w, "response_bytes", p, lo=1, hi=50_000_000, integer=True)
+    dl = v.number(w, "deadline_ms", p, lo=0, lo_open=True)
+    target = v.choice(w, "target", p, tuple(sorted(TARGETS)), default="nearest")
+    pace = v.number(w, "rate_mbps", p, default=20.0, lo=0, lo_open=True, hi=100_000)
+    dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
+    return InferenceSpec(name, users, rate, req, resp, dl, target, servers, pace, start, dur)
+
+
+def _ends(v: Validator, w: dict, p: str) -> tuple[str, str]:
+    src, dst = v.node_name(w, "src", p), v.node_name(w, "dst", p)
+    if src == dst:
+        v.fail(f"{p}.dst", f"must differ from src; both are {src!r}")
+    return src, dst
+
+
+def _parse_bulk(v: Validator, w: dict, p: str, name: str, start: float,
+                base_dir: Path) -> BulkSpec:
+    v.mapping(w, p, _COMMON + ("src", "dst", "rate_mbps", "duration_s"))
+    src, dst = _ends(v, w, p)
+    rate = v.number(w, "rate_mbps", p, lo=0, lo_open=True, hi=100_000)
+    dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
+    return BulkSpec(name, src, dst, rate, start, dur)
+
+
+def _parse_replay(v: Validator, w: dict, p: str, name: str, start: float,
+                  base_dir: Path) -> ReplaySpec:
+    v.mapping(w, p, _COMMON + ("pcap", "src", "dst", "duration_s"))
+    src, dst = _ends(v, w, p)
+    pcap = w.get("pcap")
+    if not isinstance(pcap, str) or not pcap:
+        v.fail(f"{p}.pcap", f"must be the path of a pcap file; got {pcap!r}")
+    path = Path(pcap)
+    if not path.is_absolute():
+        path = base_dir / path
+    times, sizes = read_pcap(path, f"{v.source + ': ' if v.source else ''}{p}.pcap")
+    dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
+    return ReplaySpec(name, str(path), src, dst, start, dur, "replay", tuple(times),
+                      tuple(sizes))
+
+
+_WORKLOAD_PARSERS = {"allreduce": _parse_allreduce, "inference": _parse_inference,
+                     "bulk": _parse_bulk, "replay": _parse_replay}
 
 
 def read_pcap(path: Path | str, what: str = "pcap") -> tuple[list[float], list[int]]:

@@ -43,8 +43,6 @@ Schema (units are in the key names)::
 from __future__ import annotations
 
 import datetime as dt
-import math
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,16 +52,17 @@ import numpy as np
 import yaml
 
 from meshemu.errors import ScenarioError
+from meshemu.spec.validate import GROUND_KINDS, NODE_KINDS, SATELLITE_KINDS, Validator
+
+__all__ = ["GROUND_KINDS", "NODE_KINDS", "SATELLITE_KINDS", "Scenario", "load_scenario",
+           "list_scenarios", "default_scenario_dir", "Nodes", "ShellSpec", "TLESource",
+           "GroundSpec", "ComputeSpec", "ISLPolicy", "GSLPolicy", "EARTH_RADIUS_KM"]
 
 EARTH_RADIUS_KM = 6378.135  # WGS-72 equatorial radius, the constants SGP4 uses
 
 SHELL_TYPES = ("walker-delta", "walker-star")
 ISL_PATTERNS = ("plus-grid", "nearest")
 HANDOVER_RULES = ("nearest", "longest-visible")
-GROUND_KINDS = ("station", "user", "datacenter")
-#: Node kinds, in the order nodes are numbered (satellites first, then ground nodes).
-NODE_KINDS = ("sat", "compute", "station", "user", "datacenter")
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
 
 
 @dataclass(frozen=True)
@@ -218,76 +217,8 @@ def load_scenario(spec: str | Path) -> Scenario:
 
 # ----------------------------------------------------------------------------- validation
 
-class _V:
-    """Field validators that raise ScenarioError with the field path."""
-
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, path: str, msg: str) -> None:
-        raise ScenarioError(msg, field=path, source=self.source or None)
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping, got {type(value).__name__} {value!r}")
-        unknown = [k for k in value if k not in allowed]
-        if unknown:
-            self.fail(f"{path}.{unknown[0]}" if path else str(unknown[0]),
-                      f"unknown key; allowed keys: {', '.join(allowed)}")
-        return value
-
-    def number(self, d: dict, key: str, path: str, default: Any = None, lo: float | None = None,
-               hi: float | None = None, lo_open: bool = False, integer: bool = False,
-               required: bool = False, allow_none: bool = False) -> Any:
-        full = f"{path}.{key}" if path else key
-        if key not in d or d[key] is None:
-            if required:
-                self.fail(full, "is required" + _range_text(lo, hi, lo_open, integer))
-            if key in d and d[key] is None and allow_none:
-                return None
-            return default
-        v = d[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            self.fail(full, f"expected a number, got {v!r}")
-        if integer and (not float(v).is_integer()):
-            self.fail(full, f"expected a whole number, got {v!r}")
-        if not math.isfinite(v):
-            self.fail(full, f"must be finite, got {v!r}")
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            self.fail(full, f"{v!r} is out of range; allowed" + _range_text(lo, hi, lo_open, integer))
-        if hi is not None and v > hi:
-            self.fail(full, f"{v!r} is out of range; allowed" + _range_text(lo, hi, lo_open, integer))
-        return int(v) if integer else float(v)
-
-    def choice(self, d: dict, key: str, path: str, choices: tuple[str, ...], default: str) -> str:
-        v = d.get(key, default)
-        if v not in choices:
-            self.fail(f"{path}.{key}" if path else key,
-                      f"unknown value {v!r}; please specify one of: {', '.join(choices)}")
-        return v
-
-    def name(self, v: Any, path: str) -> str:
-        if not isinstance(v, str) or not _NAME_RE.match(v):
-            self.fail(path, f"bad name {v!r}: use 1-31 letters, digits or '_', starting with a "
-                            f"letter (names become node names)")
-        return v
-
-
-def _range_text(lo, hi, lo_open, integer) -> str:
-    kind = " a whole number" if integer else ""
-    if lo is not None and hi is not None:
-        return f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
-    if lo is not None:
-        return f"{kind} {'>' if lo_open else '>='} {lo:g}"
-    if hi is not None:
-        return f"{kind} <= {hi:g}"
-    return kind
-
-
 def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
-    v = _V(source)
+    v = Validator(ScenarioError, source)
     if not isinstance(data, dict):
         raise ScenarioError(f"a scenario must be a YAML mapping, got {type(data).__name__}",
                             source=source or None)
@@ -298,7 +229,8 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
         v.fail("name", f"expected a non-empty string, got {name!r}")
     epoch = _parse_epoch(v, top.get("epoch", "2026-01-01T00:00:00Z"))
 
-    cons = v.mapping(top.get("constellation"), "constellation", ("shells", "tle_files"))
+    cons = v.mapping(top.get("constellation"), "constellation", ("shells", "tle_files"),
+                     none_ok=True)
     shells = []
     raw_shells = cons.get("shells") or []
     if not isinstance(raw_shells, list):
@@ -311,7 +243,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
         v.fail("constellation.tle_files", f"expected a list, got {raw_tles!r}")
     for i, t in enumerate(raw_tles):
         p = f"constellation.tle_files[{i}]"
-        t = v.mapping(t, p, ("file", "max_satellites"))
+        t = v.mapping(t, p, ("file", "max_satellites"), none_ok=True)
         if not isinstance(t.get("file"), str):
             v.fail(f"{p}.file", f"expected a file path, got {t.get('file')!r}")
         path = (base_dir / t["file"]).resolve()
@@ -329,15 +261,15 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
     seen: set[str] = set()
     for i, g in enumerate(raw_ground):
         p = f"ground[{i}]"
-        g = v.mapping(g, p, ("name", "lat_deg", "lon_deg", "alt_m", "kind"))
-        gname = v.name(g.get("name"), f"{p}.name")
+        g = v.mapping(g, p, ("name", "lat_deg", "lon_deg", "alt_m", "kind"), none_ok=True)
+        gname = v.identifier(g.get("name"), f"{p}.name")
         if gname in seen:
             v.fail(f"{p}.name", f"duplicate ground node name {gname!r}")
         seen.add(gname)
         ground.append(GroundSpec(
             gname,
-            v.number(g, "lat_deg", p, required=True, lo=-90, hi=90),
-            v.number(g, "lon_deg", p, required=True, lo=-180, hi=360),
+            v.number(g, "lat_deg", p, lo=-90, hi=90),
+            v.number(g, "lon_deg", p, lo=-180, hi=360),
             v.number(g, "alt_m", p, 0.0, lo=-500, hi=10000),
             v.choice(g, "kind", p, GROUND_KINDS, "station")))
 
@@ -357,7 +289,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
                     source=source, raw=data)
 
 
-def _parse_epoch(v: _V, value: Any) -> dt.datetime:
+def _parse_epoch(v: Validator, value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         e = value
     elif isinstance(value, dt.date):
@@ -374,27 +306,27 @@ def _parse_epoch(v: _V, value: Any) -> dt.datetime:
     return e.astimezone(dt.timezone.utc)
 
 
-def _parse_shell(v: _V, s: Any, p: str, i: int) -> ShellSpec:
+def _parse_shell(v: Validator, s: Any, p: str, i: int) -> ShellSpec:
     s = v.mapping(s, p, ("name", "type", "planes", "sats_per_plane", "phasing", "altitude_km",
-                         "inclination_deg", "raan_spread_deg"))
+                         "inclination_deg", "raan_spread_deg"), none_ok=True)
     kind = v.choice(s, "type", p, SHELL_TYPES, "walker-delta")
-    planes = v.number(s, "planes", p, required=True, lo=1, hi=1000, integer=True)
-    spp = v.number(s, "sats_per_plane", p, required=True, lo=1, hi=1000, integer=True)
+    planes = v.number(s, "planes", p, lo=1, hi=1000, integer=True)
+    spp = v.number(s, "sats_per_plane", p, lo=1, hi=1000, integer=True)
     phasing = v.number(s, "phasing", p, 0, lo=0, integer=True)
     if phasing >= max(planes, 1) and planes > 1:
         v.fail(f"{p}.phasing", f"Walker phasing F must be in [0, planes-1] = [0, {planes - 1}], "
                                f"got {phasing}")
-    alt = v.number(s, "altitude_km", p, required=True, lo=160, hi=40000)
-    inc = v.number(s, "inclination_deg", p, required=True, lo=0, hi=180)
+    alt = v.number(s, "altitude_km", p, lo=160, hi=40000)
+    inc = v.number(s, "inclination_deg", p, lo=0, hi=180)
     spread = v.number(s, "raan_spread_deg", p, 360.0 if kind == "walker-delta" else 180.0,
                       lo=0, hi=360, lo_open=True)
-    name = v.name(s.get("name", f"shell{i}"), f"{p}.name")
+    name = v.identifier(s.get("name", f"shell{i}"), f"{p}.name")
     return ShellSpec(name, kind, planes, spp, phasing, alt, inc, spread)
 
 
-def _parse_compute(v: _V, c: Any) -> ComputeSpec:
+def _parse_compute(v: Validator, c: Any) -> ComputeSpec:
     p = "compute"
-    c = v.mapping(c, p, ("satellites", "power_kw"))
+    c = v.mapping(c, p, ("satellites", "power_kw"), none_ok=True)
     power = v.number(c, "power_kw", p, 0.0, lo=0)
     sel = c.get("satellites", "none")
     if sel in ("all", "none"):
@@ -402,34 +334,31 @@ def _parse_compute(v: _V, c: Any) -> ComputeSpec:
     if isinstance(sel, dict) and len(sel) == 1:
         (mode, arg), = sel.items()
         if mode == "every":
-            k = v.number(sel, "every", f"{p}.satellites", lo=1, integer=True, required=True)
+            k = v.number(sel, "every", f"{p}.satellites", lo=1, integer=True)
             return ComputeSpec(mode="every", every=k, power_kw=power)
         if mode == "list":
             if not isinstance(arg, list) or not arg or not all(isinstance(x, str) for x in arg):
                 v.fail(f"{p}.satellites.list", f"expected a list of satellite names, got {arg!r}")
             return ComputeSpec(mode="list", names=tuple(arg), power_kw=power)
         if mode == "cluster":
-            arg = v.mapping(arg, f"{p}.satellites.cluster", ("center", "size"))
+            arg = v.mapping(arg, f"{p}.satellites.cluster", ("center", "size"), none_ok=True)
             if not isinstance(arg.get("center"), str):
                 v.fail(f"{p}.satellites.cluster.center",
                        f"expected a satellite name, got {arg.get('center')!r}")
-            size = v.number(arg, "size", f"{p}.satellites.cluster", lo=1, integer=True,
-                            required=True)
+            size = v.number(arg, "size", f"{p}.satellites.cluster", lo=1, integer=True)
             return ComputeSpec(mode="cluster", center=arg["center"], size=size, power_kw=power)
     v.fail(f"{p}.satellites", f"unknown selection {sel!r}; please specify one of: all, none, "
                               f"{{every: k}}, {{list: [names]}}, {{cluster: {{center: name, size: n}}}}")
     raise AssertionError  # unreachable
 
 
-def _parse_isl(v: _V, d: Any) -> ISLPolicy:
+def _parse_isl(v: Validator, d: Any) -> ISLPolicy:
     p = "isl"
     d = v.mapping(d, p, ("pattern", "max_range_km", "min_grazing_altitude_km",
                          "cross_plane_max_lat_deg", "allow_seam", "terminals", "acquisition_s",
-                         "rate_mbps", "queue_packets", "loss"))
+                         "rate_mbps", "queue_packets", "loss"), none_ok=True)
     pattern = v.choice(d, "pattern", p, ISL_PATTERNS, "plus-grid")
-    seam = d.get("allow_seam", False)
-    if not isinstance(seam, bool):
-        v.fail(f"{p}.allow_seam", f"expected true or false, got {seam!r}")
+    seam = v.flag(d, "allow_seam", p, False)
     terminals = v.number(d, "terminals", p, 4, lo=0, hi=16, integer=True)
     if pattern == "plus-grid" and terminals < 4:
         v.fail(f"{p}.terminals", f"+Grid needs 4 laser terminals per satellite (2 intra-plane, "
@@ -440,7 +369,7 @@ def _parse_isl(v: _V, d: Any) -> ISLPolicy:
         max_range_km=v.number(d, "max_range_km", p, 5000.0, lo=0, lo_open=True),
         min_grazing_altitude_km=v.number(d, "min_grazing_altitude_km", p, 80.0, lo=0, hi=2000),
         cross_plane_max_lat_deg=v.number(d, "cross_plane_max_lat_deg", p, None, lo=0, hi=90,
-                                         allow_none=True),
+                                         null=True),
         allow_seam=seam, terminals=terminals,
         acquisition_s=v.number(d, "acquisition_s", p, 0.0, lo=0, hi=3600),
         rate_mbps=v.number(d, "rate_mbps", p, 1000.0, lo=0, lo_open=True),
@@ -448,10 +377,10 @@ def _parse_isl(v: _V, d: Any) -> ISLPolicy:
         loss=v.number(d, "loss", p, 0.0, lo=0, hi=1))
 
 
-def _parse_gsl(v: _V, d: Any) -> GSLPolicy:
+def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
     p = "gsl"
     d = v.mapping(d, p, ("min_elevation_deg", "links_per_station", "handover", "acquisition_s",
-                         "rate_mbps", "queue_packets", "loss"))
+                         "rate_mbps", "queue_packets", "loss"), none_ok=True)
     return GSLPolicy(
         min_elevation_deg=v.number(d, "min_elevation_deg", p, 25.0, lo=0, hi=90, lo_open=False),
         links_per_station=v.number(d, "links_per_station", p, 1, lo=1, hi=16, integer=True),

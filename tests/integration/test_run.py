@@ -12,8 +12,10 @@ import csv
 import os
 import re
 import signal
+import json
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -28,23 +30,130 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 MESHEMU = [sys.executable, "-m", "meshemu.cli"]
 
 
+#: What marks a process of a meshemu run in its command line: the run itself (and its forked
+#: route feed), node shells, the delay line, traffic agents. (Other meshemu commands on the
+#: machine, such as a `meshemu plan` or a shell waiting on a lock, are not runs.)
+RUN_ARGV = ("meshemu.cli run", "meshemu run", "mininet:", "meshemu-run=", "meshemu.live.",
+            "meshemu.traffic.")
+
+
+def run_processes() -> list[str]:
+    """Command lines of every process that belongs to a meshemu run: its argv says so
+    (:data:`RUN_ARGV`) or it carries a run id in its MESHEMU_RUN environment variable."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (d / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if "pytest" in args or not args:
+            continue
+        if any(m in args for m in RUN_ARGV) or any(e.startswith(b"MESHEMU_RUN=") for e in env):
+            out.append(args.strip())
+    return sorted(out)
+
+
 def machine_state() -> dict:
-    """What a run could leave behind: named netns, root-ns interfaces, meshemu processes."""
+    """What a run could leave behind: named netns, root-ns interfaces, run processes."""
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return {
         "netns": sorted(l.split()[0] for l in ns.splitlines() if l.startswith("meshemu")),
         "links": sorted(l.split(":")[1].strip().split("@")[0] for l in links.splitlines()),
-        "procs": sorted(l.split(None, 1)[1] for l in procs.splitlines()[1:]
-                        if ("meshemu" in l or "mininet:" in l) and "pytest" not in l
-                        and " ps " not in l),
+        "procs": run_processes(),
     }
 
 
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.05) -> None:
+    """Wait for ``cond()`` to hold (polling), or fail the test saying ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+class LiveRun:
+    """A ``meshemu run`` child whose output is collected by a thread."""
+
+    def __init__(self, out: Path, *args: str, **popen_kw):
+        self.out = out
+        self.proc = subprocess.Popen(MESHEMU + ["run", *args, "--out", str(out)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, **popen_kw)
+        self.lines: list[str] = []
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_stepping(self, steps: int = 2, timeout_s: float = 180) -> None:
+        """Wait until the network is built and ``steps`` steps after step 0 are applied."""
+        wait_until(lambda: "built in" in self.text or self.proc.poll() is not None,
+                   timeout_s, "the build")
+        assert "built in" in self.text, self.text
+        wait_until(lambda: self.steps_applied() >= steps or self.proc.poll() is not None,
+                   60, f"{steps} steps")
+        assert self.proc.poll() is None, self.text
+
+    def steps_applied(self) -> int:
+        try:
+            return max(0, (self.out / "steps.csv").read_text().count("\n") - 2)
+        except OSError:
+            return 0
+
+    def run_id(self) -> str:
+        """The run id, from the run's lock file."""
+        for lock in Path("/run/meshemu").glob("*.lock"):
+            info = json.loads(lock.read_text())
+            if info.get("run_dir") == str(self.out):
+                return info["run_id"]
+        raise AssertionError(f"no lock file for {self.out} in /run/meshemu")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            subprocess.run(MESHEMU + ["clean"], capture_output=True, timeout=300)
+
+
+def leftovers(run_id: str) -> dict:
+    """What run ``run_id`` could leave: its lock, namespaces, veths, processes carrying its id
+    (in their command line or their MESHEMU_RUN environment variable)."""
+    procs = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes()
+            env = (d / "environ").read_bytes()
+        except OSError:
+            continue
+        if run_id.encode() in argv or f"MESHEMU_RUN={run_id}".encode() in env.split(b"\0"):
+            procs.append(argv.replace(b"\0", b" ").decode(errors="replace"))
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    veths = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True,
+                           text=True).stdout
+    return {"lock": Path(f"/run/meshemu/{run_id}.lock").exists(),
+            "netns": [ln for ln in ns.splitlines() if run_id in ln],
+            "veths": veths.splitlines(), "procs": procs}
+
+
+NOTHING = {"lock": False, "netns": [], "veths": [], "procs": []}
 
 
 def _planned_rtt_ms(run_dir: Path, src: str, dst: str) -> dict[float, float]:
@@ -199,6 +308,69 @@ def test_unknown_shaper_is_clear_and_leaves_nothing(tmp_path):
                        timeout=120)
     assert r.returncode == 2
     assert "warp" in r.stderr and "userspace" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+    assert machine_state() == before
+
+
+def test_shaper_nosuch_plans_writes_and_builds_nothing(tmp_path):
+    """Without --out the run directory would be runs/run-default-<time> under the working
+    directory: neither it nor runs/ appears, and nothing is planned (no plan log line)."""
+    before = machine_state()
+    r = subprocess.run(MESHEMU + ["-v", "run", "--shaper", "nosuch", "--duration", "2"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("meshemu: error:")]
+    assert len(err) == 1 and "nosuch" in err[0] and "userspace" in err[0], r.stderr
+    assert "Traceback" not in r.stderr and "plan:" not in r.stderr
+    assert "building" not in r.stdout
+    assert list(tmp_path.iterdir()) == []
+    assert machine_state() == before
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--duration", "inf"], ["--duration", "finite"]),
+    (["--duration", "nan"], ["--duration", "finite"]),
+    (["--step", "1e-6"], ["--step", "at least"]),
+    (["--duration", "200000", "--step", "1"], ["200,001 steps", "at most 100,000"]),
+    (["--time-scale", "0"], ["--time-scale", "> 0"]),
+    (["--time-scale", "inf"], ["--time-scale", "finite"]),
+    (["--routing", "teleport"], ["teleport", "shortest-delay"]),
+    (["--traffic", "nope"], ["no traffic profile 'nope'"]),
+    (["--capture", "atlantis"], ["--capture atlantis", "unknown node"]),
+])
+def test_bad_run_options_fail_before_anything_is_written(tmp_path, args, words):
+    before = machine_state()
+    r = subprocess.run(MESHEMU + ["run", *args, "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("meshemu: error:")]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in err[0], r.stderr
+    assert not (tmp_path / "x").exists()
+    assert machine_state() == before
+
+
+def test_unusable_out_paths_fail_before_anything_is_built(tmp_path):
+    before = machine_state()
+    f = tmp_path / "a-file"
+    f.write_text("keep")
+    for out, words in ((f, "exists and is not a directory"), (f / "sub", "not a directory")):
+        r = subprocess.run(MESHEMU + ["run", "--duration", "2", "--out", str(out)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.startswith("meshemu: error: --out:"), r.stderr
+        assert words in r.stderr and "Traceback" not in r.stderr
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", str(ro), str(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
+        r = subprocess.run(MESHEMU + ["run", "--duration", "2", "--out", str(ro / "run")],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert r.returncode == 2 and "read-only file system" in r.stderr, r.stderr
+    assert f.read_text() == "keep" and list(ro.iterdir()) == []
     assert machine_state() == before
 
 
@@ -228,55 +400,60 @@ def test_too_large_scenario_is_refused(tmp_path):
 
 def test_sigkill_then_clean_restores_machine(tmp_path):
     before = machine_state()
-    proc = subprocess.Popen(MESHEMU + ["run", "--duration", "120", "--shaper", "userspace",
-                                       "--traffic", "none", "--out", str(tmp_path / "k")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    run = LiveRun(tmp_path / "k", "--duration", "120", "--shaper", "userspace", "--traffic",
+                  "none", start_new_session=True)
     try:
-        deadline = time.time() + 120
-        seen = ""
-        while time.time() < deadline:
-            line = proc.stdout.readline()
-            seen += line
-            if line.startswith("built in") or not line:
-                break
-        assert "built in" in seen, seen
-        time.sleep(2)
+        run.wait_stepping(2)
         assert machine_state() != before  # the run really built something
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        os.kill(run.proc.pid, signal.SIGKILL)
+        run.proc.wait(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if run.proc.poll() is None:
+            run.proc.kill()
         r = subprocess.run(MESHEMU + ["clean"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    deadline = time.time() + 30
-    while machine_state() != before and time.time() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: machine_state() == before, 30, "the machine to be as before",
+               poll_s=0.5)
     assert machine_state() == before
 
 
-def test_sigterm_tears_down(tmp_path):
+@pytest.mark.parametrize("sig,to_group", [
+    (signal.SIGTERM, False),   # kill PID
+    (signal.SIGINT, False),
+    (signal.SIGHUP, False),
+    (signal.SIGINT, True),     # Ctrl-C: the terminal signals the whole process group
+    (signal.SIGHUP, True),     # the terminal closes: the same
+])
+def test_signal_tears_down_and_exits_128_plus_signum(tmp_path, sig, to_group):
+    """A run with traffic (agents in the nodes, the delay line, the route feed) ends with
+    exit status 128 + signum after a full teardown: no lock, namespace, veth or process of
+    the run is left. (Signalled as a group, the delay-line processes get the signal too; a
+    Ctrl-C makes them print a KeyboardInterrupt traceback of their own, so the no-traceback
+    check is on the run's own lines there.)"""
     before = machine_state()
-    proc = subprocess.Popen(MESHEMU + ["run", "--duration", "120", "--shaper", "userspace",
-                                       "--traffic", "none", "--out", str(tmp_path / "t")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = LiveRun(tmp_path / "s", "--duration", "120", "--shaper", "userspace",
+                  start_new_session=True)
     try:
-        seen = ""
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            line = proc.stdout.readline()
-            seen += line
-            if line.startswith("built in") or not line:
-                break
-        assert "built in" in seen, seen
-        time.sleep(2)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        run.wait_stepping(2)
+        wait_until(lambda: (run.out / "flows.csv").exists(), 60, "the traffic to start")
+        run_id = run.run_id()
+        assert leftovers(run_id) != NOTHING   # the run really built something
+        if to_group:
+            os.killpg(run.proc.pid, sig)
+        else:
+            run.proc.send_signal(sig)
+        rc = run.proc.wait(timeout=120)
+        run._pump.join(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            subprocess.run(MESHEMU + ["clean"], capture_output=True, timeout=300)
+        run.kill()
+    assert rc == 128 + sig, run.text
+    assert f"meshemu: received {signal.Signals(sig).name}; tearing the emulation down: " \
+           f"done" in run.text, run.text
+    if not to_group:
+        assert "Traceback" not in run.text, run.text
+    else:  # any traceback is the delay line's own (see above), never the run's
+        assert "meshemu/live/run.py" not in run.text and "cli.py" not in run.text, run.text
+    assert leftovers(run_id) == NOTHING
     assert machine_state() == before
 
 
@@ -289,9 +466,9 @@ def test_tcp_throughput_through_a_rate_limited_isl(tmp_path):
     state = {}
 
     def built(emu):
-        state["srv"] = emu.node("s0_0_1").popen(["iperf3", "-s", "-1"],
-                                                stdout=subprocess.DEVNULL)
-        time.sleep(0.3)
+        srv = emu.node("s0_0_1")
+        state["srv"] = srv.popen(["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
+        wait_until(lambda: ":5201" in srv.cmd("ss -ltnH"), 10, "iperf3 to listen", 0.02)
         state["cli"] = emu.node("s0_0_2").popen(
             ["iperf3", "-c", emu.node_address("s0_0_1"), "-t", "8", "-O", "2", "-J"],
             stdout=subprocess.PIPE, text=True)

@@ -106,3 +106,96 @@ def test_cli_plan_and_errors(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "shortest-delay" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+PLUGINS = '''
+import numpy as np
+from meshemu.routing import ForwardingTables, ShortestDelay
+
+
+class Raises(ShortestDelay):
+    name = "raises"
+
+    def forwarding_tables(self, snapshot, destinations):
+        if snapshot.t_s >= 3:
+            raise KeyError("boom at t=3")
+        return super().forwarding_tables(snapshot, destinations)
+
+
+class NotNeighbour(ShortestDelay):
+    """Every node forwards to the destination directly, as if it were a neighbour."""
+    name = "not-neighbour"
+
+    def forwarding_tables(self, snapshot, destinations):
+        d = np.asarray(destinations, dtype=np.int32)
+        nh = np.broadcast_to(d[None, :, None], (snapshot.n_nodes, d.size, 1)).copy()
+        nh[d, np.arange(d.size), 0] = -1
+        return ForwardingTables(d, nh, self.name)
+'''
+
+
+@pytest.mark.parametrize("cls,words", [
+    ("Raises", ["'raises'", "step 3", "KeyError", "boom at t=3"]),
+    ("NotNeighbour", ["'not-neighbour'", "step 0", "without an up link"]),
+])
+def test_cli_plan_catches_misbehaving_plugins(tmp_path, cls, words):
+    plugin = tmp_path / "plugins.py"
+    plugin.write_text(PLUGINS)
+    r = subprocess.run(MESHEMU + ["plan", "--duration", "10", "--routing", f"{plugin}:{cls}",
+                                  "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "reachable" not in r.stdout
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("meshemu: error:")]
+    assert len(err) == 1, r.stderr
+    for w in words:
+        assert w in err[0], err[0]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--duration", "inf"], ["--duration", "finite", "inf"]),
+    (["--duration", "nan"], ["--duration", "finite", "nan"]),
+    (["--start", "inf"], ["--start", "finite"]),
+    (["--step", "1e-9"], ["--step", "at least"]),
+    (["--duration", "2000000", "--step", "1"], ["2,000,001 steps", "at most 1,000,000"]),
+])
+def test_cli_plan_refuses_bad_times_and_writes_nothing(tmp_path, args, words):
+    out = tmp_path / "o"
+    r = subprocess.run(MESHEMU + ["plan", *args, "--out", str(out)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_cli_plan_refuses_unusable_out_paths(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("")
+    for out, words in ((f, ["exists and is not a directory"]),
+                       (f / "sub", ["is not a directory"])):
+        r = subprocess.run(MESHEMU + ["plan", "--duration", "2", "--out", str(out)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("meshemu: error: --out:"), r.stderr
+        for w in words:
+            assert w in r.stderr
+    assert f.read_text() == ""
+
+
+def test_run_plan_api_raises_meshemu_errors_only(tmp_path):
+    from meshemu.errors import OptionsError
+    sc = load_scenario("default")
+    for kw in ({"duration_s": -1}, {"duration_s": float("inf")}, {"duration_s": 5, "step_s": 0},
+               {"duration_s": 5, "start_s": float("nan")}):
+        with pytest.raises(OptionsError):
+            run_plan(sc, out_dir=tmp_path / "x", **kw)
+    assert not (tmp_path / "x").exists()
+
+
+def test_malformed_routing_spec_is_a_routing_error(tmp_path):
+    from meshemu.errors import RoutingError
+    with pytest.raises(RoutingError, match="cannot load routing scheme ':'"):
+        run_plan(load_scenario("default"), 2, routing=":", out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,144 @@
+"""The options of a live run, as one frozen value checked when it is made.
+
+:class:`RunOptions` replaces the keyword parameters :func:`meshemu.live.runner.run_emulation`
+used to take one by one; ``run_emulation(scenario, duration_s=30, shaper="userspace")`` still
+works (the keywords build the options). What can be checked without the scenario or the
+machine is checked in ``__post_init__``; the shaper, routing scheme, traffic profile, capture
+specs and output directory are checked by :func:`meshemu.live.run.validate` before anything
+is planned, written or built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from meshemu.errors import OptionsError
+from meshemu.spec.options import MAX_STEPS, TimeSpan
+
+if TYPE_CHECKING:
+    from meshemu.geometry.linkstate import Snapshot
+    from meshemu.live.emulation import Emulation
+    from meshemu.routing import RoutingScheme
+    from meshemu.spec.profile import Profile
+
+#: Called after each step is applied: ``on_step(k, snapshot, emulation)``.
+StepHook = Callable[[int, "Snapshot", "Emulation"], None]
+#: Called once the network is built, before the clock starts: ``on_built(emulation)``.
+BuiltHook = Callable[["Emulation"], None]
+
+#: Shortest wall-clock time per step (``step_s / time_scale``) the clock is asked to keep.
+MIN_WALL_STEP_S = 1e-3
+#: Most steps a live run may have (its snapshots are all held in memory; see also the memory
+#: check of the plan stage).
+MAX_RUN_STEPS = MAX_STEPS // 10
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run one live emulation.
+
+    Attributes
+    ----------
+    duration_s, step_s : float
+        Emulated time span and step (s).
+    start_s : float
+        Start this many seconds after the scenario epoch.
+    time_scale : float
+        Emulated seconds per wall-clock second (2 = twice as fast as real time).
+    shaper : str
+        ``auto`` (netem when the kernel has it, else userspace), ``netem``, ``userspace``.
+    routing : str or RoutingScheme
+        A scheme name, a plug-in spec (``file.py:Class``, ``module:Class``) or an instance.
+    out_dir : path, optional
+        Run directory (default ``runs/run-<scenario>-<time>``).
+    traffic : str, Profile or None
+        A traffic profile (path, name in ``traffic/`` or a loaded one); ``None`` or
+        ``"none"`` for no traffic.
+    traffic_optional : bool
+        If the profile does not fit the scenario (the default workload on a scenario without
+        compute satellites), run without traffic and say so instead of failing.
+    capture : tuple of str
+        Packet captures: ``NODE`` (all its interfaces) or ``NODE:PEER`` (one link).
+    cli : bool
+        Open Mininet's CLI; the geometry keeps updating in a background thread and the run
+        ends when the CLI exits.
+    plots : bool
+        Write ``map.png``, ``path_delay.png`` and the report.
+    on_step : callable(k, snapshot, emulation), optional
+        Called after each step is applied (from the stepping thread).
+    on_built : callable(emulation), optional
+        Called once the network is built, before the clock starts.
+    """
+
+    duration_s: float = 60.0
+    step_s: float = 1.0
+    start_s: float = 0.0
+    time_scale: float = 1.0
+    shaper: str = "auto"
+    routing: str | RoutingScheme = "shortest-delay"
+    out_dir: Path | str | None = None
+    traffic: str | Path | Profile | None = "default"
+    traffic_optional: bool = False
+    capture: tuple[str, ...] = ()
+    cli: bool = False
+    plots: bool = True
+    on_step: StepHook | None = field(default=None, compare=False)
+    on_built: BuiltHook | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        span = self.span  # checks duration, step, start and the step count
+        ts = self.time_scale
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) \
+                or ts <= 0:
+            raise OptionsError(f"must be a finite number > 0; got {ts!r}", field="--time-scale")
+        if span.step_s / ts < MIN_WALL_STEP_S:
+            raise OptionsError(f"steps of {span.step_s:g} s at {ts:g}x last "
+                               f"{span.step_s / ts * 1e3:.3g} ms of wall-clock time; at least "
+                               f"{MIN_WALL_STEP_S * 1e3:g} ms: use a larger --step or a smaller "
+                               f"--time-scale", field="--time-scale")
+        if not isinstance(self.shaper, str) or not self.shaper:
+            raise OptionsError(f"must be a shaper name; got {self.shaper!r}", field="--shaper")
+        cap = self.capture
+        if isinstance(cap, str) or not all(isinstance(c, str) and c for c in cap):
+            raise OptionsError(f"must be a list of NODE or NODE:PEER; got {cap!r}",
+                               field="--capture")
+        object.__setattr__(self, "capture", tuple(cap))
+        if self.out_dir is not None and not isinstance(self.out_dir, (str, Path)):
+            raise OptionsError(f"must be a path; got {self.out_dir!r}", field="--out")
+        for hook in ("on_step", "on_built"):
+            if getattr(self, hook) is not None and not callable(getattr(self, hook)):
+                raise OptionsError(f"must be callable; got {getattr(self, hook)!r}", field=hook)
+
+    @property
+    def span(self) -> TimeSpan:
+        """The checked time line (:class:`~meshemu.spec.options.TimeSpan`)."""
+        return TimeSpan.checked(self.duration_s, self.step_s, self.start_s,
+                                max_steps=MAX_RUN_STEPS)
+
+    @property
+    def wants_traffic(self) -> bool:
+        """True unless traffic is off (``None`` or ``"none"``)."""
+        return self.traffic is not None and self.traffic != "none"
+
+    @classmethod
+    def from_keywords(cls, options: RunOptions | None = None, **kw: Any) -> RunOptions:
+        """``options`` (or the defaults) with the fields in ``kw`` replaced.
+
+        Raises
+        ------
+        OptionsError
+            A keyword that is not a field (listing the fields), or a bad value.
+        """
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(kw) - set(names))
+        if unknown:
+            raise OptionsError(f"unknown run option(s) {', '.join(unknown)}; the options are: "
+                               f"{', '.join(names)}")
+        if "capture" in kw and kw["capture"] is None:
+            kw["capture"] = ()
+        base = {f: getattr(options, f) for f in names} if options is not None else {}
+        return cls(**{**base, **kw})

@@ -1,0 +1,468 @@
+"""``meshemu run`` as a pipeline of small stages with typed values between them::
+
+    validate(scenario, options) -> RunInputs     every option, profile, plug-in and path
+                                                 checked; nothing written, nothing built
+    make_plan(inputs)           -> RunPlan       every snapshot of the run (pure, in memory),
+                                                 profile resolved, captures checked
+    Network.build(inputs, plan) -> Network       run directory, route feed, plan recorder,
+                                                 Mininet nodes and links, captures, traffic
+    StepLoop(network).run(clock)                 one step per clock tick: apply what changed
+    collect(inputs, plan, net)  -> RunResult     summary.json, plots, report
+
+The whole schedule is computed before the network is built (it is cheap: ~2 ms per step for
+1,584 satellites), so the emulator knows every link that will ever exist and creates them all
+at build time; a link absent from a step is simply down. Forwarding tables for every
+destination are computed by a child process running ahead of the clock
+(:class:`~meshemu.live.feed.RouteFeed`).
+
+Step k is applied at wall time ``start + k * step_s / time_scale``
+(:class:`~meshemu.live.clock.Clock`). Each step's apply time and lag go to ``steps.csv``; a
+step that starts more than half a step late logs a warning. SIGINT, SIGTERM and SIGHUP
+raise :class:`~meshemu.errors.Interrupted` (:func:`~meshemu.live.signals.handle_signals`);
+everything built is torn down before it propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meshemu.errors import MeshemuError, ProfileError, ResourceError
+from meshemu.geometry.linkstate import Snapshot
+from meshemu.geometry.schedule import LinkSchedule
+from meshemu.live.clock import Clock
+from meshemu.live.feed import RouteFeed
+from meshemu.live.options import RunOptions
+from meshemu.live.signals import handle_signals, signals_deferred
+from meshemu.live.resources import check_capacity
+from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
+from meshemu.report.record import node_positions_ecef_km
+from meshemu.report.files import STEPS, open_csv
+from meshemu.routing import RoutingScheme
+from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
+from meshemu.spec.profile import Profile, load_profile, resolve
+from meshemu.spec.scenario import Scenario, load_scenario
+
+log = logging.getLogger(__name__)
+
+#: Share of the available memory the run's snapshots may take.
+SNAPSHOT_MEMORY_SHARE = 0.5
+
+
+def say(text: str) -> None:
+    """A progress line for the person running ``meshemu run`` (stdout, flushed)."""
+    print(text, flush=True)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_emulation` did."""
+
+    run_dir: Path
+    summary: dict
+    files: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- 1. validate
+@dataclass(frozen=True)
+class RunInputs:
+    """Everything a run needs, checked; nothing is written or built yet.
+
+    ``shaper`` is the shaper object (constructing one creates nothing on the machine; ``auto``
+    is resolved); its owner closes it.
+    """
+
+    scenario: Scenario
+    options: RunOptions
+    span: TimeSpan
+    scheme: RoutingScheme
+    shaper: Any
+    profile: Profile | None
+    out: Path
+    run_id: str
+
+
+def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
+    """Check every input of a run before any work starts.
+
+    Raises
+    ------
+    NotRootError, ScenarioError, OptionsError, RoutingError, ProfileError, ShaperError
+        The first bad input, in one line.
+    """
+    from meshemu.linux.limits import require_root
+    from meshemu.live.shapers import make_shaper
+
+    require_root("meshemu run")
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario)
+    span = options.span
+    scheme = load_scheme(options.routing)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = check_out_dir(options.out_dir or Path("runs") / f"run-{scenario.name}-{stamp}")
+    out = out.absolute()  # the agents in the nodes read their configuration from there
+    profile = load_profile(options.traffic) if options.wants_traffic else None  # type: ignore[arg-type]
+    run_id = uuid.uuid4().hex[:6]
+    shaper = make_shaper(options.shaper, run_id)   # unknown name, or netem without netem
+    return RunInputs(scenario, options, span, scheme, shaper, profile, out, run_id)
+
+
+# ---------------------------------------------------------------------------- 2. plan
+@dataclass(frozen=True)
+class RunPlan:
+    """The whole run computed ahead: every snapshot, the links that ever exist, the
+    endpoints of ``paths.csv``, the resolved profile (None: no traffic) and the captures."""
+
+    sched: LinkSchedule
+    snapshots: list[Snapshot]
+    link_keys: np.ndarray
+    ends: np.ndarray
+    profile: Profile | None
+    captures: list[tuple[str, str | None]]
+    plan_s: float
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.snapshots)
+
+
+def make_plan(inputs: RunInputs) -> RunPlan:
+    """Plan the run in memory (pure; writes nothing).
+
+    Raises
+    ------
+    ResourceError
+        The scenario, or the run's snapshots, do not fit this machine.
+    ProfileError, EmulationError
+        The profile does not fit the scenario, or a capture names an unknown node or link.
+    """
+    from meshemu.live.capture import parse_specs
+
+    t0 = time.perf_counter()
+    sc, span = inputs.scenario, inputs.span
+    sched = LinkSchedule(sc, span.step_s)
+    nodes = sched.nodes
+    check_capacity(len(nodes), sched.n_sats, len(sc.ground))
+    profile = inputs.profile
+    if profile is not None:
+        try:
+            resolve(profile, nodes.names, nodes.kind)
+        except ProfileError as exc:
+            if not inputs.options.traffic_optional:
+                raise
+            say(f"no traffic: the default workload does not fit scenario {sc.name} ({exc}); "
+                f"give --traffic PROFILE for one that does")
+            profile = None
+    snapshots = _snapshots(sched, span)
+    link_keys = np.unique(np.concatenate([s.key for s in snapshots]))
+    captures = parse_specs(list(inputs.options.capture), nodes.names, link_keys)
+    plan_s = time.perf_counter() - t0
+    log.info("plan: %d nodes, %d links over the run, %d steps (%.2f s)", len(nodes),
+             link_keys.size, len(snapshots), plan_s)
+    return RunPlan(sched, snapshots, link_keys, endpoint_ids(sc, nodes), profile, captures,
+                   plan_s)
+
+
+def _snapshots(sched: LinkSchedule, span: TimeSpan) -> list[Snapshot]:
+    """Every snapshot of the run, refusing (after the first) a run whose snapshots would not
+    fit in :data:`SNAPSHOT_MEMORY_SHARE` of the available memory."""
+    from meshemu.linux.limits import mem_available_bytes
+
+    it = sched.snapshots(span.duration_s, start_s=span.start_s)
+    first = next(it)
+    per_step = 512 + sum(v.nbytes for v in vars(first).values() if isinstance(v, np.ndarray))
+    need = per_step * span.n_steps
+    avail = mem_available_bytes()
+    if need > SNAPSHOT_MEMORY_SHARE * avail:
+        raise ResourceError(f"{span.n_steps:,} steps of {len(first.key):,} links would hold "
+                            f"{need / 2**30:.1f} GiB of link state, more than "
+                            f"{SNAPSHOT_MEMORY_SHARE:.0%} of the {avail / 2**30:.1f} GiB "
+                            f"available; use a larger --step or a shorter --duration")
+    return [first, *it]
+
+
+# ---------------------------------------------------------------------------- 3. build
+class Network:
+    """The built run: the run directory's files being written, the route feed, the live
+    network, captures and traffic. :meth:`close` tears all of it down (in reverse order of
+    creation, signals deferred) and is safe to call after a partial :meth:`build`."""
+
+    def __init__(self, inputs: RunInputs, plan: RunPlan):
+        self.inputs, self.plan = inputs, plan
+        self.emu: Any = None
+        self.agents: Any = None
+        self.recorder: PlanRecorder | None = None
+        self.feed: RouteFeed | None = None
+        self.pcaps: list[Path] = []
+        self.t_build = self.t_stop = 0.0
+        self._stack = contextlib.ExitStack()
+        self._steps_f: Any = None
+        self.steps_w: Any = None
+
+    @classmethod
+    def build(cls, inputs: RunInputs, plan: RunPlan) -> Network:
+        """Write the run directory's first files and build the network (see class doc).
+
+        On any failure (a signal included) what was built is torn down before the error
+        propagates.
+        """
+        net = cls(inputs, plan)
+        try:
+            net._build()
+        except BaseException:
+            net.close()
+            raise
+        return net
+
+    def _build(self) -> None:
+        from meshemu.live.emulation import Emulation, RunLinks
+
+        inputs, plan, st = self.inputs, self.plan, self._stack
+        out, nodes, sc = inputs.out, plan.sched.nodes, inputs.scenario
+        shaper = inputs.shaper
+        st.callback(self._stop_emulation)
+        make_out_dir(out)
+        self.feed = RouteFeed(plan.snapshots, inputs.scheme,
+                              np.arange(len(nodes), dtype=np.int32))
+        st.callback(self.feed.close)
+        self.recorder = PlanRecorder(out, nodes, plan.ends)
+        st.callback(self.recorder.close)
+        self._steps_f, self.steps_w = open_csv(out, STEPS)
+        st.callback(self._steps_f.close)
+        self.emu = Emulation(nodes.names, list(nodes.kind), shaper, out, inputs.run_id)
+        self.tables0 = self.feed.get(0)
+        why = ""
+        if inputs.options.shaper == "auto":
+            why = (" picked by auto: the kernel has netem" if shaper.name == "netem"
+                   else " picked by auto: the kernel has no netem")
+        say(f"building {len(nodes)} nodes and {plan.link_keys.size} links "
+            f"(shaper: {shaper.name}{why}) ...")
+        t0 = time.perf_counter()
+        self.emu.build(RunLinks.from_snapshots(plan.snapshots), plan.snapshots[0], self.tables0)
+        self.t_build = time.perf_counter() - t0
+        say(f"built in {self.t_build:.1f} s")
+        self.paths0 = self.recorder.record(
+            plan.snapshots[0], self.tables0,
+            positions_ecef_km=node_positions_ecef_km(plan.sched, plan.snapshots[0].t_s))
+        if plan.captures:
+            from meshemu.live.capture import Captures
+            caps = Captures(self.emu, plan.captures, out)
+            st.callback(lambda: self.pcaps.extend(caps.stop()))
+        if inputs.options.on_built:
+            inputs.options.on_built(self.emu)
+        if plan.profile is not None:
+            from meshemu.traffic.runtime import start_traffic
+            self.agents = start_traffic(plan.profile, sc, self.emu, plan.sched, plan.snapshots,
+                                        out, inputs.span.duration_s / inputs.options.time_scale,
+                                        self.tables0)
+            st.callback(self.agents.stop)
+            self.agents.step(0, plan.snapshots[0].t_s, self.paths0, self.tables0)
+
+    def _stop_emulation(self) -> None:
+        if self.emu is None:
+            self.inputs.shaper.close()
+            return
+        t0 = time.perf_counter()
+        self.emu.stop()
+        self.t_stop = time.perf_counter() - t0
+
+    def flush(self) -> None:
+        """Flush the files written as the run goes."""
+        self._steps_f.flush()
+        if self.recorder is not None:
+            self.recorder.flush()
+
+    def close(self) -> None:
+        """Tear everything down (idempotent); signals wait until it is done."""
+        with signals_deferred():
+            self._stack.close()
+
+
+# ---------------------------------------------------------------------------- 4. step
+class StepLoop:
+    """Applies steps ``1 .. n-1`` of the plan as the clock ticks; one ``steps.csv`` row each.
+
+    Attributes
+    ----------
+    rows : list of tuple
+        The ``steps.csv`` rows of steps 1.. (for the summary's timing figures).
+    last : int
+        The last step applied.
+    """
+
+    def __init__(self, net: Network):
+        self.net = net
+        self.rows: list[tuple] = []
+        self.last = 0
+
+    def run(self, clock: Clock) -> None:
+        """Start ``clock`` and apply every step on time (until the clock is stopped)."""
+        net, plan = self.net, self.net.plan
+        snaps = plan.snapshots
+        clock.start()
+        # step 0 is the state the network was built in; the clock starts now
+        net.steps_w.writerow((0, snaps[0].t_s, 0.0, round(time.time(), 6), 0.0,
+                              round(net.t_build * 1e3, 3), 0, 0))
+        for k in range(1, plan.n_steps):
+            tick = clock.wait_for(k)
+            if tick is None:
+                return
+            tables = net.feed.get(k)  # type: ignore[union-attr]
+            st = net.emu.apply(snaps[k], tables)
+            apply_s = time.monotonic() - tick.began
+            paths = net.recorder.record(  # type: ignore[union-attr]
+                snaps[k], tables, route_changes=len(st.route_diff),
+                positions_ecef_km=node_positions_ecef_km(plan.sched, snaps[k].t_s))
+            if net.agents is not None:
+                net.agents.step(k, snaps[k].t_s, paths, tables)
+            row = (k, snaps[k].t_s, round(tick.wall_s, 6), round(tick.unix_s, 6),
+                   round(tick.lag_s * 1e3, 3), round(apply_s * 1e3, 3), st.n_link_updates,
+                   st.n_route_changes)
+            net.steps_w.writerow(row)
+            self.rows.append(row)
+            if k % 10 == 0:
+                net.flush()
+            if clock.is_late(tick):
+                log.warning("step %d started %.0f ms late (apply took %.0f ms): the emulation "
+                            "is falling behind real time", k, tick.lag_s * 1e3, apply_s * 1e3)
+            hook = net.inputs.options.on_step
+            if hook:
+                hook(k, snaps[k], net.emu)
+            self.last = k
+
+    def run_with_cli(self, clock: Clock) -> None:
+        """Step in a background thread while Mininet's CLI holds the terminal; the run ends
+        when the CLI exits. An error of the stepping thread is raised after that."""
+        from mininet.cli import CLI
+        from mininet.log import lg
+
+        lg.propagate = False  # it prints through its own handler; no second copy
+        error: list[BaseException] = []
+
+        def guarded() -> None:
+            try:
+                self.run(clock)
+            except BaseException as exc:  # surfaced after the CLI exits
+                error.append(exc)
+                return
+            if not clock.stopped:
+                k = self.last
+                say(f"\n*** schedule ended at step {k} (t = {self.net.plan.snapshots[k].t_s:g}"
+                    f" s); the network stays as it is until 'exit'")
+
+        th = threading.Thread(target=guarded, name="meshemu-clock", daemon=True)
+        th.start()
+        say("*** Mininet CLI: the geometry keeps updating; 'exit' ends the run")
+        try:
+            CLI(self.net.emu.mininet)
+        finally:
+            clock.stop()
+            th.join(timeout=5 * clock.period_s + 5)
+        if error:
+            raise error[0]
+
+
+# ---------------------------------------------------------------------------- 5. collect
+def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> RunResult:
+    """Write ``summary.json``, the plots and the report; the :class:`RunResult`."""
+    out, sc, opts, span = inputs.out, inputs.scenario, inputs.options, inputs.span
+    rec = net.recorder
+    assert rec is not None
+    summary = rec.summary(sc, inputs.scheme.name, span.duration_s, span.step_s, span.start_s)
+    rows = loop.rows
+    arr = np.array([r[5] for r in rows]) if rows else np.zeros(1)
+    lag = np.array([r[4] for r in rows]) if rows else np.zeros(1)
+    summary.update({
+        "kind": "run", "run_id": inputs.run_id, "shaper": inputs.shaper.name,
+        "time_scale": opts.time_scale, "links_total": int(plan.link_keys.size),
+        "timing": {"plan_s": round(plan.plan_s, 3), "build_s": round(net.t_build, 3),
+                   "stop_s": round(net.t_stop, 3),
+                   "apply_ms_p50": float(np.percentile(arr, 50)),
+                   "apply_ms_p99": float(np.percentile(arr, 99)),
+                   "apply_ms_max": float(arr.max()),
+                   "lag_ms_p99": float(np.percentile(lag, 99)),
+                   "lag_ms_max": float(lag.max())},
+        "route_changes_total": int(sum(r[7] for r in rows)),
+        "link_updates_total": int(sum(r[6] for r in rows)),
+    })
+    files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz",
+                               STEPS.name)]
+    if net.agents is not None:
+        summary["traffic"] = net.agents.summary()
+        files += net.agents.files()
+    files += net.pcaps
+    if net.pcaps:
+        summary["captures"] = [p.name for p in net.pcaps]
+    if opts.plots:
+        from meshemu.report import maps as plotmod
+        files.append(plotmod.plot_map(out / "map.png",
+                                      net.recorder.map_nodes(plan.snapshots[0].t_s),
+                                      plan.snapshots[0], title=f"{sc.name} at t = 0 s"))
+        files.append(plotmod.plot_path_delays(out / "path_delay.png", out / "paths.csv",
+                                              title=f"{sc.name}: planned path delay "
+                                                    f"({inputs.scheme.name})"))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    files.append(out / "summary.json")
+    if opts.plots and net.agents is not None:
+        from meshemu.report import report
+        try:
+            files += report(out).files
+        except MeshemuError as exc:  # the run's own files are written; say what is missing
+            log.warning("could not write the report of %s: %s (run `meshemu report %s` "
+                        "after fixing it)", out, exc, out)
+    return RunResult(out, summary, [f for f in files if f.exists()])
+
+
+# ---------------------------------------------------------------------------- the pipeline
+def run_emulation(scenario: Scenario | str | Path, options: RunOptions | None = None,
+                  **keywords: Any) -> RunResult:
+    """Build the emulated network, drive it through the plan, tear it down.
+
+    Parameters
+    ----------
+    scenario : Scenario, str or Path
+        A scenario, or a path / shipped name.
+    options : RunOptions, optional
+        How to run (defaults: 60 s in steps of 1 s, shaper ``auto``, the default traffic).
+    **keywords
+        Fields of :class:`~meshemu.live.options.RunOptions` (``duration_s=30``,
+        ``shaper="userspace"``, ``on_step=...``), replacing those of ``options``.
+
+    Raises
+    ------
+    MeshemuError
+        A bad input (before anything is written or built), or a failure of the run (after
+        the teardown). :class:`~meshemu.errors.Interrupted` on SIGINT, SIGTERM or SIGHUP,
+        after the teardown.
+    """
+    opts = RunOptions.from_keywords(options, **keywords)
+    inputs = validate(scenario, opts)
+    with handle_signals():
+        try:
+            plan = make_plan(inputs)
+        except BaseException:
+            inputs.shaper.close()
+            raise
+        net = Network.build(inputs, plan)
+        loop = StepLoop(net)
+        try:
+            clock = Clock(inputs.span.step_s / opts.time_scale)
+            if opts.cli:
+                loop.run_with_cli(clock)
+            else:
+                loop.run(clock)
+            if net.agents is not None:
+                net.agents.finish()
+        finally:
+            net.close()
+    return collect(inputs, plan, net, loop)
