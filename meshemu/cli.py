@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from meshemu.live.signals import handle_signals
+    from meshemu.signals import handle_signals
 
     try:
         with handle_signals():

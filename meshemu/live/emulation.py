@@ -69,7 +69,7 @@ from meshemu.live.resources import (LINK_BYTES, MEMORY_HEADROOM, NODE_BYTES,  # 
                                     ROUTE_BYTES, check_capacity, check_memory,
                                     estimate_memory_bytes, reserve_descriptors)
 from meshemu.live.routes import RouteInstaller, check_tables  # noqa: E402
-from meshemu.live.signals import handle_signals, signals_deferred  # noqa: E402
+from meshemu.signals import handle_signals, signals_deferred  # noqa: E402
 from meshemu.routing import RouteDiff, route_diff  # noqa: E402
 
 __all__ = [

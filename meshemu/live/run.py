@@ -18,7 +18,7 @@ destination are computed by a child process running ahead of the clock
 Step k is applied at wall time ``start + k * step_s / time_scale``
 (:class:`~meshemu.live.clock.Clock`). Each step's apply time and lag go to ``steps.csv``; a
 step that starts more than half a step late logs a warning. SIGINT, SIGTERM and SIGHUP
-raise :class:`~meshemu.errors.Interrupted` (:func:`~meshemu.live.signals.handle_signals`);
+raise :class:`~meshemu.errors.Interrupted` (:func:`~meshemu.signals.handle_signals`);
 everything built is torn down before it propagates.
 """
 
@@ -43,7 +43,7 @@ from meshemu.geometry.schedule import LinkSchedule
 from meshemu.live.clock import Clock
 from meshemu.live.feed import RouteFeed
 from meshemu.live.options import RunOptions
-from meshemu.live.signals import handle_signals, signals_deferred
+from meshemu.signals import handle_signals, signals_deferred
 from meshemu.live.resources import check_capacity
 from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
 from meshemu.report.record import node_positions_ecef_km

@@ -272,7 +272,7 @@ import signal, sys, time
 import numpy as np
 from types import SimpleNamespace
 from meshemu.live.emulation import Emulation
-from meshemu.live.signals import handle_signals
+from meshemu.signals import handle_signals
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.live.shapers import make_shaper
 
