@@ -394,10 +394,10 @@ class Emulation:
         def configure(i: int, pid: int) -> None:
             sel = order[bounds[i]:bounds[i + 1]]
             msgs = [netlink.link_up_msg(1, 0), netlink.addr_msg(1, int(node_addr[i]), 32, 0)]
-            with socket.socket.socket(socket.socket.AF_INET, socket.socket.SOCK_DGRAM) as s:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for k, sd in zip(lid[sel].tolist(), side[sel].tolist()):
                     try:
-                        idx = socket.socket.if_nametoindex(names[k])
+                        idx = socket.if_nametoindex(names[k])
                         macs[k][sd] = ifaces.if_hwaddr(s, names[k])
                     except OSError:
                         raise EmulationError(f"interface {names[k]} of link {k} is missing in "
