@@ -33,8 +33,8 @@ MESHEMU = [sys.executable, "-m", "meshemu.cli"]
 #: What marks a process of a meshemu run in its command line: the run itself (and its forked
 #: route feed), node shells, the delay line, traffic agents. (Other meshemu commands on the
 #: machine, such as a `meshemu plan` or a shell waiting on a lock, are not runs.)
-RUN_ARGV = ("meshemu.cli run", "meshemu run", "mininet:", "meshemu-run=", "meshemu.live.",
-            "meshemu.traffic.")
+RUN_ARGV = ("meshemu.cli run", "meshemu run", "mininet:", "meshemu-run=",
+            "-m meshemu.live.delayline", "-m meshemu.traffic.agent")
 
 
 def run_processes() -> list[str]:
