@@ -48,6 +48,7 @@ import mmap
 import os
 import random
 import select
+import signal
 import socket
 import struct
 import sys
@@ -463,6 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--worker", type=int, default=0)
     args = p.parse_args(argv)
+    # Ctrl-C and a closed terminal reach the whole process group; the shaper that started this
+    # process tears it down (QUIT, or EOF on stdin), so those signals are not for it.
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     if not 0 <= args.worker < args.workers:
         p.error(f"--worker {args.worker} not in 0..{args.workers - 1}")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
