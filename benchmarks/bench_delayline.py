@@ -88,27 +88,41 @@ def _pair(run_id: str, params: LinkParams, workers: int = 1):
     return a, b, s
 
 
-def delay_error(loads: list[int], seconds: float, delay_s: float = 0.005,
-                workers: int = 1) -> None:
-    print(f"\n== per-hop delay error (one traversal, {delay_s * 1e3:.0f} ms configured, "
-          f"kernel rx timestamps, {seconds:.0f} s per load, {workers} worker(s))")
+def delay_error(loads: list[int], seconds: float, delay_s: float = 0.005, workers: int = 1) -> None:
+    print(
+        f"\n== per-hop delay error (one traversal, {delay_s * 1e3:.0f} ms configured, "
+        f"kernel rx timestamps, {seconds:.0f} s per load, {workers} worker(s))"
+    )
     print(f"{'load pps':>9} {'pkts':>7} {'lost':>5} {'p50 us':>8} {'p99 us':>8} {'max us':>8}")
     a, b, s = _pair(f"bench{uuid.uuid4().hex[:6]}", LinkParams(delay_s, 0), workers)
     try:
         for pps in loads:
             rx = b.popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
             rx.stdout.readline()
-            a.run([sys.executable, "-c", SENDER, ADDR_B, str(pps), str(seconds)],
-                  timeout=seconds + 60)
+            a.run(
+                [sys.executable, "-c", SENDER, ADDR_B, str(pps), str(seconds)], timeout=seconds + 60
+            )
             time.sleep(delay_s + 0.2)
-            a.run([sys.executable, "-c", "import socket; s=socket.socket(2, 2); "
-                   f"[s.sendto(b'end', ('{ADDR_B}', 9000)) for _ in range(3)]"])
+            a.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import socket; s=socket.socket(2, 2); "
+                    f"[s.sendto(b'end', ('{ADDR_B}', 9000)) for _ in range(3)]",
+                ]
+            )
             vals = [int(v) for v in rx.communicate(timeout=60)[0].split()][10:]
             err = sorted((v - delay_s * 1e9) / 1e3 for v in vals)
             sent = int(pps * seconds) - 10
-            p = (lambda q: err[min(len(err) - 1, int(q * len(err)))]) if err else (lambda q: 0)
-            print(f"{pps:>9} {len(err):>7} {max(0, sent - len(err)):>5} {p(0.5):>8.1f} "
-                  f"{p(0.99):>8.1f} {err[-1] if err else 0:>8.1f}")
+            p = (
+                (lambda q, err=err: err[min(len(err) - 1, int(q * len(err)))])
+                if err
+                else (lambda q: 0)
+            )
+            print(
+                f"{pps:>9} {len(err):>7} {max(0, sent - len(err)):>5} {p(0.5):>8.1f} "
+                f"{p(0.99):>8.1f} {err[-1] if err else 0:>8.1f}"
+            )
     finally:
         s.close()
         a.close()
@@ -120,13 +134,30 @@ def max_rate(seconds: float) -> None:
     for workers in (1, 2):
         a, b, s = _pair(f"bench{uuid.uuid4().hex[:6]}", LinkParams(0.0, 0), workers=workers)
         try:
-            srv = b.popen(["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+            srv = b.popen(
+                ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             time.sleep(0.3)
             before = s.counters()[0]
             t0 = time.perf_counter()
-            r = a.run(["iperf3", "-c", ADDR_B, "-u", "-b", "0", "-l", "64", "--bidir", "-t",
-                       str(int(seconds)), "-J"], check=False, timeout=seconds + 30)
+            r = a.run(
+                [
+                    "iperf3",
+                    "-c",
+                    ADDR_B,
+                    "-u",
+                    "-b",
+                    "0",
+                    "-l",
+                    "64",
+                    "--bidir",
+                    "-t",
+                    str(int(seconds)),
+                    "-J",
+                ],
+                check=False,
+                timeout=seconds + 30,
+            )
             elapsed = time.perf_counter() - t0
             after = s.counters()[0]
             srv.kill()
@@ -138,9 +169,11 @@ def max_rate(seconds: float) -> None:
             except (KeyError, ValueError):
                 pass
             fwd = after[0] - before[0]
-            print(f"workers={workers}: forwarded {fwd / elapsed:>9,.0f} pps "
-                  f"(offered {sent / seconds:,.0f} pps; {after[2] - before[2]:,} dropped by the "
-                  f"delay line, rest lost before it: ring full)")
+            print(
+                f"workers={workers}: forwarded {fwd / elapsed:>9,.0f} pps "
+                f"(offered {sent / seconds:,.0f} pps; {after[2] - before[2]:,} dropped by the "
+                f"delay line, rest lost before it: ring full)"
+            )
         finally:
             s.close()
             a.close()
@@ -152,11 +185,15 @@ def tcp_throughput(seconds: float) -> None:
     for rate in (0, 50e6):
         a, b, s = _pair(f"bench{uuid.uuid4().hex[:6]}", LinkParams(0.001, rate))
         try:
-            srv = b.popen(["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+            srv = b.popen(
+                ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             time.sleep(0.3)
-            r = a.run(["iperf3", "-c", ADDR_B, "-t", str(int(seconds)), "-J"], check=False,
-                      timeout=seconds + 30)
+            r = a.run(
+                ["iperf3", "-c", ADDR_B, "-t", str(int(seconds)), "-J"],
+                check=False,
+                timeout=seconds + 30,
+            )
             srv.wait(timeout=10)
             got = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]
             label = "unshaped" if not rate else f"{rate / 1e6:.0f} Mbit/s link"
@@ -171,22 +208,29 @@ def scale(sizes: list[int], n_ns: int = 100, n_update: int = 3000) -> None:
     print(f"\n== scale ({n_ns} node namespaces; times in s unless noted)")
     nss = [Netns(f"bench-{i}") for i in range(n_ns)]
     try:
-        print(f"{'links':>6} {'create':>7} {'update ms':>10} {'counters ms':>12} "
-              f"{'close':>6}")
+        print(f"{'links':>6} {'create':>7} {'update ms':>10} {'counters ms':>12} {'close':>6}")
         for n in sizes:
             s = UserspaceShaper(f"bench{uuid.uuid4().hex[:6]}")
             try:
-                links = [(LinkEnds(i, nss[i % n_ns].pid, f"l{i}a",
-                                   nss[(7 * i + 1) % n_ns].pid, f"l{i}b"),
-                          LinkParams(0.002 + 1e-6 * i, 1e9)) for i in range(n)]
+                links = [
+                    (
+                        LinkEnds(
+                            i, nss[i % n_ns].pid, f"l{i}a", nss[(7 * i + 1) % n_ns].pid, f"l{i}b"
+                        ),
+                        LinkParams(0.002 + 1e-6 * i, 1e9),
+                    )
+                    for i in range(n)
+                ]
                 t0 = time.perf_counter()
                 s.create_links(links)
                 t_create = time.perf_counter() - t0
                 k = min(n, n_update)
                 ups = []
                 for rep in range(5):
-                    ch = [(i, LinkParams(0.003 + 1e-6 * (i + rep), 2e9, up=bool(rep % 2)))
-                          for i in range(k)]
+                    ch = [
+                        (i, LinkParams(0.003 + 1e-6 * (i + rep), 2e9, up=bool(rep % 2)))
+                        for i in range(k)
+                    ]
                     t0 = time.perf_counter()
                     s.update(ch)
                     ups.append((time.perf_counter() - t0) * 1e3)
@@ -197,8 +241,10 @@ def scale(sizes: list[int], n_ns: int = 100, n_update: int = 3000) -> None:
                 t0 = time.perf_counter()
                 s.close()
                 t_close = time.perf_counter() - t0
-            print(f"{n:>6} {t_create:>7.2f} {statistics.median(ups):>6.1f} ({k}) "
-                  f"{t_cnt:>12.1f} {t_close:>6.2f}")
+            print(
+                f"{n:>6} {t_create:>7.2f} {statistics.median(ups):>6.1f} ({k}) "
+                f"{t_cnt:>12.1f} {t_close:>6.2f}"
+            )
     finally:
         for ns in nss:
             ns.close()

@@ -34,8 +34,8 @@ import numpy as np
 from meshemu.geometry.linkstate import GSL, ISL
 from meshemu.linux.limits import mem_available_bytes
 from meshemu.live.emulation import Emulation
-from meshemu.routing import get_scheme, snapshot_from_edges
 from meshemu.live.shapers import batch_text, make_shaper, veth_cmd
+from meshemu.routing import get_scheme, snapshot_from_edges
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from doubles import FakeShaper  # noqa: E402  (the test double; not a registered shaper)
@@ -45,8 +45,9 @@ SATS_PER_PLANE = 22
 GSL_CANDIDATES = 4
 
 
-def plus_grid(n_sats: int, n_ground: int, seed: int = 1
-              ) -> tuple[list[str], list[str], list[tuple[int, int]], np.ndarray, np.ndarray]:
+def plus_grid(
+    n_sats: int, n_ground: int, seed: int = 1
+) -> tuple[list[str], list[str], list[tuple[int, int]], np.ndarray, np.ndarray]:
     """A +Grid of ``n_sats`` satellites (22 per plane) and ``n_ground`` stations.
 
     Returns names, kinds, every link of the run (ISLs + every candidate GSL), their delays
@@ -74,8 +75,9 @@ def plus_grid(n_sats: int, n_ground: int, seed: int = 1
         for s in rng.choice(n_sats, size=min(GSL_CANDIDATES, n_sats), replace=False):
             gsl.append((int(s), n_sats + g))
     links = isl + gsl
-    delays = np.concatenate([rng.uniform(0.003, 0.006, len(isl)),
-                             rng.uniform(0.0018, 0.004, len(gsl))])
+    delays = np.concatenate(
+        [rng.uniform(0.003, 0.006, len(isl)), rng.uniform(0.0018, 0.004, len(gsl))]
+    )
     return names, kinds, links, delays, np.r_[np.ones(len(isl), bool), np.zeros(len(gsl), bool)]
 
 
@@ -97,8 +99,7 @@ def used_memory() -> int:
     return total - mem_available_bytes()
 
 
-def bench(n_sats: int, n_ground: int, shaper_name: str, handovers: int, steps: int = 1
-          ) -> dict:
+def bench(n_sats: int, n_ground: int, shaper_name: str, handovers: int, steps: int = 1) -> dict:
     names, kinds, links, delays, isl = plus_grid(n_sats, n_ground)
     n = len(names)
     transit = np.array([k == "sat" for k in kinds])
@@ -106,14 +107,15 @@ def bench(n_sats: int, n_ground: int, shaper_name: str, handovers: int, steps: i
     # step 0: each ground station uses its first candidate satellite
     gs_first = np.zeros(len(links), bool)
     seen = set()
-    for i, (s, g) in enumerate(links):
+    for i, (_s, g) in enumerate(links):
         if not isl[i] and g not in seen:
             gs_first[i] = True
             seen.add(g)
     up0 = isl | gs_first
     kinds_l = np.where(isl, ISL, GSL)
-    snap0 = snapshot_from_edges(n, links, delays, transit=transit, up=up0,
-                                rates=np.full(len(links), 1e9), kinds=kinds_l)
+    snap0 = snapshot_from_edges(
+        n, links, delays, transit=transit, up=up0, rates=np.full(len(links), 1e9), kinds=kinds_l
+    )
     # step 1: ISL delays change by up to +-0.5 %, a few stations hand over
     delays1 = delays * (1 + rng.uniform(-0.005, 0.005, len(links)))
     up1 = up0.copy()
@@ -122,8 +124,16 @@ def bench(n_sats: int, n_ground: int, shaper_name: str, handovers: int, steps: i
         mine = [i for i in gsl_idx if links[i][1] == n_sats + g]
         up1[mine[0]] = False
         up1[mine[1]] = True
-    snap1 = snapshot_from_edges(n, links, delays1, transit=transit, up=up1,
-                                rates=np.full(len(links), 1e9), t_s=1.0, kinds=kinds_l)
+    snap1 = snapshot_from_edges(
+        n,
+        links,
+        delays1,
+        transit=transit,
+        up=up1,
+        rates=np.full(len(links), 1e9),
+        t_s=1.0,
+        kinds=kinds_l,
+    )
     scheme = get_scheme("shortest-delay")
     dests = np.arange(n, dtype=np.int32)
     t0 = time.perf_counter()
@@ -147,7 +157,7 @@ def bench(n_sats: int, n_ground: int, shaper_name: str, handovers: int, steps: i
             out["link_updates"] = st.n_link_updates
             out["route_changes"] = st.n_route_changes
             applies = [st.apply_s]
-            for k in range(2, steps + 1):     # back and forth: every step changes as much
+            for k in range(2, steps + 1):  # back and forth: every step changes as much
                 snap, tab = (snap0, tab0) if k % 2 == 0 else (snap1, tab1)
                 applies.append(emu.apply(dataclasses.replace(snap, t_s=float(k)), tab).apply_s)
             out["apply_med_s"] = float(np.median(applies))
@@ -173,17 +183,42 @@ def main() -> None:
     ap.add_argument("--shaper", default="userspace")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cols = ["sats", "nodes", "links", "build_s", "shells_s", "netns_s", "links_s",
-            "addresses_s", "routes_s", "mem_used_gib", "peak_rss_gib", "apply_s", "apply_med_s",
-            "apply_max_s",
-            "link_updates", "route_changes", "stop_s", "ping_ok"]
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    cols = [
+        "sats",
+        "nodes",
+        "links",
+        "build_s",
+        "shells_s",
+        "netns_s",
+        "links_s",
+        "addresses_s",
+        "routes_s",
+        "mem_used_gib",
+        "peak_rss_gib",
+        "apply_s",
+        "apply_med_s",
+        "apply_max_s",
+        "link_updates",
+        "route_changes",
+        "stop_s",
+        "ping_ok",
+    ]
     print(" ".join(f"{c:>13}" for c in cols))
     for n in args.sats:
         r = bench(n, args.ground, args.shaper, args.handovers, max(1, args.steps))
-        print(" ".join(f"{r.get(c, float('nan')):>13.3f}" if isinstance(r.get(c), float)
-                       else f"{str(r.get(c, '')):>13}" for c in cols), flush=True)
+        print(
+            " ".join(
+                f"{r.get(c, float('nan')):>13.3f}"
+                if isinstance(r.get(c), float)
+                else f"{str(r.get(c, '')):>13}"
+                for c in cols
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

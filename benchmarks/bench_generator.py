@@ -38,16 +38,22 @@ SINK_PORT = 47999
 def bench_build(n: int) -> None:
     t0 = time.perf_counter()
     for i in range(n // 10):
-        bytes(H.MeshemuHeader(flow_id=1, msg_id=2, seq=i, frag=i & 0xFFFF, n_frags=9,
-                              send_ns=time.time_ns()) / Raw(bytes(H.MAX_PAYLOAD)))
+        bytes(
+            H.MeshemuHeader(
+                flow_id=1, msg_id=2, seq=i, frag=i & 0xFFFF, n_frags=9, send_ns=time.time_ns()
+            )
+            / Raw(bytes(H.MAX_PAYLOAD))
+        )
     scapy_rate = (n // 10) / (time.perf_counter() - t0)
     buf = H.template(1, 2, 9, 1000, H.MAX_PAYLOAD)
     t0 = time.perf_counter()
     for i in range(n):
         H.patch_fast(buf, i, i & 0xFFFF, 9, time.time_ns(), 0)
     fast_rate = n / (time.perf_counter() - t0)
-    print(f"header build: Scapy {scapy_rate:,.0f} packets/s, fast path (template + "
-          f"pack_into) {fast_rate:,.0f} packets/s ({fast_rate / scapy_rate:.0f}x)")
+    print(
+        f"header build: Scapy {scapy_rate:,.0f} packets/s, fast path (template + "
+        f"pack_into) {fast_rate:,.0f} packets/s ({fast_rate / scapy_rate:.0f}x)"
+    )
 
 
 def _sink(q: mp.Queue, duration_s: float) -> None:
@@ -61,7 +67,7 @@ def _sink(q: mp.Queue, duration_s: float) -> None:
     while time.monotonic() < end:
         try:
             data = s.recv(2048)
-        except socket.timeout:
+        except TimeoutError:
             continue
         n += 1
         by += len(data)
@@ -98,21 +104,30 @@ def bench_send(payload: int, duration_s: float) -> None:
     got, by = q.get(timeout=duration_s + 10)
     p.join()
     ip = len(buf) + H.IP_UDP_BYTES
-    print(f"send loop, {ip}-byte IP packets to a loopback sink: {n / wall:,.0f} packets/s "
-          f"= {n / wall * ip * 8 / 1e6:,.0f} Mbit/s of IP packets at {cpu / wall:.0%} of a "
-          f"core ({n / cpu:,.0f} packets per CPU-second); the sink got {got / n:.1%}")
+    print(
+        f"send loop, {ip}-byte IP packets to a loopback sink: {n / wall:,.0f} packets/s "
+        f"= {n / wall * ip * 8 / 1e6:,.0f} Mbit/s of IP packets at {cpu / wall:.0%} of a "
+        f"core ({n / cpu:,.0f} packets per CPU-second); the sink got {got / n:.1%}"
+    )
 
 
 def bench_agents(rates_mbps: list[float], seconds: float) -> None:
     with tempfile.TemporaryDirectory() as d:
         for rate in rates_mbps:
             addrs = {"a": "127.0.0.1", "b": "127.0.0.2"}
-            cfg_a = AgentConfig(node="a", bind="127.0.0.1", addrs=addrs, out_dir=d,
-                                control=True, streams=(StreamConfig(
-                                    flow_id=1, dst="b", rate_bps=rate * 1e6, start_s=0,
-                                    duration_s=seconds),))
-            cfg_b = AgentConfig(node="b", bind="127.0.0.2", addrs=addrs, out_dir=d,
-                                control=True)
+            cfg_a = AgentConfig(
+                node="a",
+                bind="127.0.0.1",
+                addrs=addrs,
+                out_dir=d,
+                control=True,
+                streams=(
+                    StreamConfig(
+                        flow_id=1, dst="b", rate_bps=rate * 1e6, start_s=0, duration_s=seconds
+                    ),
+                ),
+            )
+            cfg_b = AgentConfig(node="b", bind="127.0.0.2", addrs=addrs, out_dir=d, control=True)
             sup = AgentSupervisor(Path(d))
             try:
                 sup.start({"b": cfg_b, "a": cfg_a})
@@ -131,9 +146,11 @@ def bench_agents(rates_mbps: list[float], seconds: float) -> None:
                 frames = (len(rows) - 1) * (H.MAX_IP_BYTES + H.ETH_BYTES) * 8 / span / 1e6
             else:
                 frames = 0.0
-            print(f"agent bulk flow at {rate:g} Mbit/s for {seconds:g} s: sent "
-                  f"{st['a'].sent_packets} packets, received {len(rows)}, achieved "
-                  f"{frames:.1f} Mbit/s (Ethernet frames)")
+            print(
+                f"agent bulk flow at {rate:g} Mbit/s for {seconds:g} s: sent "
+                f"{st['a'].sent_packets} packets, received {len(rows)}, achieved "
+                f"{frames:.1f} Mbit/s (Ethernet frames)"
+            )
             for suffix in AGENT_FILES:
                 for node in "ab":
                     (Path(d) / f"{node}{suffix}").unlink(missing_ok=True)

@@ -24,8 +24,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from meshemu.live import emulation as em
-from meshemu.routing import get_scheme, snapshot_from_edges, trace_path
 from meshemu.live.shapers import make_shaper
+from meshemu.routing import get_scheme, snapshot_from_edges, trace_path
 from meshemu.spec.profile import Profile
 from meshemu.traffic.runtime import start_traffic
 
@@ -37,9 +37,23 @@ RATE_BPS = 1e9
 
 
 def run_rate(emu, snap, tab, rate_mbps: float, seconds: float, out: Path) -> dict:
-    prof = Profile.from_dict({"name": f"load-{rate_mbps:g}", "seed": 1, "workloads": [
-        {"kind": "bulk", "name": "bulk", "src": "g0", "dst": "g1", "rate_mbps": rate_mbps,
-         "start_s": 0.2, "duration_s": seconds}]})
+    prof = Profile.from_dict(
+        {
+            "name": f"load-{rate_mbps:g}",
+            "seed": 1,
+            "workloads": [
+                {
+                    "kind": "bulk",
+                    "name": "bulk",
+                    "src": "g0",
+                    "dst": "g1",
+                    "rate_mbps": rate_mbps,
+                    "start_s": 0.2,
+                    "duration_s": seconds,
+                }
+            ],
+        }
+    )
     sched = SimpleNamespace(nodes=SimpleNamespace(names=tuple(NAMES), kind=np.array(KINDS)))
     n_steps = int(seconds) + 2
     run = start_traffic(prof, None, emu, sched, [snap] * n_steps, out, seconds + 1)
@@ -58,42 +72,57 @@ def run_rate(emu, snap, tab, rate_mbps: float, seconds: float, out: Path) -> dic
     rx = sum(int(r["rx_bytes"]) for r in csv.DictReader(open(out / "flow_throughput.csv")))
     err = owd - 3 * DELAY_S * 1e3
     s = run.summary()
-    return {"offered_mbps": rate_mbps, "achieved_mbps": rx * 8 / seconds / 1e6,
-            "samples": owd.size, "err_p50_ms": float(np.percentile(err, 50)),
-            "err_p99_ms": float(np.percentile(err, 99)), "err_max_ms": float(err.max()),
-            "lines": s.get("lines", [])}
+    return {
+        "offered_mbps": rate_mbps,
+        "achieved_mbps": rx * 8 / seconds / 1e6,
+        "samples": owd.size,
+        "err_p50_ms": float(np.percentile(err, 50)),
+        "err_p99_ms": float(np.percentile(err, 99)),
+        "err_max_ms": float(err.max()),
+        "lines": s.get("lines", []),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rates", type=float, nargs="+",
-                    default=[10, 50, 100, 200, 400, 600, 800])
+    ap.add_argument("--rates", type=float, nargs="+", default=[10, 50, 100, 200, 400, 600, 800])
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--shaper", default="userspace")
     args = ap.parse_args()
     run_id = f"bol{uuid.uuid4().hex[:6]}"
-    snap = snapshot_from_edges(4, EDGES, [DELAY_S] * 3, transit=[True, True, False, False],
-                               rates=[RATE_BPS] * 3)
+    snap = snapshot_from_edges(
+        4, EDGES, [DELAY_S] * 3, transit=[True, True, False, False], rates=[RATE_BPS] * 3
+    )
     tab = get_scheme("shortest-delay").forwarding_tables(snap, np.arange(4, dtype=np.int32))
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     emu = em.Emulation(NAMES, KINDS, make_shaper(args.shaper, run_id), tmp, run_id)
     results = []
     try:
         emu.build(snap.key, snap, tab)
-        print(f"{'offered':>10} {'achieved':>10} {'samples':>8} {'err p50':>9} {'err p99':>9} "
-              f"{'err max':>9}  (Mbit/s, ms; planned one-way delay 15 ms, 3 hops)")
+        print(
+            f"{'offered':>10} {'achieved':>10} {'samples':>8} {'err p50':>9} {'err p99':>9} "
+            f"{'err max':>9}  (Mbit/s, ms; planned one-way delay 15 ms, 3 hops)"
+        )
         for r in args.rates:
             res = run_rate(emu, snap, tab, r, args.seconds, tmp / f"r{r:g}")
             results.append(res)
-            print(f"{res['offered_mbps']:>10.0f} {res['achieved_mbps']:>10.1f} "
-                  f"{res['samples']:>8d} {res['err_p50_ms']:>9.3f} {res['err_p99_ms']:>9.3f} "
-                  f"{res['err_max_ms']:>9.3f}", flush=True)
+            print(
+                f"{res['offered_mbps']:>10.0f} {res['achieved_mbps']:>10.1f} "
+                f"{res['samples']:>8d} {res['err_p50_ms']:>9.3f} {res['err_p99_ms']:>9.3f} "
+                f"{res['err_max_ms']:>9.3f}",
+                flush=True,
+            )
     finally:
         emu.stop()
-    ok = [r["offered_mbps"] for r in results if r["err_p99_ms"] < 1.0
-          and r["achieved_mbps"] > 0.9 * r["offered_mbps"]]
-    print(f"highest offered load with p99 delay error < 1 ms (and >= 90 % delivered): "
-          f"{max(ok) if ok else 'none'} Mbit/s (shaper {args.shaper})")
+    ok = [
+        r["offered_mbps"]
+        for r in results
+        if r["err_p99_ms"] < 1.0 and r["achieved_mbps"] > 0.9 * r["offered_mbps"]
+    ]
+    print(
+        f"highest offered load with p99 delay error < 1 ms (and >= 90 % delivered): "
+        f"{max(ok) if ok else 'none'} Mbit/s (shaper {args.shaper})"
+    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def scenario_for(n_sats: int):
     raw.pop("compute", None)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         import yaml
+
         yaml.safe_dump(raw, f)
     return load_scenario(f.name)
 
@@ -70,8 +71,15 @@ def bench(n_sats: int, duration: float, shaper: str) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"bench-run-{n_sats}-"))
     t0 = time.perf_counter()
     try:
-        res = run_emulation(sc, duration_s=duration, step_s=1.0, shaper=shaper, out_dir=out,
-                            traffic=None, plots=False)
+        res = run_emulation(
+            sc,
+            duration_s=duration,
+            step_s=1.0,
+            shaper=shaper,
+            out_dir=out,
+            traffic=None,
+            plots=False,
+        )
     finally:
         done.set()
         th.join()
@@ -83,8 +91,12 @@ def bench(n_sats: int, duration: float, shaper: str) -> dict:
     t = res.summary["timing"]
     first, last = lag[:60], lag[-60:]
     return {
-        "sats": n_sats, "nodes": res.summary["nodes"], "links": res.summary["links_total"],
-        "build_s": t["build_s"], "stop_s": t["stop_s"], "plan_s": t["plan_s"],
+        "sats": n_sats,
+        "nodes": res.summary["nodes"],
+        "links": res.summary["links_total"],
+        "build_s": t["build_s"],
+        "stop_s": t["stop_s"],
+        "plan_s": t["plan_s"],
         "mem_gib": (peak[0] - base) / 2**30,
         "apply_p50_ms": float(np.percentile(apply_ms, 50)),
         "apply_p99_ms": float(np.percentile(apply_ms, 99)),
@@ -92,7 +104,8 @@ def bench(n_sats: int, duration: float, shaper: str) -> dict:
         "lag_p99_first_min_ms": float(np.percentile(first, 99)),
         "lag_p99_last_min_ms": float(np.percentile(last, 99)),
         "link_updates": res.summary["link_updates_total"],
-        "route_changes": res.summary["route_changes_total"], "wall_s": wall,
+        "route_changes": res.summary["route_changes_total"],
+        "wall_s": wall,
         "run_dir": str(out),
     }
 
@@ -109,15 +122,32 @@ def main() -> None:
         print(f"== {n} satellites, {args.duration:g} s in real time ...", flush=True)
         r = bench(n, args.duration, args.shaper)
         rows.append(r)
-        print("   " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                                for k, v in r.items()), flush=True)
-    cols = ["sats", "nodes", "links", "build_s", "stop_s", "mem_gib", "apply_p50_ms",
-            "apply_p99_ms", "apply_max_ms", "lag_p99_first_min_ms", "lag_p99_last_min_ms"]
+        print(
+            "   "
+            + ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+            ),
+            flush=True,
+        )
+    cols = [
+        "sats",
+        "nodes",
+        "links",
+        "build_s",
+        "stop_s",
+        "mem_gib",
+        "apply_p50_ms",
+        "apply_p99_ms",
+        "apply_max_ms",
+        "lag_p99_first_min_ms",
+        "lag_p99_last_min_ms",
+    ]
     print()
     print(" ".join(f"{c:>20}" for c in cols))
     for r in rows:
-        print(" ".join(f"{r[c]:>20.3f}" if isinstance(r[c], float) else f"{r[c]:>20}"
-                       for c in cols))
+        print(
+            " ".join(f"{r[c]:>20.3f}" if isinstance(r[c], float) else f"{r[c]:>20}" for c in cols)
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -15,22 +15,64 @@ Example::
     run_emulation(sc, opts, out_dir="runs/demo2")
 """
 
-from meshemu.errors import (CommandError, EmulationError, Interrupted, MeshemuError,
-                            NotRootError, OptionsError, ProfileError, ResourceError,
-                            RoutingError, ScenarioError, ShaperError, SpecError, TLEError)
+from meshemu.errors import (
+    CommandError,
+    EmulationError,
+    Interrupted,
+    MeshemuError,
+    NotRootError,
+    OptionsError,
+    ProfileError,
+    ResourceError,
+    RoutingError,
+    ScenarioError,
+    ShaperError,
+    SpecError,
+    TLEError,
+)
 from meshemu.geometry.linkstate import Snapshot, SnapshotDiff, diff
-from meshemu.plan import run_plan
-from meshemu.routing import (ForwardingTables, RoutingScheme, get_scheme, register,
-                             route_diff, trace_path)
-from meshemu.live.runner import RunOptions, RunResult, run_emulation
-from meshemu.spec.scenario import Scenario, list_scenarios, load_scenario
 from meshemu.geometry.schedule import LinkSchedule
+from meshemu.live.runner import RunOptions, RunResult, run_emulation
+from meshemu.plan import run_plan
+from meshemu.routing import (
+    ForwardingTables,
+    RoutingScheme,
+    get_scheme,
+    register,
+    route_diff,
+    trace_path,
+)
+from meshemu.spec.scenario import Scenario, list_scenarios, load_scenario
 
 __all__ = [
-    "CommandError", "EmulationError", "Interrupted", "MeshemuError", "NotRootError",
-    "OptionsError", "ProfileError", "ResourceError", "RoutingError", "ScenarioError",
-    "ShaperError", "SpecError", "TLEError", "RunOptions", "RunResult",
-    "Snapshot", "SnapshotDiff", "diff", "run_plan", "ForwardingTables", "RoutingScheme",
-    "get_scheme", "register", "route_diff", "trace_path", "run_emulation", "Scenario",
-    "list_scenarios", "load_scenario", "LinkSchedule",
+    "CommandError",
+    "EmulationError",
+    "Interrupted",
+    "MeshemuError",
+    "NotRootError",
+    "OptionsError",
+    "ProfileError",
+    "ResourceError",
+    "RoutingError",
+    "ScenarioError",
+    "ShaperError",
+    "SpecError",
+    "TLEError",
+    "RunOptions",
+    "RunResult",
+    "Snapshot",
+    "SnapshotDiff",
+    "diff",
+    "run_plan",
+    "ForwardingTables",
+    "RoutingScheme",
+    "get_scheme",
+    "register",
+    "route_diff",
+    "trace_path",
+    "run_emulation",
+    "Scenario",
+    "list_scenarios",
+    "load_scenario",
+    "LinkSchedule",
 ]

@@ -51,8 +51,10 @@ class Progress:
         eta = (now - self.t0) / frac * (1 - frac) if frac > 0 else 0
         bar = "#" * int(frac * 30)
         end = "\n" if done >= total or not self.tty else "\r"
-        sys.stderr.write(f"{self.label} [{bar:<30}] {done}/{total} steps, "
-                         f"{now - self.t0:.1f} s elapsed, ~{eta:.0f} s left{end}")
+        sys.stderr.write(
+            f"{self.label} [{bar:<30}] {done}/{total} steps, "
+            f"{now - self.t0:.1f} s elapsed, ~{eta:.0f} s left{end}"
+        )
         sys.stderr.flush()
 
 
@@ -70,33 +72,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     out = _run_dir(args.out, "plan", args.scenario)
     t0 = time.perf_counter()
-    res = run_plan(scenario, args.duration, args.step, args.routing, out,
-                   progress=Progress("plan"), start_s=args.start)
+    res = run_plan(
+        scenario,
+        args.duration,
+        args.step,
+        args.routing,
+        out,
+        progress=Progress("plan"),
+        start_s=args.start,
+    )
     s = res.summary
-    print(f"plan of {s['scenario']}: {s['nodes']} nodes ({s['satellites']} satellites), "
-          f"{s['steps']} steps of {s['step_s']:g} s, routing {s['routing']}, "
-          f"{time.perf_counter() - t0:.1f} s")
-    print(f"  ISLs {s['isl_count_mean']:.0f}, GSLs {s['gsl_count_mean']:.1f} (mean per step); "
-          f"link events: {s['events']}")
-    print(f"  geometry {s['timing']['geometry_ms_per_step']:.2f} ms/step, routing "
-          f"{s['timing']['routing_ms_per_step']:.2f} ms/step")
+    print(
+        f"plan of {s['scenario']}: {s['nodes']} nodes ({s['satellites']} satellites), "
+        f"{s['steps']} steps of {s['step_s']:g} s, routing {s['routing']}, "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    print(
+        f"  ISLs {s['isl_count_mean']:.0f}, GSLs {s['gsl_count_mean']:.1f} (mean per step); "
+        f"link events: {s['events']}"
+    )
+    print(
+        f"  geometry {s['timing']['geometry_ms_per_step']:.2f} ms/step, routing "
+        f"{s['timing']['routing_ms_per_step']:.2f} ms/step"
+    )
     reach = [p for p in s["pairs"] if p["delay_ms_mean"] is not None]
     if reach:
         worst = max(reach, key=lambda p: p["delay_ms_max"])
-        print(f"  {len(reach)}/{len(s['pairs'])} endpoint pairs reachable; highest path delay "
-              f"{worst['delay_ms_max']:.2f} ms ({worst['src']} -> {worst['dst']})")
+        print(
+            f"  {len(reach)}/{len(s['pairs'])} endpoint pairs reachable; highest path delay "
+            f"{worst['delay_ms_max']:.2f} ms ({worst['src']} -> {worst['dst']})"
+        )
     print(f"wrote {res.out_dir}/: {', '.join(s['files'])}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from meshemu.live.runner import run_from_cli
+
     return run_from_cli(args)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from meshemu.live.clean import clean
     from meshemu.linux.limits import require_root
+    from meshemu.live.clean import clean
 
     require_root("meshemu clean")
     removed = clean()
@@ -111,11 +129,13 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from meshemu.report import report_from_cli
+
     return report_from_cli(args)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from meshemu.report import compare_from_cli
+
     return compare_from_cli(args)
 
 
@@ -131,23 +151,40 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="meshemu", description="Laser inter-satellite mesh network "
-                                "emulator: SGP4 geometry driving a live Mininet network.")
+    p = argparse.ArgumentParser(
+        prog="meshemu",
+        description="Laser inter-satellite mesh network "
+        "emulator: SGP4 geometry driving a live Mininet network.",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv debug)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, duration: float) -> None:
-        sp.add_argument("scenario", nargs="?", default="default",
-                        help="scenario YAML path or shipped name (default: %(default)s)")
-        sp.add_argument("--duration", type=_number, default=duration,
-                        help="emulated seconds (default: %(default)s)")
-        sp.add_argument("--step", type=_number, default=1.0,
-                        help="seconds per step (default: 1)")
-        sp.add_argument("--start", type=_number, default=0.0,
-                        help="start this many seconds after the scenario epoch (default: 0)")
-        sp.add_argument("--routing", default="shortest-delay",
-                        help="routing scheme: a built-in name, FILE.py:Class or module:Class "
-                             "(default: %(default)s)")
+        sp.add_argument(
+            "scenario",
+            nargs="?",
+            default="default",
+            help="scenario YAML path or shipped name (default: %(default)s)",
+        )
+        sp.add_argument(
+            "--duration",
+            type=_number,
+            default=duration,
+            help="emulated seconds (default: %(default)s)",
+        )
+        sp.add_argument("--step", type=_number, default=1.0, help="seconds per step (default: 1)")
+        sp.add_argument(
+            "--start",
+            type=_number,
+            default=0.0,
+            help="start this many seconds after the scenario epoch (default: 0)",
+        )
+        sp.add_argument(
+            "--routing",
+            default="shortest-delay",
+            help="routing scheme: a built-in name, FILE.py:Class or module:Class "
+            "(default: %(default)s)",
+        )
         sp.add_argument("--out", help="output directory (default: runs/<kind>-<scenario>-<time>)")
 
     sp = sub.add_parser("plan", help="compute geometry, links and routes over time (no root)")
@@ -156,18 +193,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="run a live emulation (root)")
     common(sp, 60.0)
-    sp.add_argument("--time-scale", type=_number, default=1.0,
-                    help="emulated seconds per wall-clock second (default: 1 = real time)")
-    sp.add_argument("--shaper", default="auto",
-                    help="link shaper: auto, netem or userspace (default: auto)")
-    sp.add_argument("--capture", action="append", metavar="NODE[:PEER]",
-                    help="write a pcap of NODE's interfaces, or of its link to PEER, into the "
-                         "run directory (repeatable)")
-    sp.add_argument("--traffic", default=None,
-                    help="traffic profile YAML path or name in traffic/ (default: the "
-                         "default mixed workload; 'none' for no traffic)")
-    sp.add_argument("--cli", action="store_true",
-                    help="open Mininet's CLI while the geometry keeps updating")
+    sp.add_argument(
+        "--time-scale",
+        type=_number,
+        default=1.0,
+        help="emulated seconds per wall-clock second (default: 1 = real time)",
+    )
+    sp.add_argument(
+        "--shaper", default="auto", help="link shaper: auto, netem or userspace (default: auto)"
+    )
+    sp.add_argument(
+        "--capture",
+        action="append",
+        metavar="NODE[:PEER]",
+        help="write a pcap of NODE's interfaces, or of its link to PEER, into the "
+        "run directory (repeatable)",
+    )
+    sp.add_argument(
+        "--traffic",
+        default=None,
+        help="traffic profile YAML path or name in traffic/ (default: the "
+        "default mixed workload; 'none' for no traffic)",
+    )
+    sp.add_argument(
+        "--cli", action="store_true", help="open Mininet's CLI while the geometry keeps updating"
+    )
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("clean", help="remove what a crashed run left behind (root)")
@@ -179,8 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("compare", help="compare run directories side by side")
-    sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                    help="two or more directories written by 'meshemu run'")
+    sp.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="two or more directories written by 'meshemu run'",
+    )
     sp.add_argument("--out", help="output directory (default: runs/compare-<time>)")
     sp.set_defaults(func=cmd_compare)
 
@@ -200,8 +254,9 @@ def _number(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     from meshemu.signals import handle_signals
 
     try:

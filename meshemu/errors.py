@@ -99,7 +99,8 @@ class NotRootError(EmulationError):
         super().__init__(
             f"{what} needs root to create network namespaces and links; "
             f"run it with sudo (sudo .venv/bin/meshemu ...), or inside the VM in vagrant/ "
-            f"(see README, 'Run it in a VM')")
+            f"(see README, 'Run it in a VM')"
+        )
 
 
 class ResourceError(EmulationError):
@@ -111,6 +112,7 @@ class Interrupted(EmulationError):
 
     def __init__(self, signum: int):
         import signal
+
         self.signum = signum
         super().__init__(f"received {signal.Signals(signum).name}; tearing the emulation down")
 

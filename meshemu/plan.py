@@ -1,7 +1,7 @@
 """``meshemu plan``: the whole time line of a scenario, computed without root.
 
-Data flow: scenario -> :class:`~meshemu.geometry.schedule.LinkSchedule` (orbit, geometry, link state)
--> routing scheme (forwarding tables per step) -> files in the output directory:
+Data flow: scenario -> :class:`~meshemu.geometry.schedule.LinkSchedule` (orbit, geometry,
+link state) -> routing scheme (forwarding tables per step) -> files in the output directory:
 
 ``nodes.csv``    ``id,name,kind,shell,plane,index``
 ``links.csv``    ``t_s,a,b,kind,up,distance_km,delay_ms,rate_mbps`` (every listed link, every step)
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from meshemu.errors import MeshemuError, RoutingError
 from meshemu.geometry import linkstate as linkstate
 from meshemu.geometry.linkstate import Snapshot
-from meshemu.errors import MeshemuError, RoutingError
+from meshemu.geometry.schedule import LinkSchedule
 from meshemu.report.record import PairStats as PairStats
 from meshemu.report.record import PlanRecorder as PlanRecorder
 from meshemu.report.record import node_positions_ecef_km
@@ -32,7 +33,6 @@ from meshemu.report.record import write_nodes_csv as write_nodes_csv
 from meshemu.routing import ForwardingTables, RoutingScheme, get_scheme, validate_tables
 from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
 from meshemu.spec.scenario import Nodes, Scenario, load_scenario
-from meshemu.geometry.schedule import LinkSchedule
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,16 @@ class PlanResult:
     files: list[Path]
 
 
-def run_plan(scenario: Scenario | str | Path, duration_s: float, step_s: float = 1.0,
-             routing: str | RoutingScheme = "shortest-delay", out_dir: Path | str = "plan",
-             progress: ProgressFn | None = None, plots: bool = True,
-             start_s: float = 0.0) -> PlanResult:
+def run_plan(
+    scenario: Scenario | str | Path,
+    duration_s: float,
+    step_s: float = 1.0,
+    routing: str | RoutingScheme = "shortest-delay",
+    out_dir: Path | str = "plan",
+    progress: ProgressFn | None = None,
+    plots: bool = True,
+    start_s: float = 0.0,
+) -> PlanResult:
     """Compute snapshots, routes and paths over ``[start_s, start_s + duration_s]`` (seconds
     after the scenario epoch) and write the plan files.
 
@@ -121,17 +127,31 @@ def run_plan(scenario: Scenario | str | Path, duration_s: float, step_s: float =
     finally:
         rec.close()
     summary = rec.summary(scenario, scheme.name, span.duration_s, span.step_s, span.start_s)
-    summary["timing"] = {"geometry_ms_per_step": 1e3 * t_geom / n_steps,
-                         "routing_ms_per_step": 1e3 * t_route / n_steps}
-    files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz",
-                               "summary.json")]
+    summary["timing"] = {
+        "geometry_ms_per_step": 1e3 * t_geom / n_steps,
+        "routing_ms_per_step": 1e3 * t_route / n_steps,
+    }
+    files = [
+        out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz", "summary.json")
+    ]
     if plots:
         from meshemu.report import maps as plotmod
-        files.append(plotmod.plot_map(out / "map.png", rec.map_nodes(first_snapshot.t_s),
-                                      first_snapshot, title=f"{scenario.name} at t = 0 s"))
-        files.append(plotmod.plot_path_delays(out / "path_delay.png", out / "paths.csv",
-                                              title=f"{scenario.name}: path delay "
-                                                    f"({scheme.name})"))
+
+        files.append(
+            plotmod.plot_map(
+                out / "map.png",
+                rec.map_nodes(first_snapshot.t_s),
+                first_snapshot,
+                title=f"{scenario.name} at t = 0 s",
+            )
+        )
+        files.append(
+            plotmod.plot_path_delays(
+                out / "path_delay.png",
+                out / "paths.csv",
+                title=f"{scenario.name}: path delay ({scheme.name})",
+            )
+        )
     summary["files"] = [str(f.name) for f in files]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return PlanResult(out, summary, files)
@@ -146,12 +166,14 @@ def load_scheme(routing: str | RoutingScheme) -> RoutingScheme:
     except MeshemuError:
         raise
     except Exception as exc:  # a plug-in's own error, or a malformed spec such as ":"
-        raise RoutingError(f"cannot load routing scheme {routing!r}: {type(exc).__name__}: "
-                           f"{exc}") from None
+        raise RoutingError(
+            f"cannot load routing scheme {routing!r}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
-def checked_tables(scheme: RoutingScheme, snap: Snapshot, destinations: np.ndarray,
-                   k: int) -> ForwardingTables:
+def checked_tables(
+    scheme: RoutingScheme, snap: Snapshot, destinations: np.ndarray, k: int
+) -> ForwardingTables:
     """``scheme``'s forwarding tables for ``snap``, checked with
     :func:`~meshemu.routing.validate_tables`.
 
@@ -170,8 +192,9 @@ def checked_tables(scheme: RoutingScheme, snap: Snapshot, destinations: np.ndarr
     except Exception as exc:  # a plug-in's bug: one line, not a traceback
         raise RoutingError(f"{where} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(tables, ForwardingTables):
-        raise RoutingError(f"{where} returned {type(tables).__name__}, not "
-                           f"meshemu.routing.ForwardingTables")
+        raise RoutingError(
+            f"{where} returned {type(tables).__name__}, not meshemu.routing.ForwardingTables"
+        )
     problems = validate_tables(tables, snap)
     if problems:
         raise RoutingError(f"{where} returned unusable tables: {'; '.join(problems[:3])}")

@@ -54,8 +54,7 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     got: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum))
-           for s in TEARDOWN_SIGNALS}
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in TEARDOWN_SIGNALS}
     try:
         yield
     finally:

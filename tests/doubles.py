@@ -90,11 +90,13 @@ class Netns:
         """``argv`` prefixed to run inside this namespace."""
         return ["nsenter", "-t", str(self.pid), "-n", *argv]
 
-    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 60,
-            **kw) -> subprocess.CompletedProcess:
+    def run(
+        self, argv: Sequence[str], check: bool = True, timeout: float = 60, **kw
+    ) -> subprocess.CompletedProcess:
         """Run a command inside; return the completed process (text output)."""
-        return subprocess.run(self.cmd(argv), capture_output=True, text=True, check=check,
-                              timeout=timeout, **kw)
+        return subprocess.run(
+            self.cmd(argv), capture_output=True, text=True, check=check, timeout=timeout, **kw
+        )
 
     def popen(self, argv: Sequence[str], **kw) -> subprocess.Popen:
         """Start a command inside; it is killed when the namespace is closed."""

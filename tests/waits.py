@@ -9,8 +9,7 @@ from collections.abc import Callable
 POLL_S = 0.02
 
 
-def wait_for(cond: Callable[[], object], timeout_s: float = 5.0, poll_s: float = POLL_S
-             ) -> bool:
+def wait_for(cond: Callable[[], object], timeout_s: float = 5.0, poll_s: float = POLL_S) -> bool:
     """Look at ``cond()`` until it is true or ``timeout_s`` has passed; return whether it
     became true (the caller asserts, with its own message)."""
     deadline = time.monotonic() + timeout_s

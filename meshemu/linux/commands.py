@@ -25,8 +25,9 @@ def batch_text(cmds: Iterable[Sequence[str]]) -> str:
     return "".join(" ".join(c) + "\n" for c in cmds)
 
 
-def run(cmd: Sequence[str], stdin: str | None = None, check: bool = True,
-        timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: Sequence[str], stdin: str | None = None, check: bool = True, timeout_s: float | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command and capture its output (text).
 
     Parameters
@@ -47,15 +48,17 @@ def run(cmd: Sequence[str], stdin: str | None = None, check: bool = True,
         stderr.
     """
     try:
-        p = subprocess.run(list(cmd), input=stdin, capture_output=True, text=True,
-                           timeout=timeout_s)
+        p = subprocess.run(
+            list(cmd), input=stdin, capture_output=True, text=True, timeout=timeout_s
+        )
     except FileNotFoundError as exc:
         raise CommandError(cmd, 127, str(exc)) from None
     except subprocess.TimeoutExpired:
         raise CommandError(cmd, 124, f"timed out after {timeout_s} s") from None
     if check and p.returncode != 0:
-        shown = list(cmd) + ([f"<<< {stdin.splitlines()[0]} ... ({stdin.count(chr(10))} lines)"]
-                             if stdin else [])
+        shown = list(cmd) + (
+            [f"<<< {stdin.splitlines()[0]} ... ({stdin.count(chr(10))} lines)"] if stdin else []
+        )
         raise CommandError(shown, p.returncode, p.stderr)
     return p
 
@@ -65,9 +68,14 @@ def in_netns(pid: int, cmd: Sequence[str]) -> list[str]:
     return ["nsenter", "-t", str(pid), "-n", *cmd]
 
 
-def batch(tool: str, cmds: Sequence[Sequence[str]], pid: int | None = None,
-          netns: str | None = None, force: bool = False, check: bool = True
-          ) -> subprocess.CompletedProcess[str] | None:
+def batch(
+    tool: str,
+    cmds: Sequence[Sequence[str]],
+    pid: int | None = None,
+    netns: str | None = None,
+    force: bool = False,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str] | None:
     """Run ``ip``/``tc`` commands as one ``-batch``.
 
     Parameters
@@ -90,10 +98,16 @@ def batch(tool: str, cmds: Sequence[Sequence[str]], pid: int | None = None,
     """
     if not cmds:
         return None
-    argv = [tool, *(["-n", netns] if netns is not None else []),
-            *(["-force"] if force else []), "-batch", "-"]
-    return run(in_netns(pid, argv) if pid is not None else argv, stdin=batch_text(cmds),
-               check=check)
+    argv = [
+        tool,
+        *(["-n", netns] if netns is not None else []),
+        *(["-force"] if force else []),
+        "-batch",
+        "-",
+    ]
+    return run(
+        in_netns(pid, argv) if pid is not None else argv, stdin=batch_text(cmds), check=check
+    )
 
 
 def parallel(fn: Callable[..., T], args: Iterable[Sequence[Any]]) -> list[T]:

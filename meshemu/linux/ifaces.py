@@ -28,8 +28,11 @@ IFF_UP = 0x1
 ETHTOOL_STXCSUM = 0x17
 ETHTOOL_STSO = 0x1F
 ETHTOOL_SGSO = 0x24
-_OFFLOADS = {"ETHTOOL_STXCSUM": ETHTOOL_STXCSUM, "ETHTOOL_STSO": ETHTOOL_STSO,
-             "ETHTOOL_SGSO": ETHTOOL_SGSO}
+_OFFLOADS = {
+    "ETHTOOL_STXCSUM": ETHTOOL_STXCSUM,
+    "ETHTOOL_STSO": ETHTOOL_STSO,
+    "ETHTOOL_SGSO": ETHTOOL_SGSO,
+}
 
 
 def ethtool_set(sock: socket.socket, ifname: str, cmd: int, value: int) -> None:
@@ -51,16 +54,18 @@ def offload_off(sock: socket.socket, ifname: str) -> None:
         try:
             ethtool_set(sock, ifname, cmd, 0)
         except OSError as exc:
-            raise CommandError(f"ioctl {what} {ifname}", exc.errno or 1,
-                               exc.strerror or str(exc)) from None
+            raise CommandError(
+                f"ioctl {what} {ifname}", exc.errno or 1, exc.strerror or str(exc)
+            ) from None
 
 
 def set_up(sock: socket.socket, ifname: str) -> None:
     """Set ``IFF_UP`` on ``ifname`` (``ip link set IF up``); OSError if that fails."""
     ifr = struct.pack("16sh22x", ifname.encode(), 0)
     flags = struct.unpack_from("16sh", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifr))[1]
-    fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sh22x", ifname.encode(),
-                                                         flags | IFF_UP))
+    fcntl.ioctl(
+        sock.fileno(), SIOCSIFFLAGS, struct.pack("16sh22x", ifname.encode(), flags | IFF_UP)
+    )
 
 
 def if_hwaddr(sock: socket.socket, name: str) -> bytes:
@@ -100,12 +105,15 @@ def configure_interfaces(jobs: dict[int, list[tuple[str, bool, bool]]]) -> None:
                             if up:
                                 set_up(s, ifname)
                         except CommandError as exc:
-                            raise CommandError(f"{exc.cmd} (netns of pid {pid})",
-                                               exc.returncode, exc.stderr) from None
+                            raise CommandError(
+                                f"{exc.cmd} (netns of pid {pid})", exc.returncode, exc.stderr
+                            ) from None
                         except OSError as exc:
-                            raise CommandError(f"ioctl SIOCGIFFLAGS/SIOCSIFFLAGS {ifname} "
-                                               f"(netns of pid {pid})", exc.errno or 1,
-                                               exc.strerror or str(exc)) from None
+                            raise CommandError(
+                                f"ioctl SIOCGIFFLAGS/SIOCSIFFLAGS {ifname} (netns of pid {pid})",
+                                exc.errno or 1,
+                                exc.strerror or str(exc),
+                            ) from None
         except BaseException as exc:  # re-raised in the calling thread
             result.append(exc)
 
@@ -126,6 +134,10 @@ def links_not_running() -> list[str]:
     """
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_ROUTE) as s:
         links = netlink.dump(s, netlink.link_dump_request(), netlink.parse_link_dump)
-    return [name for _, flags, name, oper in links
-            if flags & netlink.IFF_UP and not flags & netlink.IFF_LOOPBACK
-            and oper != netlink.IF_OPER_UP]
+    return [
+        name
+        for _, flags, name, oper in links
+        if flags & netlink.IFF_UP
+        and not flags & netlink.IFF_LOOPBACK
+        and oper != netlink.IF_OPER_UP
+    ]

@@ -37,9 +37,11 @@ def raise_nofile_limit(needed: int, what: str = "this emulation") -> int:
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return soft
     if hard != resource.RLIM_INFINITY and hard < needed:
-        raise ResourceError(f"{what} needs {needed} open files but the hard limit "
-                            f"(ulimit -Hn) is {hard}; raise it (e.g. `ulimit -Hn {needed}` "
-                            f"as root, or LimitNOFILE= in a systemd unit)")
+        raise ResourceError(
+            f"{what} needs {needed} open files but the hard limit "
+            f"(ulimit -Hn) is {hard}; raise it (e.g. `ulimit -Hn {needed}` "
+            f"as root, or LimitNOFILE= in a systemd unit)"
+        )
     new = needed if hard == resource.RLIM_INFINITY else max(needed, min(hard, 1 << 20))
     resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
     return new
@@ -70,8 +72,10 @@ def ensure_ptys(n: int) -> None:
             with open("/proc/sys/kernel/pty/max", "w") as f:
                 f.write(str(want))
         except OSError as exc:
-            raise ResourceError(f"{n} nodes need {n} ptys but kernel.pty.max is {cur} with "
-                                f"{used} in use, and raising it failed: {exc}") from None
+            raise ResourceError(
+                f"{n} nodes need {n} ptys but kernel.pty.max is {cur} with "
+                f"{used} in use, and raising it failed: {exc}"
+            ) from None
 
 
 def mem_available_bytes() -> int:

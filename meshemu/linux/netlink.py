@@ -124,16 +124,16 @@ RTPROT_MESHEMU = 4
 #: netlink message buffer (``netlink_sendmsg``: len > sk_sndbuf - 32 -> EMSGSIZE).
 SEND_CHUNK_BYTES = 160_000
 
-_HDR = struct.Struct("=IHHII")       # nlmsghdr: len, type, flags, seq, pid
-_RTA = struct.Struct("=HH")          # rtattr: len, type
+_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_RTA = struct.Struct("=HH")  # rtattr: len, type
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type flags
-_IFADDR = struct.Struct("=BBBBi")    # family prefixlen flags scope index
-_IFINFO = struct.Struct("=BxHiII")   # family type index flags change
-_RTNH = struct.Struct("=HBBi")       # rtnexthop: len flags hops ifindex
+_IFADDR = struct.Struct("=BBBBi")  # family prefixlen flags scope index
+_IFINFO = struct.Struct("=BxHiII")  # family type index flags change
+_RTNH = struct.Struct("=HBBi")  # rtnexthop: len flags hops ifindex
 _NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family ifindex state flags type
 _TCMSG = struct.Struct("=BxxxiIII")  # tcmsg: family, ifindex, handle, parent, info
 _NETEM_QOPT = struct.Struct("=IIIIII")  # latency (ticks), limit, loss, gap, duplicate, jitter
-_NETEM_RATE = struct.Struct("=IiIi")   # rate (bytes/s), packet/cell overhead, cell size
+_NETEM_RATE = struct.Struct("=IiIi")  # rate (bytes/s), packet/cell overhead, cell size
 _U32_MAX = 0xFFFFFFFF
 
 
@@ -144,30 +144,62 @@ def _rta_hdr(rta_type: int, payload_len: int) -> int:
 
 #: One ``RTM_NEWROUTE`` for ``dst/32 via gw dev oif src prefsrc`` (60 bytes, native order
 #: except the IPv4 addresses, which are big-endian as on the wire).
-ROUTE_DTYPE = np.dtype([
-    ("len", "=u4"), ("type", "=u2"), ("flags", "=u2"), ("seq", "=u4"), ("pid", "=u4"),
-    ("family", "u1"), ("dst_len", "u1"), ("src_len", "u1"), ("tos", "u1"),
-    ("table", "u1"), ("protocol", "u1"), ("scope", "u1"), ("rtype", "u1"), ("rflags", "=u4"),
-    ("dst_rta", "=u4"), ("dst", ">u4"),
-    ("gw_rta", "=u4"), ("gw", ">u4"),
-    ("oif_rta", "=u4"), ("oif", "=i4"),
-    ("src_rta", "=u4"), ("src", ">u4"),
-])
+ROUTE_DTYPE = np.dtype(
+    [
+        ("len", "=u4"),
+        ("type", "=u2"),
+        ("flags", "=u2"),
+        ("seq", "=u4"),
+        ("pid", "=u4"),
+        ("family", "u1"),
+        ("dst_len", "u1"),
+        ("src_len", "u1"),
+        ("tos", "u1"),
+        ("table", "u1"),
+        ("protocol", "u1"),
+        ("scope", "u1"),
+        ("rtype", "u1"),
+        ("rflags", "=u4"),
+        ("dst_rta", "=u4"),
+        ("dst", ">u4"),
+        ("gw_rta", "=u4"),
+        ("gw", ">u4"),
+        ("oif_rta", "=u4"),
+        ("oif", "=i4"),
+        ("src_rta", "=u4"),
+        ("src", ">u4"),
+    ]
+)
 assert ROUTE_DTYPE.itemsize == 60
 
 #: One ``RTM_DELROUTE`` for ``dst/32`` in the main table, meshemu's protocol (36 bytes).
-DELROUTE_DTYPE = np.dtype([
-    ("len", "=u4"), ("type", "=u2"), ("flags", "=u2"), ("seq", "=u4"), ("pid", "=u4"),
-    ("family", "u1"), ("dst_len", "u1"), ("src_len", "u1"), ("tos", "u1"),
-    ("table", "u1"), ("protocol", "u1"), ("scope", "u1"), ("rtype", "u1"), ("rflags", "=u4"),
-    ("dst_rta", "=u4"), ("dst", ">u4"),
-])
+DELROUTE_DTYPE = np.dtype(
+    [
+        ("len", "=u4"),
+        ("type", "=u2"),
+        ("flags", "=u2"),
+        ("seq", "=u4"),
+        ("pid", "=u4"),
+        ("family", "u1"),
+        ("dst_len", "u1"),
+        ("src_len", "u1"),
+        ("tos", "u1"),
+        ("table", "u1"),
+        ("protocol", "u1"),
+        ("scope", "u1"),
+        ("rtype", "u1"),
+        ("rflags", "=u4"),
+        ("dst_rta", "=u4"),
+        ("dst", ">u4"),
+    ]
+)
 assert DELROUTE_DTYPE.itemsize == 36
 
 
 # ---- message builders (pure) --------------------------------------------------------------
-def route_records(dst: np.ndarray, gw: np.ndarray, oif: np.ndarray, src: np.ndarray,
-                  seq: np.ndarray) -> np.ndarray:
+def route_records(
+    dst: np.ndarray, gw: np.ndarray, oif: np.ndarray, src: np.ndarray, seq: np.ndarray
+) -> np.ndarray:
     """``RTM_NEWROUTE`` (create or replace) messages, one per element, as records.
 
     Parameters
@@ -184,8 +216,9 @@ def route_records(dst: np.ndarray, gw: np.ndarray, oif: np.ndarray, src: np.ndar
     ndarray of :data:`ROUTE_DTYPE`
         ``rec.tobytes()`` is ready for ``sendmsg``.
     """
-    r = _route_msgs(ROUTE_DTYPE, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE,
-                    dst, seq)
+    r = _route_msgs(
+        ROUTE_DTYPE, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, dst, seq
+    )
     r["rflags"] = RTNH_F_ONLINK
     r["gw_rta"] = _rta_hdr(RTA_GATEWAY, 4)
     r["gw"] = gw
@@ -201,8 +234,9 @@ def delroute_records(dst: np.ndarray, seq: np.ndarray) -> np.ndarray:
     return _route_msgs(DELROUTE_DTYPE, RTM_DELROUTE, NLM_F_REQUEST, dst, seq)
 
 
-def _route_msgs(dtype: np.dtype, msg_type: int, flags: int, dst: np.ndarray,
-                seq: np.ndarray) -> np.ndarray:
+def _route_msgs(
+    dtype: np.dtype, msg_type: int, flags: int, dst: np.ndarray, seq: np.ndarray
+) -> np.ndarray:
     """Route messages of ``dtype`` with the header and ``RTA_DST`` filled in: one per
     ``dst/32``, meshemu's protocol, the main table."""
     r = np.zeros(len(dst), dtype=dtype)
@@ -236,7 +270,6 @@ def msg(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:
     return _HDR.pack(_HDR.size + len(body), msg_type, flags, seq, 0) + body
 
 
-
 def multipath_route_msg(dst: int, hops: Sequence[tuple[int, int]], src: int, seq: int) -> bytes:
     """One ``RTM_NEWROUTE`` (create or replace) for ``dst/32`` with several next hops.
 
@@ -252,38 +285,62 @@ def multipath_route_msg(dst: int, hops: Sequence[tuple[int, int]], src: int, seq
     for gw, oif in hops:
         gw_attr = rta(RTA_GATEWAY, _ip4(gw))
         nh += _RTNH.pack(_RTNH.size + len(gw_attr), RTNH_F_ONLINK, 0, int(oif)) + gw_attr
-    body = (_RTMSG.pack(socket.AF_INET, 32, 0, 0, RT_TABLE_MAIN, RTPROT_MESHEMU,
-                        RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
-            + rta(RTA_DST, _ip4(dst)) + rta(RTA_PREFSRC, _ip4(src))
-            + rta(RTA_MULTIPATH, nh))
+    body = (
+        _RTMSG.pack(
+            socket.AF_INET,
+            32,
+            0,
+            0,
+            RT_TABLE_MAIN,
+            RTPROT_MESHEMU,
+            RT_SCOPE_UNIVERSE,
+            RTN_UNICAST,
+            0,
+        )
+        + rta(RTA_DST, _ip4(dst))
+        + rta(RTA_PREFSRC, _ip4(src))
+        + rta(RTA_MULTIPATH, nh)
+    )
     return msg(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, seq, body)
 
 
-def addr_msg(ifindex: int, addr: int, prefixlen: int, seq: int,
-             peer: int | None = None) -> bytes:
+def addr_msg(ifindex: int, addr: int, prefixlen: int, seq: int, peer: int | None = None) -> bytes:
     """``RTM_NEWADDR`` (create or replace) putting ``addr/prefixlen`` on ``ifindex``."""
-    body = (_IFADDR.pack(socket.AF_INET, prefixlen, 0, RT_SCOPE_UNIVERSE, ifindex)
-            + rta(IFA_LOCAL, _ip4(addr)) + rta(IFA_ADDRESS, _ip4(addr if peer is None
-                                                                      else peer)))
+    body = (
+        _IFADDR.pack(socket.AF_INET, prefixlen, 0, RT_SCOPE_UNIVERSE, ifindex)
+        + rta(IFA_LOCAL, _ip4(addr))
+        + rta(IFA_ADDRESS, _ip4(addr if peer is None else peer))
+    )
     return msg(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, seq, body)
 
 
 def neigh_msg(ifindex: int, addr: int, lladdr: bytes, seq: int) -> bytes:
     """``RTM_NEWNEIGH`` (create or replace) for a permanent neighbour entry: ``addr`` is at
     MAC ``lladdr`` on ``ifindex`` (``ip neigh replace ADDR lladdr MAC dev IF nud permanent``)."""
-    body = (_NDMSG.pack(socket.AF_INET, ifindex, NUD_PERMANENT, 0, 0)
-            + rta(NDA_DST, _ip4(addr)) + rta(NDA_LLADDR, bytes(lladdr)))
+    body = (
+        _NDMSG.pack(socket.AF_INET, ifindex, NUD_PERMANENT, 0, 0)
+        + rta(NDA_DST, _ip4(addr))
+        + rta(NDA_LLADDR, bytes(lladdr))
+    )
     return msg(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, seq, body)
 
 
 def link_up_msg(ifindex: int, seq: int) -> bytes:
     """``RTM_NEWLINK`` setting ``IFF_UP`` on ``ifindex`` (``ip link set IF up``)."""
-    return msg(RTM_NEWLINK, NLM_F_REQUEST, seq,
-                _IFINFO.pack(socket.AF_UNSPEC, 0, ifindex, IFF_UP, IFF_UP))
+    return msg(
+        RTM_NEWLINK, NLM_F_REQUEST, seq, _IFINFO.pack(socket.AF_UNSPEC, 0, ifindex, IFF_UP, IFF_UP)
+    )
 
 
-def netem_qdisc_msg(ifindex: int, latency_ns: int, rate_bytes_s: int, limit: int,
-                    loss: float, create: bool, seq: int = 0) -> bytes:
+def netem_qdisc_msg(
+    ifindex: int,
+    latency_ns: int,
+    rate_bytes_s: int,
+    limit: int,
+    loss: float,
+    create: bool,
+    seq: int = 0,
+) -> bytes:
     """One ``RTM_NEWQDISC`` for the netem root qdisc (handle ``1:``) of ``ifindex``.
 
     The same options as ``tc qdisc {add|change} dev IF root handle 1: netem delay D rate R
@@ -310,14 +367,24 @@ def netem_qdisc_msg(ifindex: int, latency_ns: int, rate_bytes_s: int, limit: int
     seq : int
         Sequence number (failures are reported by it).
     """
-    qopt = _NETEM_QOPT.pack(min(latency_ns >> 6, _U32_MAX), min(limit, _U32_MAX),
-                            min(int(round(loss * _U32_MAX)), _U32_MAX), 0, 0, 0)
-    nested = (rta(TCA_NETEM_LATENCY64, struct.pack("=q", latency_ns))
-              + rta(TCA_NETEM_RATE, _NETEM_RATE.pack(min(rate_bytes_s, _U32_MAX), 0, 0, 0)))
+    qopt = _NETEM_QOPT.pack(
+        min(latency_ns >> 6, _U32_MAX),
+        min(limit, _U32_MAX),
+        min(int(round(loss * _U32_MAX)), _U32_MAX),
+        0,
+        0,
+        0,
+    )
+    nested = rta(TCA_NETEM_LATENCY64, struct.pack("=q", latency_ns)) + rta(
+        TCA_NETEM_RATE, _NETEM_RATE.pack(min(rate_bytes_s, _U32_MAX), 0, 0, 0)
+    )
     if rate_bytes_s > _U32_MAX:
         nested += rta(TCA_NETEM_RATE64, struct.pack("=Q", rate_bytes_s))
-    body = (_TCMSG.pack(socket.AF_UNSPEC, ifindex, NETEM_HANDLE, TC_H_ROOT, 0)
-            + rta(TCA_KIND, b"netem\0") + rta(TCA_OPTIONS, qopt + nested))
+    body = (
+        _TCMSG.pack(socket.AF_UNSPEC, ifindex, NETEM_HANDLE, TC_H_ROOT, 0)
+        + rta(TCA_KIND, b"netem\0")
+        + rta(TCA_OPTIONS, qopt + nested)
+    )
     flags = NLM_F_REQUEST | (NLM_F_CREATE | NLM_F_EXCL if create else 0)
     return msg(RTM_NEWQDISC, flags, seq, body)
 
@@ -329,8 +396,9 @@ def link_dump_request(seq: int = 1) -> bytes:
 
 def qdisc_dump_request(seq: int = 1) -> bytes:
     """``RTM_GETQDISC`` dump request (``tc -s qdisc show``)."""
-    return msg(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, seq,
-               _TCMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+    return msg(
+        RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, seq, _TCMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    )
 
 
 # ---- parsers ------------------------------------------------------------------------------
@@ -378,7 +446,7 @@ def parse_errors(data: bytes) -> list[tuple[int, int, str]]:
             a = off + _HDR.size + 4 + (_HDR.size if flags & NLM_F_CAPPED else inner_len)
             for atype, p, n in rtattrs(data, (a + 3) & ~3, off + length):
                 if atype == NLMSGERR_ATTR_MSG:
-                    text = data[p:p + n].rstrip(b"\0").decode(errors="replace")
+                    text = data[p : p + n].rstrip(b"\0").decode(errors="replace")
         out.append((seq, error_code(data, off), text))
     return out
 
@@ -412,15 +480,16 @@ def parse_link_dump(data: bytes) -> tuple[list[tuple[int, int, str, int]], bool]
             name, oper = "", 0
             for atype, p, n in rtattrs(data, off + _HDR.size + _IFINFO.size, off + length):
                 if atype == IFLA_IFNAME:
-                    name = data[p:p + n].split(b"\0", 1)[0].decode()
+                    name = data[p : p + n].split(b"\0", 1)[0].decode()
                 elif atype == IFLA_OPERSTATE:
                     oper = data[p]
             out.append((ifindex, flags, name, oper))
     return out, False
 
 
-def parse_qdisc_dump(data: bytes
-                     ) -> tuple[list[tuple[int, int, str, tuple[int, int, int] | None]], bool]:
+def parse_qdisc_dump(
+    data: bytes,
+) -> tuple[list[tuple[int, int, str, tuple[int, int, int] | None]], bool]:
     """Qdiscs in part of an ``RTM_GETQDISC`` dump.
 
     Returns
@@ -445,7 +514,7 @@ def parse_qdisc_dump(data: bytes
             kind, stats = "", None
             for atype, p, n in rtattrs(data, off + _HDR.size + _TCMSG.size, off + length):
                 if atype == TCA_KIND:
-                    kind = data[p:p + n].rstrip(b"\0").decode(errors="replace")
+                    kind = data[p : p + n].rstrip(b"\0").decode(errors="replace")
                 elif atype == TCA_STATS and n >= 16:
                     nbytes, packets, drops = struct.unpack_from("=QII", data, p)
                     stats = (packets, nbytes, drops)
@@ -453,8 +522,9 @@ def parse_qdisc_dump(data: bytes
     return out, False
 
 
-def dump(sock: socket.socket, request: bytes,
-         parse: Callable[[bytes], tuple[list[T], bool]]) -> list[T]:
+def dump(
+    sock: socket.socket, request: bytes, parse: Callable[[bytes], tuple[list[T], bool]]
+) -> list[T]:
     """Send a dump ``request`` on ``sock`` and parse the answers until ``NLMSG_DONE``."""
     sock.send(request)
     out: list[T] = []
@@ -480,14 +550,15 @@ class Netlink:
     def __init__(self, name: str):
         self.name = name
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE,
-                                  fileno=high_fd(s.detach()))
+        self.sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE, fileno=high_fd(s.detach())
+        )
         try:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            try:   # root may exceed net.core.wmem_max: room for SEND_CHUNK_BYTES everywhere
-                self.sock.setsockopt(socket.SOL_SOCKET, 32, 1 << 20)   # SO_SNDBUFFORCE
+            try:  # root may exceed net.core.wmem_max: room for SEND_CHUNK_BYTES everywhere
+                self.sock.setsockopt(socket.SOL_SOCKET, 32, 1 << 20)  # SO_SNDBUFFORCE
             except OSError:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             self.sock.bind((0, 0))
@@ -509,14 +580,14 @@ class Netlink:
         """Read answers; stop at the ack of ``until_seq`` (blocking) or when none is pending."""
         while True:
             try:
-                data = self.sock.recv(1 << 20, 0 if until_seq is not None
-                                      else socket.MSG_DONTWAIT)
+                data = self.sock.recv(1 << 20, 0 if until_seq is not None else socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    raise EmulationError(f"netlink answers to {self.name} overflowed (too many "
-                                         f"errors at once)") from None
+                    raise EmulationError(
+                        f"netlink answers to {self.name} overflowed (too many errors at once)"
+                    ) from None
                 raise
             for seq, err, text in parse_errors(data):
                 if until_seq is not None and seq == until_seq and err == 0:
@@ -524,8 +595,9 @@ class Netlink:
                 if err:
                     errors.append((seq, err, text))
 
-    def send_batch(self, chunks: Iterable[bytes], ignore: Iterable[int] = ()
-                   ) -> list[tuple[int, int, str]]:
+    def send_batch(
+        self, chunks: Iterable[bytes], ignore: Iterable[int] = ()
+    ) -> list[tuple[int, int, str]]:
         """Send requests (no acks asked) and wait until the kernel has handled them all.
 
         Parameters
@@ -561,13 +633,14 @@ class Netlink:
 
 
 # ---- batching -----------------------------------------------------------------------------
-def chunked(buf: bytes | memoryview, record_size: int | None = None,
-            limit: int = SEND_CHUNK_BYTES) -> list[memoryview]:
+def chunked(
+    buf: bytes | memoryview, record_size: int | None = None, limit: int = SEND_CHUNK_BYTES
+) -> list[memoryview]:
     """Split concatenated messages of one fixed size into send-sized chunks."""
     mv = memoryview(buf)
     if record_size:
         limit = max(record_size, limit // record_size * record_size)
-    return [mv[i:i + limit] for i in range(0, len(mv), limit)]
+    return [mv[i : i + limit] for i in range(0, len(mv), limit)]
 
 
 def pack_messages(msgs: Iterable[bytes], limit: int = SEND_CHUNK_BYTES) -> list[bytes]:

@@ -94,8 +94,7 @@ def netns_inode(pid: int) -> int:
     return os.stat(f"/proc/{pid}/ns/net").st_ino
 
 
-def in_namespaces(pids: Sequence[int], fn: Callable[[int, int], T],
-                  threads: int = 1) -> list[T]:
+def in_namespaces(pids: Sequence[int], fn: Callable[[int, int], T], threads: int = 1) -> list[T]:
     """Call ``fn(i, pids[i])`` inside the network namespace of each ``pids[i]``.
 
     Each worker thread ``setns``-es into one namespace after another (its own namespace is
@@ -140,8 +139,9 @@ def in_namespaces(pids: Sequence[int], fn: Callable[[int, int], T],
             finally:
                 os.close(own)
 
-    workers = [threading.Thread(target=work, args=(k,), name=f"meshemu-netns-{k}")
-               for k in range(threads)]
+    workers = [
+        threading.Thread(target=work, args=(k,), name=f"meshemu-netns-{k}") for k in range(threads)
+    ]
     for th in workers:
         th.start()
     for th in workers:
@@ -166,5 +166,6 @@ def write_sysctls(values: dict[str, str | int]) -> None:
             with open(path, "w") as f:
                 f.write(f"{value}\n")
         except OSError as exc:
-            raise CommandError(f"sysctl -w {key}={value}", exc.errno or 1,
-                               exc.strerror or str(exc)) from None
+            raise CommandError(
+                f"sysctl -w {key}={value}", exc.errno or 1, exc.strerror or str(exc)
+            ) from None

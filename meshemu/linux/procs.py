@@ -123,5 +123,5 @@ def pids_with_env(name: str) -> dict[int, str]:
         i = env.find(b"\0" + key) + 1 if not env.startswith(key) else 0
         if i > 0 or env.startswith(key):
             end = env.find(b"\0", i + len(key))
-            out[pid] = env[i + len(key):end if end >= 0 else None].decode(errors="replace")
+            out[pid] = env[i + len(key) : end if end >= 0 else None].decode(errors="replace")
     return out

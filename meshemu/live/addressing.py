@@ -66,15 +66,17 @@ def node_address_int(node: np.ndarray) -> np.ndarray: ...
 def node_address_int(node: int | np.ndarray) -> int | np.ndarray:
     """Node address(es) as host-order integers (``uint32`` for arrays)."""
     if isinstance(node, np.ndarray):
-        return (np.uint32(_NODE_BASE + 1) + node.astype(np.uint32))
+        return np.uint32(_NODE_BASE + 1) + node.astype(np.uint32)
     return _NODE_BASE + 1 + int(node)
 
 
 def node_address(node: int) -> str:
     """Dotted address of node ``node`` (``node_address(0) == "10.0.0.1"``)."""
     if not 0 <= node < MAX_NODES:
-        raise ResourceError(f"node id {node} is outside the addressing plan's limit of "
-                            f"{MAX_NODES} nodes ({NODE_NET})")
+        raise ResourceError(
+            f"node id {node} is outside the addressing plan's limit of "
+            f"{MAX_NODES} nodes ({NODE_NET})"
+        )
     return str(ipaddress.IPv4Address(node_address_int(node)))
 
 
@@ -86,31 +88,38 @@ def link_address_int(link_id: np.ndarray, side: int | np.ndarray) -> np.ndarray:
 def link_address_int(link_id: int | np.ndarray, side: np.ndarray) -> np.ndarray: ...
 
 
-def link_address_int(link_id: int | np.ndarray, side: int | np.ndarray
-                     ) -> int | np.ndarray:
+def link_address_int(link_id: int | np.ndarray, side: int | np.ndarray) -> int | np.ndarray:
     """Address(es) of link ``link_id``'s end on ``side`` (0 = a, the lower node id; 1 = b)
     as host-order integers."""
     if isinstance(link_id, np.ndarray) or isinstance(side, np.ndarray):
-        return (np.uint32(_LINK_BASE) + 2 * np.asarray(link_id, dtype=np.uint32)
-                + np.asarray(side, dtype=np.uint32))
+        return (
+            np.uint32(_LINK_BASE)
+            + 2 * np.asarray(link_id, dtype=np.uint32)
+            + np.asarray(side, dtype=np.uint32)
+        )
     return _LINK_BASE + 2 * int(link_id) + int(side)
 
 
 def link_addresses(link_id: int) -> tuple[str, str]:
     """Dotted addresses of the a and b ends of link ``link_id`` (a /31)."""
     if not 0 <= link_id < MAX_LINKS:
-        raise ResourceError(f"link id {link_id} is outside the addressing plan's limit of "
-                            f"{MAX_LINKS} links ({LINK_NET} in /31s)")
-    return (str(ipaddress.IPv4Address(link_address_int(link_id, 0))),
-            str(ipaddress.IPv4Address(link_address_int(link_id, 1))))
+        raise ResourceError(
+            f"link id {link_id} is outside the addressing plan's limit of "
+            f"{MAX_LINKS} links ({LINK_NET} in /31s)"
+        )
+    return (
+        str(ipaddress.IPv4Address(link_address_int(link_id, 0))),
+        str(ipaddress.IPv4Address(link_address_int(link_id, 1))),
+    )
 
 
 def ifname(link_id: int, isl: bool) -> str:
     """Interface name of link ``link_id`` at either end: ``isl<k>`` or ``gsl<k>``."""
     name = f"{'isl' if isl else 'gsl'}{link_id}"
     if len(name) > IFNAME_MAX:
-        raise ResourceError(f"link id {link_id} makes interface name {name!r} longer than "
-                            f"{IFNAME_MAX} characters")
+        raise ResourceError(
+            f"link id {link_id} makes interface name {name!r} longer than {IFNAME_MAX} characters"
+        )
     return name
 
 
@@ -122,12 +131,16 @@ def int_to_ip(value: int | np.integer) -> str:
 def check_limits(n_nodes: int, n_links: int) -> None:
     """Raise :class:`ResourceError` if the plan cannot address this many nodes or links."""
     if n_nodes > MAX_NODES:
-        raise ResourceError(f"the scenario has {n_nodes} nodes but the addressing plan allows "
-                            f"at most {MAX_NODES} (one /32 each in {NODE_NET}); use fewer "
-                            f"satellites or ground nodes")
+        raise ResourceError(
+            f"the scenario has {n_nodes} nodes but the addressing plan allows "
+            f"at most {MAX_NODES} (one /32 each in {NODE_NET}); use fewer "
+            f"satellites or ground nodes"
+        )
     if n_links > MAX_LINKS:
-        raise ResourceError(f"the run has {n_links} distinct links but the addressing plan "
-                            f"allows at most {MAX_LINKS} (one /31 each in {LINK_NET})")
+        raise ResourceError(
+            f"the run has {n_links} distinct links but the addressing plan "
+            f"allows at most {MAX_LINKS} (one /31 each in {LINK_NET})"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,8 +174,13 @@ class AddressPlan:
     node_addr: np.ndarray
 
     @classmethod
-    def from_links(cls, names: Sequence[str], kinds: Sequence[str],
-                   link_keys: np.ndarray, isl: np.ndarray | None = None) -> AddressPlan:
+    def from_links(
+        cls,
+        names: Sequence[str],
+        kinds: Sequence[str],
+        link_keys: np.ndarray,
+        isl: np.ndarray | None = None,
+    ) -> AddressPlan:
         """Plan for nodes ``names`` (with ``kinds``) and the links ``link_keys``.
 
         Parameters
@@ -198,20 +216,32 @@ class AddressPlan:
         check_limits(n, keys.size)
         a = (keys // max(n, 1)).astype(np.int32)
         b = (keys % max(n, 1)).astype(np.int32)
-        if keys.size and (np.any(np.diff(keys) <= 0) or np.any(a >= b) or np.any(a < 0)
-                          or np.any(b >= n)):
-            raise ScenarioError(f"link_keys must be sorted, unique keys a*{n}+b with "
-                                f"0 <= a < b < {n}; got {keys[:5].tolist()}...")
+        if keys.size and (
+            np.any(np.diff(keys) <= 0) or np.any(a >= b) or np.any(a < 0) or np.any(b >= n)
+        ):
+            raise ScenarioError(
+                f"link_keys must be sorted, unique keys a*{n}+b with "
+                f"0 <= a < b < {n}; got {keys[:5].tolist()}..."
+            )
         if isl is None:
             sat = np.isin(np.array(kinds, dtype=object), SATELLITE_KINDS).astype(bool)
             isl = sat[a] & sat[b] if keys.size else np.zeros(0, dtype=bool)
         else:
             isl = np.asarray(isl)
             if isl.shape != keys.shape or isl.dtype != np.bool_:
-                raise ScenarioError(f"isl must be one bool per link ({keys.size}); got "
-                                    f"{isl.dtype} of shape {isl.shape}")
-        return cls(names, kinds, keys, a, b, isl,
-                   node_address_int(np.arange(n, dtype=np.int64)).astype(np.uint32))
+                raise ScenarioError(
+                    f"isl must be one bool per link ({keys.size}); got "
+                    f"{isl.dtype} of shape {isl.shape}"
+                )
+        return cls(
+            names,
+            kinds,
+            keys,
+            a,
+            b,
+            isl,
+            node_address_int(np.arange(n, dtype=np.int64)).astype(np.uint32),
+        )
 
     @property
     def n_nodes(self) -> int:
@@ -243,35 +273,70 @@ class AddressPlan:
         """One dict per interface (``lo`` of every node, then both ends of every link)."""
         rows = []
         for i, (name, kind) in enumerate(zip(self.names, self.kinds)):
-            rows.append({"node_id": i, "node": name, "kind": kind, "ifname": "lo",
-                         "address": int_to_ip(self.node_addr[i]), "prefixlen": 32,
-                         "link_id": "", "peer_node": "", "peer_address": ""})
+            rows.append(
+                {
+                    "node_id": i,
+                    "node": name,
+                    "kind": kind,
+                    "ifname": "lo",
+                    "address": int_to_ip(self.node_addr[i]),
+                    "prefixlen": 32,
+                    "link_id": "",
+                    "peer_node": "",
+                    "peer_address": "",
+                }
+            )
         names = self.ifnames()
         for k in range(self.n_links):
             ends = (int(self.a[k]), int(self.b[k]))
             addrs = (int_to_ip(link_address_int(k, 0)), int_to_ip(link_address_int(k, 1)))
             for side in (0, 1):
                 u, v = ends[side], ends[1 - side]
-                rows.append({"node_id": u, "node": self.names[u], "kind": self.kinds[u],
-                             "ifname": names[k], "address": addrs[side],
-                             "prefixlen": LINK_PREFIXLEN, "link_id": k,
-                             "peer_node": self.names[v], "peer_address": addrs[1 - side]})
+                rows.append(
+                    {
+                        "node_id": u,
+                        "node": self.names[u],
+                        "kind": self.kinds[u],
+                        "ifname": names[k],
+                        "address": addrs[side],
+                        "prefixlen": LINK_PREFIXLEN,
+                        "link_id": k,
+                        "peer_node": self.names[v],
+                        "peer_address": addrs[1 - side],
+                    }
+                )
         return rows
 
     def to_dict(self) -> dict:
         """The plan as JSON-able data: the ranges, every node and every link."""
         names = self.ifnames()
         return {
-            "node_net": str(NODE_NET), "link_net": str(LINK_NET),
+            "node_net": str(NODE_NET),
+            "link_net": str(LINK_NET),
             "link_prefixlen": LINK_PREFIXLEN,
-            "nodes": [{"id": i, "name": n, "kind": k, "address": int_to_ip(self.node_addr[i]),
-                       "iface": "lo"}
-                      for i, (n, k) in enumerate(zip(self.names, self.kinds))],
-            "links": [{"id": k, "key": int(self.link_keys[k]), "a": self.names[self.a[k]],
-                       "b": self.names[self.b[k]], "kind": "isl" if self.isl[k] else "gsl",
-                       "ifname": names[k], "address_a": int_to_ip(link_address_int(k, 0)),
-                       "address_b": int_to_ip(link_address_int(k, 1))}
-                      for k in range(self.n_links)],
+            "nodes": [
+                {
+                    "id": i,
+                    "name": n,
+                    "kind": k,
+                    "address": int_to_ip(self.node_addr[i]),
+                    "iface": "lo",
+                }
+                for i, (n, k) in enumerate(zip(self.names, self.kinds))
+            ],
+            "links": [
+                {
+                    "id": k,
+                    "key": int(self.link_keys[k]),
+                    "a": self.names[self.a[k]],
+                    "b": self.names[self.b[k]],
+                    "kind": "isl" if self.isl[k] else "gsl",
+                    "ifname": names[k],
+                    "address_a": int_to_ip(link_address_int(k, 0)),
+                    "address_b": int_to_ip(link_address_int(k, 1)),
+                }
+                for k in range(self.n_links)
+            ],
         }
 
     def write(self, run_dir: Path | str) -> list[Path]:

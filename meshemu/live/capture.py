@@ -30,8 +30,9 @@ SNAPLEN = 256
 LISTEN_TIMEOUT_S = 30.0
 
 
-def parse_specs(specs: list[str] | None, names: list[str] | tuple[str, ...],
-                link_keys: np.ndarray) -> list[tuple[str, str | None]]:
+def parse_specs(
+    specs: list[str] | None, names: list[str] | tuple[str, ...], link_keys: np.ndarray
+) -> list[tuple[str, str | None]]:
     """Validate capture specs against the run's nodes and links (before anything is built).
 
     Returns ``(node, peer or None)`` pairs.
@@ -44,8 +45,9 @@ def parse_specs(specs: list[str] | None, names: list[str] | tuple[str, ...],
     if not specs:
         return []
     if shutil.which("tcpdump") is None:
-        raise EmulationError("--capture needs tcpdump; install it (apt-get install tcpdump, "
-                             "which ./install.sh does)")
+        raise EmulationError(
+            "--capture needs tcpdump; install it (apt-get install tcpdump, which ./install.sh does)"
+        )
     index = {n: i for i, n in enumerate(names)}
     n = len(names)
     out = []
@@ -53,13 +55,17 @@ def parse_specs(specs: list[str] | None, names: list[str] | tuple[str, ...],
         node, _, peer = spec.partition(":")
         for x in (node, peer) if peer else (node,):
             if x not in index:
-                raise EmulationError(f"--capture {spec}: unknown node {x!r}; give NODE or "
-                                     f"NODE:PEER with names from nodes.csv (e.g. {names[0]})")
+                raise EmulationError(
+                    f"--capture {spec}: unknown node {x!r}; give NODE or "
+                    f"NODE:PEER with names from nodes.csv (e.g. {names[0]})"
+                )
         if peer:
             a, b = sorted((index[node], index[peer]))
             if not np.any(link_keys == a * n + b):
-                raise EmulationError(f"--capture {spec}: there is no link {node}-{peer} at any "
-                                     f"step of this run; see links.csv of `meshemu plan`")
+                raise EmulationError(
+                    f"--capture {spec}: there is no link {node}-{peer} at any "
+                    f"step of this run; see links.csv of `meshemu plan`"
+                )
         out.append((node, peer or None))
     return out
 
@@ -93,15 +99,29 @@ class Captures:
             if peer:
                 k = plan.link_id(index[node], index[peer])
                 if k < 0:
-                    raise EmulationError(f"--capture {node}:{peer}: there is no link "
-                                         f"{node}-{peer} in this emulation")
+                    raise EmulationError(
+                        f"--capture {node}:{peer}: there is no link {node}-{peer} in this emulation"
+                    )
                 iface, tag = plan.ifname(k), f"{node}-{peer}"
             else:
                 iface, tag = "any", node
             path = Path(out_dir) / f"capture-{tag}.pcap"
-            p = emu.node(node).popen(["tcpdump", "-i", iface, "-w", str(path), "-U", "-n",
-                                      "-s", str(SNAPLEN), "--immediate-mode"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            p = emu.node(node).popen(
+                [
+                    "tcpdump",
+                    "-i",
+                    iface,
+                    "-w",
+                    str(path),
+                    "-U",
+                    "-n",
+                    "-s",
+                    str(SNAPLEN),
+                    "--immediate-mode",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             self.procs.append((p, path))
         try:
             self._await_listening(LISTEN_TIMEOUT_S)
@@ -118,8 +138,10 @@ class Captures:
             left = deadline - time.monotonic()
             if left <= 0:
                 names = ", ".join(path.name for _, path, _ in said.values())
-                raise EmulationError(f"tcpdump for {names} did not start listening within "
-                                     f"{timeout_s:.0f} s; the machine may be overloaded")
+                raise EmulationError(
+                    f"tcpdump for {names} did not start listening within "
+                    f"{timeout_s:.0f} s; the machine may be overloaded"
+                )
             ready, _, _ = select.select(list(said), [], [], left)
             for fd in ready:
                 p, path, text = said[fd]
@@ -127,7 +149,7 @@ class Captures:
                 text += data
                 if b"listening on" in text:
                     del said[fd]
-                elif not data:           # stderr closed: tcpdump exited
+                elif not data:  # stderr closed: tcpdump exited
                     p.wait()
                     err = text.decode(errors="replace").strip()
                     raise EmulationError(f"tcpdump for {path.name} exited: {err}")

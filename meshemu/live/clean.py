@@ -29,12 +29,12 @@ import re
 import socket
 from pathlib import Path
 
+from meshemu.errors import CommandError, EmulationError
 from meshemu.linux import commands, procs
 from meshemu.linux.limits import require_root
 from meshemu.live.emulation import ENV_MARKER, LOCK_DIR, RUN_MARKER, lock_is_live, read_lock
 from meshemu.live.shapers import NS_PREFIX, cleanup_leftovers
 from meshemu.live.shapers.userspace import delayline_netns_run
-from meshemu.errors import CommandError, EmulationError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ ROOT_IFACE_RE = re.compile(r"^(isl\d+|gsl\d+|dl\d+[ab])$")
 def _run_of_argv(argv: list[str]) -> str | None:
     for a in argv:
         if a.startswith(RUN_MARKER):
-            return a[len(RUN_MARKER):]
+            return a[len(RUN_MARKER) :]
     return None
 
 
@@ -60,7 +60,7 @@ def find_runs() -> dict[str, dict]:
 
     if LOCK_DIR.is_dir():
         for p in sorted(LOCK_DIR.glob("*.lock")):
-            e = entry(p.name[:-len(".lock")])
+            e = entry(p.name[: -len(".lock")])
             e["lock"] = p
             info = read_lock(p)
             e["live"] = bool(info and lock_is_live(info))
@@ -122,23 +122,25 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
     if run_id is not None:
         if runs.get(run_id, {}).get("live"):
             info = read_lock(runs[run_id]["lock"]) or {}
-            raise EmulationError(f"run {run_id} is still running (process {info.get('pid')}); "
-                                 f"stop it first (Ctrl-C or kill {info.get('pid')})")
+            raise EmulationError(
+                f"run {run_id} is still running (process {info.get('pid')}); "
+                f"stop it first (Ctrl-C or kill {info.get('pid')})"
+            )
         runs = {run_id: runs.get(run_id, _empty())}
     dead = {rid: e for rid, e in runs.items() if not e["live"]}
     live_ids = {rid for rid, e in runs.items() if e["live"]}
-    removed = _node_processes(dead, dry_run)                       # 1.
-    if dry_run:                                                    # 2.
+    removed = _node_processes(dead, dry_run)  # 1.
+    if dry_run:  # 2.
         removed += _shaper_dry_run(run_id, dead)
     else:
         for rid in sorted(dead):
             removed += cleanup_leftovers(rid)
         if run_id is None:
             removed += cleanup_leftovers()
-    removed += _unused_netns(run_id, dead, live_ids, dry_run)      # 3.
-    if run_id is None:                                             # 4.
+    removed += _unused_netns(run_id, dead, live_ids, dry_run)  # 3.
+    if run_id is None:  # 4.
         removed += _root_interfaces(dry_run)
-    for rid, e in sorted(dead.items()):                            # 5.
+    for _rid, e in sorted(dead.items()):  # 5.
         if e["lock"] is not None:
             removed.append(f"lock {e['lock']}")
             if not dry_run:
@@ -161,15 +163,19 @@ def _node_processes(dead: dict[str, dict], dry_run: bool) -> list[str]:
     for pid in marked:
         if pid in running:
             inodes.add(running[pid][0])
-    inodes.discard(os.stat("/proc/self/ns/net").st_ino)   # never sweep the root namespace
+    inodes.discard(os.stat("/proc/self/ns/net").st_ino)  # never sweep the root namespace
     victims = sorted(set(procs.pids_in_netns(inodes)) | set(shells) | set(marked))
     removed = []
     for pid in victims:
         argv = running.get(pid, (0, []))[1]
         prog = os.path.basename(argv[0]) if argv else "?"
-        what = (f"node shell of run {shells[pid]}" if pid in shells
-                else f"{prog} of run {marked[pid]}" if pid in marked
-                else f"{prog} in a node namespace")
+        what = (
+            f"node shell of run {shells[pid]}"
+            if pid in shells
+            else f"{prog} of run {marked[pid]}"
+            if pid in marked
+            else f"{prog} in a node namespace"
+        )
         removed.append(f"process {pid} ({what})")
     if not dry_run and victims:
         procs.kill_and_wait(victims)
@@ -181,8 +187,9 @@ def _node_processes(dead: dict[str, dict], dry_run: bool) -> list[str]:
     return removed
 
 
-def _unused_netns(run_id: str | None, dead: dict[str, dict], live_ids: set[str],
-                  dry_run: bool) -> list[str]:
+def _unused_netns(
+    run_id: str | None, dead: dict[str, dict], live_ids: set[str], dry_run: bool
+) -> list[str]:
     """Step 3: other named namespaces of dead runs that no process uses."""
     removed = []
     for ns in _named_netns():

@@ -63,8 +63,13 @@ class Clock:
         if self._stop.is_set():
             return None
         began = self._now()
-        return Tick(k, began, began - due, began - self.started_at,  # type: ignore[operator]
-                    time.time())
+        return Tick(
+            k,
+            began,
+            began - due,
+            began - self.started_at,  # type: ignore[operator]
+            time.time(),
+        )
 
     def stop(self) -> None:
         """Make every present and future :meth:`wait_for` return None."""

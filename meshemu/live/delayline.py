@@ -3,8 +3,8 @@
 A link A<->B shaped in userspace is two veth pairs, ``IF_A <-> a'`` and ``b' <-> IF_B``, with
 ``a'`` and ``b'`` in the shaper's own namespace (``meshemu-<run_id>-dl``). This process runs in
 that namespace (``python -m meshemu.live.delayline --run-id RUN``, started by
-:class:`meshemu.live.shapers.UserspaceShaper`), receives every frame that arrives on any ``a'``/``b'``
-and writes it to the other end at::
+:class:`meshemu.live.shapers.UserspaceShaper`), receives every frame that arrives on any
+``a'``/``b'`` and writes it to the other end at::
 
     start     = max(arrival, link_free)            # drop-tail: dropped if queue_packets wait
     link_free = start + size_bytes * 8 / rate_bps  # serialisation
@@ -107,9 +107,9 @@ PR_SET_TIMERSLACK = 29
 
 #: tpacket2_hdr (32 bytes) then the sockaddr_ll family, protocol and ifindex.
 _TP2 = struct.Struct("<IIIHHII8xHHi")
-_FRAME_SIZE = 2048          # fits a 1500-byte MTU frame plus the ring headers
+_FRAME_SIZE = 2048  # fits a 1500-byte MTU frame plus the ring headers
 _BLOCK_SIZE = 1 << 20
-_BLOCK_NR = 32              # 16,384 frames, 32 MiB
+_BLOCK_NR = 32  # 16,384 frames, 32 MiB
 
 
 def dl_ifname(link_id: int, side: str) -> str:
@@ -128,8 +128,10 @@ def encode_links(op: int, recs: Iterable[tuple[int, float, float, int, float, bo
         ``rate_bps`` 0 or inf means unlimited.
     """
     pack = LINK_REC.pack
-    body = [pack(lid, round(d * 1e9), 0.0 if math.isinf(r) else r, q, loss, 1 if up else 0)
-            for lid, d, r, q, loss, up in recs]
+    body = [
+        pack(lid, round(d * 1e9), 0.0 if math.isinf(r) else r, q, loss, 1 if up else 0)
+        for lid, d, r, q, loss, up in recs
+    ]
     return HDR.pack(op, len(body)) + b"".join(body)
 
 
@@ -142,8 +144,22 @@ def encode_ids(op: int, ids: Sequence[int]) -> bytes:
 class _Direction:
     """One direction of a link: frames arriving on ``ifindex`` leave through ``send``."""
 
-    __slots__ = ("link_id", "addr", "delay_ns", "ns_per_byte", "limit", "loss", "up",
-                 "free_ns", "last_dep", "txq", "pkts", "bytes", "drops", "alive")
+    __slots__ = (
+        "link_id",
+        "addr",
+        "delay_ns",
+        "ns_per_byte",
+        "limit",
+        "loss",
+        "up",
+        "free_ns",
+        "last_dep",
+        "txq",
+        "pkts",
+        "bytes",
+        "drops",
+        "alive",
+    )
 
     def __init__(self, link_id: int, out_ifname: str):
         self.link_id = link_id
@@ -165,11 +181,13 @@ class _Direction:
 def _bpf_ifindex_filter(workers: int, wid: int) -> tuple[bytes, ctypes.Array]:
     """A classic BPF program accepting frames whose ingress ifindex % workers == wid."""
     ld_w_abs, alu_mod_k, jmp_jeq_k, ret_k = 0x20, 0x94, 0x15, 0x06
-    prog = [(ld_w_abs, 0, 0, (SKF_AD_OFF + SKF_AD_IFINDEX) & 0xFFFFFFFF),
-            (alu_mod_k, 0, 0, workers),
-            (jmp_jeq_k, 0, 1, wid),
-            (ret_k, 0, 0, 0x40000),
-            (ret_k, 0, 0, 0)]
+    prog = [
+        (ld_w_abs, 0, 0, (SKF_AD_OFF + SKF_AD_IFINDEX) & 0xFFFFFFFF),
+        (alu_mod_k, 0, 0, workers),
+        (jmp_jeq_k, 0, 1, wid),
+        (ret_k, 0, 0, 0x40000),
+        (ret_k, 0, 0, 0),
+    ]
     buf = ctypes.create_string_buffer(b"".join(struct.pack("<HBBI", *i) for i in prog))
     fprog = struct.pack("<HxxxxxxQ", len(prog), ctypes.addressof(buf))
     return fprog, buf
@@ -191,9 +209,9 @@ class DelayLine:
         self.wid = wid
         self.ctrl_in = ctrl_in
         self.ctrl_out = ctrl_out
-        self.dirs: dict[int, _Direction] = {}           # ingress ifindex -> direction
-        self.links: dict[int, list[_Direction]] = {}     # link id -> its directions (owned)
-        self.ifidx: dict[int, tuple[int, int]] = {}      # link id -> (ifindex a', ifindex b')
+        self.dirs: dict[int, _Direction] = {}  # ingress ifindex -> direction
+        self.links: dict[int, list[_Direction]] = {}  # link id -> its directions (owned)
+        self.ifidx: dict[int, tuple[int, int]] = {}  # link id -> (ifindex a', ifindex b')
         self.heap: list = []
         self.seq = itertools.count()
         self.unknown = 0
@@ -204,16 +222,20 @@ class DelayLine:
         self._buf = b""
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)   # stamp skbs at netif_rx
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # stamp skbs at netif_rx
         if workers > 1:
             fprog, self._bpf = _bpf_ifindex_filter(workers, wid)
             s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
         frames = _BLOCK_SIZE // _FRAME_SIZE * _BLOCK_NR
-        s.setsockopt(SOL_PACKET, PACKET_RX_RING,
-                     struct.pack("<IIII", _BLOCK_SIZE, _BLOCK_NR, _FRAME_SIZE, frames))
-        self.ring = mmap.mmap(s.fileno(), _BLOCK_SIZE * _BLOCK_NR, mmap.MAP_SHARED,
-                              mmap.PROT_READ | mmap.PROT_WRITE)
+        s.setsockopt(
+            SOL_PACKET,
+            PACKET_RX_RING,
+            struct.pack("<IIII", _BLOCK_SIZE, _BLOCK_NR, _FRAME_SIZE, frames),
+        )
+        self.ring = mmap.mmap(
+            s.fileno(), _BLOCK_SIZE * _BLOCK_NR, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+        )
         self.nframes = frames
         self.head = 0
         self.rx = s
@@ -249,8 +271,10 @@ class DelayLine:
             self.links[lid] = owned
             self.ifidx[lid] = idx
         if missing:
-            raise LookupError(f"no delay-line interfaces for link ids {missing[:10]} "
-                              f"({len(missing)} in all); create them before adding the links")
+            raise LookupError(
+                f"no delay-line interfaces for link ids {missing[:10]} "
+                f"({len(missing)} in all); create them before adding the links"
+            )
 
     def _update(self, recs: list[tuple]) -> None:
         unknown = []
@@ -275,8 +299,11 @@ class DelayLine:
         pack = CNT_REC.pack
         out = []
         for lid, ds in self.links.items():
-            out.append(pack(lid, sum(d.pkts for d in ds), sum(d.bytes for d in ds),
-                            sum(d.drops for d in ds)))
+            out.append(
+                pack(
+                    lid, sum(d.pkts for d in ds), sum(d.bytes for d in ds), sum(d.drops for d in ds)
+                )
+            )
         return b"".join(out)
 
     def _control(self) -> bool:
@@ -290,12 +317,13 @@ class DelayLine:
         buf = self._buf + chunk
         while len(buf) >= HDR.size:
             op, n = HDR.unpack_from(buf)
-            size = {OP_ADD: LINK_REC.size, OP_UPDATE: LINK_REC.size,
-                    OP_REMOVE: ID_REC.size}.get(op, 0) * n
+            size = {OP_ADD: LINK_REC.size, OP_UPDATE: LINK_REC.size, OP_REMOVE: ID_REC.size}.get(
+                op, 0
+            ) * n
             if len(buf) < HDR.size + size:
                 break
-            body = memoryview(buf)[HDR.size:HDR.size + size]
-            buf = buf[HDR.size + size:]
+            body = memoryview(buf)[HDR.size : HDR.size + size]
+            buf = buf[HDR.size + size :]
             if op == OP_QUIT:
                 self._reply(ST_OK)
                 return False
@@ -312,8 +340,10 @@ class DelayLine:
                 elif op == OP_COUNTERS:
                     payload = self._counters()
                 else:
-                    raise ValueError(f"unknown control operation {op!r}; valid: "
-                                     f"{OP_ADD, OP_UPDATE, OP_REMOVE, OP_COUNTERS, OP_QUIT}")
+                    raise ValueError(
+                        f"unknown control operation {op!r}; valid: "
+                        f"{OP_ADD, OP_UPDATE, OP_REMOVE, OP_COUNTERS, OP_QUIT}"
+                    )
             except Exception as exc:  # reported to the parent, which raises it
                 self._reply(ST_ERROR, str(exc).encode())
                 continue
@@ -355,7 +385,7 @@ class DelayLine:
                         txq.popleft()
                     if len(txq) >= d.limit:
                         d.drops += 1
-                        ring[off:off + 4] = b"\0\0\0\0"
+                        ring[off : off + 4] = b"\0\0\0\0"
                         head = head + 1 if head + 1 < nframes else 0
                         continue
                     free = d.free_ns
@@ -368,8 +398,8 @@ class DelayLine:
                 if dep < d.last_dep:
                     dep = d.last_dep
                 d.last_dep = dep
-                push(heap, (dep, next(seq), d, ring[off + mac:off + mac + snap]))
-            ring[off:off + 4] = b"\0\0\0\0"
+                push(heap, (dep, next(seq), d, ring[off + mac : off + mac + snap]))
+            ring[off : off + 4] = b"\0\0\0\0"
             head = head + 1 if head + 1 < nframes else 0
         self.head = head
 
@@ -387,8 +417,8 @@ class DelayLine:
         self._reply(ST_OK, b"ready")
         budget = self.spin_budget_ns
         window_start = clock()
-        spun = 0          # ns spent spinning in the current window
-        spin_from = 0     # when the current spin began (0: not spinning)
+        spun = 0  # ns spent spinning in the current window
+        spin_from = 0  # when the current spin began (0: not spinning)
         while True:
             drain()
             now = clock()
@@ -457,9 +487,11 @@ def _prepare_process() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m meshemu.live.delayline``."""
-    p = argparse.ArgumentParser(prog="python -m meshemu.live.delayline",
-                                description="meshemu userspace delay line (started by the "
-                                            "userspace shaper; not meant to be run by hand)")
+    p = argparse.ArgumentParser(
+        prog="python -m meshemu.live.delayline",
+        description="meshemu userspace delay line (started by the "
+        "userspace shaper; not meant to be run by hand)",
+    )
     p.add_argument("--run-id", required=True, help="run this delay line belongs to")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--worker", type=int, default=0)
@@ -470,8 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     if not 0 <= args.worker < args.workers:
         p.error(f"--worker {args.worker} not in 0..{args.workers - 1}")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format=f"delayline[{args.run_id}/{args.worker}] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format=f"delayline[{args.run_id}/{args.worker}] %(levelname)s %(message)s",
+    )
     realtime = _prepare_process()
     dl = DelayLine(args.workers, args.worker, 0, 1)
     if not realtime:  # no RT throttling to fear, and no budget needed

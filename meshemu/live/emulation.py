@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,31 +54,59 @@ logging.setLoggerClass(logging.Logger)
 
 from meshemu.errors import EmulationError  # noqa: E402
 from meshemu.geometry.linkstate import Snapshot  # noqa: E402
+from meshemu.linux import ifaces, netlink, procs  # noqa: E402
 from meshemu.linux import netns as nl  # noqa: E402
-from meshemu.linux import ifaces
-from meshemu.linux import netlink
-from meshemu.linux import procs
-import socket
 from meshemu.linux.limits import require_root  # noqa: E402
 from meshemu.live import addressing as adr  # noqa: E402
-from meshemu.live.links import (DELAY_TOLERANCE_S, RATE_TOLERANCE, LinkTable,  # noqa: E402
-                                RunLinks)
-from meshemu.live.lock import (ENV_MARKER, LOCK_DIR, RUN_MARKER, lock_is_live,  # noqa: E402
-                               lock_path, read_lock, write_lock)
+from meshemu.live.links import DELAY_TOLERANCE_S, RATE_TOLERANCE, LinkTable, RunLinks  # noqa: E402
+from meshemu.live.lock import (  # noqa: E402
+    ENV_MARKER,
+    LOCK_DIR,
+    RUN_MARKER,
+    lock_is_live,
+    lock_path,
+    read_lock,
+    write_lock,
+)
 from meshemu.live.nodes import MeshIntf, MeshNode, await_prompts, mark_ready  # noqa: E402
-from meshemu.live.resources import (LINK_BYTES, MEMORY_HEADROOM, NODE_BYTES,  # noqa: E402
-                                    ROUTE_BYTES, check_capacity, check_memory,
-                                    estimate_memory_bytes, reserve_descriptors)
+from meshemu.live.resources import (  # noqa: E402
+    LINK_BYTES,
+    MEMORY_HEADROOM,
+    NODE_BYTES,
+    ROUTE_BYTES,
+    check_capacity,
+    check_memory,
+    estimate_memory_bytes,
+    reserve_descriptors,
+)
 from meshemu.live.routes import RouteInstaller, check_tables  # noqa: E402
-from meshemu.signals import handle_signals, signals_deferred  # noqa: E402
 from meshemu.routing import RouteDiff, route_diff  # noqa: E402
+from meshemu.signals import handle_signals, signals_deferred  # noqa: E402
 
 __all__ = [
-    "Emulation", "StepStats", "RunLinks", "MeshNode", "MeshIntf",
-    "LOCK_DIR", "RUN_MARKER", "ENV_MARKER", "lock_path", "write_lock", "read_lock",
-    "lock_is_live", "DELAY_TOLERANCE_S", "RATE_TOLERANCE", "NODE_BYTES", "LINK_BYTES",
-    "ROUTE_BYTES", "MEMORY_HEADROOM", "estimate_memory_bytes", "check_memory",
-    "check_capacity", "handle_signals", "signals_deferred",
+    "Emulation",
+    "StepStats",
+    "RunLinks",
+    "MeshNode",
+    "MeshIntf",
+    "LOCK_DIR",
+    "RUN_MARKER",
+    "ENV_MARKER",
+    "lock_path",
+    "write_lock",
+    "read_lock",
+    "lock_is_live",
+    "DELAY_TOLERANCE_S",
+    "RATE_TOLERANCE",
+    "NODE_BYTES",
+    "LINK_BYTES",
+    "ROUTE_BYTES",
+    "MEMORY_HEADROOM",
+    "estimate_memory_bytes",
+    "check_memory",
+    "check_capacity",
+    "handle_signals",
+    "signals_deferred",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,13 +204,25 @@ class Emulation:
         Seconds spent in the parts of :meth:`build` and in :meth:`stop`.
     """
 
-    def __init__(self, names: Sequence[str], kinds: Sequence[str], shaper: Any,
-                 run_dir: Path | str, run_id: str, ipv6: bool = False) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        kinds: Sequence[str],
+        shaper: Any,
+        run_dir: Path | str,
+        run_id: str,
+        ipv6: bool = False,
+    ) -> None:
         self.plan = adr.AddressPlan.from_links(names, kinds, np.zeros(0, dtype=np.int64))
-        if not isinstance(run_id, str) or not run_id or not all(
-                c.isalnum() or c in "_-" for c in run_id) or len(run_id) > 40:
-            raise EmulationError(f"run_id must be 1..40 letters, digits, '_' or '-'; got "
-                                 f"{run_id!r}")
+        if (
+            not isinstance(run_id, str)
+            or not run_id
+            or not all(c.isalnum() or c in "_-" for c in run_id)
+            or len(run_id) > 40
+        ):
+            raise EmulationError(
+                f"run_id must be 1..40 letters, digits, '_' or '-'; got {run_id!r}"
+            )
         self.names = self.plan.names
         self.kinds = self.plan.kinds
         self.shaper = shaper
@@ -218,8 +259,10 @@ class Emulation:
         try:
             i = self._index[name]
         except KeyError:
-            raise EmulationError(f"unknown node {name!r}; nodes are e.g. "
-                                 f"{', '.join(self.names[:3])} ... {self.names[-1]}") from None
+            raise EmulationError(
+                f"unknown node {name!r}; nodes are e.g. "
+                f"{', '.join(self.names[:3])} ... {self.names[-1]}"
+            ) from None
         if i >= len(self.nodes):
             raise EmulationError("the emulation is not built yet (call build first)")
         return i
@@ -230,8 +273,9 @@ class Emulation:
         return [n.pid for n in self.nodes]
 
     # -- build -------------------------------------------------------------------------------
-    def build(self, links: RunLinks | np.ndarray, first_snapshot: Snapshot,
-              first_tables: Any) -> None:
+    def build(
+        self, links: RunLinks | np.ndarray, first_snapshot: Snapshot, first_tables: Any
+    ) -> None:
         """Create the nodes, every link of the run, the addresses and the first routes.
 
         Parameters
@@ -256,8 +300,7 @@ class Emulation:
         require_root("building an emulation")
         n = self.n_nodes
         run_links = self._run_links(links, first_snapshot)
-        plan = adr.AddressPlan.from_links(self.names, self.kinds, run_links.key,
-                                          isl=run_links.isl)
+        plan = adr.AddressPlan.from_links(self.names, self.kinds, run_links.key, isl=run_links.isl)
         table = LinkTable(run_links, self.names)
         table.load(first_snapshot)
         dests, nh = check_tables(first_tables, n)
@@ -269,9 +312,12 @@ class Emulation:
         t0 = time.perf_counter()
         try:
             self._lock = write_lock(self.run_id, self.run_dir, n)
-            steps = (("shells_s", self._spawn_nodes), ("netns_s", self._setup_namespaces),
-                     ("links_s", lambda: self._create_links(table)),
-                     ("addresses_s", lambda: self._configure_addresses(plan)))
+            steps = (
+                ("shells_s", self._spawn_nodes),
+                ("netns_s", self._setup_namespaces),
+                ("links_s", lambda: self._create_links(table)),
+                ("addresses_s", lambda: self._configure_addresses(plan)),
+            )
             for name, fn in steps:
                 t1 = time.perf_counter()
                 fn()
@@ -294,18 +340,26 @@ class Emulation:
             raise
         t["build_s"] = time.perf_counter() - t0
         self.timings.update(t)
-        log.info("built %d nodes, %d links, %d routes in %.1f s (%s)", n, plan.n_links,
-                 n_routes, t["build_s"], ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+        log.info(
+            "built %d nodes, %d links, %d routes in %.1f s (%s)",
+            n,
+            plan.n_links,
+            n_routes,
+            t["build_s"],
+            ", ".join(f"{k} {v:.2f}" for k, v in t.items()),
+        )
 
     def _run_links(self, links: RunLinks | np.ndarray, first: Snapshot) -> RunLinks:
         """``links`` as :class:`RunLinks` (a key array takes its kinds from ``first``)."""
         if first.n_nodes != self.n_nodes:
-            raise EmulationError(f"snapshot has {first.n_nodes} nodes, the emulation "
-                                 f"{self.n_nodes}")
+            raise EmulationError(
+                f"snapshot has {first.n_nodes} nodes, the emulation {self.n_nodes}"
+            )
         if isinstance(links, RunLinks):
             if links.n_nodes != self.n_nodes:
-                raise EmulationError(f"links are for {links.n_nodes} nodes, the emulation has "
-                                     f"{self.n_nodes}")
+                raise EmulationError(
+                    f"links are for {links.n_nodes} nodes, the emulation has {self.n_nodes}"
+                )
             return links
         keys = np.asarray(links, dtype=np.int64)
         snap_keys = first.key
@@ -316,15 +370,27 @@ class Emulation:
             raise EmulationError(
                 f"{int((~ok).sum())} of the link keys are not in the first snapshot, so their "
                 f"kind (ISL/GSL) is unknown; pass RunLinks.from_snapshots(snapshots) instead "
-                f"of the keys")
+                f"of the keys"
+            )
         return RunLinks(self.n_nodes, keys, np.asarray(first.kind, dtype=np.int8)[at])
 
     def _spawn_nodes(self) -> None:
-        self.mininet = Mininet(topo=None, build=False, controller=None, host=MeshNode,
-                               inNamespace=False, autoSetMacs=False)
+        self.mininet = Mininet(
+            topo=None,
+            build=False,
+            controller=None,
+            host=MeshNode,
+            inNamespace=False,
+            autoSetMacs=False,
+        )
         for i, name in enumerate(self.names):
-            node = self.mininet.addHost(name, cls=MeshNode, run_id=self.run_id,
-                                        ip=f"{adr.node_address(i)}/32", inNamespace=True)
+            node = self.mininet.addHost(
+                name,
+                cls=MeshNode,
+                run_id=self.run_id,
+                ip=f"{adr.node_address(i)}/32",
+                inNamespace=True,
+            )
             self.nodes.append(node)
         await_prompts(self.nodes, "start", SHELL_TIMEOUT_S)
         mark_ready(self.nodes)
@@ -339,8 +405,9 @@ class Emulation:
         def setup(i: int, pid: int) -> tuple[int, netlink.Netlink]:
             ino = os.stat("/proc/thread-self/ns/net").st_ino
             if ino == own:
-                raise EmulationError(f"node {names[i]} (pid {pid}) is not in a network "
-                                     f"namespace of its own")
+                raise EmulationError(
+                    f"node {names[i]} (pid {pid}) is not in a network namespace of its own"
+                )
             nl.write_sysctls(sysctls)
             return ino, netlink.Netlink(names[i])
 
@@ -351,13 +418,16 @@ class Emulation:
 
     def _create_links(self, table: LinkTable) -> None:
         from meshemu.live.shapers import LinkEnds
+
         plan = self.plan
         params = table.params_of(np.arange(plan.n_links))
         pids = self.pids
         names = plan.ifnames()
         a, b = plan.a.tolist(), plan.b.tolist()
-        links = [(LinkEnds(k, pids[a[k]], names[k], pids[b[k]], names[k]), params[k])
-                 for k in range(plan.n_links)]
+        links = [
+            (LinkEnds(k, pids[a[k]], names[k], pids[b[k]], names[k]), params[k])
+            for k in range(plan.n_links)
+        ]
         if links:
             self.shaper.create_links(links)
 
@@ -388,11 +458,13 @@ class Emulation:
         def check(i: int, errors: list[tuple[int, int, str]], what: str) -> None:
             if errors:
                 _, err, text = errors[0]
-                raise EmulationError(f"{what} in node {node_names[i]} failed: "
-                                     f"{os.strerror(err)}{': ' + text if text else ''}")
+                raise EmulationError(
+                    f"{what} in node {node_names[i]} failed: "
+                    f"{os.strerror(err)}{': ' + text if text else ''}"
+                )
 
         def configure(i: int, pid: int) -> None:
-            sel = order[bounds[i]:bounds[i + 1]]
+            sel = order[bounds[i] : bounds[i + 1]]
             msgs = [netlink.link_up_msg(1, 0), netlink.addr_msg(1, int(node_addr[i]), 32, 0)]
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for k, sd in zip(lid[sel].tolist(), side[sel].tolist()):
@@ -400,21 +472,29 @@ class Emulation:
                         idx = socket.if_nametoindex(names[k])
                         macs[k][sd] = ifaces.if_hwaddr(s, names[k])
                     except OSError:
-                        raise EmulationError(f"interface {names[k]} of link {k} is missing in "
-                                             f"node {node_names[i]}; the shaper did not "
-                                             f"create it") from None
+                        raise EmulationError(
+                            f"interface {names[k]} of link {k} is missing in "
+                            f"node {node_names[i]}; the shaper did not "
+                            f"create it"
+                        ) from None
                     ifindex[k, sd] = idx
-                    msgs.append(netlink.addr_msg(idx, int(adr.link_address_int(k, sd)),
-                                            adr.LINK_PREFIXLEN, 0))
+                    msgs.append(
+                        netlink.addr_msg(
+                            idx, int(adr.link_address_int(k, sd)), adr.LINK_PREFIXLEN, 0
+                        )
+                    )
                     msgs.append(netlink.link_up_msg(idx, 0))
             check(i, sock(i).send_batch(netlink.pack_messages(msgs)), "configuring addresses")
 
         nl.in_namespaces(self.pids, configure)
         for i in range(n):
-            sel = order[bounds[i]:bounds[i + 1]]
-            msgs = [netlink.neigh_msg(int(ifindex[k, sd]), int(adr.link_address_int(k, 1 - sd)),
-                                 macs[k][1 - sd], 0)
-                    for k, sd in zip(lid[sel].tolist(), side[sel].tolist())]
+            sel = order[bounds[i] : bounds[i + 1]]
+            msgs = [
+                netlink.neigh_msg(
+                    int(ifindex[k, sd]), int(adr.link_address_int(k, 1 - sd)), macs[k][1 - sd], 0
+                )
+                for k, sd in zip(lid[sel].tolist(), side[sel].tolist())
+            ]
             check(i, sock(i).send_batch(netlink.pack_messages(msgs)), "adding neighbours")
         self.routes = RouteInstaller(plan, ifindex, socks)
 
@@ -430,16 +510,21 @@ class Emulation:
         deadline = time.monotonic() + timeout_s
         pending = list(range(self.n_nodes))
         while True:
-            res = nl.in_namespaces([self.pids[i] for i in pending],
-                                   lambda i, pid: ifaces.links_not_running(), threads=4)
+            res = nl.in_namespaces(
+                [self.pids[i] for i in pending],
+                lambda i, pid: ifaces.links_not_running(),
+                threads=4,
+            )
             still = [(pending[j], r) for j, r in enumerate(res) if r]
             if not still:
                 return
             if time.monotonic() > deadline:
                 i, names = still[0]
-                raise EmulationError(f"{len(still)} node(s) still have interfaces that are "
-                                     f"not running {timeout_s:.0f} s after they were brought "
-                                     f"up, e.g. {self.names[i]}: {', '.join(names[:4])}")
+                raise EmulationError(
+                    f"{len(still)} node(s) still have interfaces that are "
+                    f"not running {timeout_s:.0f} s after they were brought "
+                    f"up, e.g. {self.names[i]}: {', '.join(names[:4])}"
+                )
             pending = [i for i, _ in still]
             time.sleep(0.05)
 
@@ -452,8 +537,14 @@ class Emulation:
             MeshIntf("lo", node, 0, adr.int_to_ip(plan.node_addr[i]), 32)
         for k in range(plan.n_links):
             for s, u in ((0, int(plan.a[k])), (1, int(plan.b[k]))):
-                MeshIntf(names[k], self.nodes[u], ports[u],
-                         adr.int_to_ip(adr.link_address_int(k, s)), adr.LINK_PREFIXLEN, k)
+                MeshIntf(
+                    names[k],
+                    self.nodes[u],
+                    ports[u],
+                    adr.int_to_ip(adr.link_address_int(k, s)),
+                    adr.LINK_PREFIXLEN,
+                    k,
+                )
                 ports[u] += 1
 
     # -- steps -------------------------------------------------------------------------------
@@ -488,10 +579,24 @@ class Emulation:
         n_routes = self.routes.apply_diff(diff, dests)
         self._tables = tables
         t2 = time.perf_counter()
-        st = StepStats(float(snapshot.t_s), int(ids.size), int(n_routes), t2 - t0, diff,
-                       changes.n_went_up, changes.n_went_down, t1 - t0, t2 - t1)
-        log.debug("step t=%.1f s: %d link updates, %d route changes, %.1f ms", st.t_s,
-                  st.n_link_updates, st.n_route_changes, st.apply_s * 1e3)
+        st = StepStats(
+            float(snapshot.t_s),
+            int(ids.size),
+            int(n_routes),
+            t2 - t0,
+            diff,
+            changes.n_went_up,
+            changes.n_went_down,
+            t1 - t0,
+            t2 - t1,
+        )
+        log.debug(
+            "step t=%.1f s: %d link updates, %d route changes, %.1f ms",
+            st.t_s,
+            st.n_link_updates,
+            st.n_route_changes,
+            st.apply_s * 1e3,
+        )
         return st
 
     # -- teardown ----------------------------------------------------------------------------
@@ -529,8 +634,9 @@ class Emulation:
                     errors.append(exc)
             for node in self.nodes:
                 if node.shell is not None and node.shell.wait(timeout=5) is None:
-                    errors.append(EmulationError(f"shell of node {node.name} (pid {node.pid}) "
-                                                 f"did not die"))
+                    errors.append(
+                        EmulationError(f"shell of node {node.name} (pid {node.pid}) did not die")
+                    )
                 node.cleanup()
             for sock in self._netlink:
                 if sock is not None:
@@ -542,8 +648,9 @@ class Emulation:
         self.timings["stop_s"] = time.perf_counter() - t0
         log.info("stopped run %s in %.2f s", self.run_id, self.timings["stop_s"])
         if errors:
-            raise EmulationError(f"teardown of run {self.run_id} is incomplete ({errors[0]}); "
-                                 f"run `meshemu clean`") from errors[0]
+            raise EmulationError(
+                f"teardown of run {self.run_id} is incomplete ({errors[0]}); run `meshemu clean`"
+            ) from errors[0]
 
     def __enter__(self) -> Emulation:
         return self

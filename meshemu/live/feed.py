@@ -28,8 +28,9 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _routes_worker(snapshots: Sequence[Snapshot], scheme: RoutingScheme, dests: np.ndarray,
-                   q: mp.Queue) -> None:
+def _routes_worker(
+    snapshots: Sequence[Snapshot], scheme: RoutingScheme, dests: np.ndarray, q: mp.Queue
+) -> None:
     """Child process: forwarding tables for every step, in order, into ``q``."""
     _die_with_parent()
     # the parent tears the run down on these (a Ctrl-C reaches the whole process group);
@@ -60,12 +61,21 @@ class RouteFeed:
         Steps the child may run ahead.
     """
 
-    def __init__(self, snapshots: Sequence[Snapshot], scheme: RoutingScheme, dests: np.ndarray,
-                 lookahead: int = 8):
+    def __init__(
+        self,
+        snapshots: Sequence[Snapshot],
+        scheme: RoutingScheme,
+        dests: np.ndarray,
+        lookahead: int = 8,
+    ):
         ctx = mp.get_context("fork")
         self.q: mp.Queue = ctx.Queue(maxsize=lookahead)
-        self.proc = ctx.Process(target=_routes_worker, args=(snapshots, scheme, dests, self.q),
-                                name="meshemu-routes", daemon=True)
+        self.proc = ctx.Process(
+            target=_routes_worker,
+            args=(snapshots, scheme, dests, self.q),
+            name="meshemu-routes",
+            daemon=True,
+        )
         self.proc.start()
 
     def get(self, k: int, timeout_s: float = 600.0) -> ForwardingTables:
@@ -78,8 +88,9 @@ class RouteFeed:
         """
         item = self.q.get(timeout=timeout_s)
         if item is None or item[0] == "error":
-            raise RoutingError(f"routing scheme failed at step {k}: "
-                               f"{item[1] if item else 'no more steps'}")
+            raise RoutingError(
+                f"routing scheme failed at step {k}: {item[1] if item else 'no more steps'}"
+            )
         kk, dests, nh, name = item
         if kk != k:
             raise EmulationError(f"route feed out of order: wanted step {k}, got {kk}")

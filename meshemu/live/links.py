@@ -31,8 +31,15 @@ DELAY_TOLERANCE_S = 1e-6
 RATE_TOLERANCE = 1e-9
 
 #: One record per link: the fields of :class:`LinkParams`, in its order.
-PARAMS_DTYPE = np.dtype([("delay_s", np.float64), ("rate_bps", np.float64),
-                         ("queue_packets", np.int32), ("loss", np.float64), ("up", np.bool_)])
+PARAMS_DTYPE = np.dtype(
+    [
+        ("delay_s", np.float64),
+        ("rate_bps", np.float64),
+        ("queue_packets", np.int32),
+        ("loss", np.float64),
+        ("up", np.bool_),
+    ]
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,16 +93,20 @@ class RunLinks:
             raise EmulationError("a run needs at least one snapshot")
         n = snaps[0].n_nodes
         if any(s.n_nodes != n for s in snaps):
-            raise EmulationError(f"snapshots of one run must have the same nodes; got node "
-                                 f"counts {sorted({s.n_nodes for s in snaps})}")
+            raise EmulationError(
+                f"snapshots of one run must have the same nodes; got node "
+                f"counts {sorted({s.n_nodes for s in snaps})}"
+            )
         keys = np.concatenate([s.key for s in snaps])
         kinds = np.concatenate([np.asarray(s.kind, dtype=np.int8) for s in snaps])
         uniq, first = np.unique(keys, return_index=True)
         kind = kinds[first]
         if kinds.size and np.any(kind[np.searchsorted(uniq, keys)] != kinds):
             bad = keys[kind[np.searchsorted(uniq, keys)] != kinds][0]
-            raise EmulationError(f"link {bad // n}-{bad % n} changes kind (ISL/GSL) between "
-                                 f"snapshots; a link's kind is fixed")
+            raise EmulationError(
+                f"link {bad // n}-{bad % n} changes kind (ISL/GSL) between "
+                f"snapshots; a link's kind is fixed"
+            )
         return cls(n, uniq.astype(np.int64), kind.astype(np.int8))
 
     @classmethod
@@ -115,8 +126,10 @@ class RunLinks:
 
 def _check_kinds(kind: np.ndarray) -> None:
     if kind.size and not np.all((kind == ISL) | (kind == GSL)):
-        raise EmulationError(f"link kinds must be ISL ({ISL}) or GSL ({GSL}); got "
-                             f"{sorted(set(np.unique(kind).tolist()) - {ISL, GSL})}")
+        raise EmulationError(
+            f"link kinds must be ISL ({ISL}) or GSL ({GSL}); got "
+            f"{sorted(set(np.unique(kind).tolist()) - {ISL, GSL})}"
+        )
 
 
 class LinkTable:
@@ -165,8 +178,10 @@ class LinkTable:
         if not ok.all():
             bad = keys[~ok][:5]
             pairs = [(self.names[k // n], self.names[k % n]) for k in bad]
-            raise EmulationError(f"snapshot at t={snap.t_s} s has links that were not built "
-                                 f"(link_keys must hold every link of the run): {pairs}")
+            raise EmulationError(
+                f"snapshot at t={snap.t_s} s has links that were not built "
+                f"(link_keys must hold every link of the run): {pairs}"
+            )
         return ids
 
     def target(self, snap: Snapshot) -> np.ndarray:
@@ -183,15 +198,19 @@ class LinkTable:
         loss = np.asarray(snap.loss, dtype=np.float64)
         if queue.size and queue.min() < 1:
             k = int(np.argmin(queue))
-            raise EmulationError(f"snapshot at t={snap.t_s} s: queue_packets must be >= 1; "
-                                 f"link {self._pair(snap, k)} has {int(queue[k])}")
+            raise EmulationError(
+                f"snapshot at t={snap.t_s} s: queue_packets must be >= 1; "
+                f"link {self._pair(snap, k)} has {int(queue[k])}"
+            )
         if loss.size and not np.all((loss >= 0) & (loss <= 1)):
             k = int(np.flatnonzero(~((loss >= 0) & (loss <= 1)))[0])
-            raise EmulationError(f"snapshot at t={snap.t_s} s: loss must be a probability in "
-                                 f"0..1; link {self._pair(snap, k)} has {loss[k]!r}")
+            raise EmulationError(
+                f"snapshot at t={snap.t_s} s: loss must be a probability in "
+                f"0..1; link {self._pair(snap, k)} has {loss[k]!r}"
+            )
         rows = self.rows.copy()
         rows["up"] = False
-        rows["delay_s"][ids] = snap.delay_s      # field views: assignments write through
+        rows["delay_s"][ids] = snap.delay_s  # field views: assignments write through
         rows["rate_bps"][ids] = snap.rate_bps
         rows["queue_packets"][ids] = queue
         rows["loss"][ids] = loss
@@ -230,6 +249,13 @@ class LinkTable:
     def params_of(self, link_ids: np.ndarray) -> list[LinkParams]:
         """:class:`LinkParams` of each of ``link_ids``, in order."""
         r = self.rows[np.asarray(link_ids, dtype=np.int64)]
-        return [LinkParams(d, rt, q, ls, u) for d, rt, q, ls, u in zip(
-            r["delay_s"].tolist(), r["rate_bps"].tolist(), r["queue_packets"].tolist(),
-            r["loss"].tolist(), r["up"].tolist())]
+        return [
+            LinkParams(d, rt, q, ls, u)
+            for d, rt, q, ls, u in zip(
+                r["delay_s"].tolist(),
+                r["rate_bps"].tolist(),
+                r["queue_packets"].tolist(),
+                r["loss"].tolist(),
+                r["up"].tolist(),
+            )
+        ]

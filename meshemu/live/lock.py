@@ -56,15 +56,23 @@ def write_lock(run_id: str, run_dir: Path, n_nodes: int) -> Path:
     """
     LOCK_DIR.mkdir(parents=True, exist_ok=True)
     p = lock_path(run_id)
-    info = {"run_id": run_id, "pid": os.getpid(), "start": procs.process_start_ticks(os.getpid()),
-            "run_dir": str(run_dir), "nodes": n_nodes, "created": time.time()}
+    info = {
+        "run_id": run_id,
+        "pid": os.getpid(),
+        "start": procs.process_start_ticks(os.getpid()),
+        "run_dir": str(run_dir),
+        "nodes": n_nodes,
+        "created": time.time(),
+    }
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         other = read_lock(p)
         if other and lock_is_live(other):
-            raise EmulationError(f"run id {run_id!r} is already in use by process "
-                                 f"{other.get('pid')}; use another run id") from None
+            raise EmulationError(
+                f"run id {run_id!r} is already in use by process "
+                f"{other.get('pid')}; use another run id"
+            ) from None
         p.unlink(missing_ok=True)
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "w") as f:

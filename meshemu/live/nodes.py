@@ -89,8 +89,9 @@ def _mnexec_path() -> str:
     if not _MNEXEC:
         path = shutil.which("mnexec")
         if path is None:
-            raise EmulationError("mnexec not found; install Debian's mininet package "
-                                 "(apt-get install mininet)")
+            raise EmulationError(
+                "mnexec not found; install Debian's mininet package (apt-get install mininet)"
+            )
         _MNEXEC.append(path)
     return _MNEXEC[0]
 
@@ -135,8 +136,16 @@ class MeshNode(Host):
             raise EmulationError(f"{self.name}: shell is already running")
         mnexec = _mnexec_path()
         opts = (mnopts or "-d") + ("n" if self.inNamespace else "")
-        argv = ["mnexec", opts, "bash", "--norc", "--noediting", "-is",
-                "mininet:" + self.name, RUN_MARKER + self.run_id]
+        argv = [
+            "mnexec",
+            opts,
+            "bash",
+            "--norc",
+            "--noediting",
+            "-is",
+            "mininet:" + self.name,
+            RUN_MARKER + self.run_id,
+        ]
         master, slave = pty.openpty()
         try:
             # no echo (Mininet's `stty -echo`), set before the shell starts
@@ -144,9 +153,16 @@ class MeshNode(Host):
             attrs[3] &= ~termios.ECHO
             termios.tcsetattr(slave, termios.TCSANOW, attrs)
             env = _shell_env(self.SHELL_ENV, self.run_id)
-            pid = os.posix_spawn(mnexec, argv, env, file_actions=[
-                (os.POSIX_SPAWN_DUP2, slave, 0), (os.POSIX_SPAWN_DUP2, slave, 1),
-                (os.POSIX_SPAWN_DUP2, slave, 2)])
+            pid = os.posix_spawn(
+                mnexec,
+                argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, slave, 0),
+                    (os.POSIX_SPAWN_DUP2, slave, 1),
+                    (os.POSIX_SPAWN_DUP2, slave, 2),
+                ],
+            )
         except OSError:
             os.close(master)
             raise
@@ -195,8 +211,9 @@ class MeshNode(Host):
 class MeshIntf(Intf):
     """Mininet's view of an interface meshemu configured itself (no commands are run)."""
 
-    def __init__(self, name: str, node: Node, port: int, ip: str, prefix_len: int,
-                 link_id: int | None = None) -> None:
+    def __init__(
+        self, name: str, node: Node, port: int, ip: str, prefix_len: int, link_id: int | None = None
+    ) -> None:
         # Intf.__init__ would run ip/ifconfig in the node; meshemu already set everything.
         self.node = node
         self.name = name
@@ -245,9 +262,11 @@ def await_prompts(nodes: Sequence[MeshNode], what: str, timeout_s: float) -> Non
         left = deadline - time.monotonic()
         if left <= 0:
             sample = [by_fd[fd].name for fd in list(tails)[:5]]
-            raise EmulationError(f"{len(tails)} node shell(s) did not {what} within "
-                                 f"{timeout_s:.0f} s (e.g. {', '.join(sample)}); the machine "
-                                 f"may be overloaded")
+            raise EmulationError(
+                f"{len(tails)} node shell(s) did not {what} within "
+                f"{timeout_s:.0f} s (e.g. {', '.join(sample)}); the machine "
+                f"may be overloaded"
+            )
         for fd, _ in poller.poll(min(left, 1.0) * 1000):
             try:
                 data = os.read(fd, 65536)
@@ -255,15 +274,16 @@ def await_prompts(nodes: Sequence[MeshNode], what: str, timeout_s: float) -> Non
                 data = b""
             if not data:
                 node = by_fd[fd]
-                raise EmulationError(f"shell of node {node.name} (pid {node.pid}) exited "
-                                     f"before it could {what}: {tails[fd][-300:]!r}")
+                raise EmulationError(
+                    f"shell of node {node.name} (pid {node.pid}) exited "
+                    f"before it could {what}: {tails[fd][-300:]!r}"
+                )
             tail = (tails[fd] + data)[-512:]
             if tail.endswith(PROMPT.encode()):
                 del tails[fd]
                 poller.unregister(fd)
             else:
                 tails[fd] = tail
-
 
 
 def mark_ready(nodes: Sequence[MeshNode]) -> None:

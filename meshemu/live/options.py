@@ -92,20 +92,28 @@ class RunOptions:
     def __post_init__(self) -> None:
         span = self.span  # checks duration, step, start and the step count
         ts = self.time_scale
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) \
-                or ts <= 0:
+        if (
+            isinstance(ts, bool)
+            or not isinstance(ts, (int, float))
+            or not math.isfinite(ts)
+            or ts <= 0
+        ):
             raise OptionsError(f"must be a finite number > 0; got {ts!r}", field="--time-scale")
         if span.step_s / ts < MIN_WALL_STEP_S:
-            raise OptionsError(f"steps of {span.step_s:g} s at {ts:g}x last "
-                               f"{span.step_s / ts * 1e3:.3g} ms of wall-clock time; at least "
-                               f"{MIN_WALL_STEP_S * 1e3:g} ms: use a larger --step or a smaller "
-                               f"--time-scale", field="--time-scale")
+            raise OptionsError(
+                f"steps of {span.step_s:g} s at {ts:g}x last "
+                f"{span.step_s / ts * 1e3:.3g} ms of wall-clock time; at least "
+                f"{MIN_WALL_STEP_S * 1e3:g} ms: use a larger --step or a smaller "
+                f"--time-scale",
+                field="--time-scale",
+            )
         if not isinstance(self.shaper, str) or not self.shaper:
             raise OptionsError(f"must be a shaper name; got {self.shaper!r}", field="--shaper")
         cap = self.capture
         if isinstance(cap, str) or not all(isinstance(c, str) and c for c in cap):
-            raise OptionsError(f"must be a list of NODE or NODE:PEER; got {cap!r}",
-                               field="--capture")
+            raise OptionsError(
+                f"must be a list of NODE or NODE:PEER; got {cap!r}", field="--capture"
+            )
         object.__setattr__(self, "capture", tuple(cap))
         if self.out_dir is not None and not isinstance(self.out_dir, (str, Path)):
             raise OptionsError(f"must be a path; got {self.out_dir!r}", field="--out")
@@ -116,8 +124,7 @@ class RunOptions:
     @property
     def span(self) -> TimeSpan:
         """The checked time line (:class:`~meshemu.spec.options.TimeSpan`)."""
-        return TimeSpan.checked(self.duration_s, self.step_s, self.start_s,
-                                max_steps=MAX_RUN_STEPS)
+        return TimeSpan.checked(self.duration_s, self.step_s, self.start_s, max_steps=MAX_RUN_STEPS)
 
     @property
     def wants_traffic(self) -> bool:
@@ -136,8 +143,9 @@ class RunOptions:
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(kw) - set(names))
         if unknown:
-            raise OptionsError(f"unknown run option(s) {', '.join(unknown)}; the options are: "
-                               f"{', '.join(names)}")
+            raise OptionsError(
+                f"unknown run option(s) {', '.join(unknown)}; the options are: {', '.join(names)}"
+            )
         if "capture" in kw and kw["capture"] is None:
             kw["capture"] = ()
         base = {f: getattr(options, f) for f in names} if options is not None else {}

@@ -58,7 +58,8 @@ def check_memory(n_nodes: int, n_links: int, n_routes: int) -> None:
             f"{n_nodes} nodes, {n_links} links and {n_routes} routes need about "
             f"{need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is available "
             f"(at most {MEMORY_HEADROOM:.0%} of it may be planned); use fewer satellites or "
-            f"ground nodes, fewer destinations, or a machine with more memory")
+            f"ground nodes, fewer destinations, or a machine with more memory"
+        )
 
 
 def check_capacity(n_nodes: int, n_sats: int, n_ground: int) -> None:

@@ -37,8 +37,10 @@ def check_tables(tables: Any, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     dests = np.asarray(tables.destinations, dtype=np.int64)
     nh = np.asarray(tables.next_hop)
     if nh.ndim != 3 or nh.shape[0] != n_nodes or nh.shape[1] != dests.size:
-        raise EmulationError(f"forwarding tables must have next_hop of shape (N={n_nodes}"
-                             f", D={dests.size}, K); got {nh.shape}")
+        raise EmulationError(
+            f"forwarding tables must have next_hop of shape (N={n_nodes}"
+            f", D={dests.size}, K); got {nh.shape}"
+        )
     if dests.size and (dests.min() < 0 or dests.max() >= n_nodes):
         raise EmulationError(f"destinations must be node ids in 0..{n_nodes - 1}")
     return dests, nh
@@ -57,8 +59,9 @@ class RouteInstaller:
         Each node's rtnetlink socket, by node id.
     """
 
-    def __init__(self, plan: adr.AddressPlan, ifindex: np.ndarray,
-                 sockets: Sequence[netlink.Netlink | None]) -> None:
+    def __init__(
+        self, plan: adr.AddressPlan, ifindex: np.ndarray, sockets: Sequence[netlink.Netlink | None]
+    ) -> None:
         self.plan = plan
         self.ifindex = ifindex
         self.sockets = sockets
@@ -134,16 +137,19 @@ class RouteInstaller:
         for node, chunks in per_node.items():
             sock = self.sockets[node]
             if sock is None:
-                raise EmulationError(f"node {self.names[node]} has no netlink socket (the "
-                                     f"emulation is not built, or stopped)")
+                raise EmulationError(
+                    f"node {self.names[node]} has no netlink socket (the "
+                    f"emulation is not built, or stopped)"
+                )
             for s, err, text in sock.send_batch(chunks, ignore=(errno.ESRCH,)):
                 failures.append((node, s, err, text))
         if failures:
             self._raise_failures(failures, d, hops, delete, dst_addr)
         return m
 
-    def _hop_fields(self, u: np.ndarray, d: np.ndarray, hops: np.ndarray, rows: np.ndarray,
-                    v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _hop_fields(
+        self, u: np.ndarray, d: np.ndarray, hops: np.ndarray, rows: np.ndarray, v: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Gateway address and outgoing interface index of next hop ``v`` of each row."""
         plan = self.plan
         n = plan.n_nodes
@@ -152,8 +158,10 @@ class RouteInstaller:
         wrong = (v < 0) | (v >= n) | (v == uu)
         if np.any(wrong):
             r = rows[wrong][0]
-            raise EmulationError(f"forwarding table: node {names[u[r]]} has next hop "
-                                 f"{hops[r].tolist()} to {names[d[r]]}")
+            raise EmulationError(
+                f"forwarding table: node {names[u[r]]} has next hop "
+                f"{hops[r].tolist()} to {names[d[r]]}"
+            )
         key = np.minimum(uu, v) * n + np.maximum(uu, v)
         k = np.searchsorted(plan.link_keys, key)
         k = np.minimum(k, max(plan.n_links - 1, 0))
@@ -161,24 +169,39 @@ class RouteInstaller:
         if np.any(bad):
             r = rows[bad][0]
             vv = v[bad][0]
-            raise EmulationError(f"forwarding table: node {names[u[r]]} forwards to "
-                                 f"{names[d[r]]} via {names[vv]}, but there is no "
-                                 f"link {names[u[r]]}-{names[vv]} in link_keys")
-        s_u = (uu > v).astype(np.int64)   # 0: u is end a
+            raise EmulationError(
+                f"forwarding table: node {names[u[r]]} forwards to "
+                f"{names[d[r]]} via {names[vv]}, but there is no "
+                f"link {names[u[r]]}-{names[vv]} in link_keys"
+            )
+        s_u = (uu > v).astype(np.int64)  # 0: u is end a
         gw = adr.link_address_int(k, 1 - s_u).astype(np.uint32)
         oif = self.ifindex[k, s_u]
         return gw, oif
 
-    def _multipath(self, per_node: dict[int, list[Any]], u: np.ndarray, d: np.ndarray,
-                   hops: np.ndarray, rows: np.ndarray, dst_addr: np.ndarray,
-                   src_addr: np.ndarray) -> None:
+    def _multipath(
+        self,
+        per_node: dict[int, list[Any]],
+        u: np.ndarray,
+        d: np.ndarray,
+        hops: np.ndarray,
+        rows: np.ndarray,
+        dst_addr: np.ndarray,
+        src_addr: np.ndarray,
+    ) -> None:
         """Append a multipath route message per row of ``rows`` to ``per_node``."""
         kk = hops.shape[1]
         # per column j: the j-th next hop (or the primary where there is none)
-        fields = [self._hop_fields(u, d, hops, rows,
-                                   np.where(hops[rows, j] >= 0, hops[rows, j],
-                                            hops[rows, 0]).astype(np.int64))
-                  for j in range(kk)]
+        fields = [
+            self._hop_fields(
+                u,
+                d,
+                hops,
+                rows,
+                np.where(hops[rows, j] >= 0, hops[rows, j], hops[rows, 0]).astype(np.int64),
+            )
+            for j in range(kk)
+        ]
         msgs: dict[int, list[bytes]] = {}
         for i, r in enumerate(rows.tolist()):
             nh_list: list[tuple[int, int]] = []
@@ -187,21 +210,31 @@ class RouteInstaller:
                 if hops[r, j] >= 0 and pair not in nh_list:
                     nh_list.append(pair)
             msgs.setdefault(int(u[r]), []).append(
-                netlink.multipath_route_msg(int(dst_addr[r]), nh_list, int(src_addr[r]), r))
+                netlink.multipath_route_msg(int(dst_addr[r]), nh_list, int(src_addr[r]), r)
+            )
         for node, ms in msgs.items():
             per_node.setdefault(node, []).extend(netlink.pack_messages(ms))
 
-    def _raise_failures(self, failures: list[tuple[int, int, int, str]], d: np.ndarray,
-                        hops: np.ndarray, delete: np.ndarray, dst_addr: np.ndarray) -> None:
+    def _raise_failures(
+        self,
+        failures: list[tuple[int, int, int, str]],
+        d: np.ndarray,
+        hops: np.ndarray,
+        delete: np.ndarray,
+        dst_addr: np.ndarray,
+    ) -> None:
         names = self.names
         lines = []
         for node, s, err, text in failures[:5]:
             op = "delete" if delete[s] else "replace"
-            lines.append(f"{names[node]}: {op} route to {names[d[s]]} "
-                         f"({adr.int_to_ip(dst_addr[s])}) via {hops[s].tolist()}: "
-                         f"{os.strerror(err)}{' (' + text + ')' if text else ''}")
-        raise EmulationError(f"{len(failures)} route change(s) failed, e.g.:\n  "
-                             + "\n  ".join(lines))
+            lines.append(
+                f"{names[node]}: {op} route to {names[d[s]]} "
+                f"({adr.int_to_ip(dst_addr[s])}) via {hops[s].tolist()}: "
+                f"{os.strerror(err)}{' (' + text + ')' if text else ''}"
+            )
+        raise EmulationError(
+            f"{len(failures)} route change(s) failed, e.g.:\n  " + "\n  ".join(lines)
+        )
 
     @staticmethod
     def _split(per_node: dict[int, list[Any]], u: np.ndarray, rec: np.ndarray) -> None:
@@ -212,4 +245,5 @@ class RouteInstaller:
         size = rec.itemsize
         for s, e in zip(starts.tolist(), ends.tolist()):
             per_node.setdefault(int(u[s]), []).extend(
-                netlink.chunked(memoryview(buf)[s * size:e * size], size))
+                netlink.chunked(memoryview(buf)[s * size : e * size], size)
+            )

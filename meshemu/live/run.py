@@ -43,12 +43,12 @@ from meshemu.geometry.schedule import LinkSchedule
 from meshemu.live.clock import Clock
 from meshemu.live.feed import RouteFeed
 from meshemu.live.options import RunOptions
-from meshemu.signals import handle_signals, signals_deferred
 from meshemu.live.resources import check_capacity
 from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
-from meshemu.report.record import node_positions_ecef_km
 from meshemu.report.files import STEPS, open_csv
+from meshemu.report.record import node_positions_ecef_km
 from meshemu.routing import RoutingScheme
+from meshemu.signals import handle_signals, signals_deferred
 from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
 from meshemu.spec.profile import Profile, load_profile, resolve
 from meshemu.spec.scenario import Scenario, load_scenario
@@ -113,7 +113,7 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
     out = out.absolute()  # the agents in the nodes read their configuration from there
     profile = load_profile(options.traffic) if options.wants_traffic else None  # type: ignore[arg-type]
     run_id = uuid.uuid4().hex[:6]
-    shaper = make_shaper(options.shaper, run_id)   # unknown name, or netem without netem
+    shaper = make_shaper(options.shaper, run_id)  # unknown name, or netem without netem
     return RunInputs(scenario, options, span, scheme, shaper, profile, out, run_id)
 
 
@@ -160,17 +160,23 @@ def make_plan(inputs: RunInputs) -> RunPlan:
         except ProfileError as exc:
             if not inputs.options.traffic_optional:
                 raise
-            say(f"no traffic: the default workload does not fit scenario {sc.name} ({exc}); "
-                f"give --traffic PROFILE for one that does")
+            say(
+                f"no traffic: the default workload does not fit scenario {sc.name} ({exc}); "
+                f"give --traffic PROFILE for one that does"
+            )
             profile = None
     snapshots = _snapshots(sched, span)
     link_keys = np.unique(np.concatenate([s.key for s in snapshots]))
     captures = parse_specs(list(inputs.options.capture), nodes.names, link_keys)
     plan_s = time.perf_counter() - t0
-    log.info("plan: %d nodes, %d links over the run, %d steps (%.2f s)", len(nodes),
-             link_keys.size, len(snapshots), plan_s)
-    return RunPlan(sched, snapshots, link_keys, endpoint_ids(sc, nodes), profile, captures,
-                   plan_s)
+    log.info(
+        "plan: %d nodes, %d links over the run, %d steps (%.2f s)",
+        len(nodes),
+        link_keys.size,
+        len(snapshots),
+        plan_s,
+    )
+    return RunPlan(sched, snapshots, link_keys, endpoint_ids(sc, nodes), profile, captures, plan_s)
 
 
 def _snapshots(sched: LinkSchedule, span: TimeSpan) -> list[Snapshot]:
@@ -184,10 +190,12 @@ def _snapshots(sched: LinkSchedule, span: TimeSpan) -> list[Snapshot]:
     need = per_step * span.n_steps
     avail = mem_available_bytes()
     if need > SNAPSHOT_MEMORY_SHARE * avail:
-        raise ResourceError(f"{span.n_steps:,} steps of {len(first.key):,} links would hold "
-                            f"{need / 2**30:.1f} GiB of link state, more than "
-                            f"{SNAPSHOT_MEMORY_SHARE:.0%} of the {avail / 2**30:.1f} GiB "
-                            f"available; use a larger --step or a shorter --duration")
+        raise ResourceError(
+            f"{span.n_steps:,} steps of {len(first.key):,} links would hold "
+            f"{need / 2**30:.1f} GiB of link state, more than "
+            f"{SNAPSHOT_MEMORY_SHARE:.0%} of the {avail / 2**30:.1f} GiB "
+            f"available; use a larger --step or a shorter --duration"
+        )
     return [first, *it]
 
 
@@ -232,8 +240,7 @@ class Network:
         shaper = inputs.shaper
         st.callback(self._stop_emulation)
         make_out_dir(out)
-        self.feed = RouteFeed(plan.snapshots, inputs.scheme,
-                              np.arange(len(nodes), dtype=np.int32))
+        self.feed = RouteFeed(plan.snapshots, inputs.scheme, np.arange(len(nodes), dtype=np.int32))
         st.callback(self.feed.close)
         self.recorder = PlanRecorder(out, nodes, plan.ends)
         st.callback(self.recorder.close)
@@ -243,28 +250,44 @@ class Network:
         self.tables0 = self.feed.get(0)
         why = ""
         if inputs.options.shaper == "auto":
-            why = (" picked by auto: the kernel has netem" if shaper.name == "netem"
-                   else " picked by auto: the kernel has no netem")
-        say(f"building {len(nodes)} nodes and {plan.link_keys.size} links "
-            f"(shaper: {shaper.name}{why}) ...")
+            why = (
+                " picked by auto: the kernel has netem"
+                if shaper.name == "netem"
+                else " picked by auto: the kernel has no netem"
+            )
+        say(
+            f"building {len(nodes)} nodes and {plan.link_keys.size} links "
+            f"(shaper: {shaper.name}{why}) ..."
+        )
         t0 = time.perf_counter()
         self.emu.build(RunLinks.from_snapshots(plan.snapshots), plan.snapshots[0], self.tables0)
         self.t_build = time.perf_counter() - t0
         say(f"built in {self.t_build:.1f} s")
         self.paths0 = self.recorder.record(
-            plan.snapshots[0], self.tables0,
-            positions_ecef_km=node_positions_ecef_km(plan.sched, plan.snapshots[0].t_s))
+            plan.snapshots[0],
+            self.tables0,
+            positions_ecef_km=node_positions_ecef_km(plan.sched, plan.snapshots[0].t_s),
+        )
         if plan.captures:
             from meshemu.live.capture import Captures
+
             caps = Captures(self.emu, plan.captures, out)
             st.callback(lambda: self.pcaps.extend(caps.stop()))
         if inputs.options.on_built:
             inputs.options.on_built(self.emu)
         if plan.profile is not None:
             from meshemu.traffic.runtime import start_traffic
-            self.agents = start_traffic(plan.profile, sc, self.emu, plan.sched, plan.snapshots,
-                                        out, inputs.span.duration_s / inputs.options.time_scale,
-                                        self.tables0)
+
+            self.agents = start_traffic(
+                plan.profile,
+                sc,
+                self.emu,
+                plan.sched,
+                plan.snapshots,
+                out,
+                inputs.span.duration_s / inputs.options.time_scale,
+                self.tables0,
+            )
             st.callback(self.agents.stop)
             self.agents.step(0, plan.snapshots[0].t_s, self.paths0, self.tables0)
 
@@ -311,8 +334,9 @@ class StepLoop:
         snaps = plan.snapshots
         clock.start()
         # step 0 is the state the network was built in; the clock starts now
-        net.steps_w.writerow((0, snaps[0].t_s, 0.0, round(time.time(), 6), 0.0,
-                              round(net.t_build * 1e3, 3), 0, 0))
+        net.steps_w.writerow(
+            (0, snaps[0].t_s, 0.0, round(time.time(), 6), 0.0, round(net.t_build * 1e3, 3), 0, 0)
+        )
         for k in range(1, plan.n_steps):
             tick = clock.wait_for(k)
             if tick is None:
@@ -321,20 +345,35 @@ class StepLoop:
             st = net.emu.apply(snaps[k], tables)
             apply_s = time.monotonic() - tick.began
             paths = net.recorder.record(  # type: ignore[union-attr]
-                snaps[k], tables, route_changes=len(st.route_diff),
-                positions_ecef_km=node_positions_ecef_km(plan.sched, snaps[k].t_s))
+                snaps[k],
+                tables,
+                route_changes=len(st.route_diff),
+                positions_ecef_km=node_positions_ecef_km(plan.sched, snaps[k].t_s),
+            )
             if net.agents is not None:
                 net.agents.step(k, snaps[k].t_s, paths, tables)
-            row = (k, snaps[k].t_s, round(tick.wall_s, 6), round(tick.unix_s, 6),
-                   round(tick.lag_s * 1e3, 3), round(apply_s * 1e3, 3), st.n_link_updates,
-                   st.n_route_changes)
+            row = (
+                k,
+                snaps[k].t_s,
+                round(tick.wall_s, 6),
+                round(tick.unix_s, 6),
+                round(tick.lag_s * 1e3, 3),
+                round(apply_s * 1e3, 3),
+                st.n_link_updates,
+                st.n_route_changes,
+            )
             net.steps_w.writerow(row)
             self.rows.append(row)
             if k % 10 == 0:
                 net.flush()
             if clock.is_late(tick):
-                log.warning("step %d started %.0f ms late (apply took %.0f ms): the emulation "
-                            "is falling behind real time", k, tick.lag_s * 1e3, apply_s * 1e3)
+                log.warning(
+                    "step %d started %.0f ms late (apply took %.0f ms): the emulation "
+                    "is falling behind real time",
+                    k,
+                    tick.lag_s * 1e3,
+                    apply_s * 1e3,
+                )
             hook = net.inputs.options.on_step
             if hook:
                 hook(k, snaps[k], net.emu)
@@ -357,8 +396,10 @@ class StepLoop:
                 return
             if not clock.stopped:
                 k = self.last
-                say(f"\n*** schedule ended at step {k} (t = {self.net.plan.snapshots[k].t_s:g}"
-                    f" s); the network stays as it is until 'exit'")
+                say(
+                    f"\n*** schedule ended at step {k} (t = {self.net.plan.snapshots[k].t_s:g}"
+                    f" s); the network stays as it is until 'exit'"
+                )
 
         th = threading.Thread(target=guarded, name="meshemu-clock", daemon=True)
         th.start()
@@ -382,21 +423,28 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
     rows = loop.rows
     arr = np.array([r[5] for r in rows]) if rows else np.zeros(1)
     lag = np.array([r[4] for r in rows]) if rows else np.zeros(1)
-    summary.update({
-        "kind": "run", "run_id": inputs.run_id, "shaper": inputs.shaper.name,
-        "time_scale": opts.time_scale, "links_total": int(plan.link_keys.size),
-        "timing": {"plan_s": round(plan.plan_s, 3), "build_s": round(net.t_build, 3),
-                   "stop_s": round(net.t_stop, 3),
-                   "apply_ms_p50": float(np.percentile(arr, 50)),
-                   "apply_ms_p99": float(np.percentile(arr, 99)),
-                   "apply_ms_max": float(arr.max()),
-                   "lag_ms_p99": float(np.percentile(lag, 99)),
-                   "lag_ms_max": float(lag.max())},
-        "route_changes_total": int(sum(r[7] for r in rows)),
-        "link_updates_total": int(sum(r[6] for r in rows)),
-    })
-    files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz",
-                               STEPS.name)]
+    summary.update(
+        {
+            "kind": "run",
+            "run_id": inputs.run_id,
+            "shaper": inputs.shaper.name,
+            "time_scale": opts.time_scale,
+            "links_total": int(plan.link_keys.size),
+            "timing": {
+                "plan_s": round(plan.plan_s, 3),
+                "build_s": round(net.t_build, 3),
+                "stop_s": round(net.t_stop, 3),
+                "apply_ms_p50": float(np.percentile(arr, 50)),
+                "apply_ms_p99": float(np.percentile(arr, 99)),
+                "apply_ms_max": float(arr.max()),
+                "lag_ms_p99": float(np.percentile(lag, 99)),
+                "lag_ms_max": float(lag.max()),
+            },
+            "route_changes_total": int(sum(r[7] for r in rows)),
+            "link_updates_total": int(sum(r[6] for r in rows)),
+        }
+    )
+    files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz", STEPS.name)]
     if net.agents is not None:
         summary["traffic"] = net.agents.summary()
         files += net.agents.files()
@@ -405,27 +453,43 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
         summary["captures"] = [p.name for p in net.pcaps]
     if opts.plots:
         from meshemu.report import maps as plotmod
-        files.append(plotmod.plot_map(out / "map.png",
-                                      net.recorder.map_nodes(plan.snapshots[0].t_s),
-                                      plan.snapshots[0], title=f"{sc.name} at t = 0 s"))
-        files.append(plotmod.plot_path_delays(out / "path_delay.png", out / "paths.csv",
-                                              title=f"{sc.name}: planned path delay "
-                                                    f"({inputs.scheme.name})"))
+
+        files.append(
+            plotmod.plot_map(
+                out / "map.png",
+                net.recorder.map_nodes(plan.snapshots[0].t_s),
+                plan.snapshots[0],
+                title=f"{sc.name} at t = 0 s",
+            )
+        )
+        files.append(
+            plotmod.plot_path_delays(
+                out / "path_delay.png",
+                out / "paths.csv",
+                title=f"{sc.name}: planned path delay ({inputs.scheme.name})",
+            )
+        )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     files.append(out / "summary.json")
     if opts.plots and net.agents is not None:
         from meshemu.report import report
+
         try:
             files += report(out).files
         except MeshemuError as exc:  # the run's own files are written; say what is missing
-            log.warning("could not write the report of %s: %s (run `meshemu report %s` "
-                        "after fixing it)", out, exc, out)
+            log.warning(
+                "could not write the report of %s: %s (run `meshemu report %s` after fixing it)",
+                out,
+                exc,
+                out,
+            )
     return RunResult(out, summary, [f for f in files if f.exists()])
 
 
 # ---------------------------------------------------------------------------- the pipeline
-def run_emulation(scenario: Scenario | str | Path, options: RunOptions | None = None,
-                  **keywords: Any) -> RunResult:
+def run_emulation(
+    scenario: Scenario | str | Path, options: RunOptions | None = None, **keywords: Any
+) -> RunResult:
     """Build the emulated network, drive it through the plan, tear it down.
 
     Parameters

@@ -13,8 +13,16 @@ from meshemu.live.feed import RouteFeed
 from meshemu.live.options import BuiltHook, RunOptions, StepHook
 from meshemu.live.run import RunResult, run_emulation
 
-__all__ = ["BuiltHook", "RouteFeed", "RunOptions", "RunResult", "StepHook", "run_emulation",
-           "run_from_cli", "options_from_args"]
+__all__ = [
+    "BuiltHook",
+    "RouteFeed",
+    "RunOptions",
+    "RunResult",
+    "StepHook",
+    "run_emulation",
+    "run_from_cli",
+    "options_from_args",
+]
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -22,11 +30,19 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 
     Without ``--traffic`` the default workload runs where it fits (``traffic_optional``).
     """
-    return RunOptions(duration_s=args.duration, step_s=args.step, start_s=args.start,
-                      time_scale=args.time_scale, shaper=args.shaper, routing=args.routing,
-                      out_dir=args.out, traffic=args.traffic or "default",
-                      traffic_optional=args.traffic is None, capture=tuple(args.capture or ()),
-                      cli=args.cli)
+    return RunOptions(
+        duration_s=args.duration,
+        step_s=args.step,
+        start_s=args.start,
+        time_scale=args.time_scale,
+        shaper=args.shaper,
+        routing=args.routing,
+        out_dir=args.out,
+        traffic=args.traffic or "default",
+        traffic_optional=args.traffic is None,
+        capture=tuple(args.capture or ()),
+        cli=args.cli,
+    )
 
 
 def run_from_cli(args: argparse.Namespace) -> int:
@@ -34,20 +50,30 @@ def run_from_cli(args: argparse.Namespace) -> int:
     res = run_emulation(args.scenario, options_from_args(args))
     s = res.summary
     t = s["timing"]
-    print(f"run {s['run_id']} of {s['scenario']}: {s['nodes']} nodes, {s['links_total']} links, "
-          f"{s['steps']} steps, shaper {s['shaper']}, routing {s['routing']}")
-    print(f"  build {t['build_s']:.1f} s, stop {t['stop_s']:.1f} s; apply per step p50 "
-          f"{t['apply_ms_p50']:.1f} ms, p99 {t['apply_ms_p99']:.1f} ms; lag p99 "
-          f"{t['lag_ms_p99']:.1f} ms")
-    print(f"  link updates {s['link_updates_total']}, route changes {s['route_changes_total']}; "
-          f"link events {s['events']}")
+    print(
+        f"run {s['run_id']} of {s['scenario']}: {s['nodes']} nodes, {s['links_total']} links, "
+        f"{s['steps']} steps, shaper {s['shaper']}, routing {s['routing']}"
+    )
+    print(
+        f"  build {t['build_s']:.1f} s, stop {t['stop_s']:.1f} s; apply per step p50 "
+        f"{t['apply_ms_p50']:.1f} ms, p99 {t['apply_ms_p99']:.1f} ms; lag p99 "
+        f"{t['lag_ms_p99']:.1f} ms"
+    )
+    print(
+        f"  link updates {s['link_updates_total']}, route changes {s['route_changes_total']}; "
+        f"link events {s['events']}"
+    )
     if "traffic" in s:
         for line in s["traffic"].get("lines", []):
             print(f"  {line}")
-    names = [str(f.relative_to(res.run_dir)) if f.is_relative_to(res.run_dir) else str(f)
-             for f in res.files]
+    names = [
+        str(f.relative_to(res.run_dir)) if f.is_relative_to(res.run_dir) else str(f)
+        for f in res.files
+    ]
     print(f"wrote {res.run_dir}/: {', '.join(names)}")
     if (res.run_dir / "report" / "summary.md").exists():
-        print(f"report: {res.run_dir}/report/summary.md (tables) and its PNG plots; "
-              f"compare runs with `meshemu compare RUN_DIR RUN_DIR`")
+        print(
+            f"report: {res.run_dir}/report/summary.md (tables) and its PNG plots; "
+            f"compare runs with `meshemu compare RUN_DIR RUN_DIR`"
+        )
     return 0

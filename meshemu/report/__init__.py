@@ -26,27 +26,95 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshemu.errors import ReportError
-from meshemu.report.compare_runs import (COMPARE_ROWS, Comparison, compare, compare_from_cli,
-                                         comparison, comparison_markdown, plot_compare)
-from meshemu.report.files import (FLOW_THROUGHPUT, INFERENCE, ITERATIONS, LINK_COUNTERS,
-                                  TRAFFIC_FILES, FileSpec, Positions)
-from meshemu.report.plots import (plot_iterations, plot_latency, plot_latency_cdf,
-                                  plot_link_util, plot_paths_map, plot_throughput)
+from meshemu.report.compare_runs import (
+    COMPARE_ROWS,
+    Comparison,
+    compare,
+    compare_from_cli,
+    comparison,
+    comparison_markdown,
+    plot_compare,
+)
+from meshemu.report.files import (
+    FLOW_THROUGHPUT,
+    INFERENCE,
+    ITERATIONS,
+    LINK_COUNTERS,
+    TRAFFIC_FILES,
+    FileSpec,
+    Positions,
+)
+from meshemu.report.plots import (
+    plot_iterations,
+    plot_latency,
+    plot_latency_cdf,
+    plot_link_util,
+    plot_paths_map,
+    plot_throughput,
+)
 from meshemu.report.run import Run, Table, load_run, read_spec, read_table
-from meshemu.report.stats import (PERCENTILES, FlowStats, InferenceStats, JobStats, RunStats,
-                                  SeqStats, flow_stats, inference_stats, job_stats,
-                                  path_change_times, percentiles, run_stats, sequence_stats)
+from meshemu.report.stats import (
+    PERCENTILES,
+    FlowStats,
+    InferenceStats,
+    JobStats,
+    RunStats,
+    SeqStats,
+    flow_stats,
+    inference_stats,
+    job_stats,
+    path_change_times,
+    percentiles,
+    run_stats,
+    sequence_stats,
+)
 from meshemu.report.tables import Metric, fmt, metrics, summary_markdown, write_metrics_csv
 
 __all__ = [
-    "COMPARE_ROWS", "PERCENTILES", "REPORT_DIR", "TRAFFIC_FILES", "Comparison", "FileSpec",
-    "FlowStats", "InferenceStats", "JobStats", "Metric", "Positions", "ReportError",
-    "ReportResult", "Run", "RunStats", "SeqStats", "Table", "compare", "compare_from_cli",
-    "comparison", "comparison_markdown", "flow_stats", "fmt", "inference_stats", "job_stats",
-    "load_run", "metrics", "path_change_times", "percentiles", "plot_compare",
-    "plot_iterations", "plot_latency", "plot_latency_cdf", "plot_link_util", "plot_paths_map",
-    "plot_throughput", "read_spec", "read_table", "report", "report_from_cli", "run_stats",
-    "sequence_stats", "summary_markdown", "write_metrics_csv",
+    "COMPARE_ROWS",
+    "PERCENTILES",
+    "REPORT_DIR",
+    "TRAFFIC_FILES",
+    "Comparison",
+    "FileSpec",
+    "FlowStats",
+    "InferenceStats",
+    "JobStats",
+    "Metric",
+    "Positions",
+    "ReportError",
+    "ReportResult",
+    "Run",
+    "RunStats",
+    "SeqStats",
+    "Table",
+    "compare",
+    "compare_from_cli",
+    "comparison",
+    "comparison_markdown",
+    "flow_stats",
+    "fmt",
+    "inference_stats",
+    "job_stats",
+    "load_run",
+    "metrics",
+    "path_change_times",
+    "percentiles",
+    "plot_compare",
+    "plot_iterations",
+    "plot_latency",
+    "plot_latency_cdf",
+    "plot_link_util",
+    "plot_paths_map",
+    "plot_throughput",
+    "read_spec",
+    "read_table",
+    "report",
+    "report_from_cli",
+    "run_stats",
+    "sequence_stats",
+    "summary_markdown",
+    "write_metrics_csv",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,17 +166,37 @@ def _report(run: Run, out_dir: Path | str | None) -> ReportResult:
     skipped: list[str] = []
     have_owd = any(f.owd_ms.size for f in stats.flows)
     plots: list[tuple[str, bool, str, Callable[[Path], Path]]] = [
-        ("latency.png", have_owd, "no received packets (packets.csv)",
-         lambda p: plot_latency(p, run, stats.flows)),
-        ("throughput.png", run.table(FLOW_THROUGHPUT) is not None,
-         "no flow_throughput.csv", lambda p: plot_throughput(p, run, stats.flows)),
-        ("latency_cdf.png", have_owd or run.table(INFERENCE) is not None,
-         "no packets.csv and no inference.csv", lambda p: plot_latency_cdf(p, run, stats.flows)),
-        ("iterations.png", run.table(ITERATIONS) is not None, "no iterations.csv",
-         lambda p: plot_iterations(p, run)),
+        (
+            "latency.png",
+            have_owd,
+            "no received packets (packets.csv)",
+            lambda p: plot_latency(p, run, stats.flows),
+        ),
+        (
+            "throughput.png",
+            run.table(FLOW_THROUGHPUT) is not None,
+            "no flow_throughput.csv",
+            lambda p: plot_throughput(p, run, stats.flows),
+        ),
+        (
+            "latency_cdf.png",
+            have_owd or run.table(INFERENCE) is not None,
+            "no packets.csv and no inference.csv",
+            lambda p: plot_latency_cdf(p, run, stats.flows),
+        ),
+        (
+            "iterations.png",
+            run.table(ITERATIONS) is not None,
+            "no iterations.csv",
+            lambda p: plot_iterations(p, run),
+        ),
         ("paths_map.png", True, "", lambda p: plot_paths_map(p, run, stats.flows)),
-        ("link_util.png", run.table(LINK_COUNTERS) is not None, "no link_counters.csv",
-         lambda p: plot_link_util(p, run)),
+        (
+            "link_util.png",
+            run.table(LINK_COUNTERS) is not None,
+            "no link_counters.csv",
+            lambda p: plot_link_util(p, run),
+        ),
     ]
     for name, possible, why, fn in plots:
         if not possible:
@@ -143,4 +231,3 @@ def report_from_cli(args: argparse.Namespace) -> int:
     out = res.files[0].parent if res.files else Path(args.run_dir) / REPORT_DIR
     print(f"wrote {out}/: {', '.join(f.name for f in res.files)}")
     return 0
-

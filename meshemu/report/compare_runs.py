@@ -58,8 +58,12 @@ COMPARE_ROWS: tuple[tuple[tuple[str, str, str], str], ...] = (
     (("run", "", "apply_ms_p99"), "step apply p99 (ms)"),
     (("run", "", "lag_ms_p99"), "step lag p99 (ms)"),
 )
-_FLOW_COMPARE = (("owd_p50", "OWD p50 (ms)"), ("owd_p99", "OWD p99 (ms)"),
-                 ("loss_pct", "loss %"), ("throughput_mbps", "Mbit/s"))
+_FLOW_COMPARE = (
+    ("owd_p50", "OWD p50 (ms)"),
+    ("owd_p99", "OWD p99 (ms)"),
+    ("loss_pct", "loss %"),
+    ("throughput_mbps", "Mbit/s"),
+)
 
 
 @dataclass(frozen=True)
@@ -76,19 +80,24 @@ class Comparison:
 def comparison(run_dirs: Sequence[Path | str]) -> Comparison:
     """Load and compare run directories (at least two); see :func:`compare`."""
     if len(run_dirs) < 2:
-        raise ReportError(f"compare needs at least two run directories, got {len(run_dirs)}; "
-                          f"usage: meshemu compare RUN_DIR RUN_DIR...")
+        raise ReportError(
+            f"compare needs at least two run directories, got {len(run_dirs)}; "
+            f"usage: meshemu compare RUN_DIR RUN_DIR..."
+        )
     runs = [load_run(d) for d in run_dirs]
     warnings = []
-    for what, get in (("scenario", lambda r: r.summary.get("scenario")),
-                      ("traffic profile", _traffic_profile),
-                      ("duration", lambda r: r.summary.get("duration_s")),
-                      ("time scale", lambda r: r.time_scale)):
+    for what, get in (
+        ("scenario", lambda r: r.summary.get("scenario")),
+        ("traffic profile", _traffic_profile),
+        ("duration", lambda r: r.summary.get("duration_s")),
+        ("time scale", lambda r: r.time_scale),
+    ):
         vals = [get(r) for r in runs]
         if len({json.dumps(v, sort_keys=True, default=str) for v in vals}) > 1:
-            warnings.append(f"the runs differ in {what}: "
-                            + ", ".join(f"{r.name}={_short(v)}"
-                                        for r, v in zip(runs, vals)))
+            warnings.append(
+                f"the runs differ in {what}: "
+                + ", ".join(f"{r.name}={_short(v)}" for r, v in zip(runs, vals))
+            )
     for w in warnings:
         log.warning("%s", w)
     stats = [run_stats(r) for r in runs]
@@ -102,8 +111,11 @@ def comparison(run_dirs: Sequence[Path | str]) -> Comparison:
     row_keys = [(k, lab) for k, lab in COMPARE_ROWS if any(k in t for t in tables)]
     # flows in every run that carried packets in at least one of them
     busy = {g.name for st in stats for g in st.flows if g.seq.received}
-    common = [f.name for f in stats[0].flows if f.name in busy
-              and all(any(g.name == f.name for g in s.flows) for s in stats[1:])]
+    common = [
+        f.name
+        for f in stats[0].flows
+        if f.name in busy and all(any(g.name == f.name for g in s.flows) for s in stats[1:])
+    ]
     for name in common[:20]:
         row_keys += [(("flow", name, m), f"{name}: {lab}") for m, lab in _FLOW_COMPARE]
     values = [[t.get(k, math.nan) for t in tables] for k, _ in row_keys]
@@ -117,13 +129,14 @@ def _traffic_profile(run: Run) -> Any:
     fl = run.table(FLOWS)
     if fl is None:
         return None
-    return sorted(zip(fl["name"].tolist(), fl["kind"].tolist(), fl["src"].tolist(),
-                      fl["dst"].tolist()))
+    return sorted(
+        zip(fl["name"].tolist(), fl["kind"].tolist(), fl["src"].tolist(), fl["dst"].tolist())
+    )
 
 
 def _short(v: Any, n: int = 40) -> str:
     s = str(v)
-    return s if len(s) <= n else s[:n - 3] + "..."
+    return s if len(s) <= n else s[: n - 3] + "..."
 
 
 def compare(run_dirs: Sequence[Path | str], out_dir: Path | str | None = None) -> list[Path]:
@@ -141,8 +154,11 @@ def compare(run_dirs: Sequence[Path | str], out_dir: Path | str | None = None) -
         The files written.
     """
     cmp = comparison(run_dirs)
-    out = Path(out_dir) if out_dir else \
-        Path("runs") / f"compare-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out = (
+        Path(out_dir)
+        if out_dir
+        else Path("runs") / f"compare-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -161,20 +177,27 @@ def comparison_markdown(cmp: Comparison, run_dirs: Sequence[str] = ()) -> str:
         parts.append("runs: " + ", ".join(run_dirs) + "\n")
     if cmp.warnings:
         parts.append("\n".join(f"warning: {w}" for w in cmp.warnings) + "\n")
-    parts.append(md_table(["metric"] + cmp.labels,
-                           [[lab] + [fmt(v) for v in vals]
-                            for lab, vals in zip(cmp.rows, cmp.values)]))
+    parts.append(
+        md_table(
+            ["metric"] + cmp.labels,
+            [[lab] + [fmt(v) for v in vals] for lab, vals in zip(cmp.rows, cmp.values)],
+        )
+    )
     return "\n".join(parts) + "\n"
 
 
 def plot_compare(path: Path, cmp: Comparison) -> Path:
     """Bar charts of the key metrics, one bar per run, and an OWD CDF overlay."""
-    panels = [("OWD (ms)", ["OWD p50 (ms)", "OWD p99 (ms)"]),
-              ("inference p99 (ms)", ["inference p99 (ms)"]),
-              ("all-reduce iteration (ms)", ["all-reduce mean iteration (ms)",
-                                             "all-reduce predicted mean (ms)"]),
-              ("loss %", ["loss %"]),
-              ("route changes", ["route changes"])]
+    panels = [
+        ("OWD (ms)", ["OWD p50 (ms)", "OWD p99 (ms)"]),
+        ("inference p99 (ms)", ["inference p99 (ms)"]),
+        (
+            "all-reduce iteration (ms)",
+            ["all-reduce mean iteration (ms)", "all-reduce predicted mean (ms)"],
+        ),
+        ("loss %", ["loss %"]),
+        ("route changes", ["route changes"]),
+    ]
     row_of = {lab: i for i, lab in enumerate(cmp.rows)}
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     n = len(cmp.labels)
@@ -183,16 +206,28 @@ def plot_compare(path: Path, cmp: Comparison) -> Path:
         rows = [r for r in rows if r in row_of]
         vals = np.array([cmp.values[row_of[r]] for r in rows], dtype=float).reshape(len(rows), n)
         if not rows or not np.isfinite(vals).any():
-            ax.text(0.5, 0.5, "not measured in these runs", ha="center", va="center",
-                    transform=ax.transAxes, color="#7f7f7f")
+            ax.text(
+                0.5,
+                0.5,
+                "not measured in these runs",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="#7f7f7f",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
         else:
             width = 0.8 / n
             x = np.arange(len(rows))
             for j in range(n):
-                ax.bar(x + (j - (n - 1) / 2) * width, np.nan_to_num(vals[:, j]), width,
-                       color=colors[j], label=cmp.labels[j])
+                ax.bar(
+                    x + (j - (n - 1) / 2) * width,
+                    np.nan_to_num(vals[:, j]),
+                    width,
+                    color=colors[j],
+                    label=cmp.labels[j],
+                )
             ax.set_xticks(x)
             ax.set_xticklabels([r.replace(" (ms)", "") for r in rows], fontsize=8)
             ax.grid(True, axis="y", color="#dddddd")
@@ -201,8 +236,15 @@ def plot_compare(path: Path, cmp: Comparison) -> Path:
     for j, s in enumerate(cmp.stats):
         draw_cdf(ax, s.owd_all_ms, cmp.labels[j], color=colors[j], lw=1.5)
     if not any(s.owd_all_ms.size for s in cmp.stats):
-        ax.text(0.5, 0.5, "no packets in these runs", ha="center", va="center",
-                transform=ax.transAxes, color="#7f7f7f")
+        ax.text(
+            0.5,
+            0.5,
+            "no packets in these runs",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="#7f7f7f",
+        )
     style_axes(ax, "one-way delay (ms)", "CDF")
     ax.set_title("OWD CDF, all flows", fontsize=10)
     handles = [matplotlib.patches.Rectangle((0, 0), 1, 1, color=c) for c in colors]
@@ -220,4 +262,3 @@ def compare_from_cli(args: argparse.Namespace) -> int:
     print(files[1].read_text())
     print(f"wrote {files[0].parent}/: {', '.join(f.name for f in files)}")
     return 0
-

@@ -62,51 +62,137 @@ class FileSpec:
         return ",".join(self.columns) + "\n"
 
 
-NODES = FileSpec("nodes.csv", ("id", "name", "kind", "shell", "plane", "index"),
-                 ("id", "name", "kind"), ("id",))
-LINKS = FileSpec("links.csv", ("t_s", "a", "b", "kind", "up", "distance_km", "delay_ms",
-                               "rate_mbps"),
-                 ("t_s", "a", "b"), ("t_s", "distance_km", "delay_ms", "rate_mbps"))
-PATHS = FileSpec("paths.csv", ("t_s", "src", "dst", "path", "hops", "delay_ms"),
-                 ("t_s", "src", "dst", "path", "delay_ms"), ("t_s", "hops", "delay_ms"))
-STEPS = FileSpec("steps.csv", ("step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms",
-                               "link_updates", "route_changes"),
-                 ("step", "t_s", "unix_s", "apply_ms"),
-                 ("step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates",
-                  "route_changes"))
-FLOWS = FileSpec("flows.csv", ("flow_id", "name", "kind", "src", "dst"),
-                 ("flow_id", "src", "dst"))
-PACKETS = FileSpec("packets.csv", ("flow_id", "msg_id", "seq", "src", "dst", "size_bytes",
-                                   "send_unix_ns", "recv_unix_ns", "owd_ms"),
-                   ("flow_id", "msg_id", "seq", "send_unix_ns", "recv_unix_ns"),
-                   ("seq", "size_bytes", "send_unix_ns", "recv_unix_ns", "owd_ms"))
-FLOW_THROUGHPUT = FileSpec("flow_throughput.csv", ("t_s", "flow_id", "rx_bytes", "mbps"),
-                           ("t_s", "flow_id", "mbps"), ("t_s", "rx_bytes", "mbps"))
-FLOW_PATHS = FileSpec("flow_paths.csv", ("t_s", "flow_id", "src", "dst", "path", "delay_ms"),
-                      ("t_s", "flow_id", "path"), ("t_s", "delay_ms"))
-LINK_COUNTERS = FileSpec("link_counters.csv", ("t_s", "a", "b", "packets", "bytes", "dropped"),
-                         ("t_s", "a", "b", "bytes"), ("t_s", "packets", "bytes", "dropped"))
-ITERATIONS = FileSpec("iterations.csv", ("job", "algorithm", "iteration", "start_unix",
-                                         "end_unix", "duration_ms", "predicted_ms",
-                                         "first_start_unix", "critical_path_ms"),
-                      ("job", "iteration", "duration_ms", "predicted_ms"),
-                      ("iteration", "start_unix", "end_unix", "duration_ms", "predicted_ms",
-                       "first_start_unix", "critical_path_ms"))
-INFERENCE = FileSpec("inference.csv", ("request_id", "user", "server", "send_unix",
-                                       "done_unix", "latency_ms", "deadline_ms", "missed"),
-                     ("request_id", "latency_ms"),
-                     ("send_unix", "done_unix", "latency_ms", "deadline_ms", "missed"))
-RTT = FileSpec("rtt.csv", ("flow_id", "msg_id", "src", "dst", "send_unix_ns", "rtt_ms"),
-               ("flow_id", "rtt_ms"), ("send_unix_ns", "rtt_ms"))
+NODES = FileSpec(
+    "nodes.csv", ("id", "name", "kind", "shell", "plane", "index"), ("id", "name", "kind"), ("id",)
+)
+LINKS = FileSpec(
+    "links.csv",
+    ("t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"),
+    ("t_s", "a", "b"),
+    ("t_s", "distance_km", "delay_ms", "rate_mbps"),
+)
+PATHS = FileSpec(
+    "paths.csv",
+    ("t_s", "src", "dst", "path", "hops", "delay_ms"),
+    ("t_s", "src", "dst", "path", "delay_ms"),
+    ("t_s", "hops", "delay_ms"),
+)
+STEPS = FileSpec(
+    "steps.csv",
+    ("step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates", "route_changes"),
+    ("step", "t_s", "unix_s", "apply_ms"),
+    ("step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates", "route_changes"),
+)
+FLOWS = FileSpec("flows.csv", ("flow_id", "name", "kind", "src", "dst"), ("flow_id", "src", "dst"))
+PACKETS = FileSpec(
+    "packets.csv",
+    (
+        "flow_id",
+        "msg_id",
+        "seq",
+        "src",
+        "dst",
+        "size_bytes",
+        "send_unix_ns",
+        "recv_unix_ns",
+        "owd_ms",
+    ),
+    ("flow_id", "msg_id", "seq", "send_unix_ns", "recv_unix_ns"),
+    ("seq", "size_bytes", "send_unix_ns", "recv_unix_ns", "owd_ms"),
+)
+FLOW_THROUGHPUT = FileSpec(
+    "flow_throughput.csv",
+    ("t_s", "flow_id", "rx_bytes", "mbps"),
+    ("t_s", "flow_id", "mbps"),
+    ("t_s", "rx_bytes", "mbps"),
+)
+FLOW_PATHS = FileSpec(
+    "flow_paths.csv",
+    ("t_s", "flow_id", "src", "dst", "path", "delay_ms"),
+    ("t_s", "flow_id", "path"),
+    ("t_s", "delay_ms"),
+)
+LINK_COUNTERS = FileSpec(
+    "link_counters.csv",
+    ("t_s", "a", "b", "packets", "bytes", "dropped"),
+    ("t_s", "a", "b", "bytes"),
+    ("t_s", "packets", "bytes", "dropped"),
+)
+ITERATIONS = FileSpec(
+    "iterations.csv",
+    (
+        "job",
+        "algorithm",
+        "iteration",
+        "start_unix",
+        "end_unix",
+        "duration_ms",
+        "predicted_ms",
+        "first_start_unix",
+        "critical_path_ms",
+    ),
+    ("job", "iteration", "duration_ms", "predicted_ms"),
+    (
+        "iteration",
+        "start_unix",
+        "end_unix",
+        "duration_ms",
+        "predicted_ms",
+        "first_start_unix",
+        "critical_path_ms",
+    ),
+)
+INFERENCE = FileSpec(
+    "inference.csv",
+    (
+        "request_id",
+        "user",
+        "server",
+        "send_unix",
+        "done_unix",
+        "latency_ms",
+        "deadline_ms",
+        "missed",
+    ),
+    ("request_id", "latency_ms"),
+    ("send_unix", "done_unix", "latency_ms", "deadline_ms", "missed"),
+)
+RTT = FileSpec(
+    "rtt.csv",
+    ("flow_id", "msg_id", "src", "dst", "send_unix_ns", "rtt_ms"),
+    ("flow_id", "rtt_ms"),
+    ("send_unix_ns", "rtt_ms"),
+)
 
 #: Every CSV file of the contract, by file name.
-SPECS: dict[str, FileSpec] = {s.name: s for s in (NODES, LINKS, PATHS, STEPS, FLOWS, PACKETS,
-                                                   FLOW_THROUGHPUT, FLOW_PATHS, LINK_COUNTERS,
-                                                   ITERATIONS, INFERENCE, RTT)}
+SPECS: dict[str, FileSpec] = {
+    s.name: s
+    for s in (
+        NODES,
+        LINKS,
+        PATHS,
+        STEPS,
+        FLOWS,
+        PACKETS,
+        FLOW_THROUGHPUT,
+        FLOW_PATHS,
+        LINK_COUNTERS,
+        ITERATIONS,
+        INFERENCE,
+        RTT,
+    )
+}
 
 #: Traffic files; any of them may be missing (a run without traffic has none).
-TRAFFIC_FILES = (FLOWS.name, PACKETS.name, FLOW_THROUGHPUT.name, FLOW_PATHS.name,
-                 LINK_COUNTERS.name, ITERATIONS.name, INFERENCE.name)
+TRAFFIC_FILES = (
+    FLOWS.name,
+    PACKETS.name,
+    FLOW_THROUGHPUT.name,
+    FLOW_PATHS.name,
+    LINK_COUNTERS.name,
+    ITERATIONS.name,
+    INFERENCE.name,
+)
 
 #: Values of ``links.csv``'s ``kind`` column; the index is ``Snapshot.kind``
 #: (:data:`meshemu.geometry.linkstate.KIND_NAMES`).
@@ -147,6 +233,7 @@ def open_csv(run_dir: Path | str, spec: FileSpec) -> tuple[Any, Any]:
 
 # ----------------------------------------------------------------------------- positions
 
+
 @dataclass(frozen=True)
 class ArraySpec:
     """One array of an ``.npz`` file: name, dtype, axes and unit."""
@@ -168,13 +255,16 @@ class NpzSpec:
 #: ``positions.npz``: WGS-84 latitude, longitude and altitude of every node (ids as in
 #: ``nodes.csv``) at the recorded steps. Long runs keep every ``stride``-th step only, so that
 #: the file stays under :data:`POSITIONS_MAX_BYTES` (``stride`` is a power of two).
-POSITIONS = NpzSpec("positions.npz", (
-    ArraySpec("t_s", "float64", ("step",), "s"),
-    ArraySpec("lat_deg", "float32", ("step", "node"), "deg"),
-    ArraySpec("lon_deg", "float32", ("step", "node"), "deg"),
-    ArraySpec("alt_km", "float32", ("step", "node"), "km"),
-    ArraySpec("stride", "int64", (), "steps"),
-))
+POSITIONS = NpzSpec(
+    "positions.npz",
+    (
+        ArraySpec("t_s", "float64", ("step",), "s"),
+        ArraySpec("lat_deg", "float32", ("step", "node"), "deg"),
+        ArraySpec("lon_deg", "float32", ("step", "node"), "deg"),
+        ArraySpec("alt_km", "float32", ("step", "node"), "km"),
+        ArraySpec("stride", "int64", (), "steps"),
+    ),
+)
 
 #: Upper bound on the size of ``positions.npz`` (steps are thinned beyond it).
 POSITIONS_MAX_BYTES = 48 * 2**20
@@ -214,7 +304,8 @@ def write_positions(run_dir: Path | str, pos: Positions) -> Path:
     path = Path(run_dir) / POSITIONS.name
     tmp = path.with_name(path.name + ".tmp")
     arrays: dict[str, npt.NDArray[Any]] = {
-        a.name: np.asarray(getattr(pos, a.name), dtype=a.dtype) for a in POSITIONS.arrays}
+        a.name: np.asarray(getattr(pos, a.name), dtype=a.dtype) for a in POSITIONS.arrays
+    }
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
@@ -233,21 +324,27 @@ def read_positions(run_dir: Path | str) -> Positions | None:
         raise ReportError(f"cannot read {path}: {exc}") from None
     missing = [a.name for a in POSITIONS.arrays if a.name not in got]
     if missing:
-        raise ReportError(f"{path}: missing array(s) {', '.join(missing)}; expected "
-                          f"{', '.join(a.name for a in POSITIONS.arrays)}")
+        raise ReportError(
+            f"{path}: missing array(s) {', '.join(missing)}; expected "
+            f"{', '.join(a.name for a in POSITIONS.arrays)}"
+        )
     t = got["t_s"]
     grid = got["lat_deg"]
     if t.ndim != 1 or grid.ndim != 2 or grid.shape[0] != t.size:
-        raise ReportError(f"{path}: t_s has shape {t.shape} and lat_deg {grid.shape}; "
-                          f"expected (step,) and (step, node)")
+        raise ReportError(
+            f"{path}: t_s has shape {t.shape} and lat_deg {grid.shape}; "
+            f"expected (step,) and (step, node)"
+        )
     for name in ("lon_deg", "alt_km"):
         if got[name].shape != grid.shape:
-            raise ReportError(f"{path}: {name} has shape {got[name].shape}, expected "
-                              f"{grid.shape} as lat_deg")
+            raise ReportError(
+                f"{path}: {name} has shape {got[name].shape}, expected {grid.shape} as lat_deg"
+            )
     if got["stride"].shape != ():
         raise ReportError(f"{path}: stride should be a single number")
-    return Positions(t.astype(np.float64), got["lat_deg"], got["lon_deg"], got["alt_km"],
-                     int(got["stride"]))
+    return Positions(
+        t.astype(np.float64), got["lat_deg"], got["lon_deg"], got["alt_km"], int(got["stride"])
+    )
 
 
 # ----------------------------------------------------------------------------- summary.json

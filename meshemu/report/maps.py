@@ -24,9 +24,13 @@ import numpy as np  # noqa: E402
 
 from meshemu.report.files import LINK_KINDS, SATELLITE_KINDS  # noqa: E402
 
-_KIND_STYLE = {"sat": ("#1f77b4", "o", 10), "compute": ("#d62728", "*", 60),
-               "station": ("#2ca02c", "^", 60), "user": ("#9467bd", "s", 50),
-               "datacenter": ("#ff7f0e", "D", 60)}
+_KIND_STYLE = {
+    "sat": ("#1f77b4", "o", 10),
+    "compute": ("#d62728", "*", 60),
+    "station": ("#2ca02c", "^", 60),
+    "user": ("#9467bd", "s", 50),
+    "datacenter": ("#ff7f0e", "D", 60),
+}
 _ISL, _GSL = LINK_KINDS.index("isl"), LINK_KINDS.index("gsl")
 
 
@@ -81,8 +85,13 @@ class LinkFrame:
         return cls(t_s, z, z, z, np.zeros(0, bool))
 
 
-def plot_map(path: Path, nodes: MapNodes | Any, links: MapLinks, title: str = "",
-             paths: list[list[int]] | None = None) -> Path:
+def plot_map(
+    path: Path,
+    nodes: MapNodes | Any,
+    links: MapLinks,
+    title: str = "",
+    paths: list[list[int]] | None = None,
+) -> Path:
     """World map of satellites, ISLs, GSLs (and optionally some paths) at one instant.
 
     Parameters
@@ -102,6 +111,7 @@ def plot_map(path: Path, nodes: MapNodes | Any, links: MapLinks, title: str = ""
     """
     if not isinstance(nodes, MapNodes):  # a LinkSchedule: the call before positions.npz
         from meshemu.report.record import schedule_map_nodes
+
         nodes = schedule_map_nodes(nodes, float(links.t_s))
     lat, lon = np.asarray(nodes.lat_deg, float), np.asarray(nodes.lon_deg, float)
     fig, ax = plt.subplots(figsize=(12, 6.2))
@@ -112,16 +122,26 @@ def plot_map(path: Path, nodes: MapNodes | Any, links: MapLinks, title: str = ""
     ax.grid(True, color="#dddddd", lw=0.6)
     ax.set_xlabel("longitude (deg)")
     ax.set_ylabel("latitude (deg)")
-    for kind_val, color, lw, label in ((_ISL, "#7fa7d6", 0.6, "ISL"),
-                                       (_GSL, "#2ca02c", 1.2, "GSL")):
+    for kind_val, color, lw, label in (
+        (_ISL, "#7fa7d6", 0.6, "ISL"),
+        (_GSL, "#2ca02c", 1.2, "GSL"),
+    ):
         sel = np.asarray(links.kind) == kind_val
         first = True
-        for a, b, up in zip(np.asarray(links.a)[sel], np.asarray(links.b)[sel],
-                            np.asarray(links.up)[sel]):
+        for a, b, up in zip(
+            np.asarray(links.a)[sel], np.asarray(links.b)[sel], np.asarray(links.up)[sel]
+        ):
             if abs(lon[a] - lon[b]) > 180:  # crosses the antimeridian: not drawn
                 continue
-            ax.plot([lon[a], lon[b]], [lat[a], lat[b]], color=color, lw=lw,
-                    ls="-" if up else ":", label=label if first else None, zorder=1)
+            ax.plot(
+                [lon[a], lon[b]],
+                [lat[a], lat[b]],
+                color=color,
+                lw=lw,
+                ls="-" if up else ":",
+                label=label if first else None,
+                zorder=1,
+            )
             first = False
     kinds = np.asarray(nodes.kind).astype(str)
     for k, (color, marker, size) in _KIND_STYLE.items():
@@ -131,8 +151,13 @@ def plot_map(path: Path, nodes: MapNodes | Any, links: MapLinks, title: str = ""
     ground = ~np.isin(kinds, SATELLITE_KINDS)
     for i in np.nonzero(kinds != "sat")[0]:  # ground nodes; compute satellites when few
         if ground[i] or len(kinds) < 200:
-            ax.annotate(nodes.names[i], (lon[i], lat[i]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                nodes.names[i],
+                (lon[i], lat[i]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     for p in paths or []:
         for u, v in zip(p[:-1], p[1:]):
             if abs(lon[u] - lon[v]) <= 180:

@@ -17,11 +17,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from meshemu.errors import ReportError  # noqa: E402
-from meshemu.report.files import (FLOW_PATHS, FLOW_THROUGHPUT, INFERENCE,  # noqa: E402
-                                  ITERATIONS, LINK_COUNTERS, LINKS, NODES, PATHS)
+from meshemu.report.files import (  # noqa: E402
+    FLOW_PATHS,
+    FLOW_THROUGHPUT,
+    INFERENCE,
+    ITERATIONS,
+    LINK_COUNTERS,
+    LINKS,
+    NODES,
+    PATHS,
+)
 from meshemu.report.maps import LinkFrame, MapNodes, plot_map  # noqa: E402
-from meshemu.report.run import (Run, group_indices, n_rows, natural_key,  # noqa: E402
-                                pair_indices)
+from meshemu.report.run import Run, group_indices, n_rows, natural_key, pair_indices  # noqa: E402
 from meshemu.report.stats import FlowStats, path_change_times  # noqa: E402
 
 
@@ -49,8 +56,9 @@ def plot_latency(path: Path, run: Run, flows: list[FlowStats], max_flows: int = 
     pairs = pair_indices(paths) if paths is not None else {}
     fp = run.table(FLOW_PATHS)
     fp_groups = group_indices(fp["flow_id"]) if fp is not None else {}
-    fig, axes = plt.subplots(len(shown), 1, figsize=(10, 2.4 * len(shown) + 0.8), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(shown), 1, figsize=(10, 2.4 * len(shown) + 0.8), sharex=True, squeeze=False
+    )
     for ax, f in zip(axes[:, 0], shown):
         ax.plot(f.t_s, f.owd_ms, ".", ms=2.5, color="#1f77b4", label="measured OWD")
         idx = pairs.get((f.src, f.dst))
@@ -58,10 +66,16 @@ def plot_latency(path: Path, run: Run, flows: list[FlowStats], max_flows: int = 
         tab, i = planned
         if tab is not None and i is not None:  # paths.csv, else the flow's own path's delay
             order = i[np.argsort(tab["t_s"][i], kind="stable")]
-            ax.plot(tab["t_s"][order], tab["delay_ms"][order], "--", color="#d62728",
-                    lw=1.2, drawstyle="steps-post", label="planned path delay")
-        for k, tc in enumerate(path_change_times(run, f.flow_id, f.src, f.dst, fp_groups,
-                                                 pairs)):
+            ax.plot(
+                tab["t_s"][order],
+                tab["delay_ms"][order],
+                "--",
+                color="#d62728",
+                lw=1.2,
+                drawstyle="steps-post",
+                label="planned path delay",
+            )
+        for k, tc in enumerate(path_change_times(run, f.flow_id, f.src, f.dst, fp_groups, pairs)):
             ax.axvline(tc, color="#7f7f7f", ls=":", lw=1, label="path change" if k == 0 else None)
         style_axes(ax, "", "OWD (ms)")
         ax.set_title(f"{f.name}: {f.src} -> {f.dst}", fontsize=9, loc="left")
@@ -98,8 +112,11 @@ def draw_cdf(ax: Any, values: np.ndarray, label: str, of_all: bool = False, **kw
 def plot_latency_cdf(path: Path, run: Run, flows: list[FlowStats], max_flows: int = 8) -> Path:
     """CDFs of packet one-way delay (per flow and pooled) and of inference latency."""
     inf = run.table(INFERENCE)
-    panels = [p for p in ("owd", "inf") if (p == "owd" and any(f.owd_ms.size for f in flows))
-              or (p == "inf" and inf is not None)]
+    panels = [
+        p
+        for p in ("owd", "inf")
+        if (p == "owd" and any(f.owd_ms.size for f in flows)) or (p == "inf" and inf is not None)
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, p in zip(axes[0], panels):
         if p == "owd":
@@ -133,10 +150,23 @@ def plot_iterations(path: Path, run: Run) -> Path:
         idx = groups[key]
         idx = idx[np.argsort(it["iteration"][idx], kind="stable")]
         color = f"C{k % 10}"
-        ax.plot(it["iteration"][idx], it["duration_ms"][idx], "o-", ms=3, lw=1, color=color,
-                label=f"{key.strip()} measured")
-        ax.plot(it["iteration"][idx], it["predicted_ms"][idx], "--", lw=1.4, color=color,
-                label=f"{key.strip()} predicted")
+        ax.plot(
+            it["iteration"][idx],
+            it["duration_ms"][idx],
+            "o-",
+            ms=3,
+            lw=1,
+            color=color,
+            label=f"{key.strip()} measured",
+        )
+        ax.plot(
+            it["iteration"][idx],
+            it["predicted_ms"][idx],
+            "--",
+            lw=1.4,
+            color=color,
+            label=f"{key.strip()} predicted",
+        )
     style_axes(ax, "iteration", "iteration time (ms)")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=7, ncol=2)
@@ -168,8 +198,9 @@ def plot_link_util(path: Path, run: Run, top: int = 15) -> Path:
     ax1.barh([s[1] for s in best][::-1], [s[0] for s in best][::-1], color="#1f77b4")
     for y, s in enumerate(best[::-1]):
         if s[4]:
-            ax1.annotate(f"{s[4]} dropped", (s[0], y), fontsize=7, xytext=(3, -3),
-                         textcoords="offset points")
+            ax1.annotate(
+                f"{s[4]} dropped", (s[0], y), fontsize=7, xytext=(3, -3), textcoords="offset points"
+            )
     ax1.tick_params(axis="y", labelsize=7)
     style_axes(ax1, "mean throughput (Mbit/s)", "")
     ax1.set_title(f"top {len(best)} of {len(series)} links", fontsize=10)
@@ -198,8 +229,9 @@ def plot_paths_map(path: Path, run: Run, flows: list[FlowStats], max_paths: int 
     ids = {n: i for i, n in enumerate(names)}
     routes = _map_paths(run, flows, max_paths)
     t = routes[0][0] if routes else float(pos.t_s[0])
-    drawn = [[ids[n] for n in p.split()] for _, p in routes
-             if p and all(n in ids for n in p.split())]
+    drawn = [
+        [ids[n] for n in p.split()] for _, p in routes if p and all(n in ids for n in p.split())
+    ]
     k = pos.nearest(t)
     where = MapNodes(names, nodes["kind"][order], pos.lat_deg[k], pos.lon_deg[k])
     what = "flows" if run.table(FLOW_PATHS) is not None or flows else "endpoint pairs"
@@ -216,8 +248,9 @@ def _link_frame(run: Run, t_s: float, ids: dict[str, int]) -> LinkFrame:
         return LinkFrame.empty(t_s)
     unknown = sorted({str(n) for n in np.concatenate([lk["a"], lk["b"]]) if n not in ids})
     if unknown:
-        raise ReportError(f"{LINKS.name} names node(s) that {NODES.name} lacks: "
-                          f"{', '.join(unknown[:5])}")
+        raise ReportError(
+            f"{LINKS.name} names node(s) that {NODES.name} lacks: {', '.join(unknown[:5])}"
+        )
     a = np.array([ids[n] for n in lk["a"]], dtype=np.int64)
     b = np.array([ids[n] for n in lk["b"]], dtype=np.int64)
     up = np.isin(np.char.lower(lk["up"].astype(str)), ("1", "true", "1.0"))
@@ -233,8 +266,11 @@ def _map_paths(run: Run, flows: list[FlowStats], max_paths: int) -> list[tuple[f
         out = {}
         for fid, idx in group_indices(fp["flow_id"]).items():
             idx = idx[np.argsort(fp["t_s"][idx], kind="stable")]
-            k = idx[np.searchsorted(fp["t_s"][idx], t0, side="right") - 1] \
-                if fp["t_s"][idx[0]] <= t0 else idx[0]
+            k = (
+                idx[np.searchsorted(fp["t_s"][idx], t0, side="right") - 1]
+                if fp["t_s"][idx[0]] <= t0
+                else idx[0]
+            )
             out[fid] = (float(fp["t_s"][k]), str(fp["path"][k]))
         return [out[k] for k in sorted(out, key=natural_key)][:max_paths]
     if paths is None:
@@ -250,4 +286,3 @@ def _map_paths(run: Run, flows: list[FlowStats], max_paths: int) -> list[tuple[f
         k = pidx[np.argmin(np.abs(paths["t_s"][pidx] - t0))]
         planned.append((t0, str(paths["path"][k])))
     return planned[:max_paths]
-

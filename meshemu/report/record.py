@@ -30,6 +30,7 @@ from meshemu.spec.scenario import Nodes, Scenario
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class PairStats:
     """Delay statistics of one endpoint pair over the plan."""
@@ -51,9 +52,10 @@ def node_positions_ecef_km(schedule: Any, t_s: float | np.ndarray) -> np.ndarray
         Shape (N, 3) for a scalar ``t_s``, (N, T, 3) for an array of T times.
     """
     t = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
-    sats = schedule.positions_ecef_km(t)                       # (S, T, 3)
-    ground = np.broadcast_to(schedule.ground_ecef_km[:, None, :],
-                             (schedule.ground_ecef_km.shape[0], t.size, 3))
+    sats = schedule.positions_ecef_km(t)  # (S, T, 3)
+    ground = np.broadcast_to(
+        schedule.ground_ecef_km[:, None, :], (schedule.ground_ecef_km.shape[0], t.size, 3)
+    )
     r = np.concatenate([sats, ground], axis=0)
     return r[:, 0] if np.ndim(t_s) == 0 else r
 
@@ -75,21 +77,27 @@ class _PositionLog:
         self.max_steps = max(2, max_bytes // per_step)
         self.stride = 1
         self.t_s: list[float] = []
-        self.ecef: list[np.ndarray] = []   # (N, 3) float32 per recorded step
+        self.ecef: list[np.ndarray] = []  # (N, 3) float32 per recorded step
 
     def add(self, step: int, t_s: float, r_km: np.ndarray) -> None:
         r = np.asarray(r_km, dtype=np.float64)
         if r.shape != (self.n_nodes, 3):
-            raise ReportError(f"positions_ecef_km has shape {r.shape}, expected "
-                             f"({self.n_nodes}, 3): every node, satellites first "
-                             f"(see node_positions_ecef_km)")
+            raise ReportError(
+                f"positions_ecef_km has shape {r.shape}, expected "
+                f"({self.n_nodes}, 3): every node, satellites first "
+                f"(see node_positions_ecef_km)"
+            )
         if step % self.stride:
             return
         if len(self.t_s) >= self.max_steps:
             self.t_s, self.ecef = self.t_s[::2], self.ecef[::2]
             self.stride *= 2
-            log.info("positions.npz: keeping every %d-th step (at most %d steps of %d nodes)",
-                     self.stride, self.max_steps, self.n_nodes)
+            log.info(
+                "positions.npz: keeping every %d-th step (at most %d steps of %d nodes)",
+                self.stride,
+                self.max_steps,
+                self.n_nodes,
+            )
             if step % self.stride:
                 return
         self.t_s.append(float(t_s))
@@ -98,18 +106,26 @@ class _PositionLog:
     def nearest(self, t_s: float | None) -> tuple[np.ndarray, np.ndarray]:
         """Latitude and longitude (deg) at the recorded step nearest ``t_s`` (first: None)."""
         if not self.t_s:
-            raise ReportError("no positions were recorded: pass positions_ecef_km to "
-                              "PlanRecorder.record to draw a map")
+            raise ReportError(
+                "no positions were recorded: pass positions_ecef_km to "
+                "PlanRecorder.record to draw a map"
+            )
         k = 0 if t_s is None else int(np.argmin(np.abs(np.array(self.t_s) - t_s)))
         lat, lon, _ = ecef_to_geodetic(self.ecef[k].astype(np.float64))
         return lat, lon
 
     def positions(self) -> Positions:
-        r = (np.stack(self.ecef) if self.ecef
-             else np.zeros((0, self.n_nodes, 3), np.float32)).astype(np.float64)
+        r = (
+            np.stack(self.ecef) if self.ecef else np.zeros((0, self.n_nodes, 3), np.float32)
+        ).astype(np.float64)
         lat, lon, alt = ecef_to_geodetic(r)
-        return Positions(np.array(self.t_s, dtype=np.float64), lat.astype(np.float32),
-                         lon.astype(np.float32), alt.astype(np.float32), self.stride)
+        return Positions(
+            np.array(self.t_s, dtype=np.float64),
+            lat.astype(np.float32),
+            lon.astype(np.float32),
+            alt.astype(np.float32),
+            self.stride,
+        )
 
 
 class PlanRecorder:
@@ -134,8 +150,13 @@ class PlanRecorder:
         self._lf, self._lw = files.open_csv(self.out, LINKS)
         self._pf, self._pw = files.open_csv(self.out, PATHS)
         self.pair_stats = {(int(s), int(d)): PairStats() for s in ends for d in ends if s != d}
-        self.totals = {"links_added": 0, "links_removed": 0, "links_went_up": 0,
-                       "links_went_down": 0, "route_changes": 0}
+        self.totals = {
+            "links_added": 0,
+            "links_removed": 0,
+            "links_went_up": 0,
+            "links_went_down": 0,
+            "route_changes": 0,
+        }
         self.route_changes_per_step: list[int] = []
         self.n_isl: list[int] = []
         self.n_gsl: list[int] = []
@@ -145,9 +166,13 @@ class PlanRecorder:
         self._positions = _PositionLog(len(nodes))
         self._closed = False
 
-    def record(self, snap: Snapshot, tables: Any,
-               positions_ecef_km: np.ndarray | None = None,
-               route_changes: int | None = None) -> dict[tuple[int, int], list[int] | None]:
+    def record(
+        self,
+        snap: Snapshot,
+        tables: Any,
+        positions_ecef_km: np.ndarray | None = None,
+        route_changes: int | None = None,
+    ) -> dict[tuple[int, int], list[int] | None]:
         """Record one step; returns the path of every endpoint pair (None if unreachable).
 
         Parameters
@@ -176,8 +201,7 @@ class PlanRecorder:
         if route_changes is not None:
             rc = route_changes if self._prev_tables is not None else 0
         else:
-            rc = (len(route_diff(self._prev_tables, tables)) if self._prev_tables is not None
-                  else 0)
+            rc = len(route_diff(self._prev_tables, tables)) if self._prev_tables is not None else 0
         self.totals["route_changes"] += rc
         self.route_changes_per_step.append(rc)
         paths = {}
@@ -191,9 +215,16 @@ class PlanRecorder:
                 st.last_path = None
                 continue
             delay_ms = path_delay_s(snap, path) * 1e3
-            self._pw.writerow([f"{snap.t_s:g}", names[s], names[d_],
-                               " ".join(names[x] for x in path), len(path) - 1,
-                               f"{delay_ms:.6f}"])
+            self._pw.writerow(
+                [
+                    f"{snap.t_s:g}",
+                    names[s],
+                    names[d_],
+                    " ".join(names[x] for x in path),
+                    len(path) - 1,
+                    f"{delay_ms:.6f}",
+                ]
+            )
             st.delays_ms.append(delay_ms)
             st.reachable_steps += 1
             tp = tuple(path)
@@ -225,28 +256,46 @@ class PlanRecorder:
         if self._positions.t_s:
             files.write_positions(self.out, self._positions.positions())
 
-    def summary(self, scenario: Scenario, scheme_name: str, duration_s: float,
-                step_s: float, start_s: float = 0.0) -> dict[str, Any]:
+    def summary(
+        self,
+        scenario: Scenario,
+        scheme_name: str,
+        duration_s: float,
+        step_s: float,
+        start_s: float = 0.0,
+    ) -> dict[str, Any]:
         """The plan part of ``summary.json``."""
         names = self.names
         n_steps = max(self.steps, 1)
         pairs = []
         for (s, d), st in self.pair_stats.items():
             arr = np.array(st.delays_ms)
-            pairs.append({"src": names[s], "dst": names[d],
-                          "reachable_fraction": st.reachable_steps / n_steps,
-                          "delay_ms_min": _f(arr.min()) if arr.size else None,
-                          "delay_ms_mean": _f(arr.mean()) if arr.size else None,
-                          "delay_ms_max": _f(arr.max()) if arr.size else None,
-                          "path_changes": st.path_changes})
+            pairs.append(
+                {
+                    "src": names[s],
+                    "dst": names[d],
+                    "reachable_fraction": st.reachable_steps / n_steps,
+                    "delay_ms_min": _f(arr.min()) if arr.size else None,
+                    "delay_ms_mean": _f(arr.mean()) if arr.size else None,
+                    "delay_ms_max": _f(arr.max()) if arr.size else None,
+                    "path_changes": st.path_changes,
+                }
+            )
         nodes = self.nodes
         kinds = {str(k): int((nodes.kind == k).sum()) for k in np.unique(nodes.kind)}
         rc = self.route_changes_per_step
         return {
-            "scenario": scenario.name, "source": scenario.source,
-            "epoch": scenario.epoch.isoformat(), "start_s": start_s, "duration_s": duration_s,
-            "step_s": step_s, "steps": self.steps, "routing": scheme_name,
-            "nodes": len(nodes), "node_kinds": kinds, "satellites": nodes.n_sats,
+            "scenario": scenario.name,
+            "source": scenario.source,
+            "epoch": scenario.epoch.isoformat(),
+            "start_s": start_s,
+            "duration_s": duration_s,
+            "step_s": step_s,
+            "steps": self.steps,
+            "routing": scheme_name,
+            "nodes": len(nodes),
+            "node_kinds": kinds,
+            "satellites": nodes.n_sats,
             "endpoints": [names[e] for e in self.ends],
             "isl_count_mean": float(np.mean(self.n_isl)) if self.n_isl else 0.0,
             "gsl_count_mean": float(np.mean(self.n_gsl)) if self.n_gsl else 0.0,
@@ -262,8 +311,16 @@ def write_nodes_csv(path: Path, nodes: Nodes) -> None:
         w = csv.writer(f)
         w.writerow(NODES.columns)
         for i, name in enumerate(nodes.names):
-            w.writerow([i, name, nodes.kind[i], int(nodes.shell[i]), int(nodes.plane[i]),
-                        int(nodes.index[i])])
+            w.writerow(
+                [
+                    i,
+                    name,
+                    nodes.kind[i],
+                    int(nodes.shell[i]),
+                    int(nodes.plane[i]),
+                    int(nodes.index[i]),
+                ]
+            )
 
 
 def _write_links(w: Any, snap: Snapshot, names: tuple[str, ...]) -> None:
@@ -272,10 +329,18 @@ def _write_links(w: Any, snap: Snapshot, names: tuple[str, ...]) -> None:
     delay = np.round(snap.delay_s * 1e3, 6)
     rate = snap.rate_bps / 1e6
     up = snap.up.astype(int)
-    w.writerows([t, names[a], names[b], KIND_NAMES[k], u, f"{dk:.3f}", f"{dm:.6f}", f"{r:g}"]
-                for a, b, k, u, dk, dm, r in zip(snap.a.tolist(), snap.b.tolist(),
-                                                 snap.kind.tolist(), up.tolist(), dist.tolist(),
-                                                 delay.tolist(), rate.tolist()))
+    w.writerows(
+        [t, names[a], names[b], KIND_NAMES[k], u, f"{dk:.3f}", f"{dm:.6f}", f"{r:g}"]
+        for a, b, k, u, dk, dm, r in zip(
+            snap.a.tolist(),
+            snap.b.tolist(),
+            snap.kind.tolist(),
+            up.tolist(),
+            dist.tolist(),
+            delay.tolist(),
+            rate.tolist(),
+        )
+    )
 
 
 def _f(x: float) -> float | None:

@@ -31,8 +31,12 @@ Table = dict[str, np.ndarray]
 """Columns of one CSV file: float64 arrays for numeric columns, str arrays otherwise."""
 
 
-def read_table(path: Path | str, required: Sequence[str] = (), optional: Sequence[str] = (),
-               numeric: Sequence[str] = ()) -> Table | None:
+def read_table(
+    path: Path | str,
+    required: Sequence[str] = (),
+    optional: Sequence[str] = (),
+    numeric: Sequence[str] = (),
+) -> Table | None:
     """Read a CSV file with a header into columns; ``None`` when the file does not exist.
 
     Parameters
@@ -60,20 +64,24 @@ def read_table(path: Path | str, required: Sequence[str] = (), optional: Sequenc
     table = _columns(header, rows, path, numeric)
     for name in optional:
         if name not in table:
-            table[name] = (np.full(len(rows), np.nan) if name in numeric
-                           else np.full(len(rows), "", dtype=object).astype(str))
+            table[name] = (
+                np.full(len(rows), np.nan)
+                if name in numeric
+                else np.full(len(rows), "", dtype=object).astype(str)
+            )
     return table
 
 
 def _check_header(header: list[str], required: Sequence[str], path: Path) -> None:
     missing = [c for c in required if c not in header]
     if missing:
-        raise ReportError(f"{path}: missing column(s) {', '.join(missing)}; expected a header "
-                          f"with {','.join(required)} (found {','.join(header) or 'nothing'})")
+        raise ReportError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected a header "
+            f"with {','.join(required)} (found {','.join(header) or 'nothing'})"
+        )
 
 
-def _columns(header: list[str], rows: list[list[str]], path: Path,
-             numeric: Sequence[str]) -> Table:
+def _columns(header: list[str], rows: list[list[str]], path: Path, numeric: Sequence[str]) -> Table:
     """Transpose rows into columns; short rows are padded with "", cells beyond the header
     are dropped."""
     width = len(header)
@@ -96,7 +104,7 @@ def _rows_at(reader: Any, path: Path, t_s: float) -> tuple[list[str], list[list[
     header = [h.strip() for h in header]
     _check_header(header, LINKS.required, path)
     it = header.index("t_s")
-    before: tuple[float, list[list[str]]] | None = None   # the group at or before t_s
+    before: tuple[float, list[list[str]]] | None = None  # the group at or before t_s
     cur_t, cur_rows = math.nan, list[list[str]]()
     for line, row in enumerate(reader, start=2):
         if not row:
@@ -104,8 +112,10 @@ def _rows_at(reader: Any, path: Path, t_s: float) -> tuple[list[str], list[list[
         try:
             t = float(row[it])
         except (ValueError, IndexError):
-            raise ReportError(f"{path}, line {line}: column t_s should be a number, got "
-                              f"{row[it] if it < len(row) else ''!r}") from None
+            raise ReportError(
+                f"{path}, line {line}: column t_s should be a number, got "
+                f"{row[it] if it < len(row) else ''!r}"
+            ) from None
         if t != cur_t:
             if cur_rows and cur_t >= t_s:  # the group just finished is the first after t_s
                 break
@@ -125,8 +135,14 @@ def read_spec(run_dir: Path | str, spec: FileSpec) -> Table | None:
     return read_table(Path(run_dir) / spec.name, spec.required, spec.optional, spec.numeric)
 
 
-_SPECIAL = {"": math.nan, "nan": math.nan, "none": math.nan, "null": math.nan,
-            "true": 1.0, "false": 0.0}
+_SPECIAL = {
+    "": math.nan,
+    "nan": math.nan,
+    "none": math.nan,
+    "null": math.nan,
+    "true": 1.0,
+    "false": 0.0,
+}
 
 
 def _floats(values: Sequence[str], path: Path, column: str) -> np.ndarray:
@@ -143,8 +159,9 @@ def _floats(values: Sequence[str], path: Path, column: str) -> np.ndarray:
         try:
             out[i] = float(v)
         except ValueError:
-            raise ReportError(f"{path}, line {i + 2}: column {column} should be a number, got "
-                              f"{v!r}") from None
+            raise ReportError(
+                f"{path}, line {i + 2}: column {column} should be a number, got {v!r}"
+            ) from None
     return out
 
 
@@ -187,13 +204,17 @@ class Run:
         """Node positions per recorded step (``positions.npz``); ReportError without it."""
         pos = files.read_positions(self.run_dir)
         if pos is None:
-            raise ReportError(f"no {files.POSITIONS.name} in {self.run_dir}: it was written "
-                              f"without positions (by an older meshemu, or by a recorder not "
-                              f"given positions_ecef_km); run it again to get a map")
+            raise ReportError(
+                f"no {files.POSITIONS.name} in {self.run_dir}: it was written "
+                f"without positions (by an older meshemu, or by a recorder not "
+                f"given positions_ecef_km); run it again to get a map"
+            )
         nodes = self.table(files.NODES)
         if nodes is not None and n_rows(nodes) != pos.n_nodes:
-            raise ReportError(f"{files.POSITIONS.name} has {pos.n_nodes} nodes but "
-                              f"{files.NODES.name} has {n_rows(nodes)}")
+            raise ReportError(
+                f"{files.POSITIONS.name} has {pos.n_nodes} nodes but "
+                f"{files.NODES.name} has {n_rows(nodes)}"
+            )
         return pos
 
     def links_at(self, t_s: float) -> Table | None:
@@ -213,8 +234,9 @@ class Run:
             return None
         header, body = rows
         table = _columns(header, body, path, LINKS.numeric)
-        table["kind_id"] = np.array([LINK_KINDS.index(k) if k in LINK_KINDS else -1
-                                     for k in table["kind"]], dtype=np.int64)
+        table["kind_id"] = np.array(
+            [LINK_KINDS.index(k) if k in LINK_KINDS else -1 for k in table["kind"]], dtype=np.int64
+        )
         return table
 
     @property
@@ -249,8 +271,11 @@ class Run:
         origin = self.clock_origin()
         if origin is None:
             pk = self.table(PACKETS)
-            sent = (pk["send_unix_ns"][np.isfinite(pk["send_unix_ns"])] if pk is not None
-                    else np.zeros(0))
+            sent = (
+                pk["send_unix_ns"][np.isfinite(pk["send_unix_ns"])]
+                if pk is not None
+                else np.zeros(0)
+            )
             first = sent.min() / 1e9 if sent.size else (np.nanmin(unix_s) if unix_s.size else 0)
             origin = (0.0, float(first))
         t0, u0 = origin
@@ -265,27 +290,36 @@ def load_run(run_dir: Path | str) -> Run:
     """
     d = Path(run_dir)
     if not d.exists():
-        raise ReportError(f"run directory {str(d)!r} does not exist; give the directory "
-                          f"written by 'meshemu run' or 'meshemu plan' (see runs/)")
+        raise ReportError(
+            f"run directory {str(d)!r} does not exist; give the directory "
+            f"written by 'meshemu run' or 'meshemu plan' (see runs/)"
+        )
     if not d.is_dir():
-        raise ReportError(f"{str(d)!r} is a file, not a run directory; give the directory "
-                          f"written by 'meshemu run' or 'meshemu plan'")
+        raise ReportError(
+            f"{str(d)!r} is a file, not a run directory; give the directory "
+            f"written by 'meshemu run' or 'meshemu plan'"
+        )
     sp = d / files.SUMMARY_JSON
     if not sp.is_file():
-        raise ReportError(f"{str(d)!r} has no summary.json: is it a meshemu run directory? "
-                          f"Give the directory written by 'meshemu run' or 'meshemu plan' "
-                          f"(a run that was interrupted before its end writes none)")
+        raise ReportError(
+            f"{str(d)!r} has no summary.json: is it a meshemu run directory? "
+            f"Give the directory written by 'meshemu run' or 'meshemu plan' "
+            f"(a run that was interrupted before its end writes none)"
+        )
     try:
         summary = json.loads(sp.read_text())
     except (OSError, ValueError) as exc:
-        raise ReportError(f"{sp}: not valid JSON ({exc}); was the run interrupted while "
-                          f"writing it?") from None
+        raise ReportError(
+            f"{sp}: not valid JSON ({exc}); was the run interrupted while writing it?"
+        ) from None
     if not isinstance(summary, dict):
         raise ReportError(f"{sp}: expected a JSON object, got {type(summary).__name__}")
     tables = {spec.name: read_spec(d, spec) for spec in LOADED_SPECS}
     return Run(d, summary, tables)
 
+
 # ----------------------------------------------------------------------------- helpers
+
 
 def group_indices(keys: np.ndarray) -> dict[str, np.ndarray]:
     """Row indices of each distinct key (in file order)."""

@@ -49,8 +49,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from meshemu.report.files import (FLOW_PATHS, FLOW_THROUGHPUT, FLOWS, INFERENCE, ITERATIONS,
-                                  PACKETS, PATHS, RTT, STEPS, TRAFFIC_FILES)
+from meshemu.report.files import (
+    FLOW_PATHS,
+    FLOW_THROUGHPUT,
+    FLOWS,
+    INFERENCE,
+    ITERATIONS,
+    PACKETS,
+    PATHS,
+    RTT,
+    STEPS,
+    TRAFFIC_FILES,
+)
 from meshemu.report.run import Run, Table, group_indices, n_rows, natural_key, pair_indices
 
 #: Percentiles reported for delays and latencies.
@@ -72,10 +82,10 @@ class SeqStats:
     """Loss and reordering of one flow (see the module docstring for the definitions)."""
 
     expected: int
-    received: int          # distinct (msg_id, seq) received
+    received: int  # distinct (msg_id, seq) received
     lost: int
     reordered: int
-    arrivals: int          # received rows (duplicates included)
+    arrivals: int  # received rows (duplicates included)
     per_message_seq: bool  # True when seq restarts in every message
 
     @property
@@ -87,8 +97,9 @@ class SeqStats:
         return 100.0 * self.reordered / self.arrivals if self.arrivals else math.nan
 
 
-def sequence_stats(msg_id: np.ndarray, seq: np.ndarray, recv_time: np.ndarray,
-                   sender: np.ndarray | None = None) -> SeqStats:
+def sequence_stats(
+    msg_id: np.ndarray, seq: np.ndarray, recv_time: np.ndarray, sender: np.ndarray | None = None
+) -> SeqStats:
     """Loss and reordering of one flow from its packet log.
 
     Parameters
@@ -104,14 +115,19 @@ def sequence_stats(msg_id: np.ndarray, seq: np.ndarray, recv_time: np.ndarray,
     """
     if sender is not None:
         sender = np.asarray(sender).astype(str)
-        parts = [sequence_stats(np.asarray(msg_id)[i], np.asarray(seq)[i],
-                                np.asarray(recv_time)[i])
-                 for i in group_indices(sender).values()]
+        parts = [
+            sequence_stats(np.asarray(msg_id)[i], np.asarray(seq)[i], np.asarray(recv_time)[i])
+            for i in group_indices(sender).values()
+        ]
         if len(parts) != 1:
-            return SeqStats(sum(p.expected for p in parts), sum(p.received for p in parts),
-                            sum(p.lost for p in parts), sum(p.reordered for p in parts),
-                            sum(p.arrivals for p in parts),
-                            any(p.per_message_seq for p in parts))
+            return SeqStats(
+                sum(p.expected for p in parts),
+                sum(p.received for p in parts),
+                sum(p.lost for p in parts),
+                sum(p.reordered for p in parts),
+                sum(p.arrivals for p in parts),
+                any(p.per_message_seq for p in parts),
+            )
     msg_id = np.asarray(msg_id)
     seq = np.asarray(seq, dtype=float)
     recv_time = np.asarray(recv_time, dtype=float)
@@ -133,8 +149,9 @@ def sequence_stats(msg_id: np.ndarray, seq: np.ndarray, recv_time: np.ndarray,
     present[group] = True
     expected = int((top[present] - base + 1).sum())
     got = np.isfinite(recv_time)
-    received = int(np.unique(np.stack([msg[got], seq[got]], axis=1), axis=0).shape[0]) \
-        if got.any() else 0
+    received = (
+        int(np.unique(np.stack([msg[got], seq[got]], axis=1), axis=0).shape[0]) if got.any() else 0
+    )
     # reordering: in arrival order, per group, seq below the running maximum
     g, s, r = group[got], seq[got], recv_time[got]
     order = np.lexsort((r, g))  # by group, then receive time (stable)
@@ -144,8 +161,9 @@ def sequence_stats(msg_id: np.ndarray, seq: np.ndarray, recv_time: np.ndarray,
     run_max = np.maximum.accumulate(shifted) if s.size else shifted
     prev_max = np.concatenate([[np.iinfo(np.int64).min], run_max[:-1]])
     reordered = int((shifted < prev_max).sum())
-    return SeqStats(expected, received, max(expected - received, 0), reordered, int(got.sum()),
-                    per_message)
+    return SeqStats(
+        expected, received, max(expected - received, 0), reordered, int(got.sum()), per_message
+    )
 
 
 @dataclass(frozen=True)
@@ -158,8 +176,8 @@ class FlowStats:
     src: str
     dst: str
     seq: SeqStats
-    owd_ms: np.ndarray = field(repr=False)   # received packets' one-way delays
-    t_s: np.ndarray = field(repr=False)      # their send times, emulated
+    owd_ms: np.ndarray = field(repr=False)  # received packets' one-way delays
+    t_s: np.ndarray = field(repr=False)  # their send times, emulated
     throughput_mbps: float
     path_changes: int
 
@@ -210,7 +228,7 @@ class RunStats:
 
     label: str
     flows: list[FlowStats]
-    jobs: list[JobStats]             # per job, then "all jobs" pooled (when any)
+    jobs: list[JobStats]  # per job, then "all jobs" pooled (when any)
     inference: InferenceStats | None
     route_changes: int | None
     link_updates: int | None
@@ -224,8 +242,7 @@ class RunStats:
     @property
     def owd_all_ms(self) -> np.ndarray:
         """One-way delays of every received packet of every flow."""
-        return (np.concatenate([f.owd_ms for f in self.flows]) if self.flows
-                else np.zeros(0))
+        return np.concatenate([f.owd_ms for f in self.flows]) if self.flows else np.zeros(0)
 
 
 def flow_stats(run: Run) -> list[FlowStats]:
@@ -247,20 +264,39 @@ def flow_stats(run: Run) -> list[FlowStats]:
         if pk is not None and idx is not None:
             sq, owd_ms, t_s, mbps = _packet_stats(run, pk, idx)
         else:
-            sq, owd_ms, t_s, mbps = SeqStats(0, 0, 0, 0, 0, False), np.zeros(0), np.zeros(0), \
-                math.nan
+            sq, owd_ms, t_s, mbps = (
+                SeqStats(0, 0, 0, 0, 0, False),
+                np.zeros(0),
+                np.zeros(0),
+                math.nan,
+            )
         if thr is not None and fid in thr_groups:  # the sampled throughput wins
             v = thr["mbps"][thr_groups[fid]]
             mbps = float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
-        changes = len(path_change_times(run, fid, info["src"], info["dst"], fp_groups,
-                                        pair_groups))
-        out.append(FlowStats(fid, info["name"], info["kind"], info["src"], info["dst"], sq,
-                             owd_ms, t_s, mbps, changes))
+        changes = len(path_change_times(run, fid, info["src"], info["dst"], fp_groups, pair_groups))
+        out.append(
+            FlowStats(
+                fid,
+                info["name"],
+                info["kind"],
+                info["src"],
+                info["dst"],
+                sq,
+                owd_ms,
+                t_s,
+                mbps,
+                changes,
+            )
+        )
     return out
 
 
-def _flow_names(run: Run, pk_groups: dict[str, np.ndarray], fp_groups: dict[str, np.ndarray],
-                thr_groups: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
+def _flow_names(
+    run: Run,
+    pk_groups: dict[str, np.ndarray],
+    fp_groups: dict[str, np.ndarray],
+    thr_groups: dict[str, np.ndarray],
+) -> dict[str, dict[str, str]]:
     """Name, kind, src and dst of every flow id (a flow id several flows share a name with
     gets its id appended)."""
     fl, pk, fp = run.table(FLOWS), run.table(PACKETS), run.table(FLOW_PATHS)
@@ -268,14 +304,25 @@ def _flow_names(run: Run, pk_groups: dict[str, np.ndarray], fp_groups: dict[str,
     if fl is not None:
         for i in range(n_rows(fl)):
             fid = str(fl["flow_id"][i])
-            flows[fid] = {"name": str(fl["name"][i]) or fid, "kind": str(fl["kind"][i]),
-                          "src": str(fl["src"][i]), "dst": str(fl["dst"][i])}
+            flows[fid] = {
+                "name": str(fl["name"][i]) or fid,
+                "kind": str(fl["kind"][i]),
+                "src": str(fl["src"][i]),
+                "dst": str(fl["dst"][i]),
+            }
     for t, groups in ((pk, pk_groups), (fp, fp_groups)):  # flows without flows.csv
         if t is None:
             continue
         for fid, idx in groups.items():
-            flows.setdefault(fid, {"name": fid, "kind": "", "src": str(t["src"][idx[0]]),
-                                   "dst": str(t["dst"][idx[0]])})
+            flows.setdefault(
+                fid,
+                {
+                    "name": fid,
+                    "kind": "",
+                    "src": str(t["src"][idx[0]]),
+                    "dst": str(t["dst"][idx[0]]),
+                },
+            )
     for fid in thr_groups:
         flows.setdefault(fid, {"name": fid, "kind": "", "src": "", "dst": ""})
     names = [f["name"] for f in flows.values()]
@@ -285,8 +332,9 @@ def _flow_names(run: Run, pk_groups: dict[str, np.ndarray], fp_groups: dict[str,
     return flows
 
 
-def _packet_stats(run: Run, pk: Table, idx: np.ndarray
-                  ) -> tuple[SeqStats, np.ndarray, np.ndarray, float]:
+def _packet_stats(
+    run: Run, pk: Table, idx: np.ndarray
+) -> tuple[SeqStats, np.ndarray, np.ndarray, float]:
     """Sequence statistics, OWDs (ms) and their emulated send times (s), in send order, and
     the throughput from receive times (Mbit/s) of one flow's rows of ``packets.csv``."""
     recv = pk["recv_unix_ns"][idx]
@@ -310,10 +358,14 @@ def _packet_stats(run: Run, pk: Table, idx: np.ndarray
     return sq, owd[got][order], t_s[order], mbps
 
 
-def path_change_times(run: Run, flow_id: str, src: str, dst: str,
-                      fp_groups: dict[str, np.ndarray] | None = None,
-                      pair_groups: dict[tuple[str, str], np.ndarray] | None = None
-                      ) -> list[float]:
+def path_change_times(
+    run: Run,
+    flow_id: str,
+    src: str,
+    dst: str,
+    fp_groups: dict[str, np.ndarray] | None = None,
+    pair_groups: dict[tuple[str, str], np.ndarray] | None = None,
+) -> list[float]:
     """Emulated times at which a flow's path changed: from ``flow_paths.csv`` (the path the
     flow took), else from the planned paths of ``src -> dst`` in ``paths.csv``."""
     fp = run.table(FLOW_PATHS)
@@ -350,9 +402,15 @@ def job_stats(run: Run) -> list[JobStats]:
         d = it["duration_ms"][idx]
         p = it["predicted_ms"][idx]
         d_ok, p_ok = d[np.isfinite(d)], p[np.isfinite(p)]
-        return JobStats(job, alg, int(d_ok.size),
-                        float(d_ok.mean()) if d_ok.size else math.nan, percentiles(d, (95,))[0],
-                        float(p_ok.mean()) if p_ok.size else math.nan, percentiles(p, (95,))[0])
+        return JobStats(
+            job,
+            alg,
+            int(d_ok.size),
+            float(d_ok.mean()) if d_ok.size else math.nan,
+            percentiles(d, (95,))[0],
+            float(p_ok.mean()) if p_ok.size else math.nan,
+            percentiles(p, (95,))[0],
+        )
 
     groups = group_indices(keys)
     for key in sorted(groups, key=natural_key):
@@ -373,8 +431,9 @@ def inference_stats(run: Run) -> InferenceStats | None:
     computed = ~np.isfinite(lat) | (np.isfinite(inf["deadline_ms"]) & (lat > inf["deadline_ms"]))
     miss = np.where(np.isfinite(missed), missed != 0, computed)
     p50, p95, p99 = percentiles(lat)
-    return InferenceStats(int(lat.size), int(np.isfinite(lat).sum()), p50, p95, p99,
-                          int(miss.sum()))
+    return InferenceStats(
+        int(lat.size), int(np.isfinite(lat).sum()), p50, p95, p99, int(miss.sum())
+    )
 
 
 def run_stats(run: Run) -> RunStats:
@@ -409,7 +468,17 @@ def run_stats(run: Run) -> RunStats:
         lu = int(np.nansum(st["link_updates"]))
     rt = run.table(RTT)
     rtt = rt["rtt_ms"][np.isfinite(rt["rtt_ms"])] if rt is not None else np.zeros(0)
-    return RunStats(run.label, flow_stats(run), job_stats(run), inference_stats(run),
-                    None if rc is None else int(rc), None if lu is None else int(lu),
-                    s.get("steps"), apply_p50, apply_p99, lag_p99, notes, rtt)
-
+    return RunStats(
+        run.label,
+        flow_stats(run),
+        job_stats(run),
+        inference_stats(run),
+        None if rc is None else int(rc),
+        None if lu is None else int(lu),
+        s.get("steps"),
+        apply_p50,
+        apply_p99,
+        lag_p99,
+        notes,
+        rtt,
+    )

@@ -21,8 +21,8 @@ from meshemu.report.stats import PERCENTILES, RunStats, percentiles
 class Metric:
     """One row of ``summary.csv``: ``section,name,metric,value,unit``."""
 
-    section: str   # run | traffic | flow | allreduce | inference
-    name: str      # flow name, job name, "all flows", ...
+    section: str  # run | traffic | flow | allreduce | inference
+    name: str  # flow name, job name, "all flows", ...
     metric: str
     value: float
     unit: str = ""
@@ -52,14 +52,31 @@ def metrics(stats: RunStats) -> list[Metric]:
         add(Metric("traffic", name, "flows", len(stats.flows)))
         add(Metric("traffic", name, "packets", sum(q.received for q in seqs)))
         add(Metric("traffic", name, "lost", sum(q.lost for q in seqs)))
-        add(Metric("traffic", name, "loss_pct",
-                   100.0 * sum(q.lost for q in seqs) / exp if exp else math.nan, "%"))
-        add(Metric("traffic", name, "reorder_pct",
-                   100.0 * sum(q.reordered for q in seqs) / arr if arr else math.nan, "%"))
+        add(
+            Metric(
+                "traffic",
+                name,
+                "loss_pct",
+                100.0 * sum(q.lost for q in seqs) / exp if exp else math.nan,
+                "%",
+            )
+        )
+        add(
+            Metric(
+                "traffic",
+                name,
+                "reorder_pct",
+                100.0 * sum(q.reordered for q in seqs) / arr if arr else math.nan,
+                "%",
+            )
+        )
         for q, v in zip(PERCENTILES, p):
             add(Metric("traffic", name, f"owd_p{q}", v, "ms"))
-        add(Metric("traffic", name, "throughput_mbps", float(sum(thr)) if thr else math.nan,
-                   "Mbit/s"))
+        add(
+            Metric(
+                "traffic", name, "throughput_mbps", float(sum(thr)) if thr else math.nan, "Mbit/s"
+            )
+        )
     if stats.rtt_ms.size:
         for q, v in zip(PERCENTILES, percentiles(stats.rtt_ms)):
             add(Metric("traffic", "all flows", f"rtt_p{q}", v, "ms"))
@@ -101,8 +118,9 @@ def fmt(x: Any) -> str:
     100)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    if isinstance(x, (int, np.integer)) or (isinstance(x, float) and x.is_integer()
-                                            and abs(x) >= 1000):
+    if isinstance(x, (int, np.integer)) or (
+        isinstance(x, float) and x.is_integer() and abs(x) >= 1000
+    ):
         return str(int(x))
     return f"{x:.1f}" if abs(x) >= 100 else f"{x:.2f}"
 
@@ -128,14 +146,17 @@ def write_metrics_csv(path: Path, rows: list[Metric]) -> Path:
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table with padded columns."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [line(r) for r in rows])
+    return "\n".join(
+        [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        + [line(r) for r in rows]
+    )
 
 
 def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
@@ -144,49 +165,143 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
     out = []
     if not short:
         out.append(f"# meshemu report: {run.name}\n")
-    out.append(f"scenario {s.get('scenario', '?')}, routing {s.get('routing', '?')}, "
-               f"shaper {s.get('shaper', 'n/a (plan)')}, {s.get('nodes', '?')} nodes, "
-               f"{s.get('steps', '?')} steps of {s.get('step_s', '?')} s, time scale "
-               f"{run.time_scale:g}\n")
-    out.append(md_table(["steps", "route changes", "link updates", "apply p50 (ms)",
-                          "apply p99 (ms)", "lag p99 (ms)"],
-                         [[fmt(stats.steps), fmt(stats.route_changes), fmt(stats.link_updates),
-                           fmt(stats.apply_ms_p50), fmt(stats.apply_ms_p99),
-                           fmt(stats.lag_ms_p99)]]))
+    out.append(
+        f"scenario {s.get('scenario', '?')}, routing {s.get('routing', '?')}, "
+        f"shaper {s.get('shaper', 'n/a (plan)')}, {s.get('nodes', '?')} nodes, "
+        f"{s.get('steps', '?')} steps of {s.get('step_s', '?')} s, time scale "
+        f"{run.time_scale:g}\n"
+    )
+    out.append(
+        md_table(
+            [
+                "steps",
+                "route changes",
+                "link updates",
+                "apply p50 (ms)",
+                "apply p99 (ms)",
+                "lag p99 (ms)",
+            ],
+            [
+                [
+                    fmt(stats.steps),
+                    fmt(stats.route_changes),
+                    fmt(stats.link_updates),
+                    fmt(stats.apply_ms_p50),
+                    fmt(stats.apply_ms_p99),
+                    fmt(stats.lag_ms_p99),
+                ]
+            ],
+        )
+    )
     flows = [f for f in stats.flows if f.seq.received] if short else stats.flows
     if short and len(flows) < len(stats.flows):
-        out.append(f"({len(stats.flows) - len(flows)} flows without packets left out; see "
-                   f"summary.md)")
+        out.append(
+            f"({len(stats.flows) - len(flows)} flows without packets left out; see summary.md)"
+        )
     if flows:
         rows = []
         for f in flows:
             p50, p95, p99 = f.owd_p
-            rows.append([f.name, f.kind, f"{f.src} -> {f.dst}", fmt(f.seq.received),
-                         fmt(f.seq.loss_pct), fmt(f.seq.reorder_pct), fmt(p50), fmt(p95),
-                         fmt(p99), fmt(f.throughput_mbps), fmt(f.path_changes)])
-        out.append("\n" + md_table(["flow", "kind", "src -> dst", "packets", "loss %",
-                                     "reorder %", "OWD p50 (ms)", "OWD p95 (ms)",
-                                     "OWD p99 (ms)", "Mbit/s", "path changes"], rows))
+            rows.append(
+                [
+                    f.name,
+                    f.kind,
+                    f"{f.src} -> {f.dst}",
+                    fmt(f.seq.received),
+                    fmt(f.seq.loss_pct),
+                    fmt(f.seq.reorder_pct),
+                    fmt(p50),
+                    fmt(p95),
+                    fmt(p99),
+                    fmt(f.throughput_mbps),
+                    fmt(f.path_changes),
+                ]
+            )
+        out.append(
+            "\n"
+            + md_table(
+                [
+                    "flow",
+                    "kind",
+                    "src -> dst",
+                    "packets",
+                    "loss %",
+                    "reorder %",
+                    "OWD p50 (ms)",
+                    "OWD p95 (ms)",
+                    "OWD p99 (ms)",
+                    "Mbit/s",
+                    "path changes",
+                ],
+                rows,
+            )
+        )
     if stats.jobs:
         jobs = stats.jobs if len(stats.jobs) > 2 else stats.jobs[:1]  # pooled row if > 1 job
-        out.append("\n" + md_table(
-            ["all-reduce job", "algorithm", "iterations", "mean (ms)", "p95 (ms)",
-             "predicted mean (ms)", "predicted p95 (ms)", "measured vs predicted %"],
-            [[j.job, j.algorithm, fmt(j.iterations), fmt(j.mean_ms), fmt(j.p95_ms),
-              fmt(j.predicted_mean_ms), fmt(j.predicted_p95_ms), fmt(j.error_pct)]
-             for j in jobs]))
+        out.append(
+            "\n"
+            + md_table(
+                [
+                    "all-reduce job",
+                    "algorithm",
+                    "iterations",
+                    "mean (ms)",
+                    "p95 (ms)",
+                    "predicted mean (ms)",
+                    "predicted p95 (ms)",
+                    "measured vs predicted %",
+                ],
+                [
+                    [
+                        j.job,
+                        j.algorithm,
+                        fmt(j.iterations),
+                        fmt(j.mean_ms),
+                        fmt(j.p95_ms),
+                        fmt(j.predicted_mean_ms),
+                        fmt(j.predicted_p95_ms),
+                        fmt(j.error_pct),
+                    ]
+                    for j in jobs
+                ],
+            )
+        )
     if stats.rtt_ms.size:
         p50, p95, p99 = percentiles(stats.rtt_ms)
-        out.append("\n" + md_table(
-            ["transport RTT (acknowledged messages)", "p50 (ms)", "p95 (ms)", "p99 (ms)"],
-            [[fmt(stats.rtt_ms.size), fmt(p50), fmt(p95), fmt(p99)]]))
+        out.append(
+            "\n"
+            + md_table(
+                ["transport RTT (acknowledged messages)", "p50 (ms)", "p95 (ms)", "p99 (ms)"],
+                [[fmt(stats.rtt_ms.size), fmt(p50), fmt(p95), fmt(p99)]],
+            )
+        )
     if stats.inference is not None:
         i = stats.inference
-        out.append("\n" + md_table(
-            ["inference requests", "completed", "p50 (ms)", "p95 (ms)", "p99 (ms)",
-             "deadline misses", "miss %"],
-            [[fmt(i.requests), fmt(i.completed), fmt(i.p50_ms), fmt(i.p95_ms), fmt(i.p99_ms),
-              fmt(i.deadline_misses), fmt(i.miss_pct)]]))
+        out.append(
+            "\n"
+            + md_table(
+                [
+                    "inference requests",
+                    "completed",
+                    "p50 (ms)",
+                    "p95 (ms)",
+                    "p99 (ms)",
+                    "deadline misses",
+                    "miss %",
+                ],
+                [
+                    [
+                        fmt(i.requests),
+                        fmt(i.completed),
+                        fmt(i.p50_ms),
+                        fmt(i.p95_ms),
+                        fmt(i.p99_ms),
+                        fmt(i.deadline_misses),
+                        fmt(i.miss_pct),
+                    ]
+                ],
+            )
+        )
     if not short:
         lines = (s.get("traffic") or {}).get("lines") or []
         if lines:
@@ -195,4 +310,3 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
             out.append("\nnotes:\n\n" + "\n".join(f"- {x}" for x in stats.notes))
         out.append("\nDefinitions (loss, reordering, percentiles): see meshemu/report/stats.py.")
     return "\n".join(out) + "\n"
-

@@ -49,8 +49,13 @@ class TimeSpan:
     n_steps: int
 
     @classmethod
-    def checked(cls, duration_s: float, step_s: float = 1.0, start_s: float = 0.0,
-                max_steps: int = MAX_STEPS) -> TimeSpan:
+    def checked(
+        cls,
+        duration_s: float,
+        step_s: float = 1.0,
+        start_s: float = 0.0,
+        max_steps: int = MAX_STEPS,
+    ) -> TimeSpan:
         """Validate the three options and count the steps.
 
         Parameters
@@ -71,19 +76,24 @@ class TimeSpan:
         if duration < 0:
             raise OptionsError(f"must be >= 0 s; got {duration_s!r}", field="--duration")
         if step < MIN_STEP_S:
-            raise OptionsError(f"must be at least {MIN_STEP_S:g} s; got {step_s!r}",
-                               field="--step")
+            raise OptionsError(f"must be at least {MIN_STEP_S:g} s; got {step_s!r}", field="--step")
         if start < 0:
             raise OptionsError(f"must be >= 0 s; got {start_s!r}", field="--start")
         if start + duration > MAX_SPAN_S:
-            raise OptionsError(f"start + duration reach {start + duration:.3g} s after the "
-                               f"scenario's epoch; at most {MAX_SPAN_S:.3g} s (10 years): move "
-                               f"the epoch instead", field="--start")
+            raise OptionsError(
+                f"start + duration reach {start + duration:.3g} s after the "
+                f"scenario's epoch; at most {MAX_SPAN_S:.3g} s (10 years): move "
+                f"the epoch instead",
+                field="--start",
+            )
         n_steps = int(math.floor(duration / step + 1e-9)) + 1
         if n_steps > max_steps:
-            raise OptionsError(f"{duration_s!r} s in steps of {step_s!r} s make {n_steps:,} "
-                               f"steps; at most {max_steps:,}: use a larger --step or a "
-                               f"shorter --duration", field="--duration")
+            raise OptionsError(
+                f"{duration_s!r} s in steps of {step_s!r} s make {n_steps:,} "
+                f"steps; at most {max_steps:,}: use a larger --step or a "
+                f"shorter --duration",
+                field="--duration",
+            )
         return cls(duration, step, start, n_steps)
 
 
@@ -98,16 +108,20 @@ def check_out_dir(path: Path | str) -> Path:
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise OptionsError(f"{str(out)!r} exists and is not a directory; give a directory "
-                           f"(it is created if missing)", field="--out")
+        raise OptionsError(
+            f"{str(out)!r} exists and is not a directory; give a directory "
+            f"(it is created if missing)",
+            field="--out",
+        )
     probe = out
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise OptionsError(f"cannot create {str(out)!r}: {str(probe)!r} is not a directory",
-                           field="--out")
+        raise OptionsError(
+            f"cannot create {str(out)!r}: {str(probe)!r} is not a directory", field="--out"
+        )
     if not os.access(probe, os.W_OK | os.X_OK):
         why = "is on a read-only file system" if _read_only(probe) else "is not writable"
         raise OptionsError(f"cannot write {str(out)!r}: {str(probe)!r} {why}", field="--out")
@@ -125,8 +139,7 @@ def make_out_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OptionsError(f"cannot create {str(path)!r}: {exc.strerror}", field="--out") \
-            from None
+        raise OptionsError(f"cannot create {str(path)!r}: {exc.strerror}", field="--out") from None
     return path
 
 

@@ -147,8 +147,13 @@ class Profile:
 
     def to_dict(self) -> dict:
         """JSON-able form (pcap timings left out)."""
-        out = {"name": self.name, "description": self.description, "seed": self.seed,
-               "source": self.source, "workloads": []}
+        out = {
+            "name": self.name,
+            "description": self.description,
+            "seed": self.seed,
+            "source": self.source,
+            "workloads": [],
+        }
         for w in self.workloads:
             d = asdict(w)
             d.pop("times_s", None)
@@ -182,8 +187,10 @@ def load_profile(spec: str | Path | Profile) -> Profile:
     if not path.is_file():
         shipped = default_profile_dir() / f"{spec}.yaml"
         if not shipped.is_file():
-            raise ProfileError(f"no traffic profile {str(spec)!r}; give a path to a YAML file "
-                               f"or one of the shipped profiles: {', '.join(list_profiles())}")
+            raise ProfileError(
+                f"no traffic profile {str(spec)!r}; give a path to a YAML file "
+                f"or one of the shipped profiles: {', '.join(list_profiles())}"
+            )
         path = shipped
     try:
         data = yaml.safe_load(path.read_text())
@@ -227,24 +234,43 @@ def _parse(data: Any, source: str, base_dir: Path) -> Profile:
     return Profile(name, tuple(out), desc, seed, source)
 
 
-def _parse_allreduce(v: Validator, w: dict, p: str, name: str, start: float,
-                     base_dir: Path) -> AllReduceSpec:
-    v.mapping(w, p, _COMMON + ("algorithm", "nodes", "model_mb", "iterations", "compute_ms",
-                               "rate_mbps"))
+def _parse_allreduce(
+    v: Validator, w: dict, p: str, name: str, start: float, base_dir: Path
+) -> AllReduceSpec:
+    v.mapping(
+        w, p, _COMMON + ("algorithm", "nodes", "model_mb", "iterations", "compute_ms", "rate_mbps")
+    )
     return AllReduceSpec(
-        name, v.choice(w, "algorithm", p, tuple(sorted(ALGORITHMS))),
+        name,
+        v.choice(w, "algorithm", p, tuple(sorted(ALGORITHMS))),
         v.node_names(w, "nodes", p, "compute", min_len=2),
         v.number(w, "model_mb", p, lo=0, lo_open=True, hi=10_000),
         v.number(w, "iterations", p, lo=1, hi=1_000_000, integer=True),
         v.number(w, "compute_ms", p, default=0.0, lo=0),
-        v.number(w, "rate_mbps", p, default=20.0, lo=0, lo_open=True, hi=100_000), start)
+        v.number(w, "rate_mbps", p, default=20.0, lo=0, lo_open=True, hi=100_000),
+        start,
+    )
 
 
-def _parse_inference(v: Validator, w: dict, p: str, name: str, start: float,
-                     base_dir: Path) -> InferenceSpec:
-    v.mapping(w, p, _COMMON + ("users", "servers", "rate_per_s", "request_bytes",
-                               "response_bytes", "deadline_ms", "target", "rate_mbps",
-                               "duration_s"))
+def _parse_inference(
+    v: Validator, w: dict, p: str, name: str, start: float, base_dir: Path
+) -> InferenceSpec:
+    v.mapping(
+        w,
+        p,
+        _COMMON
+        + (
+            "users",
+            "servers",
+            "rate_per_s",
+            "request_bytes",
+            "response_bytes",
+            "deadline_ms",
+            "target",
+            "rate_mbps",
+            "duration_s",
+        ),
+    )
     users = v.node_names(w, "users", p, "users")
     servers = v.node_names(w, "servers", p, "compute", default="compute")
     rate = v.number(w, "rate_per_s", p, lo=0, lo_open=True, hi=10_000)
@@ -264,8 +290,7 @@ def _ends(v: Validator, w: dict, p: str) -> tuple[str, str]:
     return src, dst
 
 
-def _parse_bulk(v: Validator, w: dict, p: str, name: str, start: float,
-                base_dir: Path) -> BulkSpec:
+def _parse_bulk(v: Validator, w: dict, p: str, name: str, start: float, base_dir: Path) -> BulkSpec:
     v.mapping(w, p, _COMMON + ("src", "dst", "rate_mbps", "duration_s"))
     src, dst = _ends(v, w, p)
     rate = v.number(w, "rate_mbps", p, lo=0, lo_open=True, hi=100_000)
@@ -273,8 +298,9 @@ def _parse_bulk(v: Validator, w: dict, p: str, name: str, start: float,
     return BulkSpec(name, src, dst, rate, start, dur)
 
 
-def _parse_replay(v: Validator, w: dict, p: str, name: str, start: float,
-                  base_dir: Path) -> ReplaySpec:
+def _parse_replay(
+    v: Validator, w: dict, p: str, name: str, start: float, base_dir: Path
+) -> ReplaySpec:
     v.mapping(w, p, _COMMON + ("pcap", "src", "dst", "duration_s"))
     src, dst = _ends(v, w, p)
     pcap = w.get("pcap")
@@ -285,12 +311,15 @@ def _parse_replay(v: Validator, w: dict, p: str, name: str, start: float,
         path = base_dir / path
     times, sizes = read_pcap(path, f"{v.source + ': ' if v.source else ''}{p}.pcap")
     dur = v.number(w, "duration_s", p, default=None, lo=0, lo_open=True, null=True)
-    return ReplaySpec(name, str(path), src, dst, start, dur, "replay", tuple(times),
-                      tuple(sizes))
+    return ReplaySpec(name, str(path), src, dst, start, dur, "replay", tuple(times), tuple(sizes))
 
 
-_WORKLOAD_PARSERS = {"allreduce": _parse_allreduce, "inference": _parse_inference,
-                     "bulk": _parse_bulk, "replay": _parse_replay}
+_WORKLOAD_PARSERS = {
+    "allreduce": _parse_allreduce,
+    "inference": _parse_inference,
+    "bulk": _parse_bulk,
+    "replay": _parse_replay,
+}
 
 
 def read_pcap(path: Path | str, what: str = "pcap") -> tuple[list[float], list[int]]:
@@ -332,17 +361,22 @@ def read_pcap(path: Path | str, what: str = "pcap") -> tuple[list[float], list[i
                 if len(times) >= MAX_REPLAY_PACKETS:
                     break
     except (Scapy_Exception, EOFError, OSError, ValueError, TypeError) as exc:
-        raise ProfileError(f"{what}: {str(path)!r} is not a readable pcap file "
-                           f"(libpcap format, .pcap; pcapng is read too): {exc}") from None
+        raise ProfileError(
+            f"{what}: {str(path)!r} is not a readable pcap file "
+            f"(libpcap format, .pcap; pcapng is read too): {exc}"
+        ) from None
     except Exception as exc:  # scapy raises assorted errors on truncated records
-        raise ProfileError(f"{what}: {str(path)!r} is malformed: {type(exc).__name__}: "
-                           f"{exc}") from None
+        raise ProfileError(
+            f"{what}: {str(path)!r} is malformed: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         scapy_log.removeHandler(catcher)
     bad = [w for w in warnings if "truncated" in w.lower()]
     if bad:
-        raise ProfileError(f"{what}: {str(path)!r} is malformed: {bad[0]} (after "
-                           f"{len(times)} packet(s)); the file is cut short or corrupt")
+        raise ProfileError(
+            f"{what}: {str(path)!r} is malformed: {bad[0]} (after "
+            f"{len(times)} packet(s)); the file is cut short or corrupt"
+        )
     if not times:
         raise ProfileError(f"{what}: {str(path)!r} holds no packets")
     t0 = min(times)
@@ -387,18 +421,23 @@ def resolve(profile: Profile, names: Any, kinds: Any) -> ResolvedProfile:
         for n in ns:
             if n not in known:
                 sample = [x for x, k in zip(names, kinds) if k != "sat"][:6] or list(names[:6])
-                raise ProfileError(f"{src}{p}: unknown node {n!r}; this scenario's nodes "
-                                   f"include: {', '.join(sample)} (and satellites like "
-                                   f"{names[0]})")
+                raise ProfileError(
+                    f"{src}{p}: unknown node {n!r}; this scenario's nodes "
+                    f"include: {', '.join(sample)} (and satellites like "
+                    f"{names[0]})"
+                )
         return ns
 
-    def expand(p: str, value, keyword: str, pool: tuple[str, ...], what: str,
-               min_len: int = 1) -> tuple[str, ...]:
+    def expand(
+        p: str, value, keyword: str, pool: tuple[str, ...], what: str, min_len: int = 1
+    ) -> tuple[str, ...]:
         if value == keyword:
             if len(pool) < min_len:
-                raise ProfileError(f"{src}{p}: {keyword!r} means the scenario's {what}, but "
-                                   f"it has {len(pool)} (need {min_len}); list node names "
-                                   f"instead")
+                raise ProfileError(
+                    f"{src}{p}: {keyword!r} means the scenario's {what}, but "
+                    f"it has {len(pool)} (need {min_len}); list node names "
+                    f"instead"
+                )
             return pool
         return check(p, value)
 
@@ -409,9 +448,11 @@ def resolve(profile: Profile, names: Any, kinds: Any) -> ResolvedProfile:
             nodes = expand(f"{p}.nodes", w.nodes, "compute", compute, "compute satellites", 2)
             chunk = w.model_bytes / len(nodes) if w.algorithm == "ring" else w.model_bytes
             if chunk / 1364 > 65535:
-                raise ProfileError(f"{src}{p}.model_mb: {w.model_mb!r} MB makes messages of "
-                                   f"{chunk / 1e6:.0f} MB, more than the 89 MB a message can "
-                                   f"hold; use a smaller model or more nodes")
+                raise ProfileError(
+                    f"{src}{p}.model_mb: {w.model_mb!r} MB makes messages of "
+                    f"{chunk / 1e6:.0f} MB, more than the 89 MB a message can "
+                    f"hold; use a smaller model or more nodes"
+                )
             ring_plan(len(nodes), w.model_bytes)  # checks p
             out.append(_replace(w, nodes=nodes))
         elif isinstance(w, InferenceSpec):
@@ -419,8 +460,7 @@ def resolve(profile: Profile, names: Any, kinds: Any) -> ResolvedProfile:
             sv = expand(f"{p}.servers", w.servers, "compute", compute, "compute satellites")
             both = set(us) & set(sv)
             if both:
-                raise ProfileError(f"{src}{p}: nodes {sorted(both)} are both users and "
-                                   f"servers")
+                raise ProfileError(f"{src}{p}: nodes {sorted(both)} are both users and servers")
             out.append(_replace(w, users=us, servers=sv))
         else:
             check(f"{p}.src", (w.src,))
@@ -431,4 +471,5 @@ def resolve(profile: Profile, names: Any, kinds: Any) -> ResolvedProfile:
 
 def _replace(w, **kw):
     from dataclasses import replace
+
     return replace(w, **kw)

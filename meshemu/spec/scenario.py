@@ -24,7 +24,8 @@ Schema (units are in the key names)::
         - file: path (relative to the scenario file)
           max_satellites: int              (optional)
     ground:                                ground stations, user sites, data centres
-      - {name: str, lat_deg: -90..90, lon_deg: -180..360, alt_m: float, kind: station|user|datacenter}
+      - {name: str, lat_deg: -90..90, lon_deg: -180..360, alt_m: float,
+         kind: station|user|datacenter}
     compute:
       satellites: all | none | {every: k} | {list: [names]} | {cluster: {center: name, size: n}}
       power_kw: float                      (informational: the compute satellites' class)
@@ -54,9 +55,23 @@ import yaml
 from meshemu.errors import ScenarioError
 from meshemu.spec.validate import GROUND_KINDS, NODE_KINDS, SATELLITE_KINDS, Validator
 
-__all__ = ["GROUND_KINDS", "NODE_KINDS", "SATELLITE_KINDS", "Scenario", "load_scenario",
-           "list_scenarios", "default_scenario_dir", "Nodes", "ShellSpec", "TLESource",
-           "GroundSpec", "ComputeSpec", "ISLPolicy", "GSLPolicy", "EARTH_RADIUS_KM"]
+__all__ = [
+    "GROUND_KINDS",
+    "NODE_KINDS",
+    "SATELLITE_KINDS",
+    "Scenario",
+    "load_scenario",
+    "list_scenarios",
+    "default_scenario_dir",
+    "Nodes",
+    "ShellSpec",
+    "TLESource",
+    "GroundSpec",
+    "ComputeSpec",
+    "ISLPolicy",
+    "GSLPolicy",
+    "EARTH_RADIUS_KM",
+]
 
 EARTH_RADIUS_KM = 6378.135  # WGS-72 equatorial radius, the constants SGP4 uses
 
@@ -177,6 +192,7 @@ class Scenario:
 
 # ----------------------------------------------------------------------------- loading
 
+
 def default_scenario_dir() -> Path:
     """The shipped scenarios, inside the package (``meshemu/spec/data/topologies``); the
     repository's top-level ``topologies/`` links to the same files."""
@@ -205,7 +221,8 @@ def load_scenario(spec: str | Path) -> Scenario:
         else:
             raise ScenarioError(
                 f"no scenario file {str(spec)!r}; give a path to a YAML file or one of the "
-                f"shipped scenarios: {', '.join(list_scenarios())}")
+                f"shipped scenarios: {', '.join(list_scenarios())}"
+            )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -217,20 +234,36 @@ def load_scenario(spec: str | Path) -> Scenario:
 
 # ----------------------------------------------------------------------------- validation
 
+
 def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
     v = Validator(ScenarioError, source)
     if not isinstance(data, dict):
-        raise ScenarioError(f"a scenario must be a YAML mapping, got {type(data).__name__}",
-                            source=source or None)
-    top = v.mapping(data, "", ("name", "description", "epoch", "constellation", "ground",
-                               "compute", "isl", "gsl", "endpoints"))
+        raise ScenarioError(
+            f"a scenario must be a YAML mapping, got {type(data).__name__}", source=source or None
+        )
+    top = v.mapping(
+        data,
+        "",
+        (
+            "name",
+            "description",
+            "epoch",
+            "constellation",
+            "ground",
+            "compute",
+            "isl",
+            "gsl",
+            "endpoints",
+        ),
+    )
     name = top.get("name", Path(source).stem if source else "scenario")
     if not isinstance(name, str) or not name:
         v.fail("name", f"expected a non-empty string, got {name!r}")
     epoch = _parse_epoch(v, top.get("epoch", "2026-01-01T00:00:00Z"))
 
-    cons = v.mapping(top.get("constellation"), "constellation", ("shells", "tle_files"),
-                     none_ok=True)
+    cons = v.mapping(
+        top.get("constellation"), "constellation", ("shells", "tle_files"), none_ok=True
+    )
     shells = []
     raw_shells = cons.get("shells") or []
     if not isinstance(raw_shells, list):
@@ -251,8 +284,9 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
             v.fail(f"{p}.file", f"no such file {str(path)!r}")
         tles.append(TLESource(path, v.number(t, "max_satellites", p, None, lo=1, integer=True)))
     if not shells and not tles:
-        v.fail("constellation", "needs at least one Walker shell (shells:) or TLE file "
-                                "(tle_files:)")
+        v.fail(
+            "constellation", "needs at least one Walker shell (shells:) or TLE file (tle_files:)"
+        )
 
     ground = []
     raw_ground = top.get("ground") or []
@@ -266,27 +300,42 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
         if gname in seen:
             v.fail(f"{p}.name", f"duplicate ground node name {gname!r}")
         seen.add(gname)
-        ground.append(GroundSpec(
-            gname,
-            v.number(g, "lat_deg", p, lo=-90, hi=90),
-            v.number(g, "lon_deg", p, lo=-180, hi=360),
-            v.number(g, "alt_m", p, 0.0, lo=-500, hi=10000),
-            v.choice(g, "kind", p, GROUND_KINDS, "station")))
+        ground.append(
+            GroundSpec(
+                gname,
+                v.number(g, "lat_deg", p, lo=-90, hi=90),
+                v.number(g, "lon_deg", p, lo=-180, hi=360),
+                v.number(g, "alt_m", p, 0.0, lo=-500, hi=10000),
+                v.choice(g, "kind", p, GROUND_KINDS, "station"),
+            )
+        )
 
     compute = _parse_compute(v, top.get("compute"))
     isl = _parse_isl(v, top.get("isl"))
     gsl = _parse_gsl(v, top.get("gsl"))
     for s_i, s in enumerate(shells):
         if isl.pattern == "plus-grid" and s.sats_per_plane < 3:
-            v.fail(f"constellation.shells[{s_i}].sats_per_plane",
-                   f"+Grid needs at least 3 satellites per plane, got {s.sats_per_plane}")
+            v.fail(
+                f"constellation.shells[{s_i}].sats_per_plane",
+                f"+Grid needs at least 3 satellites per plane, got {s.sats_per_plane}",
+            )
     endpoints = top.get("endpoints") or []
     if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
         v.fail("endpoints", f"expected a list of node names, got {endpoints!r}")
-    return Scenario(name=name, epoch=epoch, shells=tuple(shells), tle_sources=tuple(tles),
-                    ground=tuple(ground), compute=compute, isl=isl, gsl=gsl,
-                    endpoints=tuple(endpoints), description=str(top.get("description", "")),
-                    source=source, raw=data)
+    return Scenario(
+        name=name,
+        epoch=epoch,
+        shells=tuple(shells),
+        tle_sources=tuple(tles),
+        ground=tuple(ground),
+        compute=compute,
+        isl=isl,
+        gsl=gsl,
+        endpoints=tuple(endpoints),
+        description=str(top.get("description", "")),
+        source=source,
+        raw=data,
+    )
 
 
 def _parse_epoch(v: Validator, value: Any) -> dt.datetime:
@@ -302,24 +351,46 @@ def _parse_epoch(v: Validator, value: Any) -> dt.datetime:
     else:
         v.fail("epoch", f"{value!r} is not an ISO 8601 UTC time such as 2026-01-01T00:00:00Z")
     if e.tzinfo is None:
-        e = e.replace(tzinfo=dt.timezone.utc)
-    return e.astimezone(dt.timezone.utc)
+        e = e.replace(tzinfo=dt.UTC)
+    return e.astimezone(dt.UTC)
 
 
 def _parse_shell(v: Validator, s: Any, p: str, i: int) -> ShellSpec:
-    s = v.mapping(s, p, ("name", "type", "planes", "sats_per_plane", "phasing", "altitude_km",
-                         "inclination_deg", "raan_spread_deg"), none_ok=True)
+    s = v.mapping(
+        s,
+        p,
+        (
+            "name",
+            "type",
+            "planes",
+            "sats_per_plane",
+            "phasing",
+            "altitude_km",
+            "inclination_deg",
+            "raan_spread_deg",
+        ),
+        none_ok=True,
+    )
     kind = v.choice(s, "type", p, SHELL_TYPES, "walker-delta")
     planes = v.number(s, "planes", p, lo=1, hi=1000, integer=True)
     spp = v.number(s, "sats_per_plane", p, lo=1, hi=1000, integer=True)
     phasing = v.number(s, "phasing", p, 0, lo=0, integer=True)
     if phasing >= max(planes, 1) and planes > 1:
-        v.fail(f"{p}.phasing", f"Walker phasing F must be in [0, planes-1] = [0, {planes - 1}], "
-                               f"got {phasing}")
+        v.fail(
+            f"{p}.phasing",
+            f"Walker phasing F must be in [0, planes-1] = [0, {planes - 1}], got {phasing}",
+        )
     alt = v.number(s, "altitude_km", p, lo=160, hi=40000)
     inc = v.number(s, "inclination_deg", p, lo=0, hi=180)
-    spread = v.number(s, "raan_spread_deg", p, 360.0 if kind == "walker-delta" else 180.0,
-                      lo=0, hi=360, lo_open=True)
+    spread = v.number(
+        s,
+        "raan_spread_deg",
+        p,
+        360.0 if kind == "walker-delta" else 180.0,
+        lo=0,
+        hi=360,
+        lo_open=True,
+    )
     name = v.identifier(s.get("name", f"shell{i}"), f"{p}.name")
     return ShellSpec(name, kind, planes, spp, phasing, alt, inc, spread)
 
@@ -332,7 +403,7 @@ def _parse_compute(v: Validator, c: Any) -> ComputeSpec:
     if sel in ("all", "none"):
         return ComputeSpec(mode=sel, power_kw=power)
     if isinstance(sel, dict) and len(sel) == 1:
-        (mode, arg), = sel.items()
+        ((mode, arg),) = sel.items()
         if mode == "every":
             k = v.number(sel, "every", f"{p}.satellites", lo=1, integer=True)
             return ComputeSpec(mode="every", every=k, power_kw=power)
@@ -343,44 +414,81 @@ def _parse_compute(v: Validator, c: Any) -> ComputeSpec:
         if mode == "cluster":
             arg = v.mapping(arg, f"{p}.satellites.cluster", ("center", "size"), none_ok=True)
             if not isinstance(arg.get("center"), str):
-                v.fail(f"{p}.satellites.cluster.center",
-                       f"expected a satellite name, got {arg.get('center')!r}")
+                v.fail(
+                    f"{p}.satellites.cluster.center",
+                    f"expected a satellite name, got {arg.get('center')!r}",
+                )
             size = v.number(arg, "size", f"{p}.satellites.cluster", lo=1, integer=True)
             return ComputeSpec(mode="cluster", center=arg["center"], size=size, power_kw=power)
-    v.fail(f"{p}.satellites", f"unknown selection {sel!r}; please specify one of: all, none, "
-                              f"{{every: k}}, {{list: [names]}}, {{cluster: {{center: name, size: n}}}}")
+    v.fail(
+        f"{p}.satellites",
+        f"unknown selection {sel!r}; please specify one of: all, none, "
+        f"{{every: k}}, {{list: [names]}}, {{cluster: {{center: name, size: n}}}}",
+    )
     raise AssertionError  # unreachable
 
 
 def _parse_isl(v: Validator, d: Any) -> ISLPolicy:
     p = "isl"
-    d = v.mapping(d, p, ("pattern", "max_range_km", "min_grazing_altitude_km",
-                         "cross_plane_max_lat_deg", "allow_seam", "terminals", "acquisition_s",
-                         "rate_mbps", "queue_packets", "loss"), none_ok=True)
+    d = v.mapping(
+        d,
+        p,
+        (
+            "pattern",
+            "max_range_km",
+            "min_grazing_altitude_km",
+            "cross_plane_max_lat_deg",
+            "allow_seam",
+            "terminals",
+            "acquisition_s",
+            "rate_mbps",
+            "queue_packets",
+            "loss",
+        ),
+        none_ok=True,
+    )
     pattern = v.choice(d, "pattern", p, ISL_PATTERNS, "plus-grid")
     seam = v.flag(d, "allow_seam", p, False)
     terminals = v.number(d, "terminals", p, 4, lo=0, hi=16, integer=True)
     if pattern == "plus-grid" and terminals < 4:
-        v.fail(f"{p}.terminals", f"+Grid needs 4 laser terminals per satellite (2 intra-plane, "
-                                 f"2 cross-plane), got {terminals}; raise isl.terminals or use "
-                                 f"isl.pattern: nearest")
+        v.fail(
+            f"{p}.terminals",
+            f"+Grid needs 4 laser terminals per satellite (2 intra-plane, "
+            f"2 cross-plane), got {terminals}; raise isl.terminals or use "
+            f"isl.pattern: nearest",
+        )
     return ISLPolicy(
         pattern=pattern,
         max_range_km=v.number(d, "max_range_km", p, 5000.0, lo=0, lo_open=True),
         min_grazing_altitude_km=v.number(d, "min_grazing_altitude_km", p, 80.0, lo=0, hi=2000),
-        cross_plane_max_lat_deg=v.number(d, "cross_plane_max_lat_deg", p, None, lo=0, hi=90,
-                                         null=True),
-        allow_seam=seam, terminals=terminals,
+        cross_plane_max_lat_deg=v.number(
+            d, "cross_plane_max_lat_deg", p, None, lo=0, hi=90, null=True
+        ),
+        allow_seam=seam,
+        terminals=terminals,
         acquisition_s=v.number(d, "acquisition_s", p, 0.0, lo=0, hi=3600),
         rate_mbps=v.number(d, "rate_mbps", p, 1000.0, lo=0, lo_open=True),
         queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True),
-        loss=v.number(d, "loss", p, 0.0, lo=0, hi=1))
+        loss=v.number(d, "loss", p, 0.0, lo=0, hi=1),
+    )
 
 
 def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
     p = "gsl"
-    d = v.mapping(d, p, ("min_elevation_deg", "links_per_station", "handover", "acquisition_s",
-                         "rate_mbps", "queue_packets", "loss"), none_ok=True)
+    d = v.mapping(
+        d,
+        p,
+        (
+            "min_elevation_deg",
+            "links_per_station",
+            "handover",
+            "acquisition_s",
+            "rate_mbps",
+            "queue_packets",
+            "loss",
+        ),
+        none_ok=True,
+    )
     return GSLPolicy(
         min_elevation_deg=v.number(d, "min_elevation_deg", p, 25.0, lo=0, hi=90, lo_open=False),
         links_per_station=v.number(d, "links_per_station", p, 1, lo=1, hi=16, integer=True),
@@ -388,10 +496,12 @@ def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
         acquisition_s=v.number(d, "acquisition_s", p, 0.0, lo=0, hi=3600),
         rate_mbps=v.number(d, "rate_mbps", p, 100.0, lo=0, lo_open=True),
         queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True),
-        loss=v.number(d, "loss", p, 0.0, lo=0, hi=1))
+        loss=v.number(d, "loss", p, 0.0, lo=0, hi=1),
+    )
 
 
 # ----------------------------------------------------------------------------- nodes
+
 
 @dataclass(frozen=True, eq=False)
 class Nodes:
@@ -421,9 +531,10 @@ class Nodes:
         try:
             return self._ids[name]
         except KeyError:
-            sample = ", ".join(self.names[:3] + self.names[self.n_sats:self.n_sats + 3])
-            raise ScenarioError(f"unknown node name {name!r}; node names look like: {sample}") \
-                from None
+            sample = ", ".join(self.names[:3] + self.names[self.n_sats : self.n_sats + 3])
+            raise ScenarioError(
+                f"unknown node name {name!r}; node names look like: {sample}"
+            ) from None
 
     @property
     def _ids(self) -> dict[str, int]:

@@ -37,8 +37,9 @@ REQUIRED: Any = ...
 class ErrorType(Protocol):
     """An error class taking ``(message, field=..., source=...)``, like ScenarioError."""
 
-    def __call__(self, message: str, field: str | None = ...,
-                 source: str | None = ...) -> Exception: ...
+    def __call__(
+        self, message: str, field: str | None = ..., source: str | None = ...
+    ) -> Exception: ...
 
 
 def range_text(lo: float | None, hi: float | None, lo_open: bool = False) -> str:
@@ -49,8 +50,10 @@ def range_text(lo: float | None, hi: float | None, lo_open: bool = False) -> str
     """
     lo_op = ">" if lo_open else ">="
     if lo is not None and hi is not None:
-        return (f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}] "
-                f"({lo_op} {_num(lo)} and <= {_num(hi)})")
+        return (
+            f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}] "
+            f"({lo_op} {_num(lo)} and <= {_num(hi)})"
+        )
     if lo is not None:
         return f"{lo_op} {_num(lo)}"
     if hi is not None:
@@ -84,8 +87,7 @@ class Validator:
         """Raise the error for field ``path``."""
         raise self.error(message, field=path or None, source=self.source or None)
 
-    def mapping(self, value: Any, path: str, allowed: Sequence[str],
-                none_ok: bool = False) -> dict:
+    def mapping(self, value: Any, path: str, allowed: Sequence[str], none_ok: bool = False) -> dict:
         """``value`` as a dict whose keys are all in ``allowed`` (``None`` -> ``{}`` when
         ``none_ok``)."""
         if value is None and none_ok:
@@ -94,13 +96,24 @@ class Validator:
             self.fail(path, f"must be a mapping; got {type(value).__name__} {value!r}")
         for k in value:
             if k not in allowed:
-                self.fail(f"{path}.{k}" if path else str(k),
-                          f"unknown key {k!r}; allowed keys: {', '.join(allowed)}")
+                self.fail(
+                    f"{path}.{k}" if path else str(k),
+                    f"unknown key {k!r}; allowed keys: {', '.join(allowed)}",
+                )
         return value
 
-    def number(self, d: dict, key: str, path: str, default: Any = REQUIRED,
-               lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-               integer: bool = False, null: bool = False) -> Any:
+    def number(
+        self,
+        d: dict,
+        key: str,
+        path: str,
+        default: Any = REQUIRED,
+        lo: float | None = None,
+        hi: float | None = None,
+        lo_open: bool = False,
+        integer: bool = False,
+        null: bool = False,
+    ) -> Any:
         """``d[key]`` as a finite float (an int with ``integer``) within the bounds.
 
         Missing: ``default``, or "is required" when there is none. ``null`` allows an
@@ -116,16 +129,21 @@ class Validator:
             if default is REQUIRED:
                 self.fail(p, f"is required: {kind}{' ' + rng if rng else ''}")
             return default
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) \
-                or (integer and not float(x).is_integer()):
+        if (
+            isinstance(x, bool)
+            or not isinstance(x, (int, float))
+            or not math.isfinite(x)
+            or (integer and not float(x).is_integer())
+        ):
             what = "an integer (a whole number)" if integer else "a finite number"
             self.fail(p, f"must be {what}{' or null' if null else ''}; got {x!r}")
         if (lo is not None and (x < lo or (lo_open and x == lo))) or (hi is not None and x > hi):
             self.fail(p, f"must be {kind} {rng}; got {x!r}")
         return int(x) if integer else float(x)
 
-    def choice(self, d: dict, key: str, path: str, choices: Sequence[str],
-               default: Any = REQUIRED) -> str:
+    def choice(
+        self, d: dict, key: str, path: str, choices: Sequence[str], default: Any = REQUIRED
+    ) -> str:
         """``d[key]``, one of ``choices`` (listed in the order given)."""
         p = f"{path}.{key}" if path else key
         if key not in d:
@@ -134,8 +152,11 @@ class Validator:
             return default
         x = d[key]
         if not isinstance(x, str) or x not in choices:
-            self.fail(p, f"unknown {key.replace('_', ' ')} {x!r}; please specify one of: "
-                         f"{', '.join(choices)}")
+            self.fail(
+                p,
+                f"unknown {key.replace('_', ' ')} {x!r}; please specify one of: "
+                f"{', '.join(choices)}",
+            )
         return x
 
     def flag(self, d: dict, key: str, path: str, default: bool) -> bool:
@@ -148,8 +169,11 @@ class Validator:
     def identifier(self, value: Any, path: str) -> str:
         """A name that becomes a node name (:data:`NAME_RE`)."""
         if not isinstance(value, str) or not NAME_RE.match(value):
-            self.fail(path, f"bad name {value!r}: use 1-31 letters, digits or '_', starting "
-                            f"with a letter (names become node names)")
+            self.fail(
+                path,
+                f"bad name {value!r}: use 1-31 letters, digits or '_', starting "
+                f"with a letter (names become node names)",
+            )
         return value
 
     def node_name(self, d: dict, key: str, path: str) -> str:
@@ -162,8 +186,9 @@ class Validator:
             self.fail(p, f"must be a node name; got {x!r}")
         return x
 
-    def node_names(self, d: dict, key: str, path: str, keyword: str, default: Any = REQUIRED,
-                   min_len: int = 1) -> tuple[str, ...] | str:
+    def node_names(
+        self, d: dict, key: str, path: str, keyword: str, default: Any = REQUIRED, min_len: int = 1
+    ) -> tuple[str, ...] | str:
         """``d[key]``: ``keyword`` (a group the scenario defines) or a list of distinct node
         names, at least ``min_len`` of them."""
         p = f"{path}.{key}" if path else key
@@ -188,6 +213,8 @@ class Validator:
         if x is None:
             return default
         if not isinstance(x, str) or (not x and not empty_ok):
-            self.fail(f"{path}.{key}" if path else key,
-                      f"must be a {'non-empty ' if not empty_ok else ''}string; got {x!r}")
+            self.fail(
+                f"{path}.{key}" if path else key,
+                f"must be a {'non-empty ' if not empty_ok else ''}string; got {x!r}",
+            )
         return x

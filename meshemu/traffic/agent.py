@@ -39,15 +39,32 @@ from types import FrameType
 from typing import TextIO
 
 from meshemu.errors import EmulationError
-from meshemu.traffic.config import (AgentConfig, AgentStatus, Command, Done, Go, Ready, Stop,
-                                    Targets, parse_command, read_agent_config, send_line)
-from meshemu.traffic.roles import (Collective, InferenceClient, InferenceServer,
-                                   StreamSender)
-from meshemu.traffic.transport import AgentFiles, Transport
+from meshemu.traffic.config import (
+    AgentConfig,
+    AgentStatus,
+    Command,
+    Done,
+    Go,
+    Ready,
+    Stop,
+    Targets,
+    parse_command,
+    read_agent_config,
+    send_line,
+)
+from meshemu.traffic.roles import Collective, InferenceClient, InferenceServer, StreamSender
 
 # re-exported: the transport's constants and message classes were the agent's
-from meshemu.traffic.transport import (MAX_BURST_NS, RTO_MAX_NS, RTO_NS,  # noqa: F401
-                                       SO_TIMESTAMPNS, InMsg, OutMsg)
+from meshemu.traffic.transport import (  # noqa: F401
+    MAX_BURST_NS,
+    RTO_MAX_NS,
+    RTO_NS,
+    SO_TIMESTAMPNS,
+    AgentFiles,
+    InMsg,
+    OutMsg,
+    Transport,
+)
 
 log = logging.getLogger("meshemu.traffic.agent")
 
@@ -106,8 +123,9 @@ class Agent:
         Where commands come from (with ``cfg.control``; default: stdin).
     """
 
-    def __init__(self, cfg: AgentConfig, reports: TextIO | None = None,
-                 commands_fd: int | None = None):
+    def __init__(
+        self, cfg: AgentConfig, reports: TextIO | None = None, commands_fd: int | None = None
+    ):
         self.cfg = cfg
         self.node = cfg.node
         # the traffic's time zero and end (replaced by the go command's, with control)
@@ -117,8 +135,11 @@ class Agent:
         self.timers: list[tuple[int, int, Callable[[], None]]] = []
         self._tseq = 0
         self.reports = reports
-        self.commands = (Commands(sys.stdin.fileno() if commands_fd is None else commands_fd)
-                         if cfg.control else None)
+        self.commands = (
+            Commands(sys.stdin.fileno() if commands_fd is None else commands_fd)
+            if cfg.control
+            else None
+        )
         self.targets: dict[str, tuple[str, ...]] = {}
         self.collectives: list[Collective] = []
         self.clients: list[InferenceClient] = []
@@ -126,8 +147,9 @@ class Agent:
         self.streams: list[StreamSender] = []
         self.done_reported = False
         self.files = AgentFiles(Path(cfg.out_dir) / cfg.node)
-        self.transport = Transport(cfg.node, cfg.addrs, cfg.bind, self.files, self.at,
-                                   cfg.sample, cfg.drop_every)
+        self.transport = Transport(
+            cfg.node, cfg.addrs, cfg.bind, self.files, self.at, cfg.sample, cfg.drop_every
+        )
 
     # -- what roles use ----------------------------------------------------------------------
     def at(self, t_ns: int, fn: Callable[[], None]) -> None:
@@ -139,8 +161,11 @@ class Agent:
         """Report ``done`` once every role's sending work is over."""
         if self.done_reported:
             return
-        if all(c.finished for c in self.collectives) and all(
-                c.done for c in self.clients) and all(s.finished for s in self.streams):
+        if (
+            all(c.finished for c in self.collectives)
+            and all(c.done for c in self.clients)
+            and all(s.finished for s in self.streams)
+        ):
             self.done_reported = True
             self.files.flush()
             self._report(Done(time.time_ns()))
@@ -258,14 +283,17 @@ class Agent:
                 self.files.flush()
                 last_flush = now
                 if now > hard_end:
-                    log.warning("%s: traffic ended long ago and nobody stopped the agent; "
-                                "exiting", self.node)
+                    log.warning(
+                        "%s: traffic ended long ago and nobody stopped the agent; exiting",
+                        self.node,
+                    )
                     break
-        transport.drain()   # what arrived before the stop (an ACK just sent on loopback)
+        transport.drain()  # what arrived before the stop (an ACK just sent on loopback)
 
     def status(self) -> AgentStatus:
         """The agent's counters now."""
         import resource
+
         ru = resource.getrusage(resource.RUSAGE_SELF)
         hwm = 0
         try:  # ru_maxrss survives execve (it would show the parent's), VmHWM does not
@@ -273,9 +301,14 @@ class Agent:
                 hwm = next((int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")), 0)
         except OSError:
             pass
-        return AgentStatus(node=self.node, **self.transport.stats, done=self.done_reported,
-                           exit_unix_ns=time.time_ns(),
-                           cpu_s=round(ru.ru_utime + ru.ru_stime, 3), max_rss_kib=hwm)
+        return AgentStatus(
+            node=self.node,
+            **self.transport.stats,
+            done=self.done_reported,
+            exit_unix_ns=time.time_ns(),
+            cpu_s=round(ru.ru_utime + ru.ru_stime, 3),
+            max_rss_kib=hwm,
+        )
 
     def close(self) -> None:
         """Record unanswered requests, close the files and the socket, report the status."""
@@ -290,6 +323,7 @@ def _set_timer_slack_ns(ns: int) -> None:
     """Make sleeps wake within ``ns`` of their deadline (default slack is 50 us)."""
     try:
         import ctypes
+
         ctypes.CDLL(None, use_errno=True).prctl(29, ns, 0, 0, 0)  # PR_SET_TIMERSLACK
     except (OSError, AttributeError):
         pass

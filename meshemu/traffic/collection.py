@@ -65,8 +65,9 @@ def write_flows(run_dir: Path, flows: Sequence[Flow]) -> None:
             w.writerow([fl.flow_id, fl.name, fl.kind, fl.src, fl.dst])
 
 
-def _merge_packets(run_dir: Path, agent_dir: Path, nodes: Sequence[str]
-                   ) -> tuple[list[tuple[int, int, int]], dict[int, list[float]]]:
+def _merge_packets(
+    run_dir: Path, agent_dir: Path, nodes: Sequence[str]
+) -> tuple[list[tuple[int, int, int]], dict[int, list[float]]]:
     """``packets.csv``; the (flow, size, recv_ns) of every row and the one-way delays per
     flow."""
     rx_rows: list[tuple[int, int, int]] = []
@@ -112,13 +113,20 @@ def _bins(steps: Sequence[StepMark], t_call_s: float) -> tuple[np.ndarray, list[
         edges.append(max(edges[-1] + step, time.time_ns()))
         return np.array(edges, dtype=np.int64), ts
     n = max(1, math.ceil((time.time_ns() - t_call_s * 1e9) / 1e9))
-    edges_a = np.array([int(t_call_s * 1e9) + i * 1_000_000_000 for i in range(n + 1)],
-                       dtype=np.int64)
+    edges_a = np.array(
+        [int(t_call_s * 1e9) + i * 1_000_000_000 for i in range(n + 1)], dtype=np.int64
+    )
     return edges_a, [float(i) for i in range(n)]
 
 
-def _throughput(run_dir: Path, flows: Sequence[Flow], sample: Mapping[int, int],
-                rows: list[tuple[int, int, int]], edges: np.ndarray, ts: list[float]) -> None:
+def _throughput(
+    run_dir: Path,
+    flows: Sequence[Flow],
+    sample: Mapping[int, int],
+    rows: list[tuple[int, int, int]],
+    edges: np.ndarray,
+    ts: list[float],
+) -> None:
     """``flow_throughput.csv``."""
     nb = len(ts)
     nf = len(flows)
@@ -134,12 +142,19 @@ def _throughput(run_dir: Path, flows: Sequence[Flow], sample: Mapping[int, int],
             dt = (edges[i + 1] - edges[i]) / 1e9
             for fl in flows:
                 by = acc[i, fl.flow_id]
-                wr.writerow([f"{ts[i]:g}", fl.flow_id, int(by),
-                             f"{by * 8 / dt / 1e6:.4f}" if dt > 0 else "0"])
+                wr.writerow(
+                    [
+                        f"{ts[i]:g}",
+                        fl.flow_id,
+                        int(by),
+                        f"{by * 8 / dt / 1e6:.4f}" if dt > 0 else "0",
+                    ]
+                )
 
 
-def _iterations(run_dir: Path, agent_dir: Path, nodes: Sequence[str], jobs: Sequence[Job],
-                predict: Predict) -> dict[str, list[dict[str, Any]]]:
+def _iterations(
+    run_dir: Path, agent_dir: Path, nodes: Sequence[str], jobs: Sequence[Job], predict: Predict
+) -> dict[str, list[dict[str, Any]]]:
     """``iterations.csv``; per job, its finished iterations."""
     per: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
     for node in nodes:
@@ -151,7 +166,8 @@ def _iterations(run_dir: Path, agent_dir: Path, nodes: Sequence[str], jobs: Sequ
             if len(parts) != 5:
                 continue
             per.setdefault((parts[0], int(parts[1])), []).append(
-                (int(parts[2]), int(parts[3]), int(parts[4])))
+                (int(parts[2]), int(parts[3]), int(parts[4]))
+            )
     out: dict[str, list[dict[str, Any]]] = {}
     with spec_writer(run_dir, F.ITERATIONS) as wr:
         for job in jobs:
@@ -163,15 +179,29 @@ def _iterations(run_dir: Path, agent_dir: Path, nodes: Sequence[str], jobs: Sequ
                 start = max(r[1] for r in rows)
                 end = max(r[2] for r in rows)
                 pred, crit = predict(job, start)
-                rec = {"iteration": it, "start": start, "end": end, "first_start": first,
-                       "duration_ms": (end - start) / 1e6, "predicted_ms": pred,
-                       "critical_path_ms": crit}
+                rec = {
+                    "iteration": it,
+                    "start": start,
+                    "end": end,
+                    "first_start": first,
+                    "duration_ms": (end - start) / 1e6,
+                    "predicted_ms": pred,
+                    "critical_path_ms": crit,
+                }
                 out.setdefault(job.job, []).append(rec)
-                wr.writerow([job.job, job.algorithm, it, f"{start / 1e9:.6f}",
-                             f"{end / 1e9:.6f}", f"{rec['duration_ms']:.3f}",
-                             f"{pred:.3f}" if math.isfinite(pred) else "",
-                             f"{first / 1e9:.6f}",
-                             f"{crit:.3f}" if math.isfinite(crit) else ""])
+                wr.writerow(
+                    [
+                        job.job,
+                        job.algorithm,
+                        it,
+                        f"{start / 1e9:.6f}",
+                        f"{end / 1e9:.6f}",
+                        f"{rec['duration_ms']:.3f}",
+                        f"{pred:.3f}" if math.isfinite(pred) else "",
+                        f"{first / 1e9:.6f}",
+                        f"{crit:.3f}" if math.isfinite(crit) else "",
+                    ]
+                )
     return out
 
 
@@ -182,18 +212,25 @@ def _inference(run_dir: Path, agent_dir: Path, nodes: Sequence[str]) -> list[lis
     for node in sorted(nodes):
         p = agent_dir / f"{node}.inference.csv"
         if p.exists():
-            rows += [ln.split(",") for ln in p.read_text().splitlines()
-                     if ln.count(",") == commas]
+            rows += [ln.split(",") for ln in p.read_text().splitlines() if ln.count(",") == commas]
     rows.sort(key=lambda r: float(r[3]))
     with spec_writer(run_dir, F.INFERENCE) as wr:
         wr.writerows(rows)
     return rows
 
 
-def collect(run_dir: Path, agent_dir: Path, resolved: ResolvedProfile, plan: TrafficPlan,
-            nodes: Sequence[str], statuses: Mapping[str, AgentStatus],
-            steps: Sequence[StepMark], predict: Predict, window_ns: tuple[int, int],
-            t_call_s: float) -> tuple[dict[str, Any], list[Path]]:
+def collect(
+    run_dir: Path,
+    agent_dir: Path,
+    resolved: ResolvedProfile,
+    plan: TrafficPlan,
+    nodes: Sequence[str],
+    statuses: Mapping[str, AgentStatus],
+    steps: Sequence[StepMark],
+    predict: Predict,
+    window_ns: tuple[int, int],
+    t_call_s: float,
+) -> tuple[dict[str, Any], list[Path]]:
     """Write the run's traffic files from the agents' files; the summary and the files.
 
     Parameters
@@ -222,18 +259,37 @@ def collect(run_dir: Path, agent_dir: Path, resolved: ResolvedProfile, plan: Tra
     iters = _iterations(run_dir, agent_dir, nodes, plan.jobs, predict)
     inf = _inference(run_dir, agent_dir, nodes)
     summary = summarize(resolved, plan, len(nodes), iters, inf, rx_rows, owd, statuses)
-    doc = {"profile": resolved.to_dict(),
-           "flows": [asdict(fl) for fl in plan.flows],
-           "sample_every": {str(k): v for k, v in plan.sample.items()},
-           "start_unix": window_ns[0] / 1e9, "end_unix": window_ns[1] / 1e9,
-           "predicted_overhead_ms": sch.OVERHEAD_S * 1e3,
-           "jobs": [{"job": j.job, "algorithm": j.algorithm, "nodes": list(j.nodes),
-                     "pace_bps": list(j.pace_bps)} for j in plan.jobs],
-           "agents": {n: asdict(st) for n, st in statuses.items()}, "summary": summary}
+    doc = {
+        "profile": resolved.to_dict(),
+        "flows": [asdict(fl) for fl in plan.flows],
+        "sample_every": {str(k): v for k, v in plan.sample.items()},
+        "start_unix": window_ns[0] / 1e9,
+        "end_unix": window_ns[1] / 1e9,
+        "predicted_overhead_ms": sch.OVERHEAD_S * 1e3,
+        "jobs": [
+            {
+                "job": j.job,
+                "algorithm": j.algorithm,
+                "nodes": list(j.nodes),
+                "pace_bps": list(j.pace_bps),
+            }
+            for j in plan.jobs
+        ],
+        "agents": {n: asdict(st) for n, st in statuses.items()},
+        "summary": summary,
+    }
     (run_dir / "traffic.json").write_text(json.dumps(doc, indent=2, default=str))
-    names = (F.FLOWS.name, F.PACKETS.name, F.FLOW_THROUGHPUT.name, F.FLOW_PATHS.name,
-             F.LINK_COUNTERS.name, F.ITERATIONS.name, F.INFERENCE.name, F.RTT.name,
-             "traffic.json")
+    names = (
+        F.FLOWS.name,
+        F.PACKETS.name,
+        F.FLOW_THROUGHPUT.name,
+        F.FLOW_PATHS.name,
+        F.LINK_COUNTERS.name,
+        F.ITERATIONS.name,
+        F.INFERENCE.name,
+        F.RTT.name,
+        "traffic.json",
+    )
     return summary, [run_dir / n for n in names]
 
 
@@ -241,51 +297,76 @@ def _allreduce_summary(job: Job, recs: list[dict[str, Any]]) -> tuple[dict[str, 
     d = [r["duration_ms"] for r in recs]
     pr = [r["predicted_ms"] for r in recs if math.isfinite(r["predicted_ms"])]
     cp = [r["critical_path_ms"] for r in recs if math.isfinite(r["critical_path_ms"])]
-    s = {"algorithm": job.algorithm, "nodes": len(job.nodes),
-         "iterations_planned": job.iterations, "iterations_done": len(recs),
-         "mean_ms": float(np.mean(d)) if d else None,
-         "predicted_mean_ms": float(np.mean(pr)) if pr else None,
-         "critical_path_mean_ms": float(np.mean(cp)) if cp else None}
+    s = {
+        "algorithm": job.algorithm,
+        "nodes": len(job.nodes),
+        "iterations_planned": job.iterations,
+        "iterations_done": len(recs),
+        "mean_ms": float(np.mean(d)) if d else None,
+        "predicted_mean_ms": float(np.mean(pr)) if pr else None,
+        "critical_path_mean_ms": float(np.mean(cp)) if cp else None,
+    }
     if not d:
         return s, f"all-reduce {job.algorithm} ({job.job}): no iteration finished"
-    return s, (f"all-reduce {job.algorithm} over {len(job.nodes)} nodes ({job.job}): "
-               f"{len(d)}/{job.iterations} iterations, mean {np.mean(d):.0f} ms (predicted "
-               f"{np.mean(pr) if pr else float('nan'):.0f} ms, critical path "
-               f"{np.mean(cp) if cp else float('nan'):.0f} ms)")
+    return s, (
+        f"all-reduce {job.algorithm} over {len(job.nodes)} nodes ({job.job}): "
+        f"{len(d)}/{job.iterations} iterations, mean {np.mean(d):.0f} ms (predicted "
+        f"{np.mean(pr) if pr else float('nan'):.0f} ms, critical path "
+        f"{np.mean(cp) if cp else float('nan'):.0f} ms)"
+    )
 
 
 def _inference_summary(inf: list[list[str]]) -> tuple[dict[str, Any], str]:
     lat = np.array([float(r[5]) for r in inf if r[5]])
     missed = sum(int(r[7]) for r in inf)
     unanswered = sum(1 for r in inf if not r[5])
-    s: dict[str, Any] = {"requests": len(inf), "answered": int(lat.size),
-                         "deadline_misses": missed, "unanswered": unanswered}
+    s: dict[str, Any] = {
+        "requests": len(inf),
+        "answered": int(lat.size),
+        "deadline_misses": missed,
+        "unanswered": unanswered,
+    }
     if not lat.size:
         return s, f"inference: {len(inf)} requests, none answered"
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     s.update({"p50_ms": p50, "p95_ms": p95, "p99_ms": p99})
-    return s, (f"inference: {len(inf)} requests, p50/p95/p99 {p50:.0f}/{p95:.0f}/{p99:.0f} ms, "
-               f"{missed} deadline misses ({unanswered} unanswered)")
+    return s, (
+        f"inference: {len(inf)} requests, p50/p95/p99 {p50:.0f}/{p95:.0f}/{p99:.0f} ms, "
+        f"{missed} deadline misses ({unanswered} unanswered)"
+    )
 
 
-def _stream_summary(fl: Flow, every: int, rx_rows: list[tuple[int, int, int]],
-                    owd: dict[int, list[float]]) -> tuple[dict[str, Any], str]:
+def _stream_summary(
+    fl: Flow, every: int, rx_rows: list[tuple[int, int, int]], owd: dict[int, list[float]]
+) -> tuple[dict[str, Any], str]:
     got = [r for r in rx_rows if r[0] == fl.flow_id]
     by = sum(r[1] for r in got) * every
     o = owd.get(fl.flow_id, [])
     span = (max(r[2] for r in got) - min(r[2] for r in got)) / 1e9 if len(got) > 1 else 0.0
     rate = by * 8 / span / 1e6 if span > 0 else 0.0
-    s = {"rx_bytes": by, "rx_packets": len(got) * every, "mbps": rate,
-         "owd_p50_ms": float(np.median(o)) if o else None}
-    return s, (f"{fl.kind} {fl.src}->{fl.dst}: {by / 1e6:.1f} MB in {len(got) * every} "
-               f"packets, {rate:.1f} Mbit/s, one-way delay p50 "
-               f"{np.median(o) if o else float('nan'):.1f} ms")
+    s = {
+        "rx_bytes": by,
+        "rx_packets": len(got) * every,
+        "mbps": rate,
+        "owd_p50_ms": float(np.median(o)) if o else None,
+    }
+    return s, (
+        f"{fl.kind} {fl.src}->{fl.dst}: {by / 1e6:.1f} MB in {len(got) * every} "
+        f"packets, {rate:.1f} Mbit/s, one-way delay p50 "
+        f"{np.median(o) if o else float('nan'):.1f} ms"
+    )
 
 
-def summarize(resolved: ResolvedProfile, plan: TrafficPlan, n_agents: int,
-              iters: Mapping[str, list[dict[str, Any]]], inf: list[list[str]],
-              rx_rows: list[tuple[int, int, int]], owd: dict[int, list[float]],
-              statuses: Mapping[str, AgentStatus]) -> dict[str, Any]:
+def summarize(
+    resolved: ResolvedProfile,
+    plan: TrafficPlan,
+    n_agents: int,
+    iters: Mapping[str, list[dict[str, Any]]],
+    inf: list[list[str]],
+    rx_rows: list[tuple[int, int, int]],
+    owd: dict[int, list[float]],
+    statuses: Mapping[str, AgentStatus],
+) -> dict[str, Any]:
     """The traffic's summary: figures per workload and ``lines`` to print."""
     lines: list[str] = []
     s: dict[str, Any] = {"flows": len(plan.flows), "agents": n_agents}
@@ -304,9 +385,17 @@ def summarize(resolved: ResolvedProfile, plan: TrafficPlan, n_agents: int,
     retx = sum(st.retransmissions for st in statuses.values())
     sent = sum(st.sent_packets for st in statuses.values())
     cpu = sum(st.cpu_s for st in statuses.values())
-    s.update({"sent_packets": sent, "retransmissions": retx,
-              "received_packets": len(rx_rows), "agents_cpu_s": round(cpu, 2)})
-    lines.append(f"traffic: {sent} packets sent, {retx} retransmitted, "
-                 f"{n_agents} agents using {cpu:.1f} CPU-s")
+    s.update(
+        {
+            "sent_packets": sent,
+            "retransmissions": retx,
+            "received_packets": len(rx_rows),
+            "agents_cpu_s": round(cpu, 2),
+        }
+    )
+    lines.append(
+        f"traffic: {sent} packets sent, {retx} retransmitted, "
+        f"{n_agents} agents using {cpu:.1f} CPU-s"
+    )
     s["lines"] = lines
     return s

@@ -72,17 +72,31 @@ class CollectiveConfig:
 
     def __post_init__(self) -> None:
         where = f"collective {self.job!r}"
-        _check(0 <= self.rank < len(self.nodes), where,
-               f"rank {self.rank} not in 0..{len(self.nodes) - 1}")
-        _check(len(self.flow_ids) == len(self.plan) == len(self.pace_bps), where,
-               "plan, flow_ids and pace_bps differ in length")
-        _check(self.iterations >= 0 and self.compute_ms >= 0, where,
-               "iterations and compute_ms must be >= 0")
+        _check(
+            0 <= self.rank < len(self.nodes),
+            where,
+            f"rank {self.rank} not in 0..{len(self.nodes) - 1}",
+        )
+        _check(
+            len(self.flow_ids) == len(self.plan) == len(self.pace_bps),
+            where,
+            "plan, flow_ids and pace_bps differ in length",
+        )
+        _check(
+            self.iterations >= 0 and self.compute_ms >= 0,
+            where,
+            "iterations and compute_ms must be >= 0",
+        )
         p = len(self.nodes)
         for i, t in enumerate(self.plan):
-            _check(t.index == i and 0 <= t.src < p and 0 <= t.dst < p
-                   and all(0 <= d < len(self.plan) for d in t.deps), where,
-                   f"bad transfer {t}")
+            _check(
+                t.index == i
+                and 0 <= t.src < p
+                and 0 <= t.dst < p
+                and all(0 <= d < len(self.plan) for d in t.deps),
+                where,
+                f"bad transfer {t}",
+            )
         _check(all(r > 0 for r in self.pace_bps), where, "pace_bps must be > 0")
 
 
@@ -128,10 +142,16 @@ class InferenceClientConfig:
         where = f"inference client {self.job!r}"
         _check(bool(self.servers), where, "no servers")
         _check(self.target in TARGETS, where, f"target {self.target!r} not one of {TARGETS}")
-        _check(set(self.flow_req) == set(self.servers) == set(self.flow_resp), where,
-               "flow_req and flow_resp must name every server")
-        _check(self.pace_bps > 0 and self.request_bytes > 0 and self.response_bytes > 0,
-               where, "sizes and pace_bps must be > 0")
+        _check(
+            set(self.flow_req) == set(self.servers) == set(self.flow_resp),
+            where,
+            "flow_req and flow_resp must name every server",
+        )
+        _check(
+            self.pace_bps > 0 and self.request_bytes > 0 and self.response_bytes > 0,
+            where,
+            "sizes and pace_bps must be > 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -154,8 +174,11 @@ class InferenceServerConfig:
     pace_bps: float
 
     def __post_init__(self) -> None:
-        _check(self.response_bytes > 0 and self.pace_bps > 0,
-               f"inference server of flow {self.request_flow}", "sizes and pace must be > 0")
+        _check(
+            self.response_bytes > 0 and self.pace_bps > 0,
+            f"inference server of flow {self.request_flow}",
+            "sizes and pace must be > 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -189,11 +212,17 @@ class StreamConfig:
     def __post_init__(self) -> None:
         where = f"stream {self.flow_id}"
         if self.rate_bps is not None:
-            _check(self.rate_bps > 0 and not self.times_s, where,
-                   "a bulk stream has rate_bps > 0 and no times_s")
+            _check(
+                self.rate_bps > 0 and not self.times_s,
+                where,
+                "a bulk stream has rate_bps > 0 and no times_s",
+            )
         else:
-            _check(len(self.times_s) == len(self.ip_bytes), where,
-                   "times_s and ip_bytes differ in length")
+            _check(
+                len(self.times_s) == len(self.ip_bytes),
+                where,
+                "times_s and ip_bytes differ in length",
+            )
 
     @property
     def is_bulk(self) -> bool:
@@ -248,8 +277,11 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         where = f"agent {self.node!r}"
-        _check(self.control or self.end_unix_ns > 0, where,
-               "needs end_unix_ns or control (a go command)")
+        _check(
+            self.control or self.end_unix_ns > 0,
+            where,
+            "needs end_unix_ns or control (a go command)",
+        )
         known = set(self.addrs)
         for s in self.streams:
             _check(s.dst in known, where, f"stream to {s.dst!r}, which has no address")
@@ -295,8 +327,10 @@ def _known(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     extra = set(d) - names
     if extra:
-        raise EmulationError(f"traffic agent configuration: {cls.__name__}: unknown fields "
-                             f"{sorted(extra)} (allowed: {sorted(names)})")
+        raise EmulationError(
+            f"traffic agent configuration: {cls.__name__}: unknown fields "
+            f"{sorted(extra)} (allowed: {sorted(names)})"
+        )
     return dict(d)
 
 
@@ -305,54 +339,88 @@ def _config_from_dict(d: Mapping[str, Any]) -> AgentConfig:
     cols = []
     for c in d.pop("collectives", []):
         c = _known(CollectiveConfig, c)
-        cols.append(CollectiveConfig(
-            job=str(c["job"]), rank=int(c["rank"]), nodes=tuple(map(str, c["nodes"])),
-            iterations=int(c["iterations"]), compute_ms=float(c["compute_ms"]),
-            start_s=float(c["start_s"]),
-            plan=tuple(Transfer(int(i), int(s), int(t), int(n), tuple(map(int, deps)), int(ph))
-                       for i, s, t, n, deps, ph in c["plan"]),
-            flow_ids=tuple(map(int, c["flow_ids"])), pace_bps=tuple(map(float, c["pace_bps"]))))
+        cols.append(
+            CollectiveConfig(
+                job=str(c["job"]),
+                rank=int(c["rank"]),
+                nodes=tuple(map(str, c["nodes"])),
+                iterations=int(c["iterations"]),
+                compute_ms=float(c["compute_ms"]),
+                start_s=float(c["start_s"]),
+                plan=tuple(
+                    Transfer(int(i), int(s), int(t), int(n), tuple(map(int, deps)), int(ph))
+                    for i, s, t, n, deps, ph in c["plan"]
+                ),
+                flow_ids=tuple(map(int, c["flow_ids"])),
+                pace_bps=tuple(map(float, c["pace_bps"])),
+            )
+        )
     clients = []
     for c in d.pop("inference_clients", []):
         c = _known(InferenceClientConfig, c)
-        clients.append(InferenceClientConfig(
-            job=str(c["job"]), servers=tuple(map(str, c["servers"])),
-            times_s=tuple(map(float, c["times_s"])), request_bytes=int(c["request_bytes"]),
-            response_bytes=int(c["response_bytes"]), deadline_ms=float(c["deadline_ms"]),
-            target=str(c["target"]), pace_bps=float(c["pace_bps"]),
-            flow_req={str(k): int(v) for k, v in c["flow_req"].items()},
-            flow_resp={str(k): int(v) for k, v in c["flow_resp"].items()},
-            id_base=int(c["id_base"])))
+        clients.append(
+            InferenceClientConfig(
+                job=str(c["job"]),
+                servers=tuple(map(str, c["servers"])),
+                times_s=tuple(map(float, c["times_s"])),
+                request_bytes=int(c["request_bytes"]),
+                response_bytes=int(c["response_bytes"]),
+                deadline_ms=float(c["deadline_ms"]),
+                target=str(c["target"]),
+                pace_bps=float(c["pace_bps"]),
+                flow_req={str(k): int(v) for k, v in c["flow_req"].items()},
+                flow_resp={str(k): int(v) for k, v in c["flow_resp"].items()},
+                id_base=int(c["id_base"]),
+            )
+        )
     servers = []
     for c in d.pop("inference_servers", []):
         c = _known(InferenceServerConfig, c)
-        servers.append(InferenceServerConfig(
-            request_flow=int(c["request_flow"]), response_flow=int(c["response_flow"]),
-            response_bytes=int(c["response_bytes"]), pace_bps=float(c["pace_bps"])))
+        servers.append(
+            InferenceServerConfig(
+                request_flow=int(c["request_flow"]),
+                response_flow=int(c["response_flow"]),
+                response_bytes=int(c["response_bytes"]),
+                pace_bps=float(c["pace_bps"]),
+            )
+        )
     streams = []
     for c in d.pop("streams", []):
         c = _known(StreamConfig, c)
-        streams.append(StreamConfig(
-            flow_id=int(c["flow_id"]), dst=str(c["dst"]), start_s=float(c.get("start_s", 0.0)),
-            duration_s=None if c.get("duration_s") is None else float(c["duration_s"]),
-            rate_bps=None if c.get("rate_bps") is None else float(c["rate_bps"]),
-            times_s=tuple(map(float, c.get("times_s", ()))),
-            ip_bytes=tuple(map(int, c.get("ip_bytes", ())))))
+        streams.append(
+            StreamConfig(
+                flow_id=int(c["flow_id"]),
+                dst=str(c["dst"]),
+                start_s=float(c.get("start_s", 0.0)),
+                duration_s=None if c.get("duration_s") is None else float(c["duration_s"]),
+                rate_bps=None if c.get("rate_bps") is None else float(c["rate_bps"]),
+                times_s=tuple(map(float, c.get("times_s", ()))),
+                ip_bytes=tuple(map(int, c.get("ip_bytes", ()))),
+            )
+        )
     return AgentConfig(
-        node=str(d.pop("node")), addrs={str(k): str(v) for k, v in d.pop("addrs").items()},
-        out_dir=str(d.pop("out_dir")), bind=str(d.pop("bind", "0.0.0.0")),
-        start_unix_ns=int(d.pop("start_unix_ns", 0)), end_unix_ns=int(d.pop("end_unix_ns", 0)),
+        node=str(d.pop("node")),
+        addrs={str(k): str(v) for k, v in d.pop("addrs").items()},
+        out_dir=str(d.pop("out_dir")),
+        bind=str(d.pop("bind", "0.0.0.0")),
+        start_unix_ns=int(d.pop("start_unix_ns", 0)),
+        end_unix_ns=int(d.pop("end_unix_ns", 0)),
         control=_bool(d.pop("control", False)),
         sample={int(k): int(v) for k, v in d.pop("sample", {}).items()},
-        collectives=tuple(cols), inference_clients=tuple(clients),
-        inference_servers=tuple(servers), streams=tuple(streams),
-        nice=int(d.pop("nice", NICE)), drop_every=int(d.pop("drop_every", 0)))
+        collectives=tuple(cols),
+        inference_clients=tuple(clients),
+        inference_servers=tuple(servers),
+        streams=tuple(streams),
+        nice=int(d.pop("nice", NICE)),
+        drop_every=int(d.pop("drop_every", 0)),
+    )
 
 
 def _bool(v: object) -> bool:
     if not isinstance(v, bool):
-        raise EmulationError(f"traffic agent configuration: control must be true or false, "
-                             f"not {v!r}")
+        raise EmulationError(
+            f"traffic agent configuration: control must be true or false, not {v!r}"
+        )
     return v
 
 
@@ -437,8 +505,9 @@ def parse_command(line: str) -> Command:
             return Stop()
     except (ValueError, TypeError) as exc:
         raise EmulationError(f"traffic agent: malformed command {line.strip()!r}") from exc
-    raise EmulationError(f"traffic agent: unknown command {line.strip()!r} (commands: go, "
-                         f"targets, stop)")
+    raise EmulationError(
+        f"traffic agent: unknown command {line.strip()!r} (commands: go, targets, stop)"
+    )
 
 
 # -- reports (agent -> runtime, stdout) --------------------------------------------------------
@@ -495,15 +564,24 @@ class AgentStatus:
         out: dict[str, Any] = {}
         for k, v in d.items():
             t = types[k]
-            out[k] = (str(v) if t == "str" else bool(v) if t == "bool"
-                      else float(v) if t == "float" else int(v))
+            out[k] = (
+                str(v)
+                if t == "str"
+                else bool(v)
+                if t == "bool"
+                else float(v)
+                if t == "float"
+                else int(v)
+            )
         return cls(**out)
 
 
 #: Counters of :class:`AgentStatus` an agent keeps while it runs.
-COUNTERS: tuple[str, ...] = tuple(f.name for f in fields(AgentStatus)
-                                  if f.type == "int" and f.name not in ("exit_unix_ns",
-                                                                       "max_rss_kib"))
+COUNTERS: tuple[str, ...] = tuple(
+    f.name
+    for f in fields(AgentStatus)
+    if f.type == "int" and f.name not in ("exit_unix_ns", "max_rss_kib")
+)
 
 Report = Ready | Done | AgentStatus
 
@@ -526,8 +604,9 @@ def parse_report(line: str) -> Report:
             return AgentStatus.from_dict(json.loads(rest))
     except (ValueError, TypeError) as exc:
         raise EmulationError(f"traffic agent: malformed report {line.strip()!r}") from exc
-    raise EmulationError(f"traffic agent: unknown report {line.strip()!r} (reports: ready, "
-                         f"done, status)")
+    raise EmulationError(
+        f"traffic agent: unknown report {line.strip()!r} (reports: ready, done, status)"
+    )
 
 
 def send_line(stream: Any, msg: Command | Report) -> bool:
@@ -538,4 +617,3 @@ def send_line(stream: Any, msg: Command | Report) -> bool:
         return True
     except (OSError, ValueError):
         return False
-

@@ -25,8 +25,15 @@ from __future__ import annotations
 
 import struct
 
-from scapy.fields import (ByteEnumField, ByteField, FlagsField, IntField, LongField,
-                          ShortField, XShortField)
+from scapy.fields import (
+    ByteEnumField,
+    ByteField,
+    FlagsField,
+    IntField,
+    LongField,
+    ShortField,
+    XShortField,
+)
 from scapy.layers.inet import UDP
 from scapy.packet import Packet, Raw, bind_layers
 
@@ -36,14 +43,14 @@ MAGIC = 0x4D45  # "ME"
 VERSION = 1
 
 #: ``kind`` values.
-DATA = 0        # a fragment of a message (collective transfer, request, response, bulk, replay)
-ACK = 1         # the receiver has the whole message (flow_id, msg_id)
-NACK = 2        # the receiver misses fragments: payload = big-endian u16 fragment numbers
+DATA = 0  # a fragment of a message (collective transfer, request, response, bulk, replay)
+ACK = 1  # the receiver has the whole message (flow_id, msg_id)
+NACK = 2  # the receiver misses fragments: payload = big-endian u16 fragment numbers
 KIND_NAMES = {DATA: "data", ACK: "ack", NACK: "nack"}
 
 #: ``flags`` bits.
-F_LAST = 0x1       # last packet of a sending round: a receiver missing fragments NACKs now
-F_RELIABLE = 0x2   # the sender wants an ACK (collective transfers, requests, responses)
+F_LAST = 0x1  # last packet of a sending round: a receiver missing fragments NACKs now
+F_RELIABLE = 0x2  # the sender wants an ACK (collective transfers, requests, responses)
 FLAG_NAMES = ["last", "reliable"]
 
 #: The header as a struct (network order); field order as in :class:`MeshemuHeader`.
@@ -85,8 +92,9 @@ class MeshemuHeader(Packet):
     ]
 
     def mysummary(self) -> str:
-        return self.sprintf("Meshemu %kind% flow=%flow_id% msg=%msg_id% seq=%seq% "
-                            "frag=%frag%/%n_frags%")
+        return self.sprintf(
+            "Meshemu %kind% flow=%flow_id% msg=%msg_id% seq=%seq% frag=%frag%/%n_frags%"
+        )
 
 
 bind_layers(UDP, MeshemuHeader, dport=PORT)
@@ -94,8 +102,15 @@ bind_layers(UDP, MeshemuHeader, sport=PORT)
 bind_layers(MeshemuHeader, Raw)
 
 
-def template(flow_id: int, msg_id: int, n_frags: int, msg_bytes: int, payload_bytes: int,
-             kind: int = DATA, flags: int = 0) -> bytearray:
+def template(
+    flow_id: int,
+    msg_id: int,
+    n_frags: int,
+    msg_bytes: int,
+    payload_bytes: int,
+    kind: int = DATA,
+    flags: int = 0,
+) -> bytearray:
     """A packet body (our header + zero payload) built by Scapy, to be patched per packet.
 
     Parameters
@@ -107,8 +122,9 @@ def template(flow_id: int, msg_id: int, n_frags: int, msg_bytes: int, payload_by
     """
     if not 0 <= payload_bytes <= MAX_PAYLOAD:
         raise ValueError(f"payload_bytes must be in 0..{MAX_PAYLOAD}; got {payload_bytes}")
-    pkt = MeshemuHeader(kind=kind, flow_id=flow_id, msg_id=msg_id, n_frags=n_frags,
-                        msg_bytes=msg_bytes, flags=flags)
+    pkt = MeshemuHeader(
+        kind=kind, flow_id=flow_id, msg_id=msg_id, n_frags=n_frags, msg_bytes=msg_bytes, flags=flags
+    )
     if payload_bytes:
         pkt = pkt / Raw(bytes(payload_bytes))
     return bytearray(bytes(pkt))
@@ -126,8 +142,7 @@ def patch(buf: bytearray, seq: int, frag: int, send_ns: int, flags: int = 0) -> 
 _SEQ_TO_SEND = struct.Struct("!IHHQ")
 
 
-def patch_fast(buf: bytearray, seq: int, frag: int, n_frags: int, send_ns: int,
-               flags: int) -> None:
+def patch_fast(buf: bytearray, seq: int, frag: int, n_frags: int, send_ns: int, flags: int) -> None:
     """:func:`patch` in two ``pack_into`` calls (``n_frags`` is rewritten unchanged)."""
     _SEQ_TO_SEND.pack_into(buf, OFF_SEQ, seq, frag, n_frags, send_ns)
     struct.pack_into("!H", buf, OFF_FLAGS, flags)

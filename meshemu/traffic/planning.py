@@ -17,11 +17,16 @@ import numpy as np
 
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.routing import ForwardingTables, get_scheme, trace_path
-from meshemu.spec.profile import (AllReduceSpec, BulkSpec, InferenceSpec, ReplaySpec,
-                                  ResolvedProfile)
+from meshemu.spec.profile import AllReduceSpec, BulkSpec, InferenceSpec, ReplaySpec, ResolvedProfile
 from meshemu.traffic import schedule as sch
-from meshemu.traffic.config import (AgentConfig, CollectiveConfig, InferenceClientConfig,
-                                    InferenceServerConfig, StreamConfig, Targets)
+from meshemu.traffic.config import (
+    AgentConfig,
+    CollectiveConfig,
+    InferenceClientConfig,
+    InferenceServerConfig,
+    StreamConfig,
+    Targets,
+)
 
 #: Bulk flows faster than this record every n-th packet only (n = ceil(rate / this)).
 SAMPLE_ABOVE_MBPS = 20.0
@@ -83,8 +88,9 @@ class TrafficPlan:
     active_nodes: frozenset[str] = field(default_factory=frozenset)
 
 
-def path_links(snap: Snapshot, path: Sequence[int] | None
-               ) -> tuple[float, list[int], list[float]] | None:
+def path_links(
+    snap: Snapshot, path: Sequence[int] | None
+) -> tuple[float, list[int], list[float]] | None:
     """Delay (s), link keys and link rates of a node path in a snapshot (None: a hop is
     missing or down)."""
     if not path or len(path) < 2:
@@ -116,15 +122,20 @@ class Router:
         Node ids flows end at (the destinations of the fallback tables).
     """
 
-    def __init__(self, snapshots: Sequence[Snapshot], tables0: ForwardingTables | None,
-                 endpoints: Sequence[int]):
+    def __init__(
+        self,
+        snapshots: Sequence[Snapshot],
+        tables0: ForwardingTables | None,
+        endpoints: Sequence[int],
+    ):
         self.snapshots = snapshots
         self.tables0 = tables0
         self.endpoints = np.unique(np.asarray(endpoints, dtype=np.int32))
         self._fallback: dict[int, ForwardingTables] = {}
 
-    def tables_for(self, snap: Snapshot, tables: ForwardingTables | None = None
-                   ) -> ForwardingTables | None:
+    def tables_for(
+        self, snap: Snapshot, tables: ForwardingTables | None = None
+    ) -> ForwardingTables | None:
         """``tables``, or the step-0 tables when ``snap`` is the first snapshot, or None."""
         if tables is None and self.snapshots and snap is self.snapshots[0]:
             return self.tables0
@@ -132,11 +143,11 @@ class Router:
 
     def can_route(self, snap: Snapshot, tables: ForwardingTables | None = None) -> bool:
         """Whether :meth:`route` is cheap enough for every flow in ``snap``."""
-        return (self.tables_for(snap, tables) is not None
-                or snap.n_nodes <= FALLBACK_MAX_NODES)
+        return self.tables_for(snap, tables) is not None or snap.n_nodes <= FALLBACK_MAX_NODES
 
-    def route(self, snap: Snapshot, src: int, dst: int,
-              tables: ForwardingTables | None = None) -> Path_:
+    def route(
+        self, snap: Snapshot, src: int, dst: int, tables: ForwardingTables | None = None
+    ) -> Path_:
         """The path from ``src`` to ``dst`` in ``snap``, traced through ``tables`` (or the
         step-0 ones for the first snapshot), else through the snapshot's
         ``shortest-delay`` tables (computed once per snapshot)."""
@@ -151,8 +162,13 @@ class Router:
         return trace_path(t, snap, src, dst)
 
 
-def _pace(w: AllReduceSpec, plan: list[sch.Transfer], ids: list[int], snap0: Snapshot | None,
-          router: Router) -> np.ndarray:
+def _pace(
+    w: AllReduceSpec,
+    plan: list[sch.Transfer],
+    ids: list[int],
+    snap0: Snapshot | None,
+    router: Router,
+) -> np.ndarray:
     """Pacing rate per transfer: the workload's, never above 95 % of the fair share of the
     bottleneck at t = 0."""
     pace = np.full(len(plan), w.rate_mbps * 1e6)
@@ -184,8 +200,9 @@ class _Roles:
 class _Planner:
     """The state of :func:`plan_traffic` while it goes through the workloads."""
 
-    def __init__(self, resolved: ResolvedProfile, router: Router, snap0: Snapshot | None,
-                 traffic_s: float):
+    def __init__(
+        self, resolved: ResolvedProfile, router: Router, snap0: Snapshot | None, traffic_s: float
+    ):
         self.resolved = resolved
         self.router = router
         self.snap0 = snap0
@@ -212,40 +229,67 @@ class _Planner:
         pair_flow: dict[tuple[int, int], int] = {}
         for t in plan:
             if (t.src, t.dst) not in pair_flow:
-                pair_flow[(t.src, t.dst)] = self.flow(w.name, "allreduce", nodes[t.src],
-                                                      nodes[t.dst])
+                pair_flow[(t.src, t.dst)] = self.flow(
+                    w.name, "allreduce", nodes[t.src], nodes[t.dst]
+                )
         flow_ids = tuple(pair_flow[(t.src, t.dst)] for t in plan)
-        pace = tuple(float(x) for x in _pace(w, plan, [self.id_of[n] for n in nodes],
-                                             self.snap0, self.router))
-        self.jobs.append(Job(w.name, w.algorithm, nodes, tuple(plan), flow_ids, pace,
-                             w.iterations))
+        pace = tuple(
+            float(x)
+            for x in _pace(w, plan, [self.id_of[n] for n in nodes], self.snap0, self.router)
+        )
+        self.jobs.append(Job(w.name, w.algorithm, nodes, tuple(plan), flow_ids, pace, w.iterations))
         for r, node in enumerate(nodes):
-            self.node(node).collectives.append(CollectiveConfig(
-                job=w.name, rank=r, nodes=nodes, iterations=w.iterations,
-                compute_ms=w.compute_ms, start_s=w.start_s, plan=tuple(plan),
-                flow_ids=flow_ids, pace_bps=pace))
+            self.node(node).collectives.append(
+                CollectiveConfig(
+                    job=w.name,
+                    rank=r,
+                    nodes=nodes,
+                    iterations=w.iterations,
+                    compute_ms=w.compute_ms,
+                    start_s=w.start_s,
+                    plan=tuple(plan),
+                    flow_ids=flow_ids,
+                    pace_bps=pace,
+                )
+            )
             self.active.add(node)
 
     def inference(self, wi: int, w: InferenceSpec) -> None:
-        span = self.traffic_s - w.start_s if w.duration_s is None else min(
-            w.duration_s, self.traffic_s - w.start_s)
+        span = (
+            self.traffic_s - w.start_s
+            if w.duration_s is None
+            else min(w.duration_s, self.traffic_s - w.start_s)
+        )
         for ui, user in enumerate(w.users):
             flow_req, flow_resp = {}, {}
             for s in w.servers:
                 flow_req[s] = self.flow(w.name, "inference", user, s)
                 flow_resp[s] = self.flow(w.name, "inference", s, user)
-                self.node(s).inference_servers.append(InferenceServerConfig(
-                    flow_req[s], flow_resp[s], w.response_bytes, w.rate_mbps * 1e6))
+                self.node(s).inference_servers.append(
+                    InferenceServerConfig(
+                        flow_req[s], flow_resp[s], w.response_bytes, w.rate_mbps * 1e6
+                    )
+                )
             rng = np.random.default_rng([self.resolved.profile.seed, wi, ui])
             times = sch.poisson_arrivals(w.rate_per_s, span, rng) + w.start_s
             id_base = self.next_request_id
             # request ids: unique over the run, and they fit the header's u32 msg_id
             self.next_request_id += 1_000_000 * (times.size // 1_000_000 + 1)
-            self.node(user).inference_clients.append(InferenceClientConfig(
-                job=w.name, servers=tuple(w.servers), times_s=tuple(times.tolist()),
-                request_bytes=w.request_bytes, response_bytes=w.response_bytes,
-                deadline_ms=w.deadline_ms, target=w.target, pace_bps=w.rate_mbps * 1e6,
-                flow_req=flow_req, flow_resp=flow_resp, id_base=id_base))
+            self.node(user).inference_clients.append(
+                InferenceClientConfig(
+                    job=w.name,
+                    servers=tuple(w.servers),
+                    times_s=tuple(times.tolist()),
+                    request_bytes=w.request_bytes,
+                    response_bytes=w.response_bytes,
+                    deadline_ms=w.deadline_ms,
+                    target=w.target,
+                    pace_bps=w.rate_mbps * 1e6,
+                    flow_req=flow_req,
+                    flow_resp=flow_resp,
+                    id_base=id_base,
+                )
+            )
             self.active.add(user)
 
     def stream(self, w: BulkSpec | ReplaySpec) -> None:
@@ -257,16 +301,28 @@ class _Planner:
         else:
             fid = self.flow(w.name, "replay", w.src, w.dst)
             t, s = sch.replay_schedule(w.times_s, w.ip_bytes, w.duration_s)
-            cfg = StreamConfig(fid, w.dst, w.start_s, w.duration_s,
-                               times_s=tuple(t.tolist()), ip_bytes=tuple(s.tolist()))
+            cfg = StreamConfig(
+                fid,
+                w.dst,
+                w.start_s,
+                w.duration_s,
+                times_s=tuple(t.tolist()),
+                ip_bytes=tuple(s.tolist()),
+            )
         self.node(w.src).streams.append(cfg)
-        self.node(w.dst)   # receives: gets an agent
+        self.node(w.dst)  # receives: gets an agent
         self.active.add(w.src)
 
 
-def plan_traffic(resolved: ResolvedProfile, router: Router, snap0: Snapshot | None,
-                 traffic_s: float, address_of: Callable[[str], str], out_dir: str,
-                 bind: str = "0.0.0.0") -> TrafficPlan:
+def plan_traffic(
+    resolved: ResolvedProfile,
+    router: Router,
+    snap0: Snapshot | None,
+    traffic_s: float,
+    address_of: Callable[[str], str],
+    out_dir: str,
+    bind: str = "0.0.0.0",
+) -> TrafficPlan:
     """Flows, jobs and agent configurations of ``resolved``.
 
     Parameters
@@ -296,18 +352,27 @@ def plan_traffic(resolved: ResolvedProfile, router: Router, snap0: Snapshot | No
             p.stream(w)
     peers = sorted({f.src for f in p.flows} | {f.dst for f in p.flows})
     addrs = {n: address_of(n) for n in peers}
-    configs = {node: AgentConfig(
-        node=node, addrs=addrs, out_dir=out_dir, bind=bind, control=True,
-        sample=dict(p.sample), collectives=tuple(r.collectives),
-        inference_clients=tuple(r.inference_clients),
-        inference_servers=tuple(r.inference_servers), streams=tuple(r.streams))
-        for node, r in p.roles.items()}
-    return TrafficPlan(tuple(p.flows), dict(p.sample), tuple(p.jobs), configs,
-                       frozenset(p.active))
+    configs = {
+        node: AgentConfig(
+            node=node,
+            addrs=addrs,
+            out_dir=out_dir,
+            bind=bind,
+            control=True,
+            sample=dict(p.sample),
+            collectives=tuple(r.collectives),
+            inference_clients=tuple(r.inference_clients),
+            inference_servers=tuple(r.inference_servers),
+            streams=tuple(r.streams),
+        )
+        for node, r in p.roles.items()
+    }
+    return TrafficPlan(tuple(p.flows), dict(p.sample), tuple(p.jobs), configs, frozenset(p.active))
 
 
-def server_rankings(plan: TrafficPlan, snap: Snapshot | None,
-                    paths: Mapping[int, Path_]) -> dict[str, list[Targets]]:
+def server_rankings(
+    plan: TrafficPlan, snap: Snapshot | None, paths: Mapping[int, Path_]
+) -> dict[str, list[Targets]]:
     """Per inference user, each client's servers from nearest to farthest (request path
     delay in ``snap``; ``paths`` maps flow ids to node paths)."""
     out: dict[str, list[Targets]] = {}
@@ -318,21 +383,28 @@ def server_rankings(plan: TrafficPlan, snap: Snapshot | None,
                 p = paths.get(cl.flow_req[server])
                 pl = path_links(snap, p) if snap is not None and p else None
                 ranked.append((pl[0] if pl else math.inf, server))
-            out.setdefault(user, []).append(
-                Targets(cl.job, tuple(x for _, x in sorted(ranked))))
+            out.setdefault(user, []).append(Targets(cl.job, tuple(x for _, x in sorted(ranked))))
     return out
 
 
-def predictions_ms(job: Job, snap: Snapshot, paths: Mapping[int, Path_] | None,
-                   router: Router, id_of: Mapping[str, int]) -> tuple[float, float]:
+def predictions_ms(
+    job: Job,
+    snap: Snapshot,
+    paths: Mapping[int, Path_] | None,
+    router: Router,
+    id_of: Mapping[str, int],
+) -> tuple[float, float]:
     """Phase-by-phase alpha-beta prediction and critical-path prediction (ms) of an
     iteration of ``job`` on ``snap`` (see :mod:`meshemu.traffic.schedule`); ``paths`` maps
     flow ids to node paths (None: route with ``router``). NaN when a transfer has no path."""
     delays, links, hop_rates = [], [], []
     rates: dict[int, float] = {}
     for t, fid in zip(job.plan, job.flow_ids):
-        p = paths.get(fid) if paths is not None else router.route(
-            snap, id_of[job.nodes[t.src]], id_of[job.nodes[t.dst]])
+        p = (
+            paths.get(fid)
+            if paths is not None
+            else router.route(snap, id_of[job.nodes[t.src]], id_of[job.nodes[t.dst]])
+        )
         pl = path_links(snap, p)
         if pl is None:
             return math.nan, math.nan
@@ -341,5 +413,7 @@ def predictions_ms(job: Job, snap: Snapshot, paths: Mapping[int, Path_] | None,
         hop_rates.append(pl[2])
         rates.update(zip(pl[1], pl[2]))
     r = sch.fair_share_rates(job.plan, links, rates, job.pace_bps)
-    return (sch.predict_iteration_s(job.plan, delays, r, hop_rates) * 1e3,
-            sch.critical_path_s(job.plan, delays, r, hop_rates) * 1e3)
+    return (
+        sch.predict_iteration_s(job.plan, delays, r, hop_rates) * 1e3,
+        sch.critical_path_s(job.plan, delays, r, hop_rates) * 1e3,
+    )

@@ -22,8 +22,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 from meshemu.traffic import header as H
-from meshemu.traffic.config import (CollectiveConfig, InferenceClientConfig,
-                                    InferenceServerConfig, StreamConfig)
+from meshemu.traffic.config import (
+    CollectiveConfig,
+    InferenceClientConfig,
+    InferenceServerConfig,
+    StreamConfig,
+)
 from meshemu.traffic.transport import MAX_BURST_NS, AgentFiles, Transport
 
 
@@ -62,7 +66,7 @@ class Collective:
         self.mine_in = {t.index for t in self.plan if t.dst == self.rank}
         self.received: set[tuple[int, int]] = set()
         self.started_sends: set[tuple[int, int]] = set()
-        self.it = -1            # iteration this node has started (-1: none yet)
+        self.it = -1  # iteration this node has started (-1: none yet)
         self.it_start_ns = 0
         self.finished = False
         for f in set(self.flow_ids):
@@ -94,9 +98,14 @@ class Collective:
                 continue
             if all((it, d) in self.received for d in t.deps):
                 self.started_sends.add(key)
-                self.host.transport.send_message(self.flow_ids[t.index], it * self.n + t.index,
-                                                 self.nodes[t.dst], t.nbytes,
-                                                 self.pace[t.index], True)
+                self.host.transport.send_message(
+                    self.flow_ids[t.index],
+                    it * self.n + t.index,
+                    self.nodes[t.dst],
+                    t.nbytes,
+                    self.pace[t.index],
+                    True,
+                )
 
     def on_message(self, src: str, msg_id: int) -> None:
         """A transfer addressed to this node has arrived completely."""
@@ -113,8 +122,7 @@ class Collective:
         if not all((it, t.index) in self.started_sends for t in self.mine_out):
             return
         now = time.time_ns()
-        self.host.files.iterations.write(
-            f"{self.job},{it},{self.rank},{self.it_start_ns},{now}\n")
+        self.host.files.iterations.write(f"{self.job},{it},{self.rank},{self.it_start_ns},{now}\n")
         self.received = {k for k in self.received if k[0] > it}
         self.started_sends = {k for k in self.started_sends if k[0] > it}
         self.it = -1  # waiting for compute
@@ -131,9 +139,9 @@ class InferenceClient:
         self.user = host.node
         self.cfg = c
         self.times_ns = [host.start_ns + int(t * 1e9) for t in c.times_s]
-        self.order = list(c.servers)        # nearest first
+        self.order = list(c.servers)  # nearest first
         self.outstanding: dict[str, int] = dict.fromkeys(c.servers, 0)
-        self.pending: dict[int, tuple[str, int]] = {}   # request id -> (server, send_ns)
+        self.pending: dict[int, tuple[str, int]] = {}  # request id -> (server, send_ns)
         self.issued = 0
         self.finished = False
         for f in c.flow_resp.values():
@@ -165,8 +173,9 @@ class InferenceClient:
         self.issued += 1
         self.pending[rid] = (server, time.time_ns())
         self.outstanding[server] += 1
-        self.host.transport.send_message(c.flow_req[server], rid, server, c.request_bytes,
-                                         c.pace_bps, True)
+        self.host.transport.send_message(
+            c.flow_req[server], rid, server, c.request_bytes, c.pace_bps, True
+        )
         self._schedule_next()
 
     def on_response(self, src: str, rid: int) -> None:
@@ -181,15 +190,17 @@ class InferenceClient:
         dl = self.cfg.deadline_ms
         self.host.files.inference.write(
             f"{rid},{self.user},{server},{sent / 1e9:.6f},{now / 1e9:.6f},{lat:.3f},"
-            f"{dl:g},{int(lat > dl)}\n")
+            f"{dl:g},{int(lat > dl)}\n"
+        )
         self.host.check_done()
 
     def close(self) -> None:
         """Record the requests without a response (as misses)."""
         dl = self.cfg.deadline_ms
         for rid, (server, sent) in sorted(self.pending.items()):
-            self.host.files.inference.write(f"{rid},{self.user},{server},{sent / 1e9:.6f},,,"
-                                            f"{dl:g},1\n")
+            self.host.files.inference.write(
+                f"{rid},{self.user},{server},{sent / 1e9:.6f},,,{dl:g},1\n"
+            )
         self.pending.clear()
 
     @property
@@ -209,8 +220,9 @@ class InferenceServer:
     def on_request(self, src: str, rid: int) -> None:
         """Request ``rid`` from node ``src`` has arrived: send the response."""
         c = self.cfg
-        self.host.transport.send_message(c.response_flow, rid, src, c.response_bytes,
-                                         c.pace_bps, True)
+        self.host.transport.send_message(
+            c.response_flow, rid, src, c.response_bytes, c.pace_bps, True
+        )
 
 
 class StreamSender:

@@ -21,7 +21,8 @@ the end):
 ``iterations.csv``       ``job,algorithm,iteration,start_unix,end_unix,duration_ms,predicted_ms``
                          (+ ``first_start_unix,critical_path_ms``)
 ``rtt.csv``              ``flow_id,msg_id,src,dst,send_unix_ns,rtt_ms`` (acknowledged messages)
-``inference.csv``        ``request_id,user,server,send_unix,done_unix,latency_ms,deadline_ms,missed``
+``inference.csv``        ``request_id,user,server,send_unix,done_unix,latency_ms,deadline_ms,
+                         missed``
 ``traffic.json``         the resolved profile, the flows and the summary
 
 The agents' own files (``traffic/<node>.*``: configs, logs, raw measurements) stay in the
@@ -52,13 +53,30 @@ import numpy as np
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.report import files as F
 from meshemu.routing import ForwardingTables
-from meshemu.spec.profile import (AllReduceSpec, BulkSpec, InferenceSpec, Profile, ReplaySpec,
-                                  ResolvedProfile, load_profile, resolve)
+from meshemu.spec.profile import (
+    AllReduceSpec,
+    BulkSpec,
+    InferenceSpec,
+    Profile,
+    ReplaySpec,
+    ResolvedProfile,
+    load_profile,
+    resolve,
+)
 from meshemu.traffic.collection import StepMark, collect, write_flows
 from meshemu.traffic.config import AgentStatus, Targets
-from meshemu.traffic.planning import (FALLBACK_MAX_NODES, SAMPLE_ABOVE_MBPS,  # noqa: F401
-                                      Flow, Job, Path_, Router, path_links, plan_traffic,
-                                      predictions_ms, server_rankings)
+from meshemu.traffic.planning import (  # noqa: F401
+    FALLBACK_MAX_NODES,
+    SAMPLE_ABOVE_MBPS,
+    Flow,
+    Job,
+    Path_,
+    Router,
+    path_links,
+    plan_traffic,
+    predictions_ms,
+    server_rankings,
+)
 from meshemu.traffic.supervision import TERM_WAIT_S, AgentSupervisor, Spawn  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -91,9 +109,16 @@ class StepFiles:
     def path(self, t_s: float, fl: Flow, snap: Snapshot | None, p: list[int] | None) -> None:
         """A flow's path (at step 0 and when it changed)."""
         pl = path_links(snap, p) if snap is not None and p else None
-        self._fpw.writerow([f"{t_s:g}", fl.flow_id, fl.src, fl.dst,
-                            " ".join(self.names[x] for x in p) if p else "",
-                            f"{pl[0] * 1e3:.6f}" if pl else ""])
+        self._fpw.writerow(
+            [
+                f"{t_s:g}",
+                fl.flow_id,
+                fl.src,
+                fl.dst,
+                " ".join(self.names[x] for x in p) if p else "",
+                f"{pl[0] * 1e3:.6f}" if pl else "",
+            ]
+        )
 
     def counters(self, t_s: float) -> None:
         """The shaper's per-link counters (links that carried or dropped something)."""
@@ -109,8 +134,16 @@ class StepFiles:
         for lid in sorted(counters):
             pk, by, dr = counters[lid]
             if pk or dr:
-                self._lcw.writerow([f"{t_s:g}", self.names[int(a_ids[lid])],
-                                    self.names[int(b_ids[lid])], pk, by, dr])
+                self._lcw.writerow(
+                    [
+                        f"{t_s:g}",
+                        self.names[int(a_ids[lid])],
+                        self.names[int(b_ids[lid])],
+                        pk,
+                        by,
+                        dr,
+                    ]
+                )
 
     def flush(self) -> None:
         """Flush both files."""
@@ -130,9 +163,16 @@ class TrafficRun:
     Build with :func:`start_traffic`.
     """
 
-    def __init__(self, resolved: ResolvedProfile, emu: Any, snapshots: Sequence[Snapshot],
-                 out_dir: Path, wall_duration_s: float,
-                 tables0: ForwardingTables | None = None, spawn: Spawn | None = None):
+    def __init__(
+        self,
+        resolved: ResolvedProfile,
+        emu: Any,
+        snapshots: Sequence[Snapshot],
+        out_dir: Path,
+        wall_duration_s: float,
+        tables0: ForwardingTables | None = None,
+        spawn: Spawn | None = None,
+    ):
         self.resolved = resolved
         self.profile: Profile = resolved.profile
         self.emu = emu
@@ -149,14 +189,20 @@ class TrafficRun:
         self.end_ns = int((self.t_call + wall_duration_s) * 1e9)
         endpoints = [self.id_of[n] for w in resolved.workloads for n in _endpoints(w)]
         self.router = Router(snapshots, tables0, endpoints)
-        self.plan = plan_traffic(resolved, self.router, snapshots[0] if snapshots else None,
-                                 (self.end_ns - self.start_ns) / 1e9, emu.node_address,
-                                 str(self.dir))
+        self.plan = plan_traffic(
+            resolved,
+            self.router,
+            snapshots[0] if snapshots else None,
+            (self.end_ns - self.start_ns) / 1e9,
+            emu.node_address,
+            str(self.dir),
+        )
         write_flows(self.out, self.plan.flows)
         self.supervisor = AgentSupervisor(
-            self.dir, spawn or (lambda node, argv, **kw: emu.node(node).popen(argv, **kw)))
+            self.dir, spawn or (lambda node, argv, **kw: emu.node(node).popen(argv, **kw))
+        )
         self.steps: list[StepMark] = []
-        self.paths_at: list[dict[int, list[int] | None]] = []   # per step: flow -> path
+        self.paths_at: list[dict[int, list[int] | None]] = []  # per step: flow -> path
         self._last_path: dict[int, tuple[int, ...]] = {}
         self._targets_sent: dict[str, list[Targets]] = {}
         self._stopped = False
@@ -191,20 +237,26 @@ class TrafficRun:
         give the go: the traffic's time zero is :data:`GO_MARGIN_S` later and it ends
         ``wall_duration_s`` after the go."""
         self.supervisor.start(self.plan.configs, ready_timeout_s)
-        if self.snapshots:   # first server ranking for inference clients (small networks)
+        if self.snapshots:  # first server ranking for inference clients (small networks)
             snap = self.snapshots[0]
             first: dict[int, list[int] | None] = {}
             if self.router.can_route(snap):
-                first = {fl.flow_id: self.router.route(snap, self.id_of[fl.src],
-                                                       self.id_of[fl.dst])
-                         for fl in self.flows if fl.kind == "inference"}
+                first = {
+                    fl.flow_id: self.router.route(snap, self.id_of[fl.src], self.id_of[fl.dst])
+                    for fl in self.flows
+                    if fl.kind == "inference"
+                }
             self._send_targets(snap, first)
         t_go = time.time()
         self.start_ns = int((t_go + GO_MARGIN_S) * 1e9)
         self.end_ns = int((t_go + self.wall_duration_s) * 1e9)
         self.supervisor.go(self.start_ns, self.end_ns)
-        log.info("traffic: %d agents up in %.1f s, %d flows", len(self.procs),
-                 t_go - self.t_call, len(self.flows))
+        log.info(
+            "traffic: %d agents up in %.1f s, %d flows",
+            len(self.procs),
+            t_go - self.t_call,
+            len(self.flows),
+        )
 
     def _send_targets(self, snap: Snapshot | None, cur: Mapping[int, Path_]) -> None:
         """Tell each inference user its servers, nearest first, when the ranking changed."""
@@ -215,8 +267,9 @@ class TrafficRun:
                     self.supervisor.send(user, t)
 
     # -- per step ----------------------------------------------------------------------------
-    def step(self, k: int, t_s: float, paths: Paths | None,
-             tables: ForwardingTables | None = None) -> None:
+    def step(
+        self, k: int, t_s: float, paths: Paths | None, tables: ForwardingTables | None = None
+    ) -> None:
         """Record step ``k`` (emulated time ``t_s``): flow paths, link counters, targets.
 
         ``paths`` maps ``(src_id, dst_id)`` of endpoint pairs to node-id lists (None:
@@ -276,8 +329,17 @@ class TrafficRun:
         nodes = list(self.procs)
         ordered = {n: statuses[n] for n in nodes if n in statuses}
         self._summary, self._files = collect(
-            self.out, self.dir, self.resolved, self.plan, nodes, ordered, self.steps,
-            self.predictions_ms, (self.start_ns, self.end_ns), self.t_call)
+            self.out,
+            self.dir,
+            self.resolved,
+            self.plan,
+            nodes,
+            ordered,
+            self.steps,
+            self.predictions_ms,
+            (self.start_ns, self.end_ns),
+            self.t_call,
+        )
 
     def summary(self) -> dict[str, Any]:
         """The traffic's summary (stops the agents first if need be)."""
@@ -325,10 +387,17 @@ def _endpoints(w: AllReduceSpec | InferenceSpec | BulkSpec | ReplaySpec) -> list
     return [w.src, w.dst]
 
 
-def start_traffic(profile: str | Path | Profile, scenario: Any, emu: Any, sched: Any,
-                  snapshots: Sequence[Snapshot], out_dir: Path | str, wall_duration_s: float,
-                  tables0: ForwardingTables | None = None,
-                  spawn: Spawn | None = None) -> TrafficRun:
+def start_traffic(
+    profile: str | Path | Profile,
+    scenario: Any,
+    emu: Any,
+    sched: Any,
+    snapshots: Sequence[Snapshot],
+    out_dir: Path | str,
+    wall_duration_s: float,
+    tables0: ForwardingTables | None = None,
+    spawn: Spawn | None = None,
+) -> TrafficRun:
     """Resolve ``profile`` against the scenario's nodes and start its agents.
 
     Parameters

@@ -107,11 +107,12 @@ def tree_plan(p: int, model_bytes: int) -> list[Transfer]:
         depth[i] = depth[(i - 1) // 2] + 1
     dmax = max(depth)
     out: list[Transfer] = []
-    up: dict[int, int] = {}   # rank -> index of its reduce transfer
+    up: dict[int, int] = {}  # rank -> index of its reduce transfer
     for i in sorted(range(1, p), key=lambda i: -depth[i]):
         kids = [c for c in (2 * i + 1, 2 * i + 2) if c < p]
-        t = Transfer(len(out), i, (i - 1) // 2, model_bytes, tuple(up[c] for c in kids),
-                     dmax - depth[i])
+        t = Transfer(
+            len(out), i, (i - 1) // 2, model_bytes, tuple(up[c] for c in kids), dmax - depth[i]
+        )
         up[i] = t.index
         out.append(t)
     down: dict[int, int] = {}
@@ -146,6 +147,7 @@ def collective_plan(algorithm: str, p: int, model_bytes: int) -> list[Transfer]:
         fn = _PLANS[algorithm]
     except KeyError:
         from meshemu.errors import ProfileError, choices_message
+
         raise ProfileError(choices_message("algorithm", algorithm, ALGORITHMS)) from None
     return fn(p, model_bytes)
 
@@ -165,9 +167,13 @@ def wire_bytes(nbytes: int, payload: int = MAX_PAYLOAD) -> int:
     return nbytes + n_fragments(nbytes, payload) * PER_PACKET_WIRE_BYTES
 
 
-def transfer_time_s(delay_s: float, nbytes: int, rate_bps: float,
-                    hop_rates_bps: Sequence[float] = (),
-                    overhead_s: float = OVERHEAD_S) -> float:
+def transfer_time_s(
+    delay_s: float,
+    nbytes: int,
+    rate_bps: float,
+    hop_rates_bps: Sequence[float] = (),
+    overhead_s: float = OVERHEAD_S,
+) -> float:
     """Alpha-beta time of one message (see the module docstring).
 
     Parameters
@@ -190,9 +196,12 @@ def transfer_time_s(delay_s: float, nbytes: int, rate_bps: float,
     return t
 
 
-def fair_share_rates(plan: Sequence[Transfer], paths: Sequence[Sequence[int] | None],
-                     link_rate_bps: dict[int, float], pace_bps: Sequence[float] | np.ndarray
-                     ) -> np.ndarray:
+def fair_share_rates(
+    plan: Sequence[Transfer],
+    paths: Sequence[Sequence[int] | None],
+    link_rate_bps: dict[int, float],
+    pace_bps: Sequence[float] | np.ndarray,
+) -> np.ndarray:
     """Rate each transfer gets: ``min(pace, min over its links of rate / sharers)``.
 
     Parameters
@@ -229,10 +238,13 @@ def fair_share_rates(plan: Sequence[Transfer], paths: Sequence[Sequence[int] | N
     return out
 
 
-def predict_iteration_s(plan: Sequence[Transfer], delay_s: Sequence[float],
-                        rate_bps: Sequence[float] | np.ndarray,
-                        hop_rates_bps: Sequence[Sequence[float]] | None = None,
-                        overhead_s: float = OVERHEAD_S) -> float:
+def predict_iteration_s(
+    plan: Sequence[Transfer],
+    delay_s: Sequence[float],
+    rate_bps: Sequence[float] | np.ndarray,
+    hop_rates_bps: Sequence[Sequence[float]] | None = None,
+    overhead_s: float = OVERHEAD_S,
+) -> float:
     """Alpha-beta time of one iteration: sum over phases of the slowest transfer.
 
     Returns ``nan`` when a transfer has no path (rate 0 or delay nan).
@@ -247,10 +259,13 @@ def predict_iteration_s(plan: Sequence[Transfer], delay_s: Sequence[float],
     return float(sum(slowest.values()))
 
 
-def critical_path_s(plan: Sequence[Transfer], delay_s: Sequence[float],
-                    rate_bps: Sequence[float] | np.ndarray,
-                    hop_rates_bps: Sequence[Sequence[float]] | None = None,
-                    overhead_s: float = OVERHEAD_S) -> float:
+def critical_path_s(
+    plan: Sequence[Transfer],
+    delay_s: Sequence[float],
+    rate_bps: Sequence[float] | np.ndarray,
+    hop_rates_bps: Sequence[Sequence[float]] | None = None,
+    overhead_s: float = OVERHEAD_S,
+) -> float:
     """Alpha-beta time of one iteration along the plan's dependencies (longest path).
 
     Every transfer starts when the transfers it depends on have arrived (all dep-free ones
@@ -265,13 +280,13 @@ def critical_path_s(plan: Sequence[Transfer], delay_s: Sequence[float],
             return math.nan
         hops = hop_rates_bps[i] if hop_rates_bps is not None else ()
         begin = max((done[d] for d in t.deps), default=0.0)
-        done[t.index] = begin + transfer_time_s(delay_s[i], t.nbytes, rate_bps[i], hops,
-                                                overhead_s)
+        done[t.index] = begin + transfer_time_s(delay_s[i], t.nbytes, rate_bps[i], hops, overhead_s)
     return max(done.values(), default=0.0)
 
 
-def poisson_arrivals(rate_per_s: float, duration_s: float, seed: int | np.random.Generator
-                     ) -> np.ndarray:
+def poisson_arrivals(
+    rate_per_s: float, duration_s: float, seed: int | np.random.Generator
+) -> np.ndarray:
     """Arrival times (s, ascending, in ``[0, duration_s)``) of a Poisson process.
 
     Exponential inter-arrival times with mean ``1/rate_per_s`` from a seeded generator, so
@@ -287,8 +302,9 @@ def poisson_arrivals(rate_per_s: float, duration_s: float, seed: int | np.random
     return t[t < duration_s]
 
 
-def replay_schedule(times_s: Sequence[float], ip_bytes: Sequence[int],
-                    duration_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def replay_schedule(
+    times_s: Sequence[float], ip_bytes: Sequence[int], duration_s: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Offsets (from the first packet) and IP sizes of a capture's packets to resend.
 
     Sizes are clipped to what an agent packet can be (header included, at most
@@ -296,6 +312,7 @@ def replay_schedule(times_s: Sequence[float], ip_bytes: Sequence[int],
     Out-of-order timestamps are sorted.
     """
     from meshemu.traffic.header import HEADER_BYTES, IP_UDP_BYTES
+
     t = np.asarray(times_s, dtype=float)
     s = np.asarray(ip_bytes, dtype=np.int64)
     if t.size == 0:

@@ -23,8 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from meshemu.errors import EmulationError
-from meshemu.traffic.config import (AgentConfig, AgentStatus, Command, Done, Go, Ready, Stop,
-                                    parse_report, send_line, write_agent_config)
+from meshemu.traffic.config import (
+    AgentConfig,
+    AgentStatus,
+    Command,
+    Done,
+    Go,
+    Ready,
+    Stop,
+    parse_report,
+    send_line,
+    write_agent_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +89,14 @@ class AgentSupervisor:
                 (self.dir / f"{node}{suffix}").unlink(missing_ok=True)
             path = write_agent_config(cfg, self.dir / f"{node}.json")
             with open(self.dir / f"{node}.log", "wb") as logf:
-                p = self.spawn(node, [sys.executable, "-m", "meshemu.traffic.agent", str(path)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
-                               cwd=str(Path(__file__).resolve().parents[2]))
+                p = self.spawn(
+                    node,
+                    [sys.executable, "-m", "meshemu.traffic.agent", str(path)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=logf,
+                    cwd=str(Path(__file__).resolve().parents[2]),
+                )
             self.procs[node] = p
             assert p.stdout is not None
             fd = p.stdout.fileno()
@@ -93,16 +108,20 @@ class AgentSupervisor:
             left = deadline - time.monotonic()
             if left <= 0:
                 pending = sorted(set(configs) - self.ready)
-                raise EmulationError(f"traffic agents of {pending} did not start within "
-                                     f"{ready_timeout_s:.0f} s: {self.log_tail(pending[0])}")
+                raise EmulationError(
+                    f"traffic agents of {pending} did not start within "
+                    f"{ready_timeout_s:.0f} s: {self.log_tail(pending[0])}"
+                )
             self.read_reports(min(left, 1.0))
             for node in set(configs) - self.ready:
                 p = self.procs[node]
                 if p.poll() is not None:
                     self.read_reports(0)
                     if node not in self.ready:
-                        raise EmulationError(f"traffic agent of {node} exited with status "
-                                             f"{p.returncode}: {self.log_tail(node)}")
+                        raise EmulationError(
+                            f"traffic agent of {node} exited with status "
+                            f"{p.returncode}: {self.log_tail(node)}"
+                        )
 
     def go(self, start_unix_ns: int, end_unix_ns: int) -> None:
         """Tell every agent the traffic's time zero and end."""
@@ -137,7 +156,7 @@ class AgentSupervisor:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
                 continue
-            if not chunk:                      # the agent closed stdout: exited
+            if not chunk:  # the agent closed stdout: exited
                 del self._fd_node[fd]
                 continue
             *lines, self._buf[node] = (self._buf[node] + chunk).split(b"\n")

@@ -70,21 +70,52 @@ Handler = Callable[[str, int], None]
 class OutMsg:
     """A message being sent: paced fragments, retransmissions, ACK."""
 
-    __slots__ = ("flow_id", "msg_id", "dst", "n_frags", "msg_bytes", "interval_ns", "buf",
-                 "last_len", "pending", "queued", "next_ns", "reliable", "done",
-                 "rto_ns", "rto_gen", "first_send_ns", "sent", "sent_once", "last_send_ns",
-                 "ns_per_byte")
+    __slots__ = (
+        "flow_id",
+        "msg_id",
+        "dst",
+        "n_frags",
+        "msg_bytes",
+        "interval_ns",
+        "buf",
+        "last_len",
+        "pending",
+        "queued",
+        "next_ns",
+        "reliable",
+        "done",
+        "rto_ns",
+        "rto_gen",
+        "first_send_ns",
+        "sent",
+        "sent_once",
+        "last_send_ns",
+        "ns_per_byte",
+    )
 
-    def __init__(self, flow_id: int, msg_id: int, dst: tuple[str, int], msg_bytes: int,
-                 rate_bps: float, reliable: bool):
+    def __init__(
+        self,
+        flow_id: int,
+        msg_id: int,
+        dst: tuple[str, int],
+        msg_bytes: int,
+        rate_bps: float,
+        reliable: bool,
+    ):
         self.flow_id = flow_id
         self.msg_id = msg_id
         self.dst = dst
         self.msg_bytes = msg_bytes
         self.n_frags = max(1, -(-msg_bytes // H.MAX_PAYLOAD))
         full = min(msg_bytes, H.MAX_PAYLOAD)
-        self.buf = H.template(flow_id, msg_id & 0xFFFFFFFF, self.n_frags, msg_bytes, full,
-                              flags=H.F_RELIABLE if reliable else 0)
+        self.buf = H.template(
+            flow_id,
+            msg_id & 0xFFFFFFFF,
+            self.n_frags,
+            msg_bytes,
+            full,
+            flags=H.F_RELIABLE if reliable else 0,
+        )
         self.last_len = H.HEADER_BYTES + (msg_bytes - (self.n_frags - 1) * H.MAX_PAYLOAD)
         # pacing counts Ethernet frames, as the shaper does: after sending n bytes of
         # packet body the next packet waits (n + IP/UDP + Ethernet headers) * 8 / rate
@@ -159,8 +190,16 @@ class Transport:
         Test hook: drop every n-th received data packet (0: none).
     """
 
-    def __init__(self, node: str, addrs: Mapping[str, str], bind: str, files: AgentFiles,
-                 at: Scheduler, sample: Mapping[int, int] | None = None, drop_every: int = 0):
+    def __init__(
+        self,
+        node: str,
+        addrs: Mapping[str, str],
+        bind: str,
+        files: AgentFiles,
+        at: Scheduler,
+        sample: Mapping[int, int] | None = None,
+        drop_every: int = 0,
+    ):
         self.node = node
         self.addrs = dict(addrs)
         self.names_by_addr = {a: n for n, a in self.addrs.items()}
@@ -215,8 +254,9 @@ class Transport:
         self.sock.close()
 
     # -- sending -----------------------------------------------------------------------------
-    def send_message(self, flow_id: int, msg_id: int, dst: str, nbytes: int, rate_bps: float,
-                     reliable: bool) -> OutMsg:
+    def send_message(
+        self, flow_id: int, msg_id: int, dst: str, nbytes: int, rate_bps: float, reliable: bool
+    ) -> OutMsg:
         """Queue a message of ``nbytes`` to node (or address) ``dst``, paced at ``rate_bps``;
         its fragments go out from :meth:`send_due`."""
         addr = self.addrs.get(dst, dst)
@@ -291,8 +331,11 @@ class Transport:
             m.last_send_ns = t
             m.sent += 1
             stats["sent_packets"] += 1
-            gap = m.interval_ns if n == len(buf) else int(
-                (n + H.IP_UDP_BYTES + H.ETH_BYTES) * m.ns_per_byte)
+            gap = (
+                m.interval_ns
+                if n == len(buf)
+                else int((n + H.IP_UDP_BYTES + H.ETH_BYTES) * m.ns_per_byte)
+            )
             m.next_ns = max(m.next_ns + gap, now - MAX_BURST_NS)
             if last:
                 if m.reliable:
@@ -325,10 +368,17 @@ class Transport:
             m.next_ns = max(m.next_ns, time.time_ns())
             self.active.append(m)
 
-    def _control(self, kind: int, flow_id: int, msg_id: int, dst: str, payload: bytes = b""
-                 ) -> None:
-        pkt = bytearray(H.HEADER.pack(H.MAGIC, H.VERSION, kind, flow_id, msg_id, 0, 0, 1,
-                                      time.time_ns(), 0, 0, 0)) + payload
+    def _control(
+        self, kind: int, flow_id: int, msg_id: int, dst: str, payload: bytes = b""
+    ) -> None:
+        pkt = (
+            bytearray(
+                H.HEADER.pack(
+                    H.MAGIC, H.VERSION, kind, flow_id, msg_id, 0, 0, 1, time.time_ns(), 0, 0, 0
+                )
+            )
+            + payload
+        )
         try:
             self.sock.sendto(pkt, (dst, H.PORT))
         except OSError:
@@ -359,26 +409,39 @@ class Transport:
                     rx = sec * 1_000_000_000 + nsec
             if not rx:
                 rx = time.time_ns()
-            (magic, _v, kind, flow, mid, seq, frag, nfr, sent, _mbytes, flags,
-             _r) = H.HEADER.unpack_from(buf, 0)
+            (magic, _v, kind, flow, mid, seq, frag, nfr, sent, _mbytes, flags, _r) = (
+                H.HEADER.unpack_from(buf, 0)
+            )
             if magic != H.MAGIC:
                 continue
             src = addr[0]
             if kind == H.DATA:
                 if self.drop_every:
                     self.rx_seen += 1
-                    if self.rx_seen % self.drop_every == 0:   # simulated loss (tests)
+                    if self.rx_seen % self.drop_every == 0:  # simulated loss (tests)
                         continue
                 self._on_data(rows, src, n, flow, mid, seq, frag, nfr, sent, rx, flags)
             elif kind == H.ACK:
                 self._on_ack(src, flow, mid, rx)
             elif kind == H.NACK:
-                self._on_nack(flow, mid, bytes(buf[H.HEADER_BYTES:n]))
+                self._on_nack(flow, mid, bytes(buf[H.HEADER_BYTES : n]))
         if rows:
             self.files.packets.write("".join(rows))
 
-    def _on_data(self, rows: list[str], src: str, n: int, flow: int, mid: int, seq: int,
-                 frag: int, nfr: int, sent: int, rx: int, flags: int) -> None:
+    def _on_data(
+        self,
+        rows: list[str],
+        src: str,
+        n: int,
+        flow: int,
+        mid: int,
+        seq: int,
+        frag: int,
+        nfr: int,
+        sent: int,
+        rx: int,
+        flags: int,
+    ) -> None:
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += n + H.IP_UDP_BYTES
         every = self.sample.get(flow)
@@ -389,8 +452,10 @@ class Transport:
         else:
             record = True
         if record:
-            rows.append(f"{flow},{mid},{seq},{self.name_of(src)},{self.node},"
-                        f"{n + H.IP_UDP_BYTES},{sent},{rx},{(rx - sent) / 1e6:.4f}\n")
+            rows.append(
+                f"{flow},{mid},{seq},{self.name_of(src)},{self.node},"
+                f"{n + H.IP_UDP_BYTES},{sent},{rx},{(rx - sent) / 1e6:.4f}\n"
+            )
         if flags & H.F_RELIABLE:
             self._on_reliable(src, flow, mid, frag, nfr, flags)
 
@@ -403,8 +468,9 @@ class Transport:
         self.stats["messages_acked"] += 1
         # smoothed RTT per peer (RFC 6298's alpha = 1/8), for the RTO
         sample = rx - m.last_send_ns
-        self.files.rtt.write(f"{flow},{mid},{self.node},{self.name_of(src)},"
-                             f"{m.last_send_ns},{sample / 1e6:.4f}\n")
+        self.files.rtt.write(
+            f"{flow},{mid},{self.node},{self.name_of(src)},{m.last_send_ns},{sample / 1e6:.4f}\n"
+        )
         old = self.srtt.get(src)
         self.srtt[src] = sample if old is None else 0.875 * old + 0.125 * sample
 
@@ -417,8 +483,7 @@ class Transport:
             m.rto_gen += 1
             self._requeue(m, missing)
 
-    def _on_reliable(self, src: str, flow: int, mid: int, frag: int, nfr: int,
-                     flags: int) -> None:
+    def _on_reliable(self, src: str, flow: int, mid: int, frag: int, nfr: int, flags: int) -> None:
         key = (src, flow, mid)
         im = self.in_msgs.get(key)
         if im is None:
@@ -443,6 +508,6 @@ class Transport:
         elif flags & H.F_LAST:
             missing = [i for i in range(im.n_frags) if not im.got[i]]
             for k in range(0, len(missing), NACK_MAX):
-                part = missing[k:k + NACK_MAX]
+                part = missing[k : k + NACK_MAX]
                 self._control(H.NACK, flow, mid, src, struct.pack(f"!{len(part)}H", *part))
                 self.stats["nacks_sent"] += 1

@@ -19,8 +19,10 @@ from doubles import Netns  # noqa: F401  (the namespace holder; tests/conftest.p
 
 def _require_root() -> None:
     if os.geteuid() != 0:
-        pytest.fail("integration tests need root (they create network namespaces); run "
-                    "them as root, as CI does")
+        pytest.fail(
+            "integration tests need root (they create network namespaces); run "
+            "them as root, as CI does"
+        )
 
 
 @pytest.fixture

@@ -11,17 +11,23 @@ import signal
 import uuid
 
 import pytest
+from test_emulator import (
+    KINDS,
+    NAMES,
+    _require_root,
+    leftovers,
+    machine_state,
+    ring,
+    start_build_process,
+)
+from waits import wait_for
 
-from meshemu.live import clean as cl
-from meshemu.live import emulation as em
+from meshemu.errors import EmulationError
 from meshemu.linux import netns as nl
 from meshemu.linux import procs
-from meshemu.errors import EmulationError
+from meshemu.live import clean as cl
+from meshemu.live import emulation as em
 from meshemu.live.shapers import make_shaper
-
-from test_emulator import (KINDS, NAMES, _require_root, leftovers, machine_state, ring,
-                           start_build_process)
-from waits import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -40,8 +46,10 @@ def test_clean_after_sigkill_restores_the_machine(tmp_path):
         procs.wait_gone(pids, timeout_s=5)
         # the delay line exits by itself when its control pipe closes: let it finish, so
         # that what is left no longer changes on its own
-        wait_for(lambda: not any("meshemu.live.delayline" in x
-                                 for x in leftovers(run_id, inodes)), timeout_s=5)
+        wait_for(
+            lambda: not any("meshemu.live.delayline" in x for x in leftovers(run_id, inodes)),
+            timeout_s=5,
+        )
         left = leftovers(run_id, inodes)
         assert not any("meshemu.live.delayline" in x for x in left), left
         assert sum("in a node namespace" in x for x in left) == 2, left
@@ -49,7 +57,7 @@ def test_clean_after_sigkill_restores_the_machine(tmp_path):
 
         runs = cl.find_runs()
         assert runs[run_id]["live"] is False and len(runs[run_id]["procs"]) == 2
-        would = cl.clean(dry_run=True)                           # machine-wide, no action
+        would = cl.clean(dry_run=True)  # machine-wide, no action
         assert sum(f"of run {run_id}" in x for x in would) == 2, would
         assert sorted(leftovers(run_id, inodes)) == sorted(left)  # dry run touched nothing
 
@@ -67,7 +75,7 @@ def test_clean_after_sigkill_restores_the_machine(tmp_path):
     assert after["links"] == before["links"]
     assert after["netns"] <= before["netns"]
     assert not (after["marked"] - before["marked"])
-    assert cl.clean(run_id) == []                                # nothing left to do
+    assert cl.clean(run_id) == []  # nothing left to do
 
 
 def test_clean_refuses_a_live_run(tmp_path):
@@ -81,7 +89,7 @@ def test_clean_refuses_a_live_run(tmp_path):
         with pytest.raises(EmulationError, match="still running"):
             cl.clean(run_id)
         assert not any(f"run {run_id}" in x for x in cl.clean(dry_run=True))
-        assert emu.node("s0").shell.poll() is None                # untouched
+        assert emu.node("s0").shell.poll() is None  # untouched
     finally:
         emu.stop()
 
@@ -90,8 +98,12 @@ def test_clean_spares_other_mininet_shells(tmp_path):
     """A Mininet-like shell without meshemu's marker is not meshemu's."""
     _require_root()
     import subprocess
-    p = subprocess.Popen(["mnexec", "-dn", "bash", "--norc", "-is", "mininet:h1"],
-                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+    p = subprocess.Popen(
+        ["mnexec", "-dn", "bash", "--norc", "-is", "mininet:h1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         would = cl.clean(dry_run=True)
         assert not any(f"process {p.pid} " in x for x in would)

@@ -44,10 +44,25 @@ class Output:
 
 def test_cli_mode_pings_while_steps_apply(tmp_path):
     out = tmp_path / "run"
-    p = subprocess.Popen(MESHEMU + ["run", "--cli", "--duration", "8", "--traffic", "none",
-                                    "--shaper", "userspace", "--out", str(out)],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        MESHEMU
+        + [
+            "run",
+            "--cli",
+            "--duration",
+            "8",
+            "--traffic",
+            "none",
+            "--shaper",
+            "userspace",
+            "--out",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         got = Output(p.stdout)
         # the build time depends on the machine: wait for the CLI, not for a fixed time
@@ -74,4 +89,4 @@ def test_cli_mode_pings_while_steps_apply(tmp_path):
     with open(out / "steps.csv", newline="") as f:
         steps = list(csv.DictReader(f))
     assert [int(r["step"]) for r in steps] == list(range(9))  # all applied while the CLI was open
-    assert text.count("64 bytes from 10.0.0.66") == 3   # printed once, not twice
+    assert text.count("64 bytes from 10.0.0.66") == 3  # printed once, not twice

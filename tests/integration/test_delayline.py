@@ -17,11 +17,11 @@ import textwrap
 import time
 
 import pytest
+from waits import wait_for
 
 from meshemu.linux import commands
 from meshemu.live import shapers as sh
 from meshemu.live.shapers import LinkEnds, LinkParams, UserspaceShaper
-from waits import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -35,8 +35,10 @@ def _rtts(ping_output: str) -> list[float]:
 
 def _ping(ns, count: int, interval: float = 0.05, wait_s: float = 1.0) -> tuple[int, list]:
     """(received, rtts) of ``count`` pings from ``ns`` to B."""
-    out = ns.run(["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(wait_s),
-                  ADDR_B], check=False).stdout
+    out = ns.run(
+        ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(wait_s), ADDR_B],
+        check=False,
+    ).stdout
     got = re.search(r"(\d+) received", out)
     return (int(got.group(1)) if got else 0), _rtts(out)
 
@@ -80,11 +82,13 @@ def test_ping_follows_delay_live_and_link_goes_down_and_up(pair):
     before = s.counters()[0]
 
     # change the delay live while a fast ping runs: RTT follows, nothing is lost
-    p = a.popen(["ping", "-n", "-c", "150", "-i", "0.01", "-W", "2", ADDR_B],
-                stdout=subprocess.PIPE, text=True)
+    p = a.popen(
+        ["ping", "-n", "-c", "150", "-i", "0.01", "-W", "2", ADDR_B],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     # change it once 50 round trips (100 frames through the link) are done at the old delay
-    assert wait_for(lambda: s.counters()[0][0] >= before[0] + 2 * 50, timeout_s=20), \
-        s.counters()
+    assert wait_for(lambda: s.counters()[0][0] >= before[0] + 2 * 50, timeout_s=20), s.counters()
     t0 = time.perf_counter()
     s.update([(0, LinkParams(0.025, 0))])
     update_ms = (time.perf_counter() - t0) * 1e3
@@ -111,12 +115,16 @@ def test_ping_follows_delay_live_and_link_goes_down_and_up(pair):
 
 
 def _iperf(a, b, extra: list[str], seconds: int) -> dict:
-    srv = b.popen(["iperf3", "-s", "-1", "-B", ADDR_B], stdout=subprocess.DEVNULL,
-                  stderr=subprocess.DEVNULL)
+    srv = b.popen(
+        ["iperf3", "-s", "-1", "-B", ADDR_B], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: ":5201" in b.run(["ss", "-ltn"]).stdout, 2.5)  # the server socket
-        r = a.run(["iperf3", "-c", ADDR_B, "-t", str(seconds), "-J", *extra], check=False,
-                  timeout=seconds + 20)
+        r = a.run(
+            ["iperf3", "-c", ADDR_B, "-t", str(seconds), "-J", *extra],
+            check=False,
+            timeout=seconds + 20,
+        )
         return json.loads(r.stdout)
     finally:
         srv.kill()
@@ -142,14 +150,20 @@ def test_drop_tail_queue_bounds_the_queueing_delay(pair):
     frame_bits = (size + 42) * 8  # UDP payload + UDP/IP/Ethernet headers
     # offer twice the link rate, evenly spaced
     gap = frame_bits / (2 * rate)
-    flood = a.popen([sys.executable, "-c", textwrap.dedent(f"""
+    flood = a.popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import socket, time
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         t0 = time.monotonic()
         for i in range(int({seconds} / {gap})):
             time.sleep(max(0.0, t0 + i * {gap} - time.monotonic()))
             s.sendto(bytes({size}), ("{ADDR_B}", 9))
-    """)])
+    """),
+        ]
+    )
     # measure once the queue is full: the delay line has started dropping
     assert wait_for(lambda: s.counters()[0][2] > 0, timeout_s=seconds), s.counters()
     _, rtts = _ping(a, 30, interval=0.03)
@@ -187,8 +201,12 @@ def test_two_workers_forward_both_directions(pair):
 def test_close_leaves_nothing_behind(netns_factory, run_id):
     a, b = netns_factory(), netns_factory()
     s = UserspaceShaper(run_id)
-    s.create_links([(LinkEnds(i, a.pid, f"mxa{i}", b.pid, f"mxb{i}"), LinkParams(0.001, 1e8))
-                    for i in range(3)])
+    s.create_links(
+        [
+            (LinkEnds(i, a.pid, f"mxa{i}", b.pid, f"mxb{i}"), LinkParams(0.001, 1e8))
+            for i in range(3)
+        ]
+    )
     pids = s.pids
     assert os.path.exists(f"/run/netns/{s.netns}") and len(a.links()) == 4
     s.remove_links([0])
@@ -201,12 +219,14 @@ def test_close_leaves_nothing_behind(netns_factory, run_id):
     # the namespace's veths go asynchronously
     wait_for(lambda: a.links() == ["lo"] and b.links() == ["lo"], timeout_s=10)
     assert a.links() == ["lo"] and b.links() == ["lo"]
-    assert run_id not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
-                                        text=True).stdout
+    assert (
+        run_id not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    )
 
 
 def test_killed_parent_takes_the_delay_line_along_and_cleanup_removes_the_rest(
-        netns_factory, run_id):
+    netns_factory, run_id
+):
     a, b = netns_factory(), netns_factory()
     script = textwrap.dedent(f"""
         import sys, time
@@ -239,14 +259,24 @@ def test_killed_parent_takes_the_delay_line_along_and_cleanup_removes_the_rest(
 
 def test_netem_probe_says_no_here_and_leaks_nothing():
     def state():
-        return (sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
-                subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-                .count("\n"))
+        return (
+            sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+            subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("\n"),
+        )
+
     before = state()
     has = sh.netem_available()
-    kernel = subprocess.run(["unshare", "-n", "sh", "-c", "ip link add q0 type veth peer name q1 "
-                             "&& tc qdisc add dev q0 root netem delay 1ms"],
-                            capture_output=True, text=True)
+    kernel = subprocess.run(
+        [
+            "unshare",
+            "-n",
+            "sh",
+            "-c",
+            "ip link add q0 type veth peer name q1 && tc qdisc add dev q0 root netem delay 1ms",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert has == (kernel.returncode == 0)
     assert state() == before
 
@@ -256,14 +286,21 @@ def test_netem_commands_are_accepted_by_ip_and_tc(netns_factory):
     e = LinkEnds(0, a.pid, "mxa", b.pid, "mxb")
     commands.batch("ip", [sh.veth_cmd(e.if_a, e.pid_a, e.if_b, e.pid_b)])
     assert "mxa" in a.links() and "mxb" in b.links()
-    lines = [sh.netem_qdisc_cmd("mxa", p, act)
-             for p in (LinkParams(0.0123, 5e7, 300, 0.01), LinkParams(1.5, 0, up=False),
-                       LinkParams(0.0, 4e10, 1, 1.0))
-             for act in ("add", "change")]
+    lines = [
+        sh.netem_qdisc_cmd("mxa", p, act)
+        for p in (
+            LinkParams(0.0123, 5e7, 300, 0.01),
+            LinkParams(1.5, 0, up=False),
+            LinkParams(0.0, 4e10, 1, 1.0),
+        )
+        for act in ("add", "change")
+    ]
     for cmd in lines:
         r = a.run(["tc", *cmd], check=False)
         # parsed fine when only the kernel objects (no netem here, or no qdisc to change)
         if r.returncode != 0:
-            assert re.search(r"qdisc kind is unknown|Qdisc not found|Invalid argument",
-                             r.stderr), (cmd, r.stderr)
+            assert re.search(r"qdisc kind is unknown|Qdisc not found|Invalid argument", r.stderr), (
+                cmd,
+                r.stderr,
+            )
             assert "Illegal" not in r.stderr and "Usage" not in r.stderr

@@ -22,17 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from doubles import FakeShaper
 
 from meshemu.errors import EmulationError, NotRootError, ResourceError
 from meshemu.geometry.linkstate import GSL, ISL
-from meshemu.linux import limits
+from meshemu.linux import limits, netlink, procs
 from meshemu.linux import netns as nl
-from meshemu.linux import netlink
-from meshemu.linux import procs
 from meshemu.live import emulation as em
 from meshemu.live import resources
 from meshemu.live.shapers import make_shaper
-from doubles import FakeShaper
 
 pytestmark = pytest.mark.root
 
@@ -47,20 +45,32 @@ MAIN = Path(__file__).resolve().parents[2]
 
 def _require_root() -> None:
     if os.geteuid() != 0:
-        pytest.fail("integration tests need root (they create network namespaces); run them "
-                    "as root, as CI does")
+        pytest.fail(
+            "integration tests need root (they create network namespaces); run them "
+            "as root, as CI does"
+        )
 
 
 def ring(up=None, t_s: float = 0.0, k: int = 2):
     """Snapshot and shortest-delay tables (padded to ``k`` next hops) of the test ring."""
     from meshemu.routing import ForwardingTables, get_scheme, snapshot_from_edges
-    snap = snapshot_from_edges(5, EDGES, [DELAY_S] * len(EDGES), transit=TRANSIT, up=up,
-                               rates=[1e9] * len(EDGES), t_s=t_s, kinds=LINK_KINDS)
+
+    snap = snapshot_from_edges(
+        5,
+        EDGES,
+        [DELAY_S] * len(EDGES),
+        transit=TRANSIT,
+        up=up,
+        rates=[1e9] * len(EDGES),
+        t_s=t_s,
+        kinds=LINK_KINDS,
+    )
     tab = get_scheme("shortest-delay").forwarding_tables(snap, np.arange(5, dtype=np.int32))
     nh = np.full((5, 5, k), -1, dtype=np.int32)
-    nh[:, :, :min(k, tab.next_hop.shape[2])] = tab.next_hop[:, :, :k]
-    return snap, ForwardingTables(destinations=np.asarray(tab.destinations), next_hop=nh,
-                                  scheme="test")
+    nh[:, :, : min(k, tab.next_hop.shape[2])] = tab.next_hop[:, :, :k]
+    return snap, ForwardingTables(
+        destinations=np.asarray(tab.destinations), next_hop=nh, scheme="test"
+    )
 
 
 def machine_state() -> dict:
@@ -69,8 +79,11 @@ def machine_state() -> dict:
     return {
         "netns": {ln.split()[0] for ln in netns.splitlines() if ln.strip()},
         "links": {name for _, name in socket.if_nameindex()},
-        "marked": {pid for pid, (_, argv) in procs.scan_processes().items()
-                   if any(a.startswith(em.RUN_MARKER) for a in argv)},
+        "marked": {
+            pid
+            for pid, (_, argv) in procs.scan_processes().items()
+            if any(a.startswith(em.RUN_MARKER) for a in argv)
+        },
     }
 
 
@@ -125,7 +138,7 @@ def test_ping_rtt_and_failover_within_one_step(built):
     k02 = emu.plan.link_id(0, 2)
     assert f"dev isl{k01} " in s0.cmd(f"ip route get {g1}")
 
-    snap2, tab2 = ring(up=[False, True, True, True, True], t_s=1.0)   # s0-s1 down
+    snap2, tab2 = ring(up=[False, True, True, True, True], t_s=1.0)  # s0-s1 down
     st = emu.apply(snap2, tab2)
     assert st.n_link_updates == 1 and st.n_route_changes > 0 and st.t_s == 1.0
     route = s0.cmd(f"ip route get {g1}")
@@ -150,12 +163,13 @@ def test_build_configures_nodes(built, tmp_path):
     assert s1.cmd("cat /proc/sys/net/ipv4/ip_forward").strip() == "1"
     assert s1.cmd("cat /proc/sys/net/ipv4/conf/all/rp_filter").strip() == "0"
     routes = s1.cmd("ip route show proto static").strip().splitlines()
-    assert len(routes) == 4, routes          # every other node's address
+    assert len(routes) == 4, routes  # every other node's address
     g0_route = next(r for r in routes if r.startswith("10.0.0.4 "))
     assert "src 10.0.0.2" in g0_route and f"dev isl{emu.plan.link_id(0, 1)}" in g0_route
     k01 = emu.plan.link_id(0, 1)
     assert "10.64.0.0 " in s1.cmd(f"ip neigh show dev isl{k01}") and "PERMANENT" in s1.cmd(
-        f"ip neigh show dev isl{k01}")           # the peer's MAC is known: no ARP
+        f"ip neigh show dev isl{k01}"
+    )  # the peer's MAC is known: no ARP
     assert (tmp_path / "addressing.csv").exists() and (tmp_path / "addressing.json").exists()
     # Mininet's view: node names resolve to node addresses, interfaces are listed
     assert emu.mininet["g0"].defaultIntf().updateIP() == "10.0.0.4"
@@ -166,21 +180,23 @@ def test_multipath_route(built):
     emu = built
     snap, tab = ring(t_s=1.0)
     nh = tab.next_hop.copy()
-    nh[2, 4] = [1, 0]                   # s2 -> g1 via s1 and via s0
+    nh[2, 4] = [1, 0]  # s2 -> g1 via s1 and via s0
     from meshemu.routing import ForwardingTables
-    st = emu.apply(snap, ForwardingTables(destinations=tab.destinations, next_hop=nh,
-                                          scheme="test"))
+
+    st = emu.apply(
+        snap, ForwardingTables(destinations=tab.destinations, next_hop=nh, scheme="test")
+    )
     assert st.n_route_changes == 1
     out = emu.node("s2").cmd(f"ip route show {emu.node_address('g1')}")
     assert out.count("nexthop via") == 2, out
-    st = emu.apply(snap, tab)           # back to a single next hop
+    st = emu.apply(snap, tab)  # back to a single next hop
     out = emu.node("s2").cmd(f"ip route show {emu.node_address('g1')}")
     assert "nexthop" not in out and "via 10.64." in out, out
 
 
 def test_unreachable_destination_loses_its_route(built):
     emu = built
-    snap, tab = ring(up=[True, True, True, True, False], t_s=1.0)    # g1's only link down
+    snap, tab = ring(up=[True, True, True, True, False], t_s=1.0)  # g1's only link down
     emu.apply(snap, tab)
     g1 = emu.node_address("g1")
     assert emu.node("s0").cmd(f"ip route show {g1}").strip() == ""
@@ -198,12 +214,12 @@ def test_stop_leaves_nothing(tmp_path, run_id):
     try:
         emu.build(snap.key, snap, tab)
         inodes = {nl.netns_inode(p) for p in emu.pids}
-        emu.node("g0").cmd("sleep 1000 &")               # a process inside a node
-        emu.node("s0").popen(["sleep", "1000"])           # and one attached with mnexec -a
+        emu.node("g0").cmd("sleep 1000 &")  # a process inside a node
+        emu.node("s0").popen(["sleep", "1000"])  # and one attached with mnexec -a
         assert leftovers(run_id, inodes)
     finally:
         emu.stop()
-    emu.stop()                                            # idempotent
+    emu.stop()  # idempotent
     assert leftovers(run_id, inodes) == []
     after = machine_state()
     assert after["links"] == before["links"]
@@ -215,20 +231,21 @@ def test_partial_build_failure_leaves_nothing(tmp_path, run_id):
     _require_root()
     snap, tab = ring()
     nh = tab.next_hop.copy()
-    nh[3, 4, 0] = 2                      # g0 -> g1 via s2: there is no link g0-s2
+    nh[3, 4, 0] = 2  # g0 -> g1 via s2: there is no link g0-s2
     from meshemu.routing import ForwardingTables
+
     bad = ForwardingTables(destinations=tab.destinations, next_hop=nh, scheme="test")
     before = machine_state()
     emu = em.Emulation(NAMES, KINDS, make_shaper("userspace", run_id), tmp_path, run_id)
     with pytest.raises(EmulationError, match="no link g0-s2"):
         emu.build(snap.key, snap, bad)
-    assert emu.pids                      # it got as far as creating the nodes
+    assert emu.pids  # it got as far as creating the nodes
     inodes = set()
     assert leftovers(run_id, inodes) == []
     assert all(procs.process_start_ticks(p) is None for p in emu.pids)
     after = machine_state()
     assert after["links"] == before["links"] and after["netns"] <= before["netns"]
-    emu.stop()                           # still fine
+    emu.stop()  # still fine
 
 
 def test_not_root(monkeypatch, tmp_path):
@@ -244,13 +261,28 @@ def test_not_root(monkeypatch, tmp_path):
 def test_not_root_for_real(tmp_path):
     """As user nobody, in a fresh process: NotRootError, not a traceback from deep inside."""
     _require_root()
-    code = ("from meshemu.linux.limits import require_root\n"
-            "from meshemu.errors import NotRootError\n"
-            "try:\n    require_root('meshemu run')\n"
-            "except NotRootError as e:\n    print('NotRootError:', e)\n")
-    p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                        sys.executable, "-c", code], capture_output=True, text=True,
-                       cwd="/", env={**os.environ, "PYTHONPATH": str(MAIN)}, timeout=60)
+    code = (
+        "from meshemu.linux.limits import require_root\n"
+        "from meshemu.errors import NotRootError\n"
+        "try:\n    require_root('meshemu run')\n"
+        "except NotRootError as e:\n    print('NotRootError:', e)\n"
+    )
+    p = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(MAIN)},
+        timeout=60,
+    )
     assert "NotRootError: meshemu run needs root" in p.stdout, p.stderr
 
 
@@ -267,7 +299,7 @@ def test_memory_estimate_refuses_what_cannot_fit(monkeypatch, tmp_path, run_id):
         limits.raise_nofile_limit(1 << 40)
 
 
-SIGNAL_SCRIPT = r'''
+SIGNAL_SCRIPT = r"""
 import signal, sys, time
 import numpy as np
 from types import SimpleNamespace
@@ -305,16 +337,20 @@ with handle_signals():
     finally:
         emu.stop()
         print("STOPPED", flush=True)
-'''
+"""
 
 
 def start_build_process(tmp_path: Path, run_id: str) -> tuple[subprocess.Popen, list[int]]:
     """A process that builds the ring and sleeps; returns it and its node shells' pids."""
     script = tmp_path / "build_and_sleep.py"
     script.write_text(SIGNAL_SCRIPT)
-    p = subprocess.Popen([sys.executable, str(script), run_id, str(tmp_path / "run")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": str(MAIN)})
+    p = subprocess.Popen(
+        [sys.executable, str(script), run_id, str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(MAIN)},
+    )
     line = p.stdout.readline()
     if not line.startswith("BUILT"):
         p.kill()
@@ -334,6 +370,7 @@ def test_sigterm_tears_down_and_a_second_run_starts_right_after(tmp_path, run_id
             p.kill()
             p.wait()
             from meshemu.live.clean import clean
+
             clean(run_id)
     assert "STOPPED" in out and "Interrupted" in err, err
     assert leftovers(run_id, inodes) == []
@@ -344,7 +381,8 @@ def test_sigterm_tears_down_and_a_second_run_starts_right_after(tmp_path, run_id
     try:
         emu.build(snap.key, snap, tab)
         assert " 0% packet loss" in emu.node("g0").cmd(
-            f"ping -c 2 -i 0.1 -W 2 {emu.node_address('g1')}")
+            f"ping -c 2 -i 0.1 -W 2 {emu.node_address('g1')}"
+        )
     finally:
         emu.stop()
 
@@ -352,23 +390,38 @@ def test_sigterm_tears_down_and_a_second_run_starts_right_after(tmp_path, run_id
 def test_netlink_messages_decode_with_pyroute2():
     """The hand-packed route messages are what pyroute2 (and so the kernel) expect."""
     from pyroute2.netlink.rtnl.rtmsg import rtmsg
-    rec = netlink.route_records(np.array([0x0A000005], np.uint32), np.array([0x0A400001], np.uint32),
-                           np.array([7]), np.array([0x0A000004], np.uint32),
-                           np.array([42], np.uint32))
+
+    rec = netlink.route_records(
+        np.array([0x0A000005], np.uint32),
+        np.array([0x0A400001], np.uint32),
+        np.array([7]),
+        np.array([0x0A000004], np.uint32),
+        np.array([42], np.uint32),
+    )
     m = rtmsg(rec.tobytes())
     m.decode()
     assert m["header"]["type"] == netlink.RTM_NEWROUTE and m["header"]["sequence_number"] == 42
     assert m["dst_len"] == 32 and m["proto"] == netlink.RTPROT_MESHEMU
-    assert (m.get_attr("RTA_DST"), m.get_attr("RTA_GATEWAY"), m.get_attr("RTA_OIF"),
-            m.get_attr("RTA_PREFSRC")) == ("10.0.0.5", "10.64.0.1", 7, "10.0.0.4")
-    m = rtmsg(netlink.multipath_route_msg(0x0A000005, [(0x0A400001, 3), (0x0A400003, 4)],
-                                     0x0A000004, 9))
+    assert (
+        m.get_attr("RTA_DST"),
+        m.get_attr("RTA_GATEWAY"),
+        m.get_attr("RTA_OIF"),
+        m.get_attr("RTA_PREFSRC"),
+    ) == ("10.0.0.5", "10.64.0.1", 7, "10.0.0.4")
+    m = rtmsg(
+        netlink.multipath_route_msg(0x0A000005, [(0x0A400001, 3), (0x0A400003, 4)], 0x0A000004, 9)
+    )
     m.decode()
     hops = m.get_attr("RTA_MULTIPATH")
     assert [(h["oif"], h.get_attr("RTA_GATEWAY")) for h in hops] == [
-        (3, "10.64.0.1"), (4, "10.64.0.3")]
-    d = rtmsg(netlink.delroute_records(np.array([0x0A000005], np.uint32),
-                                  np.array([1], np.uint32)).tobytes())
+        (3, "10.64.0.1"),
+        (4, "10.64.0.3"),
+    ]
+    d = rtmsg(
+        netlink.delroute_records(
+            np.array([0x0A000005], np.uint32), np.array([1], np.uint32)
+        ).tobytes()
+    )
     d.decode()
     assert d["header"]["type"] == netlink.RTM_DELROUTE and d.get_attr("RTA_DST") == "10.0.0.5"
 
@@ -401,7 +454,7 @@ def test_queue_sizes_and_loss_come_from_the_snapshot(tmp_path, run_id):
     finally:
         emu.stop()
     bad = dataclasses.replace(snap, queue_packets=np.zeros(snap.n_links, np.int32))
-    emu = em.Emulation(NAMES, KINDS, None, tmp_path, run_id)   # refused before the shaper
+    emu = em.Emulation(NAMES, KINDS, None, tmp_path, run_id)  # refused before the shaper
     with pytest.raises(EmulationError, match="queue_packets"):
         emu.build(snap.key, bad, tab)
     assert not emu.pids

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import re
 import signal
-import json
 import subprocess
 import sys
 import threading
@@ -33,8 +33,14 @@ MESHEMU = [sys.executable, "-m", "meshemu.cli"]
 #: What marks a process of a meshemu run in its command line: the run itself (and its forked
 #: route feed), node shells, the delay line, traffic agents. (Other meshemu commands on the
 #: machine, such as a `meshemu plan` or a shell waiting on a lock, are not runs.)
-RUN_ARGV = ("meshemu.cli run", "meshemu run", "mininet:", "meshemu-run=",
-            "-m meshemu.live.delayline", "-m meshemu.traffic.agent")
+RUN_ARGV = (
+    "meshemu.cli run",
+    "meshemu run",
+    "mininet:",
+    "meshemu-run=",
+    "-m meshemu.live.delayline",
+    "-m meshemu.traffic.agent",
+)
 
 
 def run_processes() -> list[str]:
@@ -61,8 +67,8 @@ def machine_state() -> dict:
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     return {
-        "netns": sorted(l.split()[0] for l in ns.splitlines() if l.startswith("meshemu")),
-        "links": sorted(l.split(":")[1].strip().split("@")[0] for l in links.splitlines()),
+        "netns": sorted(ln.split()[0] for ln in ns.splitlines() if ln.startswith("meshemu")),
+        "links": sorted(ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines()),
         "procs": run_processes(),
     }
 
@@ -86,9 +92,13 @@ class LiveRun:
 
     def __init__(self, out: Path, *args: str, **popen_kw):
         self.out = out
-        self.proc = subprocess.Popen(MESHEMU + ["run", *args, "--out", str(out)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, **popen_kw)
+        self.proc = subprocess.Popen(
+            MESHEMU + ["run", *args, "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            **popen_kw,
+        )
         self.lines: list[str] = []
         self._pump = threading.Thread(target=self._read, daemon=True)
         self._pump.start()
@@ -103,11 +113,15 @@ class LiveRun:
 
     def wait_stepping(self, steps: int = 2, timeout_s: float = 180) -> None:
         """Wait until the network is built and ``steps`` steps after step 0 are applied."""
-        wait_until(lambda: "built in" in self.text or self.proc.poll() is not None,
-                   timeout_s, "the build")
+        wait_until(
+            lambda: "built in" in self.text or self.proc.poll() is not None, timeout_s, "the build"
+        )
         assert "built in" in self.text, self.text
-        wait_until(lambda: self.steps_applied() >= steps or self.proc.poll() is not None,
-                   60, f"{steps} steps")
+        wait_until(
+            lambda: self.steps_applied() >= steps or self.proc.poll() is not None,
+            60,
+            f"{steps} steps",
+        )
         assert self.proc.poll() is None, self.text
 
     def steps_applied(self) -> int:
@@ -146,11 +160,15 @@ def leftovers(run_id: str) -> dict:
         if run_id.encode() in argv or f"MESHEMU_RUN={run_id}".encode() in env.split(b"\0"):
             procs.append(argv.replace(b"\0", b" ").decode(errors="replace"))
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    veths = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True,
-                           text=True).stdout
-    return {"lock": Path(f"/run/meshemu/{run_id}.lock").exists(),
-            "netns": [ln for ln in ns.splitlines() if run_id in ln],
-            "veths": veths.splitlines(), "procs": procs}
+    veths = subprocess.run(
+        ["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True
+    ).stdout
+    return {
+        "lock": Path(f"/run/meshemu/{run_id}.lock").exists(),
+        "netns": [ln for ln in ns.splitlines() if run_id in ln],
+        "veths": veths.splitlines(),
+        "procs": procs,
+    }
 
 
 NOTHING = {"lock": False, "netns": [], "veths": [], "procs": []}
@@ -165,8 +183,11 @@ def _planned_rtt_ms(run_dir: Path, src: str, dst: str) -> dict[float, float]:
 
 
 def _paths(run_dir: Path, src: str, dst: str) -> dict[float, str]:
-    return {float(r["t_s"]): r["path"] for r in _rows(run_dir / "paths.csv")
-            if r["src"] == src and r["dst"] == dst}
+    return {
+        float(r["t_s"]): r["path"]
+        for r in _rows(run_dir / "paths.csv")
+        if r["src"] == src and r["dst"] == dst
+    }
 
 
 UDP_RTT = str(Path(__file__).with_name("udp_rtt.py"))
@@ -188,6 +209,7 @@ def ping_run(tmp_path_factory):
     with ping and with a UDP echo probe: ping prints whole milliseconds above 100 ms, too
     coarse for a 1 ms check, so the RTT checks use the probe's microsecond timestamps."""
     from meshemu.live.runner import run_emulation
+
     before = machine_state()
     out = tmp_path_factory.mktemp("run")
     state = {}
@@ -197,28 +219,48 @@ def ping_run(tmp_path_factory):
         state["echo"] = emu.node("new_york").popen([sys.executable, UDP_RTT, "echo", "9000"])
         state["probe"] = emu.node("london").popen(
             [sys.executable, UDP_RTT, "probe", dst, "9000", "0.1", "470"],
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         state["ping"] = emu.node("london").popen(
-            ["ping", "-D", "-n", "-i", "0.1", "-w", "60", dst], stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
+            ["ping", "-D", "-n", "-i", "0.1", "-w", "60", dst],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     try:
-        res = run_emulation(load_scenario("default"), duration_s=45, step_s=1.0,
-                            shaper="userspace", start_s=230, out_dir=out, traffic=None,
-                            on_built=built, plots=False)
+        res = run_emulation(
+            load_scenario("default"),
+            duration_s=45,
+            step_s=1.0,
+            shaper="userspace",
+            start_s=230,
+            out_dir=out,
+            traffic=None,
+            on_built=built,
+            plots=False,
+        )
     finally:
         for p in state.values():
             p.kill()
-    probe = [(float(a), float(b)) for a, b in
-             (ln.split() for ln in state["probe"].communicate(timeout=10)[0].splitlines())]
+    probe = [
+        (float(a), float(b))
+        for a, b in (ln.split() for ln in state["probe"].communicate(timeout=10)[0].splitlines())
+    ]
     ping = _ping_samples(state["ping"].communicate(timeout=10)[0])
     state["echo"].wait(timeout=10)
     steps = _rows(res.run_dir / "steps.csv")
     return SimpleNamespace(
-        res=res, probe=probe, ping=ping, before=before, steps=steps,
+        res=res,
+        probe=probe,
+        ping=ping,
+        before=before,
+        steps=steps,
         starts=np.array([float(s["unix_s"]) for s in steps]),
         planned=_planned_rtt_ms(res.run_dir, "london", "new_york"),
-        paths=_paths(res.run_dir, "london", "new_york"))
+        paths=_paths(res.run_dir, "london", "new_york"),
+    )
 
 
 def _per_step(samples, starts):
@@ -268,16 +310,22 @@ def test_ping_agrees_with_the_probe(ping_run):
 def test_traffic_moves_within_one_step_when_path_changes(ping_run):
     r = ping_run
     steps, starts, paths, planned, probe = r.steps, r.starts, r.paths, r.planned, r.probe
-    changes = [k for k in range(1, len(steps))
-               if paths.get(float(steps[k]["t_s"])) != paths.get(float(steps[k - 1]["t_s"]))]
+    changes = [
+        k
+        for k in range(1, len(steps))
+        if paths.get(float(steps[k]["t_s"])) != paths.get(float(steps[k - 1]["t_s"]))
+    ]
     assert len(changes) >= 2
     for k in changes:
         new_rtt = planned[float(steps[k]["t_s"])]
         old_rtt = planned[float(steps[k - 1]["t_s"])]
         assert abs(new_rtt - old_rtt) > 2.0
         # every probe sent in the step after the change follows the new path
-        window = [rtt for sent, rtt in probe
-                  if starts[k] + 0.05 < sent and sent + rtt / 1e3 < starts[k + 1] - 0.01]
+        window = [
+            rtt
+            for sent, rtt in probe
+            if starts[k] + 0.05 < sent and sent + rtt / 1e3 < starts[k + 1] - 0.01
+        ]
         assert window, f"no probe replies in the step after the path change at step {k}"
         assert abs(np.median(window) - new_rtt) <= 1.0
 
@@ -287,8 +335,7 @@ def test_run_summary_and_files(ping_run):
     s = res.summary
     assert s["shaper"] == "userspace"
     assert s["steps"] == 46
-    for f in ("nodes.csv", "links.csv", "paths.csv", "steps.csv", "summary.json",
-              "addressing.csv"):
+    for f in ("nodes.csv", "links.csv", "paths.csv", "steps.csv", "summary.json", "addressing.csv"):
         assert (res.run_dir / f).exists(), f
     assert s["timing"]["apply_ms_p99"] < 1000
 
@@ -303,9 +350,12 @@ def test_nothing_left_after_run(ping_run):
 
 def test_unknown_shaper_is_clear_and_leaves_nothing(tmp_path):
     before = machine_state()
-    r = subprocess.run(MESHEMU + ["run", "--shaper", "warp", "--duration", "2", "--out",
-                                  str(tmp_path / "x")], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        MESHEMU + ["run", "--shaper", "warp", "--duration", "2", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "warp" in r.stderr and "userspace" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()
@@ -316,8 +366,13 @@ def test_shaper_nosuch_plans_writes_and_builds_nothing(tmp_path):
     """Without --out the run directory would be runs/run-default-<time> under the working
     directory: neither it nor runs/ appears, and nothing is planned (no plan log line)."""
     before = machine_state()
-    r = subprocess.run(MESHEMU + ["-v", "run", "--shaper", "nosuch", "--duration", "2"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = subprocess.run(
+        MESHEMU + ["-v", "run", "--shaper", "nosuch", "--duration", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2, r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("meshemu: error:")]
     assert len(err) == 1 and "nosuch" in err[0] and "userspace" in err[0], r.stderr
@@ -327,21 +382,28 @@ def test_shaper_nosuch_plans_writes_and_builds_nothing(tmp_path):
     assert machine_state() == before
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--duration", "inf"], ["--duration", "finite"]),
-    (["--duration", "nan"], ["--duration", "finite"]),
-    (["--step", "1e-6"], ["--step", "at least"]),
-    (["--duration", "200000", "--step", "1"], ["200,001 steps", "at most 100,000"]),
-    (["--time-scale", "0"], ["--time-scale", "> 0"]),
-    (["--time-scale", "inf"], ["--time-scale", "finite"]),
-    (["--routing", "teleport"], ["teleport", "shortest-delay"]),
-    (["--traffic", "nope"], ["no traffic profile 'nope'"]),
-    (["--capture", "atlantis"], ["--capture atlantis", "unknown node"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--duration", "inf"], ["--duration", "finite"]),
+        (["--duration", "nan"], ["--duration", "finite"]),
+        (["--step", "1e-6"], ["--step", "at least"]),
+        (["--duration", "200000", "--step", "1"], ["200,001 steps", "at most 100,000"]),
+        (["--time-scale", "0"], ["--time-scale", "> 0"]),
+        (["--time-scale", "inf"], ["--time-scale", "finite"]),
+        (["--routing", "teleport"], ["teleport", "shortest-delay"]),
+        (["--traffic", "nope"], ["no traffic profile 'nope'"]),
+        (["--capture", "atlantis"], ["--capture atlantis", "unknown node"]),
+    ],
+)
 def test_bad_run_options_fail_before_anything_is_written(tmp_path, args, words):
     before = machine_state()
-    r = subprocess.run(MESHEMU + ["run", *args, "--out", str(tmp_path / "x")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        MESHEMU + ["run", *args, "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("meshemu: error:")]
     assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -356,8 +418,12 @@ def test_unusable_out_paths_fail_before_anything_is_built(tmp_path):
     f = tmp_path / "a-file"
     f.write_text("keep")
     for out, words in ((f, "exists and is not a directory"), (f / "sub", "not a directory")):
-        r = subprocess.run(MESHEMU + ["run", "--duration", "2", "--out", str(out)],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            MESHEMU + ["run", "--duration", "2", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2 and r.stderr.startswith("meshemu: error: --out:"), r.stderr
         assert words in r.stderr and "Traceback" not in r.stderr
     ro = tmp_path / "ro"
@@ -365,8 +431,12 @@ def test_unusable_out_paths_fail_before_anything_is_built(tmp_path):
     subprocess.run(["mount", "--bind", str(ro), str(ro)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
-        r = subprocess.run(MESHEMU + ["run", "--duration", "2", "--out", str(ro / "run")],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            MESHEMU + ["run", "--duration", "2", "--out", str(ro / "run")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         subprocess.run(["umount", str(ro)], check=True)
     assert r.returncode == 2 and "read-only file system" in r.stderr, r.stderr
@@ -375,9 +445,15 @@ def test_unusable_out_paths_fail_before_anything_is_built(tmp_path):
 
 
 def test_not_root_is_clear(tmp_path):
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-                       + MESHEMU + ["run", "--duration", "2", "--out", str(tmp_path / "y")],
-                       capture_output=True, text=True, timeout=120, cwd="/")
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        + MESHEMU
+        + ["run", "--duration", "2", "--out", str(tmp_path / "y")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
     assert r.returncode == 2, r.stderr
     assert "root" in r.stderr and "sudo" in r.stderr and "Traceback" not in r.stderr
 
@@ -388,10 +464,14 @@ def test_too_large_scenario_is_refused(tmp_path):
     big["constellation"]["shells"][0].update(planes=200, sats_per_plane=200, phasing=1)
     path = tmp_path / "huge.yaml"
     import yaml
+
     path.write_text(yaml.safe_dump(big))
-    r = subprocess.run(MESHEMU + ["run", str(path), "--duration", "1", "--out",
-                                  str(tmp_path / "z")], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        MESHEMU + ["run", str(path), "--duration", "1", "--out", str(tmp_path / "z")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert "memory" in r.stderr.lower() and "Traceback" not in r.stderr
     assert not (tmp_path / "z").exists()
@@ -400,8 +480,16 @@ def test_too_large_scenario_is_refused(tmp_path):
 
 def test_sigkill_then_clean_restores_machine(tmp_path):
     before = machine_state()
-    run = LiveRun(tmp_path / "k", "--duration", "120", "--shaper", "userspace", "--traffic",
-                  "none", start_new_session=True)
+    run = LiveRun(
+        tmp_path / "k",
+        "--duration",
+        "120",
+        "--shaper",
+        "userspace",
+        "--traffic",
+        "none",
+        start_new_session=True,
+    )
     try:
         run.wait_stepping(2)
         assert machine_state() != before  # the run really built something
@@ -412,18 +500,20 @@ def test_sigkill_then_clean_restores_machine(tmp_path):
             run.proc.kill()
         r = subprocess.run(MESHEMU + ["clean"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: machine_state() == before, 30, "the machine to be as before",
-               poll_s=0.5)
+    wait_until(lambda: machine_state() == before, 30, "the machine to be as before", poll_s=0.5)
     assert machine_state() == before
 
 
-@pytest.mark.parametrize("sig,to_group", [
-    (signal.SIGTERM, False),   # kill PID
-    (signal.SIGINT, False),
-    (signal.SIGHUP, False),
-    (signal.SIGINT, True),     # Ctrl-C: the terminal signals the whole process group
-    (signal.SIGHUP, True),     # the terminal closes: the same
-])
+@pytest.mark.parametrize(
+    "sig,to_group",
+    [
+        (signal.SIGTERM, False),  # kill PID
+        (signal.SIGINT, False),
+        (signal.SIGHUP, False),
+        (signal.SIGINT, True),  # Ctrl-C: the terminal signals the whole process group
+        (signal.SIGHUP, True),  # the terminal closes: the same
+    ],
+)
 def test_signal_tears_down_and_exits_128_plus_signum(tmp_path, sig, to_group):
     """A run with traffic (agents in the nodes, the delay line, the route feed) ends with
     exit status 128 + signum after a full teardown: no lock, namespace, veth or process of
@@ -431,13 +521,14 @@ def test_signal_tears_down_and_exits_128_plus_signum(tmp_path, sig, to_group):
     Ctrl-C makes them print a KeyboardInterrupt traceback of their own, so the no-traceback
     check is on the run's own lines there.)"""
     before = machine_state()
-    run = LiveRun(tmp_path / "s", "--duration", "120", "--shaper", "userspace",
-                  start_new_session=True)
+    run = LiveRun(
+        tmp_path / "s", "--duration", "120", "--shaper", "userspace", start_new_session=True
+    )
     try:
         run.wait_stepping(2)
         wait_until(lambda: (run.out / "flows.csv").exists(), 60, "the traffic to start")
         run_id = run.run_id()
-        assert leftovers(run_id) != NOTHING   # the run really built something
+        assert leftovers(run_id) != NOTHING  # the run really built something
         if to_group:
             os.killpg(run.proc.pid, sig)
         else:
@@ -447,8 +538,10 @@ def test_signal_tears_down_and_exits_128_plus_signum(tmp_path, sig, to_group):
     finally:
         run.kill()
     assert rc == 128 + sig, run.text
-    assert f"meshemu: received {signal.Signals(sig).name}; tearing the emulation down: " \
-           f"done" in run.text, run.text
+    assert (
+        f"meshemu: received {signal.Signals(sig).name}; tearing the emulation down: "
+        f"done" in run.text
+    ), run.text
     if not to_group:
         assert "Traceback" not in run.text, run.text
     else:  # any traceback is the delay line's own (see above), never the run's
@@ -461,6 +554,7 @@ def test_tcp_throughput_through_a_rate_limited_isl(tmp_path):
     """iperf3 between two neighbouring satellites gets the ISL's rate (default: 100 Mbit/s)
     within 10 % while the emulation runs (iperf3 counts TCP payload: 1448 of 1514 bytes)."""
     from meshemu.live.runner import run_emulation
+
     sc = load_scenario("default")
     rate = sc.isl.rate_mbps * 1e6
     state = {}
@@ -471,11 +565,20 @@ def test_tcp_throughput_through_a_rate_limited_isl(tmp_path):
         wait_until(lambda: ":5201" in srv.cmd("ss -ltnH"), 10, "iperf3 to listen", 0.02)
         state["cli"] = emu.node("s0_0_2").popen(
             ["iperf3", "-c", emu.node_address("s0_0_1"), "-t", "8", "-O", "2", "-J"],
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     try:
-        res = run_emulation(sc, duration_s=12, shaper="userspace", out_dir=tmp_path / "r",
-                            traffic=None, on_built=built, plots=False)
+        res = run_emulation(
+            sc,
+            duration_s=12,
+            shaper="userspace",
+            out_dir=tmp_path / "r",
+            traffic=None,
+            on_built=built,
+            plots=False,
+        )
         out = state["cli"].communicate(timeout=30)[0]
     finally:
         for p in state.values():
@@ -483,18 +586,26 @@ def test_tcp_throughput_through_a_rate_limited_isl(tmp_path):
     paths = _rows(res.run_dir / "links.csv")
     assert any({r["a"], r["b"]} == {"s0_0_1", "s0_0_2"} and r["kind"] == "isl" for r in paths)
     import json
+
     got = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-    assert abs(got - rate) < 0.10 * rate, f"{got / 1e6:.1f} Mbit/s through a {rate / 1e6:g} Mbit/s ISL"
+    assert abs(got - rate) < 0.10 * rate, (
+        f"{got / 1e6:.1f} Mbit/s through a {rate / 1e6:g} Mbit/s ISL"
+    )
 
 
 def test_bad_traffic_profile_fails_before_anything_is_built(tmp_path):
     before = machine_state()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nworkloads:\n  - kind: allreduce\n    algorithm: butterfly\n"
-                   "    nodes: compute\n    model_mb: 1\n    iterations: 2\n")
-    r = subprocess.run(MESHEMU + ["run", "--traffic", str(bad), "--duration", "5", "--out",
-                                  str(tmp_path / "z")], capture_output=True, text=True,
-                       timeout=120)
+    bad.write_text(
+        "name: bad\nworkloads:\n  - kind: allreduce\n    algorithm: butterfly\n"
+        "    nodes: compute\n    model_mb: 1\n    iterations: 2\n"
+    )
+    r = subprocess.run(
+        MESHEMU + ["run", "--traffic", str(bad), "--duration", "5", "--out", str(tmp_path / "z")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "workloads[0].algorithm" in r.stderr and "ring" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
@@ -506,18 +617,35 @@ def test_default_traffic_is_skipped_where_it_does_not_fit_but_an_explicit_one_fa
     """`meshemu run SCENARIO` on a scenario without compute satellites runs without the
     default workload and says why; asking for that workload explicitly is an error."""
     import yaml
+
     raw = copy.deepcopy(load_scenario("default").raw)
     raw.pop("compute", None)
     raw["name"] = "no-compute"
     path = tmp_path / "no-compute.yaml"
     path.write_text(yaml.safe_dump(raw))
-    r = subprocess.run(MESHEMU + ["run", str(path), "--duration", "2", "--out",
-                                  str(tmp_path / "a")], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        MESHEMU + ["run", str(path), "--duration", "2", "--out", str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "no traffic: the default workload does not fit" in r.stdout
-    r = subprocess.run(MESHEMU + ["run", str(path), "--duration", "2", "--traffic", "default",
-                                  "--out", str(tmp_path / "b")], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        MESHEMU
+        + [
+            "run",
+            str(path),
+            "--duration",
+            "2",
+            "--traffic",
+            "default",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "compute" in r.stderr, r.stderr
     assert not (tmp_path / "b").exists()

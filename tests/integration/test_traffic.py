@@ -41,20 +41,25 @@ RATE_BPS = 50e6
 
 def _require_root() -> None:
     if os.geteuid() != 0:
-        pytest.fail("integration tests need root (they create network namespaces); run them "
-                    "as root, as CI does")
+        pytest.fail(
+            "integration tests need root (they create network namespaces); run them "
+            "as root, as CI does"
+        )
 
 
 def topology():
     from meshemu.routing import get_scheme, snapshot_from_edges
-    snap = snapshot_from_edges(6, EDGES, [DELAY_S] * len(EDGES), transit=TRANSIT,
-                               rates=[RATE_BPS] * len(EDGES), t_s=0.0)
+
+    snap = snapshot_from_edges(
+        6, EDGES, [DELAY_S] * len(EDGES), transit=TRANSIT, rates=[RATE_BPS] * len(EDGES), t_s=0.0
+    )
     tab = get_scheme("shortest-delay").forwarding_tables(snap, np.arange(6, dtype=np.int32))
     return snap, tab
 
 
 def endpoint_paths(snap, tab) -> dict:
     from meshemu.routing import trace_path
+
     return {(s, d): trace_path(tab, snap, s, d) for s in range(6) for d in range(6) if s != d}
 
 
@@ -72,15 +77,15 @@ def network(tmp_path):
         emu.stop()
 
 
-def run_profile(emu, snap, tab, profile: dict, out: Path, wall_s: float,
-                paths: dict | None = None, tables=None) -> TrafficRun:
+def run_profile(
+    emu, snap, tab, profile: dict, out: Path, wall_s: float, paths: dict | None = None, tables=None
+) -> TrafficRun:
     """Run ``profile`` as the runner would: a step a second (static network), then
     finish and stop. ``paths`` (default: every pair, traced through ``tab``) and ``tables``
     are what each step gets."""
     sched = SimpleNamespace(nodes=SimpleNamespace(names=tuple(NAMES), kind=np.array(KINDS)))
     n_steps = int(wall_s) + 1
-    run = start_traffic(Profile.from_dict(profile), None, emu, sched, [snap] * n_steps, out,
-                        wall_s)
+    run = start_traffic(Profile.from_dict(profile), None, emu, sched, [snap] * n_steps, out, wall_s)
     if paths is None:
         paths = endpoint_paths(snap, tab)
     try:
@@ -103,9 +108,22 @@ def read(path: Path) -> list[dict]:
 
 def test_ring_allreduce_matches_alpha_beta(network, tmp_path):
     emu, snap, tab = network
-    prof = {"name": "t", "workloads": [{
-        "kind": "allreduce", "name": "ring", "algorithm": "ring", "nodes": "compute",
-        "model_mb": 1, "iterations": 5, "compute_ms": 100, "rate_mbps": 20, "start_s": 0}]}
+    prof = {
+        "name": "t",
+        "workloads": [
+            {
+                "kind": "allreduce",
+                "name": "ring",
+                "algorithm": "ring",
+                "nodes": "compute",
+                "model_mb": 1,
+                "iterations": 5,
+                "compute_ms": 100,
+                "rate_mbps": 20,
+                "start_s": 0,
+            }
+        ],
+    }
     out = tmp_path / "run"
     run = run_profile(emu, snap, tab, prof, out, wall_s=12)
     its = read(out / "iterations.csv")
@@ -134,7 +152,7 @@ def test_ring_allreduce_matches_alpha_beta(network, tmp_path):
     err = np.abs(owd - DELAY_S * 1e3)
     assert np.median(err) < 1.0 and np.percentile(err, 95) < 1.0, np.percentile(owd, [5, 50, 95])
     s = run.summary()
-    assert s["retransmissions"] <= 10     # none, unless a busy machine drops a few
+    assert s["retransmissions"] <= 10  # none, unless a busy machine drops a few
     assert any(line.startswith("all-reduce ring over 4 nodes") for line in s["lines"])
     # the path of every ring flow is its one hop, at 5 ms
     paths = read(out / "flow_paths.csv")
@@ -143,7 +161,7 @@ def test_ring_allreduce_matches_alpha_beta(network, tmp_path):
     # transport round trips of the ring's messages: one 5 ms hop each way, plus the last
     # fragment's serialisation (1442 bytes at 50 Mbit/s, 0.23 ms) and the ACK's
     rtt = np.array([float(r["rtt_ms"]) for r in read(out / "rtt.csv")])
-    assert rtt.size >= 4 * 2 * 3 * 2        # 4 nodes x 6 transfers x >= 2 iterations
+    assert rtt.size >= 4 * 2 * 3 * 2  # 4 nodes x 6 transfers x >= 2 iterations
     assert rtt.min() >= 10.0 and 10.0 <= np.median(rtt) <= 11.5, np.percentile(rtt, [0, 50])
     # agents are gone
     assert all(p.poll() is not None for p in run.procs.values())
@@ -151,18 +169,50 @@ def test_ring_allreduce_matches_alpha_beta(network, tmp_path):
 
 def test_mixed_workload_files(network, tmp_path):
     emu, snap, tab = network
-    prof = {"name": "mixed", "seed": 3, "workloads": [
-        {"kind": "inference", "name": "inf", "users": "users", "servers": "compute",
-         "rate_per_s": 20, "request_bytes": 2000, "response_bytes": 8000, "deadline_ms": 100,
-         "target": "nearest", "duration_s": 3},
-        {"kind": "bulk", "name": "bulk", "src": "g0", "dst": "g1", "rate_mbps": 5,
-         "start_s": 0.5, "duration_s": 2},
-        {"kind": "replay", "name": "replay", "pcap": str(Path(__file__).resolve().parents[2]
-                                                         / "traffic" / "example.pcap"),
-         "src": "g1", "dst": "g0", "duration_s": 3},
-        {"kind": "allreduce", "name": "ps", "algorithm": "parameter_server",
-         "nodes": ["c0", "c1", "c2"], "model_mb": 0.2, "iterations": 2, "compute_ms": 50},
-    ]}
+    prof = {
+        "name": "mixed",
+        "seed": 3,
+        "workloads": [
+            {
+                "kind": "inference",
+                "name": "inf",
+                "users": "users",
+                "servers": "compute",
+                "rate_per_s": 20,
+                "request_bytes": 2000,
+                "response_bytes": 8000,
+                "deadline_ms": 100,
+                "target": "nearest",
+                "duration_s": 3,
+            },
+            {
+                "kind": "bulk",
+                "name": "bulk",
+                "src": "g0",
+                "dst": "g1",
+                "rate_mbps": 5,
+                "start_s": 0.5,
+                "duration_s": 2,
+            },
+            {
+                "kind": "replay",
+                "name": "replay",
+                "pcap": str(Path(__file__).resolve().parents[2] / "traffic" / "example.pcap"),
+                "src": "g1",
+                "dst": "g0",
+                "duration_s": 3,
+            },
+            {
+                "kind": "allreduce",
+                "name": "ps",
+                "algorithm": "parameter_server",
+                "nodes": ["c0", "c1", "c2"],
+                "model_mb": 0.2,
+                "iterations": 2,
+                "compute_ms": 50,
+            },
+        ],
+    }
     out = tmp_path / "run"
     run = run_profile(emu, snap, tab, prof, out, wall_s=7)
     heads = {
@@ -172,9 +222,8 @@ def test_mixed_workload_files(network, tmp_path):
         "flow_paths.csv": "t_s,flow_id,src,dst,path,delay_ms",
         "link_counters.csv": "t_s,a,b,packets,bytes,dropped",
         "iterations.csv": "job,algorithm,iteration,start_unix,end_unix,duration_ms,predicted_ms,"
-                          "first_start_unix,critical_path_ms",
-        "inference.csv": "request_id,user,server,send_unix,done_unix,latency_ms,deadline_ms,"
-                         "missed",
+        "first_start_unix,critical_path_ms",
+        "inference.csv": "request_id,user,server,send_unix,done_unix,latency_ms,deadline_ms,missed",
     }
     for name, head in heads.items():
         assert (out / name).read_text().splitlines()[0] == head, name
@@ -188,8 +237,7 @@ def test_mixed_workload_files(network, tmp_path):
     assert lat and 13 <= np.median(lat) <= 17, lat
     flows = {r["flow_id"]: r for r in read(out / "flows.csv")}
     bulk = next(f for f, r in flows.items() if r["kind"] == "bulk")
-    rx = sum(int(r["rx_bytes"]) for r in read(out / "flow_throughput.csv")
-             if r["flow_id"] == bulk)
+    rx = sum(int(r["rx_bytes"]) for r in read(out / "flow_throughput.csv") if r["flow_id"] == bulk)
     assert rx == pytest.approx(5e6 / 8 * 2 * 1428 / 1442, rel=0.1)
     replay = next(f for f, r in flows.items() if r["kind"] == "replay")
     n_replay = sum(1 for r in read(out / "packets.csv") if r["flow_id"] == replay)
@@ -202,13 +250,13 @@ def test_mixed_workload_files(network, tmp_path):
     assert run.files() and all(f.exists() for f in run.files())
 
 
-def test_a_flow_outside_the_endpoint_pairs_gets_the_path_the_tables_forward_on(network,
-                                                                              tmp_path):
+def test_a_flow_outside_the_endpoint_pairs_gets_the_path_the_tables_forward_on(network, tmp_path):
     """A bulk flow c0 -> c1 whose pair the runner's recorder does not cover is traced through
     the installed forwarding tables. Here they detour c0 -> c3 -> c2 -> c1 (15 ms) instead
     of the 5 ms direct hop: the recorded path and the measured one-way delay are the
     detour's, not the shortest-delay path's."""
     from meshemu.routing import ForwardingTables, trace_path
+
     emu, snap, tab = network
     nh = tab.next_hop.copy()
     j = tab.dest_index(1)
@@ -216,9 +264,20 @@ def test_a_flow_outside_the_endpoint_pairs_gets_the_path_the_tables_forward_on(n
     detour = ForwardingTables(destinations=tab.destinations, next_hop=nh, scheme="detour")
     assert trace_path(detour, snap, 0, 1) == [0, 3, 2, 1]
     emu.apply(snap, detour)
-    prof = {"name": "detour", "workloads": [
-        {"kind": "bulk", "name": "bulk", "src": "c0", "dst": "c1", "rate_mbps": 2,
-         "start_s": 0.2, "duration_s": 2}]}
+    prof = {
+        "name": "detour",
+        "workloads": [
+            {
+                "kind": "bulk",
+                "name": "bulk",
+                "src": "c0",
+                "dst": "c1",
+                "rate_mbps": 2,
+                "start_s": 0.2,
+                "duration_s": 2,
+            }
+        ],
+    }
     out = tmp_path / "run"
     run_profile(emu, snap, tab, prof, out, wall_s=3, paths={}, tables=detour)
     rows = read(out / "flow_paths.csv")

@@ -29,25 +29,50 @@ def rows(path):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from meshemu.live.runner import run_emulation
+
     tmp = tmp_path_factory.mktemp("rc")
     profile = tmp / "inference.yaml"
-    profile.write_text(yaml.safe_dump({
-        "name": "route-change", "seed": 5, "workloads": [{
-            "kind": "inference", "name": "inf", "users": ["new_york"], "servers": "compute",
-            "rate_per_s": 20, "request_bytes": 1000, "response_bytes": 1000,
-            "deadline_ms": 200, "target": "nearest", "start_s": 0.5}]}))
-    res = run_emulation(load_scenario("default"), duration_s=DURATION_S, start_s=START_S,
-                        shaper="userspace", traffic=str(profile), out_dir=tmp / "run")
+    profile.write_text(
+        yaml.safe_dump(
+            {
+                "name": "route-change",
+                "seed": 5,
+                "workloads": [
+                    {
+                        "kind": "inference",
+                        "name": "inf",
+                        "users": ["new_york"],
+                        "servers": "compute",
+                        "rate_per_s": 20,
+                        "request_bytes": 1000,
+                        "response_bytes": 1000,
+                        "deadline_ms": 200,
+                        "target": "nearest",
+                        "start_s": 0.5,
+                    }
+                ],
+            }
+        )
+    )
+    res = run_emulation(
+        load_scenario("default"),
+        duration_s=DURATION_S,
+        start_s=START_S,
+        shaper="userspace",
+        traffic=str(profile),
+        out_dir=tmp / "run",
+    )
     return res.run_dir
 
 
 def test_recorded_flow_path_matches_plan_and_delay_steps_at_the_change(run_dir):
     flows = {r["flow_id"]: r for r in rows(run_dir / "flows.csv")}
-    fid = next(f for f, r in flows.items()
-               if r["src"] == "new_york" and r["dst"] == "s0_0_0")
-    planned = {float(r["t_s"]): (r["path"], float(r["delay_ms"]))
-               for r in rows(run_dir / "paths.csv")
-               if r["src"] == "new_york" and r["dst"] == "s0_0_0"}
+    fid = next(f for f, r in flows.items() if r["src"] == "new_york" and r["dst"] == "s0_0_0")
+    planned = {
+        float(r["t_s"]): (r["path"], float(r["delay_ms"]))
+        for r in rows(run_dir / "paths.csv")
+        if r["src"] == "new_york" and r["dst"] == "s0_0_0"
+    }
     assert abs(planned[CHANGE_S][1] - planned[CHANGE_S - 1][1]) > 5.0
     # the flow's recorded path is the planned one at every recorded time
     recorded = [r for r in rows(run_dir / "flow_paths.csv") if r["flow_id"] == fid]
@@ -81,8 +106,7 @@ def test_recorded_flow_path_matches_plan_and_delay_steps_at_the_change(run_dir):
 def test_report_marks_the_route_change(run_dir):
     run = load_run(run_dir)
     flows = {r["flow_id"]: r for r in rows(run_dir / "flows.csv")}
-    fid = next(f for f, r in flows.items()
-               if r["src"] == "new_york" and r["dst"] == "s0_0_0")
+    fid = next(f for f, r in flows.items() if r["src"] == "new_york" and r["dst"] == "s0_0_0")
     times = path_change_times(run, fid, "new_york", "s0_0_0")
     assert any(abs(t - CHANGE_S) <= 1.0 for t in times), times
     assert (run_dir / "report" / "latency.png").stat().st_size > 10_000

@@ -30,7 +30,7 @@ def _recv(s: socket.socket) -> tuple[bytes, tuple, int]:
     data, anc, _, addr = s.recvmsg(2048, socket.CMSG_SPACE(TIMESPEC.size))
     for level, kind, raw in anc:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-            sec, nsec = TIMESPEC.unpack(raw[:TIMESPEC.size])
+            sec, nsec = TIMESPEC.unpack(raw[: TIMESPEC.size])
             return data, addr, sec * 1_000_000_000 + nsec
     return data, addr, time.time_ns()
 
@@ -55,7 +55,7 @@ def probe(host: str, port: int, interval_s: float, count: int) -> None:
             s.settimeout(left)
             try:
                 data, _, rx = _recv(s)
-            except socket.timeout:
+            except TimeoutError:
                 break
             t_ns = sent.pop(int.from_bytes(data[:4], "big"), None)
             if t_ns is not None:

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from meshemu.live import addressing as adr
 from meshemu.errors import ResourceError, ScenarioError
+from meshemu.live import addressing as adr
 
 
 def _ring_plan(n_sats: int = 6, n_ground: int = 2) -> adr.AddressPlan:
@@ -90,16 +90,22 @@ def test_limits_name_the_limit():
     with pytest.raises(ResourceError, match="65534"):
         adr.node_address(adr.MAX_NODES)
     with pytest.raises(ResourceError):
-        adr.AddressPlan.from_links([f"n{i}" for i in range(adr.MAX_NODES + 1)],
-                                   ["sat"] * (adr.MAX_NODES + 1), np.zeros(0, np.int64))
+        adr.AddressPlan.from_links(
+            [f"n{i}" for i in range(adr.MAX_NODES + 1)],
+            ["sat"] * (adr.MAX_NODES + 1),
+            np.zeros(0, np.int64),
+        )
 
 
-@pytest.mark.parametrize("keys, match", [
-    ([5, 3], "sorted"),            # not sorted
-    ([1 * 4 + 1], "sorted"),       # a == b
-    ([2 * 4 + 1], "sorted"),       # a > b
-    ([3 * 4 + 4], "sorted"),       # b out of range (key 16 -> a=4)
-])
+@pytest.mark.parametrize(
+    "keys, match",
+    [
+        ([5, 3], "sorted"),  # not sorted
+        ([1 * 4 + 1], "sorted"),  # a == b
+        ([2 * 4 + 1], "sorted"),  # a > b
+        ([3 * 4 + 4], "sorted"),  # b out of range (key 16 -> a=4)
+    ],
+)
 def test_bad_link_keys(keys, match):
     with pytest.raises(ScenarioError, match=match):
         adr.AddressPlan.from_links(["a", "b", "c", "d"], ["sat"] * 4, np.array(keys))

@@ -15,13 +15,19 @@ from meshemu.live.shapers import LinkParams
 from meshemu.routing import snapshot_from_edges
 
 NAMES = ["s0", "s1", "s2", "g0"]
-EDGES = [(0, 1), (0, 3), (1, 2), (2, 3)]          # in key order: link id = index
+EDGES = [(0, 1), (0, 3), (1, 2), (2, 3)]  # in key order: link id = index
 KINDS = [ISL, GSL, ISL, GSL]
 
 
 def snap(up=None, delays=None, t_s=0.0, edges=EDGES, kinds=KINDS, **extra):
-    s = snapshot_from_edges(4, edges, delays if delays is not None else [0.005] * len(edges),
-                            up=up, t_s=t_s, kinds=kinds)
+    s = snapshot_from_edges(
+        4,
+        edges,
+        delays if delays is not None else [0.005] * len(edges),
+        up=up,
+        t_s=t_s,
+        kinds=kinds,
+    )
     return dataclasses.replace(s, **extra) if extra else s
 
 
@@ -51,9 +57,12 @@ def test_table_holds_the_snapshot_parameters_as_one_value_per_link():
     assert table.params(0) == LinkParams(0.0, 0.0, DEFAULT_QUEUE_PACKETS, 0.0, False)
     table.load(s)
     got = table.params_of(np.arange(4))
-    assert got == [LinkParams(0.005, 1e9, 7, 0.0, True), LinkParams(0.005, 2e9, 7, 0.01, True),
-                   LinkParams(0.005, 3e9, 9, 0.0, False),
-                   LinkParams(0.005, np.inf, 9, 0.5, True)]
+    assert got == [
+        LinkParams(0.005, 1e9, 7, 0.0, True),
+        LinkParams(0.005, 2e9, 7, 0.01, True),
+        LinkParams(0.005, 3e9, 9, 0.0, False),
+        LinkParams(0.005, np.inf, 9, 0.5, True),
+    ]
 
 
 def test_advance_returns_only_what_the_shaper_must_change():
@@ -102,8 +111,9 @@ def test_table_refuses_what_does_not_fit():
     with pytest.raises(EmulationError, match="not built"):
         table.load(snap())
     with pytest.raises(EmulationError, match="queue_packets"):
-        table.load(snap(edges=EDGES[:3], kinds=KINDS[:3],
-                        queue_packets=np.array([1, 0, 1], np.int32)))
+        table.load(
+            snap(edges=EDGES[:3], kinds=KINDS[:3], queue_packets=np.array([1, 0, 1], np.int32))
+        )
     with pytest.raises(EmulationError, match="loss"):
         table.load(snap(edges=EDGES[:3], kinds=KINDS[:3], loss=np.array([0, 1.5, 0])))
     with pytest.raises(EmulationError, match="nodes"):

@@ -63,10 +63,12 @@ def test_one_walker_for_messages_and_attributes():
     b = nl.link_up_msg(2, 2)
     walked = list(nl.messages(a + b))
     assert [(off, length, t, seq) for off, length, t, _, seq in walked] == [
-        (0, len(a), nl.RTM_NEWADDR, 1), (len(a), len(b), nl.RTM_NEWLINK, 2)]
+        (0, len(a), nl.RTM_NEWADDR, 1),
+        (len(a), len(b), nl.RTM_NEWLINK, 2),
+    ]
     attrs = list(nl.rtattrs(a, 16 + 8, len(a)))
     assert [(t, n) for t, _, n in attrs] == [(nl.IFA_LOCAL, 4), (nl.IFA_ADDRESS, 4)]
-    assert list(nl.messages(b"\0" * 16)) == []            # a zero length stops the walk
+    assert list(nl.messages(b"\0" * 16)) == []  # a zero length stops the walk
 
 
 #: RFC 2863 operational states (``linux/if.h`` IF_OPER_*) by pyroute2's names.
@@ -89,7 +91,9 @@ def test_link_dump_parser_reads_what_pyroute2_writes():
     assert links == [(1, nl.IFF_UP | nl.IFF_LOOPBACK, "lo", 0), (5, nl.IFF_UP, "isl3", 2)]
     assert not finished
     assert nl.parse_link_dump(_link(6, "gsl1", 0, nl.IF_OPER_UP) + done) == (
-        [(6, 0, "gsl1", nl.IF_OPER_UP)], True)
+        [(6, 0, "gsl1", nl.IF_OPER_UP)],
+        True,
+    )
     err = struct.pack("=IHHIIi", 36, nl.NLMSG_ERROR, 0, 1, 0, -errno.EPERM) + b"\0" * 16
     with pytest.raises(CommandError, match="RTM_GETLINK dump"):
         nl.parse_link_dump(err)
@@ -101,5 +105,7 @@ def test_errors_come_with_their_sequence_number_and_extack_text():
     body = struct.pack("=i", -errno.EINVAL) + inner + text
     capped = nl.msg(nl.NLMSG_ERROR, nl.NLM_F_ACK_TLVS | nl.NLM_F_CAPPED, 77, body)
     ack = nl.msg(nl.NLMSG_ERROR, 0, 78, struct.pack("=i", 0) + inner)
-    assert nl.parse_errors(capped + ack) == [(77, errno.EINVAL, "Nexthop has invalid gateway"),
-                                             (78, 0, "")]
+    assert nl.parse_errors(capped + ack) == [
+        (77, errno.EINVAL, "Nexthop has invalid gateway"),
+        (78, 0, ""),
+    ]

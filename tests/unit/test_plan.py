@@ -27,16 +27,21 @@ def rows(path):
 
 
 def test_files_and_columns(plan_dir):
-    for name in ("nodes.csv", "links.csv", "paths.csv", "summary.json", "map.png",
-                 "path_delay.png"):
+    for name in (
+        "nodes.csv",
+        "links.csv",
+        "paths.csv",
+        "summary.json",
+        "map.png",
+        "path_delay.png",
+    ):
         assert (plan_dir / name).stat().st_size > 0, name
     nodes = rows(plan_dir / "nodes.csv")
     assert list(nodes[0]) == ["id", "name", "kind", "shell", "plane", "index"]
     assert len(nodes) == 68
     assert {n["kind"] for n in nodes} == {"sat", "compute", "station", "user", "datacenter"}
     links = rows(plan_dir / "links.csv")
-    assert list(links[0]) == ["t_s", "a", "b", "kind", "up", "distance_km", "delay_ms",
-                              "rate_mbps"]
+    assert list(links[0]) == ["t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"]
     assert {r["kind"] for r in links} == {"isl", "gsl"}
     paths = rows(plan_dir / "paths.csv")
     assert list(paths[0]) == ["t_s", "src", "dst", "path", "hops", "delay_ms"]
@@ -76,7 +81,7 @@ def test_path_delays_symmetric_and_triangle_inequality(plan_dir):
             d[p["t_s"]][(p["src"], p["dst"])] = float(p["delay_ms"])
     kinds = {r["name"]: r["kind"] for r in rows(plan_dir / "nodes.csv")}
     checked = 0
-    for t, pairs in d.items():
+    for _t, pairs in d.items():
         for (s, x), v in pairs.items():
             assert pairs[(x, s)] == pytest.approx(v, abs=1e-6)
             if kinds[x] != "compute":  # only transit nodes may sit in the middle
@@ -90,20 +95,34 @@ def test_path_delays_symmetric_and_triangle_inequality(plan_dir):
 
 def test_cli_plan_and_errors(tmp_path):
     out = tmp_path / "p"
-    r = subprocess.run(MESHEMU + ["plan", "--duration", "20", "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        MESHEMU + ["plan", "--duration", "20", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and (out / "paths.csv").exists()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("constellation:\n  shells:\n    - {planes: 3, sats_per_plane: 2, "
-                   "altitude_km: 550, inclination_deg: 53}\n")
-    r = subprocess.run(MESHEMU + ["plan", str(bad), "--out", str(tmp_path / "q")],
-                       capture_output=True, text=True, timeout=120)
+    bad.write_text(
+        "constellation:\n  shells:\n    - {planes: 3, sats_per_plane: 2, "
+        "altitude_km: 550, inclination_deg: 53}\n"
+    )
+    r = subprocess.run(
+        MESHEMU + ["plan", str(bad), "--out", str(tmp_path / "q")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "sats_per_plane" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "q").exists()
-    r = subprocess.run(MESHEMU + ["plan", "--routing", "teleport", "--out", str(tmp_path / "r")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        MESHEMU + ["plan", "--routing", "teleport", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "shortest-delay" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r").exists()
 
@@ -134,16 +153,31 @@ class NotNeighbour(ShortestDelay):
 '''
 
 
-@pytest.mark.parametrize("cls,words", [
-    ("Raises", ["'raises'", "step 3", "KeyError", "boom at t=3"]),
-    ("NotNeighbour", ["'not-neighbour'", "step 0", "without an up link"]),
-])
+@pytest.mark.parametrize(
+    "cls,words",
+    [
+        ("Raises", ["'raises'", "step 3", "KeyError", "boom at t=3"]),
+        ("NotNeighbour", ["'not-neighbour'", "step 0", "without an up link"]),
+    ],
+)
 def test_cli_plan_catches_misbehaving_plugins(tmp_path, cls, words):
     plugin = tmp_path / "plugins.py"
     plugin.write_text(PLUGINS)
-    r = subprocess.run(MESHEMU + ["plan", "--duration", "10", "--routing", f"{plugin}:{cls}",
-                                  "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        MESHEMU
+        + [
+            "plan",
+            "--duration",
+            "10",
+            "--routing",
+            f"{plugin}:{cls}",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr and "reachable" not in r.stdout
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("meshemu: error:")]
@@ -152,17 +186,21 @@ def test_cli_plan_catches_misbehaving_plugins(tmp_path, cls, words):
         assert w in err[0], err[0]
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--duration", "inf"], ["--duration", "finite", "inf"]),
-    (["--duration", "nan"], ["--duration", "finite", "nan"]),
-    (["--start", "inf"], ["--start", "finite"]),
-    (["--step", "1e-9"], ["--step", "at least"]),
-    (["--duration", "2000000", "--step", "1"], ["2,000,001 steps", "at most 1,000,000"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--duration", "inf"], ["--duration", "finite", "inf"]),
+        (["--duration", "nan"], ["--duration", "finite", "nan"]),
+        (["--start", "inf"], ["--start", "finite"]),
+        (["--step", "1e-9"], ["--step", "at least"]),
+        (["--duration", "2000000", "--step", "1"], ["2,000,001 steps", "at most 1,000,000"]),
+    ],
+)
 def test_cli_plan_refuses_bad_times_and_writes_nothing(tmp_path, args, words):
     out = tmp_path / "o"
-    r = subprocess.run(MESHEMU + ["plan", *args, "--out", str(out)], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        MESHEMU + ["plan", *args, "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
     for w in words:
@@ -173,10 +211,13 @@ def test_cli_plan_refuses_bad_times_and_writes_nothing(tmp_path, args, words):
 def test_cli_plan_refuses_unusable_out_paths(tmp_path):
     f = tmp_path / "a-file"
     f.write_text("")
-    for out, words in ((f, ["exists and is not a directory"]),
-                       (f / "sub", ["is not a directory"])):
-        r = subprocess.run(MESHEMU + ["plan", "--duration", "2", "--out", str(out)],
-                           capture_output=True, text=True, timeout=120)
+    for out, words in ((f, ["exists and is not a directory"]), (f / "sub", ["is not a directory"])):
+        r = subprocess.run(
+            MESHEMU + ["plan", "--duration", "2", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.startswith("meshemu: error: --out:"), r.stderr
         for w in words:
@@ -186,9 +227,14 @@ def test_cli_plan_refuses_unusable_out_paths(tmp_path):
 
 def test_run_plan_api_raises_meshemu_errors_only(tmp_path):
     from meshemu.errors import OptionsError
+
     sc = load_scenario("default")
-    for kw in ({"duration_s": -1}, {"duration_s": float("inf")}, {"duration_s": 5, "step_s": 0},
-               {"duration_s": 5, "start_s": float("nan")}):
+    for kw in (
+        {"duration_s": -1},
+        {"duration_s": float("inf")},
+        {"duration_s": 5, "step_s": 0},
+        {"duration_s": 5, "start_s": float("nan")},
+    ):
         with pytest.raises(OptionsError):
             run_plan(sc, out_dir=tmp_path / "x", **kw)
     assert not (tmp_path / "x").exists()
@@ -196,6 +242,7 @@ def test_run_plan_api_raises_meshemu_errors_only(tmp_path):
 
 def test_malformed_routing_spec_is_a_routing_error(tmp_path):
     from meshemu.errors import RoutingError
+
     with pytest.raises(RoutingError, match="cannot load routing scheme ':'"):
         run_plan(load_scenario("default"), 2, routing=":", out_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists()

@@ -17,19 +17,33 @@ import pytest
 
 from meshemu.cli import main
 from meshemu.errors import MeshemuError
-from meshemu.report import (ReportError, compare, comparison, load_run, read_table, report,
-                            run_stats, sequence_stats)
 from meshemu.geometry.linkstate import KIND_NAMES
 from meshemu.geometry.orbit import ecef_to_geodetic
 from meshemu.geometry.schedule import LinkSchedule
 from meshemu.plan import run_plan
-from meshemu.report import files
+from meshemu.report import (
+    ReportError,
+    compare,
+    comparison,
+    files,
+    load_run,
+    read_table,
+    report,
+    run_stats,
+    sequence_stats,
+)
 from meshemu.report.maps import MapNodes, plot_map
 from meshemu.report.record import PlanRecorder, _PositionLog, node_positions_ecef_km
 from meshemu.spec.scenario import load_scenario
 
-PLOTS = ("latency.png", "throughput.png", "latency_cdf.png", "iterations.png", "paths_map.png",
-         "link_util.png")
+PLOTS = (
+    "latency.png",
+    "throughput.png",
+    "latency_cdf.png",
+    "iterations.png",
+    "paths_map.png",
+    "link_util.png",
+)
 U0 = 1_700_000_000.0  # unix time of step 0
 NS = 1_000_000_000
 
@@ -54,8 +68,9 @@ def default_schedule():
 def default_positions():
     """The default scenario's node positions at t = 0..4 s, as the recorder writes them."""
     lat, lon, alt = ecef_to_geodetic(node_positions_ecef_km(default_schedule(), np.arange(5.0)))
-    return files.Positions(np.arange(5.0), lat.T.astype(np.float32), lon.T.astype(np.float32),
-                           alt.T.astype(np.float32))
+    return files.Positions(
+        np.arange(5.0), lat.T.astype(np.float32), lon.T.astype(np.float32), alt.T.astype(np.float32)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,36 +83,69 @@ def make_run(d, node_names, routing="shortest-delay", owd_shift_ms=0.0, scenario
     and five inference requests."""
     d.mkdir(parents=True)
     files.write_positions(d, default_positions())
-    summary = {"scenario": scenario, "source": "", "routing": routing, "shaper": "userspace",
-               "kind": "run", "steps": 5, "nodes": len(node_names), "duration_s": 4.0,
-               "step_s": 1.0, "time_scale": 1.0,
-               "timing": {"apply_ms_p50": 5.0, "apply_ms_p99": 7.94, "lag_ms_p99": 1.0,
-                          "build_s": 0.5, "stop_s": 0.1},
-               "route_changes_total": 3, "link_updates_total": 10,
-               "traffic": {"lines": ["2 flows, 1 job, 5 inference requests"]}}
+    summary = {
+        "scenario": scenario,
+        "source": "",
+        "routing": routing,
+        "shaper": "userspace",
+        "kind": "run",
+        "steps": 5,
+        "nodes": len(node_names),
+        "duration_s": 4.0,
+        "step_s": 1.0,
+        "time_scale": 1.0,
+        "timing": {
+            "apply_ms_p50": 5.0,
+            "apply_ms_p99": 7.94,
+            "lag_ms_p99": 1.0,
+            "build_s": 0.5,
+            "stop_s": 0.1,
+        },
+        "route_changes_total": 3,
+        "link_updates_total": 10,
+        "traffic": {"lines": ["2 flows, 1 job, 5 inference requests"]},
+    }
     (d / "summary.json").write_text(json.dumps(summary))
-    write_csv(d / "nodes.csv", ["id", "name", "kind", "shell", "plane", "index"],
-              [[i, n, "sat" if n.startswith("s0_") else "station", 0, 0, 0]
-               for i, n in enumerate(node_names)])
-    write_csv(d / "steps.csv", ["step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms",
-                                "link_updates", "route_changes"],
-              [[k, k, k, U0 + k, 0 if k == 0 else 1, [500, 2, 4, 6, 8][k], 2 * k,
-                [0, 1, 0, 2, 0][k]] for k in range(5)])
+    write_csv(
+        d / "nodes.csv",
+        ["id", "name", "kind", "shell", "plane", "index"],
+        [
+            [i, n, "sat" if n.startswith("s0_") else "station", 0, 0, 0]
+            for i, n in enumerate(node_names)
+        ],
+    )
+    write_csv(
+        d / "steps.csv",
+        ["step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates", "route_changes"],
+        [
+            [k, k, k, U0 + k, 0 if k == 0 else 1, [500, 2, 4, 6, 8][k], 2 * k, [0, 1, 0, 2, 0][k]]
+            for k in range(5)
+        ],
+    )
     p1, p2 = "london s0_0_0 new_york", "london s0_0_1 s0_0_0 new_york"
     back = "new_york s0_0_0 london"  # unreachable from t = 3
-    write_csv(d / "paths.csv", ["t_s", "src", "dst", "path", "hops", "delay_ms"],
-              [[t, "london", "new_york", p1 if t < 2 else p2, 2, 20 + t] for t in range(5)]
-              + [[t, "new_york", "london", back if t < 3 else "", 2, 21 if t < 3 else ""]
-                 for t in range(5)])
-    write_csv(d / "flows.csv", ["flow_id", "name", "kind", "src", "dst"],
-              [[1, "probe", "udp", "london", "new_york"], [2, "bulk", "tcp", "new_york", "london"]])
+    write_csv(
+        d / "paths.csv",
+        ["t_s", "src", "dst", "path", "hops", "delay_ms"],
+        [[t, "london", "new_york", p1 if t < 2 else p2, 2, 20 + t] for t in range(5)]
+        + [
+            [t, "new_york", "london", back if t < 3 else "", 2, 21 if t < 3 else ""]
+            for t in range(5)
+        ],
+    )
+    write_csv(
+        d / "flows.csv",
+        ["flow_id", "name", "kind", "src", "dst"],
+        [[1, "probe", "udp", "london", "new_york"], [2, "bulk", "tcp", "new_york", "london"]],
+    )
     rows = []
     for seq in range(10):
         send = int((U0 + 0.5 + 0.1 * seq) * NS)
         if seq in PROBE_OWD:
             owd = PROBE_OWD[seq] + owd_shift_ms
-            rows.append([1, 0, seq, "london", "new_york", 100, send, send + int(owd * 1e6),
-                         owd, "x"])
+            rows.append(
+                [1, 0, seq, "london", "new_york", 100, send, send + int(owd * 1e6), owd, "x"]
+            )
     # flow 2: seq restarts per message. msg 1 seq 1 sent but not received (logged, empty
     # receive); msg 2 seq 0 never logged (a loss at the head of a message); one row without
     # owd_ms (computed from the timestamps: 40 ms)
@@ -107,34 +155,99 @@ def make_run(d, node_names, routing="shortest-delay", owd_shift_ms=0.0, scenario
             if (msg, seq) == (1, 1):
                 rows.append([2, msg, seq, "new_york", "london", 1000, send, "", "", "x"])
             elif (msg, seq) == (2, 2):
-                rows.append([2, msg, seq, "new_york", "london", 1000, send, send + 40 * 10**6,
-                             "", "x"])
+                rows.append(
+                    [2, msg, seq, "new_york", "london", 1000, send, send + 40 * 10**6, "", "x"]
+                )
             else:
-                rows.append([2, msg, seq, "new_york", "london", 1000, send, send + 30 * 10**6,
-                             30.0 + owd_shift_ms, "x"])
-    write_csv(d / "packets.csv", ["flow_id", "msg_id", "seq", "src", "dst", "size_bytes",
-                                  "send_unix_ns", "recv_unix_ns", "owd_ms", "extra"], rows)
-    write_csv(d / "flow_throughput.csv", ["t_s", "flow_id", "rx_bytes", "mbps"],
-              [[1, 1, 125000, 1.0], [2, 1, 250000, 2.0], [3, 1, 375000, 3.0],
-               [1, 2, 1250000, 10.0], [2, 2, 2500000, 20.0]])
-    write_csv(d / "flow_paths.csv", ["t_s", "flow_id", "src", "dst", "path", "delay_ms"],
-              [[0, 1, "london", "new_york", p1, 20], [1, 1, "london", "new_york", p1, 21],
-               [2, 1, "london", "new_york", p2, 22], [3, 1, "london", "new_york", p2, 23]])
-    write_csv(d / "link_counters.csv", ["t_s", "a", "b", "packets", "bytes", "dropped"],
-              [[t, a, b, 10 * t, t * rate, drop * t] for t in range(5)
-               for a, b, rate, drop in (("london", "s0_0_0", 125000, 0),
-                                        ("s0_0_0", "new_york", 250000, 1),
-                                        ("s0_0_0", "s0_0_1", 0, 0))])
-    write_csv(d / "iterations.csv", ["job", "algorithm", "iteration", "start_unix", "end_unix",
-                                     "duration_ms", "predicted_ms"],
-              [["ar1", "ring", i, U0 + i, U0 + i + 0.1, 100 + 10 * i, 100] for i in range(4)])
-    write_csv(d / "inference.csv", ["request_id", "user", "server", "send_unix", "done_unix",
-                                    "latency_ms", "deadline_ms", "missed"],
-              [[0, "paris_users", "s0_0_0", U0, U0 + 0.01, 10, 25, 0],
-               [1, "paris_users", "s0_0_0", U0, U0 + 0.02, 20, 25, 0],
-               [2, "paris_users", "s0_0_0", U0, U0 + 0.03, 30, 25, 1],
-               [3, "paris_users", "s0_0_0", U0, U0 + 0.04, 40, 25, "True"],
-               [4, "paris_users", "s0_0_0", U0, "", "", 25, ""]])
+                rows.append(
+                    [
+                        2,
+                        msg,
+                        seq,
+                        "new_york",
+                        "london",
+                        1000,
+                        send,
+                        send + 30 * 10**6,
+                        30.0 + owd_shift_ms,
+                        "x",
+                    ]
+                )
+    write_csv(
+        d / "packets.csv",
+        [
+            "flow_id",
+            "msg_id",
+            "seq",
+            "src",
+            "dst",
+            "size_bytes",
+            "send_unix_ns",
+            "recv_unix_ns",
+            "owd_ms",
+            "extra",
+        ],
+        rows,
+    )
+    write_csv(
+        d / "flow_throughput.csv",
+        ["t_s", "flow_id", "rx_bytes", "mbps"],
+        [
+            [1, 1, 125000, 1.0],
+            [2, 1, 250000, 2.0],
+            [3, 1, 375000, 3.0],
+            [1, 2, 1250000, 10.0],
+            [2, 2, 2500000, 20.0],
+        ],
+    )
+    write_csv(
+        d / "flow_paths.csv",
+        ["t_s", "flow_id", "src", "dst", "path", "delay_ms"],
+        [
+            [0, 1, "london", "new_york", p1, 20],
+            [1, 1, "london", "new_york", p1, 21],
+            [2, 1, "london", "new_york", p2, 22],
+            [3, 1, "london", "new_york", p2, 23],
+        ],
+    )
+    write_csv(
+        d / "link_counters.csv",
+        ["t_s", "a", "b", "packets", "bytes", "dropped"],
+        [
+            [t, a, b, 10 * t, t * rate, drop * t]
+            for t in range(5)
+            for a, b, rate, drop in (
+                ("london", "s0_0_0", 125000, 0),
+                ("s0_0_0", "new_york", 250000, 1),
+                ("s0_0_0", "s0_0_1", 0, 0),
+            )
+        ],
+    )
+    write_csv(
+        d / "iterations.csv",
+        ["job", "algorithm", "iteration", "start_unix", "end_unix", "duration_ms", "predicted_ms"],
+        [["ar1", "ring", i, U0 + i, U0 + i + 0.1, 100 + 10 * i, 100] for i in range(4)],
+    )
+    write_csv(
+        d / "inference.csv",
+        [
+            "request_id",
+            "user",
+            "server",
+            "send_unix",
+            "done_unix",
+            "latency_ms",
+            "deadline_ms",
+            "missed",
+        ],
+        [
+            [0, "paris_users", "s0_0_0", U0, U0 + 0.01, 10, 25, 0],
+            [1, "paris_users", "s0_0_0", U0, U0 + 0.02, 20, 25, 0],
+            [2, "paris_users", "s0_0_0", U0, U0 + 0.03, 30, 25, 1],
+            [3, "paris_users", "s0_0_0", U0, U0 + 0.04, 40, 25, "True"],
+            [4, "paris_users", "s0_0_0", U0, "", "", 25, ""],
+        ],
+    )
     return d
 
 
@@ -148,6 +261,7 @@ def metric(table, section, name, m):
 
 
 # ----------------------------------------------------------------------------- statistics
+
 
 def test_sequence_stats_flow_wide_gap_and_reordering():
     # seq 0..5, 3 lost, 2 arrives after 4
@@ -166,7 +280,7 @@ def test_sequence_stats_arrival_order_is_receive_time_not_file_order():
 
 def test_sequence_stats_per_message_and_duplicates():
     msg = np.array(["a", "a", "a", "b", "b", "b"])
-    seq = [0, 1, 1, 0, 2, 1]                       # a: duplicate of 1; b: 1 after 2
+    seq = [0, 1, 1, 0, 2, 1]  # a: duplicate of 1; b: 1 after 2
     recv = [1.0, 2.0, 3.0, 1.5, 2.5, 3.5]
     s = sequence_stats(msg, seq, recv)
     assert s.per_message_seq
@@ -202,22 +316,22 @@ def test_flow_statistics_equal_hand_computed(run_dir):
     assert probe.seq.loss_pct == pytest.approx(10.0)
     assert probe.seq.reordered == 1
     assert probe.seq.reorder_pct == pytest.approx(100 / 9)
-    owd = sorted(PROBE_OWD.values())            # 20 21 22 23 25 27 28 29 150
+    owd = sorted(PROBE_OWD.values())  # 20 21 22 23 25 27 28 29 150
     assert probe.owd_p[0] == pytest.approx(25.0)
-    assert probe.owd_p[1] == pytest.approx(29 + 0.6 * (150 - 29))   # rank 0.95 * 8 = 7.6
+    assert probe.owd_p[1] == pytest.approx(29 + 0.6 * (150 - 29))  # rank 0.95 * 8 = 7.6
     assert probe.owd_p[2] == pytest.approx(29 + 0.92 * (150 - 29))  # rank 7.92
     assert sorted(probe.owd_ms) == pytest.approx(owd)
     # emulated send time: t_s(step 0) + (send - unix_s(step 0)) * time_scale
     assert probe.t_s[0] == pytest.approx(0.5) and probe.t_s[-1] == pytest.approx(1.4)
     assert probe.throughput_mbps == pytest.approx(2.0)
-    assert probe.path_changes == 1                 # flow_paths.csv: changed at t = 2
+    assert probe.path_changes == 1  # flow_paths.csv: changed at t = 2
     # bulk: messages 0, 1, 2 of seq 0..2; (1, 1) logged unreceived, (2, 0) never logged
     assert bulk.seq.per_message_seq
     assert (bulk.seq.expected, bulk.seq.received, bulk.seq.lost) == (9, 7, 2)
     assert bulk.seq.reordered == 0
-    assert sorted(bulk.owd_ms) == pytest.approx([30] * 6 + [40])   # one OWD from timestamps
+    assert sorted(bulk.owd_ms) == pytest.approx([30] * 6 + [40])  # one OWD from timestamps
     assert bulk.throughput_mbps == pytest.approx(15.0)
-    assert bulk.path_changes == 1                  # no flow_paths rows: paths.csv, t = 3
+    assert bulk.path_changes == 1  # no flow_paths rows: paths.csv, t = 3
 
 
 def test_job_inference_and_clock_statistics(run_dir):
@@ -225,15 +339,15 @@ def test_job_inference_and_clock_statistics(run_dir):
     ring, pooled = st.jobs
     assert (ring.job, ring.algorithm, ring.iterations) == ("ar1", "ring", 4)
     assert ring.mean_ms == pytest.approx(115.0)
-    assert ring.p95_ms == pytest.approx(128.5)     # 120 + 0.85 * 10
+    assert ring.p95_ms == pytest.approx(128.5)  # 120 + 0.85 * 10
     assert ring.predicted_mean_ms == pytest.approx(100.0)
     assert ring.error_pct == pytest.approx(15.0)
     assert pooled.job == "all jobs" and pooled.mean_ms == pytest.approx(115.0)
     inf = st.inference
     assert (inf.requests, inf.completed) == (5, 4)
     assert inf.p50_ms == pytest.approx(25.0)
-    assert inf.p99_ms == pytest.approx(30 + 0.97 * 10)   # rank 0.99 * 3 = 2.97
-    assert inf.deadline_misses == 3                # two marked, one never completed
+    assert inf.p99_ms == pytest.approx(30 + 0.97 * 10)  # rank 0.99 * 3 = 2.97
+    assert inf.deadline_misses == 3  # two marked, one never completed
     assert inf.miss_pct == pytest.approx(60.0)
     assert st.route_changes == 3 and st.apply_ms_p50 == 5.0 and st.apply_ms_p99 == 7.94
 
@@ -243,7 +357,7 @@ def test_apply_times_from_steps_csv_skip_the_build_step(run_dir):
     del s["timing"], s["route_changes_total"]
     (run_dir / "summary.json").write_text(json.dumps(s))
     st = run_stats(load_run(run_dir))
-    assert st.apply_ms_p50 == pytest.approx(5.0)   # of 2, 4, 6, 8 (not step 0's 500)
+    assert st.apply_ms_p50 == pytest.approx(5.0)  # of 2, 4, 6, 8 (not step 0's 500)
     assert st.apply_ms_p99 == pytest.approx(6 + 0.97 * 2)
     assert st.route_changes == 3
 
@@ -269,8 +383,14 @@ def test_plan_directory_has_clock_free_metrics(run_dir):
     assert np.isnan(st.apply_ms_p50) and st.flows[0].seq.expected == 0
     assert st.flows[0].name == "1"  # a flow of flow_throughput.csv without flows.csv
     res = report(run_dir)
-    assert {f.name for f in res.files} == {"throughput.png", "iterations.png", "paths_map.png",
-                                           "link_util.png", "summary.csv", "summary.md"}
+    assert {f.name for f in res.files} == {
+        "throughput.png",
+        "iterations.png",
+        "paths_map.png",
+        "link_util.png",
+        "summary.csv",
+        "summary.md",
+    }
 
 
 def test_read_table_pads_short_rows_and_parses_booleans(tmp_path):
@@ -287,6 +407,7 @@ def test_read_table_pads_short_rows_and_parses_booleans(tmp_path):
 
 # ----------------------------------------------------------------------------- report
 
+
 def test_report_writes_plots_and_tables(run_dir, capsys):
     res = report(run_dir)
     out = run_dir / "report"
@@ -300,8 +421,7 @@ def test_report_writes_plots_and_tables(run_dir, capsys):
     got = {(r["section"], r["name"], r["metric"]): r["value"] for r in rows}
     assert float(got[("flow", "probe", "owd_p50")]) == 25.0
     assert float(got[("flow", "probe", "loss_pct")]) == 10.0
-    assert float(got[("traffic", "all flows", "loss_pct")]) == pytest.approx(100 * 3 / 19,
-                                                                            abs=1e-6)
+    assert float(got[("traffic", "all flows", "loss_pct")]) == pytest.approx(100 * 3 / 19, abs=1e-6)
     assert float(got[("inference", "all", "deadline_misses")]) == 3
     assert float(got[("allreduce", "all jobs", "mean_ms")]) == 115.0
     assert metric(res.table, "run", "", "route_changes") == 3
@@ -318,8 +438,15 @@ def test_report_cli_prints_table_and_files(run_dir, tmp_path, capsys):
 
 
 def test_run_without_traffic_skips_traffic_plots(run_dir):
-    for name in ("flows.csv", "packets.csv", "flow_throughput.csv", "flow_paths.csv",
-                 "link_counters.csv", "iterations.csv", "inference.csv"):
+    for name in (
+        "flows.csv",
+        "packets.csv",
+        "flow_throughput.csv",
+        "flow_paths.csv",
+        "link_counters.csv",
+        "iterations.csv",
+        "inference.csv",
+    ):
         (run_dir / name).unlink()
     res = report(run_dir)
     written = {f.name for f in res.files}
@@ -334,7 +461,7 @@ def test_run_without_traffic_skips_traffic_plots(run_dir):
 def test_some_traffic_files_missing_or_empty(run_dir):
     (run_dir / "flow_throughput.csv").unlink()
     (run_dir / "iterations.csv").write_text("")  # created, nothing logged
-    (run_dir / "flows.csv").unlink()             # flows then come from packets.csv
+    (run_dir / "flows.csv").unlink()  # flows then come from packets.csv
     res = report(run_dir)
     written = {f.name for f in res.files}
     assert "throughput.png" not in written and "iterations.png" not in written
@@ -343,15 +470,21 @@ def test_some_traffic_files_missing_or_empty(run_dir):
     assert probe.name == "1" and probe.src == "london"
     # without flow_throughput.csv: received bytes * 8 / receive span
     recv = [(U0 + 0.5 + 0.1 * s) + PROBE_OWD[s] / 1e3 for s in PROBE_OWD]
-    assert probe.throughput_mbps == pytest.approx(9 * 100 * 8 / (max(recv) - min(recv)) / 1e6,
-                                                  rel=1e-4)
+    assert probe.throughput_mbps == pytest.approx(
+        9 * 100 * 8 / (max(recv) - min(recv)) / 1e6, rel=1e-4
+    )
     assert res.stats.jobs == []
 
 
 def test_flows_sharing_a_name_get_their_id(run_dir):
-    write_csv(run_dir / "flows.csv", ["flow_id", "name", "kind", "src", "dst"],
-              [[1, "ring", "allreduce", "london", "new_york"],
-               [2, "ring", "allreduce", "new_york", "london"]])
+    write_csv(
+        run_dir / "flows.csv",
+        ["flow_id", "name", "kind", "src", "dst"],
+        [
+            [1, "ring", "allreduce", "london", "new_york"],
+            [2, "ring", "allreduce", "new_york", "london"],
+        ],
+    )
     res = report(run_dir)
     assert [f.name for f in res.stats.flows] == ["ring[1]", "ring[2]"]
     assert {r.name for r in res.table if r.section == "flow"} == {"ring[1]", "ring[2]"}
@@ -368,7 +501,7 @@ def test_map_drawn_when_the_scenario_does_not_exist(run_dir):
 
 
 def test_map_skipped_without_positions(run_dir):
-    (run_dir / "positions.npz").unlink()   # a run directory of an older meshemu
+    (run_dir / "positions.npz").unlink()  # a run directory of an older meshemu
     res = report(run_dir)
     assert not (run_dir / "report" / "paths_map.png").exists()
     assert any(x.startswith("paths_map.png: no positions.npz") for x in res.skipped)
@@ -377,8 +510,9 @@ def test_map_skipped_without_positions(run_dir):
 
 def test_map_skipped_when_positions_do_not_match_the_nodes(run_dir):
     p = default_positions()
-    files.write_positions(run_dir, files.Positions(p.t_s, p.lat_deg[:, :3], p.lon_deg[:, :3],
-                                                   p.alt_km[:, :3]))
+    files.write_positions(
+        run_dir, files.Positions(p.t_s, p.lat_deg[:, :3], p.lon_deg[:, :3], p.alt_km[:, :3])
+    )
     res = report(run_dir)
     assert not (run_dir / "report" / "paths_map.png").exists()
     assert any("positions.npz has 3 nodes but nodes.csv has 68" in x for x in res.skipped)
@@ -413,6 +547,7 @@ def test_cli_error_is_one_line(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- compare
+
 
 def test_compare_two_runs(tmp_path, node_names, caplog):
     a = make_run(tmp_path / "run-a", node_names)
@@ -468,7 +603,8 @@ def test_compare_cli_prints_table(tmp_path, node_names, capsys):
 def test_transport_rtt_percentiles(run_dir):
     (run_dir / "rtt.csv").write_text(
         "flow_id,msg_id,src,dst,send_unix_ns,rtt_ms\n"
-        + "".join(f"1,{i},a,b,{i},{v}\n" for i, v in enumerate([10, 20, 30, 40, 50])))
+        + "".join(f"1,{i},a,b,{i},{v}\n" for i, v in enumerate([10, 20, 30, 40, 50]))
+    )
     res = report(run_dir)
     assert metric(res.table, "traffic", "all flows", "rtt_p50") == pytest.approx(30.0)
     assert metric(res.table, "traffic", "all flows", "rtt_p99") == pytest.approx(49.6)
@@ -476,6 +612,7 @@ def test_transport_rtt_percentiles(run_dir):
 
 
 # ----------------------------------------------------------------------------- positions
+
 
 @pytest.fixture(scope="module")
 def plan_dir(tmp_path_factory):
@@ -494,9 +631,9 @@ def test_plan_records_every_nodes_position(plan_dir):
     np.testing.assert_allclose(pos.lat_deg, lat.T, atol=1e-4)
     np.testing.assert_allclose(pos.lon_deg, lon.T, atol=1e-4)
     np.testing.assert_allclose(pos.alt_km, alt.T, atol=1e-2)
-    g = sched.scenario.ground[0]                           # ground nodes follow satellites
+    g = sched.scenario.ground[0]  # ground nodes follow satellites
     assert pos.lat_deg[0, sched.n_sats] == pytest.approx(g.lat_deg, abs=1e-4)
-    assert 500 < float(pos.alt_km[0, 0]) < 2000            # a LEO satellite
+    assert 500 < float(pos.alt_km[0, 0]) < 2000  # a LEO satellite
 
 
 def test_report_of_a_plan_reads_neither_scenario_nor_geometry(plan_dir, tmp_path):
@@ -505,12 +642,14 @@ def test_report_of_a_plan_reads_neither_scenario_nor_geometry(plan_dir, tmp_path
     s = json.loads((d / "summary.json").read_text())
     s["scenario"], s["source"] = "no-such-scenario", str(tmp_path / "gone.yaml")
     (d / "summary.json").write_text(json.dumps(s))
-    code = ("import sys\nfrom meshemu.cli import main\n"
-            f"assert main(['report', {str(d)!r}]) == 0\n"
-            "bad = sorted(m for m in sys.modules if m.startswith(('meshemu.spec', "
-            "'meshemu.geometry', 'meshemu.routing', 'meshemu.report.record', 'meshemu.live', "
-            "'sgp4')))\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys\nfrom meshemu.cli import main\n"
+        f"assert main(['report', {str(d)!r}]) == 0\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('meshemu.spec', "
+        "'meshemu.geometry', 'meshemu.routing', 'meshemu.report.record', 'meshemu.live', "
+        "'sgp4')))\n"
+        "assert not bad, bad\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert (d / "report" / "paths_map.png").stat().st_size > 10_000
@@ -534,7 +673,7 @@ def test_links_csv_kinds_are_the_link_state_kinds():
 
 
 def test_position_log_thins_long_runs():
-    log_ = _PositionLog(4, max_bytes=10 * (3 * 4 * 4 + 8))   # room for 10 steps
+    log_ = _PositionLog(4, max_bytes=10 * (3 * 4 * 4 + 8))  # room for 10 steps
     for k in range(100):
         log_.add(k, float(k), np.full((4, 3), 7000.0))
     pos = log_.positions()
@@ -562,7 +701,7 @@ def test_bad_positions_file(run_dir):
     np.savez(run_dir / "positions.npz", t_s=np.zeros(2))
     with pytest.raises(ReportError, match="missing array"):
         files.read_positions(run_dir)
-    res = report(run_dir)                      # the map is skipped, the rest is written
+    res = report(run_dir)  # the map is skipped, the rest is written
     assert any(x.startswith("paths_map.png: ") for x in res.skipped)
 
 
@@ -571,6 +710,10 @@ def test_plot_map_accepts_the_old_schedule_call(tmp_path):
     snap = sched.snapshot_at(0.0)
     old = plot_map(tmp_path / "old.png", sched, snap, title="old call")
     lat, lon, _ = ecef_to_geodetic(node_positions_ecef_km(sched, 0.0))
-    new = plot_map(tmp_path / "new.png", MapNodes(sched.nodes.names, sched.nodes.kind, lat, lon),
-                   snap, title="old call")
+    new = plot_map(
+        tmp_path / "new.png",
+        MapNodes(sched.nodes.names, sched.nodes.kind, lat, lon),
+        snap,
+        title="old call",
+    )
     assert old.read_bytes() == new.read_bytes()

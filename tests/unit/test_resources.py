@@ -11,7 +11,7 @@ from meshemu.live import resources
 
 def test_check_capacity_refuses_memory_and_addressing_limits(monkeypatch):
     monkeypatch.setattr(resources, "mem_available_bytes", lambda: 64 * 2**30)
-    resources.check_capacity(1594, 1584, 10)                   # Starlink shell 1 fits 64 GiB
+    resources.check_capacity(1594, 1584, 10)  # Starlink shell 1 fits 64 GiB
     need = resources.estimate_memory_bytes(1594, 2 * 1584 + 4 * 10, 1594 * 1594)
     monkeypatch.setattr(resources, "mem_available_bytes", lambda: int(need / 0.85) - 2**20)
     with pytest.raises(ResourceError, match="GiB"):

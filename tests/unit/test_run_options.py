@@ -15,19 +15,22 @@ from meshemu.spec.options import MAX_STEPS, MIN_STEP_S, TimeSpan, check_out_dir
 from meshemu.spec.validate import GROUND_KINDS, NODE_KINDS, SATELLITE_KINDS, Validator
 
 
-@pytest.mark.parametrize("kw,option,words", [
-    ({"duration_s": math.inf}, "--duration", "finite"),
-    ({"duration_s": math.nan}, "--duration", "finite"),
-    ({"duration_s": -1}, "--duration", ">= 0"),
-    ({"duration_s": "10"}, "--duration", "number"),
-    ({"step_s": 0}, "--step", "at least"),
-    ({"step_s": MIN_STEP_S / 10}, "--step", "at least"),
-    ({"step_s": math.inf}, "--step", "finite"),
-    ({"start_s": -5}, "--start", ">= 0"),
-    ({"start_s": math.nan}, "--start", "finite"),
-    ({"start_s": 1e12}, "--start", "10 years"),
-    ({"duration_s": 2e6, "step_s": 1}, "--duration", "at most 1,000,000"),
-])
+@pytest.mark.parametrize(
+    "kw,option,words",
+    [
+        ({"duration_s": math.inf}, "--duration", "finite"),
+        ({"duration_s": math.nan}, "--duration", "finite"),
+        ({"duration_s": -1}, "--duration", ">= 0"),
+        ({"duration_s": "10"}, "--duration", "number"),
+        ({"step_s": 0}, "--step", "at least"),
+        ({"step_s": MIN_STEP_S / 10}, "--step", "at least"),
+        ({"step_s": math.inf}, "--step", "finite"),
+        ({"start_s": -5}, "--start", ">= 0"),
+        ({"start_s": math.nan}, "--start", "finite"),
+        ({"start_s": 1e12}, "--start", "10 years"),
+        ({"duration_s": 2e6, "step_s": 1}, "--duration", "at most 1,000,000"),
+    ],
+)
 def test_time_span_refuses(kw, option, words):
     args = {"duration_s": 60.0, "step_s": 1.0, "start_s": 0.0, **kw}
     with pytest.raises(OptionsError) as ei:
@@ -40,20 +43,23 @@ def test_time_span_refuses(kw, option, words):
 def test_time_span_counts_steps_like_the_schedule():
     assert TimeSpan.checked(60, 1).n_steps == 61
     assert TimeSpan.checked(0, 1).n_steps == 1
-    assert TimeSpan.checked(0.3, 0.1).n_steps == 4          # 0.3 / 0.1 = 2.9999999999999996
+    assert TimeSpan.checked(0.3, 0.1).n_steps == 4  # 0.3 / 0.1 = 2.9999999999999996
     assert TimeSpan.checked(MAX_STEPS - 1, 1).n_steps == MAX_STEPS
 
 
-@pytest.mark.parametrize("kw,option", [
-    ({"time_scale": 0}, "--time-scale"),
-    ({"time_scale": math.inf}, "--time-scale"),
-    ({"time_scale": math.nan}, "--time-scale"),
-    ({"time_scale": 1e4, "step_s": 1}, "--time-scale"),       # 0.1 ms of wall time per step
-    ({"duration_s": MAX_RUN_STEPS, "step_s": 1}, "--duration"),
-    ({"shaper": ""}, "--shaper"),
-    ({"capture": "s0_0_0"}, "--capture"),                   # a string, not a list of them
-    ({"on_step": 5}, "on_step"),
-])
+@pytest.mark.parametrize(
+    "kw,option",
+    [
+        ({"time_scale": 0}, "--time-scale"),
+        ({"time_scale": math.inf}, "--time-scale"),
+        ({"time_scale": math.nan}, "--time-scale"),
+        ({"time_scale": 1e4, "step_s": 1}, "--time-scale"),  # 0.1 ms of wall time per step
+        ({"duration_s": MAX_RUN_STEPS, "step_s": 1}, "--duration"),
+        ({"shaper": ""}, "--shaper"),
+        ({"capture": "s0_0_0"}, "--capture"),  # a string, not a list of them
+        ({"on_step": 5}, "on_step"),
+    ],
+)
 def test_run_options_refuse(kw, option):
     with pytest.raises(OptionsError) as ei:
         RunOptions(**kw)
@@ -74,7 +80,7 @@ def test_run_options_from_keywords():
 
 def test_check_out_dir(tmp_path):
     assert check_out_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
-    assert not (tmp_path / "a").exists()                    # creates nothing
+    assert not (tmp_path / "a").exists()  # creates nothing
     f = tmp_path / "f"
     f.write_text("x")
     with pytest.raises(OptionsError, match="exists and is not a directory"):
@@ -96,12 +102,12 @@ def test_clock_lag_and_stop():
     clock = Clock(0.5, monotonic=now)
     clock.start()
     assert clock.due(4) == 102.0
-    now.t = 100.7                                            # step 1 was due at 100.5
+    now.t = 100.7  # step 1 was due at 100.5
     tick = clock.wait_for(1)
     assert tick is not None and tick.k == 1
     assert tick.lag_s == pytest.approx(0.2) and tick.wall_s == pytest.approx(0.7)
     assert not clock.is_late(tick)
-    now.t = 101.3                                            # step 2 was due at 101.0
+    now.t = 101.3  # step 2 was due at 101.0
     assert clock.is_late(clock.wait_for(2))
     clock.stop()
     assert clock.stopped and clock.wait_for(3) is None
@@ -121,6 +127,7 @@ def test_clock_stop_wakes_a_waiting_step():
 def test_node_kinds_are_defined_once():
     from meshemu.live import addressing
     from meshemu.spec import scenario
+
     assert NODE_KINDS == SATELLITE_KINDS + GROUND_KINDS
     for mod in (addressing, scenario):
         assert (mod.NODE_KINDS, mod.GROUND_KINDS) == (NODE_KINDS, GROUND_KINDS)

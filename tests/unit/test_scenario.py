@@ -5,15 +5,25 @@ import copy
 import numpy as np
 import pytest
 
-from meshemu.geometry.constellation import build_constellation, build_nodes, parse_tle_text
 from meshemu.errors import ScenarioError, TLEError
+from meshemu.geometry.constellation import build_constellation, build_nodes, parse_tle_text
 from meshemu.geometry.orbit import propagate_ecef_km
 from meshemu.spec.scenario import Scenario, list_scenarios, load_scenario
 
 BASE = {
     "name": "t",
-    "constellation": {"shells": [{"type": "walker-delta", "planes": 4, "sats_per_plane": 6,
-                                  "phasing": 1, "altitude_km": 550, "inclination_deg": 53}]},
+    "constellation": {
+        "shells": [
+            {
+                "type": "walker-delta",
+                "planes": 4,
+                "sats_per_plane": 6,
+                "phasing": 1,
+                "altitude_km": 550,
+                "inclination_deg": 53,
+            }
+        ]
+    },
     "ground": [{"name": "gs1", "lat_deg": 10, "lon_deg": 20}],
 }
 
@@ -43,15 +53,25 @@ def test_shipped_scenarios_load_and_build(name):
 
 def test_required_scenarios_are_shipped():
     names = set(list_scenarios())
-    assert {"default", "starlink-shell1", "polar-star", "kuiper-shell1", "orbital-datacenter",
-            "tle-demo"} <= names
+    assert {
+        "default",
+        "starlink-shell1",
+        "polar-star",
+        "kuiper-shell1",
+        "orbital-datacenter",
+        "tle-demo",
+    } <= names
     assert sum(s.n_sats for s in load_scenario("starlink-shell1").shells) == 1584
 
 
 def test_compute_selections():
-    for sel, expected in (("all", 24), ("none", 0), ({"every": 5}, 5),
-                          ({"list": ["s0_1_2", "s0_3_5"]}, 2),
-                          ({"cluster": {"center": "s0_0_0", "size": 7}}, 7)):
+    for sel, expected in (
+        ("all", 24),
+        ("none", 0),
+        ({"every": 5}, 5),
+        ({"list": ["s0_1_2", "s0_3_5"]}, 2),
+        ({"cluster": {"center": "s0_0_0", "size": 7}}, 7),
+    ):
         sc = Scenario.from_dict(with_("compute", {"satellites": sel}))
         const = build_constellation(sc)
         r0 = propagate_ecef_km(const.satrecs, sc.epoch, np.array([0.0]))[:, 0]
@@ -69,28 +89,39 @@ def test_compute_selections():
     assert chosen == {"s0_0_0", "s0_0_1", "s0_0_19"}
 
 
-@pytest.mark.parametrize("path,value,field,words", [
-    ("constellation.shells.0.planes", 0, "constellation.shells[0].planes", "[1, 1000]"),
-    ("constellation.shells.0.planes", "many", "constellation.shells[0].planes", "number"),
-    ("constellation.shells.0.altitude_km", 50, "constellation.shells[0].altitude_km", "160"),
-    ("constellation.shells.0.inclination_deg", 200, "constellation.shells[0].inclination_deg",
-     "180"),
-    ("constellation.shells.0.phasing", 4, "constellation.shells[0].phasing", "[0, 3]"),
-    ("constellation.shells.0.type", "walker-zeta", "constellation.shells[0].type",
-     "walker-delta, walker-star"),
-    ("constellation.shells.0.colour", "red", "constellation.shells[0].colour", "allowed keys"),
-    ("ground.0.lat_deg", 95, "ground[0].lat_deg", "[-90, 90]"),
-    ("ground.0.name", "9bad name", "ground[0].name", "letters"),
-    ("ground.0.kind", "castle", "ground[0].kind", "station, user, datacenter"),
-    ("isl.pattern", "mesh", "isl.pattern", "plus-grid, nearest"),
-    ("isl.max_range_km", -5, "isl.max_range_km", "> 0"),
-    ("isl.terminals", 2, "isl.terminals", "4 laser terminals"),
-    ("gsl.handover", "random", "gsl.handover", "nearest, longest-visible"),
-    ("gsl.min_elevation_deg", 91, "gsl.min_elevation_deg", "[0, 90]"),
-    ("compute.satellites", "some", "compute.satellites", "all, none"),
-    ("epoch", "yesterday", "epoch", "ISO 8601"),
-    ("constellation", {}, "constellation", "at least one"),
-])
+@pytest.mark.parametrize(
+    "path,value,field,words",
+    [
+        ("constellation.shells.0.planes", 0, "constellation.shells[0].planes", "[1, 1000]"),
+        ("constellation.shells.0.planes", "many", "constellation.shells[0].planes", "number"),
+        ("constellation.shells.0.altitude_km", 50, "constellation.shells[0].altitude_km", "160"),
+        (
+            "constellation.shells.0.inclination_deg",
+            200,
+            "constellation.shells[0].inclination_deg",
+            "180",
+        ),
+        ("constellation.shells.0.phasing", 4, "constellation.shells[0].phasing", "[0, 3]"),
+        (
+            "constellation.shells.0.type",
+            "walker-zeta",
+            "constellation.shells[0].type",
+            "walker-delta, walker-star",
+        ),
+        ("constellation.shells.0.colour", "red", "constellation.shells[0].colour", "allowed keys"),
+        ("ground.0.lat_deg", 95, "ground[0].lat_deg", "[-90, 90]"),
+        ("ground.0.name", "9bad name", "ground[0].name", "letters"),
+        ("ground.0.kind", "castle", "ground[0].kind", "station, user, datacenter"),
+        ("isl.pattern", "mesh", "isl.pattern", "plus-grid, nearest"),
+        ("isl.max_range_km", -5, "isl.max_range_km", "> 0"),
+        ("isl.terminals", 2, "isl.terminals", "4 laser terminals"),
+        ("gsl.handover", "random", "gsl.handover", "nearest, longest-visible"),
+        ("gsl.min_elevation_deg", 91, "gsl.min_elevation_deg", "[0, 90]"),
+        ("compute.satellites", "some", "compute.satellites", "all, none"),
+        ("epoch", "yesterday", "epoch", "ISO 8601"),
+        ("constellation", {}, "constellation", "at least one"),
+    ],
+)
 def test_bad_fields_are_named(path, value, field, words):
     with pytest.raises(ScenarioError) as ei:
         Scenario.from_dict(with_(path, value))
@@ -132,8 +163,10 @@ def _fix_checksum(line):
     return line[:68] + str(total % 10)
 
 
-GOOD = ("1 25544U 98067A   08264.51782528 -.00002182  00000-0 -11606-4 0  2927",
-        "2 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.72125391563537")
+GOOD = (
+    "1 25544U 98067A   08264.51782528 -.00002182  00000-0 -11606-4 0  2927",
+    "2 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.72125391563537",
+)
 
 
 def test_tle_parsing_good_and_3le():
@@ -142,16 +175,23 @@ def test_tle_parsing_good_and_3le():
     assert pairs[0][1].satnum == 25544
 
 
-@pytest.mark.parametrize("text,words", [
-    (f"{GOOD[0][:40]}\n{GOOD[1]}", "69 characters"),
-    (f"{GOOD[0][:-1]}8\n{GOOD[1]}", "checksum is 8"),
-    (f"{GOOD[0]}\n{_fix_checksum(GOOD[1].replace('2 25544', '2 25545', 1))}",
-     "satellite numbers differ"),
-    (f"ISS\n{GOOD[0]}", "cut short"),
-    ("", "no element sets"),
-    (f"{GOOD[0]}\n3 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.72125391563537",
-     "not a TLE line 2"),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        (f"{GOOD[0][:40]}\n{GOOD[1]}", "69 characters"),
+        (f"{GOOD[0][:-1]}8\n{GOOD[1]}", "checksum is 8"),
+        (
+            f"{GOOD[0]}\n{_fix_checksum(GOOD[1].replace('2 25544', '2 25545', 1))}",
+            "satellite numbers differ",
+        ),
+        (f"ISS\n{GOOD[0]}", "cut short"),
+        ("", "no element sets"),
+        (
+            f"{GOOD[0]}\n3 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.72125391563537",
+            "not a TLE line 2",
+        ),
+    ],
+)
 def test_malformed_tle_errors_show_template(text, words):
     with pytest.raises(TLEError) as ei:
         parse_tle_text(text, "x.tle")

@@ -8,15 +8,20 @@ import math
 import struct
 
 import pytest
+from doubles import FakeShaper
 
+from meshemu.errors import LinkParamsError, ShaperError
+from meshemu.linux import netlink
 from meshemu.live import delayline as dl
 from meshemu.live import shapers as sh
-from meshemu.errors import ShaperError
-from meshemu.errors import LinkParamsError
-from meshemu.linux import netlink
-from meshemu.live.shapers import (LinkEnds, LinkParams, make_shaper, netem_args, netem_limit,
-                                  netem_qdisc_cmd)
-from doubles import FakeShaper
+from meshemu.live.shapers import (
+    LinkEnds,
+    LinkParams,
+    make_shaper,
+    netem_args,
+    netem_limit,
+    netem_qdisc_cmd,
+)
 
 
 def _opt(cmd: list[str], key: str) -> str:
@@ -26,8 +31,15 @@ def _opt(cmd: list[str], key: str) -> str:
 
 
 # ---- netem commands -----------------------------------------------------------------------
-@pytest.mark.parametrize("delay_s, expect", [(0.010, "10000.000us"), (0.0123456789, "12345.679us"),
-                                             (0.0, "0.000us"), (2.5, "2500000.000us")])
+@pytest.mark.parametrize(
+    "delay_s, expect",
+    [
+        (0.010, "10000.000us"),
+        (0.0123456789, "12345.679us"),
+        (0.0, "0.000us"),
+        (2.5, "2500000.000us"),
+    ],
+)
 def test_netem_delay_in_microseconds_with_ns_resolution(delay_s, expect):
     assert _opt(netem_args(LinkParams(delay_s, 1e9)), "delay") == expect
 
@@ -70,7 +82,8 @@ def test_netem_limit_covers_queue_plus_bandwidth_delay_product():
     assert netem_limit(LinkParams(0.040, 1.2e9, queue_packets=100)) > netem_limit(p)
     assert netem_limit(LinkParams(0.0, 1e6, queue_packets=7)) == 7
     assert netem_limit(LinkParams(0.01, 0, queue_packets=7)) == 7 + math.ceil(
-        0.01 * sh.NETEM_UNLIMITED_PPS)
+        0.01 * sh.NETEM_UNLIMITED_PPS
+    )
 
 
 def test_netem_bad_action_names_the_valid_ones():
@@ -83,8 +96,21 @@ def test_netem_create_and_change_commands_group_by_namespace():
     e2 = LinkEnds(2, 100, "a-eth1", 300, "c-eth0")
     p = LinkParams(0.003, 1e7)
     ip_cmds, tc = sh.netem_create_cmds([(e1, p), (e2, p)])
-    assert ip_cmds[0] == ["link", "add", "a-eth0", "netns", "100", "up", "type", "veth",
-                          "peer", "name", "b-eth0", "netns", "200"]
+    assert ip_cmds[0] == [
+        "link",
+        "add",
+        "a-eth0",
+        "netns",
+        "100",
+        "up",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "b-eth0",
+        "netns",
+        "200",
+    ]
     assert len(ip_cmds) == 2
     assert sorted(tc) == [100, 200, 300]
     assert [c[3] for c in tc[100]] == ["a-eth0", "a-eth1"]
@@ -103,23 +129,32 @@ TC_NETEM_ADD = bytes.fromhex(
     "000000000a0001006e6574656d000000"
     "300002007af102008f04000052b81e05"
     "000000000000000000000000140006 00"
-    "a0252600000000000000000000000000".replace(" ", ""))
+    "a0252600000000000000000000000000".replace(" ", "")
+)
 
 
 def _split_netem(msg: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     """(tcmsg, TCA_KIND attr, struct tc_netem_qopt, nested netem attributes) of a message."""
     tcmsg, kind = msg[16:36], msg[36:48]
     opt_len = struct.unpack_from("=H", msg, 48)[0]
-    return tcmsg, kind, msg[52:76], msg[76:48 + opt_len]
+    return tcmsg, kind, msg[52:76], msg[76 : 48 + opt_len]
 
 
 def test_netem_netlink_message_matches_what_tc_sends():
-    p = LinkParams(0.012345678, 20e6, queue_packets=1167 - netem_limit(LinkParams(
-        0.012345678, 20e6, queue_packets=1)) + 1, loss=0.02)
+    p = LinkParams(
+        0.012345678,
+        20e6,
+        queue_packets=1167 - netem_limit(LinkParams(0.012345678, 20e6, queue_packets=1)) + 1,
+        loss=0.02,
+    )
     assert netem_limit(p) == 1167
     mine = sh.netem_qdisc_msg(3, p, "add", seq=0x6B06A1FB)
-    assert struct.unpack_from("=IHHI", mine) == (len(mine), 36, 0x1 | 0x400 | 0x200,
-                                                 0x6B06A1FB)   # tc also asks for an ack
+    assert struct.unpack_from("=IHHI", mine) == (
+        len(mine),
+        36,
+        0x1 | 0x400 | 0x200,
+        0x6B06A1FB,
+    )  # tc also asks for an ack
     t_tc, k_tc, q_tc, n_tc = _split_netem(TC_NETEM_ADD)
     t_me, k_me, q_me, n_me = _split_netem(mine)
     assert (t_me, k_me) == (t_tc, k_tc)
@@ -127,39 +162,45 @@ def test_netem_netlink_message_matches_what_tc_sends():
     # (64 ns) is superseded by TCA_NETEM_LATENCY64 (exact ns), which tc 6.1 does not send
     assert q_me[4:] == q_tc[4:]
     assert struct.unpack_from("=I", q_me)[0] == 12345678 >> 6
-    assert n_tc == bytes.fromhex("14000600a0252600" + "00" * 12)    # TCA_NETEM_RATE 2.5 MB/s
+    assert n_tc == bytes.fromhex("14000600a0252600" + "00" * 12)  # TCA_NETEM_RATE 2.5 MB/s
     assert n_me == bytes.fromhex("0c000a00") + struct.pack("=q", 12345678) + n_tc
 
 
 def test_netem_netlink_change_and_edge_values():
     ch = sh.netem_qdisc_msg(5, LinkParams(0.001, 0, up=False), "change", seq=1)
-    assert struct.unpack_from("=HH", ch, 4) == (36, 0x1)            # no create flag
+    assert struct.unpack_from("=HH", ch, 4) == (36, 0x1)  # no create flag
     _, _, qopt, nested = _split_netem(ch)
-    assert struct.unpack_from("=III", qopt)[2] == 0xFFFFFFFF          # down: loss 100 %
+    assert struct.unpack_from("=III", qopt)[2] == 0xFFFFFFFF  # down: loss 100 %
     assert nested[12:16] == bytes.fromhex("14000600") and nested[16:20] == b"\0" * 4  # rate 0
     fast = sh.netem_qdisc_msg(5, LinkParams(0.001, 100e9), "change")  # 12.5 GB/s > 2^32
     _, _, _, nested = _split_netem(fast)
     assert struct.unpack_from("=I", nested, 16)[0] == 0xFFFFFFFF
-    assert nested[32:36] == bytes.fromhex("0c000800")                # TCA_NETEM_RATE64
+    assert nested[32:36] == bytes.fromhex("0c000800")  # TCA_NETEM_RATE64
     assert struct.unpack_from("=Q", nested, 36)[0] == 12_500_000_000
     with pytest.raises(ShaperError, match="'replace'.*add, change"):
         sh.netem_qdisc_msg(5, LinkParams(0.001, 0), "replace")
 
 
-def _qdisc_reply(ifindex: int, kind: bytes, parent: int, packets: int, nbytes: int,
-                 drops: int) -> bytes:
-    body = (struct.pack("=BxxxiIII", 0, ifindex, 0x10000, parent, 1)
-            + netlink.rta(netlink.TCA_KIND, kind + b"\0")
-            + netlink.rta(netlink.TCA_STATS, struct.pack("=QIIIIIII", nbytes, packets, drops,
-                                                         0, 0, 0, 0, 0)))
+def _qdisc_reply(
+    ifindex: int, kind: bytes, parent: int, packets: int, nbytes: int, drops: int
+) -> bytes:
+    body = (
+        struct.pack("=BxxxiIII", 0, ifindex, 0x10000, parent, 1)
+        + netlink.rta(netlink.TCA_KIND, kind + b"\0")
+        + netlink.rta(
+            netlink.TCA_STATS, struct.pack("=QIIIIIII", nbytes, packets, drops, 0, 0, 0, 0, 0)
+        )
+    )
     return struct.pack("=IHHII", 16 + len(body), 36, 2, 1, 0) + body
 
 
 def test_netem_stats_come_from_root_netem_qdiscs_of_a_dump():
-    data = (_qdisc_reply(4, b"netem", 0xFFFFFFFF, 10, 980, 2)
-            + _qdisc_reply(1, b"noqueue", 0xFFFFFFFF, 0, 0, 0)
-            + _qdisc_reply(5, b"netem", 0x10000, 7, 7, 7)          # not a root qdisc
-            + _qdisc_reply(6, b"netem", 0xFFFFFFFF, 2**32 - 1, 2**40, 0))
+    data = (
+        _qdisc_reply(4, b"netem", 0xFFFFFFFF, 10, 980, 2)
+        + _qdisc_reply(1, b"noqueue", 0xFFFFFFFF, 0, 0, 0)
+        + _qdisc_reply(5, b"netem", 0x10000, 7, 7, 7)  # not a root qdisc
+        + _qdisc_reply(6, b"netem", 0xFFFFFFFF, 2**32 - 1, 2**40, 0)
+    )
     assert sh.parse_netem_stats(data) == ({4: (10, 980, 2), 6: (2**32 - 1, 2**40, 0)}, False)
     done = struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0)
     assert sh.parse_netem_stats(done) == ({}, True)
@@ -171,19 +212,30 @@ def test_netem_stats_come_from_root_netem_qdiscs_of_a_dump():
 def test_userspace_commands_put_one_end_of_each_pair_in_the_delay_line_namespace():
     e = LinkEnds(7, 100, "x0", 200, "y0")
     cmds = sh.userspace_create_cmds([e], "meshemu-r1-dl")
-    assert cmds == [sh.veth_cmd("x0", 100, dl.dl_ifname(7, "a"), "meshemu-r1-dl"),
-                    sh.veth_cmd("y0", 200, dl.dl_ifname(7, "b"), "meshemu-r1-dl")]
+    assert cmds == [
+        sh.veth_cmd("x0", 100, dl.dl_ifname(7, "a"), "meshemu-r1-dl"),
+        sh.veth_cmd("y0", 200, dl.dl_ifname(7, "b"), "meshemu-r1-dl"),
+    ]
     assert all(len(dl.dl_ifname(2**32 - 1, s)) <= sh.IFNAME_MAX for s in "ab")
 
 
 # ---- validation ---------------------------------------------------------------------------
-@pytest.mark.parametrize("kw, needle", [
-    ({"delay_s": -0.001}, "delay_s"), ({"delay_s": math.nan}, "delay_s"),
-    ({"delay_s": math.inf}, "delay_s"), ({"rate_bps": -1.0}, "rate_bps"),
-    ({"rate_bps": math.nan}, "rate_bps"), ({"rate_bps": 1.0}, "rate_bps"),
-    ({"loss": 1.5}, "loss"), ({"loss": -0.1}, "loss"), ({"queue_packets": 0}, "queue_packets"),
-    ({"queue_packets": 10.5}, "queue_packets"), ({"up": "yes"}, "up"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"delay_s": -0.001}, "delay_s"),
+        ({"delay_s": math.nan}, "delay_s"),
+        ({"delay_s": math.inf}, "delay_s"),
+        ({"rate_bps": -1.0}, "rate_bps"),
+        ({"rate_bps": math.nan}, "rate_bps"),
+        ({"rate_bps": 1.0}, "rate_bps"),
+        ({"loss": 1.5}, "loss"),
+        ({"loss": -0.1}, "loss"),
+        ({"queue_packets": 0}, "queue_packets"),
+        ({"queue_packets": 10.5}, "queue_packets"),
+        ({"up": "yes"}, "up"),
+    ],
+)
 def test_link_params_reject_impossible_values_quoting_them(kw, needle):
     args = {"delay_s": 0.01, "rate_bps": 1e6, **kw}
     with pytest.raises(LinkParamsError, match=needle) as ei:
@@ -192,11 +244,17 @@ def test_link_params_reject_impossible_values_quoting_them(kw, needle):
     assert repr(kw[needle if needle in kw else next(iter(kw))]) in str(ei.value)
 
 
-@pytest.mark.parametrize("kw, needle", [
-    ({"link_id": -1}, "link_id"), ({"pid_a": 0}, "pid_a"),
-    ({"if_a": "much-too-long-name"}, "if_a"), ({"if_b": "has space"}, "if_b"),
-    ({"if_b": ""}, "if_b"), ({"pid_b": 10, "if_b": "e0"}, "both ends"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"link_id": -1}, "link_id"),
+        ({"pid_a": 0}, "pid_a"),
+        ({"if_a": "much-too-long-name"}, "if_a"),
+        ({"if_b": "has space"}, "if_b"),
+        ({"if_b": ""}, "if_b"),
+        ({"pid_b": 10, "if_b": "e0"}, "both ends"),
+    ],
+)
 def test_link_ends_reject_bad_ids_and_names(kw, needle):
     args = {"link_id": 1, "pid_a": 10, "if_a": "e0", "pid_b": 11, "if_b": "e1", **kw}
     with pytest.raises(LinkParamsError, match=needle):
@@ -221,8 +279,9 @@ def test_unknown_shaper_lists_the_valid_choices():
 
 
 def test_the_test_double_is_not_offered():
-    with pytest.raises(ShaperError,
-                       match=r"'fake'.*please specify one of: auto, netem, userspace$"):
+    with pytest.raises(
+        ShaperError, match=r"'fake'.*please specify one of: auto, netem, userspace$"
+    ):
         make_shaper("fake", "r1")
 
 
@@ -232,8 +291,7 @@ def test_netem_without_kernel_support_suggests_userspace(monkeypatch):
         make_shaper("netem", "r1")
 
 
-@pytest.mark.parametrize("has_netem, cls", [(True, sh.NetemShaper),
-                                            (False, sh.UserspaceShaper)])
+@pytest.mark.parametrize("has_netem, cls", [(True, sh.NetemShaper), (False, sh.UserspaceShaper)])
 def test_auto_picks_netem_when_available_and_says_so(monkeypatch, caplog, has_netem, cls):
     monkeypatch.setattr(sh, "netem_available", lambda: has_netem)
     with caplog.at_level(logging.INFO, logger="meshemu.live.shapers"):
@@ -272,8 +330,13 @@ def test_fake_shaper_records_calls_and_keeps_state():
     f.remove_links([0])
     assert f.link_ids == [1]
     f.close()
-    assert [c[0] for c in f.calls] == ["create_links", "update", "counters", "remove_links",
-                                       "close"]
+    assert [c[0] for c in f.calls] == [
+        "create_links",
+        "update",
+        "counters",
+        "remove_links",
+        "close",
+    ]
     assert f.calls[1][1] == [(1, new)] and f.closed and f.link_ids == []
 
 
@@ -293,15 +356,17 @@ def test_fake_shaper_rejects_what_the_real_ones_reject():
 
 # ---- delay-line control protocol ----------------------------------------------------------
 def test_control_messages_round_trip():
-    msg = dl.encode_links(dl.OP_UPDATE, [(3, 0.0123456789, math.inf, 50, 0.25, False),
-                                         (4, 0.001, 5e7, 1000, 0.0, True)])
+    msg = dl.encode_links(
+        dl.OP_UPDATE,
+        [(3, 0.0123456789, math.inf, 50, 0.25, False), (4, 0.001, 5e7, 1000, 0.0, True)],
+    )
     op, n = dl.HDR.unpack_from(msg)
     assert (op, n) == (dl.OP_UPDATE, 2)
-    recs = list(dl.LINK_REC.iter_unpack(msg[dl.HDR.size:]))
+    recs = list(dl.LINK_REC.iter_unpack(msg[dl.HDR.size :]))
     assert recs == [(3, 12_345_679, 0.0, 50, 0.25, 0), (4, 1_000_000, 5e7, 1000, 0.0, 1)]
     ids = dl.encode_ids(dl.OP_REMOVE, [1, 2, 2**32 - 1])
     assert dl.HDR.unpack_from(ids) == (dl.OP_REMOVE, 3)
-    assert [i for (i,) in dl.ID_REC.iter_unpack(ids[dl.HDR.size:])] == [1, 2, 2**32 - 1]
+    assert [i for (i,) in dl.ID_REC.iter_unpack(ids[dl.HDR.size :])] == [1, 2, 2**32 - 1]
 
 
 def test_bpf_filter_program_shape():

@@ -19,11 +19,11 @@ def test_ring_plan_structure():
     assert (t.src, t.dst, t.deps) == (1, 2, (1 * 4 + 0,))
     assert plan[1 * 4 + 0].dst == 1
     assert all(t.deps == () for t in plan[:4])
-    assert sch.ring_plan(3, 1000)[0].nbytes == 334   # rounded up
+    assert sch.ring_plan(3, 1000)[0].nbytes == 334  # rounded up
 
 
 def test_tree_plan_structure():
-    plan = sch.tree_plan(4, 100)          # 0 <- 1 <- 3, 0 <- 2
+    plan = sch.tree_plan(4, 100)  # 0 <- 1 <- 3, 0 <- 2
     up = [t for t in plan if t.dst < t.src]
     down = [t for t in plan if t.dst > t.src]
     assert len(up) == len(down) == 3
@@ -39,8 +39,7 @@ def test_tree_plan_structure():
 
 def test_parameter_server_plan():
     plan = sch.parameter_server_plan(3, 500)
-    assert [(t.src, t.dst, t.phase) for t in plan] == [(1, 0, 0), (2, 0, 0), (0, 1, 1),
-                                                        (0, 2, 1)]
+    assert [(t.src, t.dst, t.phase) for t in plan] == [(1, 0, 0), (2, 0, 0), (0, 1, 1), (0, 2, 1)]
     assert plan[2].deps == plan[3].deps == (0, 1)
 
 
@@ -79,8 +78,8 @@ def test_ring_prediction_by_hand():
 
 
 def test_fair_share():
-    plan = sch.parameter_server_plan(3, 1000)     # two pushes into the server, then pulls
-    paths = [[7, 1], [8, 1], [1, 7], [1, 8]]       # both pushes share link 1
+    plan = sch.parameter_server_plan(3, 1000)  # two pushes into the server, then pulls
+    paths = [[7, 1], [8, 1], [1, 7], [1, 8]]  # both pushes share link 1
     r = sch.fair_share_rates(plan, paths, {1: 30e6, 7: 100e6, 8: 100e6}, [20e6] * 4)
     assert r.tolist() == [15e6, 15e6, 15e6, 15e6]
     r = sch.fair_share_rates(plan, paths, {1: 100e6}, [20e6] * 4)
@@ -93,7 +92,7 @@ def test_poisson_arrivals_seeded():
     a = sch.poisson_arrivals(5.0, 100.0, 42)
     b = sch.poisson_arrivals(5.0, 100.0, 42)
     assert np.array_equal(a, b) and np.all(np.diff(a) > 0)
-    assert 0 <= a.min() and a.max() < 100
+    assert a.min() >= 0 and a.max() < 100
     assert abs(a.size - 500) < 4 * math.sqrt(500)
     assert not np.array_equal(a, sch.poisson_arrivals(5.0, 100.0, 43))
     assert sch.poisson_arrivals(0, 10, 1).size == 0

@@ -11,7 +11,6 @@ import logging
 import os
 
 import pytest
-
 import vmkernel
 import vmpytest
 
@@ -27,8 +26,9 @@ if os.environ.get("MESHEMU_IN_VM") != "1":
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "inside_test" in metafunc.fixturenames:
         ids = list(vmpytest.inside_test_ids().ids) or [vmpytest.COLLECTION_FAILED]
-        metafunc.parametrize("inside_test", ids,
-                             ids=[i.removeprefix(vmpytest.INSIDE_DIR + "/") for i in ids])
+        metafunc.parametrize(
+            "inside_test", ids, ids=[i.removeprefix(vmpytest.INSIDE_DIR + "/") for i in ids]
+        )
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +41,18 @@ def vm_run(request: pytest.FixtureRequest) -> vmkernel.VMRun:
         k = vmkernel.kernel()
     except vmkernel.VMError as exc:
         pytest.fail(str(exc), pytrace=False)
-    res = vmkernel.run_in_vm(vmpytest.inside_command(), cwd=vmkernel.REPO, k=k,
-                             env=vmpytest.INSIDE_ENV,
-                             keep=os.environ.get("MESHEMU_VM_KEEP") or None)
+    res = vmkernel.run_in_vm(
+        vmpytest.inside_command(),
+        cwd=vmkernel.REPO,
+        k=k,
+        env=vmpytest.INSIDE_ENV,
+        keep=os.environ.get("MESHEMU_VM_KEEP") or None,
+    )
     boot = f"{res.boot_s:.1f} s" if res.boot_s is not None else "never"
-    summary = (f"tests/vm: kernel {k.abi}, VM boot {boot}, whole VM run {res.total_s:.1f} s, "
-               f"inside pytest exit status {res.returncode}")
+    summary = (
+        f"tests/vm: kernel {k.abi}, VM boot {boot}, whole VM run {res.total_s:.1f} s, "
+        f"inside pytest exit status {res.returncode}"
+    )
     log.info("%s", summary)
     request.config.stash[_SUMMARY] = summary
     return res
@@ -57,8 +63,11 @@ def inside_results(vm_run: vmkernel.VMRun) -> dict[str, dict]:
     """Per inside node id: ``{"outcome": ..., "longrepr": ..., "duration": ...}``."""
     raw = vm_run.files.get("results.json")
     if raw is None:
-        pytest.fail(f"the VM run wrote no results.json (exit status {vm_run.returncode}, "
-                    f"total {vm_run.total_s:.0f} s)\n{vm_run.tail()}", pytrace=False)
+        pytest.fail(
+            f"the VM run wrote no results.json (exit status {vm_run.returncode}, "
+            f"total {vm_run.total_s:.0f} s)\n{vm_run.tail()}",
+            pytrace=False,
+        )
     return json.loads(raw)
 
 

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 import vmkernel
 import vmpytest
 from vmkernel import Kernel, VMError
@@ -26,15 +25,19 @@ def fake_kernel(tmp_path) -> Kernel:
     root = tmp_path / "vm" / ABI / "root"
     mods = root / "lib" / "modules" / ABI
     dep = {
-        "kernel/drivers/virtio/virtio_pci.ko": ["kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
-                                                "kernel/drivers/virtio/virtio.ko",
-                                                "kernel/drivers/virtio/virtio_ring.ko"],
+        "kernel/drivers/virtio/virtio_pci.ko": [
+            "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+            "kernel/drivers/virtio/virtio.ko",
+            "kernel/drivers/virtio/virtio_ring.ko",
+        ],
         "kernel/drivers/virtio/virtio_pci_legacy_dev.ko": [],
         "kernel/drivers/virtio/virtio.ko": [],
         "kernel/drivers/virtio/virtio_ring.ko": [],
-        "kernel/net/9p/9pnet_virtio.ko": ["kernel/net/9p/9pnet.ko",
-                                          "kernel/drivers/virtio/virtio.ko",
-                                          "kernel/drivers/virtio/virtio_ring.ko"],
+        "kernel/net/9p/9pnet_virtio.ko": [
+            "kernel/net/9p/9pnet.ko",
+            "kernel/drivers/virtio/virtio.ko",
+            "kernel/drivers/virtio/virtio_ring.ko",
+        ],
         "kernel/net/9p/9pnet.ko": [],
         "kernel/fs/9p/9p.ko": ["kernel/net/9p/9pnet.ko", "kernel/fs/netfs/netfs.ko"],
         "kernel/fs/netfs/netfs.ko": [],
@@ -53,8 +56,17 @@ def fake_kernel(tmp_path) -> Kernel:
 
 def test_module_load_order_puts_dependencies_first_once(fake_kernel):
     names = [p.name for p in vmkernel.module_load_order(fake_kernel, vmkernel.BOOT_MODULES)]
-    assert names == ["virtio_ring.ko", "virtio.ko", "virtio_pci_legacy_dev.ko", "virtio_pci.ko",
-                     "9pnet.ko", "9pnet_virtio.ko", "netfs.ko", "9p.ko", "overlay.ko"]
+    assert names == [
+        "virtio_ring.ko",
+        "virtio.ko",
+        "virtio_pci_legacy_dev.ko",
+        "virtio_pci.ko",
+        "9pnet.ko",
+        "9pnet_virtio.ko",
+        "netfs.ko",
+        "9p.ko",
+        "overlay.ko",
+    ]
     with pytest.raises(VMError, match="no module 'sch_nope'"):
         vmkernel.module_load_order(fake_kernel, ["sch_nope"])
 
@@ -62,13 +74,23 @@ def test_module_load_order_puts_dependencies_first_once(fake_kernel):
 @pytest.mark.skipif(not Path(vmkernel.BUSYBOX).is_file(), reason="needs busybox-static")
 def test_initramfs_is_a_newc_archive_with_init_busybox_and_modules(fake_kernel, tmp_path):
     img = vmkernel.build_initramfs(fake_kernel, tmp_path / "initramfs.img")
-    listing = subprocess.run([vmkernel.BUSYBOX, "cpio", "-t"], stdin=img.open("rb"),
-                             capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run(
+        [vmkernel.BUSYBOX, "cpio", "-t"],
+        stdin=img.open("rb"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert {"init", "bin/busybox", "mods/9p.ko", "mods/overlay.ko", "newroot"} <= set(listing)
     out = tmp_path / "x"
     out.mkdir()
-    subprocess.run([vmkernel.BUSYBOX, "cpio", "-i", "-d"], stdin=img.open("rb"), cwd=out,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [vmkernel.BUSYBOX, "cpio", "-i", "-d"],
+        stdin=img.open("rb"),
+        cwd=out,
+        check=True,
+        capture_output=True,
+    )
     init = (out / "init").read_text()
     assert os.stat(out / "init").st_mode & stat.S_IXUSR
     assert init.startswith("#!/bin/busybox sh")
@@ -76,15 +98,19 @@ def test_initramfs_is_a_newc_archive_with_init_busybox_and_modules(fake_kernel, 
     assert "for m in virtio_ring.ko virtio.ko" in init
     assert "exec switch_root /newroot" in init
     assert (out / "mods" / "9p.ko").read_bytes() == b"\x7fELF kernel/fs/9p/9p.ko"
-    assert "/wlower" not in init                      # no cwd given: no fourth share
+    assert "/wlower" not in init  # no cwd given: no fourth share
 
 
 @pytest.mark.skipif(not Path(vmkernel.BUSYBOX).is_file(), reason="needs busybox-static")
 def test_the_working_dir_is_mounted_at_its_own_path_after_the_guests_tmp(fake_kernel, tmp_path):
     """A checkout under /tmp (hidden by the guest's tmpfs) is still there inside."""
     img = vmkernel.build_initramfs(fake_kernel, tmp_path / "initramfs.img", "/tmp/my ci")
-    init = subprocess.run([vmkernel.BUSYBOX, "cpio", "-i", "--to-stdout", "init"],
-                          stdin=img.open("rb"), capture_output=True, check=True).stdout.decode()
+    init = subprocess.run(
+        [vmkernel.BUSYBOX, "cpio", "-i", "--to-stdout", "init"],
+        stdin=img.open("rb"),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     tmp_at = init.index("tmpfs /newroot/tmp")
     mount_at = init.index("mount -t 9p -o $o,ro,cache=loose workdir /wlower")
     overlay_at = init.index("/newroot'/tmp/my ci' || fail")
@@ -92,8 +118,9 @@ def test_the_working_dir_is_mounted_at_its_own_path_after_the_guests_tmp(fake_ke
 
 
 def test_qemu_command_shares_root_read_only_and_results_read_write(fake_kernel, tmp_path):
-    cmd = vmkernel.qemu_command(fake_kernel, tmp_path / "i", tmp_path / "r", tmp_path / "c",
-                                2048, 2)
+    cmd = vmkernel.qemu_command(
+        fake_kernel, tmp_path / "i", tmp_path / "r", tmp_path / "c", 2048, 2
+    )
     assert cmd[cmd.index("-accel") + 1] == "tcg"
     shares = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-virtfs"]
     assert shares[0].startswith("local,path=/,mount_tag=hostroot,") and "readonly=on" in shares[0]
@@ -101,8 +128,9 @@ def test_qemu_command_shares_root_read_only_and_results_read_write(fake_kernel, 
     assert f"path={tmp_path / 'r'},mount_tag=results" in shares[2]
     assert "readonly" not in shares[2]
     assert len(shares) == 3
-    cmd = vmkernel.qemu_command(fake_kernel, tmp_path / "i", tmp_path / "r", tmp_path / "c",
-                                2048, 2, "/tmp/a,b")
+    cmd = vmkernel.qemu_command(
+        fake_kernel, tmp_path / "i", tmp_path / "r", tmp_path / "c", 2048, 2, "/tmp/a,b"
+    )
     shares = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-virtfs"]
     assert shares[3].startswith("local,path=/tmp/a,,b,mount_tag=workdir,")
     assert "readonly=on" in shares[3]
@@ -117,15 +145,20 @@ def _fake_tool(bindir: Path, name: str, script: str) -> None:
 
 def test_fetch_fails_clearly_when_the_package_cannot_be_downloaded(tmp_path, monkeypatch):
     bindir = tmp_path / "bin"
-    _fake_tool(bindir, "apt-get", """\
+    _fake_tool(
+        bindir,
+        "apt-get",
+        """\
         echo "E: Failed to fetch http://deb.debian.org/...: Could not resolve host" >&2
         exit 100
-    """)
+    """,
+    )
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setenv("MESHEMU_VM_DIR", str(tmp_path / "vm"))
     monkeypatch.setenv("MESHEMU_VM_KERNEL", ABI)
-    with pytest.raises(VMError, match=f"cannot download the VM kernel package "
-                                      f"'linux-image-{ABI}'") as err:
+    with pytest.raises(
+        VMError, match=f"cannot download the VM kernel package 'linux-image-{ABI}'"
+    ) as err:
         vmkernel.fetch()
     assert "Could not resolve host" in str(err.value)
     assert list((tmp_path / "vm").iterdir()) == []  # no half-done kernel left
@@ -160,8 +193,7 @@ def _pid_gone(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path(vmkernel.BUSYBOX).is_file(), reason="needs busybox-static")
-def test_a_hung_vm_is_killed_at_the_timeout_and_nothing_is_left(fake_kernel, tmp_path,
-                                                                 monkeypatch):
+def test_a_hung_vm_is_killed_at_the_timeout_and_nothing_is_left(fake_kernel, tmp_path, monkeypatch):
     _fake_tool(tmp_path / "bin", "qemu", "exec sleep 1000\n")
     monkeypatch.setenv("MESHEMU_VM_QEMU", str(tmp_path / "bin" / "qemu"))
     res = vmkernel.run_in_vm("true", timeout_s=1.5, k=fake_kernel)
@@ -177,7 +209,8 @@ def test_results_come_back_from_the_results_share(fake_kernel, tmp_path, monkeyp
     """A stand-in qemu that 'runs' run.sh on the host: the plumbing around the VM."""
     fake = tmp_path / "bin" / "qemu"
     fake.parent.mkdir()
-    fake.write_text(textwrap.dedent(f"""\
+    fake.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import re, subprocess, sys
         args = " ".join(sys.argv)
@@ -188,13 +221,19 @@ def test_results_come_back_from_the_results_share(fake_kernel, tmp_path, monkeyp
         p = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
         open(results + "/output.log", "w").write(p.stdout + p.stderr)
         open(results + "/rc", "w").write(str(p.returncode))
-        """))
+        """)
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("MESHEMU_VM_QEMU", str(fake))
     keep = tmp_path / "keep"
-    res = vmkernel.run_in_vm('echo "hi $WHO"; echo data > $MESHEMU_VM_RESULTS/x.txt; exit 3',
-                             timeout_s=30, cwd=tmp_path, env={"WHO": "it's me"}, k=fake_kernel,
-                             keep=keep)
+    res = vmkernel.run_in_vm(
+        'echo "hi $WHO"; echo data > $MESHEMU_VM_RESULTS/x.txt; exit 3',
+        timeout_s=30,
+        cwd=tmp_path,
+        env={"WHO": "it's me"},
+        k=fake_kernel,
+        keep=keep,
+    )
     assert res.returncode == 3
     assert res.output == "hi it's me\n"
     assert res.files["x.txt"] == b"data\n"
@@ -205,9 +244,22 @@ def test_results_come_back_from_the_results_share(fake_kernel, tmp_path, monkeyp
 
 def test_host_never_collects_the_inside_tests():
     env = {k: v for k, v in os.environ.items() if k != "MESHEMU_IN_VM"}
-    p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                        "-p", "no:cacheprovider", "tests/vm"], cwd=vmkernel.REPO, env=env,
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/vm",
+        ],
+        cwd=vmkernel.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     ids = [ln for ln in p.stdout.splitlines() if "::" in ln]
     assert ids and not [i for i in ids if i.startswith(vmpytest.INSIDE_DIR)]
@@ -220,8 +272,20 @@ def test_host_never_collects_the_inside_tests():
 
 def test_inside_tests_refuse_to_run_on_the_host():
     env = {k: v for k, v in os.environ.items() if k != "MESHEMU_IN_VM"}
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        vmpytest.INSIDE_DIR + "/test_netem_raw.py"], cwd=vmkernel.REPO,
-                       env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            vmpytest.INSIDE_DIR + "/test_netem_raw.py",
+        ],
+        cwd=vmkernel.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode != 0
     assert "run only inside the test VM" in p.stdout + p.stderr or "no tests ran" in p.stdout

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from vmpytest import COLLECTION_FAILED, inside_test_ids
 
 pytestmark = pytest.mark.vm
@@ -23,8 +22,10 @@ def test_inside_vm(inside_test: str, inside_results: dict[str, dict]) -> None:
         pytest.fail(inside_test_ids().error, pytrace=False)
     r = inside_results.get(inside_test)
     if r is None:
-        pytest.fail(f"{inside_test} did not run in the VM (it reported "
-                    f"{len(inside_results)} tests)", pytrace=False)
+        pytest.fail(
+            f"{inside_test} did not run in the VM (it reported {len(inside_results)} tests)",
+            pytrace=False,
+        )
     outcome, text = r["outcome"], r["longrepr"]
     if outcome == "skipped":
         pytest.skip(f"skipped inside the VM: {text}")
@@ -37,8 +38,8 @@ def test_inside_vm(inside_test: str, inside_results: dict[str, dict]) -> None:
 def test_vm_ran_the_inside_tests_and_left_nothing_behind(vm_run) -> None:
     """The inside pytest ran to the end, qemu is gone and so is the VM's temp dir."""
     assert vm_run.returncode in PYTEST_RAN, (
-        f"inside pytest exited with {vm_run.returncode} (None: never finished)\n"
-        f"{vm_run.tail()}")
+        f"inside pytest exited with {vm_run.returncode} (None: never finished)\n{vm_run.tail()}"
+    )
     assert vm_run.boot_s is not None
     assert not os.path.exists(f"/proc/{vm_run.qemu_pid}") or _is_zombie_free(vm_run.qemu_pid)
     assert not os.path.exists(vm_run.workdir)

@@ -113,11 +113,14 @@ def _run(cmd: Sequence[str], what: str, **kw) -> subprocess.CompletedProcess:
     try:
         p = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
     except FileNotFoundError:
-        raise VMError(f"{what}: {cmd[0]!r} is not installed (install.sh --test installs it)"
-                      ) from None
+        raise VMError(
+            f"{what}: {cmd[0]!r} is not installed (install.sh --test installs it)"
+        ) from None
     if p.returncode != 0:
-        raise VMError(f"{what}: `{' '.join(cmd)}` failed (exit {p.returncode}):\n"
-                      f"{(p.stderr or p.stdout).strip()}")
+        raise VMError(
+            f"{what}: `{' '.join(cmd)}` failed (exit {p.returncode}):\n"
+            f"{(p.stderr or p.stdout).strip()}"
+        )
     return p
 
 
@@ -128,18 +131,23 @@ def current_abi() -> str:
     pinned = os.environ.get("MESHEMU_VM_KERNEL")
     if pinned:
         if not _ABI_RE.match(pinned):
-            raise VMError(f"$MESHEMU_VM_KERNEL must be a Debian kernel ABI name such as "
-                          f"'6.1.0-56-amd64'; got {pinned!r}")
+            raise VMError(
+                f"$MESHEMU_VM_KERNEL must be a Debian kernel ABI name such as "
+                f"'6.1.0-56-amd64'; got {pinned!r}"
+            )
         return pinned
-    p = subprocess.run(["apt-cache", "depends", "--important", META_PACKAGE],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        ["apt-cache", "depends", "--important", META_PACKAGE], capture_output=True, text=True
+    )
     found = re.findall(r"Depends:\s*linux-image-(\S+)", p.stdout)
     abis = [a for a in found if _ABI_RE.match(a)]
     if p.returncode != 0 or not abis:
-        raise VMError(f"cannot tell which kernel Debian's {META_PACKAGE!r} depends on "
-                      f"(`apt-cache depends {META_PACKAGE}` said: "
-                      f"{(p.stderr or p.stdout).strip() or 'nothing'}); this needs Debian's apt "
-                      f"sources (run `apt-get update`), or set MESHEMU_VM_KERNEL")
+        raise VMError(
+            f"cannot tell which kernel Debian's {META_PACKAGE!r} depends on "
+            f"(`apt-cache depends {META_PACKAGE}` said: "
+            f"{(p.stderr or p.stdout).strip() or 'nothing'}); this needs Debian's apt "
+            f"sources (run `apt-get update`), or set MESHEMU_VM_KERNEL"
+        )
     return abis[0]
 
 
@@ -156,8 +164,10 @@ def kernel(abi: str | None = None) -> Kernel:
         abi = os.environ.get("MESHEMU_VM_KERNEL") or _read(base / "current")
     k = Kernel(abi, base / abi / "root") if abi else None
     if k is None or not k.ready:
-        raise VMError(f"no VM kernel{' ' + abi if abi else ''} in {base}; fetch one with "
-                      f"`sudo ./install.sh --test` or `python tests/vm/vmkernel.py fetch`")
+        raise VMError(
+            f"no VM kernel{' ' + abi if abi else ''} in {base}; fetch one with "
+            f"`sudo ./install.sh --test` or `python tests/vm/vmkernel.py fetch`"
+        )
     return k
 
 
@@ -189,8 +199,10 @@ def fetch(abi: str | None = None) -> Kernel:
         return k
     for tool in ("apt-get", "dpkg-deb", "depmod"):
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
-            raise VMError(f"fetching the VM kernel needs {tool!r}, which is not installed "
-                          f"(install.sh --test installs it)")
+            raise VMError(
+                f"fetching the VM kernel needs {tool!r}, which is not installed "
+                f"(install.sh --test installs it)"
+            )
     base.mkdir(parents=True, exist_ok=True)
     pkg = f"linux-image-{abi}"
     t0 = time.monotonic()
@@ -246,11 +258,15 @@ def _download(pkg: str, dest: Path) -> None:
         retry = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
         if retry.returncode == 0:
             return
-        first += ("\nafter `apt-get update` (exit %d): %s" % (
-            upd.returncode, (retry.stderr or retry.stdout).strip()))
-    raise VMError(f"cannot download the VM kernel package {pkg!r} from Debian's apt sources; "
-                  f"the netem tests in tests/vm need it (they fail, not skip, without it).\n"
-                  f"{first}")
+        first += (
+            f"\nafter `apt-get update` (exit {upd.returncode}): "
+            f"{(retry.stderr or retry.stdout).strip()}"
+        )
+    raise VMError(
+        f"cannot download the VM kernel package {pkg!r} from Debian's apt sources; "
+        f"the netem tests in tests/vm need it (they fail, not skip, without it).\n"
+        f"{first}"
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -266,8 +282,11 @@ def _prune(base: Path, keep: str) -> None:
             continue
         old_kernel = _ABI_RE.match(d.name)
         # ".<abi>.XXXX": a fetch that was killed (an hour old, so not one running now)
-        stale_tmp = (d.name.startswith(".") and "-amd64." in d.name
-                     and time.time() - d.stat().st_mtime > 3600)
+        stale_tmp = (
+            d.name.startswith(".")
+            and "-amd64." in d.name
+            and time.time() - d.stat().st_mtime > 3600
+        )
         if old_kernel or stale_tmp:
             log.info("removing %s", d)
             shutil.rmtree(d, ignore_errors=True)
@@ -294,8 +313,10 @@ def module_load_order(k: Kernel, wanted: Iterable[str]) -> list[Path]:
     for w in wanted:
         rel = by_name.get(w.replace("-", "_"))
         if rel is None:
-            raise VMError(f"kernel {k.abi} has no module {w!r} (not in {moddir}/modules.dep); "
-                          f"is it built in? check {k.root}/boot/config-{k.abi}")
+            raise VMError(
+                f"kernel {k.abi} has no module {w!r} (not in {moddir}/modules.dep); "
+                f"is it built in? check {k.root}/boot/config-{k.abi}"
+            )
         for m in [*reversed(deps[rel]), rel]:
             if m not in order:
                 order.append(m)
@@ -378,17 +399,21 @@ def build_initramfs(k: Kernel, dest: Path, cwd: str | None = None) -> Path:
     ``/init`` mounts it at the same path inside.
     """
     if not Path(BUSYBOX).is_file():
-        raise VMError(f"{BUSYBOX} is missing; install Debian's busybox-static "
-                      f"(install.sh --test does)")
+        raise VMError(
+            f"{BUSYBOX} is missing; install Debian's busybox-static (install.sh --test does)"
+        )
     kos = module_load_order(k, BOOT_MODULES)
-    workdir = (WORKDIR_TEMPLATE.format(cwd=sh_quote(os.path.abspath(cwd)))
-               if _workdir_shared(cwd) else "")
-    init = INIT_TEMPLATE.format(mark=MARK, results=RESULTS_MOUNT, workdir=workdir,
-                                modules=" ".join(p.name for p in kos))
+    workdir = (
+        WORKDIR_TEMPLATE.format(cwd=sh_quote(os.path.abspath(cwd))) if _workdir_shared(cwd) else ""
+    )
+    init = INIT_TEMPLATE.format(
+        mark=MARK, results=RESULTS_MOUNT, workdir=workdir, modules=" ".join(p.name for p in kos)
+    )
     d = stat.S_IFDIR | 0o755
     entries: list[tuple[str, int, bytes]] = [
-        (name, d, b"") for name in ("bin", "dev", "proc", "sys", "lower", "upper", "newroot",
-                                    "mods")]
+        (name, d, b"")
+        for name in ("bin", "dev", "proc", "sys", "lower", "upper", "newroot", "mods")
+    ]
     entries.append(("bin/busybox", stat.S_IFREG | 0o755, Path(BUSYBOX).read_bytes()))
     entries.append(("init", stat.S_IFREG | 0o755, init.encode()))
     entries += [(f"mods/{p.name}", stat.S_IFREG | 0o644, p.read_bytes()) for p in kos]
@@ -436,33 +461,71 @@ class VMRun:
         return f"--- VM console (end) ---\n{con}\n--- command output (end) ---\n{out}"
 
 
-def qemu_command(k: Kernel, initrd: Path, results: Path, console: Path, memory_mb: int,
-                 cpus: int, cwd: str | None = None) -> list[str]:
+def qemu_command(
+    k: Kernel,
+    initrd: Path,
+    results: Path,
+    console: Path,
+    memory_mb: int,
+    cpus: int,
+    cwd: str | None = None,
+) -> list[str]:
     """The qemu command line (pure; see PLATFORM.md for why each flag).
 
     ``cwd``, when given, is shared read-only as ``workdir`` (see :data:`WORKDIR_TEMPLATE`).
     """
     qemu = os.environ.get("MESHEMU_VM_QEMU") or "qemu-system-x86_64"
     return [
-        qemu, "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb), "-smp", str(cpus),
-        "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-        "-no-reboot", "-serial", f"file:{console}",
-        "-kernel", str(k.vmlinuz), "-initrd", str(initrd),
-        "-append", "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off",
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
-                   "multidevs=remap",
-        "-virtfs", f"local,path={k.modules},mount_tag=modules,security_model=none,readonly=on",
-        "-virtfs", f"local,path={results},mount_tag=results,security_model=none",
-    ] + ([
-        # qemu's option syntax escapes a comma in a value by doubling it
-        "-virtfs", f"local,path={os.path.abspath(cwd).replace(',', ',,')},mount_tag=workdir,"
-                   "security_model=none,readonly=on,multidevs=remap",
-    ] if _workdir_shared(cwd) else [])
+        qemu,
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        str(memory_mb),
+        "-smp",
+        str(cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{console}",
+        "-kernel",
+        str(k.vmlinuz),
+        "-initrd",
+        str(initrd),
+        "-append",
+        "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off",
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs",
+        f"local,path={k.modules},mount_tag=modules,security_model=none,readonly=on",
+        "-virtfs",
+        f"local,path={results},mount_tag=results,security_model=none",
+    ] + (
+        [
+            # qemu's option syntax escapes a comma in a value by doubling it
+            "-virtfs",
+            f"local,path={os.path.abspath(cwd).replace(',', ',,')},mount_tag=workdir,"
+            "security_model=none,readonly=on,multidevs=remap",
+        ]
+        if _workdir_shared(cwd)
+        else []
+    )
 
 
-def run_in_vm(command: str, timeout_s: float | None = None, cwd: str | os.PathLike | None = None,
-              env: dict[str, str] | None = None, keep: str | os.PathLike | None = None,
-              k: Kernel | None = None) -> VMRun:
+def run_in_vm(
+    command: str,
+    timeout_s: float | None = None,
+    cwd: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+    keep: str | os.PathLike | None = None,
+    k: Kernel | None = None,
+) -> VMRun:
     """Boot the VM, run ``command`` (a shell command line) there as root, power off.
 
     Parameters
@@ -510,15 +573,23 @@ def run_in_vm(command: str, timeout_s: float | None = None, cwd: str | os.PathLi
         (results / "run.sh").write_text(
             "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
             f"export HOME=/root LANG=C.UTF-8 MESHEMU_VM_RESULTS={RESULTS_MOUNT}\n{exports}"
-            f"cd {sh_quote(cwd)} || exit 125\n{command}\n")
+            f"cd {sh_quote(cwd)} || exit 125\n{command}\n"
+        )
         cmd = qemu_command(k, initrd, results, console, memory_mb, cpus, cwd)
         log.info("booting %s: %s", k.abi, " ".join(cmd))
         try:
-            qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            qemu = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except FileNotFoundError:
-            raise VMError(f"{cmd[0]!r} is not installed; install Debian's qemu-system-x86 "
-                          f"(install.sh --test does)") from None
+            raise VMError(
+                f"{cmd[0]!r} is not installed; install Debian's qemu-system-x86 "
+                f"(install.sh --test does)"
+            ) from None
         res.qemu_pid = qemu.pid
         deadline = t0 + timeout_s
         done_at = None
@@ -612,8 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     sys.stdout.write(res.output)
     boot = f"{res.boot_s:.1f} s" if res.boot_s is not None else "never"
-    print(f"[vm: boot {boot}, total {res.total_s:.1f} s, exit {res.returncode}]",
-          file=sys.stderr)
+    print(f"[vm: boot {boot}, total {res.total_s:.1f} s, exit {res.returncode}]", file=sys.stderr)
     if res.returncode is None:
         print(res.tail(), file=sys.stderr)
         return 124

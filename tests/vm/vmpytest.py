@@ -19,8 +19,14 @@ import vmkernel
 
 INSIDE_DIR = "tests/vm/inside"
 #: How pytest is run inside the VM (from the repo root).
-INSIDE_PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "-rfEs", INSIDE_DIR,
-                      f"--junitxml={vmkernel.RESULTS_MOUNT}/junit.xml"]
+INSIDE_PYTEST_ARGS = [
+    "-p",
+    "no:cacheprovider",
+    "-q",
+    "-rfEs",
+    INSIDE_DIR,
+    f"--junitxml={vmkernel.RESULTS_MOUNT}/junit.xml",
+]
 #: Environment of the inside tests (and of their collection on the host).
 INSIDE_ENV = {"MESHEMU_IN_VM": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 #: Id of the single case reported when the inside tests cannot even be collected.
@@ -42,14 +48,29 @@ def inside_test_ids() -> InsideIds:
     """The inside tests' node ids (``pytest --collect-only -q``), collected once per process."""
     global _inside_ids
     if _inside_ids is None:
-        p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                            "-p", "no:cacheprovider", INSIDE_DIR],
-                           cwd=vmkernel.REPO, env={**os.environ, **INSIDE_ENV},
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--collect-only",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                INSIDE_DIR,
+            ],
+            cwd=vmkernel.REPO,
+            env={**os.environ, **INSIDE_ENV},
+            capture_output=True,
+            text=True,
+        )
         ids = tuple(ln.strip() for ln in p.stdout.splitlines() if "::" in ln)
         if p.returncode != 0 or not ids:
-            _inside_ids = InsideIds((), f"`pytest --collect-only {INSIDE_DIR}` failed (exit "
-                                        f"{p.returncode}):\n{p.stdout}\n{p.stderr}")
+            _inside_ids = InsideIds(
+                (),
+                f"`pytest --collect-only {INSIDE_DIR}` failed (exit "
+                f"{p.returncode}):\n{p.stdout}\n{p.stderr}",
+            )
         else:
             _inside_ids = InsideIds(ids)
     return _inside_ids

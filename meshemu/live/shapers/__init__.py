@@ -24,23 +24,63 @@ import os
 from meshemu.errors import CommandError, ShaperError, choices_message
 from meshemu.linux import commands, procs
 from meshemu.linux.commands import batch_text
-from meshemu.live.shapers.base import (DL_SUFFIX, IFNAME_MAX, NS_PREFIX, LinkEnds, LinkParams,
-                                       LinkShaper, veth_cmd)
-from meshemu.live.shapers.netem import (NETEM_BDP_PACKET_BYTES, NETEM_UNLIMITED_PPS,
-                                        NetemShaper, netem_args, netem_change_cmds,
-                                        netem_create_cmds, netem_limit, netem_qdisc_cmd,
-                                        netem_qdisc_msg, parse_netem_stats, qdisc_stats)
-from meshemu.live.shapers.userspace import (CONTROL_TIMEOUT_S, UserspaceShaper,
-                                            delayline_netns_run, delayline_procs,
-                                            userspace_create_cmds)
+from meshemu.live.shapers.base import (
+    DL_SUFFIX,
+    IFNAME_MAX,
+    NS_PREFIX,
+    LinkEnds,
+    LinkParams,
+    LinkShaper,
+    veth_cmd,
+)
+from meshemu.live.shapers.netem import (
+    NETEM_BDP_PACKET_BYTES,
+    NETEM_UNLIMITED_PPS,
+    NetemShaper,
+    netem_args,
+    netem_change_cmds,
+    netem_create_cmds,
+    netem_limit,
+    netem_qdisc_cmd,
+    netem_qdisc_msg,
+    parse_netem_stats,
+    qdisc_stats,
+)
+from meshemu.live.shapers.userspace import (
+    CONTROL_TIMEOUT_S,
+    UserspaceShaper,
+    delayline_netns_run,
+    delayline_procs,
+    userspace_create_cmds,
+)
 
 __all__ = [
-    "CONTROL_TIMEOUT_S", "DL_SUFFIX", "IFNAME_MAX", "NETEM_BDP_PACKET_BYTES",
-    "NETEM_UNLIMITED_PPS", "NS_PREFIX", "SHAPERS", "LinkEnds", "LinkParams", "LinkShaper",
-    "NetemShaper", "UserspaceShaper", "batch_text", "cleanup_leftovers", "make_shaper",
-    "netem_args", "netem_available", "netem_change_cmds", "netem_create_cmds", "netem_limit",
-    "netem_qdisc_cmd", "netem_qdisc_msg", "parse_netem_stats", "qdisc_stats",
-    "userspace_create_cmds", "veth_cmd",
+    "CONTROL_TIMEOUT_S",
+    "DL_SUFFIX",
+    "IFNAME_MAX",
+    "NETEM_BDP_PACKET_BYTES",
+    "NETEM_UNLIMITED_PPS",
+    "NS_PREFIX",
+    "SHAPERS",
+    "LinkEnds",
+    "LinkParams",
+    "LinkShaper",
+    "NetemShaper",
+    "UserspaceShaper",
+    "batch_text",
+    "cleanup_leftovers",
+    "make_shaper",
+    "netem_args",
+    "netem_available",
+    "netem_change_cmds",
+    "netem_create_cmds",
+    "netem_limit",
+    "netem_qdisc_cmd",
+    "netem_qdisc_msg",
+    "parse_netem_stats",
+    "qdisc_stats",
+    "userspace_create_cmds",
+    "veth_cmd",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,11 +100,13 @@ def netem_available() -> bool:
     """
     if os.geteuid() != 0:
         return False
-    script = ("ip link add mxprobe0 type veth peer name mxprobe1 && "
-              "tc qdisc add dev mxprobe0 root handle 1: netem delay 1ms")
+    script = (
+        "ip link add mxprobe0 type veth peer name mxprobe1 && "
+        "tc qdisc add dev mxprobe0 root handle 1: netem delay 1ms"
+    )
     try:
         p = commands.run(["unshare", "-n", "sh", "-c", script], check=False, timeout_s=20)
-    except CommandError:   # no unshare, or it hung
+    except CommandError:  # no unshare, or it hung
         return False
     if p.returncode != 0:
         log.debug("netem probe failed: %s", p.stderr.strip())
@@ -90,14 +132,19 @@ def make_shaper(name: str, run_id: str, **options: object) -> LinkShaper:
     """
     if name == "auto":
         name = "netem" if netem_available() else "userspace"
-        log.info("shaper auto: using %s (kernel netem %s)", name,
-                 "available" if name == "netem" else "not available")
+        log.info(
+            "shaper auto: using %s (kernel netem %s)",
+            name,
+            "available" if name == "netem" else "not available",
+        )
     elif name not in SHAPERS:
         raise ShaperError(choices_message("shaper", name, ["auto", *SHAPERS]))
     elif name == "netem" and not netem_available():
-        raise ShaperError("shaper 'netem' needs the kernel's sch_netem qdisc, which this kernel "
-                          "does not have (tc: 'Specified qdisc kind is unknown'); use "
-                          "--shaper userspace (or auto)")
+        raise ShaperError(
+            "shaper 'netem' needs the kernel's sch_netem qdisc, which this kernel "
+            "does not have (tc: 'Specified qdisc kind is unknown'); use "
+            "--shaper userspace (or auto)"
+        )
     return SHAPERS[name](run_id, **options)
 
 
@@ -122,10 +169,14 @@ def cleanup_leftovers(run_id: str | None = None) -> list[str]:
     CommandError
         A namespace could not be deleted.
     """
-    victims = {pid: run for pid, ppid, run in delayline_procs()
-               if ((run == run_id) if run_id is not None else ppid == 1)}
-    removed = [f"process {pid} (delay line of run {victims[pid]})"
-               for pid in procs.kill_and_wait(victims)]
+    victims = {
+        pid: run
+        for pid, ppid, run in delayline_procs()
+        if ((run == run_id) if run_id is not None else ppid == 1)
+    }
+    removed = [
+        f"process {pid} (delay line of run {victims[pid]})" for pid in procs.kill_and_wait(victims)
+    ]
     live_runs = {run for _, _, run in delayline_procs()}
     try:
         names = os.listdir("/run/netns")
@@ -133,8 +184,11 @@ def cleanup_leftovers(run_id: str | None = None) -> list[str]:
         names = []
     for ns in sorted(names):
         run = delayline_netns_run(ns)
-        if run is None or (run_id is not None and run != run_id) or (
-                run_id is None and run in live_runs):
+        if (
+            run is None
+            or (run_id is not None and run != run_id)
+            or (run_id is None and run in live_runs)
+        ):
             continue
         p = commands.run(["ip", "netns", "del", ns], check=False)
         if p.returncode == 0:

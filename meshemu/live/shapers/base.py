@@ -54,21 +54,34 @@ class LinkParams:
     up: bool = True
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.delay_s, (int, float)) and math.isfinite(self.delay_s)
-                and 0 <= self.delay_s <= 3600):
-            raise LinkParamsError(f"delay_s must be a finite number of seconds in 0..3600; "
-                                  f"got {self.delay_s!r}")
-        if not (isinstance(self.rate_bps, (int, float)) and not math.isnan(self.rate_bps)
-                and self.rate_bps >= 0):
-            raise LinkParamsError(f"rate_bps must be >= 0 bit/s (0 or inf = unlimited); "
-                                  f"got {self.rate_bps!r}")
+        if not (
+            isinstance(self.delay_s, (int, float))
+            and math.isfinite(self.delay_s)
+            and 0 <= self.delay_s <= 3600
+        ):
+            raise LinkParamsError(
+                f"delay_s must be a finite number of seconds in 0..3600; got {self.delay_s!r}"
+            )
+        if not (
+            isinstance(self.rate_bps, (int, float))
+            and not math.isnan(self.rate_bps)
+            and self.rate_bps >= 0
+        ):
+            raise LinkParamsError(
+                f"rate_bps must be >= 0 bit/s (0 or inf = unlimited); got {self.rate_bps!r}"
+            )
         if not self.unlimited and self.rate_bps < 8:
-            raise LinkParamsError(f"rate_bps must be at least 8 bit/s (or 0/inf = unlimited); "
-                                  f"got {self.rate_bps!r}")
-        if (isinstance(self.queue_packets, bool) or not isinstance(self.queue_packets, int)
-                or not 1 <= self.queue_packets <= 2**31 - 1):
-            raise LinkParamsError(f"queue_packets must be an integer in 1..{2**31 - 1}; got "
-                                  f"{self.queue_packets!r}")
+            raise LinkParamsError(
+                f"rate_bps must be at least 8 bit/s (or 0/inf = unlimited); got {self.rate_bps!r}"
+            )
+        if (
+            isinstance(self.queue_packets, bool)
+            or not isinstance(self.queue_packets, int)
+            or not 1 <= self.queue_packets <= 2**31 - 1
+        ):
+            raise LinkParamsError(
+                f"queue_packets must be an integer in 1..{2**31 - 1}; got {self.queue_packets!r}"
+            )
         if not (isinstance(self.loss, (int, float)) and 0.0 <= self.loss <= 1.0):
             raise LinkParamsError(f"loss must be a probability in 0..1; got {self.loss!r}")
         if not isinstance(self.up, bool):
@@ -101,10 +114,14 @@ class LinkEnds:
     if_b: str
 
     def __post_init__(self) -> None:
-        if isinstance(self.link_id, bool) or not isinstance(self.link_id, int) or not (
-                0 <= self.link_id < 2**32):
-            raise LinkParamsError(f"link_id must be an integer in 0..{2**32 - 1}; got "
-                                  f"{self.link_id!r}")
+        if (
+            isinstance(self.link_id, bool)
+            or not isinstance(self.link_id, int)
+            or not (0 <= self.link_id < 2**32)
+        ):
+            raise LinkParamsError(
+                f"link_id must be an integer in 0..{2**32 - 1}; got {self.link_id!r}"
+            )
         for attr in ("pid_a", "pid_b"):
             v = getattr(self, attr)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -112,11 +129,15 @@ class LinkEnds:
         for attr in ("if_a", "if_b"):
             v = getattr(self, attr)
             if not isinstance(v, str) or not _IFNAME_RE.match(v):
-                raise LinkParamsError(f"{attr} must be an interface name of 1..{IFNAME_MAX} "
-                                      f"characters without blanks, '/' or ':'; got {v!r}")
+                raise LinkParamsError(
+                    f"{attr} must be an interface name of 1..{IFNAME_MAX} "
+                    f"characters without blanks, '/' or ':'; got {v!r}"
+                )
         if self.pid_a == self.pid_b and self.if_a == self.if_b:
-            raise LinkParamsError(f"link {self.link_id}: both ends are {self.if_a!r} in "
-                                  f"process {self.pid_a}'s namespace")
+            raise LinkParamsError(
+                f"link {self.link_id}: both ends are {self.if_a!r} in "
+                f"process {self.pid_a}'s namespace"
+            )
 
 
 def veth_cmd(name_a: str, ns_a: int | str, name_b: str, ns_b: int | str) -> list[str]:
@@ -125,8 +146,21 @@ def veth_cmd(name_a: str, ns_a: int | str, name_b: str, ns_b: int | str) -> list
     ``name_a`` is created admin-up (``ip link add`` can only bring up the first device of a
     pair; the peer must be set up afterwards). ``ns_a``/``ns_b`` are a pid or a netns name.
     """
-    return ["link", "add", name_a, "netns", str(ns_a), "up", "type", "veth",
-            "peer", "name", name_b, "netns", str(ns_b)]
+    return [
+        "link",
+        "add",
+        name_a,
+        "netns",
+        str(ns_a),
+        "up",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        name_b,
+        "netns",
+        str(ns_b),
+    ]
 
 
 # ---- the interface ------------------------------------------------------------------------
@@ -141,8 +175,7 @@ class LinkShaper(ABC):
 
     def __init__(self, run_id: str):
         if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
-            raise ShaperError(f"run_id must be 1..40 letters, digits, '_' or '-'; got "
-                              f"{run_id!r}")
+            raise ShaperError(f"run_id must be 1..40 letters, digits, '_' or '-'; got {run_id!r}")
         self.run_id = run_id
         self._links: dict[int, tuple[LinkEnds, LinkParams]] = {}
 
@@ -178,10 +211,15 @@ class LinkShaper(ABC):
     def _check_new(self, links: Sequence[tuple[LinkEnds, LinkParams]]) -> None:
         seen = set()
         for item in links:
-            if (not isinstance(item, tuple) or len(item) != 2
-                    or not isinstance(item[0], LinkEnds) or not isinstance(item[1], LinkParams)):
-                raise LinkParamsError(f"create_links takes (LinkEnds, LinkParams) pairs; got "
-                                      f"{item!r}")
+            if (
+                not isinstance(item, tuple)
+                or len(item) != 2
+                or not isinstance(item[0], LinkEnds)
+                or not isinstance(item[1], LinkParams)
+            ):
+                raise LinkParamsError(
+                    f"create_links takes (LinkEnds, LinkParams) pairs; got {item!r}"
+                )
             lid = item[0].link_id
             if lid in self._links or lid in seen:
                 raise LinkParamsError(f"link id {lid} already exists; link ids must be unique")
@@ -191,8 +229,9 @@ class LinkShaper(ABC):
         ids = list(link_ids)
         bad = [i for i in ids if i not in self._links]
         if bad:
-            raise LinkParamsError(f"unknown link id(s) {bad[:10]}; existing ids: "
-                                  f"{_id_summary(self._links)}")
+            raise LinkParamsError(
+                f"unknown link id(s) {bad[:10]}; existing ids: {_id_summary(self._links)}"
+            )
         return ids
 
     def _check_changes(self, changes: Sequence[tuple[int, LinkParams]]) -> None:

@@ -66,8 +66,18 @@ def netem_args(params: LinkParams) -> list[str]:
     """
     rate = 0 if params.unlimited else int(round(params.rate_bps))
     loss = 100.0 if not params.up else params.loss * 100.0
-    return ["netem", "delay", _fmt_us(params.delay_s), "rate", f"{rate}bit",
-            "limit", str(netem_limit(params)), "loss", "random", f"{loss:.6g}%"]
+    return [
+        "netem",
+        "delay",
+        _fmt_us(params.delay_s),
+        "rate",
+        f"{rate}bit",
+        "limit",
+        str(netem_limit(params)),
+        "loss",
+        "random",
+        f"{loss:.6g}%",
+    ]
 
 
 def netem_qdisc_cmd(dev: str, params: LinkParams, action: str = "add") -> list[str]:
@@ -91,8 +101,9 @@ def netem_qdisc_cmd(dev: str, params: LinkParams, action: str = "add") -> list[s
     return ["qdisc", action, "dev", dev, "root", "handle", "1:", *netem_args(params)]
 
 
-def netem_create_cmds(links: Iterable[tuple[LinkEnds, LinkParams]]
-                      ) -> tuple[list[list[str]], dict[int, list[list[str]]]]:
+def netem_create_cmds(
+    links: Iterable[tuple[LinkEnds, LinkParams]],
+) -> tuple[list[list[str]], dict[int, list[list[str]]]]:
     """Commands creating netem links: ``ip`` commands for the root namespace and ``tc``
     commands per node namespace (keyed by pid)."""
     ip_cmds = []
@@ -104,8 +115,7 @@ def netem_create_cmds(links: Iterable[tuple[LinkEnds, LinkParams]]
     return ip_cmds, dict(tc_cmds)
 
 
-def netem_change_cmds(changes: Iterable[tuple[LinkEnds, LinkParams]]
-                      ) -> dict[int, list[list[str]]]:
+def netem_change_cmds(changes: Iterable[tuple[LinkEnds, LinkParams]]) -> dict[int, list[list[str]]]:
     """``tc qdisc change`` commands per node namespace (pid) for live updates."""
     out: dict[int, list[list[str]]] = defaultdict(list)
     for ends, params in changes:
@@ -119,8 +129,7 @@ def _check_action(action: str) -> None:
         raise ShaperError(choices_message("tc qdisc action", action, list(QDISC_ACTIONS)))
 
 
-def netem_qdisc_msg(ifindex: int, params: LinkParams, action: str = "add", seq: int = 0
-                    ) -> bytes:
+def netem_qdisc_msg(ifindex: int, params: LinkParams, action: str = "add", seq: int = 0) -> bytes:
     """The ``RTM_NEWQDISC`` netlink message equivalent to :func:`netem_qdisc_cmd`.
 
     Same options as ``tc qdisc {add|change} dev IF root handle 1: netem delay D rate R limit L
@@ -141,9 +150,14 @@ def netem_qdisc_msg(ifindex: int, params: LinkParams, action: str = "add", seq: 
     """
     _check_action(action)
     return netlink.netem_qdisc_msg(
-        ifindex, int(round(params.delay_s * 1e9)),
-        0 if params.unlimited else int(round(params.rate_bps)) // 8, netem_limit(params),
-        1.0 if not params.up else params.loss, QDISC_ACTIONS[action], seq)
+        ifindex,
+        int(round(params.delay_s * 1e9)),
+        0 if params.unlimited else int(round(params.rate_bps)) // 8,
+        netem_limit(params),
+        1.0 if not params.up else params.loss,
+        QDISC_ACTIONS[action],
+        seq,
+    )
 
 
 def parse_netem_stats(data: bytes) -> tuple[dict[int, tuple[int, int, int]], bool]:
@@ -154,8 +168,14 @@ def parse_netem_stats(data: bytes) -> tuple[dict[int, tuple[int, int, int]], boo
         qdiscs, done = netlink.parse_qdisc_dump(data)
     except CommandError as exc:
         raise ShaperError(f"{exc.cmd} failed: {exc.stderr}") from None
-    return ({ifindex: stats for ifindex, parent, kind, stats in qdiscs
-             if parent == netlink.TC_H_ROOT and kind == "netem" and stats is not None}, done)
+    return (
+        {
+            ifindex: stats
+            for ifindex, parent, kind, stats in qdiscs
+            if parent == netlink.TC_H_ROOT and kind == "netem" and stats is not None
+        },
+        done,
+    )
 
 
 def _stats_part(data: bytes) -> tuple[list[dict[int, tuple[int, int, int]]], bool]:
@@ -188,7 +208,7 @@ class NetemShaper(LinkShaper):
 
     def __init__(self, run_id: str):
         super().__init__(run_id)
-        self._nl: dict[int, netlink.Netlink] = {}          # pid -> socket in its namespace
+        self._nl: dict[int, netlink.Netlink] = {}  # pid -> socket in its namespace
         self._ifindex: dict[tuple[int, str], int] = {}  # (pid, ifname) -> ifindex
         self._seq = 0
 
@@ -215,9 +235,12 @@ class NetemShaper(LinkShaper):
                     except OSError as exc:
                         if sock is not None:
                             sock.close()
-                        raise CommandError(f"{'ip link set up' if up else 'if_nametoindex'} "
-                                           f"{ifname} (netns of pid {pid})", exc.errno or 1,
-                                           exc.strerror or str(exc)) from None
+                        raise CommandError(
+                            f"{'ip link set up' if up else 'if_nametoindex'} "
+                            f"{ifname} (netns of pid {pid})",
+                            exc.errno or 1,
+                            exc.strerror or str(exc),
+                        ) from None
             return sock, idx
 
         results = in_namespaces(pids, work)
@@ -235,18 +258,21 @@ class NetemShaper(LinkShaper):
         for pid, ifname, params in items:
             self._seq = (self._seq + 1) & 0x7FFFFFFF
             what[self._seq] = (pid, ifname, params)
-            per_pid[pid].append(netem_qdisc_msg(self._ifindex[(pid, ifname)], params, action,
-                                                self._seq))
+            per_pid[pid].append(
+                netem_qdisc_msg(self._ifindex[(pid, ifname)], params, action, self._seq)
+            )
         errors = []
         for pid, msgs in per_pid.items():
             errors += self._nl[pid].send_batch(netlink.pack_messages(msgs))
         if errors:
             seq, err, text = errors[0]
             pid, ifname, params = what[seq]
-            raise CommandError(["nsenter", "-t", str(pid), "-n", "tc",
-                                *netem_qdisc_cmd(ifname, params, action)], err,
-                               f"{os.strerror(err)}{': ' + text if text else ''}"
-                               f"{f' (and {len(errors) - 1} more)' if len(errors) > 1 else ''}")
+            raise CommandError(
+                ["nsenter", "-t", str(pid), "-n", "tc", *netem_qdisc_cmd(ifname, params, action)],
+                err,
+                f"{os.strerror(err)}{': ' + text if text else ''}"
+                f"{f' (and {len(errors) - 1} more)' if len(errors) > 1 else ''}",
+            )
 
     def create_links(self, links: Sequence[tuple[LinkEnds, LinkParams]]) -> None:
         require_root("the netem shaper")
@@ -259,8 +285,14 @@ class NetemShaper(LinkShaper):
         for ends, params in links:
             self._links[ends.link_id] = (ends, params)
         self._open_namespaces([e for e, _ in links])
-        self._send_qdiscs(((pid, ifn, p) for e, p in links
-                           for pid, ifn in ((e.pid_a, e.if_a), (e.pid_b, e.if_b))), "add")
+        self._send_qdiscs(
+            (
+                (pid, ifn, p)
+                for e, p in links
+                for pid, ifn in ((e.pid_a, e.if_a), (e.pid_b, e.if_b))
+            ),
+            "add",
+        )
 
     def update(self, changes: Sequence[tuple[int, LinkParams]]) -> None:
         changes = list(changes)
@@ -292,7 +324,7 @@ class NetemShaper(LinkShaper):
         """Per link, both ends' netem qdisc statistics summed, read with one
         ``RTM_GETQDISC`` dump per node namespace (``tc -s qdisc show``, without the
         process): called every step by the traffic runtime."""
-        by_pid: dict[int, dict[int, int]] = defaultdict(dict)    # pid -> ifindex -> link
+        by_pid: dict[int, dict[int, int]] = defaultdict(dict)  # pid -> ifindex -> link
         for lid, (e, _) in self._links.items():
             for pid, ifn in ((e.pid_a, e.if_a), (e.pid_b, e.if_b)):
                 k = self._ifindex.get((pid, ifn))
@@ -329,12 +361,21 @@ class NetemShaper(LinkShaper):
         def delete(pid: int, cmds: list) -> None:
             p = commands.batch("ip", cmds, pid=pid, force=True, check=False)
             assert p is not None
-            real = [ln for ln in p.stderr.splitlines()
-                    if ln.strip() and "Cannot find device" not in ln
-                    and not ln.startswith("Command failed")]
+            real = [
+                ln
+                for ln in p.stderr.splitlines()
+                if ln.strip()
+                and "Cannot find device" not in ln
+                and not ln.startswith("Command failed")
+            ]
             if p.returncode != 0 and real:
-                errors.append(CommandError(["nsenter", "-t", str(pid), "-n", "ip", "-batch"],
-                                           p.returncode, "\n".join(real)))
+                errors.append(
+                    CommandError(
+                        ["nsenter", "-t", str(pid), "-n", "ip", "-batch"],
+                        p.returncode,
+                        "\n".join(real),
+                    )
+                )
 
         commands.parallel(delete, by_pid.items())
         if errors:

@@ -24,8 +24,14 @@ from meshemu.errors import EmulationError, ShaperError
 from meshemu.linux import commands, ifaces, procs
 from meshemu.linux.limits import require_root
 from meshemu.live import delayline as dl
-from meshemu.live.shapers.base import (DL_SUFFIX, NS_PREFIX, LinkEnds, LinkParams, LinkShaper,
-                                       veth_cmd)
+from meshemu.live.shapers.base import (
+    DL_SUFFIX,
+    NS_PREFIX,
+    LinkEnds,
+    LinkParams,
+    LinkShaper,
+    veth_cmd,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +85,35 @@ class UserspaceShaper(LinkShaper):
         commands.run(["ip", "netns", "add", self.netns])
         try:
             for i in range(self.workers):
-                cmd = ["ip", "netns", "exec", self.netns, sys.executable, "-m",
-                       DELAYLINE_MODULE, "--run-id", self.run_id,
-                       "--workers", str(self.workers), "--worker", str(i)]
-                self._procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE,
-                                                    stdout=subprocess.PIPE, bufsize=0))
+                cmd = [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.netns,
+                    sys.executable,
+                    "-m",
+                    DELAYLINE_MODULE,
+                    "--run-id",
+                    self.run_id,
+                    "--workers",
+                    str(self.workers),
+                    "--worker",
+                    str(i),
+                ]
+                self._procs.append(
+                    subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+                )
             for p in self._procs:
                 self._read_reply(p)
         except BaseException:
             self.close()
             raise
-        log.info("userspace shaper: %d delay-line worker(s) in netns %s (pids %s)",
-                 self.workers, self.netns, [p.pid for p in self._procs])
+        log.info(
+            "userspace shaper: %d delay-line worker(s) in netns %s (pids %s)",
+            self.workers,
+            self.netns,
+            [p.pid for p in self._procs],
+        )
 
     @property
     def pids(self) -> list[int]:
@@ -106,10 +129,15 @@ class UserspaceShaper(LinkShaper):
             chunk = os.read(fd, n - len(buf)) if r else None
             if not chunk:
                 rc = p.poll()
-                why = (f"exited with status {rc}" if rc is not None
-                       else f"did not answer within {CONTROL_TIMEOUT_S:.0f} s")
-                raise EmulationError(f"delay-line worker (pid {p.pid}, netns {self.netns}) "
-                                     f"{why}; see its messages on stderr")
+                why = (
+                    f"exited with status {rc}"
+                    if rc is not None
+                    else f"did not answer within {CONTROL_TIMEOUT_S:.0f} s"
+                )
+                raise EmulationError(
+                    f"delay-line worker (pid {p.pid}, netns {self.netns}) "
+                    f"{why}; see its messages on stderr"
+                )
             buf += chunk
         return buf
 
@@ -126,8 +154,9 @@ class UserspaceShaper(LinkShaper):
                 try:
                     _stdin(p).write(msg)
                 except BrokenPipeError:
-                    raise EmulationError(f"delay-line worker (pid {p.pid}) is gone (exit "
-                                         f"status {p.poll()})") from None
+                    raise EmulationError(
+                        f"delay-line worker (pid {p.pid}) is gone (exit status {p.poll()})"
+                    ) from None
             return [self._read_reply(p) for p in self._procs]
 
     # -- LinkShaper --------------------------------------------------------------------------
@@ -157,8 +186,12 @@ class UserspaceShaper(LinkShaper):
         if not changes:
             return
         self._check_changes(changes)
-        self._call(dl.encode_links(dl.OP_UPDATE, ((i, p.delay_s, p.rate_bps, p.queue_packets,
-                                                   p.loss, p.up) for i, p in changes)))
+        self._call(
+            dl.encode_links(
+                dl.OP_UPDATE,
+                ((i, p.delay_s, p.rate_bps, p.queue_packets, p.loss, p.up) for i, p in changes),
+            )
+        )
         links = self._links
         for i, p in changes:
             links[i] = (links[i][0], p)
@@ -169,8 +202,9 @@ class UserspaceShaper(LinkShaper):
             return
         self._call(dl.encode_ids(dl.OP_REMOVE, ids))
         # deleting the delay line's end of a veth pair deletes the node's end too
-        commands.batch("ip", [["link", "del", dl.dl_ifname(i, s)] for i in ids for s in "ab"],
-               netns=self.netns)
+        commands.batch(
+            "ip", [["link", "del", dl.dl_ifname(i, s)] for i in ids for s in "ab"], netns=self.netns
+        )
         for i in ids:
             del self._links[i]
 
@@ -209,12 +243,12 @@ class UserspaceShaper(LinkShaper):
 
 
 def _stdin(p: subprocess.Popen[bytes]) -> IO[bytes]:
-    assert p.stdin is not None    # every worker starts with stdin=PIPE
+    assert p.stdin is not None  # every worker starts with stdin=PIPE
     return p.stdin
 
 
 def _stdout(p: subprocess.Popen[bytes]) -> IO[bytes]:
-    assert p.stdout is not None   # and stdout=PIPE
+    assert p.stdout is not None  # and stdout=PIPE
     return p.stdout
 
 
@@ -238,7 +272,6 @@ def delayline_procs() -> list[tuple[int, int | None, str]]:
 
 def delayline_netns_run(ns: str) -> str | None:
     """The run id of a userspace shaper's namespace name ``meshemu-<run_id>-dl``, else None."""
-    if ns.startswith(NS_PREFIX) and ns.endswith(DL_SUFFIX) and len(ns) > len(NS_PREFIX
-                                                                             + DL_SUFFIX):
-        return ns[len(NS_PREFIX):-len(DL_SUFFIX)]
+    if ns.startswith(NS_PREFIX) and ns.endswith(DL_SUFFIX) and len(ns) > len(NS_PREFIX + DL_SUFFIX):
+        return ns[len(NS_PREFIX) : -len(DL_SUFFIX)]
     return None

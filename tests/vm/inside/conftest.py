@@ -17,20 +17,20 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
 from vmhelpers import Netns
 
 if os.environ.get("MESHEMU_IN_VM") != "1":
-    raise pytest.UsageError("tests/vm/inside need a kernel with sch_netem and run only inside "
-                            "the test VM; run `pytest tests/vm` instead (it boots the VM)")
+    raise pytest.UsageError(
+        "tests/vm/inside need a kernel with sch_netem and run only inside "
+        "the test VM; run `pytest tests/vm` instead (it boots the VM)"
+    )
 
 # ---- results for the host -----------------------------------------------------------------
 _results: dict[str, dict] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    r = _results.setdefault(report.nodeid, {"outcome": "passed", "longrepr": "",
-                                            "duration": 0.0})
+    r = _results.setdefault(report.nodeid, {"outcome": "passed", "longrepr": "", "duration": 0.0})
     r["duration"] += report.duration
     xfail = hasattr(report, "wasxfail")
     if report.failed:

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from vmhelpers import U32_MAX, read_qdiscs
 
 from meshemu.live import emulation as em
 from meshemu.live.emulation import DELAY_TOLERANCE_S
-from meshemu.spec.scenario import load_scenario
 from meshemu.live.shapers import make_shaper
-from vmhelpers import U32_MAX, read_qdiscs
+from meshemu.spec.scenario import load_scenario
 
 MESHEMU = [sys.executable, "-m", "meshemu.cli"]
 #: Emulated (= wall-clock) seconds of the netem run.
@@ -66,6 +66,7 @@ OK_SHARE = 0.8
 # ---- what the VM's network looks like -----------------------------------------------------
 def machine_state() -> dict:
     """Everything of the VM's root network namespace a run could change or leave behind."""
+
     def run(*argv: str) -> str:
         return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
@@ -77,8 +78,9 @@ def machine_state() -> dict:
             except OSError:
                 continue
             text = b" ".join(argv).decode(errors="replace")
-            if ("meshemu" in text or "mininet:" in text or em.RUN_MARKER in text) \
-                    and "pytest" not in text:
+            if (
+                "meshemu" in text or "mininet:" in text or em.RUN_MARKER in text
+            ) and "pytest" not in text:
                 procs.append(text)
     qdiscs = json.loads(run("tc", "-j", "qdisc", "show") or "[]")
     return {
@@ -107,6 +109,7 @@ def netem_run(tmp_path_factory):
     import yaml
 
     from meshemu.live.runner import run_emulation
+
     before = machine_state()
     out = tmp_path_factory.mktemp("netem-run")
     raw = dict(load_scenario("default").raw, epoch=RUN_EPOCH)
@@ -123,18 +126,35 @@ def netem_run(tmp_path_factory):
     def built(emu) -> None:
         state["pids"] = {n: p for n, p in zip(emu.names, emu.pids)}
         sample(0, emu)
-        state["tc_check"] = {name: subprocess.run(
-            ["nsenter", "-t", str(emu.node(name).pid), "-n", "tc", "-j", "qdisc", "show"],
-            capture_output=True, text=True, check=True).stdout for name in ("london", "s0_0_0")}
+        state["tc_check"] = {
+            name: subprocess.run(
+                ["nsenter", "-t", str(emu.node(name).pid), "-n", "tc", "-j", "qdisc", "show"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for name in ("london", "s0_0_0")
+        }
         dst = emu.node_address("new_york")
         state["ping"] = emu.node("london").popen(
             ["ping", "-D", "-n", "-i", "0.1", "-W", "2", "-w", str(RUN_S + 20), dst],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     try:
-        res = run_emulation(str(scenario), duration_s=RUN_S, step_s=1.0,
-                            shaper="netem", out_dir=out, traffic=None, on_built=built,
-                            on_step=lambda k, snap, emu: sample(k, emu), plots=False)
+        res = run_emulation(
+            str(scenario),
+            duration_s=RUN_S,
+            step_s=1.0,
+            shaper="netem",
+            out_dir=out,
+            traffic=None,
+            on_built=built,
+            on_step=lambda k, snap, emu: sample(k, emu),
+            plots=False,
+        )
     finally:
         p = state.get("ping")
         if p is not None:
@@ -197,20 +217,20 @@ def test_every_link_has_a_netem_qdisc_with_the_plans_delay_and_rate_at_each_step
                 assert q.loss_u32 == 0, f"{where}: up in the plan, loss {q.loss_u32}"
                 delay_s = float(row["delay_ms"]) / 1e3
                 assert abs(q.delay_ns / 1e9 - delay_s) <= DELAY_TOLERANCE_S + 1e-9, (
-                    f"{where}: netem delay {q.delay_ns} ns, plan {row['delay_ms']} ms")
+                    f"{where}: netem delay {q.delay_ns} ns, plan {row['delay_ms']} ms"
+                )
                 assert q.rate_bytes_per_s == round(float(row["rate_mbps"]) * 1e6) // 8, (
-                    f"{where}: netem rate {q.rate_bytes_per_s} B/s, plan {row['rate_mbps']} "
-                    f"Mbit/s")
+                    f"{where}: netem rate {q.rate_bytes_per_s} B/s, plan {row['rate_mbps']} Mbit/s"
+                )
                 checked_up += 1
-    assert checked_up >= (RUN_S + 1) * n_links   # both ends of most links at every step
+    assert checked_up >= (RUN_S + 1) * n_links  # both ends of most links at every step
     # the decoder the samples come from agrees with tc itself
     for name, text in state["tc_check"].items():
         for q in json.loads(text):
             if q["kind"] != "netem":
                 continue
             mine = samples[0][name][q["dev"]]
-            assert mine.delay_ns / 1e9 == pytest.approx(q["options"]["delay"]["delay"],
-                                                        abs=1e-6)
+            assert mine.delay_ns / 1e9 == pytest.approx(q["options"]["delay"]["delay"], abs=1e-6)
             assert mine.rate_bytes_per_s == q["options"]["rate"]["rate"]
             assert mine.limit == q["options"]["limit"]
 
@@ -232,10 +252,11 @@ def test_qdiscs_are_changed_in_place_not_recreated(netem_run):
             packets = [q.packets for q in seq]
             assert packets == sorted(packets), (
                 f"{node}:{ifname}: packet counter went back across an update ({packets}): "
-                f"the qdisc was re-created, not changed")
+                f"the qdisc was re-created, not changed"
+            )
             if packets[-1] > packets[0] and len(delays) > 1:
                 carried += 1
-    assert changed >= res.summary["links_total"], changed   # both ends of most links
+    assert changed >= res.summary["links_total"], changed  # both ends of most links
     assert carried >= 4, "too few links that carried the ping while being updated"
     assert res.summary["link_updates_total"] >= RUN_S * 50
 
@@ -255,8 +276,11 @@ def _rtt_per_step(res, state) -> list[dict]:
     steps = _rows(run_dir / "steps.csv")
     starts = np.array([float(s["unix_s"]) for s in steps])
     planned = _planned_rtt_ms(run_dir, "london", "new_york")
-    paths = {float(r["t_s"]): r["path"] for r in _rows(run_dir / "paths.csv")
-             if r["src"] == "london" and r["dst"] == "new_york"}
+    paths = {
+        float(r["t_s"]): r["path"]
+        for r in _rows(run_dir / "paths.csv")
+        if r["src"] == "london" and r["dst"] == "new_york"
+    }
     per_step: dict[int, list[float]] = defaultdict(list)
     for m in re.finditer(r"^\[(\d+\.\d+)\].*time=([\d.]+) ms", state["ping_text"], re.M):
         recv, rtt = float(m.group(1)), float(m.group(2))
@@ -271,9 +295,18 @@ def _rtt_per_step(res, state) -> list[dict]:
     for k, rtts in sorted(per_step.items()):
         t = float(steps[k]["t_s"])
         if t in planned and len(rtts) >= 3:
-            report.append({"step": k, "t_s": t, "planned_ms": round(planned[t], 3),
-                           "min_ms": min(rtts), "median_ms": float(np.median(rtts)),
-                           "max_ms": max(rtts), "n": len(rtts), "path": paths[t]})
+            report.append(
+                {
+                    "step": k,
+                    "t_s": t,
+                    "planned_ms": round(planned[t], 3),
+                    "min_ms": min(rtts),
+                    "median_ms": float(np.median(rtts)),
+                    "max_ms": max(rtts),
+                    "n": len(rtts),
+                    "path": paths[t],
+                }
+            )
     out = os.environ.get("MESHEMU_VM_RESULTS")
     if out and os.path.isdir(out):
         Path(out, "rtt_vs_plan.json").write_text(json.dumps(report, indent=1))
@@ -283,22 +316,33 @@ def _rtt_per_step(res, state) -> list[dict]:
 def test_ping_rtt_between_two_ground_stations_follows_the_plan(netem_run):
     res, state, _ = netem_run
     report = _rtt_per_step(res, state)
-    assert len(report) >= RUN_S - 5, (f"too few steps with pings:\n"
-                                      f"{state['ping_text'][-2000:]}")
+    assert len(report) >= RUN_S - 5, f"too few steps with pings:\n{state['ping_text'][-2000:]}"
     early = [r for r in report if r["min_ms"] < r["planned_ms"] - RTT_EARLY_MS]
-    assert not early, ("steps whose fastest ping beat the planned delay (is netem applied?):\n"
-                       + "\n".join(map(str, early)))
+    assert not early, (
+        "steps whose fastest ping beat the planned delay (is netem applied?):\n"
+        + "\n".join(map(str, early))
+    )
     by_path = {r["path"]: r["planned_ms"] for r in report}
-    astray = [r for r in report if min(by_path.values(), key=lambda p: abs(r["min_ms"] - p))
-              != by_path[r["path"]]]
-    assert not astray, ("steps whose fastest ping is nearer another path's RTT than the "
-                        "planned one:\n" + "\n".join(map(str, astray)))
-    slow = [r for r in report if r["min_ms"] > r["planned_ms"] + RTT_LATE_MIN_MS
-            or r["median_ms"] > r["planned_ms"] + RTT_LATE_MEDIAN_MS]
+    astray = [
+        r
+        for r in report
+        if min(by_path.values(), key=lambda p: abs(r["min_ms"] - p)) != by_path[r["path"]]
+    ]
+    assert not astray, (
+        "steps whose fastest ping is nearer another path's RTT than the "
+        "planned one:\n" + "\n".join(map(str, astray))
+    )
+    slow = [
+        r
+        for r in report
+        if r["min_ms"] > r["planned_ms"] + RTT_LATE_MIN_MS
+        or r["median_ms"] > r["planned_ms"] + RTT_LATE_MEDIAN_MS
+    ]
     assert len(slow) <= (1 - OK_SHARE) * len(report), (
         f"{len(slow)} of {len(report)} steps have their fastest ping more than "
         f"{RTT_LATE_MIN_MS} ms or their median more than {RTT_LATE_MEDIAN_MS} ms above the "
-        f"plan:\n" + "\n".join(map(str, slow)))
+        f"plan:\n" + "\n".join(map(str, slow))
+    )
     # the plan itself moves (the path changes, and the RTT with it) and ping followed
     assert len({r["path"] for r in report}) >= 2, "the path must change during the run"
     ps = [r["planned_ms"] for r in report]
@@ -310,14 +354,19 @@ def test_a_link_leaving_the_plan_drops_everything_and_the_ping_takes_the_new_pat
     (loss 100 %), and from that step on the pings take the new path's RTT."""
     res, state, _ = netem_run
     report = _rtt_per_step(res, state)
-    change = next(i for i in range(1, len(report))
-                  if report[i]["path"] != report[i - 1]["path"])
+    change = next(i for i in range(1, len(report)) if report[i]["path"] != report[i - 1]["path"])
     old, new = report[change - 1], report[change]
-    hops = lambda path: {tuple(sorted(e)) for e in zip(path.split(), path.split()[1:])}
+
+    def hops(path):
+        return {tuple(sorted(e)) for e in zip(path.split(), path.split()[1:])}
+
     gone = hops(old["path"]) - hops(new["path"])
     k = new["step"]
-    in_plan = {tuple(sorted((r["a"], r["b"]))) for r in _rows(res.run_dir / "links.csv")
-               if float(r["t_s"]) == new["t_s"] and r["up"] == "1"}
+    in_plan = {
+        tuple(sorted((r["a"], r["b"])))
+        for r in _rows(res.run_dir / "links.csv")
+        if float(r["t_s"]) == new["t_s"] and r["up"] == "1"
+    }
     down = gone - in_plan
     assert down, f"no link of the old path {old['path']} left the plan at step {k}"
     ifaces = _interfaces(res.run_dir)
@@ -345,19 +394,27 @@ DELAY_S = 0.005
 def ring(up=None, t_s: float = 0.0):
     """The ring (g0 - s0 - s1 - g1, s2 beside) and its shortest-delay tables::
 
-        g0 --- s0 ---- s1 --- g1      g0 -> g1: 3 links of 5 ms, RTT 30 ms
-                \\    /                with s0-s1 down: g0-s0-s2-s1-g1, RTT 40 ms
-                  s2
+    g0 --- s0 ---- s1 --- g1      g0 -> g1: 3 links of 5 ms, RTT 30 ms
+            \\    /                with s0-s1 down: g0-s0-s2-s1-g1, RTT 40 ms
+              s2
     """
     from meshemu.routing import get_scheme, snapshot_from_edges
-    snap = snapshot_from_edges(5, EDGES, [DELAY_S] * len(EDGES),
-                               transit=[True, True, True, False, False], up=up,
-                               rates=[1e9] * len(EDGES), t_s=t_s)
+
+    snap = snapshot_from_edges(
+        5,
+        EDGES,
+        [DELAY_S] * len(EDGES),
+        transit=[True, True, True, False, False],
+        up=up,
+        rates=[1e9] * len(EDGES),
+        t_s=t_s,
+    )
     return snap, get_scheme("shortest-delay").forwarding_tables(snap, np.arange(5, dtype=np.int32))
 
 
 def test_a_link_going_down_moves_traffic_to_another_path(tmp_path):
     from vmhelpers import Ping, assert_rtt
+
     run_id = f"vmring{uuid.uuid4().hex[:6]}"
     snap, tab = ring()
     emu = em.Emulation(NAMES, KINDS, make_shaper("netem", run_id), tmp_path, run_id)
@@ -376,7 +433,7 @@ def test_a_link_going_down_moves_traffic_to_another_path(tmp_path):
         assert_rtt(ping(), expected_ms=2 * 3 * DELAY_S * 1e3)
         before = read_qdiscs([s0.pid])[s0.pid][f"isl{k01}"]
 
-        snap2, tab2 = ring(up=[False, True, True, True, True], t_s=1.0)   # s0-s1 down
+        snap2, tab2 = ring(up=[False, True, True, True, True], t_s=1.0)  # s0-s1 down
         st = emu.apply(snap2, tab2)
         assert st.n_link_updates == 1 and st.n_route_changes > 0
         q = read_qdiscs([s0.pid])[s0.pid][f"isl{k01}"]
@@ -385,7 +442,7 @@ def test_a_link_going_down_moves_traffic_to_another_path(tmp_path):
         assert f"dev isl{k02} " in s0.cmd(f"ip route get {g1}")
         assert_rtt(ping(), expected_ms=2 * 4 * DELAY_S * 1e3)
 
-        snap3, tab3 = ring(t_s=2.0)                                        # and back up
+        snap3, tab3 = ring(t_s=2.0)  # and back up
         emu.apply(snap3, tab3)
         assert read_qdiscs([s0.pid])[s0.pid][f"isl{k01}"].loss_u32 == 0
         assert f"dev isl{k01} " in s0.cmd(f"ip route get {g1}")
@@ -397,9 +454,23 @@ def test_a_link_going_down_moves_traffic_to_another_path(tmp_path):
 # ---- the command line: a finished run, and `meshemu clean` after a killed one --------------
 def test_meshemu_run_netem_from_the_command_line_then_clean(tmp_path):
     before = machine_state()
-    r = subprocess.run(MESHEMU + ["run", "--shaper", "netem", "--duration", "5", "--traffic",
-                                  "none", "--out", str(tmp_path / "cli")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        MESHEMU
+        + [
+            "run",
+            "--shaper",
+            "netem",
+            "--duration",
+            "5",
+            "--traffic",
+            "none",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "shaper netem" in r.stdout, r.stdout
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["shaper"] == "netem"
@@ -411,10 +482,24 @@ def test_meshemu_run_netem_from_the_command_line_then_clean(tmp_path):
 
 def test_meshemu_clean_after_a_killed_netem_run_restores_the_network(tmp_path):
     before = machine_state()
-    proc = subprocess.Popen(MESHEMU + ["run", "--shaper", "netem", "--duration", "300",
-                                       "--traffic", "none", "--out", str(tmp_path / "k")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        MESHEMU
+        + [
+            "run",
+            "--shaper",
+            "netem",
+            "--duration",
+            "300",
+            "--traffic",
+            "none",
+            "--out",
+            str(tmp_path / "k"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         seen = ""
         deadline = time.monotonic() + 180

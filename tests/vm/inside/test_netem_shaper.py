@@ -7,10 +7,16 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from meshemu.live.shapers import (LinkEnds, LinkParams, NetemShaper, make_shaper, netem_available,
-                            netem_limit)
 from vmhelpers import Netns, assert_rtt, ping
+
+from meshemu.live.shapers import (
+    LinkEnds,
+    LinkParams,
+    NetemShaper,
+    make_shaper,
+    netem_available,
+    netem_limit,
+)
 
 ADDR_A, ADDR_B = "10.9.1.1", "10.9.1.2"
 #: Bytes netem's rate applies to for ``ping -s 1000``: ICMP 8 + IP 20 + Ethernet 14 + 1000.
@@ -91,8 +97,10 @@ def test_rtt_follows_delay_and_rate_and_their_live_updates(pair):
     ping(a, ADDR_B, count=1)
     # 1 Mbit/s: each 1042-byte frame takes 8.336 ms to send, each way
     serialization_ms = PING_1000_FRAME_BYTES * 8 / 1e6 * 1e3
-    assert_rtt(ping(a, ADDR_B, count=15, interval_s=0.1, size=1000),
-               expected_ms=2 * (10 + serialization_ms))
+    assert_rtt(
+        ping(a, ADDR_B, count=15, interval_s=0.1, size=1000),
+        expected_ms=2 * (10 + serialization_ms),
+    )
     s.update([(7, LinkParams(delay_s=0.030, rate_bps=0))])
     assert "rate" not in _netem(a, "isl-a")["options"]  # unlimited again
     assert_rtt(ping(a, ADDR_B, count=15), expected_ms=60.0)
@@ -107,9 +115,26 @@ def test_update_changes_the_qdisc_in_place_and_keeps_packets_in_flight(pair):
     ping(a, ADDR_B, count=3)
     before = {ns: _netem(ns, dev)["packets"] for ns, dev in ((a, "isl-a"), (b, "isl-b"))}
     assert all(n >= 3 for n in before.values()), before
-    pinger = subprocess.Popen(["nsenter", "-t", str(a.pid), "-n", "ping", "-n", "-c", "60",
-                               "-i", "0.02", "-W", "2", ADDR_B],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pinger = subprocess.Popen(
+        [
+            "nsenter",
+            "-t",
+            str(a.pid),
+            "-n",
+            "ping",
+            "-n",
+            "-c",
+            "60",
+            "-i",
+            "0.02",
+            "-W",
+            "2",
+            ADDR_B,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         last = dict(before)
         for i in range(6):
@@ -122,7 +147,8 @@ def test_update_changes_the_qdisc_in_place_and_keeps_packets_in_flight(pair):
                 assert q["options"]["delay"]["delay"] == pytest.approx(delay, abs=1e-6)
                 assert q["packets"] >= last[ns], (
                     f"{dev}: packet counter went from {last[ns]} to {q['packets']} across an "
-                    f"update: the qdisc was re-created, not changed")
+                    f"update: the qdisc was re-created, not changed"
+                )
                 last[ns] = q["packets"]
         out, _ = pinger.communicate(timeout=60)
     finally:
@@ -130,7 +156,8 @@ def test_update_changes_the_qdisc_in_place_and_keeps_packets_in_flight(pair):
             pinger.kill()
             pinger.wait()
     assert "60 packets transmitted, 60 received" in out, (
-        f"pings were lost across live updates (a re-created qdisc drops what it holds):\n{out}")
+        f"pings were lost across live updates (a re-created qdisc drops what it holds):\n{out}"
+    )
     for ns, dev in ((a, "isl-a"), (b, "isl-b")):
         q = _netem(ns, dev)
         assert q["packets"] >= before[ns] + 60
@@ -163,8 +190,12 @@ def test_counters_sum_both_directions(pair):
 def test_remove_links_deletes_both_ends_and_keeps_the_others(netns_factory, run_id):
     a, b = netns_factory(), netns_factory()
     with make_shaper("netem", run_id) as s:
-        s.create_links([(LinkEnds(1, a.pid, "l1a", b.pid, "l1b"), LinkParams(0.001, 0)),
-                        (LinkEnds(2, a.pid, "l2a", b.pid, "l2b"), LinkParams(0.003, 10e6))])
+        s.create_links(
+            [
+                (LinkEnds(1, a.pid, "l1a", b.pid, "l1b"), LinkParams(0.001, 0)),
+                (LinkEnds(2, a.pid, "l2a", b.pid, "l2b"), LinkParams(0.003, 10e6)),
+            ]
+        )
         s.remove_links([1])
         assert s.link_ids == [2]
         assert sorted(a.links()) == ["l2a", "lo"]
@@ -173,8 +204,9 @@ def test_remove_links_deletes_both_ends_and_keeps_the_others(netns_factory, run_
 
 
 def _root_ns_links() -> list[str]:
-    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["ip", "-o", "link", "show"], capture_output=True, text=True, check=True
+    ).stdout
     return sorted(ln.split(":")[1].strip().split("@")[0] for ln in out.splitlines())
 
 
@@ -182,9 +214,13 @@ def test_close_leaves_nothing_behind(netns_factory, run_id):
     a, b, c = netns_factory(), netns_factory(), netns_factory()
     root_before = _root_ns_links()
     s = make_shaper("netem", run_id)
-    s.create_links([(LinkEnds(1, a.pid, "ab", b.pid, "ba"), LinkParams(0.001, 0)),
-                    (LinkEnds(2, b.pid, "bc", c.pid, "cb"), LinkParams(0.002, 1e9)),
-                    (LinkEnds(3, c.pid, "ca", a.pid, "ac"), LinkParams(0.003, 5e6))])
+    s.create_links(
+        [
+            (LinkEnds(1, a.pid, "ab", b.pid, "ba"), LinkParams(0.001, 0)),
+            (LinkEnds(2, b.pid, "bc", c.pid, "cb"), LinkParams(0.002, 1e9)),
+            (LinkEnds(3, c.pid, "ca", a.pid, "ac"), LinkParams(0.003, 5e6)),
+        ]
+    )
     assert sorted(a.links()) == ["ab", "ac", "lo"]
     s.close()
     for ns in (a, b, c):

@@ -38,17 +38,24 @@ class Netns:
                 raise RuntimeError("unshare -n did not make a network namespace")
             time.sleep(0.005)
 
-    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 60
-            ) -> subprocess.CompletedProcess:
+    def run(
+        self, argv: Sequence[str], check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         """Run a command inside; the completed process (text output).
 
         With ``check``, a failure raises AssertionError quoting the command and its stderr.
         """
-        p = subprocess.run(["nsenter", "-t", str(self.pid), "-n", *argv],
-                           capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-n", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and p.returncode != 0:
-            raise AssertionError(f"`{' '.join(argv)}` in netns of pid {self.pid} failed "
-                                 f"(exit {p.returncode}): {p.stderr.strip()}")
+            raise AssertionError(
+                f"`{' '.join(argv)}` in netns of pid {self.pid} failed "
+                f"(exit {p.returncode}): {p.stderr.strip()}"
+            )
         return p
 
     def links(self) -> list[str]:
@@ -89,12 +96,32 @@ class Ping:
         return statistics.median(self.rtts_ms)
 
 
-def ping(ns: Netns, dst: str, count: int = 20, interval_s: float = 0.05, size: int = 56,
-         wait_s: float = 2.0) -> Ping:
+def ping(
+    ns: Netns,
+    dst: str,
+    count: int = 20,
+    interval_s: float = 0.05,
+    size: int = 56,
+    wait_s: float = 2.0,
+) -> Ping:
     """``ping`` from ``ns``; never raises on loss."""
-    p = ns.run(["ping", "-n", "-c", str(count), "-i", str(interval_s),
-                "-s", str(size), "-W", str(wait_s), dst], check=False,
-               timeout=count * interval_s + wait_s + 60)
+    p = ns.run(
+        [
+            "ping",
+            "-n",
+            "-c",
+            str(count),
+            "-i",
+            str(interval_s),
+            "-s",
+            str(size),
+            "-W",
+            str(wait_s),
+            dst,
+        ],
+        check=False,
+        timeout=count * interval_s + wait_s + 60,
+    )
     rtts = [float(m) for m in re.findall(r"time=([\d.]+) ms", p.stdout)]
     m = re.search(r"(\d+) packets transmitted, (\d+) received", p.stdout)
     sent, received = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
@@ -106,14 +133,16 @@ def assert_rtt(result: Ping, expected_ms: float) -> None:
     :data:`RTT_MIN_SLACK_MS`, and the median within :data:`RTT_MEDIAN_SLACK_MS`."""
     assert result.received >= 0.8 * result.sent > 0, result.output
     assert result.min_ms >= expected_ms - RTT_EARLY_MS, (
-        f"RTT {result.min_ms} ms is below the {expected_ms} ms netem must impose\n"
-        f"{result.output}")
+        f"RTT {result.min_ms} ms is below the {expected_ms} ms netem must impose\n{result.output}"
+    )
     assert result.min_ms <= expected_ms + RTT_MIN_SLACK_MS, (
         f"smallest RTT {result.min_ms} ms, expected {expected_ms} (+{RTT_MIN_SLACK_MS}) ms\n"
-        f"{result.output}")
+        f"{result.output}"
+    )
     assert result.median_ms <= expected_ms + RTT_MEDIAN_SLACK_MS, (
         f"median RTT {result.median_ms} ms, expected {expected_ms} "
-        f"(+{RTT_MEDIAN_SLACK_MS}) ms\n{result.output}")
+        f"(+{RTT_MEDIAN_SLACK_MS}) ms\n{result.output}"
+    )
 
 
 # ---- qdiscs of many namespaces, read over rtnetlink ---------------------------------------
@@ -154,7 +183,7 @@ def _attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
         alen, atype = struct.unpack_from("=HH", buf, off)
         if alen < 4:
             break
-        out[atype & 0x3FFF] = buf[off + 4:off + alen]
+        out[atype & 0x3FFF] = buf[off + 4 : off + alen]
         off += (alen + 3) & ~3
     return out
 
@@ -175,23 +204,33 @@ def parse_qdisc_dump(data: bytes) -> tuple[list[tuple[int, Qdisc]], bool]:
             _fam, ifindex, handle, parent, _info = struct.unpack_from("=BxxxiIII", data, off + 16)
             a = _attrs(data, off + 36, off + length)
             kind = a.get(TCA_KIND, b"").rstrip(b"\0").decode()
-            nbytes, packets, drops = struct.unpack_from("=QII", a[TCA_STATS]) if TCA_STATS in a \
-                else (0, 0, 0)
+            nbytes, packets, drops = (
+                struct.unpack_from("=QII", a[TCA_STATS]) if TCA_STATS in a else (0, 0, 0)
+            )
             fields: dict = {}
             if kind == "netem" and TCA_OPTIONS in a:
                 opt = a[TCA_OPTIONS]
                 latency_ticks, limit, loss = struct.unpack_from("=III", opt)
                 nested = _attrs(opt, 24, len(opt))
-                rate = struct.unpack_from("=I", nested[TCA_NETEM_RATE])[0] \
-                    if TCA_NETEM_RATE in nested else 0
+                rate = (
+                    struct.unpack_from("=I", nested[TCA_NETEM_RATE])[0]
+                    if TCA_NETEM_RATE in nested
+                    else 0
+                )
                 if TCA_NETEM_RATE64 in nested:
                     rate = struct.unpack_from("=Q", nested[TCA_NETEM_RATE64])[0]
-                delay = struct.unpack_from("=q", nested[TCA_NETEM_LATENCY64])[0] \
-                    if TCA_NETEM_LATENCY64 in nested else latency_ticks << 6
-                fields = {"delay_ns": delay, "rate_bytes_per_s": rate, "limit": limit,
-                          "loss_u32": loss}
-            out.append((ifindex, Qdisc("", kind, handle, parent, packets, nbytes, drops,
-                                       **fields)))
+                delay = (
+                    struct.unpack_from("=q", nested[TCA_NETEM_LATENCY64])[0]
+                    if TCA_NETEM_LATENCY64 in nested
+                    else latency_ticks << 6
+                )
+                fields = {
+                    "delay_ns": delay,
+                    "rate_bytes_per_s": rate,
+                    "limit": limit,
+                    "loss_u32": loss,
+                }
+            out.append((ifindex, Qdisc("", kind, handle, parent, packets, nbytes, drops, **fields)))
         off += (length + 3) & ~3
     return out, done
 
@@ -199,11 +238,13 @@ def parse_qdisc_dump(data: bytes) -> tuple[list[tuple[int, Qdisc]], bool]:
 def _dump_qdiscs_here() -> dict[str, Qdisc]:
     """Root qdiscs of the calling thread's network namespace, by interface name."""
     import dataclasses
+
     names = {i: n for i, n in socket.if_nameindex()}
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as s:
         s.bind((0, 0))
-        req = struct.pack("=IHHII", 36, RTM_GETQDISC, 0x1 | 0x300, 1, 0) + \
-            struct.pack("=BxxxiIII", 0, 0, 0, 0, 0)
+        req = struct.pack("=IHHII", 36, RTM_GETQDISC, 0x1 | 0x300, 1, 0) + struct.pack(
+            "=BxxxiIII", 0, 0, 0, 0, 0
+        )
         s.send(req)
         out: dict[str, Qdisc] = {}
         done = False
@@ -218,5 +259,6 @@ def _dump_qdiscs_here() -> dict[str, Qdisc]:
 def read_qdiscs(pids: Sequence[int]) -> dict[int, dict[str, Qdisc]]:
     """Root qdiscs by interface name, of the network namespace of each of ``pids``."""
     from meshemu.linux.netns import in_namespaces
+
     res = in_namespaces(list(pids), lambda i, pid: _dump_qdiscs_here(), threads=2)
     return dict(zip(pids, res))
