@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,13 @@ from meshemu.report.record import PairStats as PairStats
 from meshemu.report.record import PlanRecorder as PlanRecorder
 from meshemu.report.record import node_positions_ecef_km
 from meshemu.report.record import write_nodes_csv as write_nodes_csv
-from meshemu.routing import ForwardingTables, RoutingScheme, get_scheme, validate_tables
+from meshemu.routing import (
+    ComputedScheme,
+    ForwardingTables,
+    RoutingScheme,
+    get_scheme,
+    validate_tables,
+)
 from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
 from meshemu.spec.scenario import Nodes, Scenario, load_scenario
 
@@ -51,7 +58,7 @@ class PlanResult:
     """What :func:`run_plan` computed and wrote."""
 
     out_dir: Path
-    summary: dict
+    summary: dict[str, Any]
     files: list[Path]
 
 
@@ -137,6 +144,8 @@ def run_plan(
     if plots:
         from meshemu.report import maps as plotmod
 
+        assert first_snapshot is not None  # a plan has at least one step
+
         files.append(
             plotmod.plot_map(
                 out / "map.png",
@@ -157,7 +166,7 @@ def run_plan(
     return PlanResult(out, summary, files)
 
 
-def load_scheme(routing: str | RoutingScheme) -> RoutingScheme:
+def load_scheme(routing: str | RoutingScheme) -> ComputedScheme:
     """A routing scheme from a name, plug-in spec or instance (:func:`~meshemu.routing.
     get_scheme`), with whatever a plug-in raises while it is imported or constructed turned
     into a one-line :class:`RoutingError`."""
@@ -172,7 +181,7 @@ def load_scheme(routing: str | RoutingScheme) -> RoutingScheme:
 
 
 def checked_tables(
-    scheme: RoutingScheme, snap: Snapshot, destinations: np.ndarray, k: int
+    scheme: ComputedScheme, snap: Snapshot, destinations: np.ndarray, k: int
 ) -> ForwardingTables:
     """``scheme``'s forwarding tables for ``snap``, checked with
     :func:`~meshemu.routing.validate_tables`.

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from meshemu.errors import Interrupted
 
@@ -54,7 +55,9 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     got: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in TEARDOWN_SIGNALS}
+    old: dict[int, Any] = {
+        s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in TEARDOWN_SIGNALS
+    }
     try:
         yield
     finally:

@@ -254,7 +254,7 @@ class DelayLine:
         for lid, delay_ns, rate, limit, loss, up in recs:
             names = (dl_ifname(lid, "a"), dl_ifname(lid, "b"))
             try:
-                idx = tuple(socket.if_nametoindex(n) for n in names)
+                idx = (socket.if_nametoindex(names[0]), socket.if_nametoindex(names[1]))
             except OSError:
                 missing.append(lid)
                 continue

@@ -17,7 +17,7 @@ import numpy as np
 
 from meshemu.errors import EmulationError, RoutingError
 from meshemu.geometry.linkstate import Snapshot
-from meshemu.routing import ForwardingTables, RoutingScheme
+from meshemu.routing import ComputedScheme, ForwardingTables
 
 
 def _die_with_parent() -> None:
@@ -29,7 +29,7 @@ def _die_with_parent() -> None:
 
 
 def _routes_worker(
-    snapshots: Sequence[Snapshot], scheme: RoutingScheme, dests: np.ndarray, q: mp.Queue
+    snapshots: Sequence[Snapshot], scheme: ComputedScheme, dests: np.ndarray, q: mp.Queue
 ) -> None:
     """Child process: forwarding tables for every step, in order, into ``q``."""
     _die_with_parent()
@@ -54,7 +54,7 @@ class RouteFeed:
     ----------
     snapshots : sequence of Snapshot
         Every step of the run.
-    scheme : RoutingScheme
+    scheme : ComputedScheme
     dests : ndarray of int
         Destinations (every node, for the emulator).
     lookahead : int
@@ -64,7 +64,7 @@ class RouteFeed:
     def __init__(
         self,
         snapshots: Sequence[Snapshot],
-        scheme: RoutingScheme,
+        scheme: ComputedScheme,
         dests: np.ndarray,
         lookahead: int = 8,
     ):

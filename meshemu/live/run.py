@@ -47,7 +47,7 @@ from meshemu.live.resources import check_capacity
 from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
 from meshemu.report.files import STEPS, open_csv
 from meshemu.report.record import node_positions_ecef_km
-from meshemu.routing import RoutingScheme
+from meshemu.routing import ComputedScheme
 from meshemu.signals import handle_signals, signals_deferred
 from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
 from meshemu.spec.profile import Profile, load_profile, resolve
@@ -85,7 +85,7 @@ class RunInputs:
     scenario: Scenario
     options: RunOptions
     span: TimeSpan
-    scheme: RoutingScheme
+    scheme: ComputedScheme
     shaper: Any
     profile: Profile | None
     out: Path
@@ -453,6 +453,8 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
         summary["captures"] = [p.name for p in net.pcaps]
     if opts.plots:
         from meshemu.report import maps as plotmod
+
+        assert net.recorder is not None  # set by Network.build
 
         files.append(
             plotmod.plot_map(

@@ -45,10 +45,11 @@ Schema (times are wall-clock seconds from the start of the traffic)::
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
@@ -145,9 +146,9 @@ class Profile:
     seed: int = 1
     source: str = ""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-able form (pcap timings left out)."""
-        out = {
+        out: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "seed": self.seed,
@@ -235,7 +236,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Profile:
 
 
 def _parse_allreduce(
-    v: Validator, w: dict, p: str, name: str, start: float, base_dir: Path
+    v: Validator, w: dict[str, Any], p: str, name: str, start: float, base_dir: Path
 ) -> AllReduceSpec:
     v.mapping(
         w, p, _COMMON + ("algorithm", "nodes", "model_mb", "iterations", "compute_ms", "rate_mbps")
@@ -253,7 +254,7 @@ def _parse_allreduce(
 
 
 def _parse_inference(
-    v: Validator, w: dict, p: str, name: str, start: float, base_dir: Path
+    v: Validator, w: dict[str, Any], p: str, name: str, start: float, base_dir: Path
 ) -> InferenceSpec:
     v.mapping(
         w,
@@ -283,14 +284,16 @@ def _parse_inference(
     return InferenceSpec(name, users, rate, req, resp, dl, target, servers, pace, start, dur)
 
 
-def _ends(v: Validator, w: dict, p: str) -> tuple[str, str]:
+def _ends(v: Validator, w: dict[str, Any], p: str) -> tuple[str, str]:
     src, dst = v.node_name(w, "src", p), v.node_name(w, "dst", p)
     if src == dst:
         v.fail(f"{p}.dst", f"must differ from src; both are {src!r}")
     return src, dst
 
 
-def _parse_bulk(v: Validator, w: dict, p: str, name: str, start: float, base_dir: Path) -> BulkSpec:
+def _parse_bulk(
+    v: Validator, w: dict[str, Any], p: str, name: str, start: float, base_dir: Path
+) -> BulkSpec:
     v.mapping(w, p, _COMMON + ("src", "dst", "rate_mbps", "duration_s"))
     src, dst = _ends(v, w, p)
     rate = v.number(w, "rate_mbps", p, lo=0, lo_open=True, hi=100_000)
@@ -299,7 +302,7 @@ def _parse_bulk(v: Validator, w: dict, p: str, name: str, start: float, base_dir
 
 
 def _parse_replay(
-    v: Validator, w: dict, p: str, name: str, start: float, base_dir: Path
+    v: Validator, w: dict[str, Any], p: str, name: str, start: float, base_dir: Path
 ) -> ReplaySpec:
     v.mapping(w, p, _COMMON + ("pcap", "src", "dst", "duration_s"))
     src, dst = _ends(v, w, p)
@@ -314,7 +317,9 @@ def _parse_replay(
     return ReplaySpec(name, str(path), src, dst, start, dur, "replay", tuple(times), tuple(sizes))
 
 
-_WORKLOAD_PARSERS = {
+_WORKLOAD_PARSERS: dict[
+    str, Callable[[Validator, dict[str, Any], str, str, float, Path], Workload]
+] = {
     "allreduce": _parse_allreduce,
     "inference": _parse_inference,
     "bulk": _parse_bulk,
@@ -393,7 +398,7 @@ class ResolvedProfile:
     names: tuple[str, ...]
     kinds: tuple[str, ...]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = self.profile.to_dict()
         d["workloads"] = Profile(self.profile.name, self.workloads).to_dict()["workloads"]
         return d
@@ -429,7 +434,7 @@ def resolve(profile: Profile, names: Any, kinds: Any) -> ResolvedProfile:
         return ns
 
     def expand(
-        p: str, value, keyword: str, pool: tuple[str, ...], what: str, min_len: int = 1
+        p: str, value: Any, keyword: str, pool: tuple[str, ...], what: str, min_len: int = 1
     ) -> tuple[str, ...]:
         if value == keyword:
             if len(pool) < min_len:
@@ -469,7 +474,10 @@ def resolve(profile: Profile, names: Any, kinds: Any) -> ResolvedProfile:
     return ResolvedProfile(profile, tuple(out), names, kinds)
 
 
-def _replace(w, **kw):
+_W = TypeVar("_W", AllReduceSpec, InferenceSpec)
+
+
+def _replace(w: _W, **kw: Any) -> _W:
     from dataclasses import replace
 
     return replace(w, **kw)

@@ -176,10 +176,12 @@ class Scenario:
     endpoints: tuple[str, ...] = ()
     description: str = ""
     source: str = ""
-    raw: dict = field(default_factory=dict, repr=False, compare=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "", base_dir: Path | None = None) -> Scenario:
+    def from_dict(
+        cls, data: dict[str, Any], source: str = "", base_dir: Path | None = None
+    ) -> Scenario:
         """Validate a scenario given as a dict (the parsed YAML).
 
         Raises

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, cast
 
 #: Node kinds that are satellites (a link between two of them is an ISL).
 SATELLITE_KINDS: tuple[str, ...] = ("sat", "compute")
@@ -87,7 +87,9 @@ class Validator:
         """Raise the error for field ``path``."""
         raise self.error(message, field=path or None, source=self.source or None)
 
-    def mapping(self, value: Any, path: str, allowed: Sequence[str], none_ok: bool = False) -> dict:
+    def mapping(
+        self, value: Any, path: str, allowed: Sequence[str], none_ok: bool = False
+    ) -> dict[str, Any]:
         """``value`` as a dict whose keys are all in ``allowed`` (``None`` -> ``{}`` when
         ``none_ok``)."""
         if value is None and none_ok:
@@ -104,7 +106,7 @@ class Validator:
 
     def number(
         self,
-        d: dict,
+        d: dict[str, Any],
         key: str,
         path: str,
         default: Any = REQUIRED,
@@ -142,14 +144,19 @@ class Validator:
         return int(x) if integer else float(x)
 
     def choice(
-        self, d: dict, key: str, path: str, choices: Sequence[str], default: Any = REQUIRED
+        self,
+        d: dict[str, Any],
+        key: str,
+        path: str,
+        choices: Sequence[str],
+        default: Any = REQUIRED,
     ) -> str:
         """``d[key]``, one of ``choices`` (listed in the order given)."""
         p = f"{path}.{key}" if path else key
         if key not in d:
             if default is REQUIRED:
                 self.fail(p, f"is required; please specify one of: {', '.join(choices)}")
-            return default
+            return cast(str, default)
         x = d[key]
         if not isinstance(x, str) or x not in choices:
             self.fail(
@@ -159,7 +166,7 @@ class Validator:
             )
         return x
 
-    def flag(self, d: dict, key: str, path: str, default: bool) -> bool:
+    def flag(self, d: dict[str, Any], key: str, path: str, default: bool) -> bool:
         """``d[key]`` as true or false."""
         x = d.get(key, default)
         if not isinstance(x, bool):
@@ -176,7 +183,7 @@ class Validator:
             )
         return value
 
-    def node_name(self, d: dict, key: str, path: str) -> str:
+    def node_name(self, d: dict[str, Any], key: str, path: str) -> str:
         """``d[key]``, a reference to a node by name (checked against a scenario later)."""
         p = f"{path}.{key}" if path else key
         if key not in d:
@@ -187,7 +194,13 @@ class Validator:
         return x
 
     def node_names(
-        self, d: dict, key: str, path: str, keyword: str, default: Any = REQUIRED, min_len: int = 1
+        self,
+        d: dict[str, Any],
+        key: str,
+        path: str,
+        keyword: str,
+        default: Any = REQUIRED,
+        min_len: int = 1,
     ) -> tuple[str, ...] | str:
         """``d[key]``: ``keyword`` (a group the scenario defines) or a list of distinct node
         names, at least ``min_len`` of them."""
@@ -195,7 +208,7 @@ class Validator:
         if key not in d:
             if default is REQUIRED:
                 self.fail(p, f"is required: {keyword!r} or a list of node names")
-            return default
+            return cast("tuple[str, ...] | str", default)
         x = d[key]
         if x == keyword:
             return keyword
@@ -207,7 +220,9 @@ class Validator:
             self.fail(p, f"lists a node twice: {x!r}")
         return tuple(x)
 
-    def string(self, d: dict, key: str, path: str, default: str, empty_ok: bool = True) -> str:
+    def string(
+        self, d: dict[str, Any], key: str, path: str, default: str, empty_ok: bool = True
+    ) -> str:
         """``d[key]`` as a string (``null`` counts as missing)."""
         x = d.get(key)
         if x is None:
