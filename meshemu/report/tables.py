@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from meshemu.report.run import Run
-from meshemu.report.stats import PERCENTILES, RunStats, percentiles
+from meshemu.report.stats import PERCENTILES, FlowStats, InferenceStats, RunStats, percentiles
 
 
 @dataclass(frozen=True)
@@ -171,137 +171,20 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
         f"{s.get('steps', '?')} steps of {s.get('step_s', '?')} s, time scale "
         f"{run.time_scale:g}\n"
     )
-    out.append(
-        md_table(
-            [
-                "steps",
-                "route changes",
-                "link updates",
-                "apply p50 (ms)",
-                "apply p99 (ms)",
-                "lag p99 (ms)",
-            ],
-            [
-                [
-                    fmt(stats.steps),
-                    fmt(stats.route_changes),
-                    fmt(stats.link_updates),
-                    fmt(stats.apply_ms_p50),
-                    fmt(stats.apply_ms_p99),
-                    fmt(stats.lag_ms_p99),
-                ]
-            ],
-        )
-    )
+    out.append(_steps_table(stats))
     flows = [f for f in stats.flows if f.seq.received] if short else stats.flows
     if short and len(flows) < len(stats.flows):
         out.append(
             f"({len(stats.flows) - len(flows)} flows without packets left out; see summary.md)"
         )
     if flows:
-        rows = []
-        for f in flows:
-            p50, p95, p99 = f.owd_p
-            rows.append(
-                [
-                    f.name,
-                    f.kind,
-                    f"{f.src} -> {f.dst}",
-                    fmt(f.seq.received),
-                    fmt(f.seq.loss_pct),
-                    fmt(f.seq.reorder_pct),
-                    fmt(p50),
-                    fmt(p95),
-                    fmt(p99),
-                    fmt(f.throughput_mbps),
-                    fmt(f.path_changes),
-                ]
-            )
-        out.append(
-            "\n"
-            + md_table(
-                [
-                    "flow",
-                    "kind",
-                    "src -> dst",
-                    "packets",
-                    "loss %",
-                    "reorder %",
-                    "OWD p50 (ms)",
-                    "OWD p95 (ms)",
-                    "OWD p99 (ms)",
-                    "Mbit/s",
-                    "path changes",
-                ],
-                rows,
-            )
-        )
+        out.append(_flows_table(flows))
     if stats.jobs:
-        jobs = stats.jobs if len(stats.jobs) > 2 else stats.jobs[:1]  # pooled row if > 1 job
-        out.append(
-            "\n"
-            + md_table(
-                [
-                    "all-reduce job",
-                    "algorithm",
-                    "iterations",
-                    "mean (ms)",
-                    "p95 (ms)",
-                    "predicted mean (ms)",
-                    "predicted p95 (ms)",
-                    "measured vs predicted %",
-                ],
-                [
-                    [
-                        j.job,
-                        j.algorithm,
-                        fmt(j.iterations),
-                        fmt(j.mean_ms),
-                        fmt(j.p95_ms),
-                        fmt(j.predicted_mean_ms),
-                        fmt(j.predicted_p95_ms),
-                        fmt(j.error_pct),
-                    ]
-                    for j in jobs
-                ],
-            )
-        )
+        out.append(_jobs_table(stats))
     if stats.rtt_ms.size:
-        p50, p95, p99 = percentiles(stats.rtt_ms)
-        out.append(
-            "\n"
-            + md_table(
-                ["transport RTT (acknowledged messages)", "p50 (ms)", "p95 (ms)", "p99 (ms)"],
-                [[fmt(stats.rtt_ms.size), fmt(p50), fmt(p95), fmt(p99)]],
-            )
-        )
+        out.append(_rtt_table(stats))
     if stats.inference is not None:
-        i = stats.inference
-        out.append(
-            "\n"
-            + md_table(
-                [
-                    "inference requests",
-                    "completed",
-                    "p50 (ms)",
-                    "p95 (ms)",
-                    "p99 (ms)",
-                    "deadline misses",
-                    "miss %",
-                ],
-                [
-                    [
-                        fmt(i.requests),
-                        fmt(i.completed),
-                        fmt(i.p50_ms),
-                        fmt(i.p95_ms),
-                        fmt(i.p99_ms),
-                        fmt(i.deadline_misses),
-                        fmt(i.miss_pct),
-                    ]
-                ],
-            )
-        )
+        out.append(_inference_table(stats.inference))
     if not short:
         lines = (s.get("traffic") or {}).get("lines") or []
         if lines:
@@ -310,3 +193,125 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
             out.append("\nnotes:\n\n" + "\n".join(f"- {x}" for x in stats.notes))
         out.append("\nDefinitions (loss, reordering, percentiles): see meshemu/report/stats.py.")
     return "\n".join(out) + "\n"
+
+
+def _steps_table(stats: RunStats) -> str:
+    return md_table(
+        [
+            "steps",
+            "route changes",
+            "link updates",
+            "apply p50 (ms)",
+            "apply p99 (ms)",
+            "lag p99 (ms)",
+        ],
+        [
+            [
+                fmt(stats.steps),
+                fmt(stats.route_changes),
+                fmt(stats.link_updates),
+                fmt(stats.apply_ms_p50),
+                fmt(stats.apply_ms_p99),
+                fmt(stats.lag_ms_p99),
+            ]
+        ],
+    )
+
+
+def _flows_table(flows: list[FlowStats]) -> str:
+    rows = []
+    for f in flows:
+        p50, p95, p99 = f.owd_p
+        rows.append(
+            [
+                f.name,
+                f.kind,
+                f"{f.src} -> {f.dst}",
+                fmt(f.seq.received),
+                fmt(f.seq.loss_pct),
+                fmt(f.seq.reorder_pct),
+                fmt(p50),
+                fmt(p95),
+                fmt(p99),
+                fmt(f.throughput_mbps),
+                fmt(f.path_changes),
+            ]
+        )
+    return "\n" + md_table(
+        [
+            "flow",
+            "kind",
+            "src -> dst",
+            "packets",
+            "loss %",
+            "reorder %",
+            "OWD p50 (ms)",
+            "OWD p95 (ms)",
+            "OWD p99 (ms)",
+            "Mbit/s",
+            "path changes",
+        ],
+        rows,
+    )
+
+
+def _jobs_table(stats: RunStats) -> str:
+    jobs = stats.jobs if len(stats.jobs) > 2 else stats.jobs[:1]  # pooled row if > 1 job
+    return "\n" + md_table(
+        [
+            "all-reduce job",
+            "algorithm",
+            "iterations",
+            "mean (ms)",
+            "p95 (ms)",
+            "predicted mean (ms)",
+            "predicted p95 (ms)",
+            "measured vs predicted %",
+        ],
+        [
+            [
+                j.job,
+                j.algorithm,
+                fmt(j.iterations),
+                fmt(j.mean_ms),
+                fmt(j.p95_ms),
+                fmt(j.predicted_mean_ms),
+                fmt(j.predicted_p95_ms),
+                fmt(j.error_pct),
+            ]
+            for j in jobs
+        ],
+    )
+
+
+def _rtt_table(stats: RunStats) -> str:
+    p50, p95, p99 = percentiles(stats.rtt_ms)
+    return "\n" + md_table(
+        ["transport RTT (acknowledged messages)", "p50 (ms)", "p95 (ms)", "p99 (ms)"],
+        [[fmt(stats.rtt_ms.size), fmt(p50), fmt(p95), fmt(p99)]],
+    )
+
+
+def _inference_table(i: InferenceStats) -> str:
+    return "\n" + md_table(
+        [
+            "inference requests",
+            "completed",
+            "p50 (ms)",
+            "p95 (ms)",
+            "p99 (ms)",
+            "deadline misses",
+            "miss %",
+        ],
+        [
+            [
+                fmt(i.requests),
+                fmt(i.completed),
+                fmt(i.p50_ms),
+                fmt(i.p95_ms),
+                fmt(i.p99_ms),
+                fmt(i.deadline_misses),
+                fmt(i.miss_pct),
+            ]
+        ],
+    )
