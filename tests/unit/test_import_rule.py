@@ -27,6 +27,8 @@ PURE = [
     "meshemu.report",
     "meshemu.traffic.schedule",
     "meshemu.traffic.header",
+    "meshemu.traffic.config",
+    "meshemu.signals",
 ]
 
 #: Module name prefixes a pure stage must not load.
