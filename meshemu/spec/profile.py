@@ -52,10 +52,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import yaml
 
 from meshemu.errors import ProfileError
-from meshemu.spec.validate import Validator
+from meshemu.spec.validate import Validator, read_yaml
 from meshemu.traffic.schedule import ALGORITHMS, ring_plan
 
 KINDS = ("allreduce", "inference", "bulk", "replay")
@@ -184,21 +183,7 @@ def load_profile(spec: str | Path | Profile) -> Profile:
     """Load and validate a profile from a YAML path or the name of one in ``traffic/``."""
     if isinstance(spec, Profile):
         return spec
-    path = Path(spec)
-    if not path.is_file():
-        shipped = default_profile_dir() / f"{spec}.yaml"
-        if not shipped.is_file():
-            raise ProfileError(
-                f"no traffic profile {str(spec)!r}; give a path to a YAML file "
-                f"or one of the shipped profiles: {', '.join(list_profiles())}"
-            )
-        path = shipped
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"not valid YAML: {exc}", source=str(path)) from None
-    except OSError as exc:
-        raise ProfileError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    data, path = read_yaml(spec, default_profile_dir(), ProfileError, "traffic profile", "profiles")
     return _parse(data, str(path), path.parent)
 
 

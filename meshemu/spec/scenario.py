@@ -50,10 +50,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from meshemu.errors import ScenarioError
-from meshemu.spec.validate import GROUND_KINDS, NODE_KINDS, SATELLITE_KINDS, Validator
+from meshemu.spec.validate import (
+    GROUND_KINDS,
+    NODE_KINDS,
+    SATELLITE_KINDS,
+    Validator,
+    read_yaml,
+)
 
 __all__ = [
     "GROUND_KINDS",
@@ -215,22 +220,9 @@ def load_scenario(spec: str | Path) -> Scenario:
         A path to a YAML file, or the name of a scenario in ``topologies/``
         (``default``, ``starlink-shell1``, ...).
     """
-    path = Path(spec)
-    if not path.exists():
-        shipped = default_scenario_dir() / f"{spec}.yaml"
-        if shipped.exists():
-            path = shipped
-        else:
-            raise ScenarioError(
-                f"no scenario file {str(spec)!r}; give a path to a YAML file or one of the "
-                f"shipped scenarios: {', '.join(list_scenarios())}"
-            )
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"not valid YAML: {exc}", source=str(path)) from None
-    except OSError as exc:
-        raise ScenarioError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    data, path = read_yaml(
+        spec, default_scenario_dir(), ScenarioError, "scenario file", "scenarios"
+    )
     return _parse(data, str(path), path.parent)
 
 

@@ -18,7 +18,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn, Protocol, cast
+
+import yaml
 
 #: Node kinds that are satellites (a link between two of them is an ISL).
 SATELLITE_KINDS: tuple[str, ...] = ("sat", "compute")
@@ -233,3 +236,29 @@ class Validator:
                 f"must be a {'non-empty ' if not empty_ok else ''}string; got {x!r}",
             )
         return x
+
+
+def read_yaml(
+    spec: str | Path, shipped_dir: Path, error: ErrorType, what: str, shipped_what: str
+) -> tuple[Any, Path]:
+    """Find ``spec`` (a path, or the name of a file shipped in ``shipped_dir``) and parse it.
+
+    Returns the parsed document and the file's path; a missing file, unreadable file or bad
+    YAML raises ``error`` naming the file (and, for a missing one, the shipped names).
+    """
+    path = Path(spec)
+    if not path.is_file():
+        shipped = shipped_dir / f"{spec}.yaml"
+        if not shipped.is_file():
+            names = ", ".join(sorted(q.stem for q in shipped_dir.glob("*.yaml")))
+            raise error(
+                f"no {what} {str(spec)!r}; give a path to a YAML file or one of the "
+                f"shipped {shipped_what}: {names}"
+            )
+        path = shipped
+    try:
+        return yaml.safe_load(path.read_text()), path
+    except yaml.YAMLError as exc:
+        raise error(f"not valid YAML: {exc}", source=str(path)) from None
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror}", source=str(path)) from None
