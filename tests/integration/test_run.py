@@ -277,6 +277,16 @@ def _per_step(samples, starts):
     return per_step
 
 
+#: How far a step's median RTT may be from the plan (userspace shaper, paths of 3 to 8 hops).
+#: The Python delay line adds some tens of microseconds per hop; on 2026-12-01 this machine
+#: measured medians up to +1.6 ms on the 8-hop path, with the code before the package
+#: redesign (4281cc7) as with the code after it, where earlier sessions measured +0.25 to
+#: +0.9 ms (issue 10 records one failure at 1.03 ms). Until issue 10's faster delay line,
+#: the bound is 2 ms; the path-change test also requires the RTT to be nearer the new
+#: path's plan than the old one's.
+RTT_TOLERANCE_MS = 2.0
+
+
 def test_rtt_tracks_plan_while_path_changes(ping_run):
     r = ping_run
     steps, planned = r.steps, r.planned
@@ -290,8 +300,8 @@ def test_rtt_tracks_plan_while_path_changes(ping_run):
             continue
         errors.append((k, np.median(rtts), planned[t]))
     assert len(errors) >= 30
-    bad = [(k, m, p) for k, m, p in errors if abs(m - p) > 1.0]
-    assert not bad, f"steps where median RTT is off the plan by > 1 ms: {bad[:5]}"
+    bad = [(k, m, p) for k, m, p in errors if abs(m - p) > RTT_TOLERANCE_MS]
+    assert not bad, f"steps where median RTT is off the plan by > {RTT_TOLERANCE_MS} ms: {bad[:5]}"
     # the planned RTT itself changes across the run (the geometry moves the path)
     ps = [p for _, _, p in errors]
     assert max(ps) - min(ps) > 1.0
@@ -327,7 +337,8 @@ def test_traffic_moves_within_one_step_when_path_changes(ping_run):
             if starts[k] + 0.05 < sent and sent + rtt / 1e3 < starts[k + 1] - 0.01
         ]
         assert window, f"no probe replies in the step after the path change at step {k}"
-        assert abs(np.median(window) - new_rtt) <= 1.0
+        m = np.median(window)
+        assert abs(m - new_rtt) <= RTT_TOLERANCE_MS and abs(m - new_rtt) < abs(m - old_rtt)
 
 
 def test_run_summary_and_files(ping_run):
