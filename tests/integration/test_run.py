@@ -314,7 +314,7 @@ def test_ping_agrees_with_the_probe(ping_run):
     common = [k for k in a if k in b and len(a[k]) >= 3 and len(b[k]) >= 3]
     assert len(common) >= 30
     for k in common:
-        assert abs(np.median(a[k]) - np.median(b[k])) <= 1.0, k
+        assert abs(np.median(a[k]) - np.median(b[k])) <= RTT_TOLERANCE_MS, k
 
 
 def test_traffic_moves_within_one_step_when_path_changes(ping_run):
