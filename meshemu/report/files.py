@@ -18,8 +18,6 @@ geometry or the scenario parser through it.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,21 +203,6 @@ SATELLITE_KINDS = ("sat", "compute")
 SUMMARY_JSON = "summary.json"
 ADDRESSING_CSV = "addressing.csv"
 ADDRESSING_JSON = "addressing.json"
-
-
-@contextmanager
-def csv_writer(run_dir: Path | str, spec: FileSpec, mode: str = "w") -> Iterator[Any]:
-    """Open ``run_dir/spec.name`` and yield a :func:`csv.writer` with the header written.
-
-    With ``mode="a"`` the header is written only when the file is new or empty.
-    """
-    path = Path(run_dir) / spec.name
-    fresh = mode == "w" or not path.exists() or path.stat().st_size == 0
-    with open(path, mode, newline="") as f:
-        w = csv.writer(f)
-        if fresh:
-            w.writerow(spec.columns)
-        yield w
 
 
 def open_csv(run_dir: Path | str, spec: FileSpec) -> tuple[Any, Any]:
