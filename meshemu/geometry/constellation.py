@@ -11,24 +11,30 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
-from sgp4 import exporter
 from sgp4.api import WGS72, Satrec
 
-from meshemu.errors import ScenarioError, TLEError
-from meshemu.geometry.arrays import FloatArray, Int32Array
+from meshemu.errors import ScenarioError
+from meshemu.geometry.arrays import FloatArray, Int32Array, Int64Array
+from meshemu.geometry.shells import CatalogueSummary, ShellLayout, infer_catalogue, walker_layout
 from meshemu.spec.scenario import EARTH_RADIUS_KM, Nodes, Scenario, ShellSpec
+from meshemu.spec.tle import TLE_TEMPLATE, node_names, parse_tle_text, write_tle
+
+__all__ = [
+    "TLE_TEMPLATE",
+    "Constellation",
+    "build_constellation",
+    "build_nodes",
+    "mean_motion_rad_per_min",
+    "parse_tle_text",
+    "walker_shell",
+    "write_tle",
+]
 
 MU_KM3_S2 = 398600.8  # WGS-72 gravitational parameter (SGP4's constants)
 _SGP4_EPOCH0 = dt.datetime(1949, 12, 31, tzinfo=dt.UTC)
-
-TLE_TEMPLATE = (
-    "1 NNNNNC NNNNNAAA NNNNN.NNNNNNNN +.NNNNNNNN +NNNNN-N +NNNNN-N N NNNNN\n"
-    "2 NNNNN NNN.NNNN NNN.NNNN NNNNNNN NNN.NNNN NNN.NNNN NN.NNNNNNNNNNNNNN"
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,12 +46,21 @@ class Constellation:
     satrecs : list of Satrec
     names : tuple of str
     shell, plane, index : ndarray of int
-        Shell number (TLE files count as shells after the Walker ones), plane and index in
-        plane (-1 for TLE satellites, whose plane is unknown).
+        Shell number (Walker shells first, then the shells inferred from each TLE file),
+        plane, and index (Walker: in the plane as generated; TLE: in the file). ``plane`` is
+        -1 for TLE files read with ``shells: none``.
     shells : tuple of ShellSpec
-        The Walker shells (TLE shells are not listed).
+        The Walker shells (TLE shells are in ``layouts``).
     epoch : datetime
         t = 0 of the plan.
+    slot : ndarray of int32
+        Slot in the plane, by argument of latitude at t = 0 (-1 without a plane).
+    norad_id : ndarray of int64
+        NORAD catalogue number (-1 for Walker satellites).
+    layouts : tuple of ShellLayout
+        Every shell's planes and slots, for +Grid.
+    catalogues : tuple of CatalogueSummary
+        What was inferred from each TLE file and what was left out.
     """
 
     satrecs: list[Satrec]
@@ -55,6 +70,10 @@ class Constellation:
     index: Int32Array
     shells: tuple[ShellSpec, ...]
     epoch: dt.datetime
+    slot: Int32Array = field(default_factory=lambda: np.zeros(0, np.int32))
+    norad_id: Int64Array = field(default_factory=lambda: np.zeros(0, np.int64))
+    layouts: tuple[ShellLayout, ...] = ()
+    catalogues: tuple[CatalogueSummary, ...] = ()
 
     def __len__(self) -> int:
         return len(self.satrecs)
@@ -98,131 +117,91 @@ def walker_shell(spec: ShellSpec, epoch: dt.datetime, first_satnum: int = 1) -> 
     return recs
 
 
-def _checksum(line: str) -> int:
-    return sum(int(c) if c.isdigit() else (1 if c == "-" else 0) for c in line[:68]) % 10
-
-
-def parse_tle_text(text: str, source: str = "<tle>") -> list[tuple[str, Satrec]]:
-    """Parse TLE or 3LE text (CelesTrak format) into ``(name, Satrec)`` pairs.
-
-    Raises
-    ------
-    TLEError
-        On the first malformed line, quoting it beside the expected template.
-    """
-    # Lines starting with '#' are comments (a meshemu extension, used to label generated files).
-    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    out: list[tuple[str, Satrec]] = []
-    i = 0
-    while i < len(lines):
-        name = None
-        if not lines[i].startswith("1 "):
-            name = lines[i][2:].strip() if lines[i].startswith("0 ") else lines[i].strip()
-            i += 1
-        if i + 1 >= len(lines):
-            raise TLEError(
-                f"line {i + 1}: element set is cut short: expected line 1 and line 2 "
-                f"after {lines[i - 1]!r}\nexpected:\n{TLE_TEMPLATE}",
-                source=source,
-            )
-        l1, l2 = lines[i], lines[i + 1]
-        for num, ln, lineno in (("1", l1, i + 1), ("2", l2, i + 2)):
-            if not ln.startswith(num + " ") or len(ln) != 69:
-                raise TLEError(
-                    f"line {lineno}: not a TLE line {num} (must start with '{num} ' and be 69 "
-                    f"characters, got {len(ln)}):\n  {ln}\nexpected:\n{TLE_TEMPLATE}",
-                    source=source,
-                )
-            if ln[68].isdigit() and int(ln[68]) != _checksum(ln):
-                raise TLEError(
-                    f"line {lineno}: checksum is {ln[68]} but the line sums to "
-                    f"{_checksum(ln)}:\n  {ln}",
-                    source=source,
-                )
-        if l1[2:7] != l2[2:7]:
-            raise TLEError(
-                f"line {i + 1}: satellite numbers differ between line 1 "
-                f"({l1[2:7]!r}) and line 2 ({l2[2:7]!r})",
-                source=source,
-            )
-        try:
-            rec = Satrec.twoline2rv(l1, l2, WGS72)
-        except (ValueError, IndexError) as exc:
-            raise TLEError(
-                f"line {i + 1}: cannot parse element set ({exc}):\n  {l1}\n  {l2}\n"
-                f"expected:\n{TLE_TEMPLATE}",
-                source=source,
-            ) from None
-        if rec.error != 0 or not (0 < rec.no_kozai < 0.2):
-            raise TLEError(
-                f"line {i + 2}: implausible mean motion "
-                f"{rec.no_kozai * 1440 / (2 * math.pi):.4f} rev/day:\n  {l2}",
-                source=source,
-            )
-        out.append((name or f"SAT{l1[2:7].strip()}", rec))
-        i += 2
-    if not out:
-        raise TLEError(f"no element sets found\nexpected:\n{TLE_TEMPLATE}", source=source)
-    return out
-
-
-def write_tle(path: Path | str, named_recs: list[tuple[str, Satrec]], header: str = "") -> None:
-    """Write records as a 3LE file (name line, line 1, line 2)."""
-    with open(path, "w") as f:
-        for line in header.splitlines():
-            f.write(f"# {line}\n")
-        for name, rec in named_recs:
-            l1, l2 = exporter.export_tle(rec)
-            f.write(f"{name}\n{l1}\n{l2}\n")
-
-
-def _sanitize(name: str) -> str:
-    out = "".join(c if c.isalnum() else "_" for c in name.strip()).strip("_")
-    return out or "sat"
-
-
 def build_constellation(scenario: Scenario) -> Constellation:
     """All satellites of a scenario, Walker shells first, then TLE files, in node order.
 
-    Names: ``s<shell>_<plane>_<index>`` for Walker satellites, ``t<shell>_<n>`` for TLE ones.
+    Walker satellites are named ``s<shell>_<plane>_<index>``; catalogue satellites keep their
+    catalogue names made safe (:func:`meshemu.spec.tle.node_names`) and come shell by shell,
+    plane by plane, in slot order (:func:`meshemu.geometry.shells.infer_catalogue`).
     """
     recs: list[Satrec] = []
     names: list[str] = []
-    shell_ix: list[int] = []
-    plane: list[int] = []
-    index: list[int] = []
+    cols: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("shell", "plane", "index", "slot", "norad")
+    }
+    layouts: list[ShellLayout] = []
     for k, spec in enumerate(scenario.shells):
-        recs.extend(walker_shell(spec, scenario.epoch, first_satnum=len(recs) + 1))
-        for p in range(spec.planes):
-            for s in range(spec.sats_per_plane):
-                names.append(f"s{k}_{p}_{s}")
-                shell_ix.append(k)
-                plane.append(p)
-                index.append(s)
-    for j, src in enumerate(scenario.tle_sources):
-        k = len(scenario.shells) + j
-        try:
-            text = src.path.read_text()
-        except OSError as exc:
-            raise TLEError(f"cannot read TLE file: {exc.strerror}", source=str(src.path)) from None
-        pairs = parse_tle_text(text, str(src.path))
-        if src.max_satellites:
-            pairs = pairs[: src.max_satellites]
-        for n, (_, rec) in enumerate(pairs):
-            recs.append(rec)
-            names.append(f"t{k}_{n}")
-            shell_ix.append(k)
-            plane.append(-1)
-            index.append(n)
+        first = len(recs)
+        recs.extend(walker_shell(spec, scenario.epoch, first_satnum=first + 1))
+        layout, slot = walker_layout(spec, first)
+        layouts.append(layout)
+        names.extend(
+            f"s{k}_{p}_{i}" for p in range(spec.planes) for i in range(spec.sats_per_plane)
+        )
+        cols["shell"].append(np.full(spec.n_sats, k))
+        cols["plane"].append(np.repeat(np.arange(spec.planes), spec.sats_per_plane))
+        cols["index"].append(np.tile(np.arange(spec.sats_per_plane), spec.planes))
+        cols["slot"].append(slot)
+        cols["norad"].append(np.full(spec.n_sats, -1))
+    summaries = []
+    taken = {g.name for g in scenario.ground} | set(names)
+    for src in scenario.tle_sources:
+        first, shell0 = len(recs), len(layouts)
+        cat = infer_catalogue(src, scenario.epoch)
+        chosen = [src.records[i] for i in cat.order]
+        recs.extend(r.satrec for r in chosen)
+        safe = node_names([r.name for r in chosen], taken)
+        taken.update(safe)
+        names.extend(safe)
+        if src.shells == "none":
+            cols["shell"].append(np.full(len(chosen), shell0))
+            layouts_here: tuple[ShellLayout, ...] = ()
+        else:
+            cols["shell"].append(cat.shell + shell0)
+            layouts_here = tuple(_offset(lay, first) for lay in cat.layouts)
+        layouts.extend(layouts_here)
+        cols["plane"].append(cat.plane)
+        cols["index"].append(cat.order)
+        cols["slot"].append(cat.slot)
+        cols["norad"].append(np.array([r.norad_id for r in chosen], dtype=np.int64))
+        summaries.append(cat.summary)
+        if not chosen:
+            raise ScenarioError(
+                f"{src.label}: no satellite takes part ({_why_none(cat.summary)}); relax the "
+                f"filters (min_altitude_km, shells, min_shell_sats, min_plane_sats)",
+                field="constellation.tle_files",
+                source=scenario.source or None,
+            )
+
+    def col(k: str, dtype: type) -> np.ndarray:
+        return np.concatenate(cols[k]).astype(dtype) if cols[k] else np.zeros(0, dtype)
+
     return Constellation(
         recs,
         tuple(names),
-        np.array(shell_ix, dtype=np.int32),
-        np.array(plane, dtype=np.int32),
-        np.array(index, dtype=np.int32),
+        col("shell", np.int32),
+        col("plane", np.int32),
+        col("index", np.int32),
         scenario.shells,
         scenario.epoch,
+        slot=col("slot", np.int32),
+        norad_id=col("norad", np.int64),
+        layouts=tuple(layouts),
+        catalogues=tuple(summaries),
     )
+
+
+def _offset(lay: ShellLayout, first: int) -> ShellLayout:
+    planes = tuple((p + first).astype(np.int32) for p in lay.planes)
+    return ShellLayout(
+        lay.name, lay.inclination_deg, lay.altitude_km, planes, lay.raan_deg, lay.adjacent
+    )
+
+
+def _why_none(summary: CatalogueSummary) -> str:
+    if not summary.excluded:
+        return "the file is empty"
+    return "; ".join(f"{n} {why}" for why, n in summary.excluded.items())
 
 
 def build_nodes(scenario: Scenario, const: Constellation, sat_ecef0_km: FloatArray) -> Nodes:
@@ -252,7 +231,8 @@ def build_nodes(scenario: Scenario, const: Constellation, sat_ecef0_km: FloatArr
         if name not in sat_ids:
             raise ScenarioError(
                 f"unknown satellite {name!r}; satellites are named like "
-                f"{', '.join(const.names[:3])} (s<shell>_<plane>_<index>)",
+                f"{', '.join(const.names[:3])} (Walker: s<shell>_<plane>_<index>; TLE: the "
+                f"catalogue name with '_' for other characters, as in nodes.csv)",
                 field=fld,
                 source=scenario.source or None,
             )
@@ -282,6 +262,8 @@ def build_nodes(scenario: Scenario, const: Constellation, sat_ecef0_km: FloatArr
         np.concatenate([const.plane, -np.ones(len(scenario.ground), np.int32)]),
         np.concatenate([const.index, -np.ones(len(scenario.ground), np.int32)]),
         n_sat,
+        slot=np.concatenate([const.slot, -np.ones(len(scenario.ground), np.int32)]),
+        norad_id=np.concatenate([const.norad_id, -np.ones(len(scenario.ground), np.int64)]),
     )
     for e in scenario.endpoints:
         nodes.id_of(e)  # raises with a clear message

@@ -29,6 +29,7 @@ import numpy.typing as npt
 from meshemu.errors import ScenarioError
 from meshemu.geometry.arrays import BoolArray, FloatArray, Int32Array, Int64Array
 from meshemu.geometry.constellation import Constellation, build_constellation, build_nodes
+from meshemu.geometry.grid import GridLinks, plus_grid
 from meshemu.geometry.linkstate import C_M_PER_S, GSL, ISL, Snapshot
 from meshemu.geometry.orbit import (
     ecef_to_geodetic,
@@ -41,7 +42,6 @@ from meshemu.geometry.visibility import (
     elevation_deg,
     isl_feasible,
     nearest_isls,
-    plus_grid_pairs,
 )
 from meshemu.spec.scenario import Nodes, Scenario
 
@@ -97,10 +97,12 @@ class LinkSchedule:
         ).reshape(-1, 3)
         self.ground_up = up_vector([x.lat_deg for x in g], [x.lon_deg for x in g]).reshape(-1, 3)
         self.n_sats = len(self.constellation)
+        for summary in self.constellation.catalogues:
+            for line in summary.lines():
+                log.info("%s", line)
         if scenario.isl.pattern == "plus-grid":
-            self.grid_a, self.grid_b, self.grid_cross = plus_grid_pairs(
-                self.constellation, r0, scenario.isl.allow_seam
-            )
+            grid = plus_grid_links(scenario, self.constellation, r0)
+            self.grid_a, self.grid_b, self.grid_cross = grid.a, grid.b, grid.cross
         self.transit = self.nodes.transit
 
     # ------------------------------------------------------------------ public
@@ -214,8 +216,8 @@ class LinkSchedule:
             return z.astype(np.int32), z.astype(np.int32), z, z.astype(bool)
         elev = elevation_deg(self.ground_ecef_km, self.ground_up, r)  # (G, S)
         dist = np.linalg.norm(r[None, :, :] - self.ground_ecef_km[:, None, :], axis=-1)
-        vis = elev >= sc.gsl.min_elevation_deg
-        L = sc.gsl.links_per_station
+        vis = self._visible(elev, dist)
+        L = sc.gsl.links_per_station or self.n_sats
         sats, gnds, kms, lingers = [], [], [], []
         need_lookahead: list[int] = []
         new_sel: list[set[int]] = []
@@ -255,6 +257,15 @@ class LinkSchedule:
             np.array(lingers, bool),
         )
 
+    def _visible(self, elev_deg: FloatArray, range_km: FloatArray) -> BoolArray:
+        """Which satellites may serve a station: elevation and, if set, slant range."""
+        gsl = self.scenario.gsl
+        with np.errstate(invalid="ignore"):
+            ok: BoolArray = elev_deg >= gsl.min_elevation_deg
+            if gsl.max_range_km is not None:
+                ok &= range_km <= gsl.max_range_km
+        return ok
+
     def _fill_longest_visible(
         self, t: float, vis: BoolArray, stations: list[int], sel: list[set[int]]
     ) -> None:
@@ -268,11 +279,48 @@ class LinkSchedule:
                 self.ground_ecef_km[g : g + 1], self.ground_up[g : g + 1], pos.reshape(-1, 3)
             ).reshape(len(cand), look.size)
             visible_now = vis[g, cand]
-            above = el >= sc.gsl.min_elevation_deg
+            rng = np.linalg.norm(pos.reshape(-1, 3) - self.ground_ecef_km[g], axis=-1).reshape(
+                len(cand), look.size
+            )
+            above = self._visible(el, rng)
             # steps until first not-visible sample (all visible -> full window)
             remaining = np.where(above.all(axis=1), look.size, np.argmin(above, axis=1))
             remaining = np.where(visible_now, remaining, -1)
             for j in np.argsort(-remaining, kind="stable"):
-                if len(sel[g]) >= sc.gsl.links_per_station or remaining[j] < 0:
+                if len(sel[g]) >= (sc.gsl.links_per_station or self.n_sats) or remaining[j] < 0:
                     break
                 sel[g].add(cand[j])
+
+
+def plus_grid_links(scenario: Scenario, const: Constellation, r0: FloatArray) -> GridLinks:
+    """The +Grid candidates of a scenario; a shell that gets no link at t = 0 is an error
+    naming the shell and why."""
+    isl = scenario.isl
+    if not const.layouts:
+        raise ScenarioError(
+            "+Grid needs shells with planes, and this scenario has none (TLE files read with "
+            "shells: none); use shells: auto or a list, or isl.pattern: nearest",
+            field="isl.pattern",
+            source=scenario.source or None,
+        )
+    grid = plus_grid(const.layouts, r0, isl.cross_plane_shift, isl.allow_seam, isl.max_range_km)
+    ok, dist = isl_feasible(r0, grid.a, grid.b, isl)
+    for k, lay in enumerate(const.layouts):
+        mine = grid.shell == k
+        if (ok & mine).any():
+            continue
+        if not mine.any():
+            why = f"its planes hold {lay.plane_sizes()} satellites, too few for any link"
+        else:
+            why = (
+                f"all {int(mine.sum())} candidate links are out of range or below the grazing "
+                f"altitude (shortest {np.nanmin(dist[mine]):.0f} km; isl.max_range_km "
+                f"{isl.max_range_km:g}, isl.min_grazing_altitude_km "
+                f"{isl.min_grazing_altitude_km:g})"
+            )
+        raise ScenarioError(
+            f"+Grid yields no link in shell {lay.name} at t = 0: {why}",
+            field="isl.pattern",
+            source=scenario.source or None,
+        )
+    return grid

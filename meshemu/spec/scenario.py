@@ -9,7 +9,8 @@ Schema (units are in the key names)::
 
     name: str
     description: str                       (optional)
-    epoch: 2026-01-01T00:00:00Z            epoch of the Walker shells; t = 0 of the plan
+    epoch: 2026-01-01T00:00:00Z            t = 0 of the plan and epoch of the Walker shells;
+                                           default: the newest TLE epoch, else 2026-01-01
     constellation:
       shells:                              Walker shells (any number)
         - name: str                        (optional, default "shellN")
@@ -21,8 +22,16 @@ Schema (units are in the key names)::
           inclination_deg: 0 .. 180
           raan_spread_deg: (0, 360]        default 360 (delta) / 180 (star)
       tle_files:                           TLE/3LE files in CelesTrak format (any number)
-        - file: path (relative to the scenario file)
-          max_satellites: int              (optional)
+        - file: path (relative to the scenario file)   or   group: starlink (the newest
+                                           catalogue fetched with `meshemu tle fetch starlink`)
+          max_satellites: int              (optional) only the first ones of the file
+          shells: auto | none | [{inclination_deg, altitude_km, tolerance_km (10),
+                   tolerance_deg (0.5), name}]   how shells are found (default auto)
+          min_altitude_km, max_altitude_km (optional) mean-altitude filter
+          plane_gap_deg: 1.0               RAAN gap that separates two planes
+          min_shell_sats (1 % of the file, >= 10), min_plane_sats (2): smaller clusters and
+                                           planes are left out
+          max_age_days: 365                limit of |t = 0 - TLE epoch|
     ground:                                ground stations, user sites, data centres
       - {name: str, lat_deg: -90..90, lon_deg: -180..360, alt_m: float,
          kind: station|user|datacenter}
@@ -33,9 +42,12 @@ Schema (units are in the key names)::
       pattern: plus-grid | nearest
       max_range_km, min_grazing_altitude_km, cross_plane_max_lat_deg (null = no limit),
       allow_seam (bool), terminals (int), acquisition_s, rate_mbps, queue_packets,
-      loss (per-packet probability 0..1, default 0)
+      loss (per-packet probability 0..1, default 0),
+      cross_plane_shift: auto | int        +Grid partner of slot s of plane p: slot s + k of
+                                           plane p + 1 (auto: the shift of the shortest links)
     gsl:
-      min_elevation_deg, links_per_station, handover: nearest | longest-visible,
+      min_elevation_deg (default 25, or 0 when max_range_km is given), max_range_km (slant
+      range, optional), links_per_station: int | all, handover: nearest | longest-visible,
       acquisition_s, rate_mbps, queue_packets, loss
     endpoints: [names]                     (optional) pairs for paths.csv; default: every
                                            ground node and every compute satellite
@@ -52,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from meshemu.errors import ScenarioError
+from meshemu.spec.tle import ShellMatch, TLESource, parse_entry, resolve_epoch
 from meshemu.spec.validate import (
     GROUND_KINDS,
     NODE_KINDS,
@@ -71,6 +84,7 @@ __all__ = [
     "Nodes",
     "ShellSpec",
     "TLESource",
+    "ShellMatch",
     "GroundSpec",
     "ComputeSpec",
     "ISLPolicy",
@@ -101,14 +115,6 @@ class ShellSpec:
     @property
     def n_sats(self) -> int:
         return self.planes * self.sats_per_plane
-
-
-@dataclass(frozen=True)
-class TLESource:
-    """A TLE or 3LE file in CelesTrak's format."""
-
-    path: Path
-    max_satellites: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,14 +157,21 @@ class ISLPolicy:
     rate_mbps: float = 1000.0
     queue_packets: int = 1000
     loss: float = 0.0
+    cross_plane_shift: int | None = None  # None: auto
 
 
 @dataclass(frozen=True)
 class GSLPolicy:
-    """Ground-to-satellite link policy."""
+    """Ground-to-satellite link policy.
+
+    A satellite can serve a station when it is at least ``min_elevation_deg`` above the
+    horizon and, if ``max_range_km`` is set, at most that slant range away; the station uses
+    ``links_per_station`` of them (None: all of them).
+    """
 
     min_elevation_deg: float = 25.0
-    links_per_station: int = 1
+    links_per_station: int | None = 1
+    max_range_km: float | None = None
     handover: str = "nearest"
     acquisition_s: float = 0.0
     rate_mbps: float = 100.0
@@ -253,7 +266,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
     name = top.get("name", Path(source).stem if source else "scenario")
     if not isinstance(name, str) or not name:
         v.fail("name", f"expected a non-empty string, got {name!r}")
-    epoch = _parse_epoch(v, top.get("epoch", "2026-01-01T00:00:00Z"))
+    explicit_epoch = _parse_epoch(v, top["epoch"]) if top.get("epoch") is not None else None
 
     cons = v.mapping(
         top.get("constellation"), "constellation", ("shells", "tle_files"), none_ok=True
@@ -269,14 +282,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
     if not isinstance(raw_tles, list):
         v.fail("constellation.tle_files", f"expected a list, got {raw_tles!r}")
     for i, t in enumerate(raw_tles):
-        p = f"constellation.tle_files[{i}]"
-        t = v.mapping(t, p, ("file", "max_satellites"), none_ok=True)
-        if not isinstance(t.get("file"), str):
-            v.fail(f"{p}.file", f"expected a file path, got {t.get('file')!r}")
-        path = (base_dir / t["file"]).resolve()
-        if not path.is_file():
-            v.fail(f"{p}.file", f"no such file {str(path)!r}")
-        tles.append(TLESource(path, v.number(t, "max_satellites", p, None, lo=1, integer=True)))
+        tles.append(parse_entry(v, t, f"constellation.tle_files[{i}]", base_dir))
     if not shells and not tles:
         v.fail(
             "constellation", "needs at least one Walker shell (shells:) or TLE file (tle_files:)"
@@ -304,6 +310,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
             )
         )
 
+    epoch = resolve_epoch(v, explicit_epoch, tles)
     compute = _parse_compute(v, top.get("compute"))
     isl = _parse_isl(v, top.get("isl"))
     gsl = _parse_gsl(v, top.get("gsl"))
@@ -438,10 +445,19 @@ def _parse_isl(v: Validator, d: Any) -> ISLPolicy:
             "rate_mbps",
             "queue_packets",
             "loss",
+            "cross_plane_shift",
         ),
         none_ok=True,
     )
     pattern = v.choice(d, "pattern", p, ISL_PATTERNS, "plus-grid")
+    shift = d.get("cross_plane_shift", "auto")
+    if shift == "auto" or shift is None:
+        shift = None
+    elif isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+        v.fail(
+            f"{p}.cross_plane_shift",
+            f"must be auto or an integer >= 0 (slots to shift in the next plane); got {shift!r}",
+        )
     seam = v.flag(d, "allow_seam", p, False)
     terminals = v.number(d, "terminals", p, 4, lo=0, hi=16, integer=True)
     if pattern == "plus-grid" and terminals < 4:
@@ -464,6 +480,7 @@ def _parse_isl(v: Validator, d: Any) -> ISLPolicy:
         rate_mbps=v.number(d, "rate_mbps", p, 1000.0, lo=0, lo_open=True),
         queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True),
         loss=v.number(d, "loss", p, 0.0, lo=0, hi=1),
+        cross_plane_shift=shift,
     )
 
 
@@ -474,6 +491,7 @@ def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
         p,
         (
             "min_elevation_deg",
+            "max_range_km",
             "links_per_station",
             "handover",
             "acquisition_s",
@@ -483,9 +501,18 @@ def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
         ),
         none_ok=True,
     )
+    max_range = v.number(d, "max_range_km", p, None, lo=0, lo_open=True, null=True)
+    per_station = d.get("links_per_station", 1)
+    if per_station != "all":
+        x = per_station
+        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+            v.fail(f"{p}.links_per_station", f"must be an integer >= 1 or all; got {x!r}")
     return GSLPolicy(
-        min_elevation_deg=v.number(d, "min_elevation_deg", p, 25.0, lo=0, hi=90, lo_open=False),
-        links_per_station=v.number(d, "links_per_station", p, 1, lo=1, hi=16, integer=True),
+        min_elevation_deg=v.number(
+            d, "min_elevation_deg", p, 25.0 if max_range is None else 0.0, lo=0, hi=90
+        ),
+        links_per_station=None if per_station == "all" else per_station,
+        max_range_km=max_range,
         handover=v.choice(d, "handover", p, HANDOVER_RULES, "nearest"),
         acquisition_s=v.number(d, "acquisition_s", p, 0.0, lo=0, hi=3600),
         rate_mbps=v.number(d, "rate_mbps", p, 100.0, lo=0, lo_open=True),
@@ -505,9 +532,14 @@ class Nodes:
     ----------
     names : tuple of str
     kind : ndarray of str, one of :data:`NODE_KINDS`
-    shell, plane, index : ndarray of int (-1 for ground nodes and for TLE satellites' plane)
+    shell, plane, index : ndarray of int (-1 for ground nodes, and plane for TLE satellites
+        read with ``shells: none``)
     n_sats : int
         Satellites are nodes ``0 .. n_sats-1``.
+    slot : ndarray of int
+        Slot in the plane by argument of latitude at t = 0 (-1 where there is none).
+    norad_id : ndarray of int
+        NORAD catalogue number of TLE satellites (-1 for the others).
     """
 
     names: tuple[str, ...]
@@ -516,6 +548,8 @@ class Nodes:
     plane: np.ndarray
     index: np.ndarray
     n_sats: int
+    slot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    norad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.names)
