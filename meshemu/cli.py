@@ -10,9 +10,12 @@
     meshemu report  RUN_DIR [--out DIR]
     meshemu compare RUN_DIR RUN_DIR... [--out DIR]
     meshemu scenarios
+    meshemu tle fetch GROUP [--out FILE] [--url BASE] [--force]
 
 SCENARIO is a YAML path or the name of a scenario shipped in ``topologies/`` (default:
-``default``). Errors meshemu knows about print one line and exit with status 2. SIGINT,
+``default``). GROUP is a CelesTrak group (``starlink``, ``oneweb``, ``gps-ops``, ...); the file
+goes to the TLE cache (``$MESHEMU_TLE_DIR``, default ``~/.cache/meshemu/tle``) unless ``--out``
+is given. Errors meshemu knows about print one line and exit with status 2. SIGINT,
 SIGTERM and SIGHUP tear a run down and exit with 128 + the signal's number (130, 143, 129).
 """
 
@@ -150,6 +153,70 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tle_fetch(args: argparse.Namespace) -> int:
+    from meshemu.spec.celestrak import REUSE_WINDOW, fetch_group
+
+    res = fetch_group(args.group, out=args.out, base_url=args.url, force=args.force)
+    now = dt.datetime.now(dt.UTC)
+    if res.reused:
+        print(
+            f"reusing {res.path}: group {res.group} was fetched {_age(now - res.fetched_at)} "
+            f"ago, and CelesTrak asks for at most one download of a group every "
+            f"{REUSE_WINDOW.total_seconds() / 3600:g} hours (--force downloads it again)"
+        )
+    else:
+        print(f"wrote {res.path}: CelesTrak group {res.group} from {res.url}")
+    print(
+        f"  {res.n_satellites} satellites, newest TLE epoch "
+        f"{res.newest_epoch:%Y-%m-%d %H:%M:%S} UTC ({_age(now - res.newest_epoch)} old)"
+    )
+    entry = f"file: {res.path}" if args.out else f"group: {res.group}"
+    print(f"  use it in a scenario: tle_files: [{{{entry}}}]")
+    return 0
+
+
+def _age(age: dt.timedelta) -> str:
+    """``age`` in the unit that reads best: s, min, h or days."""
+    s = max(age.total_seconds(), 0.0)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 2 * 3600:
+        return f"{s / 60:.0f} min"
+    if s < 2 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def _add_tle_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``meshemu tle`` and its sub-command ``fetch`` to the commands ``sub``."""
+    tle = sub.add_parser("tle", help="TLE files: download a CelesTrak group (no root)")
+    tle_sub = tle.add_subparsers(dest="tle_command", metavar="{fetch}", required=True)
+    sp = tle_sub.add_parser(
+        "fetch",
+        help="download a CelesTrak GP group in TLE (3LE) format",
+        description="Download a CelesTrak GP group in TLE (3LE) format. A group fetched less "
+        "than 2 h ago is reused from the cache (CelesTrak asks for no more) unless --force "
+        "or --out is given.",
+    )
+    sp.add_argument("group", metavar="GROUP", help="starlink, oneweb, kuiper, gps-ops, ...")
+    sp.add_argument(
+        "--out",
+        metavar="FILE",
+        help="file to write (default: <cache>/<group>-<time>.tle; cache: $MESHEMU_TLE_DIR "
+        "or ~/.cache/meshemu/tle)",
+    )
+    sp.add_argument(
+        "--url",
+        metavar="BASE",
+        help="GP query URL (default: $MESHEMU_CELESTRAK_URL or "
+        "https://celestrak.org/NORAD/elements/gp.php)",
+    )
+    sp.add_argument(
+        "--force", action="store_true", help="download even if fetched less than 2 h ago"
+    )
+    sp.set_defaults(func=cmd_tle_fetch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meshemu",
@@ -240,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("scenarios", help="list the shipped scenarios")
     sp.set_defaults(func=cmd_scenarios)
+    _add_tle_parser(sub)
     return p
 
 

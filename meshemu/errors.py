@@ -7,9 +7,12 @@ The tree, in one place::
     |   +-- ScenarioError             a scenario file (or dict) is malformed or impossible
     |   |   +-- TLEError              a TLE/3LE line is malformed (shows the expected template)
     |   +-- ProfileError              a traffic profile or pcap is malformed
-    |   +-- OptionsError              a run/plan option (duration, step, --out...) is unusable
+    |   +-- OptionsError              a command's option (duration, step, --out, a TLE group
+    |                                 name, --url...) is unusable
     +-- RoutingError(ValueError)      unknown routing scheme, or a scheme that misbehaves
     +-- ReportError(ValueError)       a run directory (or one of its files) cannot be reported on
+    +-- FetchError                    a download failed: the server is unreachable, answered
+    |                                 an HTTP error, or sent no TLE data (`meshemu tle fetch`)
     +-- ShaperError                   unknown shaper, or a shaper that cannot work on this kernel
     |   +-- LinkParamsError(ValueError)  impossible link parameters or ends
     +-- EmulationError                the live emulation cannot be built or run
@@ -73,7 +76,15 @@ class ProfileError(SpecError):
 
 
 class OptionsError(SpecError):
-    """A run or plan option is out of range, or the output path is unusable."""
+    """A command's option is out of range or malformed, or the output path is unusable."""
+
+
+class FetchError(MeshemuError):
+    """A download (``meshemu tle fetch``) failed: the server cannot be reached, it answered
+    an HTTP error, or its answer holds no TLE data.
+
+    Not a :class:`SpecError`: the input was well formed, the network or the server failed.
+    """
 
 
 class RoutingError(MeshemuError, ValueError):

@@ -97,8 +97,15 @@ class TimeSpan:
         return cls(duration, step, start, n_steps)
 
 
-def check_out_dir(path: Path | str) -> Path:
+def check_out_dir(path: Path | str, field: str = "--out") -> Path:
     """Return ``path`` if it is, or can be made, a writable directory; creates nothing.
+
+    Parameters
+    ----------
+    path : Path or str
+        The directory.
+    field : str
+        The option it came from, named in the error (``--out``).
 
     Raises
     ------
@@ -111,7 +118,7 @@ def check_out_dir(path: Path | str) -> Path:
         raise OptionsError(
             f"{str(out)!r} exists and is not a directory; give a directory "
             f"(it is created if missing)",
-            field="--out",
+            field=field,
         )
     probe = out
     while not probe.exists():
@@ -120,15 +127,15 @@ def check_out_dir(path: Path | str) -> Path:
         probe = probe.parent
     if not probe.is_dir():
         raise OptionsError(
-            f"cannot create {str(out)!r}: {str(probe)!r} is not a directory", field="--out"
+            f"cannot create {str(out)!r}: {str(probe)!r} is not a directory", field=field
         )
     if not os.access(probe, os.W_OK | os.X_OK):
         why = "is on a read-only file system" if _read_only(probe) else "is not writable"
-        raise OptionsError(f"cannot write {str(out)!r}: {str(probe)!r} {why}", field="--out")
+        raise OptionsError(f"cannot write {str(out)!r}: {str(probe)!r} {why}", field=field)
     return out
 
 
-def make_out_dir(path: Path) -> Path:
+def make_out_dir(path: Path, field: str = "--out") -> Path:
     """Create the output directory checked by :func:`check_out_dir` (and its parents).
 
     Raises
@@ -139,7 +146,7 @@ def make_out_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OptionsError(f"cannot create {str(path)!r}: {exc.strerror}", field="--out") from None
+        raise OptionsError(f"cannot create {str(path)!r}: {exc.strerror}", field=field) from None
     return path
 
 
