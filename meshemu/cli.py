@@ -143,13 +143,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
+    from meshemu.errors import ScenarioError
     from meshemu.spec.scenario import default_scenario_dir, list_scenarios, load_scenario
 
     for name in list_scenarios():
-        sc = load_scenario(default_scenario_dir() / f"{name}.yaml")
+        try:
+            sc = load_scenario(default_scenario_dir() / f"{name}.yaml")
+        except ScenarioError as exc:
+            print(f"{name:24s} (cannot load here: {exc})")
+            continue
         n = sum(s.n_sats for s in sc.shells)
-        tle = f" + {len(sc.tle_sources)} TLE file(s)" if sc.tle_sources else ""
-        print(f"{name:24s} {n:6d} Walker satellites{tle}, {len(sc.ground)} ground nodes")
+        tle = sum(len(t.records) for t in sc.tle_sources)
+        what = f"{n:6d} Walker satellites" if n or not tle else f"{tle:6d} TLE element sets"
+        if n and tle:
+            what += f" + {tle} TLE element sets"
+        print(f"{name:24s} {what}, {len(sc.ground)} ground nodes")
     return 0
 
 

@@ -134,6 +134,7 @@ def run_plan(
     finally:
         rec.close()
     summary = rec.summary(scenario, scheme.name, span.duration_s, span.step_s, span.start_s)
+    summary["catalogues"] = [c.as_dict() for c in sched.constellation.catalogues]
     summary["timing"] = {
         "geometry_ms_per_step": 1e3 * t_geom / n_steps,
         "routing_ms_per_step": 1e3 * t_route / n_steps,

@@ -197,6 +197,8 @@ def auto_shells(
     indices left over (between altitude runs or in clusters smaller than ``min_sats``)."""
     shells: list[np.ndarray] = []
     left: list[np.ndarray] = []
+    if inc.size == 0:
+        return shells, np.zeros(0, np.int64)
     for grp in _split_sorted(inc, INCLINATION_GAP_DEG):
         a = alt[grp]
         lo = math.floor(a.min())

@@ -420,6 +420,7 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
     rec = net.recorder
     assert rec is not None
     summary = rec.summary(sc, inputs.scheme.name, span.duration_s, span.step_s, span.start_s)
+    summary["catalogues"] = [c.as_dict() for c in plan.sched.constellation.catalogues]
     rows = loop.rows
     arr = np.array([r[5] for r in rows]) if rows else np.zeros(1)
     lag = np.array([r[4] for r in rows]) if rows else np.zeros(1)

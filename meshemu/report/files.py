@@ -60,8 +60,14 @@ class FileSpec:
         return ",".join(self.columns) + "\n"
 
 
+#: ``shell``, ``plane``, ``slot``: the satellite's place in the +Grid (slots counted by argument
+#: of latitude at t = 0); ``index``: Walker index in plane, or position in the TLE file;
+#: ``norad_id``: NORAD catalogue number of TLE satellites. -1 where not applicable.
 NODES = FileSpec(
-    "nodes.csv", ("id", "name", "kind", "shell", "plane", "index"), ("id", "name", "kind"), ("id",)
+    "nodes.csv",
+    ("id", "name", "kind", "shell", "plane", "index", "slot", "norad_id"),
+    ("id", "name", "kind"),
+    ("id",),
 )
 LINKS = FileSpec(
     "links.csv",

@@ -319,6 +319,8 @@ def write_nodes_csv(path: Path, nodes: Nodes) -> None:
                     int(nodes.shell[i]),
                     int(nodes.plane[i]),
                     int(nodes.index[i]),
+                    int(nodes.slot[i]) if nodes.slot.size else -1,
+                    int(nodes.norad_id[i]) if nodes.norad_id.size else -1,
                 ]
             )
 

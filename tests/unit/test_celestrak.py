@@ -406,3 +406,31 @@ def test_cli_error_is_one_line(server, cache, capsys):
     err = capsys.readouterr().err
     assert err.startswith("meshemu: error: group 'nosuch' has no satellites at CelesTrak")
     assert err.count("\n") == 1 and files_in(cache) == []
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_fetch_then_plan_the_shipped_starlink_real_scenario(server, cache, tmp_path, capsys):
+    """`meshemu tle fetch starlink`, then `meshemu plan starlink-real` finds that catalogue
+    (tle_files: [{group: starlink}]), infers its shells and plans paths between the cities."""
+    from meshemu.spec.scenario import load_scenario
+
+    with pytest.raises(SpecError, match=r"group: no fetched catalogue.*meshemu tle fetch starlink"):
+        load_scenario("starlink-real")
+    assert main(["tle", "fetch", "starlink", "--url", server.url]) == 0
+    (fetched,) = cache.iterdir()
+    sc = load_scenario("starlink-real")
+    assert sc.tle_sources[0].path == fetched and sc.tle_sources[0].group == "starlink"
+    assert len(sc.tle_sources[0].records) == N_STARLINK
+    out = tmp_path / "plan"
+    capsys.readouterr()
+    assert main(["plan", "starlink-real", "--duration", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ISLs" in text and "endpoint pairs reachable" in text
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["catalogues"][0]["shells"]) >= 5
+    reach = [p for p in summary["pairs"] if p["delay_ms_mean"] is not None]
+    assert len(reach) == len(summary["pairs"]) > 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from meshemu.geometry.constellation import build_constellation, parse_tle_text, walker_shell
+from meshemu.geometry.grid import plus_grid
 from meshemu.geometry.orbit import (
     WGS84_A_KM,
     ecef_to_geodetic,
@@ -18,7 +19,6 @@ from meshemu.geometry.visibility import (
     elevation_deg,
     grazing_altitude_km,
     isl_feasible,
-    plus_grid_pairs,
 )
 from meshemu.spec.scenario import EARTH_RADIUS_KM, ISLPolicy, Scenario, ShellSpec
 
@@ -146,6 +146,11 @@ def test_plus_grid_intra_plane_distance_is_the_chord():
         np.testing.assert_allclose(d, chord, rtol=5e-3)
         nominal = 2 * (EARTH_RADIUS_KM + 550.0) * math.sin(math.pi / 22)
         assert abs(np.median(d) - nominal) / nominal < 0.01
+
+
+def plus_grid_pairs(const, r0, allow_seam):
+    g = plus_grid(const.layouts, r0, None, allow_seam, 1e9)
+    return g.a, g.b, g.cross
 
 
 def test_walker_star_has_no_seam_links():

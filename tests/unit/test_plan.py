@@ -37,7 +37,7 @@ def test_files_and_columns(plan_dir):
     ):
         assert (plan_dir / name).stat().st_size > 0, name
     nodes = rows(plan_dir / "nodes.csv")
-    assert list(nodes[0]) == ["id", "name", "kind", "shell", "plane", "index"]
+    assert list(nodes[0]) == ["id", "name", "kind", "shell", "plane", "index", "slot", "norad_id"]
     assert len(nodes) == 68
     assert {n["kind"] for n in nodes} == {"sat", "compute", "station", "user", "datacenter"}
     links = rows(plan_dir / "links.csv")
