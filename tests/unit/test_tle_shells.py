@@ -455,3 +455,22 @@ def test_shipped_tle_demo_keeps_working():
     sched = LinkSchedule(load_scenario("tle-demo"))
     assert len(sched.constellation) == 48
     assert sched.constellation.names[0].startswith("MESHEMU_GEN")
+
+
+def test_shipped_generated_walker_48_file_gives_its_walker_shell_back():
+    """topologies/generated-walker-48.tle is the Walker delta 60:48/6/1 at 780 km (its header):
+    inferred planes, slots and +Grid links equal those of that shell built by meshemu."""
+    d = walker_dict(6, 8, 1, alt=780.0, inc=60.0)
+    walker = LinkSchedule(Scenario.from_dict(d))
+    t = copy.deepcopy(d)
+    shipped = Path(load_scenario("tle-demo").tle_sources[0].path)
+    t["constellation"] = {"tle_files": [{"file": str(shipped)}]}
+    tle = LinkSchedule(Scenario.from_dict(t))
+    rename = {f"s0_{p}_{i}": f"MESHEMU_GEN_{p}_{i}" for p in range(6) for i in range(8)}
+    by_name = {n: i for i, n in enumerate(tle.constellation.names)}
+    for i, name in enumerate(walker.constellation.names):
+        j = by_name[rename[name]]
+        assert tle.constellation.plane[j] == walker.constellation.plane[i]
+        assert tle.constellation.slot[j] == walker.constellation.slot[i]
+    want = {frozenset(rename[x] for x in pair) for pair in links_by_name(walker)}
+    assert want == links_by_name(tle) and len(want) == 96
