@@ -5,7 +5,7 @@
     meshemu plan    [SCENARIO] [--duration S] [--step S] [--start S] [--routing NAME] [--out DIR]
     meshemu run     [SCENARIO] [--duration S] [--step S] [--start S] [--time-scale X]
                     [--shaper auto|netem|userspace] [--routing NAME] [--traffic PROFILE]
-                    [--capture NODE[:PEER]] [--out DIR] [--cli]
+                    [--capture NODE[:PEER]] [--guard-ms MS] [--out DIR] [--cli]
     meshemu clean
     meshemu report  RUN_DIR [--out DIR]
     meshemu compare RUN_DIR RUN_DIR... [--out DIR]
@@ -292,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--cli", action="store_true", help="open Mininet's CLI while the geometry keeps updating"
+    )
+    sp.add_argument(
+        "--guard-ms",
+        type=_number,
+        default=0.5,
+        help="fidelity guard: warn when a link's frames leave more than this late at p99 "
+        "over a step (default: %(default)s ms)",
     )
     sp.set_defaults(func=cmd_run)
 

@@ -4,6 +4,8 @@
     A :class:`~meshemu.live.shapers.LinkShaper` that validates and records every call and
     touches nothing (no root). Not in the shaper registry: construct it directly,
     ``FakeShaper("myrun")``.
+:class:`GuardedFakeShaper`
+    A FakeShaper whose ``guard()`` returns scripted fidelity records.
 :class:`Netns`
     A stand-in for an emulated node: a network namespace held by a ``sleep`` process started
     with ``unshare -n`` (no name, nothing in ``/run/netns`` to leak; it goes with the
@@ -21,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 from meshemu.live.shapers import LinkEnds, LinkParams, LinkShaper
+from meshemu.live.shapers.base import GuardRecord
 
 
 class FakeShaper(LinkShaper):
@@ -68,6 +71,22 @@ class FakeShaper(LinkShaper):
         self.calls.append(("close", None))
         self._links.clear()
         self.closed = True
+
+
+class GuardedFakeShaper(FakeShaper):
+    """A :class:`FakeShaper` whose :meth:`guard` returns scripted records, one list per call
+    (then empty lists): the fidelity guard's test double."""
+
+    name = "fake-guarded"
+    has_guard = True
+
+    def __init__(self, run_id: str = "fake", script: Sequence[list[GuardRecord]] = ()):
+        super().__init__(run_id)
+        self.script = list(script)
+
+    def guard(self) -> list[GuardRecord]:
+        self.calls.append(("guard", None))
+        return self.script.pop(0) if self.script else []
 
 
 class Netns:

@@ -72,6 +72,9 @@ class RunOptions:
         Called after each step is applied (from the stepping thread).
     on_built : callable(emulation), optional
         Called once the network is built, before the clock starts.
+    guard_ms : float
+        The fidelity guard's threshold: a step in which a link sent frames with lateness p99
+        above this (ms) counts as affected and warns (``meshemu/live/guard.py``).
     """
 
     duration_s: float = 60.0
@@ -88,6 +91,7 @@ class RunOptions:
     plots: bool = True
     on_step: StepHook | None = field(default=None, compare=False)
     on_built: BuiltHook | None = field(default=None, compare=False)
+    guard_ms: float = 0.5
 
     def __post_init__(self) -> None:
         span = self.span  # checks duration, step, start and the step count
@@ -107,6 +111,9 @@ class RunOptions:
                 f"--time-scale",
                 field="--time-scale",
             )
+        g = self.guard_ms
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0:
+            raise OptionsError(f"must be a finite number > 0 (ms); got {g!r}", field="--guard-ms")
         if not isinstance(self.shaper, str) or not self.shaper:
             raise OptionsError(f"must be a shaper name; got {self.shaper!r}", field="--shaper")
         cap = self.capture

@@ -42,10 +42,11 @@ from meshemu.geometry.linkstate import Snapshot
 from meshemu.geometry.schedule import LinkSchedule
 from meshemu.live.clock import Clock
 from meshemu.live.feed import RouteFeed
+from meshemu.live.guard import FidelityGuard, verdict
 from meshemu.live.options import RunOptions
 from meshemu.live.resources import check_capacity
 from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
-from meshemu.report.files import STEPS, open_csv
+from meshemu.report.files import SHAPER, STEPS, open_csv
 from meshemu.report.record import node_positions_ecef_km
 from meshemu.routing import ComputedScheme
 from meshemu.signals import handle_signals, signals_deferred
@@ -216,6 +217,7 @@ class Network:
         self._stack = contextlib.ExitStack()
         self._steps_f: Any = None
         self.steps_w: Any = None
+        self.guard: FidelityGuard | None = None
 
     @classmethod
     def build(cls, inputs: RunInputs, plan: RunPlan) -> Network:
@@ -248,6 +250,14 @@ class Network:
         st.callback(self._steps_f.close)
         self.emu = Emulation(nodes.names, list(nodes.kind), shaper, out, inputs.run_id)
         self.tables0 = self.feed.get(0)
+        if shaper.has_guard:  # this shaper measures how far behind the plan it is
+            names = nodes.names
+            ends = {
+                i: (names[int(k) // len(nodes)], names[int(k) % len(nodes)])
+                for i, k in enumerate(plan.link_keys)
+            }
+            self.guard = FidelityGuard(shaper, out, ends, inputs.options.guard_ms)
+            st.callback(self.guard.close)
         why = ""
         if inputs.options.shaper == "auto":
             why = (
@@ -302,6 +312,8 @@ class Network:
     def flush(self) -> None:
         """Flush the files written as the run goes."""
         self._steps_f.flush()
+        if self.guard is not None:
+            self.guard.flush()
         if self.recorder is not None:
             self.recorder.flush()
 
@@ -352,6 +364,8 @@ class StepLoop:
             )
             if net.agents is not None:
                 net.agents.step(k, snaps[k].t_s, paths, tables)
+            if net.guard is not None:
+                net.guard.poll(k, snaps[k].t_s)
             row = (
                 k,
                 snaps[k].t_s,
@@ -441,11 +455,14 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
                 "lag_ms_p99": float(np.percentile(lag, 99)),
                 "lag_ms_max": float(lag.max()),
             },
+            "fidelity": _fidelity(net, loop),
             "route_changes_total": int(sum(r[7] for r in rows)),
             "link_updates_total": int(sum(r[6] for r in rows)),
         }
     )
     files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz", STEPS.name)]
+    if net.guard is not None:
+        files.append(out / SHAPER.name)
     if net.agents is not None:
         summary["traffic"] = net.agents.summary()
         files += net.agents.files()
@@ -487,6 +504,16 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
                 out,
             )
     return RunResult(out, summary, [f for f in files if f.exists()])
+
+
+def _fidelity(net: Network, loop: StepLoop) -> dict[str, Any]:
+    """The fidelity guard's summary, after a last poll (the time since the last step)."""
+    if net.guard is None:
+        return {"shaper": net.inputs.shaper.name, "ok": None, "verdict": verdict(True, 0, 0, 0)}
+    k = loop.last
+    net.guard.poll(k, net.plan.snapshots[k].t_s)
+    net.guard.flush()
+    return net.guard.summary()
 
 
 # ---------------------------------------------------------------------------- the pipeline

@@ -42,6 +42,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         traffic_optional=args.traffic is None,
         capture=tuple(args.capture or ()),
         cli=args.cli,
+        guard_ms=getattr(args, "guard_ms", 0.5),
     )
 
 
@@ -63,6 +64,13 @@ def run_from_cli(args: argparse.Namespace) -> int:
         f"  link updates {s['link_updates_total']}, route changes {s['route_changes_total']}; "
         f"link events {s['events']}"
     )
+    fid = s.get("fidelity", {})
+    print(f"  fidelity: {fid.get('verdict', 'not measured')}")
+    for lk in fid.get("links", [])[:3]:
+        print(
+            f"    {lk['a']}-{lk['b']} ({lk['direction']}): lateness p99 up to "
+            f"{lk['worst_p99_ms']:.2f} ms in {lk['steps']} step(s) (see shaper.csv)"
+        )
     if "traffic" in s:
         for line in s["traffic"].get("lines", []):
             print(f"  {line}")

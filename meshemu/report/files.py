@@ -69,6 +69,26 @@ NODES = FileSpec(
     ("id", "name", "kind"),
     ("id",),
 )
+#: The fidelity guard (``meshemu/live/guard.py``): per step, link and direction, frames sent,
+#: lateness against the scheduled departure (p99, max) and frames the shaper lost because it
+#: could not keep up; ``link_id`` -1 for a shaper worker as a whole. Only rows with frames.
+SHAPER = FileSpec(
+    "shaper.csv",
+    (
+        "step",
+        "t_s",
+        "link_id",
+        "a",
+        "b",
+        "direction",
+        "frames",
+        "late_p99_ms",
+        "late_max_ms",
+        "behind_drops",
+    ),
+    ("step", "link_id", "frames", "late_p99_ms"),
+    ("t_s", "late_p99_ms", "late_max_ms"),
+)
 LINKS = FileSpec(
     "links.csv",
     ("t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"),

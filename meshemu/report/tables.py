@@ -172,6 +172,9 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
         f"{run.time_scale:g}\n"
     )
     out.append(_steps_table(stats))
+    fid = s.get("fidelity")
+    if fid:
+        out.append(_fidelity_text(fid))
     flows = [f for f in stats.flows if f.seq.received] if short else stats.flows
     if short and len(flows) < len(stats.flows):
         out.append(
@@ -193,6 +196,33 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
             out.append("\nnotes:\n\n" + "\n".join(f"- {x}" for x in stats.notes))
         out.append("\nDefinitions (loss, reordering, percentiles): see meshemu/report/stats.py.")
     return "\n".join(out) + "\n"
+
+
+def _fidelity_text(fid: dict[str, Any]) -> str:
+    """The fidelity guard's verdict and its worst links (``summary.json`` ``fidelity``)."""
+    text = f"\nfidelity ({fid.get('shaper', '?')}): {fid.get('verdict', 'not measured')}\n"
+    links = fid.get("links") or []
+    if links:
+        steps = fid.get("affected_steps") or []
+        text += (
+            f"\nsteps affected: {', '.join(map(str, steps[:20]))}"
+            f"{' ...' if len(steps) > 20 else ''} (per link and step: shaper.csv)\n\n"
+        )
+        text += md_table(
+            ["link", "direction", "steps", "worst lateness p99 (ms)", "max (ms)", "worst step"],
+            [
+                [
+                    f"{lk['a']} - {lk['b']}",
+                    lk["direction"],
+                    fmt(lk["steps"]),
+                    fmt(lk["worst_p99_ms"]),
+                    fmt(lk["worst_max_ms"]),
+                    fmt(lk["worst_step"]),
+                ]
+                for lk in links[:10]
+            ],
+        )
+    return text
 
 
 def _steps_table(stats: RunStats) -> str:

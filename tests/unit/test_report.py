@@ -717,3 +717,28 @@ def test_plot_map_accepts_the_old_schedule_call(tmp_path):
         title="old call",
     )
     assert old.read_bytes() == new.read_bytes()
+
+
+def test_report_says_when_the_shaper_fell_behind(run_dir):
+    from doubles import GuardedFakeShaper
+
+    from meshemu.live.guard import FidelityGuard
+    from meshemu.live.shapers.base import GuardRecord
+
+    late = [GuardRecord(3, 1, 900, 2_500_000, 7_000_000)]
+    shaper = GuardedFakeShaper("r", [[], late, late])
+    guard = FidelityGuard(shaper, run_dir, {3: ("s0_1_2", "london")}, warn=lambda *a: None)
+    for k in (1, 2, 3):
+        guard.poll(k, float(k))
+    guard.close()
+    s = json.loads((run_dir / "summary.json").read_text())
+    s["fidelity"] = guard.summary()
+    (run_dir / "summary.json").write_text(json.dumps(s))
+    report(run_dir)
+    md = (run_dir / "report" / "summary.md").read_text()
+    assert "fell behind the plan in 2 of 3 steps" in md
+    assert "steps affected: 2, 3" in md
+    row = [
+        c.strip() for c in next(ln for ln in md.splitlines() if "s0_1_2 - london" in ln).split("|")
+    ]
+    assert row[1:7] == ["s0_1_2 - london", "b>a", "2", "2.50", "7.00", "2"]

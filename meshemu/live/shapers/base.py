@@ -163,6 +163,37 @@ def veth_cmd(name_a: str, ns_a: int | str, name_b: str, ns_b: int | str) -> list
     ]
 
 
+#: ``GuardRecord.link_id`` of a record about a shaper worker as a whole (not one link).
+WORKER_LINK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class GuardRecord:
+    """What a shaper measured about itself since the previous :meth:`LinkShaper.guard`.
+
+    Attributes
+    ----------
+    link_id : int
+        The link, or :data:`WORKER_LINK` for a record about a worker as a whole.
+    direction : int
+        0: frames that entered at the link's ``a`` end, 1: at its ``b`` end (-1 for a worker).
+    frames : int
+        Frames sent.
+    late_p99_ns, late_max_ns : int
+        How late frames left against their scheduled departure (p99, max).
+    behind_drops : int
+        Frames lost because the shaper could not keep up (e.g. its kernel receive ring
+        overflowed); not the model's queue drops.
+    """
+
+    link_id: int
+    direction: int
+    frames: int
+    late_p99_ns: int
+    late_max_ns: int
+    behind_drops: int = 0
+
+
 # ---- the interface ------------------------------------------------------------------------
 class LinkShaper(ABC):
     """Creates, shapes, updates and removes the emulation's links.
@@ -172,6 +203,8 @@ class LinkShaper(ABC):
     """
 
     name: ClassVar[str]
+    #: True when :meth:`guard` measures (the run then writes ``shaper.csv``).
+    has_guard: ClassVar[bool] = False
 
     def __init__(self, run_id: str):
         if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
@@ -198,6 +231,11 @@ class LinkShaper(ABC):
     @abstractmethod
     def close(self) -> None:
         """Remove everything this shaper created. Idempotent."""
+
+    def guard(self) -> list[GuardRecord] | None:
+        """How far behind the plan the shaper is, since the previous call (see
+        :class:`GuardRecord`); None when this shaper cannot tell (the default)."""
+        return None
 
     @property
     def link_ids(self) -> list[int]:
