@@ -141,3 +141,18 @@ def links_not_running() -> list[str]:
         and not flags & netlink.IFF_LOOPBACK
         and oper != netlink.IF_OPER_UP
     ]
+
+
+def softnet_dropped(text: str | None = None) -> int:
+    """Packets the kernel dropped because a CPU's input backlog was full (the second column
+    of ``/proc/net/softnet_stat``, hex, summed over CPUs; netdev_max_backlog overflow): veth
+    traffic arriving faster than the host processes it. Host-wide, cumulative since boot."""
+    if text is None:
+        try:
+            with open("/proc/net/softnet_stat") as f:
+                text = f.read()
+        except OSError:
+            return 0
+    return sum(
+        int(cols[1], 16) for cols in (ln.split() for ln in text.splitlines()) if len(cols) > 1
+    )

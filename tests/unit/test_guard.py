@@ -69,3 +69,16 @@ def test_threshold_is_the_users(tmp_path):
 
 def test_shapers_without_a_guard_say_so():
     assert FakeShaper("x").has_guard is False and FakeShaper("x").guard() is None
+
+
+def test_softnet_dropped_sums_the_backlog_drop_column():
+    from meshemu.linux.ifaces import softnet_dropped
+
+    text = (
+        "014cd766 00000000 00000001 00000000 00000000\n"
+        "015ab4e1 0000001a 00000002 00000000 00000000\n"
+        "015ab4e1 00000100 00000002 00000000 00000000\n"
+    )
+    assert softnet_dropped(text) == 0x1A + 0x100
+    assert softnet_dropped("") == 0
+    assert softnet_dropped() >= 0  # this host's, readable without root

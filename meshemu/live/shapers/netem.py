@@ -17,9 +17,17 @@ from collections.abc import Iterable, Sequence
 
 from meshemu.errors import CommandError, ShaperError, choices_message
 from meshemu.linux import commands, ifaces, netlink
+from meshemu.linux.ifaces import softnet_dropped
 from meshemu.linux.limits import require_root, room_for_fds
 from meshemu.linux.netns import in_namespaces
-from meshemu.live.shapers.base import LinkEnds, LinkParams, LinkShaper, veth_cmd
+from meshemu.live.shapers.base import (
+    WORKER_LINK,
+    GuardRecord,
+    LinkEnds,
+    LinkParams,
+    LinkShaper,
+    veth_cmd,
+)
 
 #: netem: packet size (bytes) used to turn a link's bandwidth-delay product into packets.
 NETEM_BDP_PACKET_BYTES = 1500
@@ -205,12 +213,14 @@ class NetemShaper(LinkShaper):
     """
 
     name = "netem"
+    has_guard = True
 
     def __init__(self, run_id: str):
         super().__init__(run_id)
         self._nl: dict[int, netlink.Netlink] = {}  # pid -> socket in its namespace
         self._ifindex: dict[tuple[int, str], int] = {}  # (pid, ifname) -> ifindex
         self._seq = 0
+        self._softnet: int | None = softnet_dropped()
 
     def _open_namespaces(self, ends: Sequence[LinkEnds]) -> None:
         """Open a netlink socket in each new namespace, look up the interfaces' indexes
@@ -340,6 +350,16 @@ class NetemShaper(LinkShaper):
                     c[1] += stats[1]
                     c[2] += stats[2]
         return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+    def guard(self) -> list[GuardRecord]:
+        """The kernel's part of the fidelity guard: packets it dropped since the last call
+        because its input backlog was full (host-wide, :func:`softnet_dropped`). netem does
+        not expose how late it sends, so there are no per-link lateness records."""
+        now = softnet_dropped()
+        last, self._softnet = self._softnet, now
+        if last is None or now <= last:
+            return []
+        return [GuardRecord(WORKER_LINK, -1, 0, 0, 0, behind_drops=now - last)]
 
     def close(self) -> None:
         socks, self._nl = list(self._nl.values()), {}
