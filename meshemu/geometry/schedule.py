@@ -51,14 +51,18 @@ LOOKAHEAD_S = 1800.0
 LOOKAHEAD_STEP_S = 10.0
 
 
+def _no_pairs() -> tuple[Int32Array, Int32Array]:
+    return np.zeros(0, np.int32), np.zeros(0, np.int32)
+
+
 @dataclass
 class _History:
     """What one step hands to the next: the edge keys (sorted), when each link was formed,
-    and the ISL pairs chosen (``nearest`` pattern)."""
+    and the ISLs chosen (``nearest`` pattern: satellite ids a < b, sorted by (a, b))."""
 
     keys: Int64Array = field(default_factory=lambda: np.zeros(0, np.int64))
     formed: FloatArray = field(default_factory=lambda: np.zeros(0, np.float64))
-    isl: set[tuple[int, int]] = field(default_factory=set)
+    isl: tuple[Int32Array, Int32Array] = field(default_factory=_no_pairs)
 
 
 @dataclass
@@ -138,8 +142,8 @@ class LinkSchedule:
         return _GslState([set() for _ in ground], [{} for _ in ground])
 
     def _isls(
-        self, r: FloatArray, prev_isl: set[tuple[int, int]]
-    ) -> tuple[Int32Array, Int32Array, FloatArray, set[tuple[int, int]]]:
+        self, r: FloatArray, prev_isl: tuple[Int32Array, Int32Array]
+    ) -> tuple[Int32Array, Int32Array, FloatArray, tuple[Int32Array, Int32Array]]:
         """ISLs at this step: (a, b, km, the pairs to keep at the next step)."""
         sc = self.scenario
         if self.n_sats and sc.isl.pattern == "plus-grid":
@@ -147,13 +151,10 @@ class LinkSchedule:
             ok, dist = isl_feasible(r, self.grid_a, self.grid_b, sc.isl, lat, self.grid_cross)
             return self.grid_a[ok], self.grid_b[ok], dist[ok], prev_isl
         if self.n_sats:
-            pairs = nearest_isls(r, sc.isl, keep=prev_isl)
-            ia = np.array([p[0] for p in pairs], np.int32)
-            ib = np.array([p[1] for p in pairs], np.int32)
-            idist = distance_km(r[ia], r[ib]) if pairs else np.zeros(0)
-            return ia, ib, idist, set(pairs)
+            ia, ib = nearest_isls(r, sc.isl, keep=prev_isl)
+            return ia, ib, distance_km(r[ia], r[ib]), (ia, ib)
         empty = np.zeros(0, np.int32)
-        return empty, empty, np.zeros(0), set()
+        return empty, empty, np.zeros(0), _no_pairs()
 
     def _snapshot(
         self, t: float, r: FloatArray, state: _GslState, hist: _History, first: bool
