@@ -8,8 +8,7 @@ Pure numpy functions over Earth-fixed positions (km). Formulas:
   radius 6371 km (the usual atmosphere-grazing rule, e.g. Hypatia, Kassing et al. 2020);
 - elevation of a satellite seen from a ground point: ``asin(u . (S - G) / |S - G|)`` with
   ``u`` the local ellipsoid normal;
-- +Grid: each satellite links to its two neighbours in its plane and to the satellites with
-  the same index (shifted to the best phase match) in the two adjacent planes.
+- +Grid candidates come from :mod:`meshemu.geometry.grid`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import numpy.typing as npt
 from scipy.spatial import cKDTree
 
 from meshemu.geometry.arrays import BoolArray, FloatArray, Int32Array, Int64Array
-from meshemu.geometry.constellation import Constellation
 from meshemu.spec.scenario import ISLPolicy
 
 EARTH_MEAN_RADIUS_KM = 6371.0
@@ -61,61 +59,6 @@ def elevation_deg(ground_km: FloatArray, ground_up: FloatArray, sat_km: FloatArr
         s = np.einsum("gsi,gi->gs", rel, ground_up) / rng
     elev: FloatArray = np.rad2deg(np.arcsin(np.clip(s, -1.0, 1.0)))
     return elev
-
-
-def plus_grid_pairs(
-    const: Constellation, ecef0_km: FloatArray, allow_seam: bool
-) -> tuple[Int32Array, Int32Array, BoolArray]:
-    """Candidate +Grid ISLs of the Walker shells (TLE satellites get none).
-
-    The cross-plane partner of satellite (p, s) is (p+1, s + shift) where ``shift`` is the
-    index offset that minimises the mean link length at t = 0 (it absorbs the Walker phasing
-    F and, at the wrap from the last plane to the first, the phase offset of the seam).
-    For a Walker star shell the last and first planes counter-rotate (the seam): those links
-    are left out unless ``allow_seam``.
-
-    Returns
-    -------
-    a, b : ndarray of int32 (a < b)
-    cross : ndarray of bool
-        True for cross-plane links.
-    """
-    a_l, b_l, c_l = [], [], []
-    base = 0
-    for spec in const.shells:
-        P, S = spec.planes, spec.sats_per_plane
-        ids = base + np.arange(P * S).reshape(P, S)
-        # intra-plane ring
-        a_l.append(ids.ravel())
-        b_l.append(np.roll(ids, -1, axis=1).ravel())
-        c_l.append(np.zeros(P * S, bool))
-        if P > 1:
-            n_pairs = P if (spec.type == "walker-delta" or allow_seam) else P - 1
-            if spec.type == "walker-delta" and P == 2:
-                n_pairs = 1
-            for p in range(n_pairs):
-                q = (p + 1) % P
-                src = ids[p]
-                best, best_len = 0, np.inf
-                for shift in range(S):
-                    dst = np.roll(ids[q], -shift)
-                    m = float(np.nanmean(distance_km(ecef0_km[src], ecef0_km[dst])))
-                    if m < best_len:
-                        best, best_len = shift, m
-                a_l.append(src)
-                b_l.append(np.roll(ids[q], -best))
-                c_l.append(np.ones(S, bool))
-        base += P * S
-    if not a_l:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, bool)
-    a = np.concatenate(a_l)
-    b = np.concatenate(b_l)
-    cross = np.concatenate(c_l)
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    keep = lo != hi
-    key = lo[keep].astype(np.int64) * (len(const) + 1) + hi[keep]
-    _, first = np.unique(key, return_index=True)
-    return (lo[keep][first].astype(np.int32), hi[keep][first].astype(np.int32), cross[keep][first])
 
 
 def isl_feasible(
