@@ -294,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--cli", action="store_true", help="open Mininet's CLI while the geometry keeps updating"
     )
     sp.add_argument(
+        "--detect",
+        default="carrier",
+        choices=("carrier", "silent"),
+        help="with a daemon routing scheme (ospf, isis, bird-ospf): a failed link drops "
+        "its carrier at both ends (default) or loses frames silently",
+    )
+    sp.add_argument(
         "--guard-ms",
         type=_number,
         default=0.5,

@@ -79,6 +79,7 @@ RTM_NEWADDR = 20
 RTM_NEWNEIGH = 28
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
+RTM_GETROUTE = 26
 RTM_NEWQDISC = 36
 RTM_GETQDISC = 38
 
@@ -325,6 +326,16 @@ def neigh_msg(ifindex: int, addr: int, lladdr: bytes, seq: int) -> bytes:
     return msg(RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, seq, body)
 
 
+def link_state_msg(ifindex: int, up: bool, seq: int) -> bytes:
+    """``RTM_NEWLINK`` setting or clearing ``IFF_UP`` (``ip link set IF up|down``)."""
+    return msg(
+        RTM_NEWLINK,
+        NLM_F_REQUEST,
+        seq,
+        _IFINFO.pack(socket.AF_UNSPEC, 0, ifindex, IFF_UP if up else 0, IFF_UP),
+    )
+
+
 def link_up_msg(ifindex: int, seq: int) -> bytes:
     """``RTM_NEWLINK`` setting ``IFF_UP`` on ``ifindex`` (``ip link set IF up``)."""
     return msg(
@@ -392,6 +403,73 @@ def netem_qdisc_msg(
 def link_dump_request(seq: int = 1) -> bytes:
     """``RTM_GETLINK`` dump request (``ip link show``)."""
     return msg(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, _IFINFO.pack(0, 0, 0, 0, 0))
+
+
+def route_dump_request(seq: int = 1) -> bytes:
+    """``RTM_GETROUTE`` dump request for IPv4 (``ip route show table all``)."""
+    return msg(
+        RTM_GETROUTE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0),
+    )
+
+
+def parse_route_dump(
+    data: bytes,
+) -> tuple[list[tuple[int, int, int, list[tuple[int, int]]]], bool]:
+    """IPv4 routes of the main table in part of an ``RTM_GETROUTE`` dump.
+
+    Returns
+    -------
+    list of (dst, dst_len, protocol, hops), bool
+        ``dst`` a host-order address; ``hops`` the (gateway, oif) pairs (one, or those of
+        ``RTA_MULTIPATH``; gateway 0 for a directly connected route); and whether
+        ``NLMSG_DONE`` ended the dump.
+
+    Raises
+    ------
+    CommandError
+        The kernel answered ``NLMSG_ERROR``.
+    """
+    out: list[tuple[int, int, int, list[tuple[int, int]]]] = []
+    for off, length, mtype, _, _ in messages(data):
+        if mtype == NLMSG_DONE:
+            return out, True
+        if mtype == NLMSG_ERROR:
+            raise _dump_failed("ip route show (RTM_GETROUTE dump)", data, off)
+        if mtype != RTM_NEWROUTE:
+            continue
+        fam, dst_len, _, _, table, proto, _, rtype, _ = _RTMSG.unpack_from(data, off + _HDR.size)
+        if fam != socket.AF_INET or rtype != 1:  # RTN_UNICAST only
+            continue
+        dst = gw = oif = 0
+        hops: list[tuple[int, int]] = []
+        for atype, pos, n in rtattrs(data, off + _HDR.size + _RTMSG.size, off + length):
+            if atype == RTA_DST and n == 4:
+                dst = struct.unpack_from("!I", data, pos)[0]
+            elif atype == RTA_GATEWAY and n == 4:
+                gw = struct.unpack_from("!I", data, pos)[0]
+            elif atype == RTA_OIF:
+                oif = struct.unpack_from("=i", data, pos)[0]
+            elif atype == RTA_TABLE:
+                table = struct.unpack_from("=I", data, pos)[0]
+            elif atype == RTA_MULTIPATH:
+                a, end = pos, pos + n
+                while a + 8 <= end:
+                    nh_len, _, _, nh_oif = struct.unpack_from("=HBBi", data, a)
+                    nh_gw = 0
+                    for t2, p2, n2 in rtattrs(data, a + 8, a + nh_len):
+                        if t2 == RTA_GATEWAY and n2 == 4:
+                            nh_gw = struct.unpack_from("!I", data, p2)[0]
+                    hops.append((nh_gw, nh_oif))
+                    if nh_len < 8:
+                        break
+                    a += (nh_len + 3) & ~3
+        if table != 254:  # RT_TABLE_MAIN
+            continue
+        out.append((dst, dst_len, proto, hops or [(gw, oif)]))
+    return out, False
 
 
 def qdisc_dump_request(seq: int = 1) -> bytes:

@@ -191,6 +191,12 @@ class Emulation:
         Names this run's processes and lock (letters, digits, ``_``, ``-``).
     ipv6 : bool
         Keep IPv6 on in the nodes (off by default: see :data:`NO_IPV6_SYSCTLS`).
+    daemons : meshemu.routing.daemons.DaemonScheme, optional
+        Route with daemons in the nodes instead of installing routes
+        (:mod:`meshemu.live.daemons`); ``tables`` then only feed the step statistics.
+    detect : str
+        With daemons, how a link that goes down shows itself: ``carrier`` (the interface
+        goes down at both ends) or ``silent`` (frames are dropped).
 
     Attributes
     ----------
@@ -212,6 +218,8 @@ class Emulation:
         run_dir: Path | str,
         run_id: str,
         ipv6: bool = False,
+        daemons: Any = None,
+        detect: str = "carrier",
     ) -> None:
         self.plan = adr.AddressPlan.from_links(names, kinds, np.zeros(0, dtype=np.int64))
         if (
@@ -241,6 +249,10 @@ class Emulation:
         self._stopped = False
         self._tables: Any = None
         self.timings: dict[str, float] = {}
+        self.daemons = daemons
+        self.detect = detect
+        self.daemon_runner: Any = None
+        self._ifindex: np.ndarray | None = None
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -323,7 +335,8 @@ class Emulation:
                 fn()
                 t[name] = time.perf_counter() - t1
             t1 = time.perf_counter()
-            n_routes = self._routes().install_full(dests, nh)
+            routes = self._routes()
+            n_routes = routes.install_full(dests, nh) if self.daemons is None else 0
             t["routes_s"] = time.perf_counter() - t1
             self._tables = first_tables
             t1 = time.perf_counter()
@@ -331,6 +344,10 @@ class Emulation:
             t["carrier_s"] = time.perf_counter() - t1
             self._register_intfs()
             plan.write(self.run_dir)
+            if self.daemons is not None:
+                t1 = time.perf_counter()
+                self._start_daemons(table)
+                t["daemons_s"] = time.perf_counter() - t1
         except BaseException:
             log.error("build of run %s failed; removing what was created", self.run_id)
             try:
@@ -497,6 +514,7 @@ class Emulation:
             ]
             check(i, sock(i).send_batch(netlink.pack_messages(msgs)), "adding neighbours")
         self.routes = RouteInstaller(plan, ifindex, socks)
+        self._ifindex = ifindex
 
     def _routes(self) -> RouteInstaller:
         if self.routes is None:
@@ -547,6 +565,58 @@ class Emulation:
                 )
                 ports[u] += 1
 
+    def _start_daemons(self, table: LinkTable) -> None:
+        from meshemu.live.daemons import DaemonRunner, daemon_nodes
+
+        plan, scheme = self.plan, self.daemons
+        kinds = ["isl" if plan.isl[k] else "gsl" for k in range(plan.n_links)]
+        delays = table.rows["delay_s"].tolist()
+        costs = [scheme.link_cost(kinds[k], delays[k]) for k in range(plan.n_links)]
+        transit = [k in adr.SATELLITE_KINDS for k in self.kinds]
+        nodes = daemon_nodes(self.names, transit, plan, kinds, costs)
+        if self.detect == "carrier":
+            self._set_admin(np.flatnonzero(~table.rows["up"]), up=False)
+        self.daemon_runner = DaemonRunner(scheme, nodes, self.nodes, self.run_id, self.run_dir)
+        self.daemon_runner.start()
+
+    def _set_admin(self, link_ids: np.ndarray, up: bool) -> None:
+        """Set both ends of links administratively up or down (carrier seen by daemons)."""
+        if not link_ids.size or self._ifindex is None:
+            return
+        plan = self.plan
+        by_node: dict[int, list[bytes]] = {}
+        for k in link_ids.tolist():
+            for side, u in ((0, int(plan.a[k])), (1, int(plan.b[k]))):
+                by_node.setdefault(u, []).append(
+                    netlink.link_state_msg(int(self._ifindex[k, side]), up, 0)
+                )
+        for u, msgs in by_node.items():
+            sock = self._netlink[u]
+            if sock is not None:
+                errors = sock.send_batch(netlink.pack_messages(msgs))
+                if errors:
+                    raise EmulationError(
+                        f"setting links {'up' if up else 'down'} in node {self.names[u]} "
+                        f"failed: {os.strerror(errors[0][1])}"
+                    )
+
+    def _daemon_step(self, changes: Any) -> None:
+        runner = self.daemon_runner
+        runner.check()
+        if self.detect == "carrier":
+            self._set_admin(changes.down_ids, up=False)
+            self._set_admin(changes.up_ids, up=True)
+        if self.daemons.options.metric == "delay" and changes.ids.size:
+            plan, rows = self.plan, self.links.rows  # type: ignore[union-attr]
+            upd = []
+            for k in changes.ids.tolist():
+                if rows["up"][k]:
+                    kind = "isl" if plan.isl[k] else "gsl"
+                    cost = self.daemons.link_cost(kind, float(rows["delay_s"][k]))
+                    name = plan.ifname(k)
+                    upd += [(int(plan.a[k]), name, cost), (int(plan.b[k]), name, cost)]
+            runner.set_costs(upd)
+
     # -- steps -------------------------------------------------------------------------------
     def apply(self, snapshot: Snapshot, tables: Any) -> StepStats:
         """Bring the network to ``snapshot`` and ``tables``, changing only what differs.
@@ -576,7 +646,11 @@ class Emulation:
             self.shaper.update(list(zip(ids.tolist(), self.links.params_of(ids))))
         t1 = time.perf_counter()
         diff = route_diff(self._tables, tables)
-        n_routes = self.routes.apply_diff(diff, dests)
+        if self.daemons is None:
+            n_routes = self.routes.apply_diff(diff, dests)
+        else:
+            n_routes = 0
+            self._daemon_step(changes)
         self._tables = tables
         t2 = time.perf_counter()
         st = StepStats(
@@ -618,6 +692,11 @@ class Emulation:
         errors: list[BaseException] = []
         t0 = time.perf_counter()
         with signals_deferred():
+            if self.daemon_runner is not None:
+                try:
+                    self.daemon_runner.stop()
+                except Exception as exc:
+                    errors.append(exc)
             try:
                 self.shaper.close()
             except Exception as exc:

@@ -17,7 +17,7 @@ until it comes up (then with all its current parameters).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,11 +53,15 @@ class LinkChanges:
     n_went_up, n_went_down : int
         Of those, the links that came up and that went down (absent from the snapshot:
         down).
+    up_ids, down_ids : ndarray of int64
+        Their ids.
     """
 
     ids: np.ndarray
     n_went_up: int
     n_went_down: int
+    up_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    down_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,10 +241,10 @@ class LinkTable:
         differs = (np.abs(new["delay_s"] - old["delay_s"]) > DELAY_TOLERANCE_S) | d_rate
         differs |= (new["queue_packets"] != old["queue_packets"]) | (new["loss"] != old["loss"])
         changed = np.flatnonzero((up != was_up) | (up & differs))
-        went_up = int(np.count_nonzero(up[changed] & ~was_up[changed]))
-        went_down = int(np.count_nonzero(~up[changed] & was_up[changed]))
+        up_ids = changed[up[changed] & ~was_up[changed]]
+        down_ids = changed[~up[changed] & was_up[changed]]
         old[changed] = new[changed]
-        return LinkChanges(changed, went_up, went_down)
+        return LinkChanges(changed, int(up_ids.size), int(down_ids.size), up_ids, down_ids)
 
     def params(self, link_id: int) -> LinkParams:
         """Link ``link_id``'s parameters as the shaper's value type."""

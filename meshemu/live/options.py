@@ -72,6 +72,10 @@ class RunOptions:
         Called after each step is applied (from the stepping thread).
     on_built : callable(emulation), optional
         Called once the network is built, before the clock starts.
+    detect : str
+        With a daemon routing scheme, how a failed link shows itself to the daemons:
+        ``carrier`` (its interfaces go down at both ends) or ``silent`` (frames are lost;
+        the protocol's dead interval finds it).
     guard_ms : float
         The fidelity guard's threshold: a step in which a link sent frames with lateness p99
         above this (ms) counts as affected and warns (``meshemu/live/guard.py``).
@@ -92,6 +96,7 @@ class RunOptions:
     on_step: StepHook | None = field(default=None, compare=False)
     on_built: BuiltHook | None = field(default=None, compare=False)
     guard_ms: float = 0.5
+    detect: str = "carrier"
 
     def __post_init__(self) -> None:
         span = self.span  # checks duration, step, start and the step count
@@ -114,6 +119,11 @@ class RunOptions:
         g = self.guard_ms
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0:
             raise OptionsError(f"must be a finite number > 0 (ms); got {g!r}", field="--guard-ms")
+        if self.detect not in ("carrier", "silent"):
+            raise OptionsError(
+                f"unknown detection {self.detect!r}; please specify one of: carrier, silent",
+                field="--detect",
+            )
         if not isinstance(self.shaper, str) or not self.shaper:
             raise OptionsError(f"must be a shaper name; got {self.shaper!r}", field="--shaper")
         cap = self.capture

@@ -48,7 +48,7 @@ from meshemu.live.resources import check_capacity
 from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
 from meshemu.report.files import SHAPER, STEPS, open_csv
 from meshemu.report.record import node_positions_ecef_km
-from meshemu.routing import ComputedScheme
+from meshemu.routing import ComputedScheme, scheme_kind
 from meshemu.signals import handle_signals, signals_deferred
 from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
 from meshemu.spec.profile import Profile, load_profile, resolve
@@ -109,6 +109,8 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
         scenario = load_scenario(scenario)
     span = options.span
     scheme = load_scheme(options.routing)
+    if scheme_kind(scheme) == "daemon":
+        scheme.check_installed()  # type: ignore[attr-defined]  # names the Debian package
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = check_out_dir(options.out_dir or Path("runs") / f"run-{scenario.name}-{stamp}")
     out = out.absolute()  # the agents in the nodes read their configuration from there
@@ -248,7 +250,16 @@ class Network:
         st.callback(self.recorder.close)
         self._steps_f, self.steps_w = open_csv(out, STEPS)
         st.callback(self._steps_f.close)
-        self.emu = Emulation(nodes.names, list(nodes.kind), shaper, out, inputs.run_id)
+        daemons = inputs.scheme if scheme_kind(inputs.scheme) == "daemon" else None
+        self.emu = Emulation(
+            nodes.names,
+            list(nodes.kind),
+            shaper,
+            out,
+            inputs.run_id,
+            daemons=daemons,
+            detect=inputs.options.detect,
+        )
         self.tables0 = self.feed.get(0)
         if shaper.has_guard:  # this shaper measures how far behind the plan it is
             names = nodes.names

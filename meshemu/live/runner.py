@@ -43,6 +43,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         capture=tuple(args.capture or ()),
         cli=args.cli,
         guard_ms=getattr(args, "guard_ms", 0.5),
+        detect=getattr(args, "detect", "carrier"),
     )
 
 

@@ -20,6 +20,7 @@ from types import ModuleType
 from meshemu.errors import RoutingError, choices_message
 from meshemu.routing.base import ComputedScheme, RoutingScheme
 from meshemu.routing.computed import ECMP, FewestHops, ShortestDelay
+from meshemu.routing.daemons import FRRISIS, FRROSPF, BirdOSPF
 
 #: Entry point group under which installed packages publish routing schemes.
 ENTRY_POINT_GROUP = "meshemu.routing"
@@ -29,6 +30,9 @@ SCHEMES: dict[str, type[RoutingScheme]] = {
     ShortestDelay.name: ShortestDelay,
     FewestHops.name: FewestHops,
     ECMP.name: ECMP,
+    FRROSPF.name: FRROSPF,
+    FRRISIS.name: FRRISIS,
+    BirdOSPF.name: BirdOSPF,
 }
 
 
