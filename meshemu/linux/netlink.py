@@ -438,38 +438,47 @@ def parse_route_dump(
             return out, True
         if mtype == NLMSG_ERROR:
             raise _dump_failed("ip route show (RTM_GETROUTE dump)", data, off)
-        if mtype != RTM_NEWROUTE:
-            continue
-        fam, dst_len, _, _, table, proto, _, rtype, _ = _RTMSG.unpack_from(data, off + _HDR.size)
-        if fam != socket.AF_INET or rtype != 1:  # RTN_UNICAST only
-            continue
-        dst = gw = oif = 0
-        hops: list[tuple[int, int]] = []
-        for atype, pos, n in rtattrs(data, off + _HDR.size + _RTMSG.size, off + length):
-            if atype == RTA_DST and n == 4:
-                dst = struct.unpack_from("!I", data, pos)[0]
-            elif atype == RTA_GATEWAY and n == 4:
-                gw = struct.unpack_from("!I", data, pos)[0]
-            elif atype == RTA_OIF:
-                oif = struct.unpack_from("=i", data, pos)[0]
-            elif atype == RTA_TABLE:
-                table = struct.unpack_from("=I", data, pos)[0]
-            elif atype == RTA_MULTIPATH:
-                a, end = pos, pos + n
-                while a + 8 <= end:
-                    nh_len, _, _, nh_oif = struct.unpack_from("=HBBi", data, a)
-                    nh_gw = 0
-                    for t2, p2, n2 in rtattrs(data, a + 8, a + nh_len):
-                        if t2 == RTA_GATEWAY and n2 == 4:
-                            nh_gw = struct.unpack_from("!I", data, p2)[0]
-                    hops.append((nh_gw, nh_oif))
-                    if nh_len < 8:
-                        break
-                    a += (nh_len + 3) & ~3
-        if table != 254:  # RT_TABLE_MAIN
-            continue
-        out.append((dst, dst_len, proto, hops or [(gw, oif)]))
+        if mtype == RTM_NEWROUTE:
+            r = route_message(data, off, length)
+            if r is not None:
+                out.append(r)
     return out, False
+
+
+def route_message(
+    data: bytes, off: int, length: int
+) -> tuple[int, int, int, list[tuple[int, int]]] | None:
+    """(dst, dst_len, protocol, hops) of the ``RTM_NEWROUTE``/``RTM_DELROUTE`` at ``off``:
+    an IPv4 unicast route of the main table (None for any other)."""
+    fam, dst_len, _, _, table, proto, _, rtype, _ = _RTMSG.unpack_from(data, off + _HDR.size)
+    if fam != socket.AF_INET or rtype != 1:  # RTN_UNICAST only
+        return None
+    dst = gw = oif = 0
+    hops: list[tuple[int, int]] = []
+    for atype, pos, n in rtattrs(data, off + _HDR.size + _RTMSG.size, off + length):
+        if atype == RTA_DST and n == 4:
+            dst = struct.unpack_from("!I", data, pos)[0]
+        elif atype == RTA_GATEWAY and n == 4:
+            gw = struct.unpack_from("!I", data, pos)[0]
+        elif atype == RTA_OIF:
+            oif = struct.unpack_from("=i", data, pos)[0]
+        elif atype == RTA_TABLE:
+            table = struct.unpack_from("=I", data, pos)[0]
+        elif atype == RTA_MULTIPATH:
+            a, end = pos, pos + n
+            while a + 8 <= end:
+                nh_len, _, _, nh_oif = struct.unpack_from("=HBBi", data, a)
+                if nh_len < 8:
+                    break
+                nh_gw = 0
+                for t2, p2, n2 in rtattrs(data, a + 8, a + nh_len):
+                    if t2 == RTA_GATEWAY and n2 == 4:
+                        nh_gw = struct.unpack_from("!I", data, p2)[0]
+                hops.append((nh_gw, nh_oif))
+                a += (nh_len + 3) & ~3
+    if table != 254:  # RT_TABLE_MAIN
+        return None
+    return dst, dst_len, proto, hops or [(gw, oif)]
 
 
 def qdisc_dump_request(seq: int = 1) -> bytes:
@@ -614,6 +623,27 @@ def dump(
 
 
 # ---- the socket ---------------------------------------------------------------------------
+#: Multicast group of IPv4 route changes (``RTMGRP_IPV4_ROUTE``).
+RTMGRP_IPV4_ROUTE = 0x40
+
+
+def route_monitor_socket() -> socket.socket:
+    """A non-blocking ``NETLINK_ROUTE`` socket of the calling thread's namespace that
+    receives every IPv4 route change (``ip monitor route``)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    sock = socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE, fileno=high_fd(s.detach())
+    )
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, RTMGRP_IPV4_ROUTE))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Netlink:
     """A ``NETLINK_ROUTE`` socket of the calling thread's network namespace.
 

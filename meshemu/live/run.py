@@ -25,6 +25,7 @@ everything built is torn down before it propagates.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import json
 import logging
@@ -46,7 +47,7 @@ from meshemu.live.guard import FidelityGuard, verdict
 from meshemu.live.options import RunOptions
 from meshemu.live.resources import check_capacity
 from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
-from meshemu.report.files import SHAPER, STEPS, open_csv
+from meshemu.report.files import CONVERGENCE, SHAPER, STEPS, open_csv
 from meshemu.report.record import node_positions_ecef_km
 from meshemu.routing import ComputedScheme, scheme_kind
 from meshemu.signals import handle_signals, signals_deferred
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 
 #: Share of the available memory the run's snapshots may take.
 SNAPSHOT_MEMORY_SHARE = 0.5
+#: How long daemon routing may take to route every node to the endpoints before the clock
+#: starts (s).
+INITIAL_CONVERGENCE_TIMEOUT_S = 120.0
 
 
 def say(text: str) -> None:
@@ -220,6 +224,9 @@ class Network:
         self._steps_f: Any = None
         self.steps_w: Any = None
         self.guard: FidelityGuard | None = None
+        self.fib: Any = None
+        self.clock_start = 0.0
+        self.initial_convergence_s: float | None = None
 
     @classmethod
     def build(cls, inputs: RunInputs, plan: RunPlan) -> Network:
@@ -284,6 +291,12 @@ class Network:
         self.emu.build(RunLinks.from_snapshots(plan.snapshots), plan.snapshots[0], self.tables0)
         self.t_build = time.perf_counter() - t0
         say(f"built in {self.t_build:.1f} s")
+        if daemons is not None:
+            from meshemu.live.fib import FibWatcher
+
+            self.fib = FibWatcher(self.emu, plan.ends.tolist())
+            st.callback(self.fib.stop)
+            self._initial_convergence()
         self.paths0 = self.recorder.record(
             plan.snapshots[0],
             self.tables0,
@@ -311,6 +324,29 @@ class Network:
             )
             st.callback(self.agents.stop)
             self.agents.step(0, plan.snapshots[0].t_s, self.paths0, self.tables0)
+
+    def _initial_convergence(self) -> None:
+        """Start the clock only once the daemons have routed every node to every endpoint
+        it can reach at t = 0 (as the reference scheme's first tables say)."""
+        nh = np.asarray(self.tables0.next_hop)
+        col = {int(d): j for j, d in enumerate(np.asarray(self.tables0.destinations))}
+        expect = {
+            (i, int(d))
+            for d in self.plan.ends
+            for i in range(nh.shape[0])
+            if i != int(d) and nh[i, col[int(d)], 0] >= 0
+        }
+        say(f"waiting for {self.inputs.scheme.name} to route {len(expect)} node-endpoint pairs ...")
+        took = self.fib.wait_until_routed(expect, INITIAL_CONVERGENCE_TIMEOUT_S)
+        if took is None:
+            log.warning(
+                "%s did not route every node to every endpoint within %.0f s; starting anyway",
+                self.inputs.scheme.name,
+                INITIAL_CONVERGENCE_TIMEOUT_S,
+            )
+        else:
+            say(f"{self.inputs.scheme.name} converged in {took:.1f} s")
+        self.initial_convergence_s = took
 
     def _stop_emulation(self) -> None:
         if self.emu is None:
@@ -356,6 +392,7 @@ class StepLoop:
         net, plan = self.net, self.net.plan
         snaps = plan.snapshots
         clock.start()
+        net.clock_start = clock.started_at or time.monotonic()
         # step 0 is the state the network was built in; the clock starts now
         net.steps_w.writerow(
             (0, snaps[0].t_s, 0.0, round(time.time(), 6), 0.0, round(net.t_build * 1e3, 3), 0, 0)
@@ -472,6 +509,8 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
         }
     )
     files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz", STEPS.name)]
+    if net.fib is not None:
+        files += _convergence(net, summary)
     if net.guard is not None:
         files.append(out / SHAPER.name)
     if net.agents is not None:
@@ -515,6 +554,30 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
                 out,
             )
     return RunResult(out, summary, [f for f in files if f.exists()])
+
+
+def _convergence(net: Network, summary: dict[str, Any]) -> list[Path]:
+    """``fib.csv`` and ``convergence.csv`` of a daemon-routed run; their summary."""
+    from meshemu.report import convergence as conv
+
+    def read_table_rows(path: Path) -> list[dict[str, str]]:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    out, opts, span = net.inputs.out, net.inputs.options, net.inputs.span
+    net.fib.stop()  # (the run's files are closed, so complete, by now)
+    fib = net.fib.write(out, net.clock_start, span.start_s, opts.time_scale)
+    names = net.plan.sched.nodes.names
+    events = conv.analyse(
+        read_table_rows(out / "links.csv"),
+        read_table_rows(fib),
+        read_table_rows(out / "nodes.csv"),
+        [names[e] for e in net.plan.ends],
+        span.start_s + span.duration_s,
+    )
+    summary["convergence"] = conv.summarize(events)
+    summary["convergence"]["initial_s"] = net.initial_convergence_s
+    return [fib, conv.write_events(out / CONVERGENCE.name, events)]
 
 
 def _fidelity(net: Network, loop: StepLoop) -> dict[str, Any]:

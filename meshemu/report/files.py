@@ -89,6 +89,39 @@ SHAPER = FileSpec(
     ("step", "link_id", "frames", "late_p99_ms"),
     ("t_s", "late_p99_ms", "late_max_ms"),
 )
+#: Daemon routing (``meshemu/live/fib.py``): every change of a node's kernel next hops toward
+#: an endpoint (``next_hops`` ``|``-separated node names, empty: no route); the first rows are
+#: the state when the clock started.
+FIB = FileSpec(
+    "fib.csv", ("t_s", "node", "dest", "next_hops"), ("t_s", "node", "dest", "next_hops"), ("t_s",)
+)
+#: Daemon routing (``meshemu/report/convergence.py``): one row per topology event.
+CONVERGENCE = FileSpec(
+    "convergence.csv",
+    (
+        "t_s",
+        "kind",
+        "links_down",
+        "links_up",
+        "fib_changes",
+        "convergence_s",
+        "converged",
+        "loop_s",
+        "blackhole_s",
+        "stretch",
+    ),
+    ("t_s", "kind", "convergence_s"),
+    (
+        "t_s",
+        "links_down",
+        "links_up",
+        "fib_changes",
+        "convergence_s",
+        "loop_s",
+        "blackhole_s",
+        "stretch",
+    ),
+)
 LINKS = FileSpec(
     "links.csv",
     ("t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"),

@@ -103,8 +103,13 @@ class DaemonProcess:
 class DaemonOptions:
     """Options every daemon scheme takes (keyword arguments of the scheme's constructor).
 
-    Timers: ``hello_s`` and ``dead_s`` (adjacency), ``spf_delay_ms``, ``spf_hold_ms``,
-    ``spf_max_ms`` (SPF throttling: first delay, then back-off between ``hold`` and ``max``).
+    Timers: ``hello_s`` and ``dead_s`` (adjacency), ``retransmit_s`` (of unacknowledged
+    database packets: RFC 2328's 5 s default made a first lost DD packet cost 8 s of the
+    initial convergence here), ``spf_delay_ms``, ``spf_hold_ms``,
+    ``spf_max_ms`` (SPF throttling: first delay, then back-off between ``hold`` and ``max``),
+    ``lsa_interval_ms`` and ``lsa_arrival_ms`` (OSPF's MinLSInterval and MinLSArrival: RFC
+    2328's 5 s and 1 s would hold every change back for seconds in a network that changes
+    every few seconds).
     """
 
     metric: str = "hops"
@@ -114,9 +119,12 @@ class DaemonOptions:
     delay_update_fraction: float = 0.1
     hello_s: int = 1
     dead_s: int = 4
+    retransmit_s: int = 1
     spf_delay_ms: int = 0
     spf_hold_ms: int = 50
     spf_max_ms: int = 500
+    lsa_interval_ms: int = 100
+    lsa_arrival_ms: int = 50
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self, scheme: str) -> None:
@@ -126,7 +134,7 @@ class DaemonOptions:
                 f"{scheme}: unknown metric {self.metric!r}; please specify one of: "
                 f"{', '.join(METRICS)}"
             )
-        for name in ("isl_cost", "gsl_cost", "hello_s", "dead_s"):
+        for name in ("isl_cost", "gsl_cost", "hello_s", "dead_s", "retransmit_s"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65535:
                 raise RoutingError(f"{scheme}: {name} must be an integer in [1, 65535]; got {v!r}")

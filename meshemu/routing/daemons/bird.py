@@ -5,7 +5,8 @@ One ``bird -f -c DIR/bird.conf -s DIR/bird.ctl -P DIR/bird.pid`` per node, in th
 namespace; ``birdc -s DIR/bird.ctl`` is its shell. Area 0, every link a ``ptp`` interface
 with its cost, ``lo`` a stub; the kernel protocol exports the OSPF routes only (``learn``
 off: BIRD owns no other route). A ground node is a stub router (RFC 6987, ``stub router
-yes``). A cost change rewrites the configuration and runs ``birdc configure``.
+yes``); BIRD's retransmit interval is at least 2 s. A cost change rewrites the
+configuration and runs ``birdc configure``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class BirdOSPF(DaemonScheme):
             cost = self._costs.get((node.name, lk.ifname), lk.cost)
             ifaces.append(
                 f'    interface "{lk.ifname}" {{ type ptp; hello {o.hello_s}; '
-                f"dead {o.dead_s}; cost {cost}; }};"
+                f"dead {o.dead_s}; retransmit {max(2, o.retransmit_s)}; cost {cost}; }};"
             )
         stub = "  stub router yes;\n" if not node.transit else ""
         text = (

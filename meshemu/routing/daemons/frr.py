@@ -108,6 +108,7 @@ class FRROSPF(_FRR):
                 " ip ospf network point-to-point",
                 f" ip ospf hello-interval {o.hello_s}",
                 f" ip ospf dead-interval {o.dead_s}",
+                f" ip ospf retransmit-interval {o.retransmit_s}",
                 f" ip ospf cost {lk.cost}",
                 "!",
             ]
@@ -116,6 +117,8 @@ class FRROSPF(_FRR):
             "router ospf",
             f" ospf router-id {node.address}",
             f" timers throttle spf {o.spf_delay_ms} {o.spf_hold_ms} {o.spf_max_ms}",
+            f" timers throttle lsa all {o.lsa_interval_ms}",
+            f" timers lsa min-arrival {o.lsa_arrival_ms}",
         ]
         if not node.transit:
             lines.append(" max-metric router-lsa administrative")
@@ -147,6 +150,7 @@ class FRRISIS(_FRR):
                 " isis network point-to-point",
                 f" isis hello-interval {o.hello_s}",
                 f" isis hello-multiplier {mult}",
+                f" isis psnp-interval {o.retransmit_s}",
                 f" isis metric {lk.cost}",
                 "!",
             ]
