@@ -25,7 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-PKGS=(mininet iproute2 iputils-ping iperf3 ethtool tcpdump procps psmisc kmod python3 python3-venv python3-pip)
+PKGS=(mininet iproute2 iputils-ping iperf3 ethtool tcpdump procps psmisc kmod python3 python3-venv python3-pip frr bird2)
 if [ "$WITH_TEST" = 1 ]; then
     PKGS+=(qemu-system-x86 busybox-static kmod cpio)
 fi
@@ -39,6 +39,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# meshemu runs its own FRR and BIRD instances inside the nodes (--routing ospf|isis|bird-ospf);
+# the packages' system-wide services are not needed, so they are not left running.
+if [ -d /run/systemd/system ]; then
+    systemctl disable --now frr.service bird.service >/dev/null 2>&1 || true
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -159,6 +159,13 @@ class FibWatcher:
         path = out / FIB.name
         with self._lock:
             changes = list(self.changes)
+        # before the clock started: only the state it started with
+        first: dict[tuple[int, int], tuple[float, int, int, tuple[int, ...]]] = {}
+        i = 0
+        while i < len(changes) and changes[i][0] <= clock_start:
+            first[(changes[i][1], changes[i][2])] = changes[i]
+            i += 1
+        changes = [c for c in first.values() if c[3]] + changes[i:]
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(FIB.columns)

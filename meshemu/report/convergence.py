@@ -128,7 +128,7 @@ def analyse(
     ends = [ids[e] for e in endpoints if e in ids]
     n = len(names)
     topo = _topologies(links, ids)
-    changes = sorted(
+    rows = [
         (
             float(r["t_s"]),
             ids[r["node"]],
@@ -136,7 +136,8 @@ def analyse(
             tuple(ids[x] for x in r["next_hops"].split("|") if x),
         )
         for r in fib
-    )
+    ]
+    changes = sorted(rows, key=lambda c: c[0])  # stable: rows of one time keep file order
     state: dict[tuple[int, int], tuple[int, ...]] = {}
     ci = 0
     events: list[Event] = []

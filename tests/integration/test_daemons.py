@@ -1,0 +1,203 @@
+"""Routing daemons in the nodes (issue 11), as root: OSPF and IS-IS (FRR) and OSPF (BIRD)
+converge to the fewest-hop next hops, failed links are routed around within the detection
+time, ground nodes carry no transit, a crashing daemon stops the run by name, and nothing is
+left behind.
+
+The reference next hops are computed here by breadth-first search over the links that are up
+(``links.csv`` at t = 0), independently of meshemu's routing code: every neighbour one hop
+closer to the destination, through satellites only."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from collections import defaultdict, deque
+from pathlib import Path
+
+import pytest
+
+from meshemu.errors import EmulationError
+from meshemu.live.daemons import STATE_ROOT
+from meshemu.live.runner import run_emulation
+from meshemu.routing.daemons import DaemonProcess
+from meshemu.routing.daemons.frr import FRROSPF
+from meshemu.spec.scenario import Scenario
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def scenario(cutoff_deg: float | None = 45.0) -> Scenario:
+    """60 satellites (6 x 10, 550 km, 53 deg), +Grid; cross-plane links go down above 45 deg
+    (at t = 10, 22, 31, 33 s), two ground stations, four endpoints."""
+    return Scenario.from_dict(
+        {
+            "name": "daemons",
+            "epoch": "2026-01-01T00:00:00Z",
+            "constellation": {
+                "shells": [
+                    {
+                        "name": "w",
+                        "type": "walker-delta",
+                        "planes": 6,
+                        "sats_per_plane": 10,
+                        "phasing": 1,
+                        "altitude_km": 550,
+                        "inclination_deg": 53,
+                    }
+                ]
+            },
+            "ground": [
+                {"name": "london", "lat_deg": 51.5, "lon_deg": -0.1},
+                {"name": "nairobi", "lat_deg": -1.3, "lon_deg": 36.8},
+            ],
+            "isl": {
+                "pattern": "plus-grid",
+                "max_range_km": 8000,
+                "cross_plane_max_lat_deg": cutoff_deg,
+                "rate_mbps": 100,
+            },
+            "gsl": {"min_elevation_deg": 10, "rate_mbps": 100},
+            "endpoints": ["london", "nairobi", "s0_0_0", "s0_2_3"],
+        }
+    )
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def reference_next_hops(run_dir: Path, t_s: float = 0.0) -> dict[tuple[str, str], set[str]]:
+    """Every node's fewest-hop next hops toward each endpoint at ``t_s`` (BFS, satellites
+    only as transit)."""
+    kinds = {r["name"]: r["kind"] for r in rows(run_dir / "nodes.csv")}
+    adj: dict[str, set[str]] = defaultdict(set)
+    for r in rows(run_dir / "links.csv"):
+        if float(r["t_s"]) == t_s and r["up"] == "1":
+            adj[r["a"]].add(r["b"])
+            adj[r["b"]].add(r["a"])
+    summary = __import__("json").loads((run_dir / "summary.json").read_text())
+    out = {}
+    for d in summary["endpoints"]:
+        dist = {d: 0}
+        q = deque([d])
+        while q:
+            u = q.popleft()
+            if u != d and kinds[u] not in ("sat", "compute"):
+                continue  # ground nodes end paths, they do not carry them
+            for v in adj[u]:
+                if v not in dist:
+                    dist[v] = dist[u] + 1
+                    q.append(v)
+        for u in kinds:
+            if u == d or u not in dist:
+                continue
+            out[(u, d)] = {
+                v
+                for v in adj[u]
+                if v in dist
+                and dist[v] == dist[u] - 1
+                and (v == d or kinds[v] in ("sat", "compute"))
+            }
+    return out
+
+
+def fib_at(run_dir: Path, t_s: float) -> dict[tuple[str, str], set[str]]:
+    state: dict[tuple[str, str], set[str]] = {}
+    for r in rows(run_dir / "fib.csv"):
+        if float(r["t_s"]) <= t_s:
+            state[(r["node"], r["dest"])] = {x for x in r["next_hops"].split("|") if x}
+    return {k: v for k, v in state.items() if v}
+
+
+def nothing_left(run_id: str) -> None:
+    assert not (STATE_ROOT / run_id).exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"/run/meshemu/{run_id}/" not in ps
+
+
+@pytest.mark.parametrize("routing", ["ospf", "isis", "bird-ospf"])
+def test_daemons_converge_to_the_fewest_hop_next_hops(tmp_path, routing):
+    res = run_emulation(
+        scenario(cutoff_deg=None),
+        duration_s=2,
+        shaper="userspace",
+        routing=routing,
+        out_dir=tmp_path / "r",
+        traffic=None,
+        plots=False,
+    )
+    run = res.run_dir
+    want = reference_next_hops(run)
+    got = fib_at(run, 0.0)
+    assert len(want) > 100
+    wrong = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+    assert not wrong, f"{len(wrong)} of {len(want)} differ, e.g. {list(wrong.items())[:3]}"
+    # ground nodes never carry transit traffic
+    kinds = {r["name"]: r["kind"] for r in rows(run / "nodes.csv")}
+    for (u, d), hops in got.items():
+        assert all(kinds[h] in ("sat", "compute") or h == d for h in hops), (u, d, hops)
+    assert res.summary["convergence"]["initial_s"] is not None
+    for node in ("s0_0_0", "london"):
+        conf = list((run / "daemons" / node).glob("*.conf"))
+        assert conf, f"no configuration kept for {node}"
+    nothing_left(res.summary["run_id"])
+
+
+@pytest.mark.parametrize(("detect", "lo_s", "hi_s"), [("carrier", 0.0, 1.5), ("silent", 2.0, 6.0)])
+def test_failed_links_are_routed_around_within_the_detection_time(tmp_path, detect, lo_s, hi_s):
+    """Cross-plane links go down at 10, 22, 31 and 33 s. With carrier detection OSPF reroutes
+    within SPF delay plus flooding; silently failed links wait for the dead interval (4 s,
+    hello 1 s)."""
+    res = run_emulation(
+        scenario(),
+        duration_s=40,
+        shaper="userspace",
+        routing="ospf",
+        detect=detect,
+        out_dir=tmp_path / "r",
+        traffic=None,
+        plots=False,
+    )
+    events = [
+        r
+        for r in rows(res.run_dir / "convergence.csv")
+        if r["kind"] == "isl" and int(r["links_down"]) > 0 and int(r["fib_changes"]) > 0
+    ]
+    assert events, rows(res.run_dir / "convergence.csv")
+    for e in events:
+        assert e["converged"] == "True", e
+        assert lo_s <= float(e["convergence_s"]) <= hi_s, e
+    nothing_left(res.summary["run_id"])
+
+
+class CrashingDaemon(FRROSPF):
+    """zebra, then a 'protocol daemon' that fails at once."""
+
+    name = "crashing"
+
+    def processes(self, node, state_dir):
+        procs = super().processes(node, state_dir)[:1]
+        crash = ("sh", "-c", "echo 'cannot bind: bad things'; exit 3")
+        return [*procs, DaemonProcess("crashd", crash, str(state_dir / "crashd.pid"))]
+
+
+def test_a_crashing_daemon_stops_the_run_by_name_and_leaves_nothing(tmp_path):
+    with pytest.raises(EmulationError) as ei:
+        run_emulation(
+            scenario(),
+            duration_s=5,
+            shaper="userspace",
+            routing=CrashingDaemon(),
+            out_dir=tmp_path / "r",
+            traffic=None,
+            plots=False,
+        )
+    msg = str(ei.value)
+    assert "daemon crashd of node" in msg and "exited with status 3" in msg
+    assert "cannot bind: bad things" in msg
+    assert not any(STATE_ROOT.glob("*/0")) or all(
+        not (p / "crashd.pid").exists() for p in STATE_ROOT.glob("*/0")
+    )
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "/run/meshemu/" not in ps
