@@ -16,7 +16,9 @@ live is a leftover:
 * other named namespaces ``meshemu-<run_id>-*`` that no process uses;
 * interfaces in the root namespace named like meshemu's (``isl<k>``, ``gsl<k>``,
   ``dl<k>a``/``dl<k>b``): only when cleaning every run, as they carry no run id;
-* the lock files.
+* the lock files;
+* the routing daemons' state directories ``/run/meshemu/<run_id>/`` (their processes, in
+  the nodes' namespaces and carrying the environment marker, went with the node shells).
 
 Nothing here is specific to one run unless ``run_id`` is given.
 """
@@ -145,9 +147,28 @@ def clean(run_id: str | None = None, dry_run: bool = False) -> list[str]:
             removed.append(f"lock {e['lock']}")
             if not dry_run:
                 Path(e["lock"]).unlink(missing_ok=True)
+    removed += _daemon_state(run_id, live_ids, dry_run)  # 6.
     for item in removed:
         log.info("%s %s", "would remove" if dry_run else "removed", item)
     return removed
+
+
+def _daemon_state(run_id: str | None, live_ids: set[str], dry_run: bool) -> list[str]:
+    """Step 6: the routing daemons' state directories of runs that are not live."""
+    import shutil
+
+    from meshemu.live.daemons import STATE_ROOT
+
+    if not STATE_ROOT.is_dir():
+        return []
+    out = []
+    for d in sorted(STATE_ROOT.iterdir()):
+        if not d.is_dir() or d.name in live_ids or (run_id is not None and d.name != run_id):
+            continue
+        out.append(f"routing daemon state {d}")
+        if not dry_run:
+            shutil.rmtree(d, ignore_errors=True)
+    return out
 
 
 def _node_processes(dead: dict[str, dict], dry_run: bool) -> list[str]:

@@ -234,6 +234,17 @@ class DaemonRunner:
                     self.mesh[i].popen(argv, stdout=subprocess.DEVNULL).wait(timeout=30)
         return sum(len(v) for v in touched.values())
 
+    def install_shell_functions(self) -> None:
+        """Make the daemon's shell work in each node's Mininet shell: ``s0_0_0 vtysh -c
+        'show ip ospf neighbor'`` reaches that node's daemon (a shell function that adds
+        the node's socket options)."""
+        for node in self.nodes:
+            argv = self.scheme.cli_argv(node, self.dir_of(node.node_id))
+            if not argv:
+                continue
+            prog, args = argv[0], " ".join(f"'{a}'" for a in argv[1:])
+            self.mesh[node.node_id].cmd(f'{prog}() {{ command {prog} {args} "$@"; }}')
+
     def cli_argv(self, name: str) -> list[str]:
         """The daemon shell of node ``name`` (``vtysh ...`` / ``birdc ...``)."""
         node = next(n for n in self.nodes if n.name == name)

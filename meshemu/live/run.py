@@ -297,6 +297,8 @@ class Network:
             self.fib = FibWatcher(self.emu, plan.ends.tolist())
             st.callback(self.fib.stop)
             self._initial_convergence()
+            if inputs.options.cli:
+                self.emu.daemon_runner.install_shell_functions()
         self.paths0 = self.recorder.record(
             plan.snapshots[0],
             self.tables0,

@@ -90,3 +90,38 @@ def test_cli_mode_pings_while_steps_apply(tmp_path):
         steps = list(csv.DictReader(f))
     assert [int(r["step"]) for r in steps] == list(range(9))  # all applied while the CLI was open
     assert text.count("64 bytes from 10.0.0.66") == 3  # printed once, not twice
+
+
+@pytest.mark.parametrize(
+    ("routing", "command", "answer"),
+    [
+        ("ospf", "s0_0_0 vtysh -c 'show ip ospf neighbor'", "Full/-"),
+        ("bird-ospf", "s0_0_0 birdc show ospf neighbors", "Full/PtP"),
+    ],
+)
+def test_cli_reaches_the_nodes_routing_daemon(tmp_path, routing, command, answer):
+    """With a daemon scheme, `NODE vtysh ...` / `NODE birdc ...` in the CLI talk to that
+    node's own daemon (its neighbours are up)."""
+    p = subprocess.Popen(
+        MESHEMU
+        + ["run", "--cli", "--duration", "4", "--traffic", "none", "--shaper", "userspace"]
+        + ["--routing", routing, "--out", str(tmp_path / "run")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        got = Output(p.stdout)
+        assert got.wait_for("mininet>", 240), got.text
+        p.stdin.write(command + "\n")
+        p.stdin.flush()
+        assert got.wait_for(answer, 60), got.text
+        p.stdin.write("exit\n")
+        p.stdin.flush()
+        p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, got.text
