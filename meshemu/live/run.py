@@ -264,6 +264,7 @@ class Network:
             shaper,
             out,
             inputs.run_id,
+            ipv6=bool(getattr(daemons, "ipv6", False)),
             daemons=daemons,
             detect=inputs.options.detect,
         )

@@ -201,3 +201,24 @@ def test_a_crashing_daemon_stops_the_run_by_name_and_leaves_nothing(tmp_path):
     )
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "/run/meshemu/" not in ps
+
+
+def test_a_plugin_daemon_runs(tmp_path):
+    """The README's plug-in example (RIPv2 with BIRD) routes every node to every
+    endpoint, loop-free, along fewest-hop paths."""
+    plugin = Path(__file__).resolve().parents[1] / "plugins" / "rip_scheme.py"
+    res = run_emulation(
+        scenario(cutoff_deg=None),
+        duration_s=2,
+        shaper="userspace",
+        routing=f"{plugin}:RIP",
+        out_dir=tmp_path / "r",
+        traffic=None,
+        plots=False,
+    )
+    want = reference_next_hops(res.run_dir)
+    got = fib_at(res.run_dir, 0.0)
+    bad = {k: (got.get(k), v) for k, v in want.items() if not got.get(k) or not got[k] <= v}
+    assert not bad, f"{len(bad)} of {len(want)}: {list(bad.items())[:3]}"
+    assert res.summary["routing"] == "rip"
+    nothing_left(res.summary["run_id"])

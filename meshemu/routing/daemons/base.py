@@ -164,6 +164,9 @@ class DaemonScheme(RoutingScheme):
     #: Run the processes as this user (FRR drops root to ``frr``); the state directory is
     #: handed to it. None: root.
     user: ClassVar[str | None] = None
+    #: Keep IPv6 on in the nodes (off otherwise): for protocols that speak over IPv6
+    #: link-local addresses, such as Babel.
+    ipv6: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         known = set(DaemonOptions.__dataclass_fields__) - {"extra"}
