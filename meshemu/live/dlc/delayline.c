@@ -20,9 +20,17 @@
  *   frame, not per-frame heap entries;
  * - due frames leave in batches through one sendmmsg() on one unbound packet socket with
  *   PACKET_QDISC_BYPASS (straight to the veth's xmit, no qdisc, no taps);
- * - it sleeps in ppoll() on the ring and stdin until SPIN_NS before the next departure and
- *   spins for the rest, within a spin budget (SPIN_BUDGET of every SPIN_WINDOW_NS) so
- *   that real-time scheduling never runs into the kernel's RT throttling;
+ * - it sleeps in ppoll() until SPIN_NS before the next departure and spins for the rest,
+ *   within a spin budget (SPIN_BUDGET of every SPIN_WINDOW_NS) so that real-time
+ *   scheduling never runs into the kernel's RT throttling;
+ * - lookahead: a frame that arrives at t leaves at t + delay or later, so once the ring is
+ *   empty at time e no frame can be due before e + (the smallest delay of its links). Up
+ *   to then (less LOOKAHEAD_MARGIN_NS, at most LOOKAHEAD_MAX_NS) the worker does not watch
+ *   the ring at all: arrivals wake nobody (the ring holds them, with their kernel
+ *   timestamps, so the arrival time stays exact) and are taken in one batch at the next
+ *   wake-up. Without it every frame woke the real-time worker, which then preempted the
+ *   very processes sending the traffic. With links shorter than LOOKAHEAD_MIN_NS, or after
+ *   LOOKAHEAD_IDLE_NS without frames, the worker sleeps on the ring as well;
  * - with --workers W, worker i attaches a classic BPF filter that only accepts frames whose
  *   ingress ifindex % W == i, so every direction belongs to exactly one worker and nothing
  *   is shared: no locks anywhere.
@@ -83,6 +91,11 @@ enum { ST_OK = 0, ST_ERROR = 1 };
 #define SPIN_WINDOW_NS 100000000LL
 #define RT_PRIORITY 10                /* SCHED_FIFO priority */
 #define CTRL_CHECK_NS 1000000LL       /* look at stdin at least this often when busy */
+/* wake this much before the lookahead runs out: time to wake (timer overshoot) and spin */
+#define LOOKAHEAD_MARGIN_NS (SPIN_NS + 50000LL)
+#define LOOKAHEAD_MIN_NS 400000LL     /* smallest link delay that lets the ring go unwatched */
+#define LOOKAHEAD_MAX_NS 2000000LL    /* leave the ring unwatched for at most this long */
+#define LOOKAHEAD_IDLE_NS 10000000LL  /* no frame for this long: watch the ring (idle) */
 #define RX_BATCH 256                  /* frames taken from the ring before sending */
 #define TX_BATCH 256                  /* frames per sendmmsg */
 #define FRAME_SIZE 2048
@@ -186,6 +199,7 @@ static struct {
     uint64_t unknown, truncated, pool_drops;
     uint64_t rng;
     int64_t spin_ns, spin_budget_ns;
+    int64_t min_delay_ns; /* smallest delay of the owned directions (INT64_MAX: none) */
     uint8_t *cbuf;
     size_t clen, ccap;
     /* one sendmmsg batch */
@@ -750,6 +764,15 @@ static void op_guard(void) {
     free(out);
 }
 
+static void update_min_delay(void) {
+    int64_t m = INT64_MAX;
+    for (uint32_t i = 0; S.dirs.t && i <= S.dirs.mask; i++) {
+        const dir_t *d = S.dirs.t[i].val;
+        if (d && d->delay_ns < m) m = d->delay_ns;
+    }
+    S.min_delay_ns = m;
+}
+
 static size_t rec_size(uint8_t op) {
     switch (op) {
     case OP_ADD:
@@ -804,6 +827,7 @@ static bool control(void) {
     }
     memmove(S.cbuf, S.cbuf + pos, S.clen - pos);
     S.clen -= pos;
+    if (pos) update_min_delay();
     return true;
 }
 
@@ -892,20 +916,29 @@ static void run(void) {
     reply(ST_OK, "ready", 5);
     struct pollfd fds[2] = {{.fd = S.rxfd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
     int64_t window_start = now_ns(), spun = 0, last_ctrl = window_start;
+    int64_t watch_from = 0; /* the ring need not be watched before this time */
+    int64_t last_rx = 0;    /* when frames were last taken from the ring */
     for (;;) {
-        drain(RX_BATCH);
+        int got = drain(RX_BATCH);
         int64_t now = now_ns();
+        if (got) last_rx = now;
         send_due(now);
         if (now - last_ctrl >= CTRL_CHECK_NS) { /* busy: never starve the control channel */
             last_ctrl = now;
             if (!control()) return;
         }
         if (ring_ready()) continue;
+        /* the ring is empty at `now`: what arrives from now on departs at now + delay or
+         * later (LOOKAHEAD_MARGIN_NS covers frames stamped just before now but not yet
+         * in the ring) */
+        int64_t ahead = S.min_delay_ns < LOOKAHEAD_MAX_NS ? S.min_delay_ns : LOOKAHEAD_MAX_NS;
+        bool lookahead = S.min_delay_ns >= LOOKAHEAD_MIN_NS && now - last_rx < LOOKAHEAD_IDLE_NS;
+        if (lookahead) watch_from = now + ahead - LOOKAHEAD_MARGIN_NS;
         if (now - window_start >= SPIN_WINDOW_NS) {
             window_start = now;
             spun = 0;
         }
-        int64_t timeout = -1;
+        int64_t wake = INT64_MAX; /* when to look again (absolute; INT64_MAX: no timer) */
         if (S.heap_n) {
             int64_t dep = dkey(S.heap[0]), wait = dep - now;
             if (wait <= 0) continue;
@@ -919,9 +952,12 @@ static void run(void) {
                 spun += t - now;
                 continue;
             }
-            timeout = spun < S.spin_budget_ns ? wait - S.spin_ns : wait;
-            if (timeout < 0) timeout = 0;
+            wake = spun < S.spin_budget_ns ? dep - S.spin_ns : dep;
         }
+        if (lookahead && watch_from < wake) wake = watch_from;
+        int64_t timeout = wake == INT64_MAX ? -1 : wake - now;
+        if (wake != INT64_MAX && timeout < 0) timeout = 0;
+        fds[0].fd = lookahead ? -1 : S.rxfd; /* unwatched: arrivals wake nobody */
         struct timespec ts = {timeout / 1000000000LL, timeout % 1000000000LL};
         int r = ppoll(fds, 2, timeout < 0 ? NULL : &ts, NULL);
         if (r < 0 && errno != EINTR) die("ppoll: %s", strerror(errno));
@@ -957,6 +993,27 @@ static int int_arg(const char *prog, const char *name, const char *v) {
     return (int)x;
 }
 
+#ifdef DLC_LATENESS_SELFTEST
+/* Built only by the unit tests (tests/unit/test_delayline_guard.py) to check that this
+ * histogram agrees with meshemu.live.delayline.lateness_bucket / lateness_p99: reads
+ * latenesses (ns, one a line) and prints "bucket upper" for each, then "p99 max". */
+int main(void) {
+    static uint32_t h[LAT_BUCKETS];
+    long long v;
+    uint64_t n = 0;
+    int64_t max = 0;
+    while (scanf("%lld", &v) == 1) {
+        int64_t lat = v < 0 ? 0 : v;
+        uint32_t b = lat_bucket(lat);
+        printf("%u %lld\n", b, (long long)lat_bucket_upper(b));
+        h[b]++;
+        n++;
+        if (lat > max) max = lat;
+    }
+    printf("%lld %lld\n", (long long)lat_p99(h, n, max), (long long)max);
+    return 0;
+}
+#else
 int main(int argc, char **argv) {
     const char *prog = "meshemu-delayline";
     S.workers = 1;
@@ -1005,6 +1062,7 @@ int main(int argc, char **argv) {
         S.rng = (uint64_t)now_ns() | 1;
     bool realtime = prepare_process();
     S.spin_ns = SPIN_NS;
+    S.min_delay_ns = INT64_MAX;
     /* without real-time scheduling there is no RT throttling to fear: no budget needed */
     S.spin_budget_ns = realtime ? (int64_t)(SPIN_BUDGET * SPIN_WINDOW_NS) : SPIN_WINDOW_NS;
     open_sockets();
@@ -1014,3 +1072,4 @@ int main(int argc, char **argv) {
     run();
     return 0;
 }
+#endif
