@@ -299,7 +299,8 @@ def test_guard_reports_a_worker_that_falls_behind(pair):
     assert w.frames > 0, recs  # ring drops: frames lost because the worker fell behind
     assert d0.frames + w.frames >= 30_000
     assert d0.lateness_p99_ns > LATE_NS and d0.lateness_max_ns >= d0.lateness_p99_ns, recs
-    assert w.lateness_max_ns == d0.lateness_max_ns
+    # the worker's own record: the worst of its link directions (B may have sent a frame too)
+    assert w.lateness_max_ns == max(r.lateness_max_ns for r in recs if not r.is_worker)
     # and a quiet period afterwards is clean again
     got, _ = _ping(a, 10, interval=0.02)
     assert got == 10

@@ -20,9 +20,15 @@
  *   frame, not per-frame heap entries;
  * - due frames leave in batches through one sendmmsg() on one unbound packet socket with
  *   PACKET_QDISC_BYPASS (straight to the veth's xmit, no qdisc, no taps);
- * - it sleeps in ppoll() until SPIN_NS before the next departure and spins for the rest,
- *   within a spin budget (SPIN_BUDGET of every SPIN_WINDOW_NS) so that real-time
- *   scheduling never runs into the kernel's RT throttling;
+ * - it sleeps in ppoll() until shortly before the next departure and spins for the rest.
+ *   How long before ("lead", at most SPIN_NS): a running estimate of the p95 of how late
+ *   the timer wakes it here (tens of us in a VM whose idle vCPUs halt), plus a margin;
+ * - spinning as a real-time process takes the CPU from everything else, so it has a
+ *   budget per SPIN_WINDOW_NS: SPIN_BUDGET while no CPU is idle (the runnable count in
+ *   /proc/loadavg, looked at every ms, exceeds the CPUs less CONTENDED_SLACK), SPIN_CAP
+ *   in all (under the kernel's RT throttling limit of 95 %). Out of budget it sleeps up to
+ *   the departure. (Starving other tasks for long also backfires: since Linux 6.12 the
+ *   fair server then preempts real-time tasks for milliseconds.);
  * - lookahead: a frame that arrives at t leaves at t + delay or later, so once the ring is
  *   empty at time e no frame can be due before e + (the smallest delay of its links). Up
  *   to then (less LOOKAHEAD_MARGIN_NS, at most LOOKAHEAD_MAX_NS) the worker does not watch
@@ -86,17 +92,37 @@ enum { ST_OK = 0, ST_ERROR = 1 };
 #define WORKER_LINK_ID 0xFFFFFFFFu
 
 /* ---- tuning (the same values as the Python worker) -------------------------------------- */
+#ifndef SPIN_NS
 #define SPIN_NS 120000LL              /* spin for the last this-many ns before a departure */
-#define SPIN_BUDGET 0.3               /* at most this share of each window spent spinning */
+#endif
+#ifndef SPIN_BUDGET
+#define SPIN_BUDGET 0.3               /* share of each window spent spinning while others wait */
+#endif
+#ifndef SPIN_CAP
+#define SPIN_CAP 0.8                  /* ... and at most this share in all */
+#endif
+#define SPIN_MIN_NS 10000LL           /* the spin lead is at least this */
+#ifndef CONTENDED_SLACK
+#define CONTENDED_SLACK 1             /* contended: more than ncpus - this runnable */
+#endif
+#define LEAD_MARGIN_NS 10000LL        /* lead = estimated p95 timer overshoot + this */
+#ifndef SPIN_WINDOW_NS
 #define SPIN_WINDOW_NS 100000000LL
+#endif
 #define RT_PRIORITY 10                /* SCHED_FIFO priority */
 #define CTRL_CHECK_NS 1000000LL       /* look at stdin at least this often when busy */
 /* wake this much before the lookahead runs out: time to wake (timer overshoot) and spin */
 #define LOOKAHEAD_MARGIN_NS (SPIN_NS + 50000LL)
+#ifndef LOOKAHEAD_MIN_NS
 #define LOOKAHEAD_MIN_NS 400000LL     /* smallest link delay that lets the ring go unwatched */
+#endif
+#ifndef LOOKAHEAD_MAX_NS
 #define LOOKAHEAD_MAX_NS 2000000LL    /* leave the ring unwatched for at most this long */
+#endif
 #define LOOKAHEAD_IDLE_NS 10000000LL  /* no frame for this long: watch the ring (idle) */
+#ifndef RX_BATCH
 #define RX_BATCH 256                  /* frames taken from the ring before sending */
+#endif
 #define TX_BATCH 256                  /* frames per sendmmsg */
 #define FRAME_SIZE 2048
 #define BLOCK_SIZE (1u << 20)
@@ -198,7 +224,10 @@ static struct {
     uint32_t pool_n, pool_cap, pool_total;
     uint64_t unknown, truncated, pool_drops;
     uint64_t rng;
-    int64_t spin_ns, spin_budget_ns;
+    int64_t spin_ns, spin_budget_ns, spin_cap_ns;
+    double overshoot_q;   /* running p95 estimate of the timer's overshoot, ns */
+    int loadavg_fd, ncpus;
+    bool contended;       /* other tasks are waiting for a CPU */
     int64_t min_delay_ns; /* smallest delay of the owned directions (INT64_MAX: none) */
     uint8_t *cbuf;
     size_t clen, ccap;
@@ -911,11 +940,42 @@ static bool prepare_process(void) {
     return realtime;
 }
 
+/* Is no CPU idle (spinning would take one from a task that wants it)? /proc/loadavg's 4th
+ * field is runnable/total tasks (this one included). */
+static bool others_waiting(void) {
+    if (S.loadavg_fd < 0) return true;
+    char buf[128];
+    ssize_t n = pread(S.loadavg_fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) return true;
+    buf[n] = '\0';
+    const char *p = buf;
+    for (int field = 0; field < 3 && p; field++) {
+        p = strchr(p, ' ');
+        if (p) p++;
+    }
+    return !p || atoi(p) > S.ncpus - CONTENDED_SLACK;
+}
+
+/* Feed the overshoot of one timed wake-up to the p95 estimator (a stochastic quantile:
+ * up by 0.95 step when above, down by 0.05 step when below). */
+static void note_overshoot(int64_t over) {
+    const double step = 2000.0;
+    S.overshoot_q += over > S.overshoot_q ? 0.95 * step : -0.05 * step;
+    if (S.overshoot_q < 0) S.overshoot_q = 0;
+    if (S.overshoot_q > SPIN_NS) S.overshoot_q = SPIN_NS;
+}
+
+static inline int64_t spin_lead(void) {
+    int64_t lead = (int64_t)S.overshoot_q + LEAD_MARGIN_NS;
+    return lead < SPIN_MIN_NS ? SPIN_MIN_NS : lead > S.spin_ns ? S.spin_ns : lead;
+}
+
 /* ---- main loop ----------------------------------------------------------------------- */
 static void run(void) {
     reply(ST_OK, "ready", 5);
     struct pollfd fds[2] = {{.fd = S.rxfd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
-    int64_t window_start = now_ns(), spun = 0, last_ctrl = window_start;
+    int64_t window_start = now_ns(), last_ctrl = window_start;
+    int64_t spun = 0, spun_contended = 0; /* spinning in this window: all, while others wait */
     int64_t watch_from = 0; /* the ring need not be watched before this time */
     int64_t last_rx = 0;    /* when frames were last taken from the ring */
     for (;;) {
@@ -925,6 +985,7 @@ static void run(void) {
         send_due(now);
         if (now - last_ctrl >= CTRL_CHECK_NS) { /* busy: never starve the control channel */
             last_ctrl = now;
+            S.contended = others_waiting();
             if (!control()) return;
         }
         if (ring_ready()) continue;
@@ -936,13 +997,15 @@ static void run(void) {
         if (lookahead) watch_from = now + ahead - LOOKAHEAD_MARGIN_NS;
         if (now - window_start >= SPIN_WINDOW_NS) {
             window_start = now;
-            spun = 0;
+            spun = spun_contended = 0;
         }
         int64_t wake = INT64_MAX; /* when to look again (absolute; INT64_MAX: no timer) */
+        bool timed_departure = false;
         if (S.heap_n) {
-            int64_t dep = dkey(S.heap[0]), wait = dep - now;
+            int64_t dep = dkey(S.heap[0]), wait = dep - now, lead = spin_lead();
+            bool may_spin = spun < S.spin_cap_ns && spun_contended < S.spin_budget_ns;
             if (wait <= 0) continue;
-            if (wait <= S.spin_ns && spun < S.spin_budget_ns) {
+            if (wait <= lead && may_spin) {
                 /* the next departure is close: spin, but pick up frames meanwhile */
                 int64_t t = now;
                 while (t < dep && !ring_ready()) {
@@ -950,17 +1013,26 @@ static void run(void) {
                     t = now_ns();
                 }
                 spun += t - now;
+                if (S.contended) spun_contended += t - now;
                 continue;
             }
-            wake = spun < S.spin_budget_ns ? dep - S.spin_ns : dep;
+            wake = may_spin ? dep - lead : dep;
+            timed_departure = true;
         }
-        if (lookahead && watch_from < wake) wake = watch_from;
+        if (lookahead && watch_from < wake) {
+            wake = watch_from;
+            timed_departure = false;
+        }
         int64_t timeout = wake == INT64_MAX ? -1 : wake - now;
         if (wake != INT64_MAX && timeout < 0) timeout = 0;
         fds[0].fd = lookahead ? -1 : S.rxfd; /* unwatched: arrivals wake nobody */
         struct timespec ts = {timeout / 1000000000LL, timeout % 1000000000LL};
         int r = ppoll(fds, 2, timeout < 0 ? NULL : &ts, NULL);
         if (r < 0 && errno != EINTR) die("ppoll: %s", strerror(errno));
+        if (r == 0 && timeout > 0) {
+            int64_t over = now_ns() - wake;
+            if (timed_departure || over < SPIN_NS) note_overshoot(over);
+        }
         if (r > 0 && fds[1].revents) {
             last_ctrl = now_ns();
             if (!control()) return;
@@ -1062,9 +1134,14 @@ int main(int argc, char **argv) {
         S.rng = (uint64_t)now_ns() | 1;
     bool realtime = prepare_process();
     S.spin_ns = SPIN_NS;
+    S.overshoot_q = SPIN_NS - LEAD_MARGIN_NS; /* start cautious: the full SPIN_NS lead */
     S.min_delay_ns = INT64_MAX;
     /* without real-time scheduling there is no RT throttling to fear: no budget needed */
     S.spin_budget_ns = realtime ? (int64_t)(SPIN_BUDGET * SPIN_WINDOW_NS) : SPIN_WINDOW_NS;
+    S.spin_cap_ns = realtime ? (int64_t)(SPIN_CAP * SPIN_WINDOW_NS) : SPIN_WINDOW_NS;
+    S.ncpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    S.loadavg_fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    S.contended = true;
     open_sockets();
     int fl = fcntl(0, F_GETFL);
     if (fl < 0 || fcntl(0, F_SETFL, fl | O_NONBLOCK) < 0)
