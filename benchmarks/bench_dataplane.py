@@ -186,8 +186,9 @@ def delay_error(tool: Path, path: str, rates: list[int], seconds: float) -> list
 
 
 @contextlib.contextmanager
-def chain(path: str, rate_bps: float) -> Iterator[tuple[list[Netns], str]]:
-    """Four namespaces n0 - n1 - n2 - n3 routed over 3 hops; yields them and n3's address."""
+def chain(path: str, rate_bps: float) -> Iterator[tuple[list[Netns], str, UserspaceShaper | None]]:
+    """Four namespaces n0 - n1 - n2 - n3 routed over 3 hops; yields them, n3's address and
+    the shaper (None on the kernel path)."""
     impl, workers = PATHS[path]
     nss = [Netns(f"bench-{i}") for i in range(4)]
     s = None
@@ -216,7 +217,7 @@ def chain(path: str, rate_bps: float) -> Iterator[tuple[list[Netns], str]]:
             ns.run(["sysctl", "-qw", "net.ipv4.tcp_rmem=4096 131072 134217728"])
             ns.run(["sysctl", "-qw", "net.ipv4.tcp_wmem=4096 131072 134217728"])
         nss[0].run(["ping", "-c", "2", "-W", "2", "10.80.2.2"], check=False)
-        yield nss, "10.80.2.2"
+        yield nss, "10.80.2.2", s
     finally:
         if s is not None:
             s.close()
@@ -225,7 +226,8 @@ def chain(path: str, rate_bps: float) -> Iterator[tuple[list[Netns], str]]:
 
 
 def iperf3(path: str, rate_bps: float, seconds: float) -> dict:
-    with chain(path, rate_bps) as (nss, dst):
+    with chain(path, rate_bps) as (nss, dst, s):
+        _guard_summary(s)
         srv = nss[3].popen(
             ["iperf3", "-s", "-1", "-B", dst], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -242,6 +244,9 @@ def iperf3(path: str, rate_bps: float, seconds: float) -> dict:
             "link_gbps": rate_bps / 1e9,
             "mbps": end["sum_received"]["bits_per_second"] / 1e6,
             "retransmits": end["sum_sent"].get("retransmits", 0),
+            # drops of the model (drop-tail queues), as opposed to the guard's ring drops
+            "queue_drops": sum(c[2] for c in s.counters().values()) if s else 0,
+            **_guard_summary(s),
         }
 
 
@@ -316,14 +321,19 @@ def main() -> None:
                     )
         if "iperf" not in args.skip:
             print("\n== iperf3 TCP over 3 hops (5 ms per hop; kernel: bare veths, no delay)")
-            print(f"{'path':>7} {'links':>9} {'goodput Mbit/s':>15} {'retransmits':>12}")
+            print(
+                f"{'path':>7} {'links':>9} {'goodput Mbit/s':>15} {'retransmits':>12} "
+                f"{'queue drops':>11} {'ring drops':>10} {'late p99 us':>11}"
+            )
             for rate in (1e9, 1e10):
                 for path in args.paths:
                     r = iperf3(path, rate, secs + 2)
                     results["iperf3"].append(r)
                     label = f"{rate / 1e9:g} Gbit/s" if path != "kernel" else "bare"
                     print(
-                        f"{path:>7} {label:>9} {r['mbps']:>15.1f} {r['retransmits']:>12}",
+                        f"{path:>7} {label:>9} {r['mbps']:>15.1f} {r['retransmits']:>12} "
+                        f"{r['queue_drops']:>11} {r.get('ring_drops', ''):>10} "
+                        f"{r.get('lateness_p99_us', float('nan')):>11.1f}",
                         flush=True,
                     )
     results["seconds"] = time.perf_counter() - t_start

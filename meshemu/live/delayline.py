@@ -114,6 +114,9 @@ SPIN_NS = 120_000
 #: each second) is throttled for the rest of the second, tens of ms of delay error.
 SPIN_BUDGET = 0.3
 SPIN_WINDOW_NS = 100_000_000
+#: Frames taken from the ring at most between two looks at the departures: without a bound
+#: an overloaded worker never got to send anything (the ring refills as fast as it drains).
+RX_BATCH = 256
 
 # ---- kernel constants (linux/if_packet.h, linux/filter.h, linux/ethtool.h) ----------------
 ETH_P_ALL = 0x0003
@@ -510,8 +513,10 @@ class DelayLine:
         return True
 
     # -- data path -------------------------------------------------------------------------
-    def _drain(self) -> None:
-        """Take every frame the kernel has put in the ring and schedule it."""
+    def _drain(self, max_frames: int = RX_BATCH) -> None:
+        """Take the frames the kernel has put in the ring (at most ``max_frames``, so that
+        departures are not starved when frames come faster than this process can take them)
+        and schedule them."""
         ring = self.ring
         head = self.head
         nframes = self.nframes
@@ -521,7 +526,7 @@ class DelayLine:
         seq = self.seq
         rnd = self.rnd
         unpack = _TP2.unpack_from
-        while True:
+        for _ in range(max_frames):
             off = head * _FRAME_SIZE
             if not ring[off] & TP_STATUS_USER:
                 break
