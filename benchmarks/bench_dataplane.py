@@ -23,8 +23,8 @@ Figures:
 
 Prints the tables and writes them to ``benchmarks/results/dataplane-<UTC time>.json``.
 
-Run: ``sudo .venv/bin/python benchmarks/bench_dataplane.py`` (about 6 minutes; ``--quick``
-for about 2). Other developers' root tests share the machine: run it under
+Run: ``sudo .venv/bin/python benchmarks/bench_dataplane.py`` (about 4 minutes; ``--quick``
+for about 1.5). Other developers' root tests share the machine: run it under
 ``flock /tmp/meshemu-root.lock``. The machine is shared and noisy: run it twice.
 """
 
