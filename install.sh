@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install meshemu and everything it needs on Debian 12 / Ubuntu 22.04+ (run as root).
 #
-#   ./install.sh          runtime: Debian packages (mininet, iproute2, ...) + .venv with meshemu
+#   ./install.sh          runtime: Debian packages (mininet, iproute2, gcc, ...) + .venv with
+#                         meshemu + the compiled delay line (meshemu/live/dlc, built here)
 #   ./install.sh --test   also the test tools (pytest, skyfield, qemu + a netem-capable
 #                         Debian kernel for the VM tests in tests/vm)
 #
@@ -15,7 +16,7 @@ WITH_TEST=0
 for arg in "$@"; do
     case "$arg" in
         --test) WITH_TEST=1 ;;
-        -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,10p "$0"; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (valid: --test)" >&2; exit 2 ;;
     esac
 done
@@ -25,7 +26,10 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-PKGS=(mininet iproute2 iputils-ping iperf3 ethtool tcpdump procps psmisc kmod python3 python3-venv python3-pip frr bird2)
+# gcc, libc6-dev (with the kernel headers) and make build the compiled delay line;
+# frr and bird2 are the routing daemons of --routing ospf|isis|bird-ospf
+PKGS=(mininet iproute2 iputils-ping iperf3 ethtool tcpdump procps psmisc kmod python3 python3-venv python3-pip
+      gcc libc6-dev make frr bird2)
 if [ "$WITH_TEST" = 1 ]; then
     PKGS+=(qemu-system-x86 busybox-static kmod cpio)
 fi
@@ -55,6 +59,12 @@ extra=""
 [ "$WITH_TEST" = 1 ] && extra="[test]"
 echo "==> pip install -e .$extra"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$HERE$extra"
+
+echo "==> building the compiled delay line (meshemu/live/dlc)"
+make -s -C "$HERE/meshemu/live/dlc" || {
+    echo "install.sh: could not build the compiled delay line in meshemu/live/dlc (see the" \
+         "compiler's messages above); the userspace shaper would fall back to the slow" \
+         "Python one" >&2; exit 1; }
 
 if [ "$WITH_TEST" = 1 ]; then
     echo "==> fetching a netem-capable Debian kernel for tests/vm"

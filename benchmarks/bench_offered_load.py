@@ -8,7 +8,8 @@ of the measured one-way delay against the planned path delay (15 ms) at p50/p99/
 the highest rate whose p99 error stays below 1 ms.
 
 Usage: sudo .venv/bin/python benchmarks/bench_offered_load.py [--rates 10 50 100 ...]
-       [--seconds 4] [--shaper userspace]
+       [--seconds 4] [--shaper userspace] [--workers 2]
+(``MESHEMU_DELAYLINE=python`` measures the Python delay line instead of the compiled one.)
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[10, 50, 100, 200, 400, 600, 800])
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--shaper", default="userspace")
+    ap.add_argument("--workers", type=int, default=1, help="delay-line workers (userspace)")
     args = ap.parse_args()
     run_id = f"bol{uuid.uuid4().hex[:6]}"
     snap = snapshot_from_edges(
@@ -95,7 +97,8 @@ def main() -> None:
     )
     tab = get_scheme("shortest-delay").forwarding_tables(snap, np.arange(4, dtype=np.int32))
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    emu = em.Emulation(NAMES, KINDS, make_shaper(args.shaper, run_id), tmp, run_id)
+    opts = {"workers": args.workers} if args.shaper == "userspace" else {}
+    emu = em.Emulation(NAMES, KINDS, make_shaper(args.shaper, run_id, **opts), tmp, run_id)
     results = []
     try:
         emu.build(snap.key, snap, tab)

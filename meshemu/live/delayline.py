@@ -30,10 +30,27 @@ depends on the ingress interface, so no state is shared.
 Control protocol (parent -> worker on stdin, replies on stdout), little-endian binary:
 a header :data:`HDR` ``(op, count)`` followed by ``count`` records: :data:`LINK_REC` for
 :data:`OP_ADD` / :data:`OP_UPDATE`, :data:`ID_REC` for :data:`OP_REMOVE`, nothing for
-:data:`OP_COUNTERS` / :data:`OP_QUIT`. Every message is answered with :data:`HDR`
-``(status, nbytes)`` and ``nbytes`` of payload: an error text when ``status`` is
-:data:`ST_ERROR`, :data:`CNT_REC` records for :data:`OP_COUNTERS`. The process exits when its
-stdin reaches EOF, so it never outlives the shaper that started it (even after SIGKILL).
+:data:`OP_COUNTERS` / :data:`OP_GUARD` / :data:`OP_QUIT`. Every message is answered with
+:data:`HDR` ``(status, nbytes)`` and ``nbytes`` of payload: an error text when ``status`` is
+:data:`ST_ERROR`, :data:`CNT_REC` records for :data:`OP_COUNTERS`, :data:`GUARD_REC` records
+for :data:`OP_GUARD`. The process exits when its stdin reaches EOF, so it never outlives the
+shaper that started it (even after SIGKILL).
+
+The fidelity guard (:data:`OP_GUARD`): since the previous ``OP_GUARD``, one
+:data:`GUARD_REC` per link direction this worker owns that sent at least one frame
+(direction 0: frames that arrived on the a-side end ``dl<k>a``, 1: the b-side end):
+frames sent, and the p99 and maximum of their *lateness*, ``actual send time - scheduled
+departure``, in ns; the p99 comes from a log-spaced histogram (:func:`lateness_bucket`,
+buckets at most 1/16 of their lower edge wide) and is the upper edge of the bucket holding
+it, at most the maximum. Then one record with link id :data:`WORKER_LINK_ID` for the
+worker itself: direction = the worker's index, frames = the kernel's ring drops
+(``PACKET_STATISTICS`` ``tp_drops``: frames lost because the worker could not keep up, as
+opposed to queue overflow, which is the model and shows in :data:`CNT_REC` drops), and the
+lateness p99 / max over all its links. :func:`decode_guard` reads a reply.
+
+Two implementations speak this protocol with the same command line: this module (the
+reference) and the compiled worker ``meshemu/live/dlc/meshemu-delayline`` (C, built by
+``install.sh``; sources in ``meshemu/live/dlc/``), which the shaper prefers.
 """
 
 from __future__ import annotations
@@ -55,6 +72,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from meshemu.errors import CommandError
 from meshemu.linux.netns import write_sysctls
@@ -71,12 +89,20 @@ LINK_REC = struct.Struct("<IqdIdB")
 ID_REC = struct.Struct("<I")
 #: Counters of one link (both directions summed): link_id, packets, bytes, dropped.
 CNT_REC = struct.Struct("<IQQQ")
+#: The guard of one link direction since the previous :data:`OP_GUARD`: link_id, direction
+#: (0: arrived on the a-side end, 1: b-side), frames sent, lateness p99 ns, lateness max ns.
+#: A worker's own record has link_id :data:`WORKER_LINK_ID`, its index as direction and its
+#: kernel ring drops as frames.
+GUARD_REC = struct.Struct("<IBQqq")
+#: The link id of a worker's own :data:`GUARD_REC`.
+WORKER_LINK_ID = 0xFFFFFFFF
 
 OP_ADD = 1
 OP_UPDATE = 2
 OP_REMOVE = 3
 OP_COUNTERS = 4
 OP_QUIT = 5
+OP_GUARD = 6
 ST_OK = 0
 ST_ERROR = 1
 
@@ -88,6 +114,9 @@ SPIN_NS = 120_000
 #: each second) is throttled for the rest of the second, tens of ms of delay error.
 SPIN_BUDGET = 0.3
 SPIN_WINDOW_NS = 100_000_000
+#: Frames taken from the ring at most between two looks at the departures: without a bound
+#: an overloaded worker never got to send anything (the ring refills as fast as it drains).
+RX_BATCH = 256
 
 # ---- kernel constants (linux/if_packet.h, linux/filter.h, linux/ethtool.h) ----------------
 ETH_P_ALL = 0x0003
@@ -101,6 +130,7 @@ TP_STATUS_USER = 1
 SO_TIMESTAMPNS = 35
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
+PACKET_STATISTICS = 6
 SKF_AD_OFF = -0x1000
 SKF_AD_IFINDEX = 8
 PR_SET_TIMERSLACK = 29
@@ -110,6 +140,96 @@ _TP2 = struct.Struct("<IIIHHII8xHHi")
 _FRAME_SIZE = 2048  # fits a 1500-byte MTU frame plus the ring headers
 _BLOCK_SIZE = 1 << 20
 _BLOCK_NR = 32  # 16,384 frames, 32 MiB
+
+
+#: Buckets of the lateness histogram (:func:`lateness_bucket`); 2**36 ns (68 s) and more
+#: share the last one.
+LATENESS_BUCKETS = 528
+_LAT_CLAMP = (1 << 36) - 1
+
+
+def lateness_bucket(ns: int) -> int:
+    """Histogram bucket of a lateness of ``ns`` nanoseconds (negative counts as 0).
+
+    ``ns`` itself below 32, else ``(s << 4) + (ns >> s)`` with ``s = bit_length(ns) - 5``:
+    16 buckets per power of two, so a bucket is at most 1/16 (6.25 %) of its lower edge
+    wide (the scheme of HdrHistogram with 4 significant bits). Both workers use it.
+    """
+    if ns < 32:
+        return ns if ns > 0 else 0
+    if ns > _LAT_CLAMP:
+        ns = _LAT_CLAMP
+    s = ns.bit_length() - 5
+    return (s << 4) + (ns >> s)
+
+
+def lateness_bucket_bounds(b: int) -> tuple[int, int]:
+    """Smallest and largest lateness (ns, inclusive) of bucket ``b``."""
+    if b < 32:
+        return b, b
+    s = (b >> 4) - 1
+    m = b - (s << 4)
+    return m << s, ((m + 1) << s) - 1
+
+
+def lateness_p99(hist: dict[int, int], n: int, max_ns: int) -> int:
+    """The p99 of ``n`` latenesses in ``hist`` (bucket -> count): the upper edge of the
+    bucket that holds the ``ceil(0.99 n)``-th smallest, at most ``max_ns``; 0 if ``n`` is 0."""
+    if not n:
+        return 0
+    rank = (99 * n + 99) // 100
+    cum = 0
+    for b in sorted(hist):
+        cum += hist[b]
+        if cum >= rank:
+            return min(lateness_bucket_bounds(b)[1], max_ns)
+    return max_ns
+
+
+@dataclass(frozen=True)
+class GuardRecord:
+    """One :data:`GUARD_REC` of a delay-line worker (see the module docstring).
+
+    Attributes
+    ----------
+    link_id : int
+        The link, or :data:`WORKER_LINK_ID` for the worker's own record.
+    direction : int
+        0: frames that arrived on the link's a-side end, 1: the b-side end; the worker's
+        index in its own record.
+    frames : int
+        Frames sent since the previous query; in the worker's own record, the frames the
+        kernel dropped because the worker's receive ring was full.
+    lateness_p99_ns, lateness_max_ns : int
+        Lateness (actual send time - scheduled departure) p99 and maximum, ns.
+    worker : int
+        The worker that answered.
+    """
+
+    link_id: int
+    direction: int
+    frames: int
+    lateness_p99_ns: int
+    lateness_max_ns: int
+    worker: int = 0
+
+    @property
+    def is_worker(self) -> bool:
+        """True for a worker's own record (its ring drops), False for a link direction."""
+        return self.link_id == WORKER_LINK_ID
+
+
+def decode_guard(payload: bytes, worker: int = 0) -> list[GuardRecord]:
+    """The :class:`GuardRecord` list of one worker's :data:`OP_GUARD` reply."""
+    if len(payload) % GUARD_REC.size:
+        raise ValueError(
+            f"guard reply of {len(payload)} bytes is not a whole number of "
+            f"{GUARD_REC.size}-byte records"
+        )
+    return [
+        GuardRecord(lid, direction, frames, p99, mx, worker)
+        for lid, direction, frames, p99, mx in GUARD_REC.iter_unpack(payload)
+    ]
 
 
 def dl_ifname(link_id: int, side: str) -> str:
@@ -146,6 +266,7 @@ class _Direction:
 
     __slots__ = (
         "link_id",
+        "side",
         "addr",
         "delay_ns",
         "ns_per_byte",
@@ -159,11 +280,17 @@ class _Direction:
         "bytes",
         "drops",
         "alive",
+        "g_frames",
+        "g_max",
+        "g_hist",
     )
 
-    def __init__(self, link_id: int, out_ifname: str):
+    def __init__(self, link_id: int, side: int, out_ifname: str):
         self.link_id = link_id
+        self.side = side
         self.addr = (out_ifname, 0)
+        self.g_frames = self.g_max = 0  # the guard since the last OP_GUARD
+        self.g_hist: dict[int, int] = {}
         self.free_ns = 0
         self.last_dep = 0
         self.txq: deque[int] = deque()
@@ -264,7 +391,7 @@ class DelayLine:
             for k in (0, 1):
                 if idx[k] % self.workers != self.wid:
                     continue
-                d = _Direction(lid, names[1 - k])
+                d = _Direction(lid, k, names[1 - k])
                 d.configure(delay_ns, rate, limit, loss, up)
                 self.dirs[idx[k]] = d
                 owned.append(d)
@@ -306,6 +433,38 @@ class DelayLine:
             )
         return b"".join(out)
 
+    def _guard(self) -> bytes:
+        pack = GUARD_REC.pack
+        out = []
+        merged: dict[int, int] = {}
+        n_all = max_all = 0
+        for lid, ds in self.links.items():
+            for d in ds:
+                if not d.g_frames:
+                    continue
+                out.append(
+                    pack(
+                        lid,
+                        d.side,
+                        d.g_frames,
+                        lateness_p99(d.g_hist, d.g_frames, d.g_max),
+                        d.g_max,
+                    )
+                )
+                for b, c in d.g_hist.items():
+                    merged[b] = merged.get(b, 0) + c
+                n_all += d.g_frames
+                max_all = max(max_all, d.g_max)
+                d.g_frames = d.g_max = 0
+                d.g_hist = {}
+        _, ring_drops = struct.unpack("<II", self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        out.append(
+            pack(
+                WORKER_LINK_ID, self.wid, ring_drops, lateness_p99(merged, n_all, max_all), max_all
+            )
+        )
+        return b"".join(out)
+
     def _control(self) -> bool:
         """Read and run pending control messages; return False on EOF or QUIT."""
         try:
@@ -339,10 +498,12 @@ class DelayLine:
                     payload = b""
                 elif op == OP_COUNTERS:
                     payload = self._counters()
+                elif op == OP_GUARD:
+                    payload = self._guard()
                 else:
                     raise ValueError(
                         f"unknown control operation {op!r}; valid: "
-                        f"{OP_ADD, OP_UPDATE, OP_REMOVE, OP_COUNTERS, OP_QUIT}"
+                        f"{OP_ADD, OP_UPDATE, OP_REMOVE, OP_COUNTERS, OP_QUIT, OP_GUARD}"
                     )
             except Exception as exc:  # reported to the parent, which raises it
                 self._reply(ST_ERROR, str(exc).encode())
@@ -352,8 +513,10 @@ class DelayLine:
         return True
 
     # -- data path -------------------------------------------------------------------------
-    def _drain(self) -> None:
-        """Take every frame the kernel has put in the ring and schedule it."""
+    def _drain(self, max_frames: int = RX_BATCH) -> None:
+        """Take the frames the kernel has put in the ring (at most ``max_frames``, so that
+        departures are not starved when frames come faster than this process can take them)
+        and schedule them."""
         ring = self.ring
         head = self.head
         nframes = self.nframes
@@ -363,7 +526,7 @@ class DelayLine:
         seq = self.seq
         rnd = self.rnd
         unpack = _TP2.unpack_from
-        while True:
+        for _ in range(max_frames):
             off = head * _FRAME_SIZE
             if not ring[off] & TP_STATUS_USER:
                 break
@@ -423,14 +586,27 @@ class DelayLine:
             drain()
             now = clock()
             while heap and heap[0][0] <= now:
-                _, _, d, data = pop(heap)
+                dep, _, d, data = pop(heap)
                 if d.alive:
                     try:
                         sendto(data, d.addr)
-                        d.pkts += 1
-                        d.bytes += len(data)
                     except OSError:
                         d.drops += 1
+                        continue
+                    d.pkts += 1
+                    d.bytes += len(data)
+                    # the guard: lateness = actual send time - scheduled departure
+                    late = clock() - dep
+                    if late < 32:
+                        b = late = late if late > 0 else 0
+                    else:
+                        s = late.bit_length() - 5
+                        b = (s << 4) + (late >> s) if s < 32 else LATENESS_BUCKETS - 1
+                    d.g_frames += 1
+                    if late > d.g_max:
+                        d.g_max = late
+                    h = d.g_hist
+                    h[b] = h.get(b, 0) + 1
             if spin_from:
                 spun += now - spin_from
                 spin_from = 0

@@ -1,5 +1,9 @@
 """The userspace shaper for real (root): two namespaces joined through the delay line.
 
+Every delay-line case runs against both workers, the Python reference and the compiled one
+(``impl``: ``python``, ``c``), so both pass the same cases: delay, live updates, up/down,
+rate, drop-tail queue, loss, two workers, counters, the fidelity guard, removal and cleanup.
+
 Also checks what can be checked of the netem path on a kernel without netem: its probe says
 no without leaking anything, its ``ip`` commands work and ``tc`` parses its qdisc commands.
 """
@@ -19,7 +23,9 @@ import time
 import pytest
 from waits import wait_for
 
+from meshemu.errors import ShaperError
 from meshemu.linux import commands
+from meshemu.live import delayline as dl
 from meshemu.live import shapers as sh
 from meshemu.live.shapers import LinkEnds, LinkParams, UserspaceShaper
 
@@ -47,17 +53,30 @@ def _gone(path: str, timeout: float = 5.0) -> bool:
     return wait_for(lambda: not os.path.exists(path), timeout)
 
 
+#: The guard's default warning threshold (the run's): lateness p99 above it is "late".
+LATE_NS = 500_000
+
+
+@pytest.fixture(params=["python", "c"])
+def impl(request) -> str:
+    """The delay-line worker under test: the Python reference or the compiled one."""
+    if request.param == "c" and sh.delayline_binary() is None:
+        pytest.fail("the compiled delay line is not built; run ./install.sh")
+    return request.param
+
+
 @pytest.fixture
-def pair(netns_factory, run_id):
+def pair(netns_factory, run_id, impl):
     """Namespaces A and B joined by one userspace-shaped link (id 0), addresses set.
 
-    Yields (shaper, A, B, make) where ``make(params, workers=1)`` creates the link.
+    Yields (A, B, make) where ``make(params, workers=1)`` creates the link.
     """
     a, b = netns_factory(), netns_factory()
     made: list[UserspaceShaper] = []
 
     def make(params: LinkParams, workers: int = 1) -> UserspaceShaper:
-        s = UserspaceShaper(run_id, workers=workers)
+        s = UserspaceShaper(run_id, workers=workers, delayline=impl)
+        assert s.delayline == impl
         made.append(s)
         s.create_links([(LinkEnds(0, a.pid, "mxa", b.pid, "mxb"), params)])
         a.run(["ip", "addr", "add", f"{ADDR_A}/24", "dev", "mxa"])
@@ -198,9 +217,111 @@ def test_two_workers_forward_both_directions(pair):
     assert got == 10 and abs(statistics.median(rtts) - 8.0) < RTT_TOLERANCE_MS
 
 
-def test_close_leaves_nothing_behind(netns_factory, run_id):
+def _raw_flood(ns, ifname: str, count: int) -> None:
+    """Send ``count`` 64-byte raw frames (ethertype 0x88b5, which nodes drop) out of
+    ``ifname`` in namespace ``ns``, as fast as Python can."""
+    ns.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+                import socket
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                s.bind(({ifname!r}, 0))
+                frame = b"\\xff" * 6 + b"\\x02\\0\\0\\0\\0\\1" + b"\\x88\\xb5" + bytes(50)
+                for _ in range({count}):
+                    try:
+                        s.send(frame)
+                    except OSError:
+                        pass
+            """),
+        ],
+        timeout=120,
+    )
+
+
+def _settled(s: UserspaceShaper):
+    """A condition: the link's forwarded-frame counter did not move since the last look."""
+    last = [-1]
+
+    def cond() -> bool:
+        now = s.counters()[0][0]
+        done = now == last[0]
+        last[0] = now
+        return done
+
+    return cond
+
+
+def test_guard_at_light_load_counts_frames_per_direction_and_sees_no_lateness(pair):
+    a, b, make = pair
+    s = make(LinkParams(0.002, 0), workers=2)
+    s.guard()  # start a fresh guard period
+    before = s.counters()[0]
+    got, _ = _ping(a, 20, interval=0.02)
+    assert got == 20
+    recs = s.guard()
+    after = s.counters()[0]
+    links = {(r.link_id, r.direction): r for r in recs if not r.is_worker}
+    workers = [r for r in recs if r.is_worker]
+    # echo requests arrive on the a side (direction 0), replies on the b side (1); with two
+    # workers each direction is owned by one of them
+    assert set(links) <= {(0, 0), (0, 1)} and len(links) == 2, recs
+    assert links[0, 0].frames >= 20 and links[0, 1].frames >= 20
+    assert links[0, 0].worker != links[0, 1].worker
+    assert sum(r.frames for r in links.values()) == after[0] - before[0]
+    for r in links.values():
+        assert 0 <= r.lateness_p99_ns <= r.lateness_max_ns < LATE_NS, recs
+    assert sorted(r.worker for r in workers) == [0, 1]
+    assert [r.direction for r in sorted(workers, key=lambda r: r.worker)] == [0, 1]
+    assert all(r.frames == 0 for r in workers), workers  # no ring drops
+    # counted since the previous query: nothing new
+    again = s.guard()
+    assert all(r.is_worker and r.frames == 0 for r in again), again
+
+
+def test_guard_reports_a_worker_that_falls_behind(pair):
+    a, b, make = pair
+    s = make(LinkParams(0.001, 0))
+    s.guard()
+    (pid,) = s.pids
+    # the worker cannot keep up (here: it is stopped) while more frames arrive than its
+    # receive ring holds: the frames wait in the ring, leave late, and the rest is dropped
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _raw_flood(a, "mxa", 30_000)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_for(_settled(s), timeout_s=20, poll_s=0.2)
+    recs = s.guard()
+    (w,) = [r for r in recs if r.is_worker]
+    d0 = next(r for r in recs if (r.link_id, r.direction) == (0, 0))
+    assert w.frames > 0, recs  # ring drops: frames lost because the worker fell behind
+    assert d0.frames + w.frames >= 30_000
+    assert d0.lateness_p99_ns > LATE_NS and d0.lateness_max_ns >= d0.lateness_p99_ns, recs
+    # the worker's own record: the worst of its link directions (B may have sent a frame too)
+    assert w.lateness_max_ns == max(r.lateness_max_ns for r in recs if not r.is_worker)
+    # and a quiet period afterwards is clean again
+    got, _ = _ping(a, 10, interval=0.02)
+    assert got == 10
+    recs = s.guard()
+    assert all(r.frames == 0 for r in recs if r.is_worker), recs
+    assert all(r.lateness_p99_ns < LATE_NS for r in recs if not r.is_worker), recs
+
+
+def test_unknown_operation_is_an_error_and_the_worker_goes_on(pair):
+    a, b, make = pair
+    s = make(LinkParams(0.001, 0))
+    with pytest.raises(ShaperError, match=r"unknown control operation 99; valid: \(1, 2, 3"):
+        s._call(dl.HDR.pack(99, 0))
+    assert 0 in s.counters()
+    got, _ = _ping(a, 3)
+    assert got == 3
+
+
+def test_close_leaves_nothing_behind(netns_factory, run_id, impl):
     a, b = netns_factory(), netns_factory()
-    s = UserspaceShaper(run_id)
+    s = UserspaceShaper(run_id, delayline=impl)
     s.create_links(
         [
             (LinkEnds(i, a.pid, f"mxa{i}", b.pid, f"mxb{i}"), LinkParams(0.001, 1e8))
@@ -225,13 +346,13 @@ def test_close_leaves_nothing_behind(netns_factory, run_id):
 
 
 def test_killed_parent_takes_the_delay_line_along_and_cleanup_removes_the_rest(
-    netns_factory, run_id
+    netns_factory, run_id, impl
 ):
     a, b = netns_factory(), netns_factory()
     script = textwrap.dedent(f"""
         import sys, time
         from meshemu.live.shapers import UserspaceShaper, LinkEnds, LinkParams
-        s = UserspaceShaper({run_id!r})
+        s = UserspaceShaper({run_id!r}, delayline={impl!r})
         s.create_links([(LinkEnds(0, {a.pid}, "mxa", {b.pid}, "mxb"), LinkParams(0.001, 0))])
         print(s.pids[0], flush=True)
         time.sleep(60)

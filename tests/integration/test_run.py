@@ -39,6 +39,7 @@ RUN_ARGV = (
     "mininet:",
     "meshemu-run=",
     "-m meshemu.live.delayline",
+    "dlc/meshemu-delayline",
     "-m meshemu.traffic.agent",
 )
 

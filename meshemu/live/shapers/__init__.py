@@ -8,8 +8,10 @@ and a registry, :data:`SHAPERS`:
     and changed in place over rtnetlink. Needs a kernel with ``sch_netem``; see
     :func:`netem_available`.
 ``userspace`` (:mod:`.userspace`)
-    Each link goes through a delay-line process (:mod:`meshemu.live.delayline`) in a
-    namespace of the shaper's own, ``meshemu-<run_id>-dl``. Works on any kernel.
+    Each link goes through a delay-line process (:mod:`meshemu.live.delayline`; compiled in
+    ``meshemu/live/dlc/`` when built, else the Python reference) in a namespace of the
+    shaper's own, ``meshemu-<run_id>-dl``. Works on any kernel. Its ``guard()`` reports how
+    late frames left and what the workers dropped because they could not keep up.
 
 :func:`make_shaper` picks one by name (``auto``: netem when available, else userspace) and
 :func:`cleanup_leftovers` removes what a crashed run left behind. A test double that needs no
@@ -24,6 +26,7 @@ import os
 from meshemu.errors import CommandError, ShaperError, choices_message
 from meshemu.linux import commands, procs
 from meshemu.linux.commands import batch_text
+from meshemu.live.delayline import GuardRecord
 from meshemu.live.shapers.base import (
     DL_SUFFIX,
     IFNAME_MAX,
@@ -48,20 +51,25 @@ from meshemu.live.shapers.netem import (
 )
 from meshemu.live.shapers.userspace import (
     CONTROL_TIMEOUT_S,
+    DELAYLINE_ENV,
     UserspaceShaper,
+    delayline_binary,
     delayline_netns_run,
     delayline_procs,
+    resolve_delayline,
     userspace_create_cmds,
 )
 
 __all__ = [
     "CONTROL_TIMEOUT_S",
+    "DELAYLINE_ENV",
     "DL_SUFFIX",
     "IFNAME_MAX",
     "NETEM_BDP_PACKET_BYTES",
     "NETEM_UNLIMITED_PPS",
     "NS_PREFIX",
     "SHAPERS",
+    "GuardRecord",
     "LinkEnds",
     "LinkParams",
     "LinkShaper",
@@ -69,6 +77,7 @@ __all__ = [
     "UserspaceShaper",
     "batch_text",
     "cleanup_leftovers",
+    "delayline_binary",
     "make_shaper",
     "netem_args",
     "netem_available",
@@ -79,6 +88,7 @@ __all__ = [
     "netem_qdisc_msg",
     "parse_netem_stats",
     "qdisc_stats",
+    "resolve_delayline",
     "userspace_create_cmds",
     "veth_cmd",
 ]

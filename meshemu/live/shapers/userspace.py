@@ -2,9 +2,15 @@
 
 A link A<->B becomes ``A-eth <-veth-> dl<k>a`` and ``dl<k>b <-veth-> B-eth``, with the
 delay line's ends in a namespace of the shaper's own, ``meshemu-<run_id>-dl``, where
-``python -m meshemu.live.delayline`` workers forward each frame after the link's delay and
-transmission time (:mod:`meshemu.live.delayline`). The shaper speaks to them over their
-stdin/stdout with the delay line's binary control messages.
+delay-line workers forward each frame after the link's delay and transmission time
+(:mod:`meshemu.live.delayline`). The shaper speaks to them over their stdin/stdout with the
+delay line's binary control messages.
+
+Two workers implement the same command line and protocol: the compiled one,
+``meshemu/live/dlc/meshemu-delayline`` (C, built by ``install.sh``), used when it is built,
+and the Python reference ``python -m meshemu.live.delayline``, used otherwise (with one
+warning). ``MESHEMU_DELAYLINE=c`` or ``=python`` (or the shaper's ``delayline`` argument)
+forces one (:func:`resolve_delayline`).
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import IO
 
-from meshemu.errors import EmulationError, ShaperError
+from meshemu.errors import EmulationError, ShaperError, choices_message
 from meshemu.linux import commands, ifaces, procs
 from meshemu.linux.limits import require_root
 from meshemu.live import delayline as dl
@@ -37,8 +44,83 @@ log = logging.getLogger(__name__)
 
 #: Seconds to wait for a delay-line worker to answer a control message.
 CONTROL_TIMEOUT_S = 60.0
-#: The module the delay-line workers run (``python -m ...``); their argv names it.
+#: The module the Python delay-line workers run (``python -m ...``); their argv names it.
 DELAYLINE_MODULE = "meshemu.live.delayline"
+#: The compiled worker's file name (its argv[0]), in :data:`DELAYLINE_C_DIR`.
+DELAYLINE_BINARY = "meshemu-delayline"
+#: Sources of the compiled worker, where ``install.sh`` (``make -C``) builds it.
+DELAYLINE_C_DIR = Path(dl.__file__).resolve().parent / "dlc"
+#: Environment variable forcing a delay-line implementation: ``c`` or ``python``.
+DELAYLINE_ENV = "MESHEMU_DELAYLINE"
+#: The delay-line implementations (``auto``: ``c`` when built, else ``python``).
+DELAYLINE_IMPLS = ("auto", "c", "python")
+_BUILD_HINT = "build it with ./install.sh (or: make -C meshemu/live/dlc)"
+_warned: set[str] = set()
+
+
+def delayline_binary() -> Path | None:
+    """The compiled delay-line worker if it is built (an executable file), else None."""
+    p = DELAYLINE_C_DIR / DELAYLINE_BINARY
+    return p if p.is_file() and os.access(p, os.X_OK) else None
+
+
+def _warn_once(key: str, msg: str, *args: object) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg, *args)
+
+
+def resolve_delayline(requested: str | None = None) -> str:
+    """Which delay-line worker a shaper runs: ``"c"`` or ``"python"``.
+
+    Parameters
+    ----------
+    requested : str, optional
+        ``auto``, ``c`` or ``python``; None: the :data:`DELAYLINE_ENV` environment variable,
+        else ``auto`` (the compiled worker when it is built, else the Python one with one
+        logged warning saying how to build it).
+
+    Raises
+    ------
+    ShaperError
+        An unknown name, or ``c`` when the compiled worker is not built.
+    """
+    name = requested if requested is not None else os.environ.get(DELAYLINE_ENV) or "auto"
+    if name not in DELAYLINE_IMPLS:
+        where = "delayline" if requested is not None else f"{DELAYLINE_ENV}"
+        raise ShaperError(choices_message(f"{where} implementation", name, DELAYLINE_IMPLS))
+    binary = delayline_binary()
+    if name == "c" and binary is None:
+        raise ShaperError(
+            f"the compiled delay line {DELAYLINE_C_DIR / DELAYLINE_BINARY} is not built; "
+            f"{_BUILD_HINT}, or use the Python one ({DELAYLINE_ENV}=python)"
+        )
+    if name == "python":
+        return "python"
+    if binary is None:
+        _warn_once(
+            "missing",
+            "the compiled delay line %s is not built, so the userspace shaper uses the much "
+            "slower Python delay line; %s",
+            DELAYLINE_C_DIR / DELAYLINE_BINARY,
+            _BUILD_HINT,
+        )
+        return "python"
+    src = DELAYLINE_C_DIR / "delayline.c"
+    if src.exists() and src.stat().st_mtime > binary.stat().st_mtime:
+        _warn_once(
+            "stale", "the compiled delay line %s is older than its source; %s", binary, _BUILD_HINT
+        )
+    return "c"
+
+
+def delayline_argv(impl: str, run_id: str, workers: int, worker: int) -> list[str]:
+    """Command line of one delay-line worker (``impl`` ``"c"`` or ``"python"``)."""
+    if impl == "c":
+        head = [str(DELAYLINE_C_DIR / DELAYLINE_BINARY)]
+    else:
+        head = [sys.executable, "-m", DELAYLINE_MODULE]
+    return [*head, "--run-id", run_id, "--workers", str(workers), "--worker", str(worker)]
 
 
 def userspace_create_cmds(links: Iterable[LinkEnds], dl_ns: int | str) -> list[list[str]]:
@@ -59,17 +141,24 @@ class UserspaceShaper(LinkShaper):
     ----------
     run_id : str
     workers : int
-        Delay-line processes sharing the links (by ingress interface). 1 is best on a small
-        machine; see ``benchmarks/bench_delayline.py`` before raising it.
+        Delay-line processes sharing the links (by ingress interface, so each direction
+        belongs to one of them). The compiled worker scales with cores (one per core is a
+        good choice); the Python one does not (keep 1); see
+        ``benchmarks/bench_delayline.py``.
+    delayline : str, optional
+        ``auto``, ``c`` or ``python``: which worker to run (:func:`resolve_delayline`;
+        default: the ``MESHEMU_DELAYLINE`` environment variable, else ``auto``).
     """
 
     name = "userspace"
 
-    def __init__(self, run_id: str, workers: int = 1):
+    def __init__(self, run_id: str, workers: int = 1, delayline: str | None = None):
         super().__init__(run_id)
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
             raise ShaperError(f"workers must be an integer in 1..64; got {workers!r}")
         self.workers = workers
+        #: The delay-line implementation the workers run: ``"c"`` or ``"python"``.
+        self.delayline = resolve_delayline(delayline)
         self.netns = f"{NS_PREFIX}{run_id}{DL_SUFFIX}"
         self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
@@ -90,15 +179,7 @@ class UserspaceShaper(LinkShaper):
                     "netns",
                     "exec",
                     self.netns,
-                    sys.executable,
-                    "-m",
-                    DELAYLINE_MODULE,
-                    "--run-id",
-                    self.run_id,
-                    "--workers",
-                    str(self.workers),
-                    "--worker",
-                    str(i),
+                    *delayline_argv(self.delayline, self.run_id, self.workers, i),
                 ]
                 self._procs.append(
                     subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
@@ -109,8 +190,9 @@ class UserspaceShaper(LinkShaper):
             self.close()
             raise
         log.info(
-            "userspace shaper: %d delay-line worker(s) in netns %s (pids %s)",
+            "userspace shaper: %d %s delay-line worker(s) in netns %s (pids %s)",
             self.workers,
+            "compiled" if self.delayline == "c" else "Python",
             self.netns,
             [p.pid for p in self._procs],
         )
@@ -220,6 +302,25 @@ class UserspaceShaper(LinkShaper):
                 c[2] += dr
         return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
+    def guard(self) -> list[dl.GuardRecord]:
+        """The fidelity guard of every worker since the previous call.
+
+        Returns
+        -------
+        list of GuardRecord
+            One per link direction that sent frames since the previous call (frames sent,
+            lateness p99 and max against the scheduled departures), then one per worker
+            (``is_worker``: link id :data:`~meshemu.live.delayline.WORKER_LINK_ID`) whose
+            ``frames`` are the frames the kernel dropped because that worker's receive ring
+            was full (it could not keep up). Empty before the first link is created.
+        """
+        if not self._procs:
+            return []
+        out: list[dl.GuardRecord] = []
+        for wid, payload in enumerate(self._call(dl.HDR.pack(dl.OP_GUARD, 0))):
+            out.extend(dl.decode_guard(payload, wid))
+        return out
+
     def close(self) -> None:
         self._closed = True
         for p in self._procs:
@@ -258,10 +359,18 @@ def _recs(links: Iterable[tuple[LinkEnds, LinkParams]]) -> Iterable[tuple]:
 
 
 # ---- what crashed runs leave ----------------------------------------------------------------
+def is_delayline_argv(argv: Sequence[str]) -> bool:
+    """True when ``argv`` is a delay-line worker's: ``python -m meshemu.live.delayline`` or
+    the compiled ``meshemu-delayline``."""
+    return DELAYLINE_MODULE in argv or bool(argv) and os.path.basename(argv[0]) == DELAYLINE_BINARY
+
+
 def delayline_procs() -> list[tuple[int, int | None, str]]:
-    """(pid, parent pid, run_id) of every delay-line process on the machine."""
+    """(pid, parent pid, run_id) of every delay-line process on the machine (both kinds)."""
     out = []
-    for pid, argv in procs.processes_running(DELAYLINE_MODULE).items():
+    for pid, (_, argv) in procs.scan_processes().items():
+        if not is_delayline_argv(argv):
+            continue
         run = ""
         if "--run-id" in argv:
             i = argv.index("--run-id")
