@@ -115,7 +115,7 @@ def rx_packets(ns: Netns, ifname: str) -> int:
 def _guard_summary(s: UserspaceShaper | None) -> dict:
     if s is None:
         return {}
-    recs = s.guard()
+    recs = s.worker_guard()
     links = [r for r in recs if not r.is_worker]
     return {
         "ring_drops": sum(r.frames for r in recs if r.is_worker),

@@ -167,6 +167,10 @@ class FidelityGuard:
         )
         return "; ".join(parts)
 
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
     def flush(self) -> None:
         self._f.flush()
 

@@ -391,7 +391,17 @@ class StepLoop:
         self.last = 0
 
     def run(self, clock: Clock) -> None:
-        """Start ``clock`` and apply every step on time (until the clock is stopped)."""
+        """Start ``clock`` and apply every step on time (until the clock is stopped); the
+        fidelity guard's last poll covers the time after the last step."""
+        try:
+            self._run(clock)
+        finally:
+            guard = self.net.guard
+            if guard is not None and not guard.closed:
+                guard.poll(self.last, self.net.plan.snapshots[self.last].t_s)
+                guard.flush()
+
+    def _run(self, clock: Clock) -> None:
         net, plan = self.net, self.net.plan
         snaps = plan.snapshots
         clock.start()
@@ -584,12 +594,9 @@ def _convergence(net: Network, summary: dict[str, Any]) -> list[Path]:
 
 
 def _fidelity(net: Network, loop: StepLoop) -> dict[str, Any]:
-    """The fidelity guard's summary, after a last poll (the time since the last step)."""
+    """The fidelity guard's summary (its last poll was at the end of the steps)."""
     if net.guard is None:
         return {"shaper": net.inputs.shaper.name, "ok": None, "verdict": verdict(True, 0, 0, 0)}
-    k = loop.last
-    net.guard.poll(k, net.plan.snapshots[k].t_s)
-    net.guard.flush()
     return net.guard.summary()
 
 

@@ -256,11 +256,11 @@ def _settled(s: UserspaceShaper):
 def test_guard_at_light_load_counts_frames_per_direction_and_sees_no_lateness(pair):
     a, b, make = pair
     s = make(LinkParams(0.002, 0), workers=2)
-    s.guard()  # start a fresh guard period
+    s.worker_guard()  # start a fresh guard period
     before = s.counters()[0]
     got, _ = _ping(a, 20, interval=0.02)
     assert got == 20
-    recs = s.guard()
+    recs = s.worker_guard()
     after = s.counters()[0]
     links = {(r.link_id, r.direction): r for r in recs if not r.is_worker}
     workers = [r for r in recs if r.is_worker]
@@ -276,14 +276,14 @@ def test_guard_at_light_load_counts_frames_per_direction_and_sees_no_lateness(pa
     assert [r.direction for r in sorted(workers, key=lambda r: r.worker)] == [0, 1]
     assert all(r.frames == 0 for r in workers), workers  # no ring drops
     # counted since the previous query: nothing new
-    again = s.guard()
+    again = s.worker_guard()
     assert all(r.is_worker and r.frames == 0 for r in again), again
 
 
 def test_guard_reports_a_worker_that_falls_behind(pair):
     a, b, make = pair
     s = make(LinkParams(0.001, 0))
-    s.guard()
+    s.worker_guard()
     (pid,) = s.pids
     # the worker cannot keep up (here: it is stopped) while more frames arrive than its
     # receive ring holds: the frames wait in the ring, leave late, and the rest is dropped
@@ -293,7 +293,7 @@ def test_guard_reports_a_worker_that_falls_behind(pair):
     finally:
         os.kill(pid, signal.SIGCONT)
     assert wait_for(_settled(s), timeout_s=20, poll_s=0.2)
-    recs = s.guard()
+    recs = s.worker_guard()
     (w,) = [r for r in recs if r.is_worker]
     d0 = next(r for r in recs if (r.link_id, r.direction) == (0, 0))
     assert w.frames > 0, recs  # ring drops: frames lost because the worker fell behind
@@ -304,7 +304,7 @@ def test_guard_reports_a_worker_that_falls_behind(pair):
     # and a quiet period afterwards is clean again
     got, _ = _ping(a, 10, interval=0.02)
     assert got == 10
-    recs = s.guard()
+    recs = s.worker_guard()
     assert all(r.frames == 0 for r in recs if r.is_worker), recs
     assert all(r.lateness_p99_ns < LATE_NS for r in recs if not r.is_worker), recs
 

@@ -26,11 +26,12 @@ import os
 from meshemu.errors import CommandError, ShaperError, choices_message
 from meshemu.linux import commands, procs
 from meshemu.linux.commands import batch_text
-from meshemu.live.delayline import GuardRecord
 from meshemu.live.shapers.base import (
     DL_SUFFIX,
     IFNAME_MAX,
     NS_PREFIX,
+    WORKER_LINK,
+    GuardRecord,
     LinkEnds,
     LinkParams,
     LinkShaper,
@@ -70,6 +71,7 @@ __all__ = [
     "NS_PREFIX",
     "SHAPERS",
     "GuardRecord",
+    "WORKER_LINK",
     "LinkEnds",
     "LinkParams",
     "LinkShaper",

@@ -34,6 +34,8 @@ from meshemu.live import delayline as dl
 from meshemu.live.shapers.base import (
     DL_SUFFIX,
     NS_PREFIX,
+    WORKER_LINK,
+    GuardRecord,
     LinkEnds,
     LinkParams,
     LinkShaper,
@@ -151,6 +153,7 @@ class UserspaceShaper(LinkShaper):
     """
 
     name = "userspace"
+    has_guard = True
 
     def __init__(self, run_id: str, workers: int = 1, delayline: str | None = None):
         super().__init__(run_id)
@@ -302,7 +305,25 @@ class UserspaceShaper(LinkShaper):
                 c[2] += dr
         return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
-    def guard(self) -> list[dl.GuardRecord]:
+    def guard(self) -> list[GuardRecord]:
+        """:meth:`worker_guard` as the shaper interface's :class:`GuardRecord` values (the
+        fidelity guard of the run, ``meshemu/live/guard.py``): a worker's ring drops become
+        ``behind_drops`` of a :data:`WORKER_LINK` record."""
+        out = []
+        for r in self.worker_guard():
+            if r.is_worker:
+                out.append(
+                    GuardRecord(WORKER_LINK, -1, 0, r.lateness_p99_ns, r.lateness_max_ns, r.frames)
+                )
+            else:
+                out.append(
+                    GuardRecord(
+                        r.link_id, r.direction, r.frames, r.lateness_p99_ns, r.lateness_max_ns
+                    )
+                )
+        return out
+
+    def worker_guard(self) -> list[dl.GuardRecord]:
         """The fidelity guard of every worker since the previous call.
 
         Returns
