@@ -175,6 +175,9 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
     fid = s.get("fidelity")
     if fid:
         out.append(_fidelity_text(fid))
+    conv = s.get("convergence")
+    if conv and conv.get("events") is not None:
+        out.append(_convergence_table(conv))
     flows = [f for f in stats.flows if f.seq.received] if short else stats.flows
     if short and len(flows) < len(stats.flows):
         out.append(
@@ -196,6 +199,47 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
             out.append("\nnotes:\n\n" + "\n".join(f"- {x}" for x in stats.notes))
         out.append("\nDefinitions (loss, reordering, percentiles): see meshemu/report/stats.py.")
     return "\n".join(out) + "\n"
+
+
+def _convergence_table(conv: dict[str, Any]) -> str:
+    """Daemon routing: convergence per event kind (``summary.json`` ``convergence``; per
+    event: ``convergence.csv``)."""
+    head = f"\nrouting convergence: {conv['events']} topology events"
+    if conv.get("initial_s") is not None:
+        head += f", first full routing {fmt(conv['initial_s'])} s before the clock started"
+    rows = [
+        [
+            kind,
+            fmt(c["events"]),
+            fmt(c["convergence_s_p50"]),
+            fmt(c["convergence_s_p99"]),
+            fmt(c["convergence_s_max"]),
+            fmt(c["not_converged"]),
+            fmt(c["loop_s_total"]),
+            fmt(c["blackhole_s_total"]),
+        ]
+        for kind, c in conv.items()
+        if isinstance(c, dict)
+    ]
+    if not rows:
+        return head + "\n"
+    return (
+        head
+        + " (per event: convergence.csv)\n\n"
+        + md_table(
+            [
+                "event kind",
+                "events",
+                "convergence p50 (s)",
+                "p99 (s)",
+                "max (s)",
+                "not converged",
+                "loops (s)",
+                "blackholes (s)",
+            ],
+            rows,
+        )
+    )
 
 
 def _fidelity_text(fid: dict[str, Any]) -> str:

@@ -742,3 +742,25 @@ def test_report_says_when_the_shaper_fell_behind(run_dir):
         c.strip() for c in next(ln for ln in md.splitlines() if "s0_1_2 - london" in ln).split("|")
     ]
     assert row[1:7] == ["s0_1_2 - london", "b>a", "2", "2.50", "7.00", "2"]
+
+
+def test_report_shows_routing_convergence(run_dir):
+    from meshemu.report.convergence import Event, summarize
+
+    events = [
+        Event(10.0, "isl", 1, 0, 4, 0.05, True, 0.0, 0.01, 1.0),
+        Event(20.0, "gsl", 1, 1, 9, 0.2, True, 0.02, 0.0, 1.0),
+        Event(30.0, "isl", 1, 0, 0, 0.0, False, 0.0, 2.0, 1.0),
+    ]
+    s = json.loads((run_dir / "summary.json").read_text())
+    s["convergence"] = summarize(events) | {"initial_s": 12.5}
+    (run_dir / "summary.json").write_text(json.dumps(s))
+    report(run_dir)
+    md = (run_dir / "report" / "summary.md").read_text()
+    assert "routing convergence: 3 topology events, first full routing 12.50 s" in md
+    row = [
+        c.strip() for c in next(ln for ln in md.splitlines() if ln.startswith("| isl ")).split("|")
+    ]
+    # isl: convergence 0.05 and 0.0 s -> p50 0.025 (shown 0.03), max 0.05; one not converged
+    assert row[1:7] == ["isl", "2", "0.03", row[4], "0.05", "1"], row
+    assert float(row[4]) == pytest.approx(0.05, abs=0.005)  # p99
