@@ -208,7 +208,7 @@ def _report(run: Run, out_dir: Path | str | None) -> ReportResult:
             skipped.append(f"{name}: {exc}")
     for s in skipped:
         log.info("skipped %s", s)
-    table = metrics(stats)
+    table = metrics(stats, run.summary)
     files.append(write_metrics_csv(out / "summary.csv", table))
     md = summary_markdown(run, stats)
     if skipped:

@@ -52,6 +52,12 @@ COMPARE_ROWS: tuple[tuple[tuple[str, str, str], str], ...] = (
     (("inference", "all", "p99_ms"), "inference p99 (ms)"),
     (("inference", "all", "deadline_misses"), "inference deadline misses"),
     (("inference", "all", "miss_pct"), "inference miss %"),
+    (("convergence", "all", "p50_s"), "routing convergence p50 (s)"),
+    (("convergence", "all", "p99_s"), "routing convergence p99 (s)"),
+    (("convergence", "all", "not_converged"), "events not converged"),
+    (("convergence", "all", "loop_s"), "time with routing loops (s)"),
+    (("convergence", "all", "blackhole_s"), "time with blackholes (s)"),
+    (("fidelity", "shaper", "steps_affected"), "steps the shaper fell behind"),
     (("run", "", "route_changes"), "route changes"),
     (("run", "", "link_updates"), "link updates"),
     (("run", "", "apply_ms_p50"), "step apply p50 (ms)"),
@@ -107,7 +113,7 @@ def comparison(run_dirs: Sequence[Path | str]) -> Comparison:
         seen[lab] = seen.get(lab, 0) + 1
         if seen[lab] > 1:
             labels[i] = f"{lab} #{seen[lab]}"
-    tables = [{m.key: m.value for m in metrics(s)} for s in stats]
+    tables = [{m.key: m.value for m in metrics(s, r.summary)} for s, r in zip(stats, runs)]
     row_keys = [(k, lab) for k, lab in COMPARE_ROWS if any(k in t for t in tables)]
     # flows in every run that carried packets in at least one of them
     busy = {g.name for st in stats for g in st.flows if g.seq.received}

@@ -32,10 +32,24 @@ class Metric:
         return (self.section, self.name, self.metric)
 
 
-def metrics(stats: RunStats) -> list[Metric]:
-    """The summary table of a run as rows (what ``summary.csv`` holds)."""
+def metrics(stats: RunStats, summary: dict[str, Any] | None = None) -> list[Metric]:
+    """The summary table of a run as rows (what ``summary.csv`` holds); ``summary`` (the
+    run's ``summary.json``) adds routing convergence and the fidelity guard's verdict."""
     rows: list[Metric] = []
     add = rows.append
+    conv = (summary or {}).get("convergence") or {}
+    for kind, c in conv.items():
+        if isinstance(c, dict):
+            add(Metric("convergence", kind, "events", c["events"]))
+            add(Metric("convergence", kind, "p50_s", c["convergence_s_p50"], "s"))
+            add(Metric("convergence", kind, "p99_s", c["convergence_s_p99"], "s"))
+            add(Metric("convergence", kind, "not_converged", c["not_converged"]))
+            add(Metric("convergence", kind, "loop_s", c["loop_s_total"], "s"))
+            add(Metric("convergence", kind, "blackhole_s", c["blackhole_s_total"], "s"))
+    fid = (summary or {}).get("fidelity") or {}
+    if fid.get("steps_polled"):
+        add(Metric("fidelity", "shaper", "steps_affected", fid["steps_affected"]))
+        add(Metric("fidelity", "shaper", "behind_drops", fid["behind_drops"]))
     add(Metric("run", "", "steps", _num(stats.steps)))
     add(Metric("run", "", "route_changes", _num(stats.route_changes)))
     add(Metric("run", "", "link_updates", _num(stats.link_updates)))

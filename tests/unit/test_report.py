@@ -764,3 +764,20 @@ def test_report_shows_routing_convergence(run_dir):
     # isl: convergence 0.05 and 0.0 s -> p50 0.025 (shown 0.03), max 0.05; one not converged
     assert row[1:7] == ["isl", "2", "0.03", row[4], "0.05", "1"], row
     assert float(row[4]) == pytest.approx(0.05, abs=0.005)  # p99
+
+
+def test_compare_daemon_runs_by_convergence(tmp_path, node_names):
+    from meshemu.report.convergence import Event, summarize
+
+    runs = []
+    for name, conv_s in (("run-ospf", 0.05), ("run-isis", 0.4)):
+        d = make_run(tmp_path / name, node_names, routing=name[4:])
+        s = json.loads((d / "summary.json").read_text())
+        s["convergence"] = summarize([Event(5.0, "isl", 1, 0, 3, conv_s, True, 0.0, 0.0, 1.0)])
+        (d / "summary.json").write_text(json.dumps(s))
+        runs.append(d)
+    compare(runs, tmp_path / "cmp")
+    with open(tmp_path / "cmp" / "compare.csv", newline="") as f:
+        rows = {r[0]: r[1:] for r in csv.reader(f)}
+    assert [float(x) for x in rows["routing convergence p50 (s)"]] == [0.05, 0.4]
+    assert [float(x) for x in rows["events not converged"]] == [0, 0]
