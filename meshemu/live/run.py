@@ -389,19 +389,18 @@ class StepLoop:
         self.net = net
         self.rows: list[tuple] = []
         self.last = 0
+        self.stepping = False  # the CLI's stepping thread outlived its join
+
+    def last_poll(self) -> None:
+        """The fidelity guard's last poll: the time after the last step. Called by the
+        pipeline once stepping is over (from the thread that owns the network, never while
+        the stepping thread may still talk to the shaper)."""
+        guard = self.net.guard
+        if guard is not None and not guard.closed and not self.stepping:
+            guard.poll(self.last, self.net.plan.snapshots[self.last].t_s)
+            guard.flush()
 
     def run(self, clock: Clock) -> None:
-        """Start ``clock`` and apply every step on time (until the clock is stopped); the
-        fidelity guard's last poll covers the time after the last step."""
-        try:
-            self._run(clock)
-        finally:
-            guard = self.net.guard
-            if guard is not None and not guard.closed:
-                guard.poll(self.last, self.net.plan.snapshots[self.last].t_s)
-                guard.flush()
-
-    def _run(self, clock: Clock) -> None:
         net, plan = self.net, self.net.plan
         snaps = plan.snapshots
         clock.start()
@@ -484,6 +483,7 @@ class StepLoop:
         finally:
             clock.stop()
             th.join(timeout=5 * clock.period_s + 5)
+            self.stepping = th.is_alive()
         if error:
             raise error[0]
 
@@ -639,6 +639,7 @@ def run_emulation(
                 loop.run_with_cli(clock)
             else:
                 loop.run(clock)
+            loop.last_poll()
             if net.agents is not None:
                 net.agents.finish()
         finally:

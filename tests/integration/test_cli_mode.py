@@ -117,11 +117,23 @@ def test_cli_reaches_the_nodes_routing_daemon(tmp_path, routing, command, answer
         p.stdin.write(command + "\n")
         p.stdin.flush()
         assert got.wait_for(answer, 60), got.text
+        # wait for the next prompt: until the command is done, Mininet hands what is typed
+        # to it (an 'exit' typed too early loses its 'e' to vtysh)
+        deadline = time.monotonic() + 60
+        while got.text.split(answer, 1)[1].count("mininet>") < 1:
+            assert time.monotonic() < deadline, got.text
+            got.wait_for("\0never\0", 0.2)
         p.stdin.write("exit\n")
         p.stdin.flush()
-        p.wait(timeout=60)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            got.wait_for("\0never\0", 2)
+            pytest.fail(f"the run did not end after 'exit':\n{got.text}")
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+            # a killed run leaves its daemons: remove them so later tests start clean
+            subprocess.run(MESHEMU + ["clean"], capture_output=True, timeout=300)
     assert p.returncode == 0, got.text
