@@ -245,11 +245,6 @@ class DaemonRunner:
             prog, args = argv[0], " ".join(f"'{a}'" for a in argv[1:])
             self.mesh[node.node_id].cmd(f'{prog}() {{ command {prog} {args} "$@"; }}')
 
-    def cli_argv(self, name: str) -> list[str]:
-        """The daemon shell of node ``name`` (``vtysh ...`` / ``birdc ...``)."""
-        node = next(n for n in self.nodes if n.name == name)
-        return self.scheme.cli_argv(node, self.dir_of(node.node_id))
-
     # -- stop ------------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop every daemon, copy configurations and logs into ``daemons/<node>/`` of the

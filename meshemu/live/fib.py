@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from meshemu.linux import netlink
 from meshemu.linux import netns as nl
 from meshemu.live import addressing as adr
@@ -132,17 +130,6 @@ class FibWatcher:
             if now - t0 > timeout_s:
                 return None
             time.sleep(0.05)
-
-    def table(self, dests: Sequence[int]) -> np.ndarray:
-        """The first next hop of every node toward each of ``dests`` now (-1: none)."""
-        with self._lock:
-            nh = np.full((len(self.names), len(dests)), -1, np.int64)
-            for j, d in enumerate(dests):
-                for i in range(len(self.names)):
-                    hops = self.state.get((i, int(d)))
-                    if hops:
-                        nh[i, j] = hops[0]
-        return nh
 
     def stop(self) -> None:
         """Stop following and close the sockets. Idempotent."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,8 +222,3 @@ def verdict(ok: bool, n_affected: int, n_steps: int, drops: int) -> str:
     if drops:
         text += f" and lost {drops} frame(s) it could not keep up with"
     return text + ": measurements on the affected links do not follow the plan"
-
-
-def link_ends(links: Sequence[tuple[int, str, str]]) -> dict[int, tuple[str, str]]:
-    """``{link_id: (a, b)}`` from (link_id, a name, b name) triples."""
-    return {lid: (a, b) for lid, a, b in links}
