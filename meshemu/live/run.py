@@ -47,7 +47,7 @@ from meshemu.live.guard import FidelityGuard, verdict
 from meshemu.live.options import RunOptions
 from meshemu.live.resources import check_capacity
 from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
-from meshemu.report.files import CONVERGENCE, SHAPER, STEPS, open_csv
+from meshemu.report.files import CONVERGENCE, DISRUPTION, SHAPER, STEPS, open_csv
 from meshemu.report.record import node_positions_ecef_km
 from meshemu.routing import ComputedScheme, scheme_kind
 from meshemu.signals import handle_signals, signals_deferred
@@ -225,6 +225,7 @@ class Network:
         self.steps_w: Any = None
         self.guard: FidelityGuard | None = None
         self.fib: Any = None
+        self.control: Any = None
         self.clock_start = 0.0
         self.initial_convergence_s: float | None = None
 
@@ -298,6 +299,10 @@ class Network:
             self.fib = FibWatcher(self.emu, plan.ends.tolist())
             st.callback(self.fib.stop)
             self._initial_convergence()
+            from meshemu.live.control import ControlMonitor
+
+            self.control = ControlMonitor(self.emu, daemons, out)
+            st.callback(self.control.close)  # (before the daemons stop: LIFO)
             if inputs.options.cli:
                 self.emu.daemon_runner.install_shell_functions()
         self.paths0 = self.recorder.record(
@@ -405,6 +410,8 @@ class StepLoop:
         snaps = plan.snapshots
         clock.start()
         net.clock_start = clock.started_at or time.monotonic()
+        if net.control is not None:
+            net.control.start(snaps[0].t_s)
         # step 0 is the state the network was built in; the clock starts now
         net.steps_w.writerow(
             (0, snaps[0].t_s, 0.0, round(time.time(), 6), 0.0, round(net.t_build * 1e3, 3), 0, 0)
@@ -426,6 +433,8 @@ class StepLoop:
                 net.agents.step(k, snaps[k].t_s, paths, tables)
             if net.guard is not None:
                 net.guard.poll(k, snaps[k].t_s)
+            if net.control is not None:
+                net.control.poll(snaps[k].t_s)
             row = (
                 k,
                 snaps[k].t_s,
@@ -529,6 +538,7 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
     if net.agents is not None:
         summary["traffic"] = net.agents.summary()
         files += net.agents.files()
+        files += _disruption(out, summary, opts.time_scale)
     files += net.pcaps
     if net.pcaps:
         summary["captures"] = [p.name for p in net.pcaps]
@@ -590,7 +600,22 @@ def _convergence(net: Network, summary: dict[str, Any]) -> list[Path]:
     )
     summary["convergence"] = conv.summarize(events)
     summary["convergence"]["initial_s"] = net.initial_convergence_s
-    return [fib, conv.write_events(out / CONVERGENCE.name, events)]
+    written = [fib, conv.write_events(out / CONVERGENCE.name, events)]
+    if net.control is not None:
+        summary["control"], summary["daemon_usage"] = net.control.summary()
+        written += [out / n for n in ("control.csv", "daemon_usage.csv", "daemons.csv")]
+    return written
+
+
+def _disruption(out: Path, summary: dict[str, Any], time_scale: float) -> list[Path]:
+    """``disruption.csv``: what the workloads saw around each topology event; its summary."""
+    from meshemu.report import disruption
+
+    effects = disruption.run_effects(out, time_scale)
+    if effects is None:
+        return []
+    summary["disruption"] = disruption.summarize(effects)
+    return [disruption.write_effects(out / DISRUPTION.name, effects)]
 
 
 def _fidelity(net: Network, loop: StepLoop) -> dict[str, Any]:

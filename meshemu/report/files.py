@@ -122,6 +122,47 @@ CONVERGENCE = FileSpec(
         "stretch",
     ),
 )
+#: What the workloads saw around each topology event (``meshemu/report/disruption.py``).
+DISRUPTION = FileSpec(
+    "disruption.csv",
+    (
+        "t_s",
+        "kind",
+        "flow_id",
+        "src",
+        "dst",
+        "sent",
+        "lost",
+        "outage_s",
+        "reordered",
+        "owd_base_ms",
+        "owd_max_ms",
+        "owd_p50_ms",
+    ),
+    ("t_s", "kind", "flow_id", "lost", "outage_s"),
+    ("t_s", "sent", "lost", "outage_s", "reordered", "owd_base_ms", "owd_max_ms", "owd_p50_ms"),
+)
+#: A routing protocol's frames per step, link and direction (``meshemu/live/control.py``).
+CONTROL = FileSpec(
+    "control.csv",
+    ("t_s", "a", "b", "packets", "bytes"),
+    ("t_s", "a", "b", "packets", "bytes"),
+    ("t_s", "packets", "bytes"),
+)
+#: The routing daemons' CPU and memory per step and daemon name.
+DAEMON_USAGE = FileSpec(
+    "daemon_usage.csv",
+    ("t_s", "daemon", "processes", "cpu_s", "cpu_pct", "rss_mib"),
+    ("t_s", "daemon", "cpu_s"),
+    ("t_s", "processes", "cpu_s", "cpu_pct", "rss_mib"),
+)
+#: Each routing daemon process at the end of the run.
+DAEMONS = FileSpec(
+    "daemons.csv",
+    ("node", "daemon", "pid", "cpu_s", "rss_kib", "pss_kib", "hwm_kib"),
+    ("node", "daemon", "cpu_s"),
+    ("pid", "cpu_s", "rss_kib", "pss_kib", "hwm_kib"),
+)
 LINKS = FileSpec(
     "links.csv",
     ("t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"),

@@ -46,6 +46,23 @@ def metrics(stats: RunStats, summary: dict[str, Any] | None = None) -> list[Metr
             add(Metric("convergence", kind, "not_converged", c["not_converged"]))
             add(Metric("convergence", kind, "loop_s", c["loop_s_total"], "s"))
             add(Metric("convergence", kind, "blackhole_s", c["blackhole_s_total"], "s"))
+    dis = (summary or {}).get("disruption") or {}
+    for kind, c in dis.items():
+        add(Metric("disruption", kind, "events_with_loss", c["events_with_loss"]))
+        add(Metric("disruption", kind, "lost", c["lost"]))
+        add(Metric("disruption", kind, "loss_pct", c["loss_pct"], "%"))
+        add(Metric("disruption", kind, "outage_p99_s", c["outage_s_p99"], "s"))
+        add(Metric("disruption", kind, "reordered", c["reordered"]))
+        add(Metric("disruption", kind, "owd_spike_ms", c["owd_spike_ms_max"], "ms"))
+    ctl = (summary or {}).get("control") or {}
+    if ctl.get("links"):
+        add(Metric("control", "per link", "packets_per_s", ctl["packets_per_link_s"]))
+        add(Metric("control", "per link", "bytes_per_s", ctl["bytes_per_link_s"], "B/s"))
+        add(Metric("control", "per link", "bytes_per_s_p99", ctl["bytes_per_link_s_p99"], "B/s"))
+    dm = (summary or {}).get("daemon_usage") or {}
+    if dm.get("nodes"):
+        add(Metric("daemons", "per node", "cpu_pct", dm["cpu_pct_per_node"], "%"))
+        add(Metric("daemons", "per node", "pss_mib", dm["pss_mib_per_node"], "MiB"))
     fid = (summary or {}).get("fidelity") or {}
     if fid.get("steps_polled"):
         add(Metric("fidelity", "shaper", "steps_affected", fid["steps_affected"]))
@@ -192,6 +209,11 @@ def summary_markdown(run: Run, stats: RunStats, short: bool = False) -> str:
     conv = s.get("convergence")
     if conv and conv.get("events") is not None:
         out.append(_convergence_table(conv))
+    dis = s.get("disruption")
+    if dis:
+        out.append(_disruption_table(dis))
+    if s.get("control") or s.get("daemon_usage"):
+        out.append(_control_text(s.get("control") or {}, s.get("daemon_usage") or {}))
     flows = [f for f in stats.flows if f.seq.received] if short else stats.flows
     if short and len(flows) < len(stats.flows):
         out.append(
@@ -254,6 +276,60 @@ def _convergence_table(conv: dict[str, Any]) -> str:
             rows,
         )
     )
+
+
+def _disruption_table(dis: dict[str, Any]) -> str:
+    """What the workloads saw around topology events (``summary.json`` ``disruption``; per
+    event and flow: ``disruption.csv``)."""
+    rows = [
+        [
+            kind,
+            fmt(c["events"]),
+            fmt(c["events_with_loss"]),
+            f"{fmt(c['lost'])} of {fmt(c['sent'])}",
+            fmt(c["outage_s_p50"]),
+            fmt(c["outage_s_p99"]),
+            fmt(c["outage_s_max"]),
+            fmt(c["reordered"]),
+            fmt(c["owd_spike_ms_max"]),
+        ]
+        for kind, c in dis.items()
+    ]
+    return "\ntraffic around topology events (per event and flow: disruption.csv)\n\n" + md_table(
+        [
+            "event kind",
+            "events",
+            "with loss",
+            "frames lost",
+            "outage p50 (s)",
+            "p99 (s)",
+            "max (s)",
+            "reordered",
+            "delay spike max (ms)",
+        ],
+        rows,
+    )
+
+
+def _control_text(ctl: dict[str, Any], dm: dict[str, Any]) -> str:
+    """Routing-protocol overhead (``summary.json`` ``control`` and ``daemon_usage``)."""
+    out = "\nrouting control plane:"
+    if ctl.get("links"):
+        out += (
+            f" {fmt(ctl['packets_per_link_s'])} packets/s and {fmt(ctl['bytes_per_link_s'])} "
+            f"B/s per link and direction (p99 {fmt(ctl['bytes_per_link_s_p99'])} B/s, "
+            f"busiest step {fmt(ctl['bytes_step_max'])} B in all), {ctl['links']} link "
+            f"directions (per step: control.csv)"
+        )
+        if ctl.get("missed"):
+            out += f"; {ctl['missed']} frames missed by the counters (lower bounds)"
+    if dm.get("nodes"):
+        out += (
+            f"; daemons {fmt(dm['cpu_pct_per_node'])} % of a core and "
+            f"{fmt(dm['pss_mib_per_node'])} MiB (PSS) per node, "
+            f"{fmt(dm['cpu_pct_total'])} % in all (per node: daemons.csv)"
+        )
+    return out + "\n"
 
 
 def _fidelity_text(fid: dict[str, Any]) -> str:

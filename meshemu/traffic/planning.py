@@ -321,7 +321,7 @@ def plan_traffic(
     traffic_s: float,
     address_of: Callable[[str], str],
     out_dir: str,
-    bind: str = "0.0.0.0",
+    bind: str | None = None,
 ) -> TrafficPlan:
     """Flows, jobs and agent configurations of ``resolved``.
 
@@ -339,8 +339,10 @@ def plan_traffic(
         Node name -> node address.
     out_dir : str
         Where the agents write their files.
-    bind : str
-        What the agents' sockets bind to.
+    bind : str, optional
+        What the agents' sockets bind to; by default each node's own address, so that its
+        packets carry that source whatever interface a route leaves by (routing daemons
+        install routes without a preferred source).
     """
     p = _Planner(resolved, router, snap0, traffic_s)
     for wi, w in enumerate(resolved.workloads):
@@ -357,7 +359,7 @@ def plan_traffic(
             node=node,
             addrs=addrs,
             out_dir=out_dir,
-            bind=bind,
+            bind=bind if bind is not None else addrs.get(node, "0.0.0.0"),
             control=True,
             sample=dict(p.sample),
             collectives=tuple(r.collectives),

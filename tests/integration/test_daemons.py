@@ -26,7 +26,7 @@ from meshemu.spec.scenario import Scenario
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-def scenario(cutoff_deg: float | None = 45.0) -> Scenario:
+def scenario(cutoff_deg: float | None = 45.0, endpoints: list[str] | None = None) -> Scenario:
     """60 satellites (6 x 10, 550 km, 53 deg), +Grid; cross-plane links go down above 45 deg
     (at t = 10, 22, 31, 33 s), two ground stations, four endpoints."""
     return Scenario.from_dict(
@@ -57,7 +57,7 @@ def scenario(cutoff_deg: float | None = 45.0) -> Scenario:
                 "rate_mbps": 100,
             },
             "gsl": {"min_elevation_deg": 10, "rate_mbps": 100},
-            "endpoints": ["london", "nairobi", "s0_0_0", "s0_2_3"],
+            "endpoints": endpoints or ["london", "nairobi", "s0_0_0", "s0_2_3"],
         }
     )
 
@@ -224,4 +224,104 @@ def test_a_plugin_daemon_runs(tmp_path):
     bad = {k: (got.get(k), v) for k, v in want.items() if not got.get(k) or not got[k] <= v}
     assert not bad, f"{len(bad)} of {len(want)}: {list(bad.items())[:3]}"
     assert res.summary["routing"] == "rip"
+    nothing_left(res.summary["run_id"])
+
+
+def probe_pairs(
+    tmp: Path, events: tuple[float, ...] = (10.0, 22.0)
+) -> list[tuple[float, str, str]]:
+    """For each ISL failure at ``events``: a satellite pair whose fewest-hop path just before
+    it crosses a link that fails, and that stays connected for 6 s after (from ``meshemu
+    plan`` of the same constellation, every satellite an endpoint; pure, no root)."""
+    from meshemu.plan import run_plan
+
+    sats = [f"s0_{p}_{i}" for p in range(6) for i in range(10)]
+    run_plan(scenario(endpoints=sats), 30, routing="fewest-hops", out_dir=tmp, plots=False)
+    up: dict[float, set[frozenset[str]]] = defaultdict(set)
+    for r in rows(tmp / "links.csv"):
+        up[float(r["t_s"])] |= {frozenset((r["a"], r["b"]))} if r["up"] == "1" else set()
+    paths = {
+        (float(r["t_s"]), r["src"], r["dst"]): r["path"].split() for r in rows(tmp / "paths.csv")
+    }
+    out, used = [], set()
+    for t_e in events:
+        down = up[t_e - 1] - up[t_e]
+        assert down, f"no link fails at {t_e} s"
+        cands = sorted(
+            (len(p), s, d)
+            for (t0, s, d), p in paths.items()
+            if t0 == t_e - 1
+            and len(p) >= 3  # one satellite between them at least
+            and {frozenset(e) for e in zip(p, p[1:])} & down
+            and all(paths.get((t_e + k, s, d)) for k in range(7))
+            and not {s, d} & used
+        )
+        assert cands, f"no pair crosses the links that fail at {t_e} s"
+        _, s, d = cands[0]
+        used |= {s, d}
+        out.append((t_e, s, d))
+    return out
+
+
+@pytest.mark.parametrize("detect", ["carrier", "silent"])
+def test_a_probe_sees_what_the_convergence_measurement_says(tmp_path, detect):
+    """A 2 Mbit/s probe (167 frames/s) crosses a link that fails at 10 s and another at 22 s.
+    What it saw (``disruption.csv``: the outage is the gap between the last frame before the
+    cut and the first after) agrees with what ``convergence.csv`` and ``fib.csv`` say: the
+    probe is not cut longer than routing took to converge, nor shorter than routing took to
+    react at all (the first FIB change toward its destination after the failure); with
+    carrier detection that is well under a second, silently it is the dead interval."""
+    from meshemu.spec.profile import Profile
+
+    probes = probe_pairs(tmp_path / "plan")
+    ends = sorted({x for _, s, d in probes for x in (s, d)})
+    prof = Profile.from_dict(
+        {
+            "name": "probe",
+            "workloads": [
+                {"kind": "bulk", "name": f"probe{i}", "src": s, "dst": d, "rate_mbps": 2.0}
+                for i, (_, s, d) in enumerate(probes)
+            ],
+        }
+    )
+    res = run_emulation(
+        scenario(endpoints=ends),
+        duration_s=30,
+        shaper="userspace",
+        routing="ospf",
+        detect=detect,
+        out_dir=tmp_path / "r",
+        traffic=prof,
+        plots=False,
+    )
+    run = res.run_dir
+    flows = {(r["src"], r["dst"]): r["flow_id"] for r in rows(run / "flows.csv")}
+    conv = {float(r["t_s"]): r for r in rows(run / "convergence.csv")}
+    fib = [(float(r["t_s"]), r["dest"]) for r in rows(run / "fib.csv")]
+    effects = {(float(r["t_s"]), r["flow_id"]): r for r in rows(run / "disruption.csv")}
+    spacing = 1500 * 8 / 2e6
+    for t_e, s, d in probes:
+        e = effects[(t_e, flows[(s, d)])]
+        c = conv[t_e]
+        outage, conv_s = float(e["outage_s"]), float(c["convergence_s"])
+        react = min(t for t, dest in fib if dest == d and t > t_e) - t_e
+        assert c["converged"] == "True", c
+        assert outage <= conv_s + 3 * spacing + 0.05, (e, c)
+        if detect == "carrier":
+            assert outage < 1.0, e
+        else:  # nothing happens until the dead interval (4 s, hello 1 s) ends
+            assert int(e["lost"]) > 0, e
+            assert 2.0 <= outage <= 6.0, e
+            assert outage >= react - 3 * spacing - 0.05, (e, react)
+        assert res.summary["disruption"]["all"]["events"] >= 2
+    # the protocol's own packets, counted per link: OSPF hellos at least, on every link
+    ctl = res.summary["control"]
+    assert ctl["filter"] == "ip proto 89" and ctl["missed"] == 0
+    assert ctl["links"] >= 2 * 60  # both directions of (nearly) every link
+    assert 1.0 <= ctl["packets_per_link_s"] <= 20.0, ctl  # hello every 1 s, plus LSAs
+    counted = sum(int(r["packets"]) for r in rows(run / "control.csv"))
+    assert counted >= ctl["packets"] > 0
+    use = res.summary["daemon_usage"]
+    assert use["processes"] == 2 * use["nodes"] and use["pss_mib_per_node"] > 1
+    assert {r["daemon"] for r in rows(run / "daemons.csv")} == {"zebra", "ospfd"}
     nothing_left(res.summary["run_id"])

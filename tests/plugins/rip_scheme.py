@@ -16,6 +16,7 @@ class RIP(DaemonScheme):
     """RIPv2 with BIRD: one ``bird`` per node, every file in the node's state directory."""
 
     name = "rip"
+    control_filter = "udp port 520"  # its packets, counted per link (control.csv)
     packages = ("bird2",)  # named in the error when a binary is missing
     binaries = ("bird", "birdc")
 

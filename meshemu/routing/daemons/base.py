@@ -164,6 +164,10 @@ class DaemonScheme(RoutingScheme):
     #: Run the processes as this user (FRR drops root to ``frr``); the state directory is
     #: handed to it. None: root.
     user: ClassVar[str | None] = None
+    #: The protocol's own packets as a pcap filter expression (tcpdump syntax, e.g.
+    #: ``ip proto 89``): meshemu counts them per link and step (``control.csv``). None: not
+    #: counted.
+    control_filter: ClassVar[str | None] = None
     #: Keep IPv6 on in the nodes (off otherwise): for protocols that speak over IPv6
     #: link-local addresses, such as Babel.
     ipv6: ClassVar[bool] = False

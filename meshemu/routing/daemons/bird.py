@@ -21,6 +21,7 @@ class BirdOSPF(DaemonScheme):
     """OSPFv2 with BIRD 2 (``--routing bird-ospf``)."""
 
     name = "bird-ospf"
+    control_filter = "ip proto 89"
     packages: ClassVar[tuple[str, ...]] = ("bird2",)
     binaries: ClassVar[tuple[str, ...]] = ("bird", "birdc")
 

@@ -92,6 +92,7 @@ class FRROSPF(_FRR):
     """OSPFv2 with FRR (``--routing ospf``)."""
 
     name = "ospf"
+    control_filter = "ip proto 89"  # OSPFv2 (RFC 2328 A.1)
     daemon = "ospfd"
     _show = "ip ospf"
 
@@ -133,6 +134,7 @@ class FRRISIS(_FRR):
     """IS-IS with FRR (``--routing isis``)."""
 
     name = "isis"
+    control_filter = "isis"  # ISO 10589 PDUs over 802.2 LLC
     daemon = "isisd"
     _show = "isis summary"
 
