@@ -325,3 +325,51 @@ def test_a_probe_sees_what_the_convergence_measurement_says(tmp_path, detect):
     assert use["processes"] == 2 * use["nodes"] and use["pss_mib_per_node"] > 1
     assert {r["daemon"] for r in rows(run / "daemons.csv")} == {"zebra", "ospfd"}
     nothing_left(res.summary["run_id"])
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+def test_no_daemon_or_state_is_left_after_a_signal(tmp_path, how):
+    """A daemon-routed run (BIRD OSPF on the default scenario) stopped by SIGINT tears its
+    daemons down itself (exit 130); after SIGKILL the daemons live on, and ``meshemu clean``
+    removes them and their state. Either way the machine is as before."""
+    import os
+    import signal
+
+    from test_run import MESHEMU, NOTHING, LiveRun, leftovers, machine_state, wait_until
+
+    before = machine_state()
+    run = LiveRun(
+        tmp_path / "s",
+        "--duration",
+        "120",
+        "--shaper",
+        "userspace",
+        "--routing",
+        "bird-ospf",
+        "--traffic",
+        "none",
+        start_new_session=True,
+    )
+    run_id = ""
+    try:
+        run.wait_stepping(2, timeout_s=240)
+        run_id = run.run_id()
+        assert (STATE_ROOT / run_id).is_dir()
+        assert any("bird" in p and f"/run/meshemu/{run_id}/" in p for p in daemon_processes())
+        if how == "sigint":
+            run.proc.send_signal(signal.SIGINT)
+            assert run.proc.wait(timeout=120) == 128 + signal.SIGINT, run.text
+            assert "Traceback" not in run.text, run.text
+        else:
+            os.kill(run.proc.pid, signal.SIGKILL)
+            run.proc.wait(timeout=10)
+            # the daemons outlive the run until clean
+            assert any(f"/run/meshemu/{run_id}/" in p for p in daemon_processes())
+            r = subprocess.run(MESHEMU + ["clean"], capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+    finally:
+        run.kill()
+    assert not any(f"/run/meshemu/{run_id}/" in p for p in daemon_processes())
+    assert not (STATE_ROOT / run_id).exists()
+    assert leftovers(run_id) == NOTHING
+    wait_until(lambda: machine_state() == before, 30, "the machine to be as before", poll_s=0.5)
