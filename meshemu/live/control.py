@@ -223,7 +223,6 @@ class ControlCounters:
             "seconds": round(span, 3),
             "packets": int(run[:, :, 0].sum()),
             "bytes": int(run[:, :, 1].sum()),
-            "bytes_before_clock": int(self.base[:, :, 1].sum()),
             "packets_per_link_s": round(float(per[:, 0].mean()), 3),
             "bytes_per_link_s": round(float(per[:, 1].mean()), 1),
             "bytes_per_link_s_p99": round(float(np.percentile(per[:, 1], 99)), 1),

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 STATE_ROOT = Path("/run/meshemu")
 #: How long the daemons of all nodes may take to answer (s).
 READY_TIMEOUT_S = 60.0
+#: ... plus this much per node (they are started one after another).
+READY_PER_NODE_S = 0.05
 #: Lines of a daemon's log quoted when it fails.
 LOG_TAIL = 8
 
@@ -149,7 +151,7 @@ class DaemonRunner:
                 )
                 log_f.close()
                 self.procs[node.node_id].append((p.name, proc))
-        self._wait_ready(t0 + timeout_s)
+        self._wait_ready(t0 + timeout_s + READY_PER_NODE_S * len(self.nodes))
         took = time.monotonic() - t0
         log.info("%s daemons of %d nodes ready in %.1f s", self.scheme.name, len(self.nodes), took)
         return took

@@ -60,8 +60,9 @@ log = logging.getLogger(__name__)
 #: Share of the available memory the run's snapshots may take.
 SNAPSHOT_MEMORY_SHARE = 0.5
 #: How long daemon routing may take to route every node to the endpoints before the clock
-#: starts (s).
+#: starts (s), plus as much per node (flooding and SPF grow with the network).
 INITIAL_CONVERGENCE_TIMEOUT_S = 120.0
+INITIAL_CONVERGENCE_PER_NODE_S = 0.25
 
 
 def say(text: str) -> None:
@@ -120,7 +121,8 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
     out = out.absolute()  # the agents in the nodes read their configuration from there
     profile = load_profile(options.traffic) if options.wants_traffic else None  # type: ignore[arg-type]
     run_id = uuid.uuid4().hex[:6]
-    shaper = make_shaper(options.shaper, run_id)  # unknown name, or netem without netem
+    workers = {"workers": options.shaper_workers} if options.shaper_workers != 1 else {}
+    shaper = make_shaper(options.shaper, run_id, **workers)  # unknown, or netem without it
     return RunInputs(scenario, options, span, scheme, shaper, profile, out, run_id)
 
 
@@ -345,12 +347,13 @@ class Network:
             if i != int(d) and nh[i, col[int(d)], 0] >= 0
         }
         say(f"waiting for {self.inputs.scheme.name} to route {len(expect)} node-endpoint pairs ...")
-        took = self.fib.wait_until_routed(expect, INITIAL_CONVERGENCE_TIMEOUT_S)
+        limit = INITIAL_CONVERGENCE_TIMEOUT_S + INITIAL_CONVERGENCE_PER_NODE_S * nh.shape[0]
+        took = self.fib.wait_until_routed(expect, limit)
         if took is None:
             log.warning(
                 "%s did not route every node to every endpoint within %.0f s; starting anyway",
                 self.inputs.scheme.name,
-                INITIAL_CONVERGENCE_TIMEOUT_S,
+                limit,
             )
         else:
             say(f"{self.inputs.scheme.name} converged in {took:.1f} s")
