@@ -594,12 +594,14 @@ def _convergence(net: Network, summary: dict[str, Any]) -> list[Path]:
     net.fib.stop()  # (the run's files are closed, so complete, by now)
     fib = net.fib.write(out, net.clock_start, span.start_s, opts.time_scale)
     names = net.plan.sched.nodes.names
+    daemon_opts = getattr(net.inputs.scheme, "options", None)  # DaemonOptions
     events = conv.analyse(
         read_table_rows(out / "links.csv"),
         read_table_rows(fib),
         read_table_rows(out / "nodes.csv"),
         [names[e] for e in net.plan.ends],
         span.start_s + span.duration_s,
+        metric="delay" if getattr(daemon_opts, "metric", "") == "delay" else "hops",
     )
     summary["convergence"] = conv.summarize(events)
     summary["convergence"]["initial_s"] = net.initial_convergence_s
