@@ -37,6 +37,11 @@ STATE_ROOT = Path("/run/meshemu")
 READY_TIMEOUT_S = 60.0
 #: ... plus this much per node (they are started one after another).
 READY_PER_NODE_S = 0.05
+#: How long the daemons may take to exit after SIGTERM (then SIGKILL), plus per process.
+STOP_GRACE_S = 5.0
+STOP_PER_PROCESS_S = 0.02
+#: How long one readiness check may take before it counts as "not yet".
+READY_CHECK_TIMEOUT_S = 10.0
 #: Lines of a daemon's log quoted when it fails.
 LOG_TAIL = 8
 
@@ -166,7 +171,12 @@ class DaemonRunner:
             if argv is None:
                 return True
             p = self.mesh[i].popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            return p.wait(timeout=30) == 0
+            try:
+                return p.wait(timeout=READY_CHECK_TIMEOUT_S) == 0
+            except subprocess.TimeoutExpired:  # a loaded machine: not ready yet, ask again
+                p.kill()
+                p.wait()
+                return False
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             while pending:
@@ -254,17 +264,24 @@ class DaemonRunner:
         if self._stopped:
             return
         self._stopped = True
-        for plist in self.procs:
-            for _, p in plist:
-                with contextlib.suppress(ProcessLookupError):
-                    p.terminate()
-        for plist in self.procs:
-            for _, p in plist:
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=5)
+        procs = [p for plist in self.procs for _, p in plist]
+        grace = STOP_GRACE_S + STOP_PER_PROCESS_S * len(procs)  # they all exit at once
+        for sig_send in (lambda p: p.terminate(), lambda p: p.kill()):
+            for p in procs:
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        sig_send(p)
+            deadline = time.monotonic() + grace
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            procs = [p for p in procs if p.poll() is None]
+            if not procs:
+                break
+        if procs:
+            raise EmulationError(
+                f"{len(procs)} daemon process(es) did not exit after SIGKILL (e.g. pid "
+                f"{procs[0].pid}); run `meshemu clean`"
+            )
         for node in self.nodes:
             link = self.run_dir / "daemons" / node.name
             src = self.dir_of(node.node_id)
