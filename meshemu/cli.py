@@ -113,6 +113,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from meshemu.runsize import check_emulable
+    from meshemu.spec.scenario import load_scenario
+
+    # a scenario too large to emulate is refused from its counts, before the root check
+    # and before anything is built
+    check_emulable(load_scenario(args.scenario))
     from meshemu.live.runner import run_from_cli
 
     return run_from_cli(args)
