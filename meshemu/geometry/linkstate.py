@@ -156,9 +156,7 @@ def diff(
             f"snapshots have different node counts ({old.n_nodes} != {new.n_nodes})"
         )
     ko, kn = old.key, new.key
-    common, io, inew = np.intersect1d(ko, kn, assume_unique=True, return_indices=True)
-    added = np.setdiff1d(np.arange(kn.size), inew, assume_unique=True)
-    removed = np.setdiff1d(np.arange(ko.size), io, assume_unique=True)
+    io, inew, added, removed = _match_keys(ko, kn)
     d_delay = np.abs(new.delay_s[inew] - old.delay_s[io]) > delay_tolerance_s
     d_rate = np.abs(new.rate_bps[inew] - old.rate_bps[io]) > rate_tolerance * np.maximum(
         old.rate_bps[io], 1.0
@@ -171,3 +169,28 @@ def diff(
     return SnapshotDiff(
         new.t_s, added, removed, np.sort(changed), np.sort(went_up), np.sort(went_down)
     )
+
+
+def _match_keys(
+    ko: Int64Array, kn: Int64Array
+) -> tuple[IndexArray, IndexArray, IndexArray, IndexArray]:
+    """Indices of the keys in both (into ``ko`` and into ``kn``, ascending), of those only in
+    ``kn`` and of those only in ``ko``; keys unique. Sorted keys (a snapshot's) are matched
+    by binary search, others through a sort."""
+    if not (_ascending(ko) and _ascending(kn)):
+        _, io, inew = np.intersect1d(ko, kn, assume_unique=True, return_indices=True)
+        added = np.setdiff1d(np.arange(kn.size), inew, assume_unique=True)
+        removed = np.setdiff1d(np.arange(ko.size), io, assume_unique=True)
+        return io, inew, added, removed
+    if ko.size == 0 or kn.size == 0:
+        none = np.zeros(0, np.intp)
+        return none, none.copy(), np.arange(kn.size), np.arange(ko.size)
+    pos = np.minimum(np.searchsorted(ko, kn), ko.size - 1)
+    found = ko[pos] == kn
+    in_old = np.zeros(ko.size, bool)
+    in_old[pos[found]] = True
+    return pos[found], np.flatnonzero(found), np.flatnonzero(~found), np.flatnonzero(~in_old)
+
+
+def _ascending(k: Int64Array) -> bool:
+    return bool(k.size < 2 or np.all(k[1:] > k[:-1]))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from sgp4.api import SatrecArray
 
 from meshemu.errors import ScenarioError
 from meshemu.geometry.arrays import BoolArray, FloatArray, Int32Array, Int64Array
@@ -49,6 +50,12 @@ log = logging.getLogger(__name__)
 
 LOOKAHEAD_S = 1800.0
 LOOKAHEAD_STEP_S = 10.0
+#: Largest block of satellite positions propagated at once (bytes): a chunk of steps holds
+#: S x steps x 3 float64, so a million satellites propagate a few steps at a time.
+POSITIONS_CHUNK_BYTES = 256 * 2**20
+#: Stations whose satellites' heights above the horizon are computed in one block
+#: (:func:`_visible_sats`: S x block float64).
+STATION_BLOCK = 8
 
 
 def _no_pairs() -> tuple[Int32Array, Int32Array]:
@@ -69,6 +76,30 @@ class _History:
 class _GslState:
     current: list[set[int]]  # per station: selected satellites
     linger: list[dict[int, float]]  # per station: old satellite -> kept until t
+
+
+@dataclass(frozen=True)
+class _Visible:
+    """The satellites each station may use at one step: ids (ascending) and slant range."""
+
+    ids: list[Int64Array]
+    range_km: list[FloatArray]
+
+    def has(self, g: int, s: int) -> bool:
+        ids = self.ids[g]
+        i = int(np.searchsorted(ids, s))
+        return i < ids.size and int(ids[i]) == s
+
+    def mask(self, g: int, sats: npt.NDArray[np.integer]) -> BoolArray:
+        ids = self.ids[g]
+        if ids.size == 0:
+            return np.zeros(len(sats), bool)
+        i = np.minimum(np.searchsorted(ids, sats), ids.size - 1)
+        found: BoolArray = ids[i] == sats
+        return found
+
+    def km(self, g: int, s: int) -> float:
+        return float(self.range_km[g][int(np.searchsorted(self.ids[g], s))])
 
 
 class LinkSchedule:
@@ -93,7 +124,12 @@ class LinkSchedule:
         self.scenario = scenario
         self.step_s = float(step_s)
         self.constellation: Constellation = build_constellation(scenario)
-        r0 = propagate_ecef_km(self.constellation.satrecs, scenario.epoch, np.array([0.0]))[:, 0]
+        sats = self.constellation.satrecs
+        if len(sats) > 100_000:
+            log.info("%d satellites: SGP4 records made; propagating t = 0", len(sats))
+        # every propagation goes through one SatrecArray (making one copies every record)
+        self._satarray: SatrecArray | list[object] = SatrecArray(sats) if sats else []
+        r0 = propagate_ecef_km(self._satarray, scenario.epoch, np.array([0.0]))[:, 0]
         self.nodes: Nodes = build_nodes(scenario, self.constellation, r0)
         g = scenario.ground
         self.ground_ecef_km = geodetic_to_ecef_km(
@@ -107,12 +143,14 @@ class LinkSchedule:
         if scenario.isl.pattern == "plus-grid":
             grid = plus_grid_links(scenario, self.constellation, r0)
             self.grid_a, self.grid_b, self.grid_cross = grid.a, grid.b, grid.cross
+            if len(sats) > 100_000:
+                log.info("+Grid: %d candidate ISLs", grid.a.size)
         self.transit = self.nodes.transit
 
     # ------------------------------------------------------------------ public
     def positions_ecef_km(self, t_s: npt.ArrayLike) -> FloatArray:
         """Satellite positions (S, T, 3) at times ``t_s``."""
-        return propagate_ecef_km(self.constellation.satrecs, self.scenario.epoch, t_s)
+        return propagate_ecef_km(self._satarray, self.scenario.epoch, t_s)
 
     def snapshots(
         self, duration_s: float, chunk_steps: int = 120, start_s: float = 0.0
@@ -120,15 +158,30 @@ class LinkSchedule:
         """Yield the snapshot at every step from ``start_s`` to ``start_s + duration_s``
         inclusive (times after the scenario epoch; links present at ``start_s`` count as
         acquired)."""
+        for snap, _ in self.steps(duration_s, chunk_steps, start_s):
+            yield snap
+
+    def steps(
+        self, duration_s: float, chunk_steps: int = 120, start_s: float = 0.0
+    ) -> Iterator[tuple[Snapshot, FloatArray]]:
+        """As :meth:`snapshots`, with the satellites' Earth-fixed positions (S, 3), km, that
+        each snapshot was made from.
+
+        Positions are propagated ``chunk_steps`` steps at a time, fewer when a chunk would
+        take more than :data:`POSITIONS_CHUNK_BYTES`.
+        """
         n_steps = int(np.floor(duration_s / self.step_s + 1e-9)) + 1
+        per_step = 24 * max(self.n_sats, 1)
+        chunk_steps = max(1, min(chunk_steps, POSITIONS_CHUNK_BYTES // per_step))
         state = self._fresh_gsl_state()
         hist = _History()
         for c0 in range(0, n_steps, chunk_steps):
             ts = start_s + np.arange(c0, min(c0 + chunk_steps, n_steps)) * self.step_s
             pos = self.positions_ecef_km(ts)
             for j, t in enumerate(ts):
-                snap, hist = self._snapshot(float(t), pos[:, j], state, hist, first=(c0 + j == 0))
-                yield snap
+                r = pos[:, j]
+                snap, hist = self._snapshot(float(t), r, state, hist, first=(c0 + j == 0))
+                yield snap, r
 
     def snapshot_at(self, t_s: float) -> Snapshot:
         """The snapshot at one time, without history (every present link counts as acquired)."""
@@ -215,19 +268,17 @@ class LinkSchedule:
         if G == 0 or self.n_sats == 0:
             z = np.zeros(0)
             return z.astype(np.int32), z.astype(np.int32), z, z.astype(bool)
-        elev = elevation_deg(self.ground_ecef_km, self.ground_up, r)  # (G, S)
-        dist = np.linalg.norm(r[None, :, :] - self.ground_ecef_km[:, None, :], axis=-1)
-        vis = self._visible(elev, dist)
+        vis = self._visible_sats(r)
         L = sc.gsl.links_per_station or self.n_sats
         sats, gnds, kms, lingers = [], [], [], []
         need_lookahead: list[int] = []
         new_sel: list[set[int]] = []
         for g in range(G):
-            visible = np.nonzero(vis[g])[0]
+            visible = vis.ids[g]
             if sc.gsl.handover == "nearest":
-                sel = set(visible[np.argsort(dist[g, visible], kind="stable")[:L]].tolist())
+                sel = set(visible[np.argsort(vis.range_km[g], kind="stable")[:L]].tolist())
             else:
-                sel = {s for s in state.current[g] if vis[g, s]}
+                sel = {s for s in state.current[g] if vis.has(g, s)}
                 if len(sel) < L and visible.size > len(sel):
                     need_lookahead.append(g)
             new_sel.append(sel)
@@ -243,20 +294,55 @@ class LinkSchedule:
             state.linger[g] = {
                 s: until
                 for s, until in state.linger[g].items()
-                if until > t + 1e-9 and vis[g, s] and s not in sel
+                if until > t + 1e-9 and vis.has(g, s) and s not in sel
             }
-            for s in sorted(sel | set(state.linger[g])):
-                sats.append(s)
-                gnds.append(self.n_sats + g)
-                kms.append(dist[g, s])
-                lingers.append(s in state.linger[g])
             state.current[g] = sel
+            chosen = np.array(sorted(sel | set(state.linger[g])), dtype=np.int64)
+            if chosen.size == 0:
+                continue
+            pos = np.searchsorted(vis.ids[g], chosen)
+            sats.append(chosen)
+            gnds.append(np.full(chosen.size, self.n_sats + g))
+            kms.append(vis.range_km[g][pos])
+            lingers.append(np.array([s in state.linger[g] for s in chosen.tolist()], bool))
         return (
-            np.array(sats, np.int32),
-            np.array(gnds, np.int32),
-            np.array(kms, float),
-            np.array(lingers, bool),
+            np.concatenate(sats).astype(np.int32) if sats else np.zeros(0, np.int32),
+            np.concatenate(gnds).astype(np.int32) if gnds else np.zeros(0, np.int32),
+            np.concatenate(kms).astype(float) if kms else np.zeros(0),
+            np.concatenate(lingers) if lingers else np.zeros(0, bool),
         )
+
+    def _visible_sats(self, r: FloatArray) -> _Visible:
+        """Per station, the satellites above its minimum elevation (and within
+        ``max_range_km``), with their slant range.
+
+        With a minimum elevation of 0 deg or more, only satellites above the station's
+        horizon plane (``(S - G) . u >= 0``) can qualify; their elevation and range are
+        computed exactly, by the same formulas as for all, so a constellation of a million
+        satellites costs one (S x stations) product per block of stations instead of
+        (stations x S x 3) arrays.
+        """
+        G = len(self.scenario.ground)
+        prefilter = self.scenario.gsl.min_elevation_deg >= 0
+        ids: list[Int64Array] = []
+        rng: list[FloatArray] = []
+        for g0 in range(0, G, STATION_BLOCK):
+            gs = slice(g0, min(g0 + STATION_BLOCK, G))
+            up = self.ground_up[gs]
+            above = np.zeros((0, 0), bool)
+            if prefilter:
+                with np.errstate(invalid="ignore"):
+                    # (1 m of slack for rounding: this only picks whom to test exactly)
+                    above = (r @ up.T) >= np.einsum("gi,gi->g", self.ground_ecef_km[gs], up) - 1e-3
+            for k, g in enumerate(range(gs.start, gs.stop)):
+                cand = np.flatnonzero(above[:, k]) if prefilter else np.arange(self.n_sats)
+                rc = r[cand]
+                el = elevation_deg(self.ground_ecef_km[g : g + 1], self.ground_up[g : g + 1], rc)
+                d = np.linalg.norm(rc[None, :, :] - self.ground_ecef_km[g][None, None, :], axis=-1)
+                ok = self._visible(el, d)[0]
+                ids.append(cand[ok].astype(np.int64))
+                rng.append(d[0][ok])
+        return _Visible(ids, rng)
 
     def _visible(self, elev_deg: FloatArray, range_km: FloatArray) -> BoolArray:
         """Which satellites may serve a station: elevation and, if set, slant range."""
@@ -268,10 +354,10 @@ class LinkSchedule:
         return ok
 
     def _fill_longest_visible(
-        self, t: float, vis: BoolArray, stations: list[int], sel: list[set[int]]
+        self, t: float, vis: _Visible, stations: list[int], sel: list[set[int]]
     ) -> None:
         sc = self.scenario
-        cand = sorted({int(s) for g in stations for s in np.nonzero(vis[g])[0]})
+        cand = np.unique(np.concatenate([vis.ids[g] for g in stations])).tolist()
         look = np.arange(0.0, LOOKAHEAD_S + LOOKAHEAD_STEP_S, LOOKAHEAD_STEP_S) + t
         recs = [self.constellation.satrecs[s] for s in cand]
         pos = propagate_ecef_km(recs, sc.epoch, look)  # (C, T, 3)
@@ -279,7 +365,7 @@ class LinkSchedule:
             el = elevation_deg(
                 self.ground_ecef_km[g : g + 1], self.ground_up[g : g + 1], pos.reshape(-1, 3)
             ).reshape(len(cand), look.size)
-            visible_now = vis[g, cand]
+            visible_now = vis.mask(g, np.array(cand, dtype=np.int64))
             rng = np.linalg.norm(pos.reshape(-1, 3) - self.ground_ecef_km[g], axis=-1).reshape(
                 len(cand), look.size
             )

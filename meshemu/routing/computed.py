@@ -64,16 +64,18 @@ def _trees(
     roots = src_of[dests]
     dist_all, pred_all = dijkstra(g, directed=True, indices=roots, return_predecessors=True)
     dist: FloatArray = np.asarray(dist_all, dtype=np.float64)[:, :n]
-    pred = np.asarray(pred_all)[:, :n].astype(np.int64)
+    # scipy's int32 predecessors, fixed in place (a million nodes by dozens of destinations:
+    # no int64 copy)
+    pred = np.asarray(pred_all, dtype=np.int32)[:, :n]
     # a predecessor that is a departure copy stands for its node
     dep = pred >= n
     if np.any(dep):
-        inv = np.full(g.shape[0], -1, dtype=np.int64)
-        inv[src_of] = np.arange(n)
+        inv = np.full(g.shape[0], -1, dtype=np.int32)
+        inv[src_of] = np.arange(n, dtype=np.int32)
         pred[dep] = inv[pred[dep]]
-    pred[pred < 0] = -1
+    np.maximum(pred, -1, out=pred)  # scipy marks "none" with -9999
     pred[np.arange(dests.size), dests] = -1
-    return dist, pred.astype(np.int32), src_of
+    return dist, pred, src_of
 
 
 def _check_snapshot(snap: Snapshot, destinations: npt.ArrayLike) -> Int32Array:
