@@ -11,7 +11,9 @@ import ctypes
 import multiprocessing as mp
 import os
 import signal
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +31,14 @@ def _die_with_parent() -> None:
 
 
 def _routes_worker(
-    snapshots: Sequence[Snapshot], scheme: ComputedScheme, dests: np.ndarray, q: mp.Queue
+    snapshots: Sequence[Snapshot],
+    scheme: ComputedScheme,
+    dests: np.ndarray,
+    q: mp.Queue,
+    cost: Any,
 ) -> None:
-    """Child process: forwarding tables for every step, in order, into ``q``."""
+    """Child process: forwarding tables for every step, in order, into ``q``; the seconds
+    each took into ``cost`` (shared memory, read by the parent at any time)."""
     _die_with_parent()
     # the parent tears the run down on these (a Ctrl-C reaches the whole process group);
     # the child ends when the parent terminates it or dies
@@ -40,7 +47,9 @@ def _routes_worker(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         for k, snap in enumerate(snapshots):
+            t0 = time.perf_counter()
             t = scheme.forwarding_tables(snap, dests)
+            cost[k] = time.perf_counter() - t0
             q.put((k, t.destinations, t.next_hop, t.scheme))
         q.put(None)
     except Exception as exc:  # report to the parent, which raises it
@@ -70,9 +79,12 @@ class RouteFeed:
     ):
         ctx = mp.get_context("fork")
         self.q: mp.Queue = ctx.Queue(maxsize=lookahead)
+        self.lookahead = lookahead
+        #: Seconds the child took to route each step (-1: not yet).
+        self.cost = ctx.Array("d", [-1.0] * max(len(snapshots), 1), lock=False)
         self.proc = ctx.Process(
             target=_routes_worker,
-            args=(snapshots, scheme, dests, self.q),
+            args=(snapshots, scheme, dests, self.q, self.cost),
             name="meshemu-routes",
             daemon=True,
         )
@@ -95,6 +107,25 @@ class RouteFeed:
         if kk != k:
             raise EmulationError(f"route feed out of order: wanted step {k}, got {kk}")
         return ForwardingTables(destinations=dests, next_hop=nh, scheme=name)
+
+    def routing_cost_s(self, k: int) -> float:
+        """Seconds the child took to route step ``k`` (NaN when it has not yet)."""
+        c = float(self.cost[k]) if 0 <= k < len(self.cost) else -1.0
+        return c if c >= 0 else float("nan")
+
+    def estimate_s(self, steps: int = 3, timeout_s: float = 120.0) -> float:
+        """Median seconds per step over the first ``steps`` steps (waits until the child has
+        routed them, or ``timeout_s``; NaN when none is done)."""
+        n = min(steps, len(self.cost))
+        deadline = time.monotonic() + timeout_s
+        while (
+            any(self.cost[i] < 0 for i in range(n))
+            and time.monotonic() < deadline
+            and self.proc.is_alive()
+        ):
+            time.sleep(0.01)
+        done = [self.cost[i] for i in range(n) if self.cost[i] >= 0]
+        return float(np.median(done)) if done else float("nan")
 
     def close(self) -> None:
         """End the child and release the queue."""

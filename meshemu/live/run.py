@@ -29,6 +29,7 @@ import csv
 import datetime as dt
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 
 #: Share of the available memory the run's snapshots may take.
 SNAPSHOT_MEMORY_SHARE = 0.5
+#: Routing a step may take this share of the step's wall time before the run warns that it
+#: will not keep up.
+ROUTING_SHARE_OF_STEP = 0.8
 #: How long daemon routing may take to route every node to the endpoints before the clock
 #: starts (s), plus as much per node (flooding and SPF grow with the network).
 INITIAL_CONVERGENCE_TIMEOUT_S = 120.0
@@ -396,6 +400,7 @@ class StepLoop:
     def __init__(self, net: Network):
         self.net = net
         self.rows: list[tuple] = []
+        self.routing_estimate_s = math.nan
         self.last = 0
         self.stepping = False  # the CLI's stepping thread outlived its join
 
@@ -411,21 +416,37 @@ class StepLoop:
     def run(self, clock: Clock) -> None:
         net, plan = self.net, self.net.plan
         snaps = plan.snapshots
+        self.routing_estimate_s = check_real_time(net, clock.period_s)
         clock.start()
         net.clock_start = clock.started_at or time.monotonic()
         if net.control is not None:
             net.control.start(snaps[0].t_s)
         # step 0 is the state the network was built in; the clock starts now
+        feed = net.feed
+        assert feed is not None
         net.steps_w.writerow(
-            (0, snaps[0].t_s, 0.0, round(time.time(), 6), 0.0, round(net.t_build * 1e3, 3), 0, 0)
+            (
+                0,
+                snaps[0].t_s,
+                0.0,
+                round(time.time(), 6),
+                0.0,
+                round(net.t_build * 1e3, 3),
+                0,
+                0,
+                0.0,
+                round(feed.routing_cost_s(0) * 1e3, 3),
+            )
         )
         for k in range(1, plan.n_steps):
             tick = clock.wait_for(k)
             if tick is None:
                 return
             tables = net.feed.get(k)  # type: ignore[union-attr]
+            t_routes = time.monotonic()
+            wait_s = t_routes - tick.began  # the route process was behind
             st = net.emu.apply(snaps[k], tables)
-            apply_s = time.monotonic() - tick.began
+            apply_s = time.monotonic() - t_routes
             paths = net.recorder.record(  # type: ignore[union-attr]
                 snaps[k],
                 tables,
@@ -447,6 +468,8 @@ class StepLoop:
                 round(apply_s * 1e3, 3),
                 st.n_link_updates,
                 st.n_route_changes,
+                round(wait_s * 1e3, 3),
+                round(net.feed.routing_cost_s(k) * 1e3, 3),  # type: ignore[union-attr]
             )
             net.steps_w.writerow(row)
             self.rows.append(row)
@@ -500,6 +523,32 @@ class StepLoop:
             raise error[0]
 
 
+def check_real_time(net: Network, period_s: float) -> float:
+    """Before the clock starts: the route process's seconds per step (median of the first
+    steps it routed); a warning with a step and a time scale that would keep up when that
+    is more than the step lasts (the look-ahead hides it only for a few steps)."""
+    assert net.feed is not None
+    est = net.feed.estimate_s()
+    if not math.isfinite(est) or est <= ROUTING_SHARE_OF_STEP * period_s:
+        return est
+    opts, span = net.inputs.options, net.inputs.span
+    need = est / ROUTING_SHARE_OF_STEP
+    step = math.ceil(need * opts.time_scale * 10) / 10
+    scale = math.floor(span.step_s / need * 100) / 100
+    log.warning(
+        "routing (%s) takes %.2f s per step, more than the %.2f s a step lasts: the run "
+        "will fall behind real time once the %d-step look-ahead runs out. Use --step %g "
+        "or --time-scale %g to keep up",
+        net.inputs.scheme.name,
+        est,
+        period_s,
+        net.feed.lookahead,
+        step,
+        scale,
+    )
+    return est
+
+
 # ---------------------------------------------------------------------------- 5. collect
 def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> RunResult:
     """Write ``summary.json``, the plots and the report; the :class:`RunResult`."""
@@ -511,6 +560,8 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
     rows = loop.rows
     arr = np.array([r[5] for r in rows]) if rows else np.zeros(1)
     lag = np.array([r[4] for r in rows]) if rows else np.zeros(1)
+    wait = np.array([r[8] for r in rows]) if rows else np.zeros(1)
+    cost = np.array([r[9] for r in rows if math.isfinite(r[9])] or [math.nan])
     summary.update(
         {
             "kind": "run",
@@ -527,6 +578,11 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
                 "apply_ms_max": float(arr.max()),
                 "lag_ms_p99": float(np.percentile(lag, 99)),
                 "lag_ms_max": float(lag.max()),
+                "route_wait_ms_p99": float(np.percentile(wait, 99)),
+                "route_wait_ms_max": float(wait.max()),
+                "routing_ms_p50": float(np.percentile(cost, 50)),
+                "routing_ms_p99": float(np.percentile(cost, 99)),
+                "routing_s_estimate": loop.routing_estimate_s,
             },
             "fidelity": _fidelity(net, loop),
             "route_changes_total": int(sum(r[7] for r in rows)),

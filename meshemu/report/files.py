@@ -198,9 +198,31 @@ PATHS = FileSpec(
 )
 STEPS = FileSpec(
     "steps.csv",
-    ("step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates", "route_changes"),
+    (
+        "step",
+        "t_s",
+        "wall_s",
+        "unix_s",
+        "lag_ms",
+        "apply_ms",
+        "link_updates",
+        "route_changes",
+        "route_wait_ms",
+        "routing_ms",
+    ),
     ("step", "t_s", "unix_s", "apply_ms"),
-    ("step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates", "route_changes"),
+    (
+        "step",
+        "t_s",
+        "wall_s",
+        "unix_s",
+        "lag_ms",
+        "apply_ms",
+        "link_updates",
+        "route_changes",
+        "route_wait_ms",
+        "routing_ms",
+    ),
 )
 FLOWS = FileSpec("flows.csv", ("flow_id", "name", "kind", "src", "dst"), ("flow_id", "src", "dst"))
 PACKETS = FileSpec(
