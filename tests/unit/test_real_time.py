@@ -70,3 +70,33 @@ def test_a_run_that_keeps_up_says_nothing(caplog):
         check_real_time(net_with(0.5), 1.0)
         check_real_time(net_with(float("nan")), 1.0)
     assert not caplog.records
+
+
+def test_route_processes_split_the_destinations_and_agree_with_one():
+    """Two route processes, each toward half the destinations, give the tables one gives
+    (ECMP too, whose parts may differ in width)."""
+    from meshemu.geometry.schedule import LinkSchedule
+    from meshemu.routing import get_scheme
+    from meshemu.spec.scenario import load_scenario
+
+    sched = LinkSchedule(load_scenario("default"), 1.0)
+    snaps = list(sched.snapshots(4))
+    dests = np.arange(len(sched.nodes), dtype=np.int32)
+    for name in ("shortest-delay", "ecmp"):
+        one = RouteFeed(snaps, get_scheme(name), dests, workers=1)
+        two = RouteFeed(snaps, get_scheme(name), dests, workers=2)
+        try:
+            assert len(two.procs) == 2
+            for k in range(len(snaps)):
+                a, b = one.get(k), two.get(k)
+                assert np.array_equal(a.destinations, b.destinations)
+                w = max(a.next_hop.shape[2], b.next_hop.shape[2])
+                pa, pb = (
+                    np.pad(x, ((0, 0), (0, 0), (0, w - x.shape[2])), constant_values=-1)
+                    for x in (a.next_hop, b.next_hop)
+                )
+                assert np.array_equal(pa, pb), (name, k)
+                assert not math.isnan(two.routing_cost_s(k))
+        finally:
+            one.close()
+            two.close()
