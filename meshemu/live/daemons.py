@@ -36,7 +36,7 @@ STATE_ROOT = Path("/run/meshemu")
 #: How long the daemons of all nodes may take to answer (s).
 READY_TIMEOUT_S = 60.0
 #: ... plus this much per node (they are started one after another).
-READY_PER_NODE_S = 0.05
+READY_PER_NODE_S = 0.2
 #: How long the daemons may take to exit after SIGTERM (then SIGKILL), plus per process.
 STOP_GRACE_S = 5.0
 STOP_PER_PROCESS_S = 0.02
@@ -178,8 +178,10 @@ class DaemonRunner:
                 p.wait()
                 return False
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        rounds = 0
+        with ThreadPoolExecutor(max_workers=4) as pool:
             while pending:
+                rounds += 1
                 done = list(pool.map(ready, pending))
                 pending = [i for i, ok in zip(pending, done) if not ok]
                 if not pending:
@@ -190,7 +192,7 @@ class DaemonRunner:
                         f"{self.scheme.name}: the daemons of {len(pending)} node(s) did not "
                         f"answer in time, e.g. node {node.name}:\n{self._log_tail(pending[0])}"
                     )
-                time.sleep(0.2)
+                time.sleep(min(2.0, 0.2 * rounds))  # back off: each check spawns a process
 
     # -- while running ---------------------------------------------------------------------
     def check(self) -> None:
