@@ -48,7 +48,18 @@ Schema (units are in the key names)::
     gsl:
       min_elevation_deg (default 25, or 0 when max_range_km is given), max_range_km (slant
       range, optional), links_per_station: int | all, handover: nearest | longest-visible,
-      acquisition_s, rate_mbps, queue_packets, loss
+      acquisition_s, rate_mbps, queue_packets, loss,
+      schedule: continuous | slotted       when assignments may change (default continuous:
+                                           at any step); slotted: only at UTC-aligned slot
+                                           boundaries (epoch + t), as Starlink's global
+                                           scheduler does
+      slot_s: 15, slot_offset_s: 12        slotted: the slot and the UTC second (mod slot_s)
+                                           of its boundaries (Starlink: :12, :27, :42, :57)
+      handover_mode: make-before-break | break-before-make   (default make-before-break)
+      outage_s: 0.7                        break-before-make: no GSL of the station carries
+                                           traffic for this long after a switch
+      hysteresis_km: 0                     continuous + nearest: keep a satellite until
+                                           another is nearer by more than this
     endpoints: [names]                     (optional) pairs for paths.csv; default: every
                                            ground node and every compute satellite
 """
@@ -97,6 +108,18 @@ EARTH_RADIUS_KM = 6378.135  # WGS-72 equatorial radius, the constants SGP4 uses
 SHELL_TYPES = ("walker-delta", "walker-star")
 ISL_PATTERNS = ("plus-grid", "nearest")
 HANDOVER_RULES = ("nearest", "longest-visible")
+GSL_SCHEDULES = ("continuous", "slotted")
+HANDOVER_MODES = ("make-before-break", "break-before-make")
+
+#: Starlink's global scheduler: satellite-to-ground assignments change every 15 s at
+#: seconds 12, 27, 42 and 57 of each UTC minute (Tanveer et al., "Making Sense of
+#: Constellations", CoNEXT Companion 2023; Pan, Zhao and Cai, ICC 2024; Mohan et al.,
+#: "A Multifaceted Look at Starlink Performance", WWW 2024).
+STARLINK_SLOT_S = 15.0
+STARLINK_SLOT_OFFSET_S = 12.0
+#: Break-before-make outage at a slot boundary: the reply gap of about 0.7 s measured at
+#: boundaries in Starlink traces (Pan, Zhao and Cai, ICC 2024, as summarised in issue 13).
+STARLINK_HANDOVER_OUTAGE_S = 0.7
 
 
 @dataclass(frozen=True)
@@ -177,6 +200,12 @@ class GSLPolicy:
     rate_mbps: float = 100.0
     queue_packets: int = 1000
     loss: float = 0.0
+    schedule: str = "continuous"
+    slot_s: float = STARLINK_SLOT_S
+    slot_offset_s: float = STARLINK_SLOT_OFFSET_S
+    handover_mode: str = "make-before-break"
+    outage_s: float = STARLINK_HANDOVER_OUTAGE_S
+    hysteresis_km: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -498,10 +527,41 @@ def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
             "rate_mbps",
             "queue_packets",
             "loss",
+            "schedule",
+            "slot_s",
+            "slot_offset_s",
+            "handover_mode",
+            "outage_s",
+            "hysteresis_km",
         ),
         none_ok=True,
     )
     max_range = v.number(d, "max_range_km", p, None, lo=0, lo_open=True, null=True)
+    schedule = v.choice(d, "schedule", p, GSL_SCHEDULES, "continuous")
+    if schedule == "continuous":
+        for k in ("slot_s", "slot_offset_s"):
+            if k in d:
+                v.fail(
+                    f"{p}.{k}",
+                    "applies to gsl.schedule: slotted only; set gsl.schedule: slotted or drop this",
+                )
+    slot_s = v.number(d, "slot_s", p, STARLINK_SLOT_S, lo=0, hi=3600, lo_open=True)
+    offset = v.number(d, "slot_offset_s", p, STARLINK_SLOT_OFFSET_S % slot_s, lo=0)
+    if offset >= slot_s:
+        v.fail(
+            f"{p}.slot_offset_s",
+            f"must be in [0, slot_s) = [0, {slot_s:g}) (the UTC second, modulo slot_s, "
+            f"at which slots start); got {offset:g}",
+        )
+    hysteresis = v.number(d, "hysteresis_km", p, 0.0, lo=0)
+    if hysteresis and schedule == "slotted":
+        v.fail(
+            f"{p}.hysteresis_km",
+            "applies to gsl.schedule: continuous only (slotted assignments hold for a slot)",
+        )
+    mode = v.choice(d, "handover_mode", p, HANDOVER_MODES, "make-before-break")
+    if "outage_s" in d and mode != "break-before-make":
+        v.fail(f"{p}.outage_s", "applies to gsl.handover_mode: break-before-make only")
     per_station = d.get("links_per_station", 1)
     if per_station != "all":
         x = per_station
@@ -518,6 +578,12 @@ def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
         rate_mbps=v.number(d, "rate_mbps", p, 100.0, lo=0, lo_open=True),
         queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True),
         loss=v.number(d, "loss", p, 0.0, lo=0, hi=1),
+        schedule=schedule,
+        slot_s=slot_s,
+        slot_offset_s=offset,
+        handover_mode=mode,
+        outage_s=v.number(d, "outage_s", p, STARLINK_HANDOVER_OUTAGE_S, lo=0, hi=60),
+        hysteresis_km=hysteresis,
     )
 
 
