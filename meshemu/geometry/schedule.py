@@ -10,7 +10,8 @@ handover rule) and the acquisition time (a newly formed link is listed but not `
 
 GSL handover
 ------------
-``nearest``: at each step a station uses the ``links_per_station`` nearest satellites above
+``nearest``: at each step a station uses the ``links_per_station`` (a gateway:
+``gateway_links``) nearest satellites above
 its minimum elevation. ``longest-visible``: a station keeps its satellites while they are
 visible; a free slot takes the visible satellite that stays visible longest (looked ahead
 with SGP4 over the next 30 minutes). ``hysteresis_km`` (``nearest`` only) keeps a station's
@@ -51,7 +52,7 @@ from meshemu.errors import ScenarioError
 from meshemu.geometry.arrays import BoolArray, FloatArray, Int32Array, Int64Array
 from meshemu.geometry.constellation import Constellation, build_constellation, build_nodes
 from meshemu.geometry.grid import GridLinks, plus_grid
-from meshemu.geometry.linkstate import C_M_PER_S, GSL, ISL, Snapshot
+from meshemu.geometry.linkstate import C_M_PER_S, GSL, ISL, TRL, Snapshot
 from meshemu.geometry.orbit import (
     ecef_to_geodetic,
     geodetic_to_ecef_km,
@@ -65,6 +66,8 @@ from meshemu.geometry.visibility import (
     isl_feasible,
     nearest_isls,
 )
+from meshemu.spec.access import C_M_PER_S as _C
+from meshemu.spec.access import great_circle_km
 from meshemu.spec.scenario import Nodes, Scenario
 
 log = logging.getLogger(__name__)
@@ -169,11 +172,45 @@ class LinkSchedule:
             if len(sats) > 100_000:
                 log.info("+Grid: %d candidate ISLs", grid.a.size)
         self.transit = self.nodes.transit
+        self.tier = self.nodes.tier
+        self.relay = self.nodes.relays
+        #: ground nodes with a radio (GSLs); PoPs and servers have terrestrial links only
+        self.radio = np.array([x.kind not in ("pop", "server") for x in g], bool)
+        self.trl_a, self.trl_b, self.trl_km, self.trl_delay_s = self._terrestrial()
         gsl = scenario.gsl
         self.slots: SlotClock | None = (
             SlotClock(scenario.epoch, gsl.slot_s, gsl.slot_offset_s)
             if gsl.schedule == "slotted"
             else None
+        )
+
+    def _terrestrial(self) -> tuple[Int32Array, Int32Array, FloatArray, FloatArray]:
+        """The access network's terrestrial links: every gateway (station with a PoP) to
+        its PoP and every server to its PoP. Length is the fibre route (great-circle
+        distance x route factor), delay that over the speed of light in fibre
+        (:func:`meshemu.spec.access.backhaul_delay_s`)."""
+        acc = self.scenario.access
+        ground = self.scenario.ground
+        a: list[int] = []
+        b: list[int] = []
+        km: list[float] = []
+        if acc is not None:
+            ids = {x.name: self.n_sats + i for i, x in enumerate(ground)}
+            for i, x in enumerate(ground):
+                if x.pop and x.kind in ("station", "server"):
+                    q = ground[ids[x.pop] - self.n_sats]
+                    u, w = sorted((self.n_sats + i, ids[x.pop]))
+                    a.append(u)
+                    b.append(w)
+                    gc = great_circle_km(x.lat_deg, x.lon_deg, q.lat_deg, q.lon_deg)
+                    km.append(max(gc, 0.001) * acc.route_factor)
+        fibre_km = np.array(km, float)
+        vf = acc.fibre_velocity_factor if acc is not None else 1.0
+        return (
+            np.array(a, np.int32),
+            np.array(b, np.int32),
+            fibre_km,
+            fibre_km * 1e3 / (_C * vf),
         )
 
     # ------------------------------------------------------------------ public
@@ -255,23 +292,49 @@ class LinkSchedule:
         n = len(self.nodes)
         ia, ib, idist, isl_now = self._isls(r, hist.isl)
         ga, gb, gdist, linger, blocked = self._gsls(t, r, state)
-        a = np.concatenate([ia, ga]).astype(np.int32)
-        b = np.concatenate([ib, gb]).astype(np.int32)
-        kind = np.concatenate([np.full(ia.size, ISL, np.int8), np.full(ga.size, GSL, np.int8)])
-        dist_km = np.concatenate([idist, gdist])
+        ta, tb, nt = self.trl_a, self.trl_b, self.trl_a.size
+        trl_rate = sc.access.rate_mbps * 1e6 if sc.access is not None else 0.0
+        a = np.concatenate([ia, ga, ta]).astype(np.int32)
+        b = np.concatenate([ib, gb, tb]).astype(np.int32)
+        kind = np.concatenate(
+            [
+                np.full(ia.size, ISL, np.int8),
+                np.full(ga.size, GSL, np.int8),
+                np.full(nt, TRL, np.int8),
+            ]
+        )
+        dist_km = np.concatenate([idist, gdist, self.trl_km])
+        delay = np.concatenate(
+            [np.concatenate([idist, gdist]) * 1000.0 / C_M_PER_S, self.trl_delay_s]
+        )
         rate = np.concatenate(
-            [np.full(ia.size, sc.isl.rate_mbps * 1e6), np.full(ga.size, sc.gsl.rate_mbps * 1e6)]
+            [
+                np.full(ia.size, sc.isl.rate_mbps * 1e6),
+                np.full(ga.size, sc.gsl.rate_mbps * 1e6),
+                np.full(nt, trl_rate),
+            ]
         )
         acq = np.concatenate(
             [np.full(ia.size, sc.isl.acquisition_s), np.full(ga.size, sc.gsl.acquisition_s)]
+            + [np.zeros(nt)]
         )
-        lingering = np.concatenate([np.zeros(ia.size, bool), linger])
-        blocked = np.concatenate([np.zeros(ia.size, bool), blocked])
+        lingering = np.concatenate([np.zeros(ia.size, bool), linger, np.zeros(nt, bool)])
+        blocked = np.concatenate([np.zeros(ia.size, bool), blocked, np.zeros(nt, bool)])
+        queue = np.concatenate(
+            [
+                np.full(ia.size, sc.isl.queue_packets),
+                np.full(ga.size, sc.gsl.queue_packets),
+                np.full(nt, sc.access.queue_packets if sc.access is not None else 0),
+            ]
+        ).astype(np.int32)
+        loss = np.concatenate([np.full(ia.size, sc.isl.loss), np.full(ga.size, sc.gsl.loss)])
+        loss = np.concatenate([loss, np.zeros(nt)])
         key = a.astype(np.int64) * n + b
         order = np.argsort(key, kind="stable")
         a, b, kind, key = a[order], b[order], kind[order], key[order]
         dist_km, rate, acq, lingering = dist_km[order], rate[order], acq[order], lingering[order]
         blocked = blocked[order]
+        delay, queue, loss = delay[order], queue[order], loss[order]
         # --- acquisition: when was each present link formed?
         formed = np.full(key.size, t if not first else -np.inf)
         if hist.keys.size:
@@ -282,7 +345,6 @@ class LinkSchedule:
         up = (t - formed) >= acq - 1e-9
         up |= lingering  # a lingering (make-before-break) GSL is one that was up already
         up &= ~blocked  # a break-before-make GSL in its outage
-        is_isl = kind == ISL
         snap = Snapshot(
             t_s=t,
             n_nodes=n,
@@ -291,13 +353,13 @@ class LinkSchedule:
             kind=kind,
             up=up,
             distance_m=dist_km * 1000.0,
-            delay_s=dist_km * 1000.0 / C_M_PER_S,
+            delay_s=delay,
             rate_bps=rate,
             transit=self.transit,
-            queue_packets=np.where(is_isl, sc.isl.queue_packets, sc.gsl.queue_packets).astype(
-                np.int32
-            ),
-            loss=np.where(is_isl, sc.isl.loss, sc.gsl.loss),
+            queue_packets=queue,
+            loss=loss,
+            tier=self.tier,
+            relay=self.relay,
         )
         return snap, _History(key, formed, isl_now)
 
@@ -313,7 +375,8 @@ class LinkSchedule:
             z = np.zeros(0)
             return z.astype(np.int32), z.astype(np.int32), z, z.astype(bool), z.astype(bool)
         vis = self._visible_sats(r)
-        L = gsl.links_per_station or self.n_sats
+        L_user = gsl.links_per_station or self.n_sats
+        L_gateway = gsl.gateway_links or self.n_sats
         # slotted: is this step the first of a slot (where assignments may change)?
         boundary = True
         stays: list[BoolArray] | None = None
@@ -327,7 +390,11 @@ class LinkSchedule:
         need_lookahead: list[int] = []
         new_sel: list[set[int]] = []
         for g in range(G):
+            if not self.radio[g]:
+                new_sel.append(set())
+                continue
             visible = vis.ids[g]
+            L = L_gateway if self.relay[self.n_sats + g] else L_user
             kept = {s for s in state.current[g] if vis.has(g, s)}
             if not boundary and (kept or visible.size == 0):
                 new_sel.append(kept)  # mid-slot: the slot's assignment holds
@@ -485,7 +552,9 @@ class LinkSchedule:
             remaining = np.where(above.all(axis=1), look.size, np.argmin(above, axis=1))
             remaining = np.where(visible_now, remaining, -1)
             for j in np.argsort(-remaining, kind="stable"):
-                if len(sel[g]) >= (sc.gsl.links_per_station or self.n_sats) or remaining[j] < 0:
+                gw = bool(self.relay[self.n_sats + g])
+                limit = (sc.gsl.gateway_links if gw else sc.gsl.links_per_station) or self.n_sats
+                if len(sel[g]) >= limit or remaining[j] < 0:
                     break
                 sel[g].add(cand[j])
 
