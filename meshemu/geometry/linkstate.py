@@ -26,7 +26,9 @@ from meshemu.geometry.arrays import (
 #: ``Snapshot.kind`` values.
 ISL = 0
 GSL = 1
-KIND_NAMES = ("isl", "gsl")
+#: A terrestrial link: gateway <-> PoP backhaul, PoP <-> server (delay over fibre).
+TRL = 2
+KIND_NAMES = ("isl", "gsl", "trl")
 
 #: Queue size of a link end when the link model gives none (packets).
 DEFAULT_QUEUE_PACKETS = 1000
@@ -61,6 +63,12 @@ class Snapshot:
         :data:`DEFAULT_QUEUE_PACKETS`).
     loss : ndarray of float64, shape (E,)
         Random loss probability per packet (default 0).
+    tier : ndarray of int8, shape (n_nodes,)
+        Satellites 0, radio ground nodes 1, PoPs 2, servers 3
+        (:attr:`meshemu.spec.scenario.Nodes.tier`; default: 0 for transit nodes, else 1).
+    relay : ndarray of bool, shape (n_nodes,)
+        Nodes that forward only between a lower-tier and a higher-tier neighbour (gateways,
+        PoPs); default none.
 
     Every parameter of a link travels in the snapshot, so the emulator takes them from here
     and nowhere else.
@@ -78,9 +86,18 @@ class Snapshot:
     transit: BoolArray
     queue_packets: Int32Array = field(default_factory=lambda: np.zeros(0, np.int32))
     loss: FloatArray = field(default_factory=lambda: np.zeros(0))
+    tier: Int8Array = field(default_factory=lambda: np.zeros(0, np.int8))
+    relay: BoolArray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __post_init__(self) -> None:
         e = self.a.shape[0]
+        n = self.n_nodes
+        if self.tier.shape != (n,):
+            tr = np.asarray(self.transit, bool)
+            tier = np.where(tr, 0, 1).astype(np.int8) if tr.shape == (n,) else np.zeros(n, np.int8)
+            object.__setattr__(self, "tier", tier)
+        if self.relay.shape != (n,):
+            object.__setattr__(self, "relay", np.zeros(n, bool))
         if self.queue_packets.shape != (e,):
             object.__setattr__(self, "queue_packets", np.full(e, DEFAULT_QUEUE_PACKETS, np.int32))
         if self.loss.shape != (e,):

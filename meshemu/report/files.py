@@ -340,7 +340,7 @@ TRAFFIC_FILES = (
 
 #: Values of ``links.csv``'s ``kind`` column; the index is ``Snapshot.kind``
 #: (:data:`meshemu.geometry.linkstate.KIND_NAMES`).
-LINK_KINDS = ("isl", "gsl")
+LINK_KINDS = ("isl", "gsl", "trl")
 
 #: Node kinds of ``nodes.csv`` that are satellites (the others are on the ground).
 SATELLITE_KINDS = ("sat", "compute")

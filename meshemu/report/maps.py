@@ -39,8 +39,10 @@ _KIND_STYLE = {
     "station": ("#2ca02c", "^", 60),
     "user": ("#9467bd", "s", 50),
     "datacenter": ("#ff7f0e", "D", 60),
+    "pop": ("#8c564b", "P", 70),
+    "server": ("#7f7f7f", "x", 40),
 }
-_ISL, _GSL = LINK_KINDS.index("isl"), LINK_KINDS.index("gsl")
+_ISL, _GSL, _TRL = LINK_KINDS.index("isl"), LINK_KINDS.index("gsl"), LINK_KINDS.index("trl")
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ def plot_map(
     for kind_val, color, lw, label in (
         (_ISL, "#7fa7d6", 0.6, "ISL"),
         (_GSL, "#2ca02c", 1.2, "GSL"),
+        (_TRL, "#8c564b", 1.0, "backhaul"),
     ):
         sel = np.flatnonzero(kind_arr == kind_val)
         if sel.size > MAX_DRAWN_LINKS:

@@ -179,7 +179,8 @@ def validate_tables(tables: ForwardingTables, snap: Snapshot) -> list[str]:
     -------
     list of str
         One line per kind of problem found: next hops that are not up neighbours, forwarding
-        through non-transit nodes, loops. Empty: fine.
+        through non-transit nodes (a relay only between a lower and a higher tier), loops.
+        Empty: fine.
 
     Notes
     -----
@@ -203,6 +204,8 @@ def validate_tables(tables: ForwardingTables, snap: Snapshot) -> list[str]:
     )
     adj.sum_duplicates()
     transit = np.asarray(snap.transit, dtype=bool)
+    relay = np.asarray(snap.relay, dtype=bool)
+    tier = np.asarray(snap.tier, dtype=np.int64)
     dests = tables.destinations.astype(np.int64)
     no_link: list[tuple[int, int, int, int]] = []  # (count, u, v, dest) of the first block
     via: list[tuple[int, int, int, int]] = []
@@ -221,6 +224,13 @@ def validate_tables(tables: ForwardingTables, snap: Snapshot) -> list[str]:
             bad_links += int(lacking.sum())
             no_link.append((0, int(u[i]), int(v[i]), int(d[i])))
         through = ~transit[v] & (v != d)
+        if relay.any():  # a relay may pass traffic on, but only between tiers
+            rv = through & relay[v]
+            w = np.full(v.size, -1, np.int64)
+            w[rv] = sub[v[rv], jj[rv], 0]
+            tu, tv, tw = tier[u], tier[v], tier[np.maximum(w, 0)]
+            between = (w >= 0) & (((tu < tv) & (tv < tw)) | ((tw < tv) & (tv < tu)))
+            through &= ~(rv & between)
         if through.any():
             i = int(np.flatnonzero(through)[0])
             bad_via += int(through.sum())
