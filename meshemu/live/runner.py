@@ -21,6 +21,7 @@ __all__ = [
     "StepHook",
     "run_emulation",
     "run_from_cli",
+    "print_result",
     "options_from_args",
 ]
 
@@ -48,8 +49,18 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 
 
 def run_from_cli(args: argparse.Namespace) -> int:
-    """``meshemu run`` entry point: run, then print the summary."""
-    res = run_emulation(args.scenario, options_from_args(args))
+    """``meshemu run`` entry point: run, then print the summary (with ``--view``, the
+    browser view follows the run: :func:`meshemu.view.commands.run_with_view`)."""
+    if getattr(args, "view", False):
+        from meshemu.view.commands import run_with_view
+
+        return run_with_view(args)
+    print_result(run_emulation(args.scenario, options_from_args(args)))
+    return 0
+
+
+def print_result(res: RunResult) -> None:
+    """The closing lines of ``meshemu run``: timing, fidelity, traffic, files."""
     s = res.summary
     t = s["timing"]
     print(
@@ -85,4 +96,3 @@ def run_from_cli(args: argparse.Namespace) -> int:
             f"report: {res.run_dir}/report/summary.md (tables) and its PNG plots; "
             f"compare runs with `meshemu compare RUN_DIR RUN_DIR`"
         )
-    return 0

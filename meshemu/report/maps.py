@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from meshemu.report.coastlines import add_coastlines  # noqa: E402
 from meshemu.report.files import LINK_KINDS, SATELLITE_KINDS  # noqa: E402
 
 _KIND_STYLE = {
@@ -120,6 +121,7 @@ def plot_map(
     ax.set_xticks(range(-180, 181, 30))
     ax.set_yticks(range(-90, 91, 30))
     ax.grid(True, color="#dddddd", lw=0.6)
+    add_coastlines(ax)
     ax.set_xlabel("longitude (deg)")
     ax.set_ylabel("latitude (deg)")
     for kind_val, color, lw, label in (
