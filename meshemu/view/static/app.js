@@ -66,7 +66,8 @@ async function loadUtil(k) {
 
 // ------------------------------------------------------------------------ scene
 const canvas = $('canvas');
-const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
+// no multisampling: WebGL often runs on the CPU (SwiftShader, headless), where it costs most
+const renderer = new THREE.WebGLRenderer({ canvas, antialias: false });
 renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
 renderer.setClearColor('#05070b');
 const scene = new THREE.Scene();
@@ -97,11 +98,11 @@ let selPos; let selCol; let selGeo; let selSegs; let marker;
 let labels = [];
 
 function makeEarthTexture(topo) {
-  const W = 4096; const H = 2048;
+  const W = 2048; const H = 1024;
   const c = document.createElement('canvas'); c.width = W; c.height = H;
   const g = c.getContext('2d');
   g.fillStyle = '#0b2540'; g.fillRect(0, 0, W, H);
-  g.strokeStyle = '#1b3b60'; g.lineWidth = 2;
+  g.strokeStyle = '#1b3b60'; g.lineWidth = 1;
   for (let lon = -180; lon <= 180; lon += 30) {
     g.beginPath(); g.moveTo((lon + 180) / 360 * W, 0); g.lineTo((lon + 180) / 360 * W, H); g.stroke();
   }
@@ -142,7 +143,7 @@ function makeEarthTexture(topo) {
     }
   }
   g.fill('nonzero');
-  g.strokeStyle = '#9cc3a4'; g.lineWidth = 2.5;
+  g.strokeStyle = '#9cc3a4'; g.lineWidth = 1.3;
   for (const { pts } of rings) {
     for (const sh of [-360, 0, 360]) {
       g.beginPath();
@@ -152,7 +153,6 @@ function makeEarthTexture(topo) {
   }
   const tex = new THREE.CanvasTexture(c);
   tex.colorSpace = THREE.SRGBColorSpace;
-  tex.anisotropy = renderer.capabilities.getMaxAnisotropy();
   return tex;
 }
 
@@ -596,6 +596,7 @@ function seriesOn(f, which) {
   s.t_s.forEach((t, i) => { const x = idx.get(t.toFixed(6)); if (x != null) out[x] = v[i]; });
   return out;
 }
+const chartHeight = () => Math.max(120, $('charts').clientHeight - 28);
 function buildCharts() {
   charts.forEach((c) => c.destroy()); charts = [];
   const fl = flows.flows;
@@ -610,7 +611,7 @@ function buildCharts() {
       data.push(seriesOn(f, which));
     });
     const w = box.parentElement.clientWidth - 16;
-    charts.push(new uPlot({ width: w, height: 150, scales: { x: { time: false } }, legend: { show: fl.length <= 12 },
+    charts.push(new uPlot({ width: w, height: chartHeight(), scales: { x: { time: false } }, legend: { show: fl.length <= 12 },
       axes: [{ stroke: '#8b949e', grid: { stroke: '#21262d' } }, { stroke: '#8b949e', grid: { stroke: '#21262d' } }],
       series, plugins: [cursorPlugin(true)] }, data, box));
     if (!data.slice(1).some((a) => a.some((x) => x != null))) {
@@ -622,7 +623,7 @@ function buildCharts() {
   }
 }
 function resizeCharts() {
-  for (const [c, el] of charts.map((c, i) => [c, i ? 'chart-lat' : 'chart-tp'])) c.setSize({ width: $(el).parentElement.clientWidth - 16, height: 150 });
+  for (const [c, el] of charts.map((c, i) => [c, i ? 'chart-lat' : 'chart-tp'])) c.setSize({ width: $(el).parentElement.clientWidth - 16, height: chartHeight() });
 }
 function cursorCharts() { for (const c of charts) c.redraw(false, false); }
 
