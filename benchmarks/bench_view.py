@@ -120,7 +120,7 @@ def render(scenario: str, seconds: float, tmp: Path) -> dict[str, Any]:
                 f"meshemu.bench({seconds}, 10).then(done)"
             )
             if mode == "3d":
-                shot = REPO / "benchmarks" / "results" / f"view-render-{scenario}.png"
+                shot = REPO / "benchmarks" / "results" / f"view-render-{Path(scenario).stem}.png"
                 shot.parent.mkdir(parents=True, exist_ok=True)
                 b.driver.save_screenshot(str(shot))
                 out["screenshot"] = str(shot.relative_to(REPO))

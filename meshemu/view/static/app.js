@@ -611,10 +611,11 @@ function buildCharts() {
       data.push(seriesOn(f, which));
     });
     const w = box.parentElement.clientWidth - 16;
+    const hasData = data.slice(1).some((a) => a.some((x) => x != null));
     charts.push(new uPlot({ width: w, height: chartHeight(), scales: { x: { time: false } }, legend: { show: fl.length <= 12 },
       axes: [{ stroke: '#8b949e', grid: { stroke: '#21262d' } }, { stroke: '#8b949e', grid: { stroke: '#21262d' } }],
-      series, plugins: [cursorPlugin(true)] }, data, box));
-    if (!data.slice(1).some((a) => a.some((x) => x != null))) {
+      series, plugins: [cursorPlugin(hasData)] }, data, box));
+    if (!hasData) {
       const note = document.createElement('div'); note.className = 'nodata';
       note.textContent = which === 'tp' ? (planned ? 'no throughput: no traffic in a plan' : 'throughput is written when the run ends')
         : 'no one-way delays measured yet';
@@ -638,8 +639,13 @@ function flowList() {
     el.onchange = () => { if (el.checked) hiddenFlows.delete(el.dataset.flow); else hiddenFlows.add(el.dataset.flow); if (cur) applyStep(cur); buildCharts(); };
   });
 }
+let flowsText = '';
 async function loadFlows() {
-  flows = await getJSON('/api/flows');
+  const r = await fetch('/api/flows');
+  if (!r.ok) throw new Error(`/api/flows: ${r.status} ${await r.text()}`);
+  const text = await r.text();
+  if (text === flowsText) return; // a live run's poll with nothing new: no redraw
+  flowsText = text; flows = JSON.parse(text);
   maxMbps = 0;
   for (const f of flows.flows) for (const v of f.throughput.mbps) if (v != null && v > maxMbps) maxMbps = v;
   state.flows = flows.flows.length;
