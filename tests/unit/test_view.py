@@ -162,3 +162,39 @@ def test_live_feed_streams_steps_and_the_end(plan_dir: Path) -> None:
             assert json.loads(get(srv.url + "api/live")[1]) == {"step": 3, "done": True}
     finally:
         feed.close()
+
+
+def test_fib_of_a_daemon_run_is_the_last_change_at_or_before_the_step(
+    plan_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(plan_dir, run)
+    (run / "fib.csv").write_text(
+        "t_s,node,dest,next_hops\n"
+        "0,london,s0_0_0,s0_0_2\n"
+        "0,london,new_york,s0_0_2|s0_0_1\n"
+        "3.5,london,s0_0_0,\n"
+        "6,london,s0_0_0,s0_0_1\n"
+    )
+    data = RunData(run)
+    london = data.id_of["london"]
+
+    def fib_at(k: int) -> dict[str, list[str]]:
+        got = data.node(london, k)["fib"]
+        assert got is not None
+        return {data.names[f["dest"]]: [data.names[x] for x in f["next_hops"]] for f in got}
+
+    assert fib_at(2) == {"s0_0_0": ["s0_0_2"], "new_york": ["s0_0_2", "s0_0_1"]}
+    assert fib_at(4)["s0_0_0"] == []  # no route between 3.5 and 6 s
+    assert fib_at(7)["s0_0_0"] == ["s0_0_1"]
+    assert data.flows()["has_fib"] is True
+
+
+def test_cli_names_a_missing_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from meshemu.cli import main
+
+    assert main(["view", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "meshemu plan" in err
