@@ -15,6 +15,9 @@ Example::
     run_emulation(sc, opts, out_dir="runs/demo2")
 """
 
+from pathlib import Path
+from typing import Any
+
 from meshemu.errors import (
     CommandError,
     EmulationError,
@@ -32,7 +35,8 @@ from meshemu.errors import (
 )
 from meshemu.geometry.linkstate import Snapshot, SnapshotDiff, diff
 from meshemu.geometry.schedule import LinkSchedule
-from meshemu.live.runner import RunOptions, RunResult, run_emulation
+from meshemu.live import runner as _runner
+from meshemu.live.runner import RunOptions, RunResult
 from meshemu.plan import run_plan
 from meshemu.routing import (
     ForwardingTables,
@@ -42,7 +46,20 @@ from meshemu.routing import (
     route_diff,
     trace_path,
 )
+from meshemu.runsize import check_emulable
 from meshemu.spec.scenario import Scenario, list_scenarios, load_scenario
+
+
+def run_emulation(
+    scenario: Scenario | str | Path, options: RunOptions | None = None, **keywords: Any
+) -> RunResult:
+    """The live emulation (:func:`meshemu.live.run.run_emulation`, whose parameters these
+    are), after :func:`meshemu.runsize.check_emulable` has refused a scenario too large to
+    emulate (before the root check and before anything is built)."""
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    check_emulable(sc)
+    return _runner.run_emulation(sc, options, **keywords)
+
 
 __all__ = [
     "CommandError",
@@ -71,6 +88,7 @@ __all__ = [
     "route_diff",
     "trace_path",
     "run_emulation",
+    "check_emulable",
     "Scenario",
     "list_scenarios",
     "load_scenario",

@@ -3,13 +3,14 @@
 ::
 
     meshemu plan    [SCENARIO] [--duration S] [--step S] [--start S] [--routing NAME] [--out DIR]
+                    [--format auto|csv|parquet] [--no-plots]
     meshemu run     [SCENARIO] [--duration S] [--step S] [--start S] [--time-scale X]
                     [--shaper auto|netem|userspace] [--routing NAME] [--traffic PROFILE]
-                    [--capture NODE[:PEER]] [--guard-ms MS] [--out DIR] [--cli]
+                    [--shaper-workers N] [--capture NODE[:PEER]] [--guard-ms MS] [--out DIR] [--cli]
                     [--view [--view-port N] [--view-host H]]
     meshemu view    RUN_DIR [--port N] [--host H]
     meshemu clean
-    meshemu report  RUN_DIR [--out DIR]
+    meshemu report  RUN_DIR [--out DIR] [--no-plots]
     meshemu compare RUN_DIR RUN_DIR... [--out DIR]
     meshemu scenarios
     meshemu tle fetch GROUP [--out FILE] [--url BASE] [--force]
@@ -84,7 +85,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.routing,
         out,
         progress=Progress("plan"),
+        plots=not args.no_plots,
         start_s=args.start,
+        table_format=args.format,
     )
     s = res.summary
     print(
@@ -112,6 +115,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from meshemu.runsize import check_emulable
+    from meshemu.spec.scenario import load_scenario
+
+    # a scenario too large to emulate is refused from its counts, before the root check
+    # and before anything is built
+    check_emulable(load_scenario(args.scenario))
     from meshemu.live.runner import run_from_cli
 
     return run_from_cli(args)
@@ -272,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("plan", help="compute geometry, links and routes over time (no root)")
     common(sp, 600.0)
+    sp.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "csv", "parquet"),
+        help="nodes, links and paths tables as CSV or Parquet; auto: Parquet from 1,000,000 "
+        "rows of links and paths over the plan, CSV below (default: %(default)s)",
+    )
+    sp.add_argument("--no-plots", action="store_true", help="write no map.png or path_delay.png")
     sp.set_defaults(func=cmd_plan)
 
     sp = sub.add_parser("run", help="run a live emulation (root)")
@@ -284,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--shaper", default="auto", help="link shaper: auto, netem or userspace (default: auto)"
+    )
+    sp.add_argument(
+        "--shaper-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="userspace shaper: delay-line worker processes, each owning a share of the "
+        "links (default: 1; 2 forwards faster on 2 cores)",
     )
     sp.add_argument(
         "--capture",
@@ -346,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="plots and summary table of a run directory")
     sp.add_argument("run_dir", help="directory written by 'meshemu run' (or 'meshemu plan')")
     sp.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    sp.add_argument("--no-plots", action="store_true", help="the summary tables only, no PNG")
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("compare", help="compare run directories side by side")

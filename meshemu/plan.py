@@ -9,6 +9,15 @@ link state) -> routing scheme (forwarding tables per step) -> files in the outpu
 ``positions.npz`` latitude, longitude and altitude of every node per step (for the maps)
 ``summary.json`` counts, link and route events, per-pair delay statistics, timings
 ``map.png``, ``path_delay.png`` (see :mod:`meshemu.report.maps`)
+
+The three tables are CSV, or Parquet (``nodes.parquet``, ``links.parquet``,
+``paths.parquet``, the same columns: :mod:`meshemu.report.parquet`): ``table_format``
+``auto`` picks Parquet once the links of the first step and the endpoint pairs, times the
+steps, reach :data:`~meshemu.report.files.AUTO_PARQUET_ROWS`. Parquet tables are written a
+step at a time, each step complete on disk before the next is computed.
+
+Routing is toward the endpoints only: one shortest-path tree rooted at each endpoint per
+step (every node's next hop toward it), never all pairs of nodes.
 """
 
 from __future__ import annotations
@@ -27,14 +36,16 @@ from meshemu.errors import MeshemuError, RoutingError
 from meshemu.geometry import linkstate as linkstate
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.geometry.schedule import LinkSchedule
+from meshemu.report.files import choose_format
 from meshemu.report.record import PairStats as PairStats
 from meshemu.report.record import PlanRecorder as PlanRecorder
-from meshemu.report.record import node_positions_ecef_km
 from meshemu.report.record import write_nodes_csv as write_nodes_csv
 from meshemu.routing import (
+    ECMP,
     ComputedScheme,
     ForwardingTables,
     RoutingScheme,
+    ShortestDelay,
     get_scheme,
     validate_tables,
 )
@@ -71,14 +82,18 @@ def run_plan(
     progress: ProgressFn | None = None,
     plots: bool = True,
     start_s: float = 0.0,
+    table_format: str = "auto",
 ) -> PlanResult:
     """Compute snapshots, routes and paths over ``[start_s, start_s + duration_s]`` (seconds
     after the scenario epoch) and write the plan files.
 
     Every input is checked before anything is written: the time span
     (:class:`~meshemu.spec.options.TimeSpan`), the output directory, the routing scheme and
-    the scenario's names. The scheme's tables are checked at every step
-    (:func:`~meshemu.routing.validate_tables`), as the live emulation does.
+    the scenario's names. A plug-in's tables are checked at every step
+    (:func:`~meshemu.routing.validate_tables`), as the live emulation does; the tables of
+    meshemu's own schemes (:func:`builtin_tables`: also their subclasses that only change
+    ``weights``) at the first step, as they are loop-free by construction (Dijkstra trees)
+    and tested against networkx.
 
     Parameters
     ----------
@@ -95,11 +110,15 @@ def run_plan(
     plots : bool
         Also write the PNG plots.
     start_s : float
+    table_format : {"auto", "csv", "parquet"}
+        How the tables are written (see the module docstring).
 
     Raises
     ------
     OptionsError, ScenarioError
         Bad time span, output path or scenario (nothing is written).
+    ReportError
+        Unknown ``table_format`` (nothing is written).
     RoutingError
         Unknown scheme (nothing written), or one that fails or returns unusable tables
         mid-plan.
@@ -108,40 +127,50 @@ def run_plan(
         scenario = load_scenario(scenario)
     span = TimeSpan.checked(duration_s, step_s, start_s)
     out = check_out_dir(out_dir)
+    choose_format(table_format, 0)  # an unknown format fails here, before anything is done
     scheme = load_scheme(routing)
     sched = LinkSchedule(scenario, span.step_s)  # validates names before anything is written
     ends = endpoint_ids(scenario, sched.nodes)
-    make_out_dir(out)
     n_steps = span.n_steps
-    rec = PlanRecorder(out, sched.nodes, ends)
+    n_pairs = ends.size * (ends.size - 1)
+    rec: PlanRecorder | None = None
+    trusted = builtin_tables(scheme)
     t_geom = t_route = 0.0
     first_snapshot = None
     try:
-        it = sched.snapshots(span.duration_s, start_s=span.start_s)
+        it = sched.steps(span.duration_s, start_s=span.start_s)
         for k in range(n_steps):
             t0 = time.perf_counter()
-            snap = next(it)
+            snap, r_sats = next(it)
             t1 = time.perf_counter()
-            tables = checked_tables(scheme, snap, ends, k)
+            tables = checked_tables(scheme, snap, ends, k, validate=k == 0 or not trusted)
             t2 = time.perf_counter()
             t_geom += t1 - t0
             t_route += t2 - t1
-            if first_snapshot is None:
+            if rec is None:
                 first_snapshot = snap
-            rec.record(snap, tables, positions_ecef_km=node_positions_ecef_km(sched, snap.t_s))
+                fmt = choose_format(table_format, (snap.n_links + n_pairs) * n_steps)
+                make_out_dir(out)
+                rec = PlanRecorder(out, sched.nodes, ends, table_format=fmt)
+            r = np.concatenate([r_sats, sched.ground_ecef_km], axis=0)
+            rec.record(snap, tables, positions_ecef_km=r)
             if progress:
                 progress(k + 1, n_steps)
     finally:
-        rec.close()
+        if rec is not None:
+            rec.close()
+    assert rec is not None  # a plan has at least one step
     summary = rec.summary(scenario, scheme.name, span.duration_s, span.step_s, span.start_s)
     summary["catalogues"] = [c.as_dict() for c in sched.constellation.catalogues]
     summary["timing"] = {
         "geometry_ms_per_step": 1e3 * t_geom / n_steps,
         "routing_ms_per_step": 1e3 * t_route / n_steps,
     }
-    files = [
-        out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz", "summary.json")
-    ]
+    tables_written = ("nodes", "links", "paths")
+    suffix = ".csv" if rec.table_format == "csv" else ".parquet"
+    files = [out / f"{t}{suffix}" for t in tables_written]
+    files += [out / "positions.npz", out / "summary.json"]
+    summary["table_format"] = rec.table_format
     if plots:
         from meshemu.report import maps as plotmod
 
@@ -158,7 +187,7 @@ def run_plan(
         files.append(
             plotmod.plot_path_delays(
                 out / "path_delay.png",
-                out / "paths.csv",
+                out / f"paths{suffix}",
                 title=f"{scenario.name}: path delay ({scheme.name})",
             )
         )
@@ -181,11 +210,24 @@ def load_scheme(routing: str | RoutingScheme) -> ComputedScheme:
         ) from None
 
 
+def builtin_tables(scheme: ComputedScheme) -> bool:
+    """True when ``scheme`` computes its tables with meshemu's own code (a built-in scheme,
+    or a subclass that changes only ``weights``), whose tables are loop-free and use only
+    up links by construction."""
+    own = (ShortestDelay.forwarding_tables, ECMP.forwarding_tables)
+    return getattr(type(scheme), "forwarding_tables", None) in own
+
+
 def checked_tables(
-    scheme: ComputedScheme, snap: Snapshot, destinations: np.ndarray, k: int
+    scheme: ComputedScheme,
+    snap: Snapshot,
+    destinations: np.ndarray,
+    k: int,
+    validate: bool = True,
 ) -> ForwardingTables:
     """``scheme``'s forwarding tables for ``snap``, checked with
-    :func:`~meshemu.routing.validate_tables`.
+    :func:`~meshemu.routing.validate_tables` (unless ``validate`` is False: then only their
+    type).
 
     Raises
     ------
@@ -205,7 +247,7 @@ def checked_tables(
         raise RoutingError(
             f"{where} returned {type(tables).__name__}, not meshemu.routing.ForwardingTables"
         )
-    problems = validate_tables(tables, snap)
+    problems = validate_tables(tables, snap) if validate else []
     if problems:
         raise RoutingError(f"{where} returned unusable tables: {'; '.join(problems[:3])}")
     return tables

@@ -264,6 +264,11 @@ def build_nodes(scenario: Scenario, const: Constellation, sat_ecef0_km: FloatArr
         n_sat,
         slot=np.concatenate([const.slot, -np.ones(len(scenario.ground), np.int32)]),
         norad_id=np.concatenate([const.norad_id, -np.ones(len(scenario.ground), np.int64)]),
+        relay=np.array(
+            [False] * n_sat
+            + [g.kind == "pop" or (g.kind == "station" and bool(g.pop)) for g in scenario.ground],
+            bool,
+        ),
     )
     for e in scenario.endpoints:
         nodes.id_of(e)  # raises with a clear message

@@ -26,7 +26,9 @@ from meshemu.geometry.arrays import (
 #: ``Snapshot.kind`` values.
 ISL = 0
 GSL = 1
-KIND_NAMES = ("isl", "gsl")
+#: A terrestrial link: gateway <-> PoP backhaul, PoP <-> server (delay over fibre).
+TRL = 2
+KIND_NAMES = ("isl", "gsl", "trl")
 
 #: Queue size of a link end when the link model gives none (packets).
 DEFAULT_QUEUE_PACKETS = 1000
@@ -61,6 +63,12 @@ class Snapshot:
         :data:`DEFAULT_QUEUE_PACKETS`).
     loss : ndarray of float64, shape (E,)
         Random loss probability per packet (default 0).
+    tier : ndarray of int8, shape (n_nodes,)
+        Satellites 0, radio ground nodes 1, PoPs 2, servers 3
+        (:attr:`meshemu.spec.scenario.Nodes.tier`; default: 0 for transit nodes, else 1).
+    relay : ndarray of bool, shape (n_nodes,)
+        Nodes that forward only between a lower-tier and a higher-tier neighbour (gateways,
+        PoPs); default none.
 
     Every parameter of a link travels in the snapshot, so the emulator takes them from here
     and nowhere else.
@@ -78,9 +86,18 @@ class Snapshot:
     transit: BoolArray
     queue_packets: Int32Array = field(default_factory=lambda: np.zeros(0, np.int32))
     loss: FloatArray = field(default_factory=lambda: np.zeros(0))
+    tier: Int8Array = field(default_factory=lambda: np.zeros(0, np.int8))
+    relay: BoolArray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __post_init__(self) -> None:
         e = self.a.shape[0]
+        n = self.n_nodes
+        if self.tier.shape != (n,):
+            tr = np.asarray(self.transit, bool)
+            tier = np.where(tr, 0, 1).astype(np.int8) if tr.shape == (n,) else np.zeros(n, np.int8)
+            object.__setattr__(self, "tier", tier)
+        if self.relay.shape != (n,):
+            object.__setattr__(self, "relay", np.zeros(n, bool))
         if self.queue_packets.shape != (e,):
             object.__setattr__(self, "queue_packets", np.full(e, DEFAULT_QUEUE_PACKETS, np.int32))
         if self.loss.shape != (e,):
@@ -156,9 +173,7 @@ def diff(
             f"snapshots have different node counts ({old.n_nodes} != {new.n_nodes})"
         )
     ko, kn = old.key, new.key
-    common, io, inew = np.intersect1d(ko, kn, assume_unique=True, return_indices=True)
-    added = np.setdiff1d(np.arange(kn.size), inew, assume_unique=True)
-    removed = np.setdiff1d(np.arange(ko.size), io, assume_unique=True)
+    io, inew, added, removed = _match_keys(ko, kn)
     d_delay = np.abs(new.delay_s[inew] - old.delay_s[io]) > delay_tolerance_s
     d_rate = np.abs(new.rate_bps[inew] - old.rate_bps[io]) > rate_tolerance * np.maximum(
         old.rate_bps[io], 1.0
@@ -171,3 +186,28 @@ def diff(
     return SnapshotDiff(
         new.t_s, added, removed, np.sort(changed), np.sort(went_up), np.sort(went_down)
     )
+
+
+def _match_keys(
+    ko: Int64Array, kn: Int64Array
+) -> tuple[IndexArray, IndexArray, IndexArray, IndexArray]:
+    """Indices of the keys in both (into ``ko`` and into ``kn``, ascending), of those only in
+    ``kn`` and of those only in ``ko``; keys unique. Sorted keys (a snapshot's) are matched
+    by binary search, others through a sort."""
+    if not (_ascending(ko) and _ascending(kn)):
+        _, io, inew = np.intersect1d(ko, kn, assume_unique=True, return_indices=True)
+        added = np.setdiff1d(np.arange(kn.size), inew, assume_unique=True)
+        removed = np.setdiff1d(np.arange(ko.size), io, assume_unique=True)
+        return io, inew, added, removed
+    if ko.size == 0 or kn.size == 0:
+        none = np.zeros(0, np.intp)
+        return none, none.copy(), np.arange(kn.size), np.arange(ko.size)
+    pos = np.minimum(np.searchsorted(ko, kn), ko.size - 1)
+    found = ko[pos] == kn
+    in_old = np.zeros(ko.size, bool)
+    in_old[pos[found]] = True
+    return pos[found], np.flatnonzero(found), np.flatnonzero(~found), np.flatnonzero(~in_old)
+
+
+def _ascending(k: Int64Array) -> bool:
+    return bool(k.size < 2 or np.all(k[1:] > k[:-1]))

@@ -51,12 +51,16 @@ def teme_to_ecef(r_teme_km: FloatArray, jd: FloatArray, fr: FloatArray) -> Float
     return np.stack([c * x + s * y, -s * x + c * y, z], axis=-1)
 
 
-def propagate_ecef_km(satrecs: list[Satrec], epoch: dt.datetime, t_s: npt.ArrayLike) -> FloatArray:
+def propagate_ecef_km(
+    satrecs: list[Satrec] | SatrecArray, epoch: dt.datetime, t_s: npt.ArrayLike
+) -> FloatArray:
     """Earth-fixed positions of every satellite at every time.
 
     Parameters
     ----------
-    satrecs : list of sgp4.api.Satrec
+    satrecs : list of sgp4.api.Satrec, or an sgp4.api.SatrecArray of them
+        (making the array copies every record: a caller that propagates the same satellites
+        again and again makes it once)
     epoch : datetime
         t = 0.
     t_s : ndarray (T,)
@@ -70,9 +74,10 @@ def propagate_ecef_km(satrecs: list[Satrec], epoch: dt.datetime, t_s: npt.ArrayL
     """
     t = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
     jd, fr = julian_date(epoch, t)
-    if not satrecs:
+    if len(satrecs) == 0:
         return np.zeros((0, t.size, 3))
-    err, r, _v = SatrecArray(satrecs).sgp4(jd, fr)
+    arr = satrecs if isinstance(satrecs, SatrecArray) else SatrecArray(satrecs)
+    err, r, _v = arr.sgp4(jd, fr)
     bad = err != 0
     if bad.any():
         sats = np.unique(np.nonzero(bad)[0])

@@ -4,15 +4,19 @@
 **Packets and bytes.** A daemon scheme names its own packets as a pcap filter expression
 (:attr:`~meshemu.routing.daemons.DaemonScheme.control_filter`, tcpdump syntax: ``ip proto
 89`` for OSPF, ``isis``, ``udp port 520``). It is compiled once by libpcap (through Scapy)
-to classic BPF and attached to one ``AF_PACKET`` socket per node, so the kernel hands over
+to classic BPF and attached to ``AF_PACKET`` sockets in every node, so the kernel hands over
 only the protocol's frames, cut to 64 bytes; the frame's full length comes back through
-``MSG_TRUNC``. Frames the node *sends* (``PACKET_OUTGOING``) are counted per interface, that
-is per link and direction. Frames the socket could not queue are counted by the kernel
-(``PACKET_STATISTICS``) and reported as ``missed``: the counts are then lower bounds.
+``MSG_TRUNC``. Frames are counted as they *arrive* at a node, per interface, that is per
+link and direction. The sockets are bound to the IPv4 and 802.2 LLC (IS-IS) ethertypes (and
+IPv6 for schemes that keep it), never to ``ETH_P_ALL``: an all-protocol tap would make the
+kernel clone every frame every node sends, slowing the data plane; these see only received
+frames of their type, at the cost of one BPF run each. Frames a socket could not queue are
+counted by the kernel (``PACKET_STATISTICS``) and reported as ``missed``: the counts are
+then lower bounds.
 
 ``control.csv`` (:data:`meshemu.report.files.CONTROL`): per step, one row per link direction
-that carried protocol frames since the previous row: ``t_s,a,b,packets,bytes`` (Ethernet
-frames as the sender's interface saw them, header included).
+that carried protocol frames since the previous row: ``t_s,a,b,packets,bytes`` (frames from
+``a`` received by ``b``, Ethernet header included).
 
 **CPU and memory.** Each step (every few steps for many nodes) the daemons' ``/proc/<pid>/
 stat`` (user + system time) and ``statm`` (resident pages) are read:
@@ -51,7 +55,9 @@ SO_ATTACH_FILTER = 26
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
-ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_802_2 = 0x0004  # 802.3 frames with an LLC header (IS-IS)
 #: Bytes of each frame copied to us (the length comes from MSG_TRUNC).
 SNAP = 64
 #: Read every daemon's /proc files at most this many times per step.
@@ -88,11 +94,11 @@ def _attach(sock: socket.socket, insns: bytes) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def packet_socket(insns: bytes) -> socket.socket:
+def packet_socket(insns: bytes, ethertype: int) -> socket.socket:
     """A packet socket of the calling thread's namespace, on every interface, that
-    receives only frames the filter accepts (what was queued before the filter was attached
-    is read and dropped)."""
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    receives only frames of ``ethertype`` that the filter accepts (what was queued before
+    the filter was attached is read and dropped)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype))
     try:
         _attach(s, insns)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
@@ -121,9 +127,19 @@ class ControlCounters:
         The pcap filter expression.
     out : Path
         The run directory (``control.csv``).
+    ipv6 : bool
+        Also count IPv6 frames.
     """
 
-    def __init__(self, pids: Sequence[int], plan: Any, names: Sequence[str], expr: str, out: Path):
+    def __init__(
+        self,
+        pids: Sequence[int],
+        plan: Any,
+        names: Sequence[str],
+        expr: str,
+        out: Path,
+        ipv6: bool = False,
+    ):
         self.expr = expr
         self.names = list(names)
         self.a = np.asarray(plan.a, dtype=np.int64)
@@ -139,10 +155,12 @@ class ControlCounters:
         self.t_last = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._socks: list[socket.socket] = nl.in_namespaces(
-            pids, lambda i, pid: packet_socket(insns), threads=4
+        types = (ETH_P_IP, ETH_P_802_2, *((ETH_P_IPV6,) if ipv6 else ()))
+        per_node: list[list[socket.socket]] = nl.in_namespaces(
+            pids, lambda i, pid: [packet_socket(insns, t) for t in types], threads=4
         )
-        self._node_of_fd = {s.fileno(): i for i, s in enumerate(self._socks)}
+        self._socks = [s for socks in per_node for s in socks]
+        self._node_of_fd = {s.fileno(): i for i, socks in enumerate(per_node) for s in socks}
         self._f = open(out / CONTROL.name, "w", newline="")
         self._w = csv.writer(self._f)
         self._w.writerow(CONTROL.columns)
@@ -151,6 +169,7 @@ class ControlCounters:
         self._thread.start()
 
     def _loop(self) -> None:
+        self._sock_of_fd = {s.fileno(): s for s in self._socks}
         poller = select.poll()
         for s in self._socks:
             poller.register(s.fileno(), select.POLLIN)
@@ -159,7 +178,7 @@ class ControlCounters:
         while not self._stop.is_set():
             for fd, _ in poller.poll(100):
                 node = self._node_of_fd[fd]
-                sock = self._socks[node]
+                sock = self._sock_of_fd[fd]
                 got: list[tuple[int, int, int]] = []
                 while len(got) < 4096:
                     try:
@@ -168,11 +187,11 @@ class ControlCounters:
                         break
                     except OSError:
                         break
-                    if addr[2] != PACKET_OUTGOING:
+                    if addr[2] == PACKET_OUTGOING:  # (never, on these sockets)
                         continue
                     k = self.link_of.get(addr[0])
-                    if k is not None:
-                        got.append((k, 0 if self.a[k] == node else 1, n))
+                    if k is not None:  # arrived at node: from a to b is direction 0
+                        got.append((k, 0 if self.b[k] == node else 1, n))
                 if got:
                     with self._lock:
                         for k, d, n in got:
@@ -223,7 +242,6 @@ class ControlCounters:
             "seconds": round(span, 3),
             "packets": int(run[:, :, 0].sum()),
             "bytes": int(run[:, :, 1].sum()),
-            "bytes_before_clock": int(self.base[:, :, 1].sum()),
             "packets_per_link_s": round(float(per[:, 0].mean()), 3),
             "bytes_per_link_s": round(float(per[:, 1].mean()), 1),
             "bytes_per_link_s_p99": round(float(np.percentile(per[:, 1], 99)), 1),
@@ -402,7 +420,9 @@ class ControlMonitor:
         expr = getattr(scheme, "control_filter", None)
         try:
             if expr:
-                self.counters = ControlCounters(emu.pids, emu.plan, emu.names, expr, out)
+                self.counters = ControlCounters(
+                    emu.pids, emu.plan, emu.names, expr, out, bool(getattr(scheme, "ipv6", 0))
+                )
         except BaseException:
             self.usage.close()
             raise

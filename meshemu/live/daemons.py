@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 STATE_ROOT = Path("/run/meshemu")
 #: How long the daemons of all nodes may take to answer (s).
 READY_TIMEOUT_S = 60.0
+#: ... plus this much per node (they are started one after another).
+READY_PER_NODE_S = 0.2
+#: How long the daemons may take to exit after SIGTERM (then SIGKILL), plus per process.
+STOP_GRACE_S = 5.0
+STOP_PER_PROCESS_S = 0.02
+#: How long one readiness check may take before it counts as "not yet".
+READY_CHECK_TIMEOUT_S = 10.0
 #: Lines of a daemon's log quoted when it fails.
 LOG_TAIL = 8
 
@@ -149,7 +156,7 @@ class DaemonRunner:
                 )
                 log_f.close()
                 self.procs[node.node_id].append((p.name, proc))
-        self._wait_ready(t0 + timeout_s)
+        self._wait_ready(t0 + timeout_s + READY_PER_NODE_S * len(self.nodes))
         took = time.monotonic() - t0
         log.info("%s daemons of %d nodes ready in %.1f s", self.scheme.name, len(self.nodes), took)
         return took
@@ -164,10 +171,17 @@ class DaemonRunner:
             if argv is None:
                 return True
             p = self.mesh[i].popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            return p.wait(timeout=30) == 0
+            try:
+                return p.wait(timeout=READY_CHECK_TIMEOUT_S) == 0
+            except subprocess.TimeoutExpired:  # a loaded machine: not ready yet, ask again
+                p.kill()
+                p.wait()
+                return False
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        rounds = 0
+        with ThreadPoolExecutor(max_workers=4) as pool:
             while pending:
+                rounds += 1
                 done = list(pool.map(ready, pending))
                 pending = [i for i, ok in zip(pending, done) if not ok]
                 if not pending:
@@ -178,7 +192,7 @@ class DaemonRunner:
                         f"{self.scheme.name}: the daemons of {len(pending)} node(s) did not "
                         f"answer in time, e.g. node {node.name}:\n{self._log_tail(pending[0])}"
                     )
-                time.sleep(0.2)
+                time.sleep(min(2.0, 0.2 * rounds))  # back off: each check spawns a process
 
     # -- while running ---------------------------------------------------------------------
     def check(self) -> None:
@@ -252,17 +266,24 @@ class DaemonRunner:
         if self._stopped:
             return
         self._stopped = True
-        for plist in self.procs:
-            for _, p in plist:
-                with contextlib.suppress(ProcessLookupError):
-                    p.terminate()
-        for plist in self.procs:
-            for _, p in plist:
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=5)
+        procs = [p for plist in self.procs for _, p in plist]
+        grace = STOP_GRACE_S + STOP_PER_PROCESS_S * len(procs)  # they all exit at once
+        for sig_send in (lambda p: p.terminate(), lambda p: p.kill()):
+            for p in procs:
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        sig_send(p)
+            deadline = time.monotonic() + grace
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            procs = [p for p in procs if p.poll() is None]
+            if not procs:
+                break
+        if procs:
+            raise EmulationError(
+                f"{len(procs)} daemon process(es) did not exit after SIGKILL (e.g. pid "
+                f"{procs[0].pid}); run `meshemu clean`"
+            )
         for node in self.nodes:
             link = self.run_dir / "daemons" / node.name
             src = self.dir_of(node.node_id)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from meshemu.errors import EmulationError
-from meshemu.geometry.linkstate import DEFAULT_QUEUE_PACKETS, GSL, ISL, Snapshot
+from meshemu.geometry.linkstate import DEFAULT_QUEUE_PACKETS, GSL, ISL, TRL, Snapshot
 from meshemu.live.shapers import LinkParams
 
 #: A link parameter change smaller than this is not pushed to the shaper (seconds).
@@ -129,10 +129,11 @@ class RunLinks:
 
 
 def _check_kinds(kind: np.ndarray) -> None:
-    if kind.size and not np.all((kind == ISL) | (kind == GSL)):
+    # a terrestrial (TRL) link is emulated as a GSL is: its interfaces are gsl<k> too
+    if kind.size and not np.all((kind == ISL) | (kind == GSL) | (kind == TRL)):
         raise EmulationError(
-            f"link kinds must be ISL ({ISL}) or GSL ({GSL}); got "
-            f"{sorted(set(np.unique(kind).tolist()) - {ISL, GSL})}"
+            f"link kinds must be ISL ({ISL}), GSL ({GSL}) or TRL ({TRL}); got "
+            f"{sorted(set(np.unique(kind).tolist()) - {ISL, GSL, TRL})}"
         )
 
 

@@ -51,6 +51,9 @@ class RunOptions:
         Emulated seconds per wall-clock second (2 = twice as fast as real time).
     shaper : str
         ``auto`` (netem when the kernel has it, else userspace), ``netem``, ``userspace``.
+    shaper_workers : int
+        Delay-line worker processes of the userspace shaper (links are partitioned among
+        them; ignored by netem). 2 forwards faster on 2 cores (``bench_dataplane.py``).
     routing : str or RoutingScheme
         A scheme name, a plug-in spec (``file.py:Class``, ``module:Class``) or an instance.
     out_dir : path, optional
@@ -86,6 +89,7 @@ class RunOptions:
     start_s: float = 0.0
     time_scale: float = 1.0
     shaper: str = "auto"
+    shaper_workers: int = 1
     routing: str | RoutingScheme = "shortest-delay"
     out_dir: Path | str | None = None
     traffic: str | Path | Profile | None = "default"
@@ -123,6 +127,11 @@ class RunOptions:
             raise OptionsError(
                 f"unknown detection {self.detect!r}; please specify one of: carrier, silent",
                 field="--detect",
+            )
+        w = self.shaper_workers
+        if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 64:
+            raise OptionsError(
+                f"must be an integer from 1 to 64; got {w!r}", field="--shaper-workers"
             )
         if not isinstance(self.shaper, str) or not self.shaper:
             raise OptionsError(f"must be a shaper name; got {self.shaper!r}", field="--shaper")

@@ -29,6 +29,8 @@ import csv
 import datetime as dt
 import json
 import logging
+import math
+import os
 import threading
 import time
 import uuid
@@ -59,9 +61,16 @@ log = logging.getLogger(__name__)
 
 #: Share of the available memory the run's snapshots may take.
 SNAPSHOT_MEMORY_SHARE = 0.5
+#: From this many nodes, two route processes share the destinations (routing to every node
+#: costs about 1 s per step at 4,400 nodes).
+ROUTE_WORKERS_FROM_NODES = 2000
+#: Routing a step may take this share of the step's wall time before the run warns that it
+#: will not keep up.
+ROUTING_SHARE_OF_STEP = 0.8
 #: How long daemon routing may take to route every node to the endpoints before the clock
-#: starts (s).
+#: starts (s), plus as much per node (flooding and SPF grow with the network).
 INITIAL_CONVERGENCE_TIMEOUT_S = 120.0
+INITIAL_CONVERGENCE_PER_NODE_S = 0.25
 
 
 def say(text: str) -> None:
@@ -120,7 +129,8 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
     out = out.absolute()  # the agents in the nodes read their configuration from there
     profile = load_profile(options.traffic) if options.wants_traffic else None  # type: ignore[arg-type]
     run_id = uuid.uuid4().hex[:6]
-    shaper = make_shaper(options.shaper, run_id)  # unknown name, or netem without netem
+    workers = {"workers": options.shaper_workers} if options.shaper_workers != 1 else {}
+    shaper = make_shaper(options.shaper, run_id, **workers)  # unknown, or netem without it
     return RunInputs(scenario, options, span, scheme, shaper, profile, out, run_id)
 
 
@@ -252,7 +262,10 @@ class Network:
         shaper = inputs.shaper
         st.callback(self._stop_emulation)
         make_out_dir(out)
-        self.feed = RouteFeed(plan.snapshots, inputs.scheme, np.arange(len(nodes), dtype=np.int32))
+        workers = 2 if len(nodes) >= ROUTE_WORKERS_FROM_NODES and (os.cpu_count() or 1) > 1 else 1
+        self.feed = RouteFeed(
+            plan.snapshots, inputs.scheme, np.arange(len(nodes), dtype=np.int32), workers=workers
+        )
         st.callback(self.feed.close)
         self.recorder = PlanRecorder(out, nodes, plan.ends)
         st.callback(self.recorder.close)
@@ -345,12 +358,13 @@ class Network:
             if i != int(d) and nh[i, col[int(d)], 0] >= 0
         }
         say(f"waiting for {self.inputs.scheme.name} to route {len(expect)} node-endpoint pairs ...")
-        took = self.fib.wait_until_routed(expect, INITIAL_CONVERGENCE_TIMEOUT_S)
+        limit = INITIAL_CONVERGENCE_TIMEOUT_S + INITIAL_CONVERGENCE_PER_NODE_S * nh.shape[0]
+        took = self.fib.wait_until_routed(expect, limit)
         if took is None:
             log.warning(
                 "%s did not route every node to every endpoint within %.0f s; starting anyway",
                 self.inputs.scheme.name,
-                INITIAL_CONVERGENCE_TIMEOUT_S,
+                limit,
             )
         else:
             say(f"{self.inputs.scheme.name} converged in {took:.1f} s")
@@ -393,6 +407,7 @@ class StepLoop:
     def __init__(self, net: Network):
         self.net = net
         self.rows: list[tuple] = []
+        self.routing_estimate_s = math.nan
         self.last = 0
         self.stepping = False  # the CLI's stepping thread outlived its join
 
@@ -408,21 +423,37 @@ class StepLoop:
     def run(self, clock: Clock) -> None:
         net, plan = self.net, self.net.plan
         snaps = plan.snapshots
+        self.routing_estimate_s = check_real_time(net, clock.period_s)
         clock.start()
         net.clock_start = clock.started_at or time.monotonic()
         if net.control is not None:
             net.control.start(snaps[0].t_s)
         # step 0 is the state the network was built in; the clock starts now
+        feed = net.feed
+        assert feed is not None
         net.steps_w.writerow(
-            (0, snaps[0].t_s, 0.0, round(time.time(), 6), 0.0, round(net.t_build * 1e3, 3), 0, 0)
+            (
+                0,
+                snaps[0].t_s,
+                0.0,
+                round(time.time(), 6),
+                0.0,
+                round(net.t_build * 1e3, 3),
+                0,
+                0,
+                0.0,
+                round(feed.routing_cost_s(0) * 1e3, 3),
+            )
         )
         for k in range(1, plan.n_steps):
             tick = clock.wait_for(k)
             if tick is None:
                 return
             tables = net.feed.get(k)  # type: ignore[union-attr]
+            t_routes = time.monotonic()
+            wait_s = t_routes - tick.began  # the route process was behind
             st = net.emu.apply(snaps[k], tables)
-            apply_s = time.monotonic() - tick.began
+            apply_s = time.monotonic() - t_routes
             paths = net.recorder.record(  # type: ignore[union-attr]
                 snaps[k],
                 tables,
@@ -444,6 +475,8 @@ class StepLoop:
                 round(apply_s * 1e3, 3),
                 st.n_link_updates,
                 st.n_route_changes,
+                round(wait_s * 1e3, 3),
+                round(net.feed.routing_cost_s(k) * 1e3, 3),  # type: ignore[union-attr]
             )
             net.steps_w.writerow(row)
             self.rows.append(row)
@@ -497,6 +530,32 @@ class StepLoop:
             raise error[0]
 
 
+def check_real_time(net: Network, period_s: float) -> float:
+    """Before the clock starts: the route process's seconds per step (median of the first
+    steps it routed); a warning with a step and a time scale that would keep up when that
+    is more than the step lasts (the look-ahead hides it only for a few steps)."""
+    assert net.feed is not None
+    est = net.feed.estimate_s()
+    if not math.isfinite(est) or est <= ROUTING_SHARE_OF_STEP * period_s:
+        return est
+    opts, span = net.inputs.options, net.inputs.span
+    need = est / ROUTING_SHARE_OF_STEP
+    step = math.ceil(need * opts.time_scale * 10) / 10
+    scale = math.floor(span.step_s / need * 100) / 100
+    log.warning(
+        "routing (%s) takes %.2f s per step, more than the %.2f s a step lasts: the run "
+        "will fall behind real time once the %d-step look-ahead runs out. Use --step %g "
+        "or --time-scale %g to keep up",
+        net.inputs.scheme.name,
+        est,
+        period_s,
+        net.feed.lookahead,
+        step,
+        scale,
+    )
+    return est
+
+
 # ---------------------------------------------------------------------------- 5. collect
 def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> RunResult:
     """Write ``summary.json``, the plots and the report; the :class:`RunResult`."""
@@ -508,6 +567,8 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
     rows = loop.rows
     arr = np.array([r[5] for r in rows]) if rows else np.zeros(1)
     lag = np.array([r[4] for r in rows]) if rows else np.zeros(1)
+    wait = np.array([r[8] for r in rows]) if rows else np.zeros(1)
+    cost = np.array([r[9] for r in rows if math.isfinite(r[9])] or [math.nan])
     summary.update(
         {
             "kind": "run",
@@ -524,6 +585,11 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
                 "apply_ms_max": float(arr.max()),
                 "lag_ms_p99": float(np.percentile(lag, 99)),
                 "lag_ms_max": float(lag.max()),
+                "route_wait_ms_p99": float(np.percentile(wait, 99)),
+                "route_wait_ms_max": float(wait.max()),
+                "routing_ms_p50": float(np.percentile(cost, 50)),
+                "routing_ms_p99": float(np.percentile(cost, 99)),
+                "routing_s_estimate": loop.routing_estimate_s,
             },
             "fidelity": _fidelity(net, loop),
             "route_changes_total": int(sum(r[7] for r in rows)),
@@ -591,12 +657,14 @@ def _convergence(net: Network, summary: dict[str, Any]) -> list[Path]:
     net.fib.stop()  # (the run's files are closed, so complete, by now)
     fib = net.fib.write(out, net.clock_start, span.start_s, opts.time_scale)
     names = net.plan.sched.nodes.names
+    daemon_opts = getattr(net.inputs.scheme, "options", None)  # DaemonOptions
     events = conv.analyse(
         read_table_rows(out / "links.csv"),
         read_table_rows(fib),
         read_table_rows(out / "nodes.csv"),
         [names[e] for e in net.plan.ends],
         span.start_s + span.duration_s,
+        metric="delay" if getattr(daemon_opts, "metric", "") == "delay" else "hops",
     )
     summary["convergence"] = conv.summarize(events)
     summary["convergence"]["initial_s"] = net.initial_convergence_s

@@ -46,6 +46,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         start_s=args.start,
         time_scale=args.time_scale,
         shaper=args.shaper,
+        shaper_workers=getattr(args, "shaper_workers", 1),
         routing=args.routing,
         out_dir=args.out,
         traffic=args.traffic or "default",

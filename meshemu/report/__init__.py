@@ -144,7 +144,9 @@ class ReportResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def report(run_dir: Path | str, out_dir: Path | str | None = None) -> ReportResult:
+def report(
+    run_dir: Path | str, out_dir: Path | str | None = None, plots: bool = True
+) -> ReportResult:
     """Statistics, tables and plots of one run directory.
 
     Parameters
@@ -154,18 +156,20 @@ def report(run_dir: Path | str, out_dir: Path | str | None = None) -> ReportResu
         metrics then).
     out_dir : path, optional
         Default ``RUN_DIR/report``.
+    plots : bool
+        False: the tables only (``summary.csv``, ``summary.md``), no PNG.
     """
-    return _report(load_run(run_dir), out_dir)
+    return _report(load_run(run_dir), out_dir, plots)
 
 
-def _report(run: Run, out_dir: Path | str | None) -> ReportResult:
+def _report(run: Run, out_dir: Path | str | None, plots: bool = True) -> ReportResult:
     out = Path(out_dir) if out_dir is not None else run.run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     stats = run_stats(run)
     files: list[Path] = []
     skipped: list[str] = []
     have_owd = any(f.owd_ms.size for f in stats.flows)
-    plots: list[tuple[str, bool, str, Callable[[Path], Path]]] = [
+    figures: list[tuple[str, bool, str, Callable[[Path], Path]]] = [
         (
             "latency.png",
             have_owd,
@@ -198,7 +202,7 @@ def _report(run: Run, out_dir: Path | str | None) -> ReportResult:
             lambda p: plot_link_util(p, run),
         ),
     ]
-    for name, possible, why, fn in plots:
+    for name, possible, why, fn in figures if plots else []:
         if not possible:
             skipped.append(f"{name}: {why}")
             continue
@@ -221,7 +225,7 @@ def _report(run: Run, out_dir: Path | str | None) -> ReportResult:
 def report_from_cli(args: argparse.Namespace) -> int:
     """``meshemu report RUN_DIR``."""
     run = load_run(args.run_dir)
-    res = _report(run, getattr(args, "out", None))
+    res = _report(run, getattr(args, "out", None), not getattr(args, "no_plots", False))
     assert res.stats is not None
     print(summary_markdown(run, res.stats, short=True))
     for note in res.stats.notes:

@@ -13,7 +13,8 @@ For each event at ``t_e``, until the next event (or the end of the run), the nod
 when the FIBs did not change); ``converged`` says whether the state after it is free of
 loops and blackholes; ``loop_s`` and ``blackhole_s`` are how long, within the window, at
 least one loop / blackhole existed; ``stretch`` is the mean, over endpoint pairs with a
-path, of the FIB path's hop count over the fewest hops possible at ``t_e``.
+path, of the FIB path's hop count over the fewest hops possible at ``t_e`` (with the delay
+metric: its propagation delay over the least possible).
 
 Only the files are read: no scenario, no orbits.
 """
@@ -50,9 +51,14 @@ class Event:
 
 def _topologies(
     links: list[dict[str, str]], ids: dict[str, int]
-) -> list[tuple[float, set[tuple[int, int]], dict[tuple[int, int], str]]]:
+) -> tuple[
+    list[tuple[float, set[tuple[int, int]], dict[tuple[int, int], str]]],
+    dict[float, dict[tuple[int, int], float]],
+]:
+    """The links up at each time, their kinds, and their delays (ms) at each time."""
     by_t: dict[float, set[tuple[int, int]]] = defaultdict(set)
     kinds: dict[tuple[int, int], str] = {}
+    delays: dict[float, dict[tuple[int, int], float]] = defaultdict(dict)
     for r in links:
         t = float(r["t_s"])
         by_t.setdefault(t, set())
@@ -61,7 +67,35 @@ def _topologies(
             key = (min(a, b), max(a, b))
             by_t[t].add(key)
             kinds[key] = r.get("kind", "")
-    return [(t, by_t[t], kinds) for t in sorted(by_t)]
+            try:
+                delays[t][key] = float(r.get("delay_ms") or "nan")
+            except ValueError:
+                delays[t][key] = float("nan")
+    return [(t, by_t[t], kinds) for t in sorted(by_t)], delays
+
+
+def _delays_from(
+    adj: dict[int, set[int]], src: int, transit: np.ndarray, w: dict[tuple[int, int], float]
+) -> dict[int, float]:
+    """Least total delay from ``src`` (Dijkstra; satellites only as transit)."""
+    import heapq
+
+    dist = {src: 0.0}
+    heap = [(0.0, src)]
+    done: set[int] = set()
+    while heap:
+        du, u = heapq.heappop(heap)
+        if u in done:
+            continue
+        done.add(u)
+        if u != src and not transit[u]:
+            continue
+        for v in adj.get(u, ()):
+            dv = du + w.get((min(u, v), max(u, v)), float("inf"))
+            if dv < dist.get(v, float("inf")):
+                dist[v] = dv
+                heapq.heappush(heap, (dv, v))
+    return dist
 
 
 def _hops_from(adj: dict[int, set[int]], src: int, transit: np.ndarray) -> dict[int, int]:
@@ -84,25 +118,28 @@ def _judge(
     up: set[tuple[int, int]],
     reach: dict[int, dict[int, int]],
     n: int,
-) -> tuple[bool, bool, list[int]]:
-    """(any loop, any blackhole, FIB hop count per (src endpoint, dst endpoint) pair or -1)."""
+    w: dict[tuple[int, int], float] | None = None,
+) -> tuple[bool, bool, list[float]]:
+    """(any loop, any blackhole, FIB path length per (src endpoint, dst endpoint) pair or
+    -1): in hops, or in total delay with link weights ``w``."""
     loop = hole = False
-    hops: list[int] = []
+    hops: list[float] = []
     for d in ends:
         for s in range(n):
             if s == d:
                 continue
             if d not in reach.get(s, {}):
                 continue  # d is not reachable from s: no route is right
-            u, seen, k = s, {s}, 0
+            u, seen, k = s, {s}, 0.0
             while u != d:
                 nh = state.get((u, d), ())
-                if not nh or (min(u, nh[0]), max(u, nh[0])) not in up:
+                key = (min(u, nh[0]), max(u, nh[0])) if nh else (u, u)
+                if not nh or key not in up:
                     hole = True
                     k = -1
                     break
                 u = nh[0]
-                k += 1
+                k += w.get(key, float("nan")) if w is not None else 1
                 if u in seen:
                     loop = True
                     k = -1
@@ -119,15 +156,19 @@ def analyse(
     nodes: list[dict[str, str]],
     endpoints: Sequence[str],
     end_s: float | None = None,
+    metric: str = "hops",
 ) -> list[Event]:
-    """Every topology event of a run and its convergence (rows of the run's CSV files)."""
+    """Every topology event of a run and its convergence (rows of the run's CSV files).
+
+    ``metric``: what the stretch compares, ``hops`` (against the fewest hops) or ``delay``
+    (against the least propagation delay, ``links.csv``'s ``delay_ms`` at the event)."""
     names = [r["name"] for r in sorted(nodes, key=lambda r: int(r["id"]))]
     ids = {nm: i for i, nm in enumerate(names)}
     kinds = {r["name"]: r["kind"] for r in nodes}
     transit = np.array([kinds[nm] in SATELLITE_KINDS for nm in names])
     ends = [ids[e] for e in endpoints if e in ids]
     n = len(names)
-    topo = _topologies(links, ids)
+    topo, link_delay = _topologies(links, ids)
     rows = [
         (
             float(r["t_s"]),
@@ -173,8 +214,19 @@ def analyse(
             t_prev, t_last = t, t
         loop_s += (t_next - t_prev) if loop else 0.0
         hole_s += (t_next - t_prev) if hole else 0.0
-        _, _, fib_hops = _judge(state, ends, up, reach, n)
-        best = [reach[s].get(d, -1) for d in ends for s in range(n) if s != d and s in ends]
+        if metric == "delay":
+            w = link_delay.get(t_e, {})
+            _, _, fib_hops = _judge(state, ends, up, reach, n, w)
+            best_of = {s: _delays_from(adj, s, transit, w) for s in ends}
+            best = [
+                best_of[s].get(d, -1.0) if d in reach[s] else -1.0
+                for d in ends
+                for s in range(n)
+                if s != d and s in ends
+            ]
+        else:
+            _, _, fib_hops = _judge(state, ends, up, reach, n)
+            best = [reach[s].get(d, -1) for d in ends for s in range(n) if s != d and s in ends]
         ratios = [f / b for f, b in zip(fib_hops, best) if f > 0 and b > 0]
         changed = {link_kind.get(k, "") for k in down_l | up_l}
         events.append(

@@ -42,17 +42,32 @@ class FileSpec:
         Columns a reader needs (the others may be missing in older runs).
     numeric : tuple of str
         Columns readers convert to float64.
+    types : tuple of str
+        The Arrow type of each column when the file is written as Parquet (the plan's large
+        tables, :data:`PARQUET_SPECS`): ``float64``, ``int8``, ``int32``, ``int64`` or
+        ``string``, the type a CSV cell of that column holds. Empty: CSV only.
     """
 
     name: str
     columns: tuple[str, ...]
     required: tuple[str, ...]
     numeric: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
 
     @property
     def optional(self) -> tuple[str, ...]:
         """Columns that are not required."""
         return tuple(c for c in self.columns if c not in self.required)
+
+    @property
+    def stem(self) -> str:
+        """The name without ``.csv`` (``links``)."""
+        return self.name.removesuffix(".csv")
+
+    @property
+    def parquet_name(self) -> str:
+        """The name of the table written as Parquet (``links.parquet``)."""
+        return self.stem + PARQUET_SUFFIX
 
     @property
     def header(self) -> str:
@@ -68,6 +83,7 @@ NODES = FileSpec(
     ("id", "name", "kind", "shell", "plane", "index", "slot", "norad_id"),
     ("id", "name", "kind"),
     ("id",),
+    ("int64", "string", "string", "int32", "int32", "int32", "int32", "int64"),
 )
 #: The fidelity guard (``meshemu/live/guard.py``): per step, link and direction, frames sent,
 #: lateness against the scheduled departure (p99, max) and frames the shaper lost because it
@@ -163,23 +179,50 @@ DAEMONS = FileSpec(
     ("node", "daemon", "cpu_s"),
     ("pid", "cpu_s", "rss_kib", "pss_kib", "hwm_kib"),
 )
+#: ``up``: 1 when the link carries traffic, 0 while it is acquiring.
 LINKS = FileSpec(
     "links.csv",
     ("t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"),
     ("t_s", "a", "b"),
     ("t_s", "distance_km", "delay_ms", "rate_mbps"),
+    ("float64", "string", "string", "string", "int8", "float64", "float64", "float64"),
 )
+#: An unreachable pair has an empty ``path`` and no ``hops`` or ``delay_ms`` (empty cells in
+#: CSV, nulls in Parquet).
 PATHS = FileSpec(
     "paths.csv",
     ("t_s", "src", "dst", "path", "hops", "delay_ms"),
     ("t_s", "src", "dst", "path", "delay_ms"),
     ("t_s", "hops", "delay_ms"),
+    ("float64", "string", "string", "string", "int32", "float64"),
 )
 STEPS = FileSpec(
     "steps.csv",
-    ("step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates", "route_changes"),
+    (
+        "step",
+        "t_s",
+        "wall_s",
+        "unix_s",
+        "lag_ms",
+        "apply_ms",
+        "link_updates",
+        "route_changes",
+        "route_wait_ms",
+        "routing_ms",
+    ),
     ("step", "t_s", "unix_s", "apply_ms"),
-    ("step", "t_s", "wall_s", "unix_s", "lag_ms", "apply_ms", "link_updates", "route_changes"),
+    (
+        "step",
+        "t_s",
+        "wall_s",
+        "unix_s",
+        "lag_ms",
+        "apply_ms",
+        "link_updates",
+        "route_changes",
+        "route_wait_ms",
+        "routing_ms",
+    ),
 )
 FLOWS = FileSpec("flows.csv", ("flow_id", "name", "kind", "src", "dst"), ("flow_id", "src", "dst"))
 PACKETS = FileSpec(
@@ -281,6 +324,9 @@ SPECS: dict[str, FileSpec] = {
     )
 }
 
+#: The plan's tables that may be written as Parquet instead of CSV (``--format``).
+PARQUET_SPECS: tuple[FileSpec, ...] = (NODES, LINKS, PATHS)
+
 #: Traffic files; any of them may be missing (a run without traffic has none).
 TRAFFIC_FILES = (
     FLOWS.name,
@@ -294,7 +340,7 @@ TRAFFIC_FILES = (
 
 #: Values of ``links.csv``'s ``kind`` column; the index is ``Snapshot.kind``
 #: (:data:`meshemu.geometry.linkstate.KIND_NAMES`).
-LINK_KINDS = ("isl", "gsl")
+LINK_KINDS = ("isl", "gsl", "trl")
 
 #: Node kinds of ``nodes.csv`` that are satellites (the others are on the ground).
 SATELLITE_KINDS = ("sat", "compute")
@@ -303,6 +349,59 @@ SATELLITE_KINDS = ("sat", "compute")
 SUMMARY_JSON = "summary.json"
 ADDRESSING_CSV = "addressing.csv"
 ADDRESSING_JSON = "addressing.json"
+
+
+# ----------------------------------------------------------------------------- table formats
+
+#: ``meshemu plan --format``: ``csv``, ``parquet``, or ``auto`` (:func:`choose_format`).
+TABLE_FORMATS = ("auto", "csv", "parquet")
+#: ``auto`` writes Parquet when a plan's ``links`` and ``paths`` rows reach this many (links
+#: of the first step plus endpoint pairs, times the steps), CSV below.
+AUTO_PARQUET_ROWS = 1_000_000
+#: A table written as Parquet is a directory of that name holding one file per step (a crash
+#: loses at most the step being written); ``nodes.parquet`` is a single file.
+PARQUET_SUFFIX = ".parquet"
+
+
+def choose_format(table_format: str, rows: int) -> str:
+    """``csv`` or ``parquet`` for a plan whose large tables will hold about ``rows`` rows.
+
+    Raises
+    ------
+    ReportError
+        ``table_format`` is not one of :data:`TABLE_FORMATS`.
+    """
+    if table_format not in TABLE_FORMATS:
+        raise ReportError(
+            f"unknown table format {table_format!r}; use one of {', '.join(TABLE_FORMATS)} "
+            f"(auto: Parquet from {AUTO_PARQUET_ROWS:,} rows of links and paths, else CSV)"
+        )
+    if table_format != "auto":
+        return table_format
+    return "parquet" if rows >= AUTO_PARQUET_ROWS else "csv"
+
+
+def table_path(run_dir: Path | str, spec: FileSpec) -> Path | None:
+    """The file (``links.csv``) or Parquet table (``links.parquet``) of ``spec`` in
+    ``run_dir``, whichever exists (CSV first); None when neither does."""
+    d = Path(run_dir)
+    for name in (spec.name, spec.parquet_name):
+        if (d / name).exists():
+            return d / name
+    return None
+
+
+def resolve_table(path: Path | str) -> Path:
+    """``path`` if it exists, else the same table in the other format (``paths.csv`` ->
+    ``paths.parquet`` and back); ``path`` itself when neither exists."""
+    p = Path(path)
+    if p.exists():
+        return p
+    stem = p.name.removesuffix(".csv").removesuffix(PARQUET_SUFFIX)
+    for other in (stem + ".csv", stem + PARQUET_SUFFIX):
+        if (p.parent / other).exists():
+            return p.parent / other
+    return p
 
 
 def open_csv(run_dir: Path | str, spec: FileSpec) -> tuple[Any, Any]:

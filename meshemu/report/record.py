@@ -1,6 +1,7 @@
 """The plan files of a run directory, written step by step: ``nodes.csv``, ``links.csv``,
-``paths.csv`` (columns from :mod:`meshemu.report.files`), ``positions.npz`` and the plan
-part of ``summary.json``.
+``paths.csv`` (columns from :mod:`meshemu.report.files`; or the same tables as Parquet,
+``nodes.parquet``, ``links.parquet``, ``paths.parquet``: :mod:`meshemu.report.parquet`),
+``positions.npz`` and the plan part of ``summary.json``.
 
 :class:`PlanRecorder` is used by ``meshemu plan`` (:func:`meshemu.plan.run_plan`) and by the
 live runner, which records the plan it emulates beside its measurements. This is the one
@@ -25,7 +26,7 @@ from meshemu.geometry.orbit import ecef_to_geodetic
 from meshemu.report import files
 from meshemu.report.files import LINKS, NODES, PATHS, Positions
 from meshemu.report.maps import MapNodes
-from meshemu.routing import path_delay_s, route_diff, trace_path
+from meshemu.routing import route_diff, trace_paths
 from meshemu.spec.scenario import Nodes, Scenario
 
 log = logging.getLogger(__name__)
@@ -139,17 +140,38 @@ class PlanRecorder:
     nodes : Nodes
     ends : ndarray of int
         Endpoint node ids; every ordered pair gets a row per step in ``paths.csv``.
+    table_format : {"csv", "parquet"}
+        ``parquet`` writes ``nodes.parquet``, ``links.parquet`` and ``paths.parquet``
+        instead, one file per step in each of the last two (see
+        :mod:`meshemu.report.parquet`); the columns are the same.
     """
 
-    def __init__(self, out: Path, nodes: Nodes, ends: np.ndarray):
+    def __init__(self, out: Path, nodes: Nodes, ends: np.ndarray, table_format: str = "csv"):
+        if table_format not in ("csv", "parquet"):
+            raise ReportError(
+                f"PlanRecorder writes csv or parquet tables, not {table_format!r} "
+                f"(resolve auto with meshemu.report.files.choose_format first)"
+            )
         self.out = Path(out)
         self.nodes = nodes
         self.names = nodes.names
         self.ends = ends
-        write_nodes_csv(self.out / NODES.name, nodes)
-        self._lf, self._lw = files.open_csv(self.out, LINKS)
-        self._pf, self._pw = files.open_csv(self.out, PATHS)
+        self.table_format = table_format
         self.pair_stats = {(int(s), int(d)): PairStats() for s in ends for d in ends if s != d}
+        self._src = np.array([s for s, _ in self.pair_stats], dtype=np.int64)
+        self._dst = np.array([d for _, d in self.pair_stats], dtype=np.int64)
+        self._pq: dict[str, Any] = {}
+        _remove_other_format(self.out, table_format)
+        if table_format == "csv":
+            write_nodes_csv(self.out / NODES.name, nodes)
+            self._lf, self._lw = files.open_csv(self.out, LINKS)
+            self._pf, self._pw = files.open_csv(self.out, PATHS)
+        else:
+            from meshemu.report import parquet
+
+            write_nodes_parquet(self.out / NODES.parquet_name, nodes)
+            self._links_pq = parquet.StepTable(self.out, LINKS)
+            self._paths_pq = parquet.StepTable(self.out, PATHS)
         self.totals = {
             "links_added": 0,
             "links_removed": 0,
@@ -188,8 +210,10 @@ class PlanRecorder:
         """
         if positions_ecef_km is not None:
             self._positions.add(self.steps, snap.t_s, positions_ecef_km)
-        names = self.names
-        _write_links(self._lw, snap, names)
+        if self.table_format == "csv":
+            _write_links(self._lw, snap, self.names)
+        else:
+            self._links_pq.write(self._link_columns(snap))
         self.n_isl.append(int((snap.kind == linkstate.ISL).sum()))
         self.n_gsl.append(int((snap.kind == linkstate.GSL).sum()))
         if self._prev is not None:
@@ -204,36 +228,89 @@ class PlanRecorder:
             rc = len(route_diff(self._prev_tables, tables)) if self._prev_tables is not None else 0
         self.totals["route_changes"] += rc
         self.route_changes_per_step.append(rc)
-        paths = {}
-        for (s, d_), st in self.pair_stats.items():
-            path = trace_path(tables, snap, s, d_)
+        paths = self._record_paths(snap, tables)
+        self._prev, self._prev_tables = snap, tables
+        self.steps += 1
+        return paths
+
+    def _record_paths(self, snap: Snapshot, tables: Any) -> dict[tuple[int, int], list[int] | None]:
+        """Trace every endpoint pair (all at once), write their rows, update their stats."""
+        names = self.names
+        traced = trace_paths(tables, snap, self._src, self._dst)
+        t = _num_text(snap.t_s)
+        csv_rows = self.table_format == "csv"
+        texts: list[str] = []
+        delays = np.full(len(self.pair_stats), np.nan)
+        paths: dict[tuple[int, int], list[int] | None] = {}
+        for i, ((s, d_), st) in enumerate(self.pair_stats.items()):
+            path = traced.path(i)
             paths[(s, d_)] = path
             if path is None:
-                self._pw.writerow([f"{snap.t_s:g}", names[s], names[d_], "", "", ""])
+                if csv_rows:
+                    self._pw.writerow([t, names[s], names[d_], "", "", ""])
+                texts.append("")
                 if st.last_path is not None:
                     st.path_changes += 1
                 st.last_path = None
                 continue
-            delay_ms = path_delay_s(snap, path) * 1e3
-            self._pw.writerow(
-                [
-                    f"{snap.t_s:g}",
-                    names[s],
-                    names[d_],
-                    " ".join(names[x] for x in path),
-                    len(path) - 1,
-                    f"{delay_ms:.6f}",
-                ]
-            )
+            delay_ms = traced.delay_s(snap, i) * 1e3
+            text = " ".join([names[x] for x in path])
+            cell = f"{delay_ms:.6f}"
+            if csv_rows:
+                self._pw.writerow([t, names[s], names[d_], text, len(path) - 1, cell])
+            texts.append(text)
+            delays[i] = float(cell)  # the value the CSV cell reads back as
             st.delays_ms.append(delay_ms)
             st.reachable_steps += 1
             tp = tuple(path)
             if st.last_path is not None and tp != st.last_path:
                 st.path_changes += 1
             st.last_path = tp
-        self._prev, self._prev_tables = snap, tables
-        self.steps += 1
+        if not csv_rows:
+            none = traced.hops < 0
+            self._paths_pq.write(
+                {
+                    "t_s": np.full(self._src.size, float(t)),
+                    "src": self._pair_names("src", self._src),
+                    "dst": self._pair_names("dst", self._dst),
+                    "path": texts,
+                    "hops": (traced.hops, none),
+                    "delay_ms": (delays, none),
+                }
+            )
         return paths
+
+    def _pair_names(self, key: str, ids: np.ndarray) -> Any:
+        """The names of ``ids`` as an Arrow array, made once (the pairs never change)."""
+        if key not in self._pq:
+            from meshemu.report import parquet
+
+            pa = parquet._pa()
+            self._pq[key] = pa.array([self.names[i] for i in ids.tolist()], type=pa.string())
+        return self._pq[key]
+
+    def _link_columns(self, snap: Snapshot) -> dict[str, Any]:
+        """One step of ``links`` as Parquet columns, with the values the CSV cells hold."""
+        from meshemu.report import parquet
+
+        pa = parquet._pa()
+        import pyarrow.compute as pc
+
+        if "names" not in self._pq:
+            self._pq["names"] = pa.array(self.names, type=pa.string())
+            self._pq["kinds"] = pa.array(KIND_NAMES, type=pa.string())
+        names, kinds = self._pq["names"], self._pq["kinds"]
+        e = snap.n_links
+        return {
+            "t_s": np.full(e, float(_num_text(snap.t_s))),
+            "a": pc.take(names, pa.array(snap.a, type=pa.int32())),
+            "b": pc.take(names, pa.array(snap.b, type=pa.int32())),
+            "kind": pc.take(kinds, pa.array(snap.kind.astype(np.int32), type=pa.int32())),
+            "up": snap.up.astype(np.int8),
+            "distance_km": np.round(snap.distance_m / 1e3, 3),
+            "delay_ms": np.round(snap.delay_s * 1e3, 6),
+            "rate_mbps": _as_text_values(snap.rate_bps / 1e6),
+        }
 
     def map_nodes(self, t_s: float | None = None) -> MapNodes:
         """Node positions at the recorded step nearest ``t_s`` (the first without), for
@@ -242,17 +319,23 @@ class PlanRecorder:
         return MapNodes(self.names, self.nodes.kind, lat, lon)
 
     def flush(self) -> None:
-        """Flush ``links.csv`` and ``paths.csv`` (positions are written on :meth:`close`)."""
-        self._lf.flush()
-        self._pf.flush()
+        """Flush ``links.csv`` and ``paths.csv`` (positions are written on :meth:`close`;
+        a Parquet table is complete after every step)."""
+        if self.table_format == "csv":
+            self._lf.flush()
+            self._pf.flush()
 
     def close(self) -> None:
-        """Close the CSV files and write ``positions.npz`` (when positions were recorded)."""
+        """Close the tables and write ``positions.npz`` (when positions were recorded)."""
         if self._closed:
             return
         self._closed = True
-        self._lf.close()
-        self._pf.close()
+        if self.table_format == "csv":
+            self._lf.close()
+            self._pf.close()
+        else:
+            self._links_pq.close()
+            self._paths_pq.close()
         if self._positions.t_s:
             files.write_positions(self.out, self._positions.positions())
 
@@ -325,14 +408,68 @@ def write_nodes_csv(path: Path, nodes: Nodes) -> None:
             )
 
 
+def write_nodes_parquet(path: Path, nodes: Nodes) -> None:
+    """``nodes.parquet``: the columns and values of ``nodes.csv``, one Parquet file."""
+    from meshemu.report import parquet
+
+    n = len(nodes.names)
+    minus = np.full(n, -1)
+    parquet.write_file(
+        path,
+        NODES,
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "name": list(nodes.names),
+            "kind": np.asarray(nodes.kind).astype(str),
+            "shell": nodes.shell.astype(np.int32),
+            "plane": nodes.plane.astype(np.int32),
+            "index": nodes.index.astype(np.int32),
+            "slot": (nodes.slot if nodes.slot.size else minus).astype(np.int32),
+            "norad_id": (nodes.norad_id if nodes.norad_id.size else minus).astype(np.int64),
+        },
+    )
+
+
+def _remove_other_format(out: Path, table_format: str) -> None:
+    """Remove the plan tables of the other format that an earlier plan left in ``out``, so
+    that readers never find a stale table beside the new one."""
+    for spec in files.PARQUET_SPECS:
+        if table_format == "parquet":
+            (out / spec.name).unlink(missing_ok=True)
+            continue
+        old = out / spec.parquet_name
+        if old.is_dir():
+            for part in old.iterdir():
+                if part.name.startswith(("part-", ".part-")):
+                    part.unlink()
+            try:
+                old.rmdir()
+            except OSError:  # something else lives there: leave it
+                log.warning("left %s in place (it holds files meshemu did not write)", old)
+        elif old.is_file():
+            old.unlink()
+
+
+def _num_text(x: float) -> str:
+    """A time or rate as its CSV cell: 12 significant digits, no trailing zeros."""
+    return f"{x:.12g}"
+
+
+def _as_text_values(x: np.ndarray) -> np.ndarray:
+    """``x`` with each value replaced by what its CSV cell (:func:`_num_text`) reads back as
+    (rates: a handful of distinct values per plan)."""
+    uniq, inv = np.unique(x, return_inverse=True)
+    return np.array([float(_num_text(u)) for u in uniq.tolist()])[inv.reshape(-1)]
+
+
 def _write_links(w: Any, snap: Snapshot, names: tuple[str, ...]) -> None:
-    t = f"{snap.t_s:g}"
+    t = _num_text(snap.t_s)
     dist = np.round(snap.distance_m / 1e3, 3)
     delay = np.round(snap.delay_s * 1e3, 6)
     rate = snap.rate_bps / 1e6
     up = snap.up.astype(int)
     w.writerows(
-        [t, names[a], names[b], KIND_NAMES[k], u, f"{dk:.3f}", f"{dm:.6f}", f"{r:g}"]
+        [t, names[a], names[b], KIND_NAMES[k], u, f"{dk:.3f}", f"{dm:.6f}", _num_text(r)]
         for a, b, k, u, dk, dm, r in zip(
             snap.a.tolist(),
             snap.b.tolist(),

@@ -5,6 +5,11 @@ Every file is checked against its :class:`~meshemu.report.files.FileSpec`: requi
 must be in the header, optional ones are filled when missing (older runs), numeric ones are
 converted to float64. ``links.csv`` (large: every link at every step) and ``positions.npz``
 are read on demand (:meth:`Run.links_at`, :meth:`Run.positions`).
+
+The plan's large tables may be Parquet instead (``nodes.parquet``, ``links.parquet``,
+``paths.parquet``: :mod:`meshemu.report.parquet`). :func:`read_table` reads either format
+into the same columns, and :func:`read_spec` finds whichever the directory holds, so nothing
+else needs to know which was written.
 """
 
 from __future__ import annotations
@@ -36,8 +41,13 @@ def read_table(
     required: Sequence[str] = (),
     optional: Sequence[str] = (),
     numeric: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
 ) -> Table | None:
-    """Read a CSV file with a header into columns; ``None`` when the file does not exist.
+    """Read a CSV file with a header, or a Parquet table (a ``.parquet`` file or directory),
+    into columns; ``None`` when the file does not exist.
+
+    Both formats give the same columns: a Parquet integer or string column reads as the
+    strings its CSV cells hold, and a null as an empty cell.
 
     Parameters
     ----------
@@ -46,8 +56,16 @@ def read_table(
     optional : columns filled with NaN (numeric) or ``""`` when absent
     numeric : columns converted to float64: empty, ``nan`` and ``None`` become NaN,
         ``True``/``False`` become 1/0. Extra columns are kept as strings.
+    columns : only these columns (and the required ones) are returned; Parquet reads no
+        others (a CSV file is read whole).
     """
     path = Path(path)
+    if path.suffix == files.PARQUET_SUFFIX and path.exists():
+        from meshemu.report import parquet
+
+        if not parquet.parts(path):  # a table no step was written to, as an empty CSV file
+            return None
+        return _read_parquet(path, required, optional, numeric, columns=columns)
     if not path.is_file():
         return None
     try:
@@ -62,12 +80,42 @@ def read_table(
     header = [h.strip() for h in header]
     _check_header(header, required, path)
     table = _columns(header, rows, path, numeric)
+    if columns is not None:
+        table = {k: v for k, v in table.items() if k in columns or k in required}
+        optional = [c for c in optional if c in columns]
     for name in optional:
         if name not in table:
             table[name] = (
                 np.full(len(rows), np.nan)
                 if name in numeric
                 else np.full(len(rows), "", dtype=object).astype(str)
+            )
+    return table
+
+
+def _read_parquet(
+    path: Path,
+    required: Sequence[str],
+    optional: Sequence[str],
+    numeric: Sequence[str],
+    t_s: float | None = None,
+    columns: Sequence[str] | None = None,
+) -> Table:
+    from meshemu.report import parquet
+
+    wanted = None if columns is None else list(dict.fromkeys([*required, *columns]))
+    tab = parquet.read(path, wanted, t_s=t_s)
+    _check_header(list(tab.column_names), required, path)
+    if columns is not None:
+        optional = [c for c in optional if c in columns]
+    n = tab.num_rows
+    table: Table = {
+        name: parquet.to_numpy(tab.column(name), name in numeric) for name in tab.column_names
+    }
+    for name in optional:
+        if name not in table:
+            table[name] = (
+                np.full(n, np.nan) if name in numeric else np.full(n, "", dtype=object).astype(str)
             )
     return table
 
@@ -131,8 +179,12 @@ def _rows_at(reader: Any, path: Path, t_s: float) -> tuple[list[str], list[list[
 
 
 def read_spec(run_dir: Path | str, spec: FileSpec) -> Table | None:
-    """Read ``run_dir/spec.name`` checked against its contract (see :func:`read_table`)."""
-    return read_table(Path(run_dir) / spec.name, spec.required, spec.optional, spec.numeric)
+    """Read ``run_dir/spec.name`` (or the same table as Parquet) checked against its contract
+    (see :func:`read_table`)."""
+    path = files.table_path(run_dir, spec)
+    if path is None:
+        return None
+    return read_table(path, spec.required, spec.optional, spec.numeric)
 
 
 _SPECIAL = {
@@ -162,6 +214,14 @@ def _floats(values: Sequence[str], path: Path, column: str) -> np.ndarray:
             raise ReportError(
                 f"{path}, line {i + 2}: column {column} should be a number, got {v!r}"
             ) from None
+    return out
+
+
+def _kind_ids(kind: np.ndarray) -> np.ndarray:
+    """Index of each ``kind`` in :data:`~meshemu.report.files.LINK_KINDS` (-1: unknown)."""
+    out = np.full(kind.shape, -1, dtype=np.int64)
+    for i, k in enumerate(LINK_KINDS):
+        out[kind == k] = i
     return out
 
 
@@ -220,11 +280,16 @@ class Run:
     def links_at(self, t_s: float) -> Table | None:
         """The rows of ``links.csv`` at the step nearest ``t_s`` (None without the file).
 
-        The file is read as a stream, in time order, and only up to that step.
+        The file is read as a stream, in time order, and only up to that step (Parquet: its
+        ``t_s`` column, then the rows of that step).
         """
-        path = self.run_dir / LINKS.name
-        if not path.is_file():
+        path = files.table_path(self.run_dir, LINKS)
+        if path is None:
             return None
+        if path.suffix == files.PARQUET_SUFFIX:
+            table = self._parquet_links_at(path, t_s)
+            table["kind_id"] = _kind_ids(table["kind"])
+            return table
         try:
             with open(path, newline="") as f:
                 rows = _rows_at(csv.reader(f), path, t_s)
@@ -234,10 +299,19 @@ class Run:
             return None
         header, body = rows
         table = _columns(header, body, path, LINKS.numeric)
-        table["kind_id"] = np.array(
-            [LINK_KINDS.index(k) if k in LINK_KINDS else -1 for k in table["kind"]], dtype=np.int64
-        )
+        table["kind_id"] = _kind_ids(table["kind"])
         return table
+
+    @staticmethod
+    def _parquet_links_at(path: Path, t_s: float) -> Table:
+        from meshemu.report import parquet
+
+        times = np.unique(parquet.to_numpy(parquet.read(path, ["t_s"]).column("t_s"), True))
+        times = times[np.isfinite(times)]
+        if times.size == 0:
+            return _read_parquet(path, LINKS.required, (), LINKS.numeric)
+        t = float(times[np.argmin(np.abs(times - t_s))])
+        return _read_parquet(path, LINKS.required, (), LINKS.numeric, t_s=t)
 
     @property
     def name(self) -> str:

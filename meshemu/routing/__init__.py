@@ -59,6 +59,7 @@ from meshemu.routing.tables import (
     route_diff,
     snapshot_from_edges,
     trace_path,
+    trace_paths,
 )
 
 __all__ = [
@@ -84,5 +85,6 @@ __all__ = [
     "scheme_kind",
     "snapshot_from_edges",
     "trace_path",
+    "trace_paths",
     "validate_tables",
 ]

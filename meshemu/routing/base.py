@@ -32,6 +32,7 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+from scipy.sparse import csr_matrix
 
 from meshemu.errors import RoutingError
 from meshemu.geometry.arrays import Int32Array
@@ -161,6 +162,10 @@ def scheme_kind(scheme: object) -> SchemeKind:
     )
 
 
+#: Forwarding entries (nodes x destinations) :func:`validate_tables` checks in one block.
+VALIDATE_BLOCK_ENTRIES = 1 << 22
+
+
 def validate_tables(tables: ForwardingTables, snap: Snapshot) -> list[str]:
     """Problems with tables made by a (user's) scheme for ``snap``.
 
@@ -174,60 +179,114 @@ def validate_tables(tables: ForwardingTables, snap: Snapshot) -> list[str]:
     -------
     list of str
         One line per kind of problem found: next hops that are not up neighbours, forwarding
-        through non-transit nodes, loops. Empty: fine.
+        through non-transit nodes (a relay only between a lower and a higher tier), loops.
+        Empty: fine.
+
+    Notes
+    -----
+    The destinations are checked a block at a time (:data:`VALIDATE_BLOCK_ENTRIES` entries),
+    so a million nodes by a few dozen destinations need no (N x D x 3) index arrays: up
+    links are looked up in a sparse adjacency matrix, and loops found by pointer doubling
+    (:func:`_unreached`).
     """
     n = snap.n_nodes
     if tables.n_nodes != n:
         return [f"tables are for {tables.n_nodes} nodes, the snapshot has {n}"]
     nh = tables.next_hop
-    u, j, m = np.nonzero(nh >= 0)
-    v = nh[u, j, m].astype(np.int64)
-    if np.any(v >= n):
-        return [f"next hop {int(v.max())} is not a node id (0..{n - 1})"]
-    problems: list[str] = []
-    lo, hi = np.minimum(u, v), np.maximum(u, v)
-    keys = lo * n + hi
-    upkeys = snap.key[np.asarray(snap.up, dtype=bool)]
-    bad = ~np.isin(keys, upkeys)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        problems.append(
-            f"{int(bad.sum())} next hop(s) without an up link, e.g. node {u[i]} "
-            f"-> {v[i]} towards {tables.destinations[j[i]]}"
-        )
+    top = int(nh.max(initial=-1))
+    if top >= n:
+        return [f"next hop {top} is not a node id (0..{n - 1})"]
+    up = np.asarray(snap.up, dtype=bool)
+    a, b = snap.a[up].astype(np.int64), snap.b[up].astype(np.int64)
+    adj = csr_matrix(
+        (np.ones(2 * a.size, np.int8), (np.concatenate([a, b]), np.concatenate([b, a]))),
+        shape=(n, n),
+    )
+    adj.sum_duplicates()
     transit = np.asarray(snap.transit, dtype=bool)
-    d = tables.destinations[j]
-    via = ~transit[v] & (v != d)
-    if via.any():
-        i = int(np.flatnonzero(via)[0])
+    relay = np.asarray(snap.relay, dtype=bool)
+    tier = np.asarray(snap.tier, dtype=np.int64)
+    dests = tables.destinations.astype(np.int64)
+    no_link: list[tuple[int, int, int, int]] = []  # (count, u, v, dest) of the first block
+    via: list[tuple[int, int, int, int]] = []
+    loop: str | None = None
+    bad_links = bad_via = 0
+    block = max(1, VALIDATE_BLOCK_ENTRIES // max(n, 1))
+    for j0 in range(0, dests.size, block):
+        js = np.arange(j0, min(j0 + block, dests.size))
+        sub = nh[:, js, :]  # (N, B, K)
+        u, jj, m = np.nonzero(sub >= 0)
+        v = sub[u, jj, m].astype(np.int64)
+        d = dests[js][jj]
+        lacking = np.asarray(adj[u, v]).ravel() == 0 if u.size else np.zeros(0, bool)
+        if lacking.any():
+            i = int(np.flatnonzero(lacking)[0])
+            bad_links += int(lacking.sum())
+            no_link.append((0, int(u[i]), int(v[i]), int(d[i])))
+        through = ~transit[v] & (v != d)
+        if relay.any():  # a relay may pass traffic on, but only between tiers
+            rv = through & relay[v]
+            w = np.full(v.size, -1, np.int64)
+            w[rv] = sub[v[rv], jj[rv], 0]
+            tu, tv, tw = tier[u], tier[v], tier[np.maximum(w, 0)]
+            between = (w >= 0) & (((tu < tv) & (tv < tw)) | ((tw < tv) & (tv < tu)))
+            through &= ~(rv & between)
+        if through.any():
+            i = int(np.flatnonzero(through)[0])
+            bad_via += int(through.sum())
+            via.append((0, int(u[i]), int(v[i]), int(d[i])))
+        if loop is None:
+            loop = _first_loop(sub[:, :, 0], dests[js])
+    problems: list[str] = []
+    if bad_links:
+        _, u0, v0, d0 = no_link[0]
         problems.append(
-            f"{int(via.sum())} next hop(s) forward through non-transit node(s), "
-            f"e.g. {u[i]} -> {v[i]} towards {d[i]}"
+            f"{bad_links} next hop(s) without an up link, e.g. node {u0} -> {v0} towards {d0}"
         )
-    loop = _first_loop(tables)
+    if bad_via:
+        _, u0, v0, d0 = via[0]
+        problems.append(
+            f"{bad_via} next hop(s) forward through non-transit node(s), "
+            f"e.g. {u0} -> {v0} towards {d0}"
+        )
     if loop is not None:
         problems.append(loop)
     return problems
 
 
-def _first_loop(tables: ForwardingTables) -> str | None:
-    """A message about the first destination towards which primary next hops loop, or None."""
-    n = tables.n_nodes
-    prim = tables.primary()
-    for jj, dd in enumerate(tables.destinations.tolist()):
-        # follow primary hops from everywhere at once; a loop never reaches dd
-        cur = np.arange(n)
-        cur[prim[:, jj] < 0] = dd
-        for _ in range(n):
-            nxt = prim[cur, jj]
-            move = (cur != dd) & (nxt >= 0)
-            if not move.any():
-                break
-            cur = np.where(move, nxt, cur)
-        looping = cur != dd
-        if looping.any():
-            return (
-                f"{int(looping.sum())} node(s) loop towards destination {dd}, e.g. "
-                f"node {int(np.flatnonzero(looping)[0])}"
-            )
-    return None
+def _first_loop(prim: Int32Array, dests: npt.NDArray[np.int64]) -> str | None:
+    """A message about the first destination (column of ``prim``, the primary next hops
+    (N, B)) towards which next hops loop or end before it, or None."""
+    bad = _unreached(prim, dests)
+    cols = np.flatnonzero(bad.any(axis=0))
+    if cols.size == 0:
+        return None
+    j = int(cols[0])
+    looping = bad[:, j]
+    return (
+        f"{int(looping.sum())} node(s) loop towards destination {int(dests[j])}, e.g. "
+        f"node {int(np.flatnonzero(looping)[0])}"
+    )
+
+
+def _unreached(prim: Int32Array, dests: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """(N, B): nodes that have a next hop towards ``dests[j]`` but, following primary next
+    hops, never get there (a loop, or a node without a next hop on the way).
+
+    Pointer doubling: ``g`` maps each node to the node ``2^k`` hops ahead (a node without a
+    next hop, and the destination, to itself), squared until nothing moves or ``2^k`` passes
+    the number of nodes, so the rounds are about log2 of the longest path.
+    """
+    n, nb = prim.shape
+    own = np.arange(n, dtype=np.int64)[:, None]
+    g = np.where(prim >= 0, prim, own).astype(np.int64)
+    g[dests, np.arange(nb)] = dests
+    col = np.arange(nb)[None, :]
+    for _ in range(max(1, int(np.ceil(np.log2(max(n, 2))))) + 1):
+        g2 = g[g, col]
+        if np.array_equal(g2, g):
+            break
+        g = g2
+    unreached: npt.NDArray[np.bool_] = (prim >= 0) & (g != dests[None, :])
+    unreached[dests, np.arange(nb)] = False
+    return unreached

@@ -5,9 +5,11 @@ Built in: :class:`ShortestDelay` (Dijkstra on propagation delay), :class:`Fewest
 count, up to :data:`MAX_PATHS` next hops, primary = lowest delay).
 
 All three run one multi-source Dijkstra (``scipy.sparse.csgraph.dijkstra``) rooted at the
-destinations over a graph in which non-transit nodes cannot be passed through
-(:func:`_split_graph`): with symmetric link weights, the predecessor of node ``u`` in the
-tree rooted at ``d`` is ``u``'s next hop towards ``d``.
+destinations over a graph in which non-transit nodes cannot be passed through and relays
+(gateways, PoPs) only between tiers, never between two satellites (:func:`_split_graph`):
+with symmetric link weights, the predecessor of node ``u`` in the tree rooted at ``d`` is
+``u``'s next hop towards ``d``. So a user's traffic to its home PoP goes up to a satellite,
+over ISLs if needed, down to a gateway that backhauls to that PoP, and over the backhaul.
 """
 
 from __future__ import annotations
@@ -27,28 +29,51 @@ MAX_PATHS = 4
 
 
 # -- graph helpers ---------------------------------------------------------------------------
-def _split_graph(snap: Snapshot, w: FloatArray) -> tuple[csr_matrix, Int64Array]:
-    """Directed graph in which non-transit nodes cannot be passed through.
+def _split_graph(snap: Snapshot, w: FloatArray) -> tuple[csr_matrix, Int64Array, Int64Array]:
+    """Directed graph in which non-transit nodes cannot be passed through and relays
+    (gateways, PoPs: ``snap.relay``) only between tiers.
 
     Node ``x`` keeps index ``x`` as its *arrival* copy (no outgoing edges if ``x`` is not a
-    transit node); each non-transit node gets an extra *departure* copy ``N + j`` holding its
-    outgoing edges. Returns the matrix and ``src_of`` mapping node id -> departure index.
+    transit node); each non-transit node gets an extra *departure* copy holding its outgoing
+    edges. A relay ``x`` has two arrival copies: ``x`` for arrivals from a lower tier
+    (``snap.tier``), whose outgoing edges go to higher tiers, and ``up_of[x]`` for arrivals
+    from a higher tier, whose outgoing edges go to lower tiers. Returns the matrix,
+    ``src_of`` (node id -> departure index) and ``up_of`` (node id -> its second arrival
+    copy, the node itself when it has none).
     """
     n = snap.n_nodes
     transit = np.asarray(snap.transit, dtype=bool)
+    relay = np.asarray(snap.relay, dtype=bool) & ~transit
+    tier = np.asarray(snap.tier, dtype=np.int64)
     nt = np.flatnonzero(~transit)
+    rl = np.flatnonzero(relay)
     src_of = np.arange(n, dtype=np.int64)
     src_of[nt] = n + np.arange(nt.size)
+    up_of = np.arange(n, dtype=np.int64)
+    up_of[rl] = n + nt.size + np.arange(rl.size)
     up = np.asarray(snap.up, dtype=bool)
     a = snap.a[up].astype(np.int64)
     b = snap.b[up].astype(np.int64)
     ww = np.asarray(w, dtype=np.float64)[up]
-    rows = np.concatenate([src_of[a], src_of[b]])
-    cols = np.concatenate([b, a])
-    data = np.concatenate([ww, ww])
-    m = n + nt.size
-    g = csr_matrix((data, (rows, cols)), shape=(m, m))
-    return g, src_of
+    u = np.concatenate([a, b])  # directed edges u -> v
+    v = np.concatenate([b, a])
+    wd = np.concatenate([ww, ww])
+    climbs = tier[v] > tier[u]
+    # arrival copy of v: a relay reached from a higher tier lands on its second copy
+    dst = np.where(relay[v] & ~climbs, up_of[v], v)
+    rows = [src_of[u]]
+    cols = [dst]
+    data = [wd]
+    # a relay forwards what arrived from below upwards (copy u), from above downwards
+    fwd = relay[u] & (tier[v] != tier[u])
+    rows.append(np.where(climbs[fwd], u[fwd], up_of[u[fwd]]))
+    cols.append(dst[fwd])
+    data.append(wd[fwd])
+    m = n + nt.size + rl.size
+    g = csr_matrix(
+        (np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(m, m)
+    )
+    return g, src_of, up_of
 
 
 def _trees(
@@ -57,23 +82,37 @@ def _trees(
     """Shortest-path trees rooted at each destination (weights symmetric).
 
     Returns ``dist`` (D, N) cost from each node to each destination, ``pred`` (D, N) the next
-    hop of each node towards the destination (-1 none), and ``src_of``.
+    hop of each node towards the destination (-1 none), and ``src_of``. A relay's entry is
+    that of its nearer arrival copy.
     """
     n = snap.n_nodes
-    g, src_of = _split_graph(snap, w)
+    g, src_of, up_of = _split_graph(snap, w)
     roots = src_of[dests]
     dist_all, pred_all = dijkstra(g, directed=True, indices=roots, return_predecessors=True)
-    dist: FloatArray = np.asarray(dist_all, dtype=np.float64)[:, :n]
-    pred = np.asarray(pred_all)[:, :n].astype(np.int64)
-    # a predecessor that is a departure copy stands for its node
+    dist_all = np.asarray(dist_all, dtype=np.float64)
+    pred_all = np.asarray(pred_all, dtype=np.int32)
+    dist: FloatArray = (
+        dist_all[:, :n].copy() if up_of.size and np.any(up_of != np.arange(n)) else dist_all[:, :n]
+    )
+    # scipy's int32 predecessors, fixed in place (a million nodes by dozens of destinations:
+    # no int64 copy)
+    pred = pred_all[:, :n]
+    rl = np.flatnonzero(up_of != np.arange(n))
+    if rl.size:
+        second = dist_all[:, up_of[rl]]
+        better = second < dist[:, rl]
+        dist[:, rl] = np.where(better, second, dist[:, rl])
+        pred[:, rl] = np.where(better, pred_all[:, up_of[rl]], pred[:, rl])
+    # a predecessor that is a departure (or second arrival) copy stands for its node
     dep = pred >= n
     if np.any(dep):
-        inv = np.full(g.shape[0], -1, dtype=np.int64)
-        inv[src_of] = np.arange(n)
+        inv = np.full(g.shape[0], -1, dtype=np.int32)
+        inv[src_of] = np.arange(n, dtype=np.int32)
+        inv[up_of[rl]] = rl.astype(np.int32)
         pred[dep] = inv[pred[dep]]
-    pred[pred < 0] = -1
+    np.maximum(pred, -1, out=pred)  # scipy marks "none" with -9999
     pred[np.arange(dests.size), dests] = -1
-    return dist, pred.astype(np.int32), src_of
+    return dist, pred, src_of
 
 
 def _check_snapshot(snap: Snapshot, destinations: npt.ArrayLike) -> Int32Array:

@@ -53,6 +53,102 @@ def trace_path(tables: ForwardingTables, snap: Snapshot, src: int, dst: int) -> 
     return None
 
 
+@dataclass(frozen=True, eq=False)
+class TracedPaths:
+    """The paths of many pairs along primary next hops (:func:`trace_paths`).
+
+    Attributes
+    ----------
+    hops : ndarray of int32, shape (P,)
+        Links on pair i's path (0 when source = destination), -1 when there is none.
+    nodes : ndarray of int32, shape (P, L + 1)
+        ``nodes[i, :hops[i] + 1]`` is pair i's path, source to destination; -1 beyond.
+    links : ndarray of int64, shape (P, L)
+        Index in the snapshot of each link of the path; -1 beyond.
+    """
+
+    hops: Int32Array
+    nodes: Int32Array
+    links: npt.NDArray[np.int64]
+
+    def path(self, i: int) -> list[int] | None:
+        """Pair i's path as :func:`trace_path` gives it (None: no path)."""
+        h = int(self.hops[i])
+        return None if h < 0 else [int(x) for x in self.nodes[i, : h + 1]]
+
+    def delay_s(self, snap: Snapshot, i: int) -> float:
+        """One-way delay of pair i's path (as :func:`path_delay_s` sums it); NaN: no path."""
+        h = int(self.hops[i])
+        if h < 0:
+            return float("nan")
+        return float(snap.delay_s[self.links[i, :h]].sum()) if h else 0.0
+
+
+def trace_paths(
+    tables: ForwardingTables, snap: Snapshot, src: npt.ArrayLike, dst: npt.ArrayLike
+) -> TracedPaths:
+    """The paths of many (src, dst) pairs at once, as :func:`trace_path` follows each: primary
+    next hops over up links, None (``hops`` -1) for no route, a next hop without an up link,
+    or a loop.
+
+    All pairs advance one hop per round (numpy over the pairs), so the rounds are as many as
+    the longest path has hops; the links are looked up in the snapshot's sorted keys.
+
+    Raises
+    ------
+    RoutingError
+        A destination is not one of ``tables``' destinations.
+    """
+    s = np.asarray(src, dtype=np.int64).ravel()
+    d = np.asarray(dst, dtype=np.int64).ravel()
+    n = tables.n_nodes
+    col = np.full(n, -1, np.int64)
+    col[tables.destinations] = np.arange(tables.destinations.size)
+    j = col[d] if d.size else np.zeros(0, np.int64)
+    if np.any(j < 0):
+        missing = int(d[np.flatnonzero(j < 0)[0]])
+        raise RoutingError(f"node {missing} is not a destination of these forwarding tables")
+    prim = tables.next_hop[:, :, 0]
+    keys = snap.key
+    up = np.asarray(snap.up, dtype=bool)
+    p = s.size
+    hops = np.zeros(p, np.int32)
+    ok = np.ones(p, bool)
+    cur = s.copy()
+    active = np.flatnonzero(s != d)
+    if keys.size == 0:  # no link: only the pairs of a node with itself have a path
+        ok[active] = False
+        active = active[:0]
+    node_cols = [s.astype(np.int32)]
+    link_cols: list[npt.NDArray[np.int64]] = []
+    for _ in range(n):
+        if active.size == 0:
+            break
+        u = cur[active]
+        v = prim[u, j[active]].astype(np.int64)
+        lo, hi = np.minimum(u, v), np.maximum(u, v)
+        k = lo * n + hi
+        e = np.minimum(np.searchsorted(keys, k), keys.size - 1)
+        good = (v >= 0) & (keys[e] == k) & up[e]
+        ok[active[~good]] = False
+        active, v, e = active[good], v[good], e[good]
+        nc = np.full(p, -1, np.int32)
+        lc = np.full(p, -1, np.int64)
+        nc[active] = v
+        lc[active] = e
+        node_cols.append(nc)
+        link_cols.append(lc)
+        hops[active] += 1
+        cur[active] = v
+        active = active[v != d[active]]
+    else:
+        ok[active] = False  # still going after n hops: a loop
+    hops[~ok] = -1
+    nodes = np.stack(node_cols, axis=1)
+    links = np.stack(link_cols, axis=1) if link_cols else np.zeros((p, 0), np.int64)
+    return TracedPaths(hops, nodes, links)
+
+
 def path_delay_s(snap: Snapshot, path: Sequence[int]) -> float:
     """One-way propagation delay along ``path`` (sum of its links' delays), seconds.
 

@@ -34,7 +34,12 @@ Schema (units are in the key names)::
           max_age_days: 365                limit of |t = 0 - TLE epoch|
     ground:                                ground stations, user sites, data centres
       - {name: str, lat_deg: -90..90, lon_deg: -180..360, alt_m: float,
-         kind: station|user|datacenter}
+         kind: station|user|datacenter|pop|server,
+         pop: name}                        (with access:) a user's home PoP, the PoP a
+                                           station backhauls to, the PoP a server sits
+                                           behind; default: the nearest PoP
+    access:                                gateways, PoPs, backhaul, servers (see
+                                           meshemu/spec/access.py)
     compute:
       satellites: all | none | {every: k} | {list: [names]} | {cluster: {center: name, size: n}}
       power_kw: float                      (informational: the compute satellites' class)
@@ -48,7 +53,20 @@ Schema (units are in the key names)::
     gsl:
       min_elevation_deg (default 25, or 0 when max_range_km is given), max_range_km (slant
       range, optional), links_per_station: int | all, handover: nearest | longest-visible,
-      acquisition_s, rate_mbps, queue_packets, loss
+      acquisition_s, rate_mbps, queue_packets, loss,
+      schedule: continuous | slotted       when assignments may change (default continuous:
+                                           at any step); slotted: only at UTC-aligned slot
+                                           boundaries (epoch + t), as Starlink's global
+                                           scheduler does
+      slot_s: 15, slot_offset_s: 12        slotted: the slot and the UTC second (mod slot_s)
+                                           of its boundaries (Starlink: :12, :27, :42, :57)
+      handover_mode: make-before-break | break-before-make   (default make-before-break)
+      outage_s: 0.7                        break-before-make: no GSL of the station carries
+                                           traffic for this long after a switch
+      hysteresis_km: 0                     continuous + nearest: keep a satellite until
+                                           another is nearer by more than this
+      gateway_links: int | all             satellites a gateway (a station with a backhaul
+                                           PoP) links to at once; default links_per_station
     endpoints: [names]                     (optional) pairs for paths.csv; default: every
                                            ground node and every compute satellite
 """
@@ -64,6 +82,13 @@ from typing import Any
 import numpy as np
 
 from meshemu.errors import ScenarioError
+from meshemu.spec.access import (
+    AccessSpec,
+    great_circle_km,
+    parse_access,
+    read_kml_sites,
+    select_sites,
+)
 from meshemu.spec.tle import ShellMatch, TLESource, parse_entry, resolve_epoch
 from meshemu.spec.validate import (
     GROUND_KINDS,
@@ -97,6 +122,18 @@ EARTH_RADIUS_KM = 6378.135  # WGS-72 equatorial radius, the constants SGP4 uses
 SHELL_TYPES = ("walker-delta", "walker-star")
 ISL_PATTERNS = ("plus-grid", "nearest")
 HANDOVER_RULES = ("nearest", "longest-visible")
+GSL_SCHEDULES = ("continuous", "slotted")
+HANDOVER_MODES = ("make-before-break", "break-before-make")
+
+#: Starlink's global scheduler: satellite-to-ground assignments change every 15 s at
+#: seconds 12, 27, 42 and 57 of each UTC minute (Tanveer et al., "Making Sense of
+#: Constellations", CoNEXT Companion 2023; Pan, Zhao and Cai, ICC 2024; Mohan et al.,
+#: "A Multifaceted Look at Starlink Performance", WWW 2024).
+STARLINK_SLOT_S = 15.0
+STARLINK_SLOT_OFFSET_S = 12.0
+#: Break-before-make outage at a slot boundary: the reply gap of about 0.7 s measured at
+#: boundaries in Starlink traces (Pan, Zhao and Cai, ICC 2024, as summarised in issue 13).
+STARLINK_HANDOVER_OUTAGE_S = 0.7
 
 
 @dataclass(frozen=True)
@@ -126,6 +163,7 @@ class GroundSpec:
     lon_deg: float
     alt_m: float = 0.0
     kind: str = "station"
+    pop: str = ""  # with access: the home / backhaul / front PoP (resolved on load)
 
 
 @dataclass(frozen=True)
@@ -177,6 +215,13 @@ class GSLPolicy:
     rate_mbps: float = 100.0
     queue_packets: int = 1000
     loss: float = 0.0
+    schedule: str = "continuous"
+    slot_s: float = STARLINK_SLOT_S
+    slot_offset_s: float = STARLINK_SLOT_OFFSET_S
+    handover_mode: str = "make-before-break"
+    outage_s: float = STARLINK_HANDOVER_OUTAGE_S
+    hysteresis_km: float = 0.0
+    gateway_links: int | None = 1  # None: all; parsed default: links_per_station
 
 
 @dataclass(frozen=True)
@@ -194,6 +239,7 @@ class Scenario:
     endpoints: tuple[str, ...] = ()
     description: str = ""
     source: str = ""
+    access: AccessSpec | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -236,7 +282,9 @@ def load_scenario(spec: str | Path) -> Scenario:
     data, path = read_yaml(
         spec, default_scenario_dir(), ScenarioError, "scenario file", "scenarios"
     )
-    return _parse(data, str(path), path.parent)
+    # relative paths inside count from the file itself (a shipped scenario's symlink in
+    # topologies/ and its target in the package read the same files)
+    return _parse(data, str(path), path.resolve().parent)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -261,6 +309,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
             "isl",
             "gsl",
             "endpoints",
+            "access",
         ),
     )
     name = top.get("name", Path(source).stem if source else "scenario")
@@ -295,7 +344,7 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
     seen: set[str] = set()
     for i, g in enumerate(raw_ground):
         p = f"ground[{i}]"
-        g = v.mapping(g, p, ("name", "lat_deg", "lon_deg", "alt_m", "kind"), none_ok=True)
+        g = v.mapping(g, p, ("name", "lat_deg", "lon_deg", "alt_m", "kind", "pop"), none_ok=True)
         gname = v.identifier(g.get("name"), f"{p}.name")
         if gname in seen:
             v.fail(f"{p}.name", f"duplicate ground node name {gname!r}")
@@ -307,8 +356,11 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
                 v.number(g, "lon_deg", p, lo=-180, hi=360),
                 v.number(g, "alt_m", p, 0.0, lo=-500, hi=10000),
                 v.choice(g, "kind", p, GROUND_KINDS, "station"),
+                v.string(g, "pop", p, ""),
             )
         )
+    access = parse_access(v, top.get("access"), base_dir)
+    ground = _resolve_access(v, ground, access)
 
     epoch = resolve_epoch(v, explicit_epoch, tles)
     compute = _parse_compute(v, top.get("compute"))
@@ -336,7 +388,62 @@ def _parse(data: Any, source: str, base_dir: Path) -> Scenario:
         description=str(top.get("description", "")),
         source=source,
         raw=data,
+        access=access,
     )
+
+
+def _resolve_access(
+    v: Validator, ground: list[GroundSpec], access: AccessSpec | None
+) -> list[GroundSpec]:
+    """Ground nodes with the access network filled in: the KML sites, a server per PoP
+    and every user's, station's and server's PoP (explicit, else the nearest)."""
+    if access is None:
+        for i, g in enumerate(ground):
+            if g.kind in ("pop", "server") or g.pop:
+                v.fail(
+                    f"ground[{i}].{'pop' if g.pop else 'kind'}",
+                    f"{g.name}: PoPs and servers need an access: section (add access: {{}} "
+                    f"for the defaults)",
+                )
+        return ground
+    out = list(ground)
+    names = {g.name for g in out}
+    if access.kml is not None:
+        users = [(g.lat_deg, g.lon_deg) for g in out if g.kind == "user"]
+        for site in select_sites(read_kml_sites(access.kml.path), users, access.kml):
+            if site.name not in names:
+                out.append(GroundSpec(site.name, site.lat_deg, site.lon_deg, 0.0, site.kind))
+                names.add(site.name)
+    pops = [g for g in out if g.kind == "pop"]
+    if not pops:
+        v.fail("access", "the access network has no PoP: add ground nodes of kind pop or kml:")
+    if access.servers == "per-pop":
+        for pop in pops:
+            srv = f"srv_{pop.name.removeprefix('pop_')}"[:31]
+            if srv not in names:
+                out.append(GroundSpec(srv, pop.lat_deg, pop.lon_deg, pop.alt_m, "server", pop.name))
+                names.add(srv)
+    pop_names = {g.name for g in pops}
+    resolved = []
+    for i, g in enumerate(out):
+        if g.kind == "pop" or g.kind == "datacenter":
+            if g.pop:
+                v.fail(f"ground[{i}].pop", f"{g.name}: a {g.kind} has no PoP of its own")
+            resolved.append(g)
+            continue
+        if g.pop and g.pop not in pop_names:
+            v.fail(
+                f"ground[{i}].pop",
+                f"{g.name}: unknown PoP {g.pop!r}; the PoPs are: {', '.join(sorted(pop_names))}",
+            )
+        home = (
+            g.pop
+            or min(
+                pops, key=lambda q: great_circle_km(g.lat_deg, g.lon_deg, q.lat_deg, q.lon_deg)
+            ).name
+        )
+        resolved.append(GroundSpec(g.name, g.lat_deg, g.lon_deg, g.alt_m, g.kind, home))
+    return resolved
 
 
 def _parse_epoch(v: Validator, value: Any) -> dt.datetime:
@@ -498,15 +605,52 @@ def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
             "rate_mbps",
             "queue_packets",
             "loss",
+            "schedule",
+            "slot_s",
+            "slot_offset_s",
+            "handover_mode",
+            "outage_s",
+            "hysteresis_km",
+            "gateway_links",
         ),
         none_ok=True,
     )
     max_range = v.number(d, "max_range_km", p, None, lo=0, lo_open=True, null=True)
+    schedule = v.choice(d, "schedule", p, GSL_SCHEDULES, "continuous")
+    if schedule == "continuous":
+        for k in ("slot_s", "slot_offset_s"):
+            if k in d:
+                v.fail(
+                    f"{p}.{k}",
+                    "applies to gsl.schedule: slotted only; set gsl.schedule: slotted or drop this",
+                )
+    slot_s = v.number(d, "slot_s", p, STARLINK_SLOT_S, lo=0, hi=3600, lo_open=True)
+    offset = v.number(d, "slot_offset_s", p, STARLINK_SLOT_OFFSET_S % slot_s, lo=0)
+    if offset >= slot_s:
+        v.fail(
+            f"{p}.slot_offset_s",
+            f"must be in [0, slot_s) = [0, {slot_s:g}) (the UTC second, modulo slot_s, "
+            f"at which slots start); got {offset:g}",
+        )
+    hysteresis = v.number(d, "hysteresis_km", p, 0.0, lo=0)
+    if hysteresis and schedule == "slotted":
+        v.fail(
+            f"{p}.hysteresis_km",
+            "applies to gsl.schedule: continuous only (slotted assignments hold for a slot)",
+        )
+    mode = v.choice(d, "handover_mode", p, HANDOVER_MODES, "make-before-break")
+    if "outage_s" in d and mode != "break-before-make":
+        v.fail(f"{p}.outage_s", "applies to gsl.handover_mode: break-before-make only")
     per_station = d.get("links_per_station", 1)
     if per_station != "all":
         x = per_station
         if isinstance(x, bool) or not isinstance(x, int) or x < 1:
             v.fail(f"{p}.links_per_station", f"must be an integer >= 1 or all; got {x!r}")
+    per_gateway = d.get("gateway_links", per_station)
+    if per_gateway != "all":
+        x = per_gateway
+        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+            v.fail(f"{p}.gateway_links", f"must be an integer >= 1 or all; got {x!r}")
     return GSLPolicy(
         min_elevation_deg=v.number(
             d, "min_elevation_deg", p, 25.0 if max_range is None else 0.0, lo=0, hi=90
@@ -518,6 +662,13 @@ def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
         rate_mbps=v.number(d, "rate_mbps", p, 100.0, lo=0, lo_open=True),
         queue_packets=v.number(d, "queue_packets", p, 1000, lo=1, integer=True),
         loss=v.number(d, "loss", p, 0.0, lo=0, hi=1),
+        schedule=schedule,
+        slot_s=slot_s,
+        slot_offset_s=offset,
+        handover_mode=mode,
+        outage_s=v.number(d, "outage_s", p, STARLINK_HANDOVER_OUTAGE_S, lo=0, hi=60),
+        hysteresis_km=hysteresis,
+        gateway_links=None if per_gateway == "all" else per_gateway,
     )
 
 
@@ -540,6 +691,9 @@ class Nodes:
         Slot in the plane by argument of latitude at t = 0 (-1 where there is none).
     norad_id : ndarray of int
         NORAD catalogue number of TLE satellites (-1 for the others).
+    relay : ndarray of bool
+        Ground nodes that forward between tiers only (:attr:`tier`): gateways (stations
+        with a backhaul PoP) between satellites and PoPs, PoPs between gateways and servers.
     """
 
     names: tuple[str, ...]
@@ -550,6 +704,7 @@ class Nodes:
     n_sats: int
     slot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     norad_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    relay: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -576,6 +731,24 @@ class Nodes:
     def transit(self) -> np.ndarray:
         """Nodes that may forward traffic for others: satellites (compute ones included)."""
         return np.isin(self.kind, ("sat", "compute"))
+
+    @property
+    def tier(self) -> np.ndarray:
+        """Distance from space of each node (int8): satellites 0, nodes with a radio
+        (stations, users, data centres) 1, PoPs 2, servers 3. A relay forwards only between
+        a neighbour of a lower tier and one of a higher tier."""
+        t = np.ones(len(self.names), np.int8)
+        t[np.isin(self.kind, SATELLITE_KINDS)] = 0
+        t[self.kind == "pop"] = 2
+        t[self.kind == "server"] = 3
+        return t
+
+    @property
+    def relays(self) -> np.ndarray:
+        """:attr:`relay`, all False when not given."""
+        if self.relay.shape != (len(self.names),):
+            return np.zeros(len(self.names), bool)
+        return np.asarray(self.relay, bool)
 
     @property
     def is_sat(self) -> np.ndarray:

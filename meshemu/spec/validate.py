@@ -25,8 +25,14 @@ import yaml
 
 #: Node kinds that are satellites (a link between two of them is an ISL).
 SATELLITE_KINDS: tuple[str, ...] = ("sat", "compute")
-#: Node kinds on the ground (a link with one of them at an end is a GSL).
-GROUND_KINDS: tuple[str, ...] = ("station", "user", "datacenter")
+#: Node kinds on the ground with a radio (a link between one of them and a satellite is a
+#: GSL). A station with a backhaul PoP (a scenario's ``access:``) is a gateway.
+RADIO_KINDS: tuple[str, ...] = ("station", "user", "datacenter")
+#: Node kinds of the access network behind the gateways, reached over terrestrial links
+#: only: points of presence and the internet servers behind them (:mod:`meshemu.spec.access`).
+ACCESS_KINDS: tuple[str, ...] = ("pop", "server")
+#: Node kinds on the ground.
+GROUND_KINDS: tuple[str, ...] = RADIO_KINDS + ACCESS_KINDS
 #: Node kinds, in the order nodes are numbered (satellites first, then ground nodes).
 NODE_KINDS: tuple[str, ...] = SATELLITE_KINDS + GROUND_KINDS
 

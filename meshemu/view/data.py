@@ -241,60 +241,46 @@ class RunData:
 
     # ----------------------------------------------------------------- reading geometry
     def _read_links(self) -> None:
-        path = self.geometry_dir / F.LINKS.name
-        ids: dict[tuple[int, int], int] = {}
-        a_l: list[int] = []
-        b_l: list[int] = []
-        kind_l: list[int] = []
-        t_l: list[float] = []
-        lid_l: list[int] = []
-        delay_l: list[float] = []
-        rate_l: list[float] = []
-        if path.is_file():
-            with open(path, newline="") as f:
-                reader = csv.reader(f)
-                header = [h.strip() for h in next(reader, [])]
-                missing = [c for c in F.LINKS.required if c not in header]
-                if missing:
-                    raise ReportError(
-                        f"{path}: missing column(s) {', '.join(missing)}; expected "
-                        f"{','.join(F.LINKS.columns)}"
-                    )
-                col = {c: header.index(c) if c in header else -1 for c in F.LINKS.columns}
-                it, ia, ib, ik, iu = (col[c] for c in ("t_s", "a", "b", "kind", "up"))
-                idl, irt = col["delay_ms"], col["rate_mbps"]
-                for line, row in enumerate(reader, start=2):
-                    if not row:
-                        continue
-                    try:
-                        if iu >= 0 and row[iu] not in ("1", "True", "true"):
-                            continue
-                        key = (self.id_of[row[ia]], self.id_of[row[ib]])
-                        t = float(row[it])
-                    except (KeyError, ValueError, IndexError):
-                        raise ReportError(
-                            f"{path}, line {line}: expected t_s,a,b with node names of "
-                            f"{F.NODES.name}, got {','.join(row)!r}"
-                        ) from None
-                    lid = ids.get(key)
-                    if lid is None:
-                        lid = ids[key] = len(a_l)
-                        a_l.append(key[0])
-                        b_l.append(key[1])
-                        k = row[ik] if ik >= 0 else ""
-                        kind_l.append(F.LINK_KINDS.index(k) if k in F.LINK_KINDS else -1)
-                    t_l.append(t)
-                    lid_l.append(lid)
-                    delay_l.append(_cell(row, idl))
-                    rate_l.append(_cell(row, irt))
-        self.link_a = np.array(a_l, dtype=np.int32)
-        self.link_b = np.array(b_l, dtype=np.int32)
-        self.link_kind = np.array(kind_l, dtype=np.int8)
-        self._link_key = ids
-        self._link_t = np.array(t_l, dtype=float)
-        self._link_id = np.array(lid_l, dtype=np.int32)
-        self._link_delay = np.array(delay_l, dtype=np.float32)
-        self._link_rate = np.array(rate_l, dtype=np.float32)
+        """``links.csv`` (or ``links.parquet``): the links up at each step, through the reader
+        of :mod:`meshemu.report.run`; a link's id is its rank in first-seen order."""
+        t = read_spec(self.geometry_dir, F.LINKS)
+        n = len(self.names)
+        if t is None or not len(t["t_s"]):
+            z = np.zeros(0, dtype=np.int32)
+            self.link_a, self.link_b, self.link_kind = z, z, np.zeros(0, dtype=np.int8)
+            self._link_key: dict[tuple[int, int], int] = {}
+            self._link_t, self._link_id = np.zeros(0), z
+            self._link_delay = self._link_rate = np.zeros(0, dtype=np.float32)
+            return
+        up = np.isin(np.char.lower(t["up"].astype(str)), ["1", "1.0", "true"])
+        up |= t["up"].astype(str) == ""  # no up column (an older file): rows are links up
+        try:
+            a = np.array([self.id_of[x] for x in t["a"][up]], dtype=np.int64)
+            b = np.array([self.id_of[x] for x in t["b"][up]], dtype=np.int64)
+        except KeyError as exc:
+            raise ReportError(
+                f"{self.geometry_dir / F.LINKS.name}: node {exc.args[0]!r} is not in {F.NODES.name}"
+            ) from None
+        key = a * n + b
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        lid = rank[inv.ravel()]
+        firsts = first[order]
+        kinds = t["kind"][up][firsts].astype(str)
+        self.link_a = a[firsts].astype(np.int32)
+        self.link_b = b[firsts].astype(np.int32)
+        self.link_kind = np.array(
+            [F.LINK_KINDS.index(k) if k in F.LINK_KINDS else -1 for k in kinds], dtype=np.int8
+        )
+        self._link_key = {
+            (int(x), int(y)): i for i, (x, y) in enumerate(zip(self.link_a, self.link_b))
+        }
+        self._link_t = np.asarray(t["t_s"][up], dtype=float)
+        self._link_id = lid.astype(np.int32)
+        self._link_delay = np.asarray(t["delay_ms"][up], dtype=np.float32)
+        self._link_rate = np.asarray(t["rate_mbps"][up], dtype=np.float32)
 
     def _read_paths(self) -> None:
         t = read_spec(self.geometry_dir, F.PATHS)
@@ -636,7 +622,9 @@ def _check_dir(d: Path) -> None:
         )
     if not d.is_dir():
         raise ReportError(f"{str(d)!r} is a file, not a run directory")
-    missing = [n for n in (F.NODES.name, F.POSITIONS.name) if not (d / n).is_file()]
+    missing = [F.NODES.name] if F.table_path(d, F.NODES) is None else []
+    if not (d / F.POSITIONS.name).is_file():
+        missing.append(F.POSITIONS.name)
     if missing:
         raise ReportError(
             f"{d} is not a run or plan directory: no {' and no '.join(missing)}; give a "

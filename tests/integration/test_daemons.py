@@ -138,6 +138,10 @@ def test_daemons_converge_to_the_fewest_hop_next_hops(tmp_path, routing):
     for (u, d), hops in got.items():
         assert all(kinds[h] in ("sat", "compute") or h == d for h in hops), (u, d, hops)
     assert res.summary["convergence"]["initial_s"] is not None
+    # the protocol's frames are counted on (nearly) every link direction: hellos every 1 s
+    n_links = sum(1 for r in rows(run / "links.csv") if float(r["t_s"]) == 0 and r["up"] == "1")
+    ctl = res.summary["control"]
+    assert ctl["links"] >= 1.8 * n_links and ctl["missed"] == 0, (ctl, n_links)
     for node in ("s0_0_0", "london"):
         conf = list((run / "daemons" / node).glob("*.conf"))
         assert conf, f"no configuration kept for {node}"

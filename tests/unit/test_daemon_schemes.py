@@ -198,3 +198,32 @@ def test_convergence_sees_a_loop_and_a_protocol_that_never_converges():
     )
     (ev,) = analyse(LINKS, fib, NODES, ["b"], end_s=4.0)
     assert not ev.converged and ev.loop_s == pytest.approx(1.8)
+
+
+def test_stretch_with_the_delay_metric_is_against_the_least_delay():
+    """a-b is direct but long (10 ms); a-c-b takes 2 ms. Routing g->b over a-b is the fewest
+    hops (stretch 1) but 11 ms against the least delay's 3 ms."""
+    links = _rows(
+        """t_s,a,b,kind,up,delay_ms
+0,a,b,isl,1,10
+0,b,c,isl,0,1
+0,a,c,isl,1,1
+0,a,g,gsl,1,1
+1,a,b,isl,1,10
+1,b,c,isl,1,1
+1,a,c,isl,1,1
+1,a,g,gsl,1,1"""
+    )
+    fib = _rows(
+        """t_s,node,dest,next_hops
+0,g,b,a
+0,a,b,b
+0,c,b,a
+0,b,g,a
+0,a,g,g
+0,c,g,a"""
+    )
+    (hops,) = analyse(links, fib, NODES, ["b", "g"], end_s=2.0)
+    (delay,) = analyse(links, fib, NODES, ["b", "g"], end_s=2.0, metric="delay")
+    assert hops.stretch == pytest.approx(1.0)
+    assert delay.stretch == pytest.approx(11 / 3, abs=1e-4)  # (rounded to 4 places)

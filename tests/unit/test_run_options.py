@@ -56,6 +56,9 @@ def test_time_span_counts_steps_like_the_schedule():
         ({"time_scale": 1e4, "step_s": 1}, "--time-scale"),  # 0.1 ms of wall time per step
         ({"duration_s": MAX_RUN_STEPS, "step_s": 1}, "--duration"),
         ({"shaper": ""}, "--shaper"),
+        ({"shaper_workers": 0}, "--shaper-workers"),
+        ({"shaper_workers": 2.0}, "--shaper-workers"),
+        ({"shaper_workers": 65}, "--shaper-workers"),
         ({"capture": "s0_0_0"}, "--capture"),  # a string, not a list of them
         ({"on_step": 5}, "on_step"),
     ],
@@ -149,3 +152,18 @@ def test_one_validator_for_every_spec(error):
     assert v.number({"n": None}, "n", "a", null=True) is None
     assert v.number({"n": None}, "n", "a", default=3.0) == 3.0
     assert v.number({"n": 2.0}, "n", "a", integer=True) == 2
+
+
+def test_shaper_workers_reach_the_userspace_shaper_and_not_netem():
+    from meshemu.cli import build_parser
+    from meshemu.live.runner import options_from_args
+    from meshemu.live.shapers import NetemShaper, UserspaceShaper, make_shaper
+
+    args = build_parser().parse_args(["run", "default", "--shaper-workers", "2"])
+    assert options_from_args(args).shaper_workers == 2
+    sh = make_shaper("userspace", "test00", workers=2)
+    try:
+        assert isinstance(sh, UserspaceShaper) and sh.workers == 2
+    finally:
+        sh.close()
+    assert "workers" not in __import__("inspect").signature(NetemShaper).parameters

@@ -157,7 +157,14 @@ def make_shaper(name: str, run_id: str, **options: object) -> LinkShaper:
             "does not have (tc: 'Specified qdisc kind is unknown'); use "
             "--shaper userspace (or auto)"
         )
-    return SHAPERS[name](run_id, **options)
+    cls = SHAPERS[name]
+    import inspect
+
+    accepted = inspect.signature(cls).parameters
+    ignored = sorted(k for k in options if k not in accepted)
+    if ignored:  # e.g. workers= for netem, which has none
+        log.info("shaper %s ignores %s", name, ", ".join(ignored))
+    return cls(run_id, **{k: v for k, v in options.items() if k in accepted})
 
 
 def cleanup_leftovers(run_id: str | None = None) -> list[str]:
