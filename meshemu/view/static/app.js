@@ -12,9 +12,10 @@ import uPlot from 'uplot';
 const R_KM = 6371.0;
 const KIND_COLOR = {
   sat: '#8fb8e8', compute: '#ff4d4d', station: '#3ddc84', user: '#c08cff', datacenter: '#ffa03a',
+  pop: '#d2a679', server: '#cccccc',
 };
-const KIND_SIZE = { sat: 3.2, compute: 9, station: 9, user: 8, datacenter: 9 };
-const LINK_COLOR = { isl: '#3f7fbf', gsl: '#3ddc84', '?': '#999999' };
+const KIND_SIZE = { sat: 3.2, compute: 9, station: 9, user: 8, datacenter: 9, pop: 8, server: 7 };
+const LINK_COLOR = { isl: '#3f7fbf', gsl: '#3ddc84', trl: '#d2a679', '?': '#999999' };
 const UNKNOWN_RATE_COLOR = '#ff9f1c';
 const SCALE = ['#3b4cc0', '#7cb8f0', '#f6d55c', '#ed553b'];
 const PALETTE = ['#e6194b', '#3cb44b', '#ffe119', '#4363d8', '#f58231', '#911eb4', '#46f0f0',
@@ -262,7 +263,7 @@ let linkColorMode = 'kind';
 let util = null;
 function fillLinks(d) {
   let s = 0;
-  const kc = { isl: col(LINK_COLOR.isl), gsl: col(LINK_COLOR.gsl), '?': col(LINK_COLOR['?']) };
+  const kc = Object.fromEntries(Object.entries(LINK_COLOR).map(([k, c]) => [k, col(c)]));
   for (const lid of d.up) {
     const a = meta.links.a[lid]; const b = meta.links.b[lid];
     let c = kc[meta.links.kind[lid]] || kc['?'];
@@ -658,7 +659,7 @@ function legend() {
     .map(([k, c]) => `<span class="sw" style="background:${c}"></span>${k}`).join('');
   h += linkColorMode === 'util'
     ? `<br>links: utilisation 0 <span class="bar"></span> 100 %`
-    : `<br><span class="sw" style="background:${LINK_COLOR.isl}"></span>ISL<span class="sw" style="background:${LINK_COLOR.gsl}"></span>GSL`;
+    : `<br><span class="sw" style="background:${LINK_COLOR.isl}"></span>ISL<span class="sw" style="background:${LINK_COLOR.gsl}"></span>GSL${meta.links.kind.includes('trl') ? `<span class="sw" style="background:${LINK_COLOR.trl}"></span>backhaul` : ''}`;
   h += maxMbps > 0 ? `<br>paths: throughput 0 <span class="bar"></span> ${maxMbps.toFixed(1)} Mbit/s`
     : `<br><span class="sw" style="background:${UNKNOWN_RATE_COLOR}"></span>${flows.flows.length && flows.flows[0].kind !== 'planned path' ? 'flow paths (throughput not measured yet)' : 'endpoint paths (planned; no traffic)'}`;
   $('legend').innerHTML = h;
