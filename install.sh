@@ -3,8 +3,14 @@
 #
 #   ./install.sh          runtime: Debian packages (mininet, iproute2, gcc, ...) + .venv with
 #                         meshemu + the compiled delay line (meshemu/live/dlc, built here)
-#   ./install.sh --test   also the test tools (pytest, skyfield, qemu + a netem-capable
-#                         Debian kernel for the VM tests in tests/vm)
+#   ./install.sh --test   also the test tools (pytest, skyfield, selenium, qemu + a
+#                         netem-capable Debian kernel for the VM tests in tests/vm, chromium
+#                         and chromium-driver for the browser tests in tests/browser)
+#
+# The browser view's JavaScript libraries and Earth data (meshemu/view/web: three, uplot,
+# topojson-client, world-atlas) are installed with `npm ci` from the committed
+# package-lock.json into meshemu/view/web/node_modules (Debian's nodejs and npm are
+# installed for it when there is no npm).
 #
 # The venv is made from /usr/bin/python3 with --system-site-packages, because Debian's
 # `mininet` package installs its Python module for the system interpreter only.
@@ -16,7 +22,7 @@ WITH_TEST=0
 for arg in "$@"; do
     case "$arg" in
         --test) WITH_TEST=1 ;;
-        -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,16p "$0"; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (valid: --test)" >&2; exit 2 ;;
     esac
 done
@@ -30,8 +36,12 @@ fi
 # frr and bird2 are the routing daemons of --routing ospf|isis|bird-ospf
 PKGS=(mininet iproute2 iputils-ping iperf3 ethtool tcpdump procps psmisc kmod python3 python3-venv python3-pip
       gcc libc6-dev make frr bird2)
+# nodejs and npm install the browser view's libraries; an npm already there (e.g. a
+# NodeSource nodejs, which bundles its own npm and conflicts with Debian's) is used as it is
+command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
 if [ "$WITH_TEST" = 1 ]; then
-    PKGS+=(qemu-system-x86 busybox-static kmod cpio)
+    # chromium + chromium-driver: headless browser tests of the view (tests/browser)
+    PKGS+=(qemu-system-x86 busybox-static kmod cpio chromium chromium-driver)
 fi
 
 missing=()
@@ -59,6 +69,15 @@ extra=""
 [ "$WITH_TEST" = 1 ] && extra="[test]"
 echo "==> pip install -e .$extra"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$HERE$extra"
+
+WEB="$HERE/meshemu/view/web"
+if ! cmp -s "$WEB/package-lock.json" "$WEB/node_modules/.meshemu-installed-lock"; then
+    echo "==> npm ci in meshemu/view/web (the browser view's libraries, pinned by package-lock.json)"
+    (cd "$WEB" && npm ci --no-audit --no-fund --loglevel=error) || {
+        echo "install.sh: 'npm ci' in $WEB failed (see npm's messages above); 'meshemu view'" \
+             "and 'meshemu run --view' need these libraries" >&2; exit 1; }
+    cp "$WEB/package-lock.json" "$WEB/node_modules/.meshemu-installed-lock"
+fi
 
 echo "==> building the compiled delay line (meshemu/live/dlc)"
 make -s -C "$HERE/meshemu/live/dlc" || {

@@ -7,6 +7,8 @@
     meshemu run     [SCENARIO] [--duration S] [--step S] [--start S] [--time-scale X]
                     [--shaper auto|netem|userspace] [--routing NAME] [--traffic PROFILE]
                     [--shaper-workers N] [--capture NODE[:PEER]] [--guard-ms MS] [--out DIR] [--cli]
+                    [--view [--view-port N] [--view-host H]]
+    meshemu view    RUN_DIR [--port N] [--host H]
     meshemu clean
     meshemu report  RUN_DIR [--out DIR] [--no-plots]
     meshemu compare RUN_DIR RUN_DIR... [--out DIR]
@@ -122,6 +124,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from meshemu.live.runner import run_from_cli
 
     return run_from_cli(args)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from meshemu.view.commands import view_from_cli
+
+    return view_from_cli(args)
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -332,7 +340,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="fidelity guard: warn when a link's frames leave more than this late at p99 "
         "over a step (default: %(default)s ms)",
     )
+    sp.add_argument(
+        "--view",
+        action="store_true",
+        help="serve the browser view of the run as it goes (the URL is printed; it stays "
+        "served after the run until Ctrl-C)",
+    )
+    sp.add_argument(
+        "--view-port", type=int, default=8765, help="port of --view (default: %(default)s)"
+    )
+    sp.add_argument(
+        "--view-host", default="127.0.0.1", help="address of --view (default: %(default)s)"
+    )
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser(
+        "view",
+        help="serve a browser view of a run or plan directory (globe, map, flows; no root)",
+    )
+    sp.add_argument("run_dir", help="directory written by 'meshemu run' or 'meshemu plan'")
+    sp.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0: any)")
+    sp.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default: %(default)s)"
+    )
+    sp.set_defaults(func=cmd_view)
 
     sp = sub.add_parser("clean", help="remove what a crashed run left behind (root)")
     sp.set_defaults(func=cmd_clean)

@@ -13,6 +13,8 @@ The tree, in one place::
     +-- ReportError(ValueError)       a run directory (or one of its files) cannot be reported on
     +-- FetchError                    a download failed: the server is unreachable, answered
     |                                 an HTTP error, or sent no TLE data (`meshemu tle fetch`)
+    +-- ViewError                     the browser view cannot serve: its port is taken, its
+    |                                 JavaScript libraries are not installed (`meshemu view`)
     +-- ShaperError                   unknown shaper, or a shaper that cannot work on this kernel
     |   +-- LinkParamsError(ValueError)  impossible link parameters or ends
     +-- EmulationError                the live emulation cannot be built or run
@@ -89,6 +91,13 @@ class FetchError(MeshemuError):
 
 class RoutingError(MeshemuError, ValueError):
     """An unknown or misbehaving routing scheme."""
+
+
+class ViewError(MeshemuError):
+    """The browser view (``meshemu view``, ``meshemu run --view``) cannot serve: the port is
+    in use, the host cannot be bound, or the page's JavaScript libraries are not installed.
+
+    A bad run directory is a :class:`ReportError`."""
 
 
 class ShaperError(MeshemuError):

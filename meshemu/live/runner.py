@@ -8,10 +8,18 @@ real-time clock :class:`~meshemu.live.clock.Clock`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
 from meshemu.live.feed import RouteFeed
 from meshemu.live.options import BuiltHook, RunOptions, StepHook
 from meshemu.live.run import RunResult, run_emulation
+
+#: Steps whose page JSON ``--view`` makes before the clock starts (later ones on first request).
+VIEW_PRE_ENCODE_STEPS = 1200
 
 __all__ = [
     "BuiltHook",
@@ -21,6 +29,8 @@ __all__ = [
     "StepHook",
     "run_emulation",
     "run_from_cli",
+    "print_result",
+    "run_with_view",
     "options_from_args",
 ]
 
@@ -49,8 +59,16 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
 
 
 def run_from_cli(args: argparse.Namespace) -> int:
-    """``meshemu run`` entry point: run, then print the summary."""
-    res = run_emulation(args.scenario, options_from_args(args))
+    """``meshemu run`` entry point: run, then print the summary (with ``--view``, the
+    browser view follows the run: :func:`meshemu.view.commands.run_with_view`)."""
+    if getattr(args, "view", False):
+        return run_with_view(args)
+    print_result(run_emulation(args.scenario, options_from_args(args)))
+    return 0
+
+
+def print_result(res: RunResult) -> None:
+    """The closing lines of ``meshemu run``: timing, fidelity, traffic, files."""
     s = res.summary
     t = s["timing"]
     print(
@@ -86,4 +104,66 @@ def run_from_cli(args: argparse.Namespace) -> int:
             f"report: {res.run_dir}/report/summary.md (tables) and its PNG plots; "
             f"compare runs with `meshemu compare RUN_DIR RUN_DIR`"
         )
-    return 0
+
+
+def run_with_view(args: argparse.Namespace) -> int:
+    """``meshemu run ... --view``: the run, followed live by the browser view.
+
+    The run's plan is computed first into a temporary directory (the same scenario, span and
+    routing, hence the same geometry as the run's own) and served with the run directory's
+    measurements as the run writes them; a :class:`~meshemu.view.live.LiveFeed` is the run's
+    ``on_step`` and ``on_built`` hook, so the step loop only enqueues the step index and the
+    serving happens in the server's threads. After the run the page is served until Ctrl-C.
+    """
+    from meshemu.linux.limits import require_root
+    from meshemu.plan import run_plan
+    from meshemu.view.commands import serve_until_interrupted
+    from meshemu.view.data import RunData
+    from meshemu.view.live import LiveFeed
+    from meshemu.view.server import ViewServer, check_libraries
+
+    check_libraries()
+    require_root("meshemu run")
+    opts = options_from_args(args)
+    plan_dir = Path(tempfile.mkdtemp(prefix="meshemu-view-plan-"))
+    server: ViewServer | None = None
+    feed = LiveFeed()
+    try:
+        t0 = time.perf_counter()
+        run_plan(
+            args.scenario,
+            args.duration,
+            args.step,
+            args.routing,
+            plan_dir,
+            plots=False,
+            start_s=args.start,
+        )
+        data = RunData(plan_dir, live=True, time_scale=args.time_scale)
+        for k in range(min(len(data.steps), VIEW_PRE_ENCODE_STEPS)):
+            data.step_json(k)
+        server = ViewServer(data, args.view_host, args.view_port, feed=feed)
+        url = server.start()
+        print(
+            f"view: {url}  (live: the page follows the run; geometry planned in "
+            f"{time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
+
+        def built(emu: object) -> None:
+            data.attach_measurements(Path(emu.run_dir))  # type: ignore[attr-defined]
+            feed.built()
+
+        opts = dataclasses.replace(opts, on_step=feed, on_built=built)
+        res = run_emulation(args.scenario, opts)
+        feed.finish()
+        print_result(res)
+        print(f"view: the run is over; still serving {url}  (Ctrl-C stops)", flush=True)
+        serve_until_interrupted(server)
+        server = None
+        return 0
+    finally:
+        if server is not None:
+            server.close()
+        feed.close()
+        shutil.rmtree(plan_dir, ignore_errors=True)

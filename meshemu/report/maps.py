@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
+from meshemu.report.coastlines import add_coastlines  # noqa: E402
 from meshemu.report.files import LINK_KINDS, PATHS, SATELLITE_KINDS, resolve_table  # noqa: E402
 
 #: Most links of one kind drawn on a map; beyond, an even sample (every k-th link).
@@ -131,6 +132,7 @@ def plot_map(
     ax.set_xticks(range(-180, 181, 30))
     ax.set_yticks(range(-90, 91, 30))
     ax.grid(True, color="#dddddd", lw=0.6)
+    add_coastlines(ax)
     ax.set_xlabel("longitude (deg)")
     ax.set_ylabel("latitude (deg)")
     notes: list[str] = []

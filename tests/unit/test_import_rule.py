@@ -29,6 +29,7 @@ PURE = [
     "meshemu.traffic.header",
     "meshemu.traffic.config",
     "meshemu.signals",
+    "meshemu.view",
 ]
 
 #: Module name prefixes a pure stage must not load.

@@ -1,0 +1,632 @@
+"""What the browser view serves: a run (or plan) directory read into JSON-ready values.
+
+::
+
+    geometry (complete when served)        measurements (may still grow in a live run)
+    nodes.csv, positions.npz, links.csv,   flows.csv, flow_paths.csv, link_counters.csv,
+    paths.csv, summary.json                fib.csv, steps.csv; at a run's end also
+         |                                 flow_throughput.csv, packets.csv
+         v                                      v
+    RunData.meta() / .step(k)              RunData.flows() / .node(i, k) / .link(l)
+
+A replay reads both from the run directory. A live run (``meshemu run --view``) reads its
+geometry from a plan of the same scenario and span computed before the clock starts (the
+geometry is deterministic, so it is the run's own), and its measurements from the run
+directory as the run flushes them (:class:`GrowingTable` reads only the complete lines
+added since its last look).
+
+Every file is checked against its :class:`~meshemu.report.files.FileSpec` (required
+columns in the header), as :mod:`meshemu.report.run` does. Link ids are positions in the
+table of every link that exists at some step (``meta()["links"]``), in first-seen order of
+``links.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meshemu.errors import ReportError
+from meshemu.report import files as F
+from meshemu.report.files import FileSpec
+from meshemu.report.run import read_spec
+
+#: Decimal places of positions in a step's JSON (1e-3 deg is about 100 m).
+POS_DIGITS = 3
+
+
+class GrowingTable:
+    """A CSV file of the contract that may still be written to: each :meth:`table` call
+    reads the complete lines added since the last one (a partly written last line waits
+    for its newline). A file that shrank was rewritten and is read again from the start.
+
+    Parameters
+    ----------
+    path : Path
+    spec : FileSpec
+        Its contract: the required columns must be in the header, numeric ones become
+        float64 arrays.
+    """
+
+    def __init__(self, path: Path, spec: FileSpec):
+        self.path, self.spec = path, spec
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._offset = 0
+        self._header: list[str] | None = None
+        self._rows: list[list[str]] = []
+        self._cached: tuple[int, dict[str, np.ndarray]] | None = None
+
+    def _poll(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            if self._offset:
+                self._reset()
+            return
+        if size < self._offset:
+            self._reset()
+        if size == self._offset:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read(size - self._offset)
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return
+        self._offset += cut + 1
+        try:
+            lines = list(csv.reader(io.StringIO(data[: cut + 1].decode())))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ReportError(f"cannot read {self.path}: {exc}") from None
+        if self._header is None:
+            if not lines:
+                return
+            self._header = [h.strip() for h in lines.pop(0)]
+            missing = [c for c in self.spec.required if c not in self._header]
+            if missing:
+                raise ReportError(
+                    f"{self.path}: missing column(s) {', '.join(missing)}; expected a header "
+                    f"with {','.join(self.spec.required)} (found {','.join(self._header)})"
+                )
+        self._rows.extend(r for r in lines if r)
+
+    def table(self) -> dict[str, np.ndarray]:
+        """Every column read so far (empty arrays for a missing file, optional columns
+        filled with NaN or ``""``)."""
+        with self._lock:
+            self._poll()
+            n = len(self._rows)
+            if self._cached is not None and self._cached[0] == n:
+                return self._cached[1]
+            header = self._header or []
+            cols: dict[str, np.ndarray] = {}
+            for j, name in enumerate(header):
+                values = [r[j] if j < len(r) else "" for r in self._rows]
+                cols[name] = (
+                    _floats(values) if name in self.spec.numeric else np.array(values, dtype=str)
+                )
+            for name in self.spec.columns:
+                if name not in cols:
+                    cols[name] = (
+                        np.full(n, np.nan)
+                        if name in self.spec.numeric
+                        else np.full(n, "", dtype="<U1")
+                    )
+            self._cached = (n, cols)
+            return cols
+
+
+def _floats(values: Sequence[str]) -> np.ndarray:
+    try:
+        return np.array(values, dtype=float)
+    except ValueError:
+        out = np.full(len(values), np.nan)
+        for i, v in enumerate(values):
+            try:
+                out[i] = float(v)
+            except ValueError:
+                pass
+        return out
+
+
+def _nums(a: np.ndarray | Sequence[float], digits: int = 4) -> list[float | None]:
+    """A JSON-ready list: NaN becomes null."""
+    arr = np.round(np.asarray(a, dtype=float), digits)
+    return [None if math.isnan(x) else x for x in arr.tolist()]
+
+
+class RunData:
+    """A run (or plan) directory as the view serves it.
+
+    Parameters
+    ----------
+    geometry_dir : path
+        Holds ``nodes.csv``, ``positions.npz``, ``links.csv``, ``paths.csv``.
+    measure_dir : path, optional
+        Holds the measurements (default: ``geometry_dir``).
+    live : bool
+        The measurements are still being written (``meshemu run --view``).
+    time_scale : float, optional
+        Emulated seconds per wall-clock second (default: ``summary.json``'s, else 1).
+
+    Raises
+    ------
+    ReportError
+        The directory is missing or not a run or plan directory (the message says which file
+        is missing and how to make one).
+    """
+
+    def __init__(
+        self,
+        geometry_dir: Path | str,
+        measure_dir: Path | str | None = None,
+        live: bool = False,
+        time_scale: float | None = None,
+    ):
+        self.geometry_dir = Path(geometry_dir)
+        self.measure_dir = Path(measure_dir) if measure_dir is not None else self.geometry_dir
+        self.live = live
+        _check_dir(self.geometry_dir)
+        self.summary = _summary(self.geometry_dir)
+        if self.measure_dir != self.geometry_dir:
+            self.summary = {**self.summary, **_summary(self.measure_dir)}
+        self.time_scale = float(time_scale or self.summary.get("time_scale") or 1.0)
+        nodes = read_spec(self.geometry_dir, F.NODES)
+        if nodes is None:
+            raise ReportError(f"{self.geometry_dir / F.NODES.name} has no rows")
+        order = np.argsort(nodes["id"])
+        self.names: list[str] = [str(x) for x in nodes["name"][order]]
+        self.kinds: list[str] = [str(x) for x in nodes["kind"][order]]
+        self.id_of = {n: i for i, n in enumerate(self.names)}
+        pos = F.read_positions(self.geometry_dir)
+        if pos is None:
+            raise ReportError(
+                f"no {F.POSITIONS.name} in {self.geometry_dir}: it was written by an older "
+                f"meshemu; make it again with 'meshemu plan' or 'meshemu run'"
+            )
+        if pos.n_nodes != len(self.names):
+            raise ReportError(
+                f"{F.POSITIONS.name} has {pos.n_nodes} nodes but {F.NODES.name} has "
+                f"{len(self.names)}"
+            )
+        self.pos = pos
+        self._read_links()
+        self._read_paths()
+        self.steps = np.array(
+            sorted(set(self._link_t.tolist()) | set(self._path_t) | set(pos.t_s.tolist())),
+            dtype=float,
+        )
+        self._link_step = np.searchsorted(self.steps, self._link_t)
+        self.step_s = float(self.summary.get("step_s") or _median_step(self.steps))
+        self._up = [self._link_id[self._link_step == k] for k in range(len(self.steps))]
+        T, L = len(self.steps), len(self.link_a)
+        self.delay_ms = np.full((T, L), np.nan, dtype=np.float32)
+        self.rate_mbps = np.full((T, L), np.nan, dtype=np.float32)
+        self.delay_ms[self._link_step, self._link_id] = self._link_delay
+        self.rate_mbps[self._link_step, self._link_id] = self._link_rate
+        self.endpoints = sorted(
+            {self.id_of[s] for s, _ in self._pairs} | {self.id_of[d] for _, d in self._pairs}
+        )
+        self.attach_measurements(self.measure_dir)
+        self._step_cache: dict[int, bytes] = {}
+        self._cache_lock = threading.Lock()
+
+    def attach_measurements(self, measure_dir: Path | str) -> None:
+        """Read the measurements from ``measure_dir`` from now on (a live run's directory,
+        known once the run has made it)."""
+        self.measure_dir = m = Path(measure_dir)
+        self._tables = {
+            spec.name: GrowingTable(m / spec.name, spec)
+            for spec in (
+                F.FLOWS,
+                F.FLOW_PATHS,
+                F.FLOW_THROUGHPUT,
+                F.PACKETS,
+                F.LINK_COUNTERS,
+                F.FIB,
+                F.STEPS,
+            )
+        }
+
+    # ----------------------------------------------------------------- reading geometry
+    def _read_links(self) -> None:
+        """``links.csv`` (or ``links.parquet``): the links up at each step, through the reader
+        of :mod:`meshemu.report.run`; a link's id is its rank in first-seen order."""
+        t = read_spec(self.geometry_dir, F.LINKS)
+        n = len(self.names)
+        if t is None or not len(t["t_s"]):
+            z = np.zeros(0, dtype=np.int32)
+            self.link_a, self.link_b, self.link_kind = z, z, np.zeros(0, dtype=np.int8)
+            self._link_key: dict[tuple[int, int], int] = {}
+            self._link_t, self._link_id = np.zeros(0), z
+            self._link_delay = self._link_rate = np.zeros(0, dtype=np.float32)
+            return
+        up = np.isin(np.char.lower(t["up"].astype(str)), ["1", "1.0", "true"])
+        up |= t["up"].astype(str) == ""  # no up column (an older file): rows are links up
+        try:
+            a = np.array([self.id_of[x] for x in t["a"][up]], dtype=np.int64)
+            b = np.array([self.id_of[x] for x in t["b"][up]], dtype=np.int64)
+        except KeyError as exc:
+            raise ReportError(
+                f"{self.geometry_dir / F.LINKS.name}: node {exc.args[0]!r} is not in {F.NODES.name}"
+            ) from None
+        key = a * n + b
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        lid = rank[inv.ravel()]
+        firsts = first[order]
+        kinds = t["kind"][up][firsts].astype(str)
+        self.link_a = a[firsts].astype(np.int32)
+        self.link_b = b[firsts].astype(np.int32)
+        self.link_kind = np.array(
+            [F.LINK_KINDS.index(k) if k in F.LINK_KINDS else -1 for k in kinds], dtype=np.int8
+        )
+        self._link_key = {
+            (int(x), int(y)): i for i, (x, y) in enumerate(zip(self.link_a, self.link_b))
+        }
+        self._link_t = np.asarray(t["t_s"][up], dtype=float)
+        self._link_id = lid.astype(np.int32)
+        self._link_delay = np.asarray(t["delay_ms"][up], dtype=np.float32)
+        self._link_rate = np.asarray(t["rate_mbps"][up], dtype=np.float32)
+
+    def _read_paths(self) -> None:
+        t = read_spec(self.geometry_dir, F.PATHS)
+        self._path_t: list[float] = []
+        self._pairs: set[tuple[str, str]] = set()
+        # per time: list of (src, dst, node ids, delay_ms)
+        self._paths_at: dict[float, list[tuple[int, int, list[int], float]]] = {}
+        if t is None:
+            return
+        for ts, s, d, p, dl in zip(t["t_s"], t["src"], t["dst"], t["path"], t["delay_ms"]):
+            self._pairs.add((str(s), str(d)))
+            ids = [self.id_of[x] for x in str(p).split()] if p else []
+            self._paths_at.setdefault(float(ts), []).append(
+                (self.id_of[str(s)], self.id_of[str(d)], ids, float(dl))
+            )
+        self._path_t = sorted(self._paths_at)
+
+    # ----------------------------------------------------------------- what is served
+    def meta(self) -> dict[str, Any]:
+        """The run's constants: nodes, every link, step times, endpoints, flows."""
+        s = self.summary
+        return {
+            "title": f"{s.get('scenario', self.geometry_dir.name)} "
+            f"({'live run' if self.live else s.get('kind', 'plan')}, routing "
+            f"{s.get('routing', '?')})",
+            "scenario": s.get("scenario"),
+            "routing": s.get("routing"),
+            "kind": "run" if self.live else s.get("kind", "plan"),
+            "live": self.live,
+            "run_dir": str(self.measure_dir),
+            "nodes": {"name": self.names, "kind": self.kinds},
+            "links": {
+                "a": self.link_a.tolist(),
+                "b": self.link_b.tolist(),
+                "kind": [F.LINK_KINDS[k] if k >= 0 else "?" for k in self.link_kind.tolist()],
+            },
+            "steps": self.steps.tolist(),
+            "step_s": self.step_s,
+            "time_scale": self.time_scale,
+            "endpoints": self.endpoints,
+            "links_per_step": [int(u.size) for u in self._up],
+        }
+
+    def step_json(self, k: int) -> bytes:
+        """:meth:`step` as JSON bytes (cached: the geometry of a step never changes)."""
+        with self._cache_lock:
+            hit = self._step_cache.get(k)
+        if hit is not None:
+            return hit
+        body = json.dumps(self.step(k), separators=(",", ":")).encode()
+        with self._cache_lock:
+            self._step_cache[k] = body
+        return body
+
+    def step(self, k: int) -> dict[str, Any]:
+        """Step ``k``: positions (lat, lon deg, alt km), the ids of the links up, and the
+        endpoint paths of ``paths.csv``."""
+        if not 0 <= k < len(self.steps):
+            raise IndexError(f"step {k} out of range 0..{len(self.steps) - 1}")
+        t = float(self.steps[k])
+        j = self.pos.nearest(t)
+        return {
+            "k": k,
+            "t_s": t,
+            "pos_t_s": float(self.pos.t_s[j]),
+            "lat": np.round(self.pos.lat_deg[j].astype(float), POS_DIGITS).tolist(),
+            "lon": np.round(self.pos.lon_deg[j].astype(float), POS_DIGITS).tolist(),
+            "alt": np.round(self.pos.alt_km[j].astype(float), 1).tolist(),
+            "up": self._up[k].tolist(),
+            "paths": [
+                {"src": s, "dst": d, "nodes": p, "delay_ms": round(dl, 3)}
+                for s, d, p, dl in self._paths_at.get(t, [])
+            ],
+        }
+
+    def flows(self) -> dict[str, Any]:
+        """Flows with their path timeline (from ``flow_paths.csv``: a row when the path
+        changed), throughput per step, mean one-way delay per step and the route-change
+        times; ``measured_to_s`` is the latest time any of them covers."""
+        fl = self._tables[F.FLOWS.name].table()
+        out: list[dict[str, Any]] = []
+        fp = self._tables[F.FLOW_PATHS.name].table()
+        th = self._tables[F.FLOW_THROUGHPUT.name].table()
+        lat = self._latency()
+        latest = -math.inf
+        for j in range(len(fl["flow_id"])):
+            fid = str(fl["flow_id"][j])
+            sel = fp["flow_id"] == fid
+            pt = fp["t_s"][sel]
+            paths = [
+                [self.id_of[x] for x in str(p).split() if x in self.id_of] for p in fp["path"][sel]
+            ]
+            changes = [float(pt[i]) for i in range(1, len(paths)) if paths[i] != paths[i - 1]]
+            tsel = th["flow_id"] == fid
+            lt, lv = lat.get(fid, (np.zeros(0), np.zeros(0)))
+            for arr in (pt, th["t_s"][tsel], lt):
+                if len(arr):
+                    latest = max(latest, float(np.nanmax(arr)))
+            out.append(
+                {
+                    "flow_id": fid,
+                    "name": str(fl["name"][j]),
+                    "kind": str(fl["kind"][j]),
+                    "src": self.id_of.get(str(fl["src"][j]), -1),
+                    "dst": self.id_of.get(str(fl["dst"][j]), -1),
+                    "path_t_s": _nums(pt),
+                    "paths": paths,
+                    "path_delay_ms": _nums(fp["delay_ms"][sel], 3),
+                    "route_changes_t_s": changes,
+                    "throughput": {
+                        "t_s": _nums(th["t_s"][tsel]),
+                        "mbps": _nums(th["mbps"][tsel], 4),
+                    },
+                    "latency": {"t_s": _nums(lt), "owd_ms": _nums(lv, 3)},
+                }
+            )
+        if not out:
+            out = self._planned_flows()
+        return {
+            "flows": out,
+            "measured_to_s": latest if math.isfinite(latest) else None,
+            "has_fib": bool(len(self._tables[F.FIB.name].table()["t_s"])),
+        }
+
+    def _planned_flows(self) -> list[dict[str, Any]]:
+        """Without traffic (a plan, or a run without it): one entry per endpoint pair of
+        ``paths.csv`` (the pair ordered by name), its path when it changed and its planned
+        delay per step as the latency; kind ``planned path``."""
+        per: dict[tuple[int, int], tuple[list[float], list[list[int]], list[float]]] = {}
+        for t in self._path_t:
+            for s, d, p, dl in self._paths_at[t]:
+                if self.names[s] > self.names[d]:
+                    continue
+                ts, ps, ds = per.setdefault((s, d), ([], [], []))
+                ts.append(t)
+                ps.append(p)
+                ds.append(dl)
+        out: list[dict[str, Any]] = []
+        for (s, d), (ts, ps, ds) in sorted(
+            per.items(), key=lambda x: (self.names[x[0][0]], self.names[x[0][1]])
+        ):
+            keep = [i for i in range(len(ps)) if i == 0 or ps[i] != ps[i - 1]]
+            out.append(
+                {
+                    "flow_id": f"{self.names[s]}-{self.names[d]}",
+                    "name": f"{self.names[s]}-{self.names[d]}",
+                    "kind": "planned path",
+                    "src": s,
+                    "dst": d,
+                    "path_t_s": [ts[i] for i in keep],
+                    "paths": [ps[i] for i in keep],
+                    "path_delay_ms": _nums([ds[i] for i in keep], 3),
+                    "route_changes_t_s": [ts[i] for i in keep[1:]],
+                    "throughput": {"t_s": [], "mbps": []},
+                    "latency": {"t_s": ts, "owd_ms": _nums(ds, 3)},
+                }
+            )
+        return out
+
+    def utilisation(self, k: int) -> dict[str, Any]:
+        """Per link at step ``k``: bytes carried (``link_counters.csv``) over what its rate
+        carries in one step of wall-clock time (null: no counter row, or down)."""
+        if not 0 <= k < len(self.steps):
+            raise IndexError(f"step {k} out of range 0..{len(self.steps) - 1}")
+        lc = self._tables[F.LINK_COUNTERS.name].table()
+        util = np.full(len(self.link_a), np.nan)
+        wall_s = self.step_s / self.time_scale
+        sel = np.nonzero(np.abs(lc["t_s"] - self.steps[k]) < 1e-6)[0]
+        for r in sel.tolist():
+            lid = self.link_id(
+                self.id_of.get(str(lc["a"][r]), -1), self.id_of.get(str(lc["b"][r]), -1)
+            )
+            if lid is None:
+                continue
+            rate = float(self.rate_mbps[k, lid])
+            if rate > 0:
+                util[lid] = float(lc["bytes"][r]) * 8 / wall_s / 1e6 / rate
+        return {"k": k, "util": _nums(np.clip(util, 0, 1), 4)}
+
+    def _latency(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Mean one-way delay per flow and step from ``packets.csv`` (send times mapped to
+        emulated time through ``steps.csv``'s step 0 and the time scale)."""
+        pk = self._tables[F.PACKETS.name].table()
+        if not len(pk["flow_id"]):
+            return {}
+        st = self._tables[F.STEPS.name].table()
+        sent_s = pk["send_unix_ns"] / 1e9
+        if len(st["step"]):
+            i0 = int(np.argmin(st["step"]))
+            t0, u0 = float(st["t_s"][i0]), float(st["unix_s"][i0])
+        else:
+            t0, u0 = float(self.steps[0]), float(np.nanmin(sent_s))
+        t_em = t0 + (sent_s - u0) * self.time_scale
+        owd = pk["owd_ms"]
+        if np.isnan(owd).all():
+            owd = (pk["recv_unix_ns"] - pk["send_unix_ns"]) / 1e6
+        k = np.clip(np.searchsorted(self.steps, t_em, side="right") - 1, 0, len(self.steps) - 1)
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for fid in np.unique(pk["flow_id"]):
+            sel = (pk["flow_id"] == fid) & np.isfinite(owd)
+            if not sel.any():
+                continue
+            ks = k[sel]
+            sums = np.bincount(ks, weights=owd[sel], minlength=len(self.steps))
+            cnt = np.bincount(ks, minlength=len(self.steps))
+            has = cnt > 0
+            out[str(fid)] = (self.steps[has], sums[has] / cnt[has])
+        return out
+
+    def node(self, i: int, k: int) -> dict[str, Any]:
+        """Node ``i`` at step ``k``: its links up (peer, kind, delay, rate), its routes toward
+        the endpoints as the run's path files give them, and its FIB (daemon runs)."""
+        if not 0 <= i < len(self.names):
+            raise IndexError(f"node {i} out of range 0..{len(self.names) - 1}")
+        k = min(max(k, 0), len(self.steps) - 1)
+        t = float(self.steps[k])
+        up = self._up[k]
+        mine = up[(self.link_a[up] == i) | (self.link_b[up] == i)]
+        links = [
+            {
+                "link": int(lid),
+                "peer": int(self.link_b[lid] if self.link_a[lid] == i else self.link_a[lid]),
+                "kind": F.LINK_KINDS[self.link_kind[lid]] if self.link_kind[lid] >= 0 else "?",
+                "delay_ms": _nums([self.delay_ms[k, lid]], 3)[0],
+                "rate_mbps": _nums([self.rate_mbps[k, lid]], 3)[0],
+            }
+            for lid in mine.tolist()
+        ]
+        links.sort(key=lambda x: (str(x["kind"]), self.names[int(x["peer"] or 0)]))
+        return {
+            "id": i,
+            "name": self.names[i],
+            "kind": self.kinds[i],
+            "k": k,
+            "t_s": t,
+            "links": links,
+            "routes": self.routes(i, k),
+            "fib": self.fib(i, t),
+        }
+
+    def routes(self, i: int, k: int) -> list[dict[str, Any]]:
+        """Node ``i``'s route toward each endpoint at step ``k``: the rest of the first
+        ``paths.csv`` path through ``i`` to it (None where no recorded path passes ``i``:
+        ``paths.csv`` holds endpoint pairs only)."""
+        t = float(self.steps[k])
+        found: dict[int, dict[str, Any]] = {}
+        for _s, d, p, _dl in self._paths_at.get(t, []):
+            if d in found or d == i or i not in p[:-1]:
+                continue
+            rest = p[p.index(i) :]
+            found[d] = {"dest": d, "next_hop": rest[1], "path": rest, "hops": len(rest) - 1}
+        out = []
+        for d in self.endpoints:
+            if d == i:
+                continue
+            out.append(found.get(d, {"dest": d, "next_hop": None, "path": [], "hops": None}))
+        return out
+
+    def fib(self, i: int, t_s: float) -> list[dict[str, Any]] | None:
+        """The node's kernel next hops toward each endpoint at ``t_s`` (``fib.csv``: the last
+        change at or before it); None without ``fib.csv`` (computed routing)."""
+        fb = self._tables[F.FIB.name].table()
+        if not len(fb["t_s"]):
+            return None
+        name = self.names[i]
+        sel = np.nonzero((fb["node"] == name) & (fb["t_s"] <= t_s + 1e-9))[0]
+        state: dict[str, tuple[float, str]] = {}
+        for r in sel.tolist():
+            state[str(fb["dest"][r])] = (float(fb["t_s"][r]), str(fb["next_hops"][r]))
+        return [
+            {
+                "dest": self.id_of.get(d, -1),
+                "next_hops": [self.id_of[x] for x in nh.split("|") if x in self.id_of],
+                "since_t_s": ts,
+            }
+            for d, (ts, nh) in sorted(state.items())
+        ]
+
+    def link(self, lid: int) -> dict[str, Any]:
+        """Link ``lid`` over time: delay and rate (null while down), and the shaper's counters
+        per direction from ``link_counters.csv``."""
+        if not 0 <= lid < len(self.link_a):
+            raise IndexError(f"link {lid} out of range 0..{len(self.link_a) - 1}")
+        a, b = int(self.link_a[lid]), int(self.link_b[lid])
+        lc = self._tables[F.LINK_COUNTERS.name].table()
+        counters = {}
+        for x, y in ((a, b), (b, a)):
+            sel = (lc["a"] == self.names[x]) & (lc["b"] == self.names[y])
+            if sel.any() or x == a:
+                counters[f"{self.names[x]}>{self.names[y]}"] = {
+                    "t_s": _nums(lc["t_s"][sel]),
+                    "packets": _nums(lc["packets"][sel], 0),
+                    "bytes": _nums(lc["bytes"][sel], 0),
+                    "dropped": _nums(lc["dropped"][sel], 0),
+                }
+        return {
+            "id": lid,
+            "a": a,
+            "b": b,
+            "kind": F.LINK_KINDS[self.link_kind[lid]] if self.link_kind[lid] >= 0 else "?",
+            "t_s": self.steps.tolist(),
+            "delay_ms": _nums(self.delay_ms[:, lid], 3),
+            "rate_mbps": _nums(self.rate_mbps[:, lid], 3),
+            "counters": counters,
+        }
+
+    def link_id(self, a: int, b: int) -> int | None:
+        """Id of the link between nodes ``a`` and ``b`` (either order); None if none."""
+        return self._link_key.get((a, b), self._link_key.get((b, a)))
+
+
+def _cell(row: list[str], j: int) -> float:
+    try:
+        return float(row[j]) if j >= 0 and row[j] != "" else math.nan
+    except (ValueError, IndexError):
+        return math.nan
+
+
+def _median_step(steps: np.ndarray) -> float:
+    return float(np.median(np.diff(steps))) if steps.size > 1 else 1.0
+
+
+def _summary(d: Path) -> dict[str, Any]:
+    path = d / F.SUMMARY_JSON
+    if not path.is_file():
+        return {}
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+    return got if isinstance(got, dict) else {}
+
+
+def _check_dir(d: Path) -> None:
+    if not d.exists():
+        raise ReportError(
+            f"run directory {str(d)!r} does not exist; give a directory written by "
+            f"'meshemu run' or 'meshemu plan' (they go under runs/ by default)"
+        )
+    if not d.is_dir():
+        raise ReportError(f"{str(d)!r} is a file, not a run directory")
+    missing = [F.NODES.name] if F.table_path(d, F.NODES) is None else []
+    if not (d / F.POSITIONS.name).is_file():
+        missing.append(F.POSITIONS.name)
+    if missing:
+        raise ReportError(
+            f"{d} is not a run or plan directory: no {' and no '.join(missing)}; give a "
+            f"directory written by 'meshemu run' or 'meshemu plan'"
+        )
