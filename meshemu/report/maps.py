@@ -1,10 +1,11 @@
 """Plots of a plan: world map at an instant, path delay over time.
 
 Matplotlib with the non-interactive Agg backend; every function writes a PNG and returns its
-path. The map is an equirectangular lon/lat chart with a graticule (meshemu ships no
-coastline data). It is drawn from positions (:class:`MapNodes`, as recorded in a run
-directory's ``positions.npz``) and link states (:class:`MapLinks`: a
-:class:`~meshemu.geometry.linkstate.Snapshot`, or :class:`LinkFrame` read from
+path. The map is an equirectangular lon/lat chart with a graticule and Natural Earth
+coastlines (:mod:`meshemu.report.coastlines`, from the npm package world-atlas). It is drawn
+from positions (:class:`MapNodes`, as recorded in a run directory's ``positions.npz``) and
+link states (:class:`MapLinks`: a :class:`~meshemu.geometry.linkstate.Snapshot`, or
+:class:`LinkFrame` read from
 ``links.csv``); this module never propagates orbits or reads a scenario.
 
 Drawing scales with the constellation: the links of a kind are one ``LineCollection`` (not a
