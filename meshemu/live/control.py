@@ -161,6 +161,7 @@ class ControlCounters:
         )
         self._socks = [s for socks in per_node for s in socks]
         self._node_of_fd = {s.fileno(): i for i, socks in enumerate(per_node) for s in socks}
+        self._sock_of_fd = {s.fileno(): s for s in self._socks}
         self._f = open(out / CONTROL.name, "w", newline="")
         self._w = csv.writer(self._f)
         self._w.writerow(CONTROL.columns)
@@ -169,7 +170,6 @@ class ControlCounters:
         self._thread.start()
 
     def _loop(self) -> None:
-        self._sock_of_fd = {s.fileno(): s for s in self._socks}
         poller = select.poll()
         for s in self._socks:
             poller.register(s.fileno(), select.POLLIN)

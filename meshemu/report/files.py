@@ -196,34 +196,19 @@ PATHS = FileSpec(
     ("t_s", "hops", "delay_ms"),
     ("float64", "string", "string", "string", "int32", "float64"),
 )
-STEPS = FileSpec(
-    "steps.csv",
-    (
-        "step",
-        "t_s",
-        "wall_s",
-        "unix_s",
-        "lag_ms",
-        "apply_ms",
-        "link_updates",
-        "route_changes",
-        "route_wait_ms",
-        "routing_ms",
-    ),
-    ("step", "t_s", "unix_s", "apply_ms"),
-    (
-        "step",
-        "t_s",
-        "wall_s",
-        "unix_s",
-        "lag_ms",
-        "apply_ms",
-        "link_updates",
-        "route_changes",
-        "route_wait_ms",
-        "routing_ms",
-    ),
+_STEP_COLUMNS = (
+    "step",
+    "t_s",
+    "wall_s",
+    "unix_s",
+    "lag_ms",
+    "apply_ms",
+    "link_updates",
+    "route_changes",
+    "route_wait_ms",
+    "routing_ms",
 )
+STEPS = FileSpec("steps.csv", _STEP_COLUMNS, ("step", "t_s", "unix_s", "apply_ms"), _STEP_COLUMNS)
 FLOWS = FileSpec("flows.csv", ("flow_id", "name", "kind", "src", "dst"), ("flow_id", "src", "dst"))
 PACKETS = FileSpec(
     "packets.csv",
