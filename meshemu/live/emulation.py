@@ -618,13 +618,17 @@ class Emulation:
             runner.set_costs(upd)
 
     # -- steps -------------------------------------------------------------------------------
-    def apply(self, snapshot: Snapshot, tables: Any) -> StepStats:
+    def apply(self, snapshot: Snapshot, tables: Any, diff: RouteDiff | None = None) -> StepStats:
         """Bring the network to ``snapshot`` and ``tables``, changing only what differs.
 
         Link parameters (see :meth:`meshemu.live.links.LinkTable.advance`: up/down, and for
         links that are up a delay change above :data:`DELAY_TOLERANCE_S`, a rate, queue or
         loss change) go to the shaper in one ``update`` call. Routes change per
         :func:`meshemu.routing.route_diff`, in one netlink batch per node that has changes.
+
+        ``diff``, when given, is how ``tables`` differ from the tables of the previous
+        call (as :class:`~meshemu.live.feed.RouteFeed` computed them off the clock); it is
+        trusted, not computed again.
 
         Returns
         -------
@@ -645,7 +649,8 @@ class Emulation:
         if ids.size:
             self.shaper.update(list(zip(ids.tolist(), self.links.params_of(ids))))
         t1 = time.perf_counter()
-        diff = route_diff(self._tables, tables)
+        if diff is None:
+            diff = route_diff(self._tables, tables)
         if self.daemons is None:
             n_routes = self.routes.apply_diff(diff, dests)
         else:

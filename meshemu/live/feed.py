@@ -1,8 +1,15 @@
-"""Forwarding tables for every step of a run, computed ahead of the clock by a child process.
+"""Forwarding tables for every step of a run, computed ahead of the clock by child processes.
 
-Routing to every destination costs up to ~0.7 s per step on a Starlink shell (ECMP), more
-than a step may take; a forked child computes the tables in step order into a bounded queue
-(``lookahead`` steps ahead) and the clock takes them as it goes.
+Routing to every destination costs up to ~0.7 s per step on a Starlink shell (ECMP) and over
+1 s on Starlink Gen1 (4,418 nodes), more than a step may take; forked children compute the
+tables in step order and the clock takes them as it goes.
+
+Only step 0 crosses the pipe whole (4,418 x 4,418 next hops are 78 MB). From step 1 on, each
+child diffs its tables against its previous step's (:func:`~meshemu.routing.route_diff`, off
+the clock) and sends only the :class:`~meshemu.routing.RouteDiff`, a few thousand entries;
+the parent applies it to its copy of the tables. A diff is small, so the children may run
+far ahead (``lookahead`` steps, by default :data:`LOOKAHEAD_STEPS`): they start while the
+network is being built and bank the build's minutes as steps routed ahead of the clock.
 """
 
 from __future__ import annotations
@@ -20,7 +27,11 @@ import numpy as np
 
 from meshemu.errors import EmulationError, RoutingError
 from meshemu.geometry.linkstate import Snapshot
-from meshemu.routing import ComputedScheme, ForwardingTables
+from meshemu.routing import ComputedScheme, ForwardingTables, RouteDiff, route_diff
+
+#: Steps a route process may run ahead of the clock (diffs are small: about 0.4 MB a step
+#: on Starlink Gen1 with shortest-delay routing).
+LOOKAHEAD_STEPS = 512
 
 
 def _die_with_parent() -> None:
@@ -47,11 +58,25 @@ def _routes_worker(
         signal.signal(s, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
+        prev: ForwardingTables | None = None
         for k, snap in enumerate(snapshots):
             t0 = time.perf_counter()
             t = scheme.forwarding_tables(snap, dests)
+            if prev is None:
+                item: tuple = (k, t.destinations, np.asarray(t.next_hop), t.scheme)
+            else:
+                d = route_diff(prev, t)
+                item = (
+                    k,
+                    d.nodes.astype(np.int32),
+                    d.dest_index.astype(np.int32),
+                    d.old,
+                    d.new,
+                    np.asarray(t.next_hop).shape[2],
+                )
+            prev = t
             cost[k] = time.perf_counter() - t0
-            q.put((k, t.destinations, t.next_hop, t.scheme))
+            q.put(item)
         q.put(None)
     except Exception as exc:  # report to the parent, which raises it
         q.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -63,6 +88,10 @@ class RouteFeed:
     With ``workers`` > 1 the destinations are split among that many children (routing cost
     grows with the destinations: each child routes toward its share), and :meth:`get` joins
     their columns.
+
+    The tables :meth:`get` returns for step ``k`` stay valid until step ``k + 2`` is taken
+    (two buffers, each brought forward by the children's diffs); step 0's tables are a
+    copy of their own and stay valid for good.
 
     Parameters
     ----------
@@ -82,18 +111,26 @@ class RouteFeed:
         snapshots: Sequence[Snapshot],
         scheme: ComputedScheme,
         dests: np.ndarray,
-        lookahead: int = 8,
+        lookahead: int = LOOKAHEAD_STEPS,
         workers: int = 1,
     ):
         ctx = mp.get_context("fork")
         self.lookahead = lookahead
         n = max(len(snapshots), 1)
         parts = [c for c in np.array_split(np.asarray(dests), max(1, workers)) if c.size]
+        parts = parts or [np.asarray(dests)]
+        #: Column of each child's first destination in the joined tables.
+        self.offsets = np.cumsum([0] + [p.size for p in parts[:-1]]).tolist()
         self.qs: list[mp.Queue] = []
-        #: Seconds each child took to route each step (-1: not yet).
+        #: Seconds each child took to route (and diff) each step (-1: not yet).
         self.costs: list[Any] = []
         self.procs: list[Any] = []
-        for i, part in enumerate(parts or [np.asarray(dests)]):
+        self._next = 0
+        self._bufs: list[np.ndarray] = []  # next hops of steps k % 2
+        self._diffs: list[RouteDiff | None] = [None, None]  # the diff that made each
+        self._dests: np.ndarray = np.asarray(dests)
+        self._name = getattr(scheme, "name", "")
+        for i, part in enumerate(parts):
             q: mp.Queue = ctx.Queue(maxsize=lookahead)
             cost = ctx.Array("d", [-1.0] * n, lock=False)
             proc = ctx.Process(
@@ -113,40 +150,83 @@ class RouteFeed:
         """The first route process (the only one with one worker)."""
         return self.procs[0]
 
-    def get(self, k: int, timeout_s: float = 600.0) -> ForwardingTables:
-        """The tables of step ``k`` (steps must be taken in order).
-
-        Raises
-        ------
-        RoutingError
-            The scheme failed in a child (its error in one line).
-        """
-        parts = []
+    def _take(self, k: int, timeout_s: float) -> list[tuple]:
+        items = []
         for q in self.qs:
             item = q.get(timeout=timeout_s)
             if item is None or item[0] == "error":
                 raise RoutingError(
                     f"routing scheme failed at step {k}: {item[1] if item else 'no more steps'}"
                 )
-            kk, dests, nh, name = item
-            if kk != k:
-                raise EmulationError(f"route feed out of order: wanted step {k}, got {kk}")
-            parts.append((np.asarray(dests), np.asarray(nh), name))
-        if len(parts) == 1:
-            d, nh, name = parts[0]
-            return ForwardingTables(destinations=d, next_hop=nh, scheme=name)
-        nhs = [p[1] if p[1].ndim == 3 else p[1][:, :, None] for p in parts]
-        width = max(a.shape[2] for a in nhs)
-        nhs = [
-            a
-            if a.shape[2] == width
-            else np.pad(a, ((0, 0), (0, 0), (0, width - a.shape[2])), constant_values=-1)
-            for a in nhs
-        ]
-        return ForwardingTables(
-            destinations=np.concatenate([p[0] for p in parts]),
-            next_hop=np.concatenate(nhs, axis=1),
-            scheme=parts[0][2],
+            if item[0] != k:
+                raise EmulationError(f"route feed out of order: wanted step {k}, got {item[0]}")
+            items.append(item)
+        return items
+
+    def get(self, k: int, timeout_s: float = 600.0) -> ForwardingTables:
+        """The tables of step ``k`` (steps must be taken in order, each once).
+
+        Raises
+        ------
+        RoutingError
+            The scheme failed in a child (its error in one line).
+        """
+        return self.get_step(k, timeout_s)[0]
+
+    def get_step(
+        self, k: int, timeout_s: float = 600.0
+    ) -> tuple[ForwardingTables, RouteDiff | None]:
+        """The tables of step ``k`` and how they differ from step ``k - 1``'s (None at
+        step 0), as the children computed it (steps in order, each once)."""
+        if k != self._next:
+            raise EmulationError(f"route feed out of order: wanted step {self._next}, got {k}")
+        items = self._take(k, timeout_s)
+        self._next += 1
+        if k == 0:
+            nhs = [np.asarray(it[2]) for it in items]
+            nhs = [a if a.ndim == 3 else a[:, :, None] for a in nhs]
+            nh0 = _join(nhs)
+            self._name = items[0][3]
+            first = ForwardingTables(self._dests, nh0, self._name)
+            self._bufs = [nh0.copy(), nh0.copy()]
+            return first, None
+        diff = self._join_diffs(items)
+        width = max(it[5] for it in items)
+        b = k % 2
+        if width > self._bufs[0].shape[2] or diff.new.shape[1] > self._bufs[0].shape[2]:
+            w = max(width, diff.new.shape[1])
+            self._bufs = [_widen(x, w) for x in self._bufs]
+        # buffer b holds step k - 2: bring it to k - 1 (the other buffer's diff), then to k
+        for d in (self._diffs[1 - b], diff):
+            if d is not None and len(d):
+                buf = self._bufs[b]
+                new = d.new
+                if new.shape[1] < buf.shape[2]:
+                    new = np.pad(
+                        new, ((0, 0), (0, buf.shape[2] - new.shape[1])), constant_values=-1
+                    )
+                buf[d.nodes, d.dest_index] = new[:, : buf.shape[2]]
+        self._diffs[b] = diff
+        return ForwardingTables(self._dests, self._bufs[b], self._name), diff
+
+    def _join_diffs(self, items: list[tuple]) -> RouteDiff:
+        if len(items) == 1:
+            _, u, j, old, new, _ = items[0]
+            return RouteDiff(u.astype(np.int64), j.astype(np.int64), old, new)
+        w = max(max(it[3].shape[1], it[4].shape[1]) for it in items)
+
+        def pad(a: np.ndarray) -> np.ndarray:
+            return (
+                a
+                if a.shape[1] == w
+                else np.pad(a, ((0, 0), (0, w - a.shape[1])), constant_values=-1)
+            )
+
+        return RouteDiff(
+            np.concatenate([it[1] for it in items]).astype(np.int64),
+            np.concatenate([it[2].astype(np.int64) + off for it, off in zip(items, self.offsets)]),
+            np.concatenate([pad(it[3]) for it in items]),
+            np.concatenate([pad(it[4]) for it in items]),
         )
 
     def routing_cost_s(self, k: int) -> float:
@@ -155,6 +235,15 @@ class RouteFeed:
             return float("nan")
         c = [float(cost[k]) for cost in self.costs]
         return max(c) if min(c) >= 0 else float("nan")
+
+    def steps_ready(self) -> int:
+        """Steps every child has routed so far (taken or not)."""
+        done = 0
+        for k in range(len(self.costs[0])):
+            if any(cost[k] < 0 for cost in self.costs):
+                break
+            done = k + 1
+        return done
 
     def estimate_s(self, steps: int = 3, timeout_s: float = 120.0) -> float:
         """Median seconds per step over the first ``steps`` steps (waits until the children
@@ -180,3 +269,17 @@ class RouteFeed:
         for q in self.qs:
             q.close()
             q.cancel_join_thread()
+
+
+def _join(nhs: list[np.ndarray]) -> np.ndarray:
+    """The children's next-hop columns side by side, padded to one width."""
+    if len(nhs) == 1:
+        return nhs[0]
+    width = max(a.shape[2] for a in nhs)
+    return np.concatenate([_widen(a, width) for a in nhs], axis=1)
+
+
+def _widen(nh: np.ndarray, width: int) -> np.ndarray:
+    if nh.shape[2] >= width:
+        return nh
+    return np.pad(nh, ((0, 0), (0, 0), (0, width - nh.shape[2])), constant_values=-1)

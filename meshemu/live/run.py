@@ -449,10 +449,10 @@ class StepLoop:
             tick = clock.wait_for(k)
             if tick is None:
                 return
-            tables = net.feed.get(k)  # type: ignore[union-attr]
+            tables, diff = net.feed.get_step(k)  # type: ignore[union-attr]
             t_routes = time.monotonic()
             wait_s = t_routes - tick.began  # the route process was behind
-            st = net.emu.apply(snaps[k], tables)
+            st = net.emu.apply(snaps[k], tables, diff)
             apply_s = time.monotonic() - t_routes
             paths = net.recorder.record(  # type: ignore[union-attr]
                 snaps[k],
@@ -532,24 +532,41 @@ class StepLoop:
 
 def check_real_time(net: Network, period_s: float) -> float:
     """Before the clock starts: the route process's seconds per step (median of the first
-    steps it routed); a warning with a step and a time scale that would keep up when that
-    is more than the step lasts (the look-ahead hides it only for a few steps)."""
+    steps it routed); a warning with a step and a time scale that would keep up when routing
+    takes more than the step lasts and the steps routed ahead (during the build) will run out
+    before the run ends."""
     assert net.feed is not None
-    est = net.feed.estimate_s()
+    feed = net.feed
+    est = feed.estimate_s()
     if not math.isfinite(est) or est <= ROUTING_SHARE_OF_STEP * period_s:
         return est
     opts, span = net.inputs.options, net.inputs.span
+    n_steps = span.n_steps
+    ahead = feed.steps_ready()
+    # step k is needed k periods after the clock starts and routed (k - ahead) x est after
+    behind_from = math.floor(ahead * est / (est - ROUTING_SHARE_OF_STEP * period_s)) + 1
+    if behind_from >= n_steps:
+        log.info(
+            "routing takes %.2f s per step, more than a step lasts, but the %d steps routed "
+            "ahead last the run's %d steps",
+            est,
+            ahead,
+            n_steps,
+        )
+        return est
     need = est / ROUTING_SHARE_OF_STEP
     step = math.ceil(need * opts.time_scale * 10) / 10
     scale = math.floor(span.step_s / need * 100) / 100
     log.warning(
-        "routing (%s) takes %.2f s per step, more than the %.2f s a step lasts: the run "
-        "will fall behind real time once the %d-step look-ahead runs out. Use --step %g "
-        "or --time-scale %g to keep up",
+        "routing (%s) takes %.2f s per step, more than the %.2f s a step lasts: with %d "
+        "steps routed ahead, the run will fall behind real time from about step %d of %d. "
+        "Use --step %g or --time-scale %g to keep up",
         net.inputs.scheme.name,
         est,
         period_s,
-        net.feed.lookahead,
+        ahead,
+        behind_from,
+        n_steps,
         step,
         scale,
     )

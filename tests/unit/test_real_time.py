@@ -45,11 +45,13 @@ def test_the_route_process_reports_what_each_step_cost():
         feed.close()
 
 
-def net_with(est_s: float, step_s: float = 1.0, time_scale: float = 1.0):
-    feed = SimpleNamespace(estimate_s=lambda: est_s, lookahead=8)
+def net_with(
+    est_s: float, step_s: float = 1.0, time_scale: float = 1.0, ahead: int = 8, n_steps: int = 601
+):
+    feed = SimpleNamespace(estimate_s=lambda: est_s, lookahead=512, steps_ready=lambda: ahead)
     inputs = SimpleNamespace(
         options=SimpleNamespace(time_scale=time_scale),
-        span=SimpleNamespace(step_s=step_s),
+        span=SimpleNamespace(step_s=step_s, n_steps=n_steps),
         scheme=SimpleNamespace(name="shortest-delay"),
     )
     return SimpleNamespace(feed=feed, inputs=inputs)
@@ -61,6 +63,8 @@ def test_a_run_whose_routing_cannot_keep_up_says_so_and_what_would(caplog):
     (rec,) = caplog.records
     msg = rec.getMessage()
     assert "takes 1.20 s per step, more than the 1.00 s" in msg
+    # 8 steps ahead, 1.2 s per step against 0.8 s of budget: behind after 8 x 1.2 / 0.4 = 24
+    assert "with 8 steps routed ahead" in msg and "from about step 25 of 601" in msg
     # 1.2 s / 0.8 = 1.5 s of wall time per step: --step 1.5, or time scale 1 / 1.5
     assert "--step 1.5 " in msg and "--time-scale 0.66 " in msg
 
@@ -69,7 +73,52 @@ def test_a_run_that_keeps_up_says_nothing(caplog):
     with caplog.at_level(logging.WARNING, logger="meshemu.live.run"):
         check_real_time(net_with(0.5), 1.0)
         check_real_time(net_with(float("nan")), 1.0)
+        # slow routing, but the steps routed during the build outlast the run:
+        # 200 ahead x 1.2 / 0.4 = step 600 of 600
+        check_real_time(net_with(1.2, ahead=200, n_steps=600), 1.0)
     assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="meshemu.live.run"):
+        check_real_time(net_with(1.2, ahead=200, n_steps=602), 1.0)
+    assert "from about step 601 of 602" in caplog.records[0].getMessage()
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal next hops, whatever the padding of either."""
+    w = max(a.shape[2], b.shape[2])
+    pa, pb = (np.pad(x, ((0, 0), (0, 0), (0, w - x.shape[2])), constant_values=-1) for x in (a, b))
+    return bool(np.array_equal(pa, pb))
+
+
+def test_diffs_from_the_route_process_rebuild_every_steps_tables():
+    """From step 1 on the children send diffs; the tables the feed rebuilds from them equal
+    the scheme's own, with one and two children, and step k's tables stay valid while step
+    k + 1 is taken (the emulator keeps the previous step's)."""
+    from meshemu.geometry.schedule import LinkSchedule
+    from meshemu.routing import get_scheme, route_diff
+    from meshemu.spec.scenario import load_scenario
+
+    sched = LinkSchedule(load_scenario("default"), 1.0)
+    snaps = list(sched.snapshots(30))
+    dests = np.arange(len(sched.nodes), dtype=np.int32)
+    for name in ("shortest-delay", "ecmp"):
+        scheme = get_scheme(name)
+        want = [scheme.forwarding_tables(s, dests) for s in snaps]
+        assert sum(len(route_diff(a, b)) for a, b in zip(want, want[1:])) > 0  # it moves
+        for workers in (1, 2):
+            feed = RouteFeed(snaps, scheme, dests, workers=workers)
+            try:
+                prev = None
+                for k in range(len(snaps)):
+                    got, diff = feed.get_step(k)
+                    assert (diff is None) == (k == 0)
+                    assert _same(got.next_hop, want[k].next_hop), (name, workers, k)
+                    if diff is not None:
+                        assert len(diff) == len(route_diff(want[k - 1], want[k]))
+                    if prev is not None:  # the previous step's tables are still step k-1's
+                        assert _same(prev.next_hop, want[k - 1].next_hop), (name, workers, k)
+                    prev = got
+            finally:
+                feed.close()
 
 
 def test_route_processes_split_the_destinations_and_agree_with_one():
