@@ -341,6 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
         "over a step (default: %(default)s ms)",
     )
     sp.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="write no map.png, path_delay.png or report plots (the tables are written)",
+    )
+    sp.add_argument(
+        "--delay-tolerance-us",
+        type=_number,
+        default=1.0,
+        metavar="US",
+        help="push a link's delay to the shaper only when it moved more than this from what "
+        "the shaper holds (default: %(default)s us)",
+    )
+    sp.add_argument(
         "--view",
         action="store_true",
         help="serve the browser view of the run as it goes (the URL is printed; it stays "

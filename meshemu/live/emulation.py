@@ -220,6 +220,7 @@ class Emulation:
         ipv6: bool = False,
         daemons: Any = None,
         detect: str = "carrier",
+        delay_tolerance_s: float = DELAY_TOLERANCE_S,
     ) -> None:
         self.plan = adr.AddressPlan.from_links(names, kinds, np.zeros(0, dtype=np.int64))
         if (
@@ -251,6 +252,7 @@ class Emulation:
         self.timings: dict[str, float] = {}
         self.daemons = daemons
         self.detect = detect
+        self.delay_tolerance_s = delay_tolerance_s
         self.daemon_runner: Any = None
         self._ifindex: np.ndarray | None = None
 
@@ -313,7 +315,7 @@ class Emulation:
         n = self.n_nodes
         run_links = self._run_links(links, first_snapshot)
         plan = adr.AddressPlan.from_links(self.names, self.kinds, run_links.key, isl=run_links.isl)
-        table = LinkTable(run_links, self.names)
+        table = LinkTable(run_links, self.names, self.delay_tolerance_s)
         table.load(first_snapshot)
         dests, nh = check_tables(first_tables, n)
         check_memory(n, plan.n_links, n * len(dests))
@@ -622,7 +624,7 @@ class Emulation:
         """Bring the network to ``snapshot`` and ``tables``, changing only what differs.
 
         Link parameters (see :meth:`meshemu.live.links.LinkTable.advance`: up/down, and for
-        links that are up a delay change above :data:`DELAY_TOLERANCE_S`, a rate, queue or
+        links that are up a delay change above ``delay_tolerance_s``, a rate, queue or
         loss change) go to the shaper in one ``update`` call. Routes change per
         :func:`meshemu.routing.route_diff`, in one netlink batch per node that has changes.
 

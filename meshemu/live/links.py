@@ -9,7 +9,9 @@ link absent from a snapshot is down in it and keeps its other parameters.
 
 :meth:`LinkTable.advance` brings the table to the next snapshot and returns only the links
 whose parameters the shaper must change: any up/down change; for a link that is up, a delay
-change above :data:`DELAY_TOLERANCE_S`, a relative rate change above
+change above the table's ``delay_tolerance_s`` (by default :data:`DELAY_TOLERANCE_S`; the
+delay the shaper holds is then never further than that from the plan), a relative rate
+change above
 :data:`RATE_TOLERANCE`, or any queue or loss change. A link that is down gets no updates
 until it comes up (then with all its current parameters).
 """
@@ -145,6 +147,9 @@ class LinkTable:
     links : RunLinks
     names : sequence of str
         Node names (for error messages).
+    delay_tolerance_s : float
+        A delay change up to this is not pushed (the pushed delay stays within it of the
+        plan: the comparison is with what the shaper was last told).
 
     Attributes
     ----------
@@ -154,8 +159,13 @@ class LinkTable:
         with the snapshot's default queue size).
     """
 
-    def __init__(self, links: RunLinks, names: Sequence[str]) -> None:
+    def __init__(
+        self, links: RunLinks, names: Sequence[str], delay_tolerance_s: float = DELAY_TOLERANCE_S
+    ) -> None:
         _check_kinds(np.asarray(links.kind))
+        if not (0.0 <= delay_tolerance_s < 1.0):
+            raise EmulationError(f"delay tolerance must be in 0..1 s, got {delay_tolerance_s!r} s")
+        self.delay_tolerance_s = float(delay_tolerance_s)
         self.links = links
         self.names = list(names)
         self.rows = np.zeros(links.n_links, dtype=PARAMS_DTYPE)
@@ -239,7 +249,7 @@ class LinkTable:
         with np.errstate(invalid="ignore"):
             d_rate = ~(np.abs(rate - old_rate) <= RATE_TOLERANCE * np.maximum(old_rate, 1.0))
             d_rate &= ~((rate == old_rate) | (np.isinf(rate) & np.isinf(old_rate)))
-        differs = (np.abs(new["delay_s"] - old["delay_s"]) > DELAY_TOLERANCE_S) | d_rate
+        differs = (np.abs(new["delay_s"] - old["delay_s"]) > self.delay_tolerance_s) | d_rate
         differs |= (new["queue_packets"] != old["queue_packets"]) | (new["loss"] != old["loss"])
         changed = np.flatnonzero((up != was_up) | (up & differs))
         up_ids = changed[up[changed] & ~was_up[changed]]

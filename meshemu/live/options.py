@@ -82,6 +82,11 @@ class RunOptions:
     guard_ms : float
         The fidelity guard's threshold: a step in which a link sent frames with lateness p99
         above this (ms) counts as affected and warns (``meshemu/live/guard.py``).
+    delay_tolerance_us : float
+        A link's delay change up to this (microseconds) is not pushed to the shaper: the
+        delay the shaper holds stays within it of the plan (default 1 us; 10-50 us, below
+        the userspace delay line's own p99 error, saves most ISL updates on large
+        constellations).
     """
 
     duration_s: float = 60.0
@@ -101,6 +106,7 @@ class RunOptions:
     on_built: BuiltHook | None = field(default=None, compare=False)
     guard_ms: float = 0.5
     detect: str = "carrier"
+    delay_tolerance_us: float = 1.0
 
     def __post_init__(self) -> None:
         span = self.span  # checks duration, step, start and the step count
@@ -123,6 +129,17 @@ class RunOptions:
         g = self.guard_ms
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0:
             raise OptionsError(f"must be a finite number > 0 (ms); got {g!r}", field="--guard-ms")
+        tol = self.delay_tolerance_us
+        if (
+            isinstance(tol, bool)
+            or not isinstance(tol, (int, float))
+            or not math.isfinite(tol)
+            or not 0 <= tol <= 100_000
+        ):
+            raise OptionsError(
+                f"must be a number of microseconds from 0 to 100000; got {tol!r}",
+                field="--delay-tolerance-us",
+            )
         if self.detect not in ("carrier", "silent"):
             raise OptionsError(
                 f"unknown detection {self.detect!r}; please specify one of: carrier, silent",

@@ -281,6 +281,7 @@ class Network:
             ipv6=bool(getattr(daemons, "ipv6", False)),
             daemons=daemons,
             detect=inputs.options.detect,
+            delay_tolerance_s=inputs.options.delay_tolerance_us * 1e-6,
         )
         self.tables0 = self.feed.get(0)
         if shaper.has_guard:  # this shaper measures how far behind the plan it is
@@ -647,11 +648,11 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
         )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     files.append(out / "summary.json")
-    if opts.plots and net.agents is not None:
+    if net.agents is not None:
         from meshemu.report import report
 
         try:
-            files += report(out).files
+            files += report(out, plots=opts.plots).files
         except MeshemuError as exc:  # the run's own files are written; say what is missing
             log.warning(
                 "could not write the report of %s: %s (run `meshemu report %s` after fixing it)",

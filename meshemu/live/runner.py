@@ -55,6 +55,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         cli=args.cli,
         guard_ms=getattr(args, "guard_ms", 0.5),
         detect=getattr(args, "detect", "carrier"),
+        plots=not getattr(args, "no_plots", False),
+        delay_tolerance_us=getattr(args, "delay_tolerance_us", 1.0),
     )
 
 

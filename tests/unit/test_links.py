@@ -94,6 +94,26 @@ def test_advance_returns_only_what_the_shaper_must_change():
     assert ch.ids.tolist() == [0] and ch.n_went_up == 1 and table.params(0).delay_s == 0.009
 
 
+def test_a_wider_delay_tolerance_keeps_the_shaper_within_it_of_the_plan():
+    """A delay drifting by 4 us a step with a 10 us tolerance is pushed every third step,
+    and what the shaper holds is never more than 10 us from the plan."""
+    s0 = snap()
+    table = LinkTable(RunLinks.from_snapshot(s0), NAMES, delay_tolerance_s=10e-6)
+    table.load(s0)
+    pushed = []
+    for k in range(1, 31):
+        d = np.full(4, 0.005)
+        d[0] += 4e-6 * k
+        ch = table.advance(snap(delays=d, t_s=float(k)))
+        if ch.ids.size:
+            assert ch.ids.tolist() == [0]
+            pushed.append(k)
+        assert abs(table.params(0).delay_s - d[0]) <= 10e-6 + 1e-12
+    assert pushed == list(range(3, 31, 3))
+    with pytest.raises(EmulationError, match="delay tolerance"):
+        LinkTable(RunLinks.from_snapshot(s0), NAMES, delay_tolerance_s=-1.0)
+
+
 def test_a_link_absent_from_a_snapshot_is_down_and_keeps_its_parameters():
     full = snap()
     table = LinkTable(RunLinks.from_snapshot(full), NAMES)

@@ -59,6 +59,9 @@ def test_time_span_counts_steps_like_the_schedule():
         ({"shaper_workers": 0}, "--shaper-workers"),
         ({"shaper_workers": 2.0}, "--shaper-workers"),
         ({"shaper_workers": 65}, "--shaper-workers"),
+        ({"delay_tolerance_us": -1}, "--delay-tolerance-us"),
+        ({"delay_tolerance_us": float("nan")}, "--delay-tolerance-us"),
+        ({"delay_tolerance_us": 1e6}, "--delay-tolerance-us"),
         ({"capture": "s0_0_0"}, "--capture"),  # a string, not a list of them
         ({"on_step": 5}, "on_step"),
     ],
@@ -167,3 +170,14 @@ def test_shaper_workers_reach_the_userspace_shaper_and_not_netem():
     finally:
         sh.close()
     assert "workers" not in __import__("inspect").signature(NetemShaper).parameters
+
+
+def test_delay_tolerance_and_no_plots_come_from_the_command_line():
+    from meshemu.cli import build_parser
+    from meshemu.live.runner import options_from_args
+
+    args = build_parser().parse_args(["run", "default", "--delay-tolerance-us", "20", "--no-plots"])
+    opts = options_from_args(args)
+    assert opts.delay_tolerance_us == 20.0 and opts.plots is False
+    opts = options_from_args(build_parser().parse_args(["run", "default"]))
+    assert opts.delay_tolerance_us == 1.0 and opts.plots is True
