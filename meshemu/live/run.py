@@ -444,6 +444,9 @@ class StepLoop:
                 0,
                 0.0,
                 round(feed.routing_cost_s(0) * 1e3, 3),
+                0.0,
+                0.0,
+                0.0,
             )
         )
         for k in range(1, plan.n_steps):
@@ -455,6 +458,7 @@ class StepLoop:
             wait_s = t_routes - tick.began  # the route process was behind
             st = net.emu.apply(snaps[k], tables, diff)
             apply_s = time.monotonic() - t_routes
+            t_record = time.monotonic()
             paths = net.recorder.record(  # type: ignore[union-attr]
                 snaps[k],
                 tables,
@@ -467,6 +471,7 @@ class StepLoop:
                 net.guard.poll(k, snaps[k].t_s)
             if net.control is not None:
                 net.control.poll(snaps[k].t_s)
+            record_s = time.monotonic() - t_record
             row = (
                 k,
                 snaps[k].t_s,
@@ -478,6 +483,9 @@ class StepLoop:
                 st.n_route_changes,
                 round(wait_s * 1e3, 3),
                 round(net.feed.routing_cost_s(k) * 1e3, 3),  # type: ignore[union-attr]
+                round(st.links_s * 1e3, 3),
+                round(st.routes_s * 1e3, 3),
+                round(record_s * 1e3, 3),
             )
             net.steps_w.writerow(row)
             self.rows.append(row)

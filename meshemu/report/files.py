@@ -207,6 +207,9 @@ _STEP_COLUMNS = (
     "route_changes",
     "route_wait_ms",
     "routing_ms",
+    "links_ms",
+    "routes_ms",
+    "record_ms",
 )
 STEPS = FileSpec("steps.csv", _STEP_COLUMNS, ("step", "t_s", "unix_s", "apply_ms"), _STEP_COLUMNS)
 FLOWS = FileSpec("flows.csv", ("flow_id", "name", "kind", "src", "dst"), ("flow_id", "src", "dst"))
