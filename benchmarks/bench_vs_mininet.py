@@ -89,13 +89,24 @@ def bench_meshemu(names, kinds, snap, tables, shaper_name: str) -> dict:
             emu.build(snap.key, snap, tables)
             out["build_s"] = time.perf_counter() - t0
             out["phases_s"] = {k: round(v, 3) for k, v in emu.timings.items()}
+            n = len(names)
+            # what a node costs, per part of the build (system memory, kernel included)
+            out["per_node_kib"] = {
+                k.replace("_bytes", ""): round(v / n / 1024, 1) for k, v in emu.memory.items()
+            }
             out["mem_gib"] = (settle_memory() - mem0) / 2**30
             out["routes"] = _routes(tables)
+            out["ping_ok"] = _ping(emu.node(names[-1]), adr.node_address(0))
         finally:
             t0 = time.perf_counter()
             emu.stop()
             out["stop_s"] = time.perf_counter() - t0
     return out
+
+
+def _ping(node, addr: str) -> bool:
+    """Whether the last node reaches node 0 (the network each side built forwards)."""
+    return " 0% packet loss" in node.cmd(f"ping -c 3 -i 0.2 -W 3 {addr}")
 
 
 def _routes(tables) -> int:
@@ -106,13 +117,6 @@ def _routes(tables) -> int:
 def bench_mininet(names, kinds, snap, tables) -> dict:
     from mininet.link import Link
     from mininet.net import Mininet
-    from mininet.node import Host
-
-    class Router(Host):
-        def config(self, **params):
-            r = super().config(**params)
-            self.cmd("sysctl -qw net.ipv4.ip_forward=1")
-            return r
 
     n = len(names)
     up = np.flatnonzero(np.asarray(snap.up, bool))
@@ -123,7 +127,7 @@ def bench_mininet(names, kinds, snap, tables) -> dict:
     net = Mininet(topo=None, controller=None, build=False, autoSetMacs=False, waitConnected=False)
     t0 = time.perf_counter()
     try:
-        hosts = [net.addHost(f"v{i}", cls=Router, ip=None) for i in range(n)]
+        hosts = [net.addHost(f"v{i}", ip=None) for i in range(n)]
         # one /31 per link, as meshemu's addressing plan (the link index as in the snapshot)
         links = []
         for k, (i, j) in enumerate(zip(a.tolist(), b.tolist())):
@@ -138,7 +142,7 @@ def bench_mininet(names, kinds, snap, tables) -> dict:
             lk.intf1.setIP(adr.int_to_ip(adr.link_address_int(k, 0)), 31)
             lk.intf2.setIP(adr.int_to_ip(adr.link_address_int(k, 1)), 31)
         for i, h in enumerate(hosts):
-            h.cmd(f"ip addr add {adr.node_address(i)}/32 dev lo")
+            h.cmd(f"ip addr add {adr.node_address(i)}/32 dev lo; sysctl -qw net.ipv4.ip_forward=1")
         t_addr = time.perf_counter()
         # routes: each host's, through its next hop over the link they share
         nh = np.asarray(tables.next_hop)[:, :, 0]
@@ -170,8 +174,7 @@ def bench_mininet(names, kinds, snap, tables) -> dict:
         }
         out["routes"] = total
         out["mem_gib"] = (settle_memory() - mem0) / 2**30
-        check = hosts[-1].cmd(f"ping -c 1 -W 2 {adr.node_address(0)}")
-        out["ping_ok"] = " 0% packet loss" in check
+        out["ping_ok"] = _ping(hosts[-1], adr.node_address(0))
     finally:
         t0 = time.perf_counter()
         net.stop()
@@ -194,6 +197,13 @@ def main() -> None:
     if args.only != "mininet":
         res["meshemu"] = bench_meshemu(names, kinds, snap, tables, args.shaper)
         print("meshemu:", json.dumps(res["meshemu"]), flush=True)
+        per = res["meshemu"]["per_node_kib"]
+        print(
+            "  memory per node (KiB): "
+            + ", ".join(f"{k} {v:g}" for k, v in per.items())
+            + f"; {res['meshemu']['routes'] / len(names):.0f} routes per node",
+            flush=True,
+        )
     if args.only != "meshemu":
         res["mininet"] = bench_mininet(names, kinds, snap, tables)
         print("vanilla Mininet:", json.dumps(res["mininet"]), flush=True)

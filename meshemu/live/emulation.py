@@ -56,7 +56,7 @@ from meshemu.errors import EmulationError  # noqa: E402
 from meshemu.geometry.linkstate import Snapshot  # noqa: E402
 from meshemu.linux import ifaces, netlink, procs  # noqa: E402
 from meshemu.linux import netns as nl  # noqa: E402
-from meshemu.linux.limits import require_root  # noqa: E402
+from meshemu.linux.limits import mem_available_bytes, require_root  # noqa: E402
 from meshemu.live import addressing as adr  # noqa: E402
 from meshemu.live.links import DELAY_TOLERANCE_S, RATE_TOLERANCE, LinkTable, RunLinks  # noqa: E402
 from meshemu.live.lock import (  # noqa: E402
@@ -208,6 +208,10 @@ class Emulation:
         Every link's current parameters, after build.
     timings : dict of str to float
         Seconds spent in the parts of :meth:`build` and in :meth:`stop`.
+    memory : dict of str to int
+        Bytes of system memory (MemTotal - MemAvailable, so the kernel's share included)
+        that each part of :meth:`build` added: what the shells, namespaces, links, addresses
+        and routes cost (system-wide, so other processes' changes show too).
     """
 
     def __init__(
@@ -250,6 +254,7 @@ class Emulation:
         self._stopped = False
         self._tables: Any = None
         self.timings: dict[str, float] = {}
+        self.memory: dict[str, int] = {}
         self.daemons = daemons
         self.detect = detect
         self.delay_tolerance_s = delay_tolerance_s
@@ -332,14 +337,17 @@ class Emulation:
                 ("links_s", lambda: self._create_links(table)),
                 ("addresses_s", lambda: self._configure_addresses(plan)),
             )
+            avail = mem_available_bytes()
             for name, fn in steps:
                 t1 = time.perf_counter()
                 fn()
                 t[name] = time.perf_counter() - t1
+                avail, self.memory[name.replace("_s", "_bytes")] = _mem_step(avail)
             t1 = time.perf_counter()
             routes = self._routes()
             n_routes = routes.install_full(dests, nh) if self.daemons is None else 0
             t["routes_s"] = time.perf_counter() - t1
+            avail, self.memory["routes_bytes"] = _mem_step(avail)
             self._tables = first_tables
             t1 = time.perf_counter()
             self._wait_links_running()
@@ -743,3 +751,9 @@ class Emulation:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _mem_step(before: int) -> tuple[int, int]:
+    """MemAvailable now, and how much less it is than ``before``."""
+    now = mem_available_bytes()
+    return now, before - now

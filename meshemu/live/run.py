@@ -605,6 +605,13 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
             "timing": {
                 "plan_s": round(plan.plan_s, 3),
                 "build_s": round(net.t_build, 3),
+                "build_phases_s": {
+                    k: round(v, 3) for k, v in getattr(net.emu, "timings", {}).items()
+                },
+                "build_memory_mib": {
+                    k.removesuffix("_bytes"): round(v / 2**20, 1)
+                    for k, v in getattr(net.emu, "memory", {}).items()
+                },
                 "stop_s": round(net.t_stop, 3),
                 "apply_ms_p50": float(np.percentile(arr, 50)),
                 "apply_ms_p99": float(np.percentile(arr, 99)),
