@@ -11,7 +11,7 @@ Targets (issue 3), Starlink shell 1 plus ground stations: build < 30 s, stop < 1
 < 3 GiB, apply p99 < 200 ms, no lag growth over 10 minutes.
 
 Usage: sudo .venv/bin/python benchmarks/bench_run.py [--duration 600] [--sizes 100 500 1584]
-       [--shaper userspace]
+       [--shaper userspace] [--delay-tolerance-us 1]    (--sizes 4408: Starlink Gen1)
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ def mem_used_bytes() -> int:
 
 
 def scenario_for(n_sats: int):
-    """Starlink shell 1 itself, or a 53 deg / 550 km Walker shell of about ``n_sats``."""
+    """Starlink shell 1 itself (1584), Starlink Gen1 (4408: five shells, 10 stations), or a
+    53 deg / 550 km Walker shell of about ``n_sats``."""
+    if n_sats == 4408:
+        return load_scenario("starlink-gen1")
     sc = load_scenario("starlink-shell1")
     if n_sats == 1584:
         return sc
@@ -56,7 +59,7 @@ def scenario_for(n_sats: int):
     return load_scenario(f.name)
 
 
-def bench(n_sats: int, duration: float, shaper: str) -> dict:
+def bench(n_sats: int, duration: float, shaper: str, tolerance_us: float = 1.0) -> dict:
     sc = scenario_for(n_sats)
     base = mem_used_bytes()
     peak = [base]
@@ -79,6 +82,7 @@ def bench(n_sats: int, duration: float, shaper: str) -> dict:
             out_dir=out,
             traffic=None,
             plots=False,
+            delay_tolerance_us=tolerance_us,
         )
     finally:
         done.set()
@@ -88,6 +92,9 @@ def bench(n_sats: int, duration: float, shaper: str) -> dict:
         steps = list(csv.DictReader(f))[1:]
     lag = np.array([float(r["lag_ms"]) for r in steps])
     apply_ms = np.array([float(r["apply_ms"]) for r in steps])
+    routes_ms = np.array([float(r["routes_ms"]) for r in steps])
+    links_ms = np.array([float(r["links_ms"]) for r in steps])
+    wait_ms = np.array([float(r["route_wait_ms"]) for r in steps])
     t = res.summary["timing"]
     first, last = lag[:60], lag[-60:]
     return {
@@ -101,6 +108,10 @@ def bench(n_sats: int, duration: float, shaper: str) -> dict:
         "apply_p50_ms": float(np.percentile(apply_ms, 50)),
         "apply_p99_ms": float(np.percentile(apply_ms, 99)),
         "apply_max_ms": float(apply_ms.max()),
+        "links_p99_ms": float(np.percentile(links_ms, 99)),
+        "routes_p99_ms": float(np.percentile(routes_ms, 99)),
+        "route_wait_p99_ms": float(np.percentile(wait_ms, 99)),
+        "routing_ms_p50": t["routing_ms_p50"],
         "lag_p99_first_min_ms": float(np.percentile(first, 99)),
         "lag_p99_last_min_ms": float(np.percentile(last, 99)),
         "link_updates": res.summary["link_updates_total"],
@@ -115,12 +126,15 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1584])
     ap.add_argument("--duration", type=float, default=600.0)
     ap.add_argument("--shaper", default="userspace")
+    ap.add_argument(
+        "--delay-tolerance-us", type=float, default=1.0, help="as meshemu run's (default 1)"
+    )
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
     rows = []
     for n in args.sizes:
         print(f"== {n} satellites, {args.duration:g} s in real time ...", flush=True)
-        r = bench(n, args.duration, args.shaper)
+        r = bench(n, args.duration, args.shaper, args.delay_tolerance_us)
         rows.append(r)
         print(
             "   "
