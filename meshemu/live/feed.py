@@ -32,6 +32,8 @@ from meshemu.routing import ComputedScheme, ForwardingTables, RouteDiff, route_d
 #: Steps a route process may run ahead of the clock (diffs are small: about 0.4 MB a step
 #: on Starlink Gen1 with shortest-delay routing).
 LOOKAHEAD_STEPS = 512
+#: Niceness of the route processes.
+ROUTES_NICE = 5
 
 
 def _die_with_parent() -> None:
@@ -57,6 +59,9 @@ def _routes_worker(
     for s in (signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # behind the step loop, the build and the traffic agents: those keep time; routing ahead
+    # only needs what they leave (and gets all of it while the clock waits for it)
+    os.nice(ROUTES_NICE)
     try:
         prev: ForwardingTables | None = None
         for k, snap in enumerate(snapshots):
