@@ -101,6 +101,8 @@ RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_HOST = 254
 RTN_UNICAST = 1
+RTN_UNSPEC = 0
+RTN_UNREACHABLE = 7
 RTNH_F_ONLINK = 4
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
@@ -199,14 +201,20 @@ assert DELROUTE_DTYPE.itemsize == 36
 
 # ---- message builders (pure) --------------------------------------------------------------
 def route_records(
-    dst: np.ndarray, gw: np.ndarray, oif: np.ndarray, src: np.ndarray, seq: np.ndarray
+    dst: np.ndarray,
+    gw: np.ndarray,
+    oif: np.ndarray,
+    src: np.ndarray,
+    seq: np.ndarray,
+    dst_len: np.ndarray | int = 32,
 ) -> np.ndarray:
     """``RTM_NEWROUTE`` (create or replace) messages, one per element, as records.
 
     Parameters
     ----------
     dst, gw, src : ndarray of uint32
-        Destination (a /32), gateway and preferred source, as host-order integers.
+        Destination (a /32, or the network of a ``dst_len`` prefix), gateway and preferred
+        source, as host-order integers.
     oif : ndarray of int
         Outgoing interface index.
     seq : ndarray of uint32
@@ -220,6 +228,7 @@ def route_records(
     r = _route_msgs(
         ROUTE_DTYPE, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, dst, seq
     )
+    r["dst_len"] = dst_len
     r["rflags"] = RTNH_F_ONLINK
     r["gw_rta"] = _rta_hdr(RTA_GATEWAY, 4)
     r["gw"] = gw
@@ -230,9 +239,25 @@ def route_records(
     return r
 
 
-def delroute_records(dst: np.ndarray, seq: np.ndarray) -> np.ndarray:
-    """``RTM_DELROUTE`` messages for ``dst/32`` (meshemu's routes in the main table)."""
-    return _route_msgs(DELROUTE_DTYPE, RTM_DELROUTE, NLM_F_REQUEST, dst, seq)
+def delroute_records(dst: np.ndarray, seq: np.ndarray, any_type: bool = False) -> np.ndarray:
+    """``RTM_DELROUTE`` messages for ``dst/32`` (meshemu's routes in the main table); with
+    ``any_type`` of whatever type it is (unicast or unreachable: the kernel matches any type
+    when the request's is ``RTN_UNSPEC``)."""
+    r = _route_msgs(DELROUTE_DTYPE, RTM_DELROUTE, NLM_F_REQUEST, dst, seq)
+    if any_type:
+        r["rtype"] = RTN_UNSPEC
+    return r
+
+
+def unreachable_records(dst: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """``RTM_NEWROUTE`` (create or replace) messages making ``dst/32`` unreachable (an
+    ``RTN_UNREACHABLE`` route: packets to it are dropped with an ICMP host unreachable, even
+    where a shorter prefix covers it)."""
+    r = _route_msgs(
+        DELROUTE_DTYPE, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE, dst, seq
+    )
+    r["rtype"] = RTN_UNREACHABLE
+    return r
 
 
 def _route_msgs(
