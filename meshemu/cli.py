@@ -354,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the shaper holds (default: %(default)s us)",
     )
     sp.add_argument(
+        "--route-aggregation",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="install the first routes as aggregate prefixes, /32s over them as they change "
+        "(default: auto, on from 1,000 nodes)",
+    )
+    sp.add_argument(
         "--view",
         action="store_true",
         help="serve the browser view of the run as it goes (the URL is printed; it stays "

@@ -79,7 +79,7 @@ from meshemu.live.resources import (  # noqa: E402
     estimate_memory_bytes,
     reserve_descriptors,
 )
-from meshemu.live.routes import RouteInstaller, check_tables  # noqa: E402
+from meshemu.live.routes import AGGREGATE_FROM_NODES, RouteInstaller, check_tables  # noqa: E402
 from meshemu.routing import RouteDiff, route_diff  # noqa: E402
 from meshemu.signals import handle_signals, signals_deferred  # noqa: E402
 
@@ -225,6 +225,7 @@ class Emulation:
         daemons: Any = None,
         detect: str = "carrier",
         delay_tolerance_s: float = DELAY_TOLERANCE_S,
+        route_aggregation: bool | None = None,
     ) -> None:
         self.plan = adr.AddressPlan.from_links(names, kinds, np.zeros(0, dtype=np.int64))
         if (
@@ -258,6 +259,12 @@ class Emulation:
         self.daemons = daemons
         self.detect = detect
         self.delay_tolerance_s = delay_tolerance_s
+        #: Aggregate prefixes at the build (None: from AGGREGATE_FROM_NODES nodes).
+        self.route_aggregation = (
+            len(self.names) >= AGGREGATE_FROM_NODES
+            if route_aggregation is None
+            else route_aggregation
+        )
         self.daemon_runner: Any = None
         self._ifindex: np.ndarray | None = None
 
@@ -523,7 +530,7 @@ class Emulation:
                 for k, sd in zip(lid[sel].tolist(), side[sel].tolist())
             ]
             check(i, sock(i).send_batch(netlink.pack_messages(msgs)), "adding neighbours")
-        self.routes = RouteInstaller(plan, ifindex, socks)
+        self.routes = RouteInstaller(plan, ifindex, socks, aggregate=self.route_aggregation)
         self._ifindex = ifindex
 
     def _routes(self) -> RouteInstaller:

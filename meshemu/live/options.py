@@ -87,6 +87,10 @@ class RunOptions:
         delay the shaper holds stays within it of the plan (default 1 us; 10-50 us, below
         the userspace delay line's own p99 error, saves most ISL updates on large
         constellations).
+    route_aggregation : str
+        ``auto`` (on from 1,000 nodes), ``on`` or ``off``: install the build's routes as
+        aggregate prefixes, with /32s over them as routes change
+        (:mod:`meshemu.live.routes`).
     """
 
     duration_s: float = 60.0
@@ -107,6 +111,7 @@ class RunOptions:
     guard_ms: float = 0.5
     detect: str = "carrier"
     delay_tolerance_us: float = 1.0
+    route_aggregation: str = "auto"
 
     def __post_init__(self) -> None:
         span = self.span  # checks duration, step, start and the step count
@@ -139,6 +144,11 @@ class RunOptions:
             raise OptionsError(
                 f"must be a number of microseconds from 0 to 100000; got {tol!r}",
                 field="--delay-tolerance-us",
+            )
+        if self.route_aggregation not in ("auto", "on", "off"):
+            raise OptionsError(
+                f"must be auto, on or off; got {self.route_aggregation!r}",
+                field="--route-aggregation",
             )
         if self.detect not in ("carrier", "silent"):
             raise OptionsError(

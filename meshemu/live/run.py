@@ -282,6 +282,7 @@ class Network:
             daemons=daemons,
             detect=inputs.options.detect,
             delay_tolerance_s=inputs.options.delay_tolerance_us * 1e-6,
+            route_aggregation={"on": True, "off": False}.get(inputs.options.route_aggregation),
         )
         self.tables0 = self.feed.get(0)
         if shaper.has_guard:  # this shaper measures how far behind the plan it is

@@ -47,7 +47,7 @@ def check_prefixes(vals: np.ndarray) -> int:
 def test_aggregate_prefixes_hold_each_routed_address_once_and_nothing_else():
     rng = np.random.default_rng(3)
     # runs of equal next hops (as a +Grid gives), some holes without a route, don't-cares
-    for trial in range(20):
+    for _ in range(20):
         s = 1 << int(rng.integers(1, 11))
         runs = rng.integers(1, 40, size=s)
         vals = np.repeat(rng.integers(-1, 5, size=s), runs)[:s].astype(np.int32)
