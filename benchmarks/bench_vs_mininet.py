@@ -9,8 +9,9 @@ forwarding on, and a route from every node to every other node (shortest delay a
 - **vanilla Mininet**: what a user of Mininet's Python API writes (``Mininet(topo=None,
   controller=None, build=False)``, ``addHost``, ``addLink``, ``build()``,
   ``Intf.setIP``), with plain veth links (``Link``: this kernel has no netem for
-  ``TCLink``), and each host's routes written to a file and loaded with one
-  ``ip -batch`` through ``host.cmd`` (much faster than one ``ip route add`` per route).
+  ``TCLink``), and each host's routes (meshemu's: ``<addr>/32 via <neighbour> dev <if> src
+  <own addr>``) written to a file and loaded with one ``ip -batch`` through ``host.cmd``
+  (much faster than one ``ip route add`` per route).
 
 Prints, for each: build time, system memory used by the built network (MemTotal -
 MemAvailable after the build, minus before), routes installed, stop time; then meshemu's
@@ -160,7 +161,10 @@ def bench_mininet(names, kinds, snap, tables) -> dict:
                         continue
                     side = 0 if u < v else 1
                     gw = adr.int_to_ip(adr.link_address_int(k, 1 - side))
-                    lines.append(f"route add {adr.node_address(d)}/32 via {gw} dev v{u}-{k}")
+                    lines.append(
+                        f"route add {adr.node_address(d)}/32 via {gw} dev v{u}-{k} "
+                        f"src {adr.node_address(u)}"
+                    )
                 path = Path(tmp) / f"r{u}"
                 path.write_text("\n".join(lines) + "\n")
                 hosts[u].cmd(f"ip -batch {path}")
