@@ -57,14 +57,22 @@ class RouteInstaller:
         Interface index of each link's a and b end, in its node.
     sockets : sequence of Netlink
         Each node's rtnetlink socket, by node id.
+    local : ndarray of bool, optional
+        Per node id: on this host (a run over several hosts). Routes of the other nodes are
+        skipped (their hosts install them). Default: every node.
     """
 
     def __init__(
-        self, plan: adr.AddressPlan, ifindex: np.ndarray, sockets: Sequence[netlink.Netlink | None]
+        self,
+        plan: adr.AddressPlan,
+        ifindex: np.ndarray,
+        sockets: Sequence[netlink.Netlink | None],
+        local: np.ndarray | None = None,
     ) -> None:
         self.plan = plan
         self.ifindex = ifindex
         self.sockets = sockets
+        self.local = None if local is None or bool(np.all(local)) else np.asarray(local, bool)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -108,6 +116,9 @@ class RouteInstaller:
             A next hop that is not a neighbour over a link of the run, or routes the kernel
             refused (the first few are listed).
         """
+        if self.local is not None:
+            here = self.local[u]
+            u, d, hops = u[here], d[here], hops[here]
         m = u.size
         if m == 0:
             return 0
