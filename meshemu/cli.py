@@ -352,6 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--view-host", default="127.0.0.1", help="address of --view (default: %(default)s)"
     )
+    sp.add_argument(
+        "--cluster",
+        metavar="ADDRESS:PORT",
+        help="spread the run over the hosts of the Ray cluster whose head is there (see "
+        "README, Beyond one machine; meshemu cluster start)",
+    )
+    sp.add_argument(
+        "--hosts",
+        type=int,
+        metavar="H",
+        help="with --cluster: use hosts 0..H-1 (default: every host of the cluster)",
+    )
+    sp.add_argument(
+        "--partition",
+        default="auto",
+        choices=("auto", "metis", "planes"),
+        help="with --cluster: how nodes are assigned to hosts (default: %(default)s)",
+    )
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser(
@@ -364,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to serve on (default: %(default)s)"
     )
     sp.set_defaults(func=cmd_view)
+
+    from meshemu.live.cluster.commands import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)
 
     sp = sub.add_parser("clean", help="remove what a crashed run left behind (root)")
     sp.set_defaults(func=cmd_clean)
