@@ -374,6 +374,8 @@ class ClusterEmulation:
             self._rows.append(row)
             if self._writer is not None:
                 self._writer.writerow(row)
+        if self._csv is not None:
+            self._csv.flush()  # (a few rows per step: followed as the run goes)
         self._tables = tables
         return StepStats(
             float(snapshot.t_s),
