@@ -54,6 +54,21 @@ def test_simulated_hosts_start_ray_with_auth_and_leave_nothing(tmp_path: Path) -
         )
         assert p.returncode != 0 and "CONNECTED" not in p.stdout
         assert "InvalidAuthToken" in p.stderr
+        # meshemu clean on every host, through the engine
+        meshemu = str(Path(sys.executable).with_name("meshemu"))
+        p = subprocess.run(
+            hosts.exec_argv(
+                0,
+                [meshemu, "cluster", "clean", "--join", hosts.head_address]
+                + ["--token", str(hosts.token_path), "--run", "mxtestnone"],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        for i in range(2):
+            assert f"host {i} ({hosts.address(i)}): nothing to clean" in p.stdout, p.stdout
         inodes = dict(hosts.inodes)
         names = [hosts.netns(i) for i in range(2)]
     from meshemu.linux import procs

@@ -5,7 +5,7 @@ simulate hosts on one machine.
     meshemu cluster start --host 0 --address A --token FILE [--port 6379]      (the head)
     meshemu cluster start --host I --address B --join A:6379 --token FILE      (the others)
     meshemu cluster status --join A:6379 --token FILE
-    meshemu cluster clean --join A:6379 --token FILE    meshemu clean on every host
+    meshemu cluster clean --join A:6379 --token FILE [--run ID]   meshemu clean on every host
     meshemu cluster stop                        ray stop on this machine
     meshemu cluster simulate --hosts N          N hosts as namespaces here, until Ctrl-C
 """
@@ -108,7 +108,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from meshemu.live.clean import clean
 
     task = ray.remote(clean)
-    refs = {h: task.options(resources={host_resource(h): 1}, num_cpus=0).remote() for h in hosts}
+    # --run RUN_ID: only that run's share on each host (RUN_ID + "h<i>"), else every leftover
+    run = getattr(args, "run", None)
+    refs = {
+        h: task.options(resources={host_resource(h): 1}, num_cpus=0).remote(
+            None if run is None else f"{run}h{h}"
+        )
+        for h in hosts
+    }
     for h, ref in sorted(refs.items()):
         removed = ray.get(ref, timeout=300)
         print(f"host {h} ({hosts[h]}): " + (", ".join(removed) if removed else "nothing to clean"))
@@ -165,6 +172,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p = cs.add_parser(name, help=what)
         p.add_argument("--join", metavar="HEAD:PORT", required=True)
         p.add_argument("--token", required=True)
+        if name == "clean":
+            p.add_argument("--run", metavar="RUN_ID", help="only this run's shares")
         p.set_defaults(func=fn)
     p = cs.add_parser("stop", help="ray stop: every Ray process of this machine")
     p.set_defaults(func=cmd_stop)
