@@ -231,7 +231,11 @@ def test_killed_worker_stops_the_run_and_leaves_nothing(tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait()
         assert proc.returncode not in (0, None), text[-3000:]
-        why = [ln for ln in text.splitlines() if "host 1 (10." in ln and "died" in ln]
+        why = [
+            ln
+            for ln in text.splitlines()
+            if "host 1 (10." in ln and "its meshemu worker died while it was to" in ln
+        ]
         assert why, text[-3000:]
         left = {r: v for r, v in find_runs().items() if r in ours}
         assert left == {}, left
