@@ -149,34 +149,3 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             signal.signal(s, lambda *_: stop.set())
         stop.wait()
     return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``meshemu cluster ...``."""
-    sp = sub.add_parser("cluster", help="one run over several hosts: set up Ray (see README)")
-    cs = sp.add_subparsers(dest="cluster_cmd", required=True)
-    p = cs.add_parser("token", help="write a new random cluster token (0600)")
-    p.add_argument("file")
-    p.set_defaults(func=cmd_token)
-    p = cs.add_parser("start", help="start Ray on this host (root)")
-    p.add_argument("--host", type=int, required=True, help="this host's index (0 = head)")
-    p.add_argument("--address", required=True, help="this host's address on the cluster network")
-    p.add_argument("--join", metavar="HEAD:PORT", help="the head to join (not on the head)")
-    p.add_argument("--port", type=int, default=HEAD_PORT, help="the head's port")
-    p.add_argument("--token", required=True, help="the cluster's token file")
-    p.set_defaults(func=cmd_start)
-    for name, fn, what in (
-        ("status", cmd_status, "list the meshemu hosts of a cluster"),
-        ("clean", cmd_clean, "meshemu clean on every host of a cluster (root)"),
-    ):
-        p = cs.add_parser(name, help=what)
-        p.add_argument("--join", metavar="HEAD:PORT", required=True)
-        p.add_argument("--token", required=True)
-        if name == "clean":
-            p.add_argument("--run", metavar="RUN_ID", help="only this run's shares")
-        p.set_defaults(func=fn)
-    p = cs.add_parser("stop", help="ray stop: every Ray process of this machine")
-    p.set_defaults(func=cmd_stop)
-    p = cs.add_parser("simulate", help="simulated hosts on this machine until Ctrl-C (root)")
-    p.add_argument("--hosts", type=int, default=2)
-    p.set_defaults(func=cmd_simulate)
