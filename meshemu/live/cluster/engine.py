@@ -47,9 +47,18 @@ STEP_TIMEOUT_PERIODS = 5.0
 STEP_TIMEOUT_MIN_S = 10.0
 #: Round trips to each host's clock; the shortest one's sample is kept.
 CLOCK_SAMPLES = 7
-#: Columns of ``hosts_steps.csv``: per step and host, the worker's apply time and the
-#: driver's round trip for it.
-HOST_STEP_COLUMNS = ("step", "host", "apply_ms", "call_ms", "link_updates", "route_changes")
+#: Columns of ``hosts_steps.csv``: per step and host, the worker's apply time, the driver's
+#: round trip for all hosts' shares, and when this host was done after the driver sent the
+#: step (its clock corrected by the offset measured at start): the host's own lag.
+HOST_STEP_COLUMNS = (
+    "step",
+    "host",
+    "apply_ms",
+    "call_ms",
+    "done_ms",
+    "link_updates",
+    "route_changes",
+)
 
 
 def connect(address: str) -> Any:
@@ -355,6 +364,8 @@ class ClusterEmulation:
         la, lb = host[self.links.links.key[ids] // n], host[self.links.links.key[ids] % n]
         hu = host[u]
         sent = time.perf_counter()
+        sent_unix = time.time()
+        offsets = self.clock.get("start", {})
         refs = {}
         for h, w in self.workers.items():
             mine = (la == h) | (lb == h)
@@ -363,11 +374,13 @@ class ClusterEmulation:
         res = self._gather(refs, self.step_timeout_s, f"apply step {self._step}")
         done = time.perf_counter()
         for h, x in res.items():
+            off_s = offsets.get(str(h), {}).get("offset_ms", 0.0) / 1e3
             row = (
                 self._step,
                 h,
                 round(x["apply_s"] * 1e3, 3),
                 round((done - sent) * 1e3, 3),
+                round((x["unix_s"] - off_s - sent_unix) * 1e3, 3),
                 x["links"],
                 x["routes"],
             )
@@ -402,10 +415,11 @@ class ClusterEmulation:
         per: dict[str, Any] = {}
         arr = np.array([r[2] for r in self._rows]) if self._rows else np.zeros(0)
         call = np.array([r[3] for r in self._rows]) if self._rows else np.zeros(0)
+        done = np.array([r[4] for r in self._rows]) if self._rows else np.zeros(0)
         hosts = np.array([r[1] for r in self._rows], dtype=np.int64)
         for h in range(self.n_hosts):
             sel = hosts == h
-            a, c = arr[sel], call[sel]
+            a, c, dn = arr[sel], call[sel], done[sel]
             per[str(h)] = {
                 **{k: self.info.get(h, {}).get(k) for k in ("address", "hostname")},
                 "nodes": int((self.partition.host == h).sum()),
@@ -413,6 +427,7 @@ class ClusterEmulation:
                 "apply_ms_p50": float(np.percentile(a, 50)) if a.size else None,
                 "apply_ms_p99": float(np.percentile(a, 99)) if a.size else None,
                 "call_ms_p99": float(np.percentile(c, 99)) if c.size else None,
+                "done_ms_p99": float(np.percentile(dn, 99)) if dn.size else None,
             }
         clock = dict(self.clock)
         worst = max(
