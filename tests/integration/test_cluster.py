@@ -242,3 +242,37 @@ def test_killed_worker_stops_the_run_and_leaves_nothing(tmp_path: Path) -> None:
         stale = [n for n in os.listdir("/run/netns") if any(r in n for r in ours)]
         assert stale == [], stale
         print("\n" + why[0])
+
+
+def test_cluster_simulate_command_until_interrupted() -> None:
+    """`meshemu cluster simulate` keeps its hosts until SIGINT, then removes them."""
+    _require_root()
+    import re
+    import signal
+
+    meshemu = str(Path(sys.executable).with_name("meshemu"))
+    proc = subprocess.Popen(
+        [meshemu, "cluster", "simulate", "--hosts", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C removes" in line:
+                break
+        text = "".join(lines)
+        m = re.search(r"ip netns exec (mxh\w+?)0 ", text)
+        assert m, text
+        names = [f"{m.group(1)}{i}" for i in range(2)]
+        assert all(os.path.exists(f"/run/netns/{n}") for n in names)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not any(os.path.exists(f"/run/netns/{n}") for n in names)
