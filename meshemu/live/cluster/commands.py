@@ -134,7 +134,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from meshemu.live.cluster.simhosts import SimulatedHosts
 
     require_root("meshemu cluster simulate")
+    stop = threading.Event()
     with SimulatedHosts(args.hosts) as hosts:
+        for s in (signal.SIGINT, signal.SIGTERM):  # (before the hosts are announced)
+            signal.signal(s, lambda *_: stop.set())
         print(
             f"{args.hosts} simulated hosts up; the Ray head is {hosts.head_address}.\n"
             f"Run the driver in host 0, e.g.:\n"
@@ -144,8 +147,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             f"Ctrl-C removes the hosts.",
             flush=True,
         )
-        stop = threading.Event()
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, lambda *_: stop.set())
-        stop.wait()
+        while not stop.wait(0.5):
+            pass
     return 0
