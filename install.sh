@@ -65,8 +65,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "==> creating venv $VENV (system site-packages, for Debian's mininet module)"
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-extra=""
-[ "$WITH_TEST" = 1 ] && extra="[test]"
+# cluster: Ray and pymetis, for one run over several hosts (meshemu cluster, run --cluster)
+extra="[cluster]"
+[ "$WITH_TEST" = 1 ] && extra="[test,cluster]"
 echo "==> pip install -e .$extra"
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$HERE$extra"
 

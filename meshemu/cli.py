@@ -30,6 +30,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from meshemu.errors import Interrupted, MeshemuError
 
@@ -242,6 +243,49 @@ def _add_tle_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sp.set_defaults(func=cmd_tle_fetch)
 
 
+def _cluster_cmd(name: str) -> Any:
+    """``meshemu cluster ...``'s handler ``name`` of :mod:`meshemu.live.cluster.commands`,
+    imported when it runs (the CLI itself loads nothing of ``meshemu.live``)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from meshemu.live.cluster import commands
+
+        return int(getattr(commands, name)(args))
+
+    return run
+
+
+def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
+    """``meshemu cluster ...``."""
+    sp = sub.add_parser("cluster", help="one run over several hosts: set up Ray (see README)")
+    cs = sp.add_subparsers(dest="cluster_cmd", required=True)
+    p = cs.add_parser("token", help="write a new random cluster token (0600)")
+    p.add_argument("file")
+    p.set_defaults(func=_cluster_cmd("cmd_token"))
+    p = cs.add_parser("start", help="start Ray on this host (root)")
+    p.add_argument("--host", type=int, required=True, help="this host's index (0 = head)")
+    p.add_argument("--address", required=True, help="this host's address on the cluster network")
+    p.add_argument("--join", metavar="HEAD:PORT", help="the head to join (not on the head)")
+    p.add_argument("--port", type=int, default=6379, help="the head's port")
+    p.add_argument("--token", required=True, help="the cluster's token file")
+    p.set_defaults(func=_cluster_cmd("cmd_start"))
+    for name, fn, what in (
+        ("status", "cmd_status", "list the meshemu hosts of a cluster"),
+        ("clean", "cmd_clean", "meshemu clean on every host of a cluster (root)"),
+    ):
+        p = cs.add_parser(name, help=what)
+        p.add_argument("--join", metavar="HEAD:PORT", required=True)
+        p.add_argument("--token", required=True)
+        if name == "clean":
+            p.add_argument("--run", metavar="RUN_ID", help="only this run's shares")
+        p.set_defaults(func=_cluster_cmd(fn))
+    p = cs.add_parser("stop", help="ray stop: every Ray process of this machine")
+    p.set_defaults(func=_cluster_cmd("cmd_stop"))
+    p = cs.add_parser("simulate", help="simulated hosts on this machine until Ctrl-C (root)")
+    p.add_argument("--hosts", type=int, default=2)
+    p.set_defaults(func=_cluster_cmd("cmd_simulate"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meshemu",
@@ -372,6 +416,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--view-host", default="127.0.0.1", help="address of --view (default: %(default)s)"
     )
+    sp.add_argument(
+        "--cluster",
+        metavar="ADDRESS:PORT",
+        help="spread the run over the hosts of the Ray cluster whose head is there (see "
+        "README, Beyond one machine; meshemu cluster start)",
+    )
+    sp.add_argument(
+        "--hosts",
+        type=int,
+        metavar="H",
+        help="with --cluster: use hosts 0..H-1 (default: every host of the cluster)",
+    )
+    sp.add_argument(
+        "--partition",
+        default="auto",
+        choices=("auto", "metis", "planes"),
+        help="with --cluster: how nodes are assigned to hosts (default: %(default)s)",
+    )
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser(
@@ -384,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to serve on (default: %(default)s)"
     )
     sp.set_defaults(func=cmd_view)
+
+    add_cluster_parser(sub)
 
     sp = sub.add_parser("clean", help="remove what a crashed run left behind (root)")
     sp.set_defaults(func=cmd_clean)

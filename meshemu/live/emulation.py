@@ -197,6 +197,13 @@ class Emulation:
     detect : str
         With daemons, how a link that goes down shows itself: ``carrier`` (the interface
         goes down at both ends) or ``silent`` (frames are dropped).
+    local : sequence of bool, optional
+        Per node id: built on this host. Default: every node. With a subset (one host's
+        share of a run over several hosts, :mod:`meshemu.live.cluster`), only those nodes,
+        their links to each other and their ends of the links in ``cut`` are built here;
+        addresses, interface names and link ids stay those of the whole run.
+    cut : dict of int to CutLink, optional
+        The links to nodes on other hosts (:mod:`meshemu.live.tunnels`), by link id.
 
     Attributes
     ----------
@@ -226,6 +233,8 @@ class Emulation:
         detect: str = "carrier",
         delay_tolerance_s: float = DELAY_TOLERANCE_S,
         route_aggregation: bool | None = None,
+        local: Sequence[bool] | np.ndarray | None = None,
+        cut: dict[int, Any] | None = None,
     ) -> None:
         self.plan = adr.AddressPlan.from_links(names, kinds, np.zeros(0, dtype=np.int64))
         if (
@@ -267,6 +276,20 @@ class Emulation:
         )
         self.daemon_runner: Any = None
         self._ifindex: np.ndarray | None = None
+        n = len(self.names)
+        self.local = np.ones(n, bool) if local is None else np.asarray(local, dtype=bool)
+        if self.local.shape != (n,):
+            raise EmulationError(f"local must have one flag per node ({n}); got {self.local.shape}")
+        if local is not None and daemons is not None:
+            raise EmulationError("daemon routing over several hosts is not supported yet")
+        self.local_ids = np.flatnonzero(self.local)
+        self._slot = np.full(n, -1, np.int64)
+        self._slot[self.local_ids] = np.arange(self.local_ids.size)
+        self.cut: dict[int, Any] = dict(cut or {})
+        #: Per link: shaped by this host's shaper (both ends here, or a cut link shaped here).
+        self._shaped = np.zeros(0, bool)
+        #: Per link: seconds taken off the delay the shaper adds (a cut link's substrate).
+        self._offset = np.zeros(0)
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -275,7 +298,10 @@ class Emulation:
 
     def node(self, name: str) -> MeshNode:
         """The Mininet node called ``name``."""
-        return self.nodes[self._node_id(name)]
+        i = self._node_id(name)
+        if self._slot[i] < 0:
+            raise EmulationError(f"node {name} is on another host")
+        return self.nodes[self._slot[i]]
 
     def node_address(self, name: str) -> str:
         """The node address (on ``lo``) of node ``name``."""
@@ -289,13 +315,14 @@ class Emulation:
                 f"unknown node {name!r}; nodes are e.g. "
                 f"{', '.join(self.names[:3])} ... {self.names[-1]}"
             ) from None
-        if i >= len(self.nodes):
+        if self.local[i] and self._slot[i] >= len(self.nodes):
             raise EmulationError("the emulation is not built yet (call build first)")
         return i
 
     @property
     def pids(self) -> list[int]:
-        """Shell pid of every node, by node id (each is in its node's namespace)."""
+        """Shell pid of every node built here, in node id order (each in its node's
+        namespace)."""
         return [n.pid for n in self.nodes]
 
     # -- build -------------------------------------------------------------------------------
@@ -330,7 +357,9 @@ class Emulation:
         table = LinkTable(run_links, self.names, self.delay_tolerance_s)
         table.load(first_snapshot)
         dests, nh = check_tables(first_tables, n)
-        check_memory(n, plan.n_links, n * len(dests))
+        here = self.local[plan.a] | self.local[plan.b]
+        n_here = int(self.local_ids.size)
+        check_memory(n_here, int(here.sum()), n_here * len(dests))
         reserve_descriptors(n)
         self.plan, self.links = plan, table
         self._started = True
@@ -417,7 +446,8 @@ class Emulation:
             inNamespace=False,
             autoSetMacs=False,
         )
-        for i, name in enumerate(self.names):
+        for i in self.local_ids.tolist():
+            name = self.names[i]
             node = self.mininet.addHost(
                 name,
                 cls=MeshNode,
@@ -434,7 +464,7 @@ class Emulation:
         sysctls: dict[str, str | int] = dict(NODE_SYSCTLS)
         if not self.ipv6:
             sysctls.update(NO_IPV6_SYSCTLS)
-        names = self.names
+        names = [self.names[i] for i in self.local_ids.tolist()]
 
         def setup(i: int, pid: int) -> tuple[int, netlink.Netlink]:
             ino = os.stat("/proc/thread-self/ns/net").st_ino
@@ -447,23 +477,66 @@ class Emulation:
 
         self._netlink = [None] * self.n_nodes
         res = nl.in_namespaces(self.pids, setup)
-        self._netlink = [r[1] for r in res]
+        for i, r in zip(self.local_ids.tolist(), res):
+            self._netlink[i] = r[1]
         self._inodes = {r[0] for r in res}
 
     def _create_links(self, table: LinkTable) -> None:
         from meshemu.live.shapers import LinkEnds
 
-        plan = self.plan
-        params = table.params_of(np.arange(plan.n_links))
-        pids = self.pids
+        plan, local = self.plan, self.local
+        both = local[plan.a] & local[plan.b]
+        self._shaped = both.copy()
+        self._offset = np.zeros(plan.n_links)
+        for k, c in self.cut.items():
+            self._shaped[k] = c.shaped_here
+            self._offset[k] = c.offset_s
+        params = self._shaper_params(np.arange(plan.n_links))
+        pids = np.zeros(self.n_nodes, np.int64)
+        pids[self.local_ids] = self.pids
         names = plan.ifnames()
         a, b = plan.a.tolist(), plan.b.tolist()
         links = [
-            (LinkEnds(k, pids[a[k]], names[k], pids[b[k]], names[k]), params[k])
-            for k in range(plan.n_links)
+            (LinkEnds(k, int(pids[a[k]]), names[k], int(pids[b[k]]), names[k]), params[k])
+            for k in np.flatnonzero(both).tolist()
         ]
         if links:
             self.shaper.create_links(links)
+        if self.cut:
+            self._create_cut_links(params, pids, names)
+
+    def _create_cut_links(self, params: list, pids: np.ndarray, names: list[str]) -> None:
+        """This host's ends of the links to other hosts (:mod:`meshemu.live.tunnels`)."""
+        from meshemu.linux import commands
+        from meshemu.live.tunnels import plain_end_cmds
+
+        plan = self.plan
+        shaped, plain = [], []
+        for k, c in sorted(self.cut.items()):
+            u = int(plan.a[k]) if c.side == "a" else int(plan.b[k])
+            if not self.local[u]:
+                raise EmulationError(f"cut link {k}: its {c.side} end is not on this host")
+            if c.shaped_here:
+                shaped.append((int(pids[u]), names[k], c, params[k]))
+            else:
+                plain += plain_end_cmds(c, int(pids[u]), names[k])
+        if shaped:
+            self.shaper.create_cut_links(shaped)
+        commands.batch("ip", plain)
+
+    def _shaper_params(self, ids: np.ndarray) -> list:
+        """The shaper's parameters of links ``ids``: the table's, less a cut link's
+        substrate latency (never below 0)."""
+        params = self.links.params_of(ids) if self.links is not None else []
+        if self._offset.size and np.any(self._offset[ids] > 0):
+            import dataclasses
+
+            off = self._offset[ids].tolist()
+            params = [
+                dataclasses.replace(p, delay_s=max(0.0, p.delay_s - o)) if o > 0 else p
+                for p, o in zip(params, off)
+            ]
+        return params
 
     def _configure_addresses(self, plan: adr.AddressPlan) -> None:
         """Address ``lo`` and every link interface, then make each link's peer a permanent
@@ -497,7 +570,11 @@ class Emulation:
                     f"{os.strerror(err)}{': ' + text if text else ''}"
                 )
 
-        def configure(i: int, pid: int) -> None:
+        local_ids = self.local_ids.tolist()
+        cut = self.cut
+
+        def configure(j: int, pid: int) -> None:
+            i = local_ids[j]
             sel = order[bounds[i] : bounds[i + 1]]
             msgs = [netlink.link_up_msg(1, 0), netlink.addr_msg(1, int(node_addr[i]), 32, 0)]
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -521,16 +598,21 @@ class Emulation:
             check(i, sock(i).send_batch(netlink.pack_messages(msgs)), "configuring addresses")
 
         nl.in_namespaces(self.pids, configure)
-        for i in range(n):
+        for i in local_ids:
             sel = order[bounds[i] : bounds[i + 1]]
+            # (a link to another host has no permanent neighbour: its peer's MAC is there,
+            # so ARP resolves it through the tunnel)
             msgs = [
                 netlink.neigh_msg(
                     int(ifindex[k, sd]), int(adr.link_address_int(k, 1 - sd)), macs[k][1 - sd], 0
                 )
                 for k, sd in zip(lid[sel].tolist(), side[sel].tolist())
+                if k not in cut
             ]
             check(i, sock(i).send_batch(netlink.pack_messages(msgs)), "adding neighbours")
-        self.routes = RouteInstaller(plan, ifindex, socks, aggregate=self.route_aggregation)
+        self.routes = RouteInstaller(
+            plan, ifindex, socks, aggregate=self.route_aggregation, local=self.local
+        )
         self._ifindex = ifindex
 
     def _routes(self) -> RouteInstaller:
@@ -543,13 +625,17 @@ class Emulation:
         :func:`meshemu.linux.netns.links_not_running`), so that traffic started right after
         ``build`` is not dropped by interfaces the kernel has not activated yet."""
         deadline = time.monotonic() + timeout_s
-        pending = list(range(self.n_nodes))
+        pending = list(range(len(self.nodes)))
+        pids = self.pids
+        plain = {self.plan.ifname(k) for k, c in self.cut.items() if not c.shaped_here}
         while True:
             res = nl.in_namespaces(
-                [self.pids[i] for i in pending],
+                [pids[i] for i in pending],
                 lambda i, pid: ifaces.links_not_running(),
                 threads=4,
             )
+            # (a tunnel that is a node's own interface has no carrier state: UNKNOWN)
+            res = [[x for x in r if x not in plain] for r in res]
             still = [(pending[j], r) for j, r in enumerate(res) if r]
             if not still:
                 return
@@ -558,7 +644,7 @@ class Emulation:
                 raise EmulationError(
                     f"{len(still)} node(s) still have interfaces that are "
                     f"not running {timeout_s:.0f} s after they were brought "
-                    f"up, e.g. {self.names[i]}: {', '.join(names[:4])}"
+                    f"up, e.g. {self.nodes[i].name}: {', '.join(names[:4])}"
                 )
             pending = [i for i, _ in still]
             time.sleep(0.05)
@@ -568,13 +654,15 @@ class Emulation:
         plan = self.plan
         names = plan.ifnames()
         ports = [1] * self.n_nodes
-        for i, node in enumerate(self.nodes):
+        for i, node in zip(self.local_ids.tolist(), self.nodes):
             MeshIntf("lo", node, 0, adr.int_to_ip(plan.node_addr[i]), 32)
         for k in range(plan.n_links):
             for s, u in ((0, int(plan.a[k])), (1, int(plan.b[k]))):
+                if not self.local[u]:
+                    continue
                 MeshIntf(
                     names[k],
-                    self.nodes[u],
+                    self.nodes[self._slot[u]],
                     ports[u],
                     adr.int_to_ip(adr.link_address_int(k, s)),
                     adr.LINK_PREFIXLEN,
@@ -663,8 +751,9 @@ class Emulation:
         dests, _ = check_tables(tables, self.n_nodes)
         changes = self.links.advance(snapshot)
         ids = changes.ids
-        if ids.size:
-            self.shaper.update(list(zip(ids.tolist(), self.links.params_of(ids))))
+        mine = ids[self._shaped[ids]] if self._shaped.size else ids
+        if mine.size:
+            self.shaper.update(list(zip(mine.tolist(), self._shaper_params(mine))))
         t1 = time.perf_counter()
         if diff is None:
             diff = route_diff(self._tables, tables)
@@ -694,6 +783,26 @@ class Emulation:
             st.apply_s * 1e3,
         )
         return st
+
+    def apply_share(
+        self, ids: np.ndarray, rows: np.ndarray, u: np.ndarray, d: np.ndarray, hops: np.ndarray
+    ) -> tuple[int, int, float, float]:
+        """One step of this host's share (a run over several hosts): links ``ids`` take the
+        link-table records ``rows`` (those this host shapes go to its shaper), and node
+        ``u[m]``'s route to ``d[m]`` takes next hops ``hops[m]`` (rows sorted by ``u``, all
+        on this host). Returns (link updates, route changes, links s, routes s)."""
+        if not self._started or self._stopped or self.links is None or self.routes is None:
+            raise EmulationError("apply_share() needs a built, running emulation")
+        t0 = time.perf_counter()
+        ids = np.asarray(ids, dtype=np.int64)
+        self.links.rows[ids] = rows
+        mine = ids[self._shaped[ids]]
+        if mine.size:
+            self.shaper.update(list(zip(mine.tolist(), self._shaper_params(mine))))
+        t1 = time.perf_counter()
+        cover = self.routes.cover  # aggregated: the changes go in as /32s over them
+        n_routes = self.routes.route_ops(u, d, hops, None if cover is None else cover[u, d])
+        return int(mine.size), int(n_routes), t1 - t0, time.perf_counter() - t1
 
     # -- teardown ----------------------------------------------------------------------------
     def stop(self) -> None:

@@ -112,6 +112,9 @@ class RunOptions:
     detect: str = "carrier"
     delay_tolerance_us: float = 1.0
     route_aggregation: str = "auto"
+    cluster: str | None = None
+    hosts: int | None = None
+    partition: str = "auto"
 
     def __post_init__(self) -> None:
         span = self.span  # checks duration, step, start and the step count
@@ -170,9 +173,46 @@ class RunOptions:
         object.__setattr__(self, "capture", tuple(cap))
         if self.out_dir is not None and not isinstance(self.out_dir, (str, Path)):
             raise OptionsError(f"must be a path; got {self.out_dir!r}", field="--out")
+        if self.cluster is not None:
+            self._check_cluster()
         for hook in ("on_step", "on_built"):
             if getattr(self, hook) is not None and not callable(getattr(self, hook)):
                 raise OptionsError(f"must be callable; got {getattr(self, hook)!r}", field=hook)
+
+    def _check_cluster(self) -> None:
+        """``--cluster``: what a run over several hosts does not do yet is refused here."""
+        from meshemu.partition import METHODS
+
+        c = self.cluster
+        if not isinstance(c, str) or ":" not in c or not c.rsplit(":", 1)[1].isdigit():
+            raise OptionsError(
+                f"must be the Ray head's ADDRESS:PORT (e.g. 10.0.0.1:6379); got {c!r}",
+                field="--cluster",
+            )
+        h = self.hosts
+        if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
+            raise OptionsError(f"must be an integer >= 1; got {h!r}", field="--hosts")
+        if self.partition not in METHODS:
+            raise OptionsError(
+                f"unknown method {self.partition!r}; please specify one of: {', '.join(METHODS)}",
+                field="--partition",
+            )
+        for flag, on in (
+            ("--cli", self.cli),
+            ("--capture", bool(self.capture)),
+            ("--traffic", self.wants_traffic and not self.traffic_optional),
+        ):
+            if on:
+                raise OptionsError(
+                    f"{flag} does not work over several hosts yet; run without it",
+                    field="--cluster",
+                )
+        if self.shaper not in ("auto", "userspace"):
+            raise OptionsError(
+                "a run over several hosts shapes with the userspace shaper (its delay line "
+                "holds the tunnels between hosts); use --shaper userspace (or auto)",
+                field="--cluster",
+            )
 
     @property
     def span(self) -> TimeSpan:

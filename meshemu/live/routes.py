@@ -155,6 +155,9 @@ class RouteInstaller:
     cover : ndarray of int32, shape (N, N), or None
         With aggregation, after :meth:`install_full`: the next hop of the aggregate prefix
         that covers each node's route to each destination (-1: none).
+    local : ndarray of bool, optional
+        Per node id: on this host (a run over several hosts). Routes of the other nodes are
+        skipped (their hosts install them). Default: every node.
     """
 
     def __init__(
@@ -163,12 +166,14 @@ class RouteInstaller:
         ifindex: np.ndarray,
         sockets: Sequence[netlink.Netlink | None],
         aggregate: bool = False,
+        local: np.ndarray | None = None,
     ) -> None:
         self.plan = plan
         self.ifindex = ifindex
         self.sockets = sockets
         self.aggregate = aggregate
         self.cover: np.ndarray | None = None
+        self.local = None if local is None or bool(np.all(local)) else np.asarray(local, bool)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -226,6 +231,9 @@ class RouteInstaller:
     ) -> int:
         """Node ``u[m]``'s route to the prefix of ``plen[m]`` bits at address slot
         ``start[m]`` via its neighbour ``value[m]`` (rows sorted by ``u``)."""
+        if self.local is not None:  # other hosts' nodes: their hosts install them
+            here = self.local[u]
+            u, start, plen, value = u[here], start[here], plen[here], value[here]
         m = u.size
         if m == 0:
             return 0
@@ -296,6 +304,11 @@ class RouteInstaller:
             A next hop that is not a neighbour over a link of the run, or routes the kernel
             refused (the first few are listed).
         """
+        if self.local is not None:
+            here = self.local[u]
+            u, d, hops = u[here], d[here], hops[here]
+            if cover is not None:
+                cover = cover[here]
         m = u.size
         if m == 0:
             return 0

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from meshemu.errors import MeshemuError, ProfileError, ResourceError
+from meshemu.errors import MeshemuError, OptionsError, ProfileError, ResourceError
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.geometry.schedule import LinkSchedule
 from meshemu.live.clock import Clock
@@ -122,15 +122,26 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
         scenario = load_scenario(scenario)
     span = options.span
     scheme = load_scheme(options.routing)
+    if options.cluster is not None and scheme_kind(scheme) == "daemon":
+        raise OptionsError(
+            f"routing {scheme.name} runs daemons in the nodes, which does not work over "
+            f"several hosts yet; use a computed scheme (shortest-delay, fewest-hops, ecmp)",
+            field="--cluster",
+        )
     if scheme_kind(scheme) == "daemon":
         scheme.check_installed()  # type: ignore[attr-defined]  # names the Debian package
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = check_out_dir(options.out_dir or Path("runs") / f"run-{scenario.name}-{stamp}")
     out = out.absolute()  # the agents in the nodes read their configuration from there
     profile = load_profile(options.traffic) if options.wants_traffic else None  # type: ignore[arg-type]
+    if options.cluster is not None and profile is not None:
+        say("no traffic: the workloads do not run over several hosts yet (--cluster)")
+        profile = None
     run_id = uuid.uuid4().hex[:6]
     workers = {"workers": options.shaper_workers} if options.shaper_workers != 1 else {}
-    shaper = make_shaper(options.shaper, run_id, **workers)  # unknown, or netem without it
+    # over several hosts each host makes its own (userspace) shaper; the driver's is unused
+    name = "userspace" if options.cluster is not None else options.shaper
+    shaper = make_shaper(name, run_id, **workers)  # unknown, or netem without it
     return RunInputs(scenario, options, span, scheme, shaper, profile, out, run_id)
 
 
@@ -271,7 +282,11 @@ class Network:
         st.callback(self.recorder.close)
         self._steps_f, self.steps_w = open_csv(out, STEPS)
         st.callback(self._steps_f.close)
+        self.tables0 = self.feed.get(0)
         daemons = inputs.scheme if scheme_kind(inputs.scheme) == "daemon" else None
+        if inputs.options.cluster is not None:
+            self._build_cluster()
+            return
         self.emu = Emulation(
             nodes.names,
             list(nodes.kind),
@@ -284,7 +299,6 @@ class Network:
             delay_tolerance_s=inputs.options.delay_tolerance_us * 1e-6,
             route_aggregation={"on": True, "off": False}.get(inputs.options.route_aggregation),
         )
-        self.tables0 = self.feed.get(0)
         if shaper.has_guard:  # this shaper measures how far behind the plan it is
             names = nodes.names
             ends = {
@@ -347,6 +361,63 @@ class Network:
             )
             st.callback(self.agents.stop)
             self.agents.step(0, plan.snapshots[0].t_s, self.paths0, self.tables0)
+
+    def _build_cluster(self) -> None:
+        """``--cluster``: partition the nodes, build every host's share (no traffic, no
+        captures, no fidelity guard: the hosts' shapers are theirs)."""
+        from meshemu.live.cluster.engine import ClusterEmulation, cluster_hosts, connect
+        from meshemu.live.emulation import RunLinks
+        from meshemu.partition import link_weights, partition_nodes
+
+        inputs, plan = self.inputs, self.plan
+        opts, nodes, out = inputs.options, plan.sched.nodes, inputs.out
+        assert opts.cluster is not None
+        ray = connect(opts.cluster)
+        n_hosts = opts.hosts or len(cluster_hosts(ray))
+        keys, weights = link_weights(
+            [s.key for s in plan.snapshots], [s.up for s in plan.snapshots]
+        )
+        k = nodes.n_sats
+        order = np.lexsort((nodes.slot[:k], nodes.plane[:k], nodes.shell[:k]))
+        part = partition_nodes(
+            len(nodes),
+            keys,
+            max(1, min(n_hosts, len(nodes))),
+            weights=weights,
+            sat_order=order,
+            method=opts.partition,
+        )
+        part.write(out, nodes.names)
+        say(
+            f"partition ({part.method}): {part.counts()} nodes on {part.n_hosts} hosts, "
+            f"{part.n_cut} of {keys.size} links between hosts"
+        )
+        self.emu = ClusterEmulation(
+            opts.cluster,
+            list(nodes.names),
+            list(nodes.kind),
+            part,
+            "userspace",
+            out,
+            inputs.run_id,
+            inputs.span.step_s / opts.time_scale,
+            shaper_workers=opts.shaper_workers,
+        )
+        say(
+            f"building {len(nodes)} nodes and {plan.link_keys.size} links over "
+            f"{part.n_hosts} hosts ..."
+        )
+        t0 = time.perf_counter()
+        self.emu.build(RunLinks.from_snapshots(plan.snapshots), plan.snapshots[0], self.tables0)
+        self.t_build = time.perf_counter() - t0
+        say(f"built in {self.t_build:.1f} s")
+        self.paths0 = self.recorder.record(  # type: ignore[union-attr]
+            plan.snapshots[0],
+            self.tables0,
+            positions_ecef_km=node_positions_ecef_km(plan.sched, plan.snapshots[0].t_s),
+        )
+        if opts.on_built:
+            opts.on_built(self.emu)
 
     def _initial_convergence(self) -> None:
         """Start the clock only once the daemons have routed every node to every endpoint
@@ -626,11 +697,14 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
                 "routing_s_estimate": loop.routing_estimate_s,
             },
             "fidelity": _fidelity(net, loop),
+            **({"cluster": net.emu.summary()} if opts.cluster is not None else {}),
             "route_changes_total": int(sum(r[7] for r in rows)),
             "link_updates_total": int(sum(r[6] for r in rows)),
         }
     )
     files = [out / f for f in ("nodes.csv", "links.csv", "paths.csv", "positions.npz", STEPS.name)]
+    if opts.cluster is not None:
+        files += [out / "partition.csv", out / "partition.json", out / "hosts_steps.csv"]
     if net.fib is not None:
         files += _convergence(net, summary)
     if net.guard is not None:

@@ -58,6 +58,9 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         plots=not getattr(args, "no_plots", False),
         delay_tolerance_us=getattr(args, "delay_tolerance_us", 1.0),
         route_aggregation=getattr(args, "route_aggregation", "auto"),
+        cluster=getattr(args, "cluster", None),
+        hosts=getattr(args, "hosts", None),
+        partition=getattr(args, "partition", "auto"),
     )
 
 
@@ -94,6 +97,22 @@ def print_result(res: RunResult) -> None:
             f"    {lk['a']}-{lk['b']} ({lk['direction']}): lateness p99 up to "
             f"{lk['worst_p99_ms']:.2f} ms in {lk['steps']} step(s) (see shaper.csv)"
         )
+    if "cluster" in s:
+        c = s["cluster"]
+        part = c["partition"]
+        sub = ", ".join(f"{k}: {v:.3f} ms" for k, v in c["substrate_one_way_ms"].items())
+        print(
+            f"  cluster {c['address']}: {c['n_hosts']} hosts ({part['method']}), "
+            f"{part['cut_links']} links between hosts; substrate one way {sub or 'none'}; "
+            f"clock offsets within {c['clock_offset_bound_ms']:.2f} ms"
+        )
+        for h, x in c["hosts"].items():
+            p99 = x["apply_ms_p99"]
+            print(
+                f"    host {h} ({x['address']}): {x['nodes']} nodes, build "
+                f"{x['build_s'] or 0:.1f} s, apply p99 "
+                f"{'-' if p99 is None else f'{p99:.1f}'} ms"
+            )
     if "traffic" in s:
         for line in s["traffic"].get("lines", []):
             print(f"  {line}")

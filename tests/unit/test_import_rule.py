@@ -24,6 +24,7 @@ PURE = [
     "meshemu.geometry",
     "meshemu.routing",
     "meshemu.plan",
+    "meshemu.partition",
     "meshemu.report",
     "meshemu.traffic.schedule",
     "meshemu.traffic.header",

@@ -27,10 +27,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-from meshemu.errors import EmulationError, ShaperError, choices_message
+from meshemu.errors import EmulationError, LinkParamsError, ShaperError, choices_message
 from meshemu.linux import commands, ifaces, procs
 from meshemu.linux.limits import require_root
 from meshemu.live import delayline as dl
+from meshemu.live import tunnels
 from meshemu.live.shapers.base import (
     DL_SUFFIX,
     NS_PREFIX,
@@ -41,6 +42,7 @@ from meshemu.live.shapers.base import (
     LinkShaper,
     veth_cmd,
 )
+from meshemu.live.tunnels import CutLink
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +268,49 @@ class UserspaceShaper(LinkShaper):
             jobs[dl_pid].append((dl.dl_ifname(e.link_id, "b"), True, False))
         ifaces.configure_interfaces(jobs)
         self._call(dl.encode_links(dl.OP_ADD, _recs(links)))
+
+    def create_cut_links(self, links: Sequence[tuple[int, str, CutLink, LinkParams]]) -> None:
+        """Links to another host (:mod:`meshemu.live.tunnels`), as ``(pid, ifname, cut,
+        params)``: the local node's end (interface ``ifname`` in the namespace of ``pid``) is a
+        veth into the delay line as for any link; the delay line's other end is the VXLAN
+        tunnel to the peer host, made in this host's namespace and moved into the delay
+        line's. ``cut.side`` says which end of the link the local node is."""
+        links = list(links)
+        ids = [c.link_id for _, _, c, _ in links]
+        if len(set(ids)) != len(ids) or any(i in self._links for i in ids):
+            raise LinkParamsError(f"link ids must be new and unique; got {ids[:10]}")
+        if not links:
+            return
+        self._start()
+        dl_pid = self._procs[0].pid
+        cmds: list[list[str]] = []
+        jobs: dict[int, list] = defaultdict(list)
+        for pid, ifname, c, _ in links:
+            other = "b" if c.side == "a" else "a"
+            mine, theirs = dl.dl_ifname(c.link_id, c.side), dl.dl_ifname(c.link_id, other)
+            cmds.append(
+                ["link", "add", ifname, "netns", str(pid), "mtu", str(c.mtu), "up"]
+                + ["type", "veth", "peer", "name", mine, "netns", str(dl_pid), "mtu", str(c.mtu)]
+            )
+            cmds.append(tunnels.vxlan_add_cmd(c))
+            cmds.append(tunnels.move_cmd(c, dl_pid, theirs))
+            jobs[pid].append((ifname, False, True))
+            jobs[dl_pid].append((mine, True, False))
+            jobs[dl_pid].append((theirs, True, False))
+        commands.batch("ip", cmds)
+        for pid, ifname, c, params in links:
+            # (both ends named for the local node: the peer's is on the other host)
+            self._links[c.link_id] = (LinkEnds(c.link_id, pid, ifname, dl_pid, ifname), params)
+        ifaces.configure_interfaces(jobs)
+        self._call(
+            dl.encode_links(
+                dl.OP_ADD,
+                (
+                    (c.link_id, p.delay_s, p.rate_bps, p.queue_packets, p.loss, p.up)
+                    for _, _, c, p in links
+                ),
+            )
+        )
 
     def update(self, changes: Sequence[tuple[int, LinkParams]]) -> None:
         if not changes:

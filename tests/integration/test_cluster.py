@@ -1,0 +1,278 @@
+"""One run over several simulated hosts (network namespaces on a bridge, a Ray node in
+each): the hosts and the engine, the meshemu workers, cross-host links. Root; run under
+``flock /tmp/meshemu-root.lock``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshemu.live.cluster.simhosts import SimulatedHosts
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("cluster tests need root (they create network namespaces); run as root")
+
+
+def _ray_listeners_outside(hosts: SimulatedHosts) -> list[str]:
+    """Listening TCP sockets of the root namespace held by the hosts' processes."""
+    pids = {p for i in range(hosts.n) for p in hosts.processes(i)}
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
+
+
+def test_simulated_hosts_start_ray_with_auth_and_leave_nothing(tmp_path: Path) -> None:
+    _require_root()
+    hosts = SimulatedHosts(2)
+    with hosts:
+        assert sorted(hosts.wait_joined()) == [hosts.address(0), hosts.address(1)]
+        # each host's processes live in its own namespace; nothing listens in the root one
+        assert hosts.processes(0) and hosts.processes(1)
+        assert _ray_listeners_outside(hosts) == []
+        listen = subprocess.run(
+            hosts.exec_argv(0, ["ss", "-Hltn"]), capture_output=True, text=True
+        ).stdout
+        assert f"{hosts.address(0)}:" in listen or "*:6379" in listen
+        # a driver with the wrong token is refused
+        env = dict(hosts.env)
+        env.pop("RAY_AUTH_TOKEN_PATH")
+        env["RAY_AUTH_TOKEN"] = "0" * 64
+        code = f"import ray; ray.init(address={hosts.head_address!r}); print('CONNECTED')"
+        p = subprocess.run(
+            hosts.exec_argv(1, [sys.executable, "-c", code]),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert p.returncode != 0 and "CONNECTED" not in p.stdout
+        assert "InvalidAuthToken" in p.stderr
+        # meshemu clean on every host, through the engine
+        meshemu = str(Path(sys.executable).with_name("meshemu"))
+        p = subprocess.run(
+            hosts.exec_argv(
+                0,
+                [meshemu, "cluster", "clean", "--join", hosts.head_address]
+                + ["--token", str(hosts.token_path), "--run", "mxtestnone"],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        for i in range(2):
+            assert f"host {i} ({hosts.address(i)}): nothing to clean" in p.stdout, p.stdout
+        inodes = dict(hosts.inodes)
+        names = [hosts.netns(i) for i in range(2)]
+    from meshemu.linux import procs
+
+    assert procs.pids_in_netns(set(inodes.values())) == []
+    assert not any(os.path.exists(f"/run/netns/{n}") for n in names)
+    assert not hosts.tmp.exists()
+    assert not os.path.exists(f"/sys/class/net/{hosts.bridge}")
+
+
+def test_simulated_hosts_torn_down_after_a_failed_start(monkeypatch) -> None:
+    _require_root()
+    hosts = SimulatedHosts(2)
+    monkeypatch.setattr(hosts, "ray_bin", "/nonexistent/ray")
+    with pytest.raises(Exception, match="ray start|No such file"):
+        hosts.start()
+    assert not any(os.path.exists(f"/run/netns/{hosts.netns(i)}") for i in range(2))
+    assert not hosts.tmp.exists()
+    assert not os.path.exists(f"/sys/class/net/{hosts.bridge}")
+
+
+PROBE = Path(__file__).with_name("cluster_probe.py")
+
+
+def _probe(hosts: SimulatedHosts, out: Path, pairs: str, cluster: bool) -> dict:
+    """Run cluster_probe.py as the driver in host 0; its JSON."""
+    import json
+
+    result = out.with_suffix(".json")
+    argv = [sys.executable, str(PROBE), str(out), str(result), pairs]
+    if cluster:
+        argv.append(hosts.head_address)
+    p = subprocess.run(
+        hosts.exec_argv(0, argv), env=hosts.env, capture_output=True, text=True, timeout=900
+    )
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    return json.loads(result.read_text())
+
+
+def _planned(run_dir: Path, src: str, dst: str) -> dict[int, float]:
+    """Planned one-way path delay (ms) per step from paths.csv."""
+    import csv
+
+    with open(run_dir / "paths.csv") as f:
+        return {
+            int(float(r["t_s"])): float(r["delay_ms"])
+            for r in csv.DictReader(f)
+            if r["src"] == src and r["dst"] == dst and r["delay_ms"]
+        }
+
+
+def _link_delay(run_dir: Path, a: str, b: str) -> dict[int, float]:
+    """Planned delay (ms) of link a-b per step from links.csv."""
+    import csv
+
+    with open(run_dir / "links.csv") as f:
+        rows = list(csv.DictReader(f))
+    key = {a, b}
+    col = "delay_ms" if "delay_ms" in rows[0] else "delay_s"
+    scale = 1.0 if col == "delay_ms" else 1e3
+    return {
+        int(float(r["t_s"])): float(r[col]) * scale for r in rows if {r.get("a"), r.get("b")} == key
+    }
+
+
+@pytest.mark.parametrize("n_hosts", [2, 3])
+def test_hosts_match_one_host(tmp_path: Path, n_hosts: int) -> None:
+    """The default scenario over 2 and 3 simulated hosts: the same paths as on one host, and at
+    every step a cut link's and a cross-host path's measured one-way delay (half the
+    minimum ping round trip) within 1 ms of the one-host run's and of the plan's."""
+    _require_root()
+    with SimulatedHosts(n_hosts) as hosts:
+        two = _probe(hosts, tmp_path / "two", "cut,london:s0_4_4", cluster=True)
+        (cut_a, cut_b), _ = two["pairs"]
+        one = _probe(hosts, tmp_path / "one", f"{cut_a}:{cut_b},london:s0_4_4", cluster=False)
+        hosts.run_ids |= {two["summary"]["run_id"] + f"h{i}" for i in range(n_hosts)}
+    c = two["summary"]["cluster"]
+    assert c["n_hosts"] == n_hosts and c["partition"]["cut_links"] > 0
+    assert all(x["apply_ms_p99"] is not None for x in c["hosts"].values())
+    assert set(c["clock"]) == {"start", "end"}
+    assert c["substrate_one_way_ms"] and max(c["substrate_one_way_ms"].values()) < 1.0
+    # the same plan, so the same paths
+    assert (tmp_path / "two" / "paths.csv").read_text() == (
+        tmp_path / "one" / "paths.csv"
+    ).read_text()
+    link = _link_delay(tmp_path / "two", cut_a, cut_b)
+    path = _planned(tmp_path / "two", "london", "s0_4_4")
+    checked = 0
+    worst = {"vs_one_host_ms": 0.0, "vs_plan_ms": 0.0}
+    for pair, planned in ((f"{cut_a}:{cut_b}", link), ("london:s0_4_4", path)):
+        r2, r1 = two["rtt_ms"][pair], one["rtt_ms"][pair]
+        assert set(r2) == set(r1) and len(r2) >= 5
+        for k in r2:
+            ow2, ow1 = r2[k] / 2, r1[k] / 2
+            assert abs(ow2 - ow1) < 1.0, (pair, k, ow2, ow1)
+            worst["vs_one_host_ms"] = max(worst["vs_one_host_ms"], abs(ow2 - ow1))
+            if int(k) in planned:
+                assert abs(ow2 - planned[int(k)]) < 1.0, (pair, k, ow2, planned[int(k)])
+                worst["vs_plan_ms"] = max(worst["vs_plan_ms"], abs(ow2 - planned[int(k)]))
+                checked += 1
+    assert checked >= 8
+    print(
+        f"\ncut link {cut_a}-{cut_b} and london->s0_4_4 over {n_hosts} hosts, worst one-way "
+        f"difference: {worst}; per host: {c['hosts']}; substrate {c['substrate_one_way_ms']}; "
+        f"clock {c['clock']}"
+    )
+
+
+def _worker_pids(hosts: SimulatedHosts, i: int) -> list[int]:
+    """The meshemu worker actor's process in host ``i`` (Ray titles it ray::HostWorker)."""
+    out = []
+    for pid in hosts.processes(i):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"HostWorker" in argv:
+            out.append(pid)
+    return out
+
+
+def test_killed_worker_stops_the_run_and_leaves_nothing(tmp_path: Path) -> None:
+    """SIGKILL host 1's meshemu worker mid-run: the run stops with a message naming host 1,
+    the other host's share is torn down, the dead host's is cleaned by a task on that host,
+    and no run of either host is left (no shells, processes, namespaces, locks)."""
+    _require_root()
+    from waits import wait_for
+
+    from meshemu.live.clean import find_runs
+
+    before = set(find_runs())
+    meshemu = str(Path(sys.executable).with_name("meshemu"))
+    out = tmp_path / "run"
+    with SimulatedHosts(2) as hosts:
+        proc = subprocess.Popen(
+            hosts.exec_argv(
+                0,
+                [meshemu, "run", "default", "--cluster", hosts.head_address]
+                + ["--duration", "120", "--traffic", "none", "--out", str(out)],
+            ),
+            env=hosts.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            steps = out / "hosts_steps.csv"
+            assert wait_for(
+                lambda: steps.exists() and len(steps.read_text().splitlines()) > 6, 300, 0.2
+            ), "the cluster run did not start stepping"
+            ours = set(find_runs()) - before
+            assert {r[-2:] for r in ours} == {"h0", "h1"}, ours
+            hosts.run_ids |= ours
+            victims = _worker_pids(hosts, 1)
+            assert len(victims) == 1, victims
+            os.kill(victims[0], 9)
+            text, _ = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode not in (0, None), text[-3000:]
+        why = [
+            ln
+            for ln in text.splitlines()
+            if "host 1 (10." in ln and "its meshemu worker died while it was to" in ln
+        ]
+        assert why, text[-3000:]
+        left = {r: v for r, v in find_runs().items() if r in ours}
+        assert left == {}, left
+        stale = [n for n in os.listdir("/run/netns") if any(r in n for r in ours)]
+        assert stale == [], stale
+        print("\n" + why[0])
+
+
+def test_cluster_simulate_command_until_interrupted() -> None:
+    """`meshemu cluster simulate` keeps its hosts until SIGINT, then removes them."""
+    _require_root()
+    import re
+    import signal
+
+    meshemu = str(Path(sys.executable).with_name("meshemu"))
+    proc = subprocess.Popen(
+        [meshemu, "cluster", "simulate", "--hosts", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C removes" in line:
+                break
+        text = "".join(lines)
+        m = re.search(r"ip netns exec (mxh\w+?)0 ", text)
+        assert m, text
+        names = [f"{m.group(1)}{i}" for i in range(2)]
+        assert all(os.path.exists(f"/run/netns/{n}") for n in names)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not any(os.path.exists(f"/run/netns/{n}") for n in names)
