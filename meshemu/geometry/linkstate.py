@@ -22,6 +22,7 @@ from meshemu.geometry.arrays import (
     Int32Array,
     Int64Array,
 )
+from meshemu.spec.linkmodel import AccessLinkModel
 
 #: ``Snapshot.kind`` values.
 ISL = 0
@@ -69,6 +70,13 @@ class Snapshot:
     relay : ndarray of bool, shape (n_nodes,)
         Nodes that forward only between a lower-tier and a higher-tier neighbour (gateways,
         PoPs); default none.
+    access : ndarray of bool, shape (E,)
+        Links that carry :attr:`access_model` (a user terminal's GSLs: ``a`` is the
+        satellite, so ``a -> b`` is the downlink and ``b -> a`` the uplink); default none.
+    access_model : AccessLinkModel or None
+        The extra delay and bursty loss of the ``access`` links, per direction
+        (``gsl.access_model``, :mod:`meshemu.spec.linkmodel`); ``delay_s`` stays the
+        propagation delay.
 
     Every parameter of a link travels in the snapshot, so the emulator takes them from here
     and nowhere else.
@@ -88,6 +96,8 @@ class Snapshot:
     loss: FloatArray = field(default_factory=lambda: np.zeros(0))
     tier: Int8Array = field(default_factory=lambda: np.zeros(0, np.int8))
     relay: BoolArray = field(default_factory=lambda: np.zeros(0, bool))
+    access: BoolArray = field(default_factory=lambda: np.zeros(0, bool))
+    access_model: AccessLinkModel | None = None
 
     def __post_init__(self) -> None:
         e = self.a.shape[0]
@@ -102,6 +112,18 @@ class Snapshot:
             object.__setattr__(self, "queue_packets", np.full(e, DEFAULT_QUEUE_PACKETS, np.int32))
         if self.loss.shape != (e,):
             object.__setattr__(self, "loss", np.zeros(e))
+        if self.access.shape != (e,) or self.access_model is None:
+            object.__setattr__(self, "access", np.zeros(e, bool))
+
+    def access_delays_s(self) -> tuple[FloatArray, FloatArray]:
+        """Mean extra delay of each link, ``a -> b`` and ``b -> a`` (the deterministic part
+        of :attr:`access_model`; 0 on the other links), seconds."""
+        ab, ba = np.zeros(self.n_links), np.zeros(self.n_links)
+        m = self.access_model
+        if m is not None:
+            ab[self.access] = m.downlink.mean_s
+            ba[self.access] = m.uplink.mean_s
+        return ab, ba
 
     @property
     def key(self) -> Int64Array:

@@ -335,6 +335,9 @@ class LinkSchedule:
         dist_km, rate, acq, lingering = dist_km[order], rate[order], acq[order], lingering[order]
         blocked = blocked[order]
         delay, queue, loss = delay[order], queue[order], loss[order]
+        model = sc.gsl.access_model
+        # the access model is a user terminal's: every GSL but a gateway's (b is the ground end)
+        access = (kind == GSL) & ~self.relay[b] if model is not None else np.zeros(0, bool)
         # --- acquisition: when was each present link formed?
         formed = np.full(key.size, t if not first else -np.inf)
         if hist.keys.size:
@@ -360,6 +363,8 @@ class LinkSchedule:
             loss=loss,
             tier=self.tier,
             relay=self.relay,
+            access=access,
+            access_model=model,
         )
         return snap, _History(key, formed, isl_now)
 

@@ -179,22 +179,49 @@ DAEMONS = FileSpec(
     ("node", "daemon", "cpu_s"),
     ("pid", "cpu_s", "rss_kib", "pss_kib", "hwm_kib"),
 )
-#: ``up``: 1 when the link carries traffic, 0 while it is acquiring.
+#: ``up``: 1 when the link carries traffic, 0 while it is acquiring. ``delay_ms`` is the
+#: propagation delay; ``access_down_ms`` / ``access_up_ms`` the mean extra delay of the
+#: access model (``gsl.access_model``) from ``a`` to ``b`` (a GSL's satellite to the ground:
+#: downlink) and back (uplink), 0 on other links.
 LINKS = FileSpec(
     "links.csv",
-    ("t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"),
+    (
+        "t_s",
+        "a",
+        "b",
+        "kind",
+        "up",
+        "distance_km",
+        "delay_ms",
+        "rate_mbps",
+        "access_down_ms",
+        "access_up_ms",
+    ),
     ("t_s", "a", "b"),
-    ("t_s", "distance_km", "delay_ms", "rate_mbps"),
-    ("float64", "string", "string", "string", "int8", "float64", "float64", "float64"),
+    ("t_s", "distance_km", "delay_ms", "rate_mbps", "access_down_ms", "access_up_ms"),
+    (
+        "float64",
+        "string",
+        "string",
+        "string",
+        "int8",
+        "float64",
+        "float64",
+        "float64",
+        "float64",
+        "float64",
+    ),
 )
 #: An unreachable pair has an empty ``path`` and no ``hops`` or ``delay_ms`` (empty cells in
-#: CSV, nulls in Parquet).
+#: CSV, nulls in Parquet). ``delay_ms`` is the predicted one-way delay, ``propagation_ms``
+#: (the links' propagation) plus ``access_ms`` (the mean extra delay of the access links on
+#: the path, each in the direction it is taken: the deterministic part of the access model).
 PATHS = FileSpec(
     "paths.csv",
-    ("t_s", "src", "dst", "path", "hops", "delay_ms"),
+    ("t_s", "src", "dst", "path", "hops", "delay_ms", "propagation_ms", "access_ms"),
     ("t_s", "src", "dst", "path", "delay_ms"),
-    ("t_s", "hops", "delay_ms"),
-    ("float64", "string", "string", "string", "int32", "float64"),
+    ("t_s", "hops", "delay_ms", "propagation_ms", "access_ms"),
+    ("float64", "string", "string", "string", "int32", "float64", "float64", "float64"),
 )
 _STEP_COLUMNS = (
     "step",
