@@ -212,6 +212,14 @@ LINKS = FileSpec(
         "float64",
     ),
 )
+#: The idle RTT probe of ``meshemu validate`` (``meshemu/live/fidelity.py``): one row per
+#: echo request, its send time in the scenario's UTC and ``t_s``, its RTT (empty: no answer).
+PROBE = FileSpec(
+    "probe.csv",
+    ("seq", "utc_s", "t_s", "rtt_ms"),
+    ("seq", "utc_s", "rtt_ms"),
+    ("utc_s", "t_s", "rtt_ms"),
+)
 #: An unreachable pair has an empty ``path`` and no ``hops`` or ``delay_ms`` (empty cells in
 #: CSV, nulls in Parquet). ``delay_ms`` is the predicted one-way delay, ``propagation_ms``
 #: (the links' propagation) plus ``access_ms`` (the mean extra delay of the access links on
@@ -333,6 +341,7 @@ SPECS: dict[str, FileSpec] = {
         ITERATIONS,
         INFERENCE,
         RTT,
+        PROBE,
     )
 }
 
@@ -555,6 +564,10 @@ SUMMARY_KEYS: dict[str, str] = {
     "nodes": "number of nodes",
     "events.route_changes": "route changes over the plan",
     "kind": "'run' for a live run (a plan has none)",
+    "gsl.schedule": "continuous or slotted GSL assignments",
+    "gsl.slot_s": "slotted: the slot (s)",
+    "gsl.slot_offset_s": "slotted: the UTC second (mod slot_s) of the boundaries",
+    "slots": "a probed slotted run: the probe's figures (meshemu/report/slots.py probe_figures)",
     "shaper": "link shaper of a live run",
     "time_scale": "emulated seconds per wall-clock second (default 1)",
     "timing.apply_ms_p50": "step apply time, median (ms)",

@@ -379,6 +379,11 @@ class PlanRecorder:
             "scenario": scenario.name,
             "source": scenario.source,
             "epoch": scenario.epoch.isoformat(),
+            "gsl": {
+                "schedule": scenario.gsl.schedule,
+                "slot_s": scenario.gsl.slot_s,
+                "slot_offset_s": scenario.gsl.slot_offset_s,
+            },
             "start_s": start_s,
             "duration_s": duration_s,
             "step_s": step_s,

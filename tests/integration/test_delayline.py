@@ -404,9 +404,12 @@ def test_access_delay_has_its_mean_and_bounds_per_direction(pair):
     hi = (2 * prop + down.max_s + up.max_s) * 1e3
     mean = (2 * prop + down.mean_s + up.mean_s) * 1e3
     # the echo's host overhead is tens of microseconds; the shaper sends at or after the
-    # departure, never before (its lateness shows in the guard)
+    # departure, never before. Above: a loaded 2-core host stalls a ping now and then
+    # (by some ms, seen once in a full suite), so the bound holds for 99 % of them
     assert min(rtts) >= lo - 0.02, (min(rtts), lo)
-    assert max(rtts) < hi + 1.0, (max(rtts), hi)
+    over = [r for r in rtts if r >= hi + 0.5]
+    assert len(over) <= 3, (over, hi)
+    assert max(rtts) > hi - 1.5  # and the waits do reach near their bound
     # the mean of 300 waits, sd about 1 ms: within 0.35 ms (5 standard errors and a margin
     # for the host)
     assert abs(statistics.mean(rtts) - mean) < 0.35, (statistics.mean(rtts), mean)
