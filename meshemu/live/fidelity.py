@@ -7,9 +7,10 @@ statistic's peak offset and its ratio to the other offsets; the share of the los
 fall within 1 s of a slot boundary (:func:`meshemu.report.slots.probe_figures`).
 
 The probe's times are the scenario's: each step's wall-clock time is recorded with its
-``t_s`` (the run's ``on_step`` hook), so a probe sent at wall time ``w`` was sent at scenario
-UTC ``epoch + t_s(step) + (w - wall(step)) * time_scale``, and the slot boundaries (UTC
-seconds 12, 27, 42, 57 on Starlink) are those of the scenario's clock.
+``t_s`` (the run's ``on_step`` hook, after the step's apply), the least ``wall - t_s`` over
+the steps is the clock's alignment, and a probe sent at wall time ``w`` was sent at scenario
+UTC ``epoch + w - alignment`` (real time only), so the slot boundaries (UTC seconds 12, 27,
+42, 57 on Starlink) are those of the scenario's clock.
 
 The probe's rows go to ``probe.csv`` in the run directory (:data:`PROBE`), the figures to
 ``fidelity.json`` there and to ``--json`` when given.
@@ -17,7 +18,6 @@ The probe's rows go to ``probe.csv`` in the run directory (:data:`PROBE`), the f
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import re
@@ -216,13 +216,11 @@ def validate_access(
     seq, rtt, t_first = parse_ping(p.lines, count)
     k0 = int(np.flatnonzero(np.isfinite(rtt))[0]) if np.isfinite(rtt).any() else 0
     wall = t_first + (seq - 1 - k0) * interval_s  # ping sends every interval_s
-    walls = [w for w, _ in steps]
-    epoch = sc.epoch.timestamp()
-    t_s = np.empty(seq.size)
-    for i, w in enumerate(wall.tolist()):
-        j = max(0, bisect.bisect_right(walls, w) - 1)
-        t_s[i] = steps[j][1] + (w - steps[j][0])
-    utc = epoch + t_s
+    # the clock applies step k at (its start + t_s); the hook runs after the apply, so the
+    # least lag over the steps is the clock's own alignment
+    lag = min(w - t for w, t in steps)
+    t_s = wall - lag
+    utc = sc.epoch.timestamp() + t_s
     run_dir = Path(res.run_dir)
     f, w_ = open_csv(run_dir, PROBE)
     with f:
