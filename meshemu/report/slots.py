@@ -44,20 +44,30 @@ def slot_jump(
     utc_s: npt.ArrayLike, rtt_ms: npt.ArrayLike, slot_s: float = 15.0, step_s: float = 1.0
 ) -> SlotJump:
     """The slot-jump statistic of RTT samples taken at UTC times ``utc_s`` (POSIX seconds,
-    or any time whose zero is on a UTC minute); lost probes are NaN and ignored."""
+    or any time whose zero is on a UTC minute); lost probes are NaN and ignored. Slots the
+    probe covers only in part (the first and the last, cut at an offset other than the
+    probe's start) are left out: the minimum of fewer samples is higher, a jump that is not
+    the network's."""
     t = np.asarray(utc_s, dtype=np.float64)
     r = np.asarray(rtt_ms, dtype=np.float64)
     ok = np.isfinite(r)
+    if t.size > 1:
+        gap = float(np.median(np.diff(np.sort(t))))
+        lo, hi = float(t.min()) - gap, float(t.max()) + gap
+    else:
+        lo, hi = -np.inf, np.inf
     t, r = t[ok], r[ok]
     offsets = np.arange(0.0, slot_s, step_s)
     out = np.full(offsets.size, np.nan)
     for i, o in enumerate(offsets):
         k = np.floor((t - o) / slot_s).astype(np.int64)
+        whole = (k * slot_s + o >= lo - 1e-9) & ((k + 1) * slot_s + o <= hi + 1e-9)
+        k = k[whole]
         if k.size == 0:
             continue
         uniq, inv = np.unique(k, return_inverse=True)
         mins = np.full(uniq.size, np.inf)
-        np.minimum.at(mins, inv, r)
+        np.minimum.at(mins, inv, r[whole])
         consecutive = np.diff(uniq) == 1
         if consecutive.any():
             out[i] = float(np.mean(np.abs(np.diff(mins))[consecutive]))

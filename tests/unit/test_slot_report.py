@@ -110,3 +110,15 @@ def test_format_figures_sets_measured_beside_published():
     text = format_figures(res)
     assert "rtt_median_ms" in text and "36-48 (about 40)" in text
     assert "slot_jump_peak_offset_s" in text and "12" in text
+
+
+def test_slot_jump_leaves_out_the_partly_probed_first_and_last_slots():
+    from meshemu.report.slots import slot_jump
+
+    # a floor of 20 ms every 5 s, 40 ms otherwise: every whole 15 s slot has minimum 20, a
+    # slot the probe covers for less than 5 s may not (its minimum of 40 is no network jump)
+    t0 = 1_700_000_000.0 - (1_700_000_000.0 % 60)
+    utc = t0 + 0.05 + np.arange(0, 62, 0.1)
+    rtt = np.where(np.arange(utc.size) % 50 == 0, 20.0, 40.0)
+    j = slot_jump(utc, rtt).mean_jump_ms
+    assert np.isfinite(j).sum() >= 10 and np.all(j[np.isfinite(j)] == 0), j
