@@ -116,6 +116,7 @@ TCA_NETEM_RATE64 = 8
 TCA_NETEM_LATENCY64 = 10
 TCA_NETEM_LOSS = 5
 TCA_NETEM_SLOT = 12
+TCA_NETEM_JITTER64 = 11
 NETEM_LOSS_GE = 2
 TC_H_ROOT = 0xFFFFFFFF
 #: The netem root qdisc's handle, ``1:``.
@@ -358,6 +359,7 @@ def netem_qdisc_msg(
     seq: int = 0,
     slot_ns: tuple[int, int] | None = None,
     gemodel: tuple[float, float, float, float] | None = None,
+    jitter_ns: int = 0,
 ) -> bytes:
     """One ``RTM_NEWQDISC`` for the netem root qdisc (handle ``1:``) of ``ifindex``.
 
@@ -395,6 +397,10 @@ def netem_qdisc_msg(
         u32 exceeds ``h`` and in the good state when it is below ``k1``, so ``h = 1 -
         loss_bad`` and ``k1 = loss_good``. None: ``loss`` is a random loss (a change
         without the attribute returns netem to random loss).
+    jitter_ns : int
+        ``delay D J``: without a distribution table netem draws each packet's delay
+        uniformly from ``[D - J, D + J]`` (``tabledist``); in ``tc_netem_qopt`` (ticks) and
+        ``TCA_NETEM_JITTER64`` (ns). 0: none (every message sets it, so a change clears it).
     """
     if gemodel is not None:
         loss = 0.0
@@ -404,13 +410,15 @@ def netem_qdisc_msg(
         min(int(round(loss * _U32_MAX)), _U32_MAX),
         0,
         0,
-        0,
+        min(jitter_ns >> 6, _U32_MAX),
     )
     nested = rta(TCA_NETEM_LATENCY64, struct.pack("=q", latency_ns)) + rta(
         TCA_NETEM_RATE, _NETEM_RATE.pack(min(rate_bytes_s, _U32_MAX), 0, 0, 0)
     )
     if rate_bytes_s > _U32_MAX:
         nested += rta(TCA_NETEM_RATE64, struct.pack("=Q", rate_bytes_s))
+    if jitter_ns:
+        nested += rta(TCA_NETEM_JITTER64, struct.pack("=q", jitter_ns))
     if slot_ns is not None:
         nested += rta(TCA_NETEM_SLOT, _NETEM_SLOT.pack(slot_ns[0], slot_ns[1], 0, 0, 0, 0))
     if gemodel is not None:

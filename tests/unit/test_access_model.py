@@ -161,8 +161,9 @@ def test_netem_renders_delay_slots_and_gemodel_per_direction():
         "0.1%",
     ]
     b = netem_qdisc_cmd("gsl1", p, "add", p.ba)
-    assert b[b.index("delay") + 1] == "4000.000us"
-    assert b[b.index("slot") + 1 : b.index("slot") + 3] == ["1000.000us", "5500.000us"]
+    # the grant as netem's uniform jitter: 2 + 2 + 1..4 ms = 6.5 +- 1.5 ms, then the frame
+    assert b[b.index("delay") + 1 : b.index("delay") + 3] == ["6500.000us", "1500.000us"]
+    assert b[b.index("slot") + 1 : b.index("slot") + 3] == ["0.000us", "1500.000us"]
     assert b[-3:] == ["loss", "random", "0%"]
     # no model: the command as before; down: loss 100% even with Gilbert-Elliott
     plain = netem_qdisc_cmd("isl0", LinkParams(0.002, 0), "add")
@@ -196,8 +197,15 @@ def test_netem_message_carries_slot_and_gemodel_with_uniform_loss_folded_in():
     assert (gp / u32, gr / u32) == pytest.approx((0.01, 0.4))
     assert 1 - h / u32 == pytest.approx(bad) and k1 / u32 == pytest.approx(good)
     assert struct.unpack_from("=IIIIII", opts)[2] == 0  # random loss off: one model at a time
+    assert netlink.TCA_NETEM_JITTER64 not in nested  # no grant on this direction
     plain = _attrs(_attrs(netem_qdisc_msg(7, p, "change", 1)[36:])[netlink.TCA_OPTIONS][24:])
     assert netlink.TCA_NETEM_SLOT not in plain and netlink.TCA_NETEM_LOSS not in plain
+    up = LinkParams(0.002, 0, 1000, 0.0, True, None, UP)
+    uo = _attrs(netem_qdisc_msg(7, up, "change", 1, up.ba)[36:])[netlink.TCA_OPTIONS]
+    un = _attrs(uo[24:])
+    assert struct.unpack("=q", un[netlink.TCA_NETEM_LATENCY64])[0] == 6_500_000
+    assert struct.unpack("=q", un[netlink.TCA_NETEM_JITTER64])[0] == 1_500_000
+    assert struct.unpack_from("=IIIIII", uo)[5] == 1_500_000 >> 6
 
 
 # ---- the Python worker's per-frame model -----------------------------------------------------

@@ -63,27 +63,33 @@ def netem_limit(params: LinkParams, model: DirectionModel | None = None) -> int:
 
 def netem_access(
     params: LinkParams, model: DirectionModel | None
-) -> tuple[float, tuple[int, int] | None, tuple[float, float, float, float] | None]:
+) -> tuple[float, float, tuple[int, int] | None, tuple[float, float, float, float] | None]:
     """netem's share of one direction's access model (:mod:`meshemu.spec.linkmodel`): the
-    delay (propagation + the model's constant), the slots and the Gilbert-Elliott loss.
+    delay and its jitter, the slots and the Gilbert-Elliott loss.
 
-    netem's own features carry the model: ``slot MIN MAX`` for the wait to the next
-    transmission opportunity (``MIN = grant_min``, ``MAX = grant_max + frame``: packets leave
-    only at slot starts and, for packets farther apart than a slot, the wait after their
-    delay is uniform in ``[MIN, MAX]``, the userspace delay line's bounds and mean; its slots
-    start from the queue's own clock rather than a UTC-aligned frame grid, and a grant and
-    the frame alignment are one uniform wait rather than two); ``loss gemodel`` for the
-    Gilbert-Elliott loss, with the link's uniform loss folded into both states' loss
-    (``1 - (1 - state loss)(1 - loss)``: netem has one loss model at a time, and losing a
-    packet in either of two independent draws is the same). A link that is down is
-    ``loss 100%`` without Gilbert-Elliott.
+    netem's own features carry the model:
+
+    - the grant: ``delay D J`` with ``D`` = propagation + constant + the grant's mean and
+      ``J`` its half range; netem without a distribution table draws the delay uniformly
+      from ``[D - J, D + J]``, the grant's range. netem keeps its queue in send-time order,
+      so packets closer together than the grant range may be reordered, where the delay
+      line keeps a direction FIFO;
+    - the frame: ``slot 0 FRAME``: packets leave only at slot starts; after a packet's delay
+      the wait is uniform in ``[0, FRAME]`` when the delay is at least a frame (always, for a
+      GSL of 1.8 ms or more) and packets are farther apart than a frame. Its slots start
+      from the queue's own clock rather than a UTC-aligned frame grid;
+    - ``loss gemodel`` for the Gilbert-Elliott loss, with the link's uniform loss folded
+      into both states' loss (``1 - (1 - state loss)(1 - loss)``: netem has one loss model
+      at a time, and losing a packet in either of two independent draws is the same). A
+      link that is down is ``loss 100%`` without Gilbert-Elliott.
+
+    Returns (delay_s, jitter_s, slot (min_ns, max_ns) or None, gemodel or None).
     """
     if model is None:
-        return params.delay_s, None, None
-    delay = params.delay_s + model.constant_s
-    slot = None
-    if model.frame_s or model.grant_max_s:
-        slot = (round(model.grant_min_s * 1e9), round((model.grant_max_s + model.frame_s) * 1e9))
+        return params.delay_s, 0.0, None, None
+    half = (model.grant_max_s - model.grant_min_s) / 2
+    delay = params.delay_s + model.constant_s + model.grant_min_s + half
+    slot = (0, round(model.frame_s * 1e9)) if model.frame_s else None
     ge = None
     if model.gilbert_elliott and params.up:
         u = params.loss
@@ -93,7 +99,7 @@ def netem_access(
             1 - (1 - model.ge_loss_bad) * (1 - u),
             1 - (1 - model.ge_loss_good) * (1 - u),
         )
-    return delay, slot, ge
+    return delay, half, slot, ge
 
 
 def _pct(x: float) -> str:
@@ -116,8 +122,9 @@ def netem_args(params: LinkParams, model: DirectionModel | None = None) -> list[
     """
     rate = 0 if params.unlimited else int(round(params.rate_bps))
     loss = 100.0 if not params.up else params.loss * 100.0
-    delay, slot, ge = netem_access(params, model)
-    out = ["netem", "delay", _fmt_us(delay), "rate", f"{rate}bit", "limit"]
+    delay, jitter, slot, ge = netem_access(params, model)
+    out = ["netem", "delay", _fmt_us(delay)] + ([_fmt_us(jitter)] if jitter else [])
+    out += ["rate", f"{rate}bit", "limit"]
     out.append(str(netem_limit(params, model)))
     if slot is not None:
         out += ["slot", _fmt_us(slot[0] / 1e9), _fmt_us(slot[1] / 1e9)]
@@ -211,7 +218,7 @@ def netem_qdisc_msg(
         The access model of the interface's egress direction (:func:`netem_access`).
     """
     _check_action(action)
-    delay, slot, ge = netem_access(params, model)
+    delay, jitter, slot, ge = netem_access(params, model)
     return netlink.netem_qdisc_msg(
         ifindex,
         int(round(delay * 1e9)),
@@ -222,6 +229,7 @@ def netem_qdisc_msg(
         seq,
         slot_ns=slot,
         gemodel=ge,
+        jitter_ns=int(round(jitter * 1e9)),
     )
 
 
