@@ -12,8 +12,8 @@ the steps is the clock's alignment, and a probe sent at wall time ``w`` was sent
 UTC ``epoch + w - alignment`` (real time only), so the slot boundaries (UTC seconds 12, 27,
 42, 57 on Starlink) are those of the scenario's clock.
 
-The probe's rows go to ``probe.csv`` in the run directory (:data:`PROBE`), the figures to
-``fidelity.json`` there and to ``--json`` when given.
+The probe's rows go to ``probe.csv`` in the run directory (:data:`PROBE`), ping's own output
+to ``probe_ping.txt``, the figures to ``fidelity.json`` there and to ``--json`` when given.
 """
 
 from __future__ import annotations
@@ -80,9 +80,11 @@ _REPLY = re.compile(r"^\[(\d+\.\d+)\] .*icmp_seq=(\d+) .*time=([\d.]+) ms")
 _NO_ANSWER = re.compile(r"^\[(\d+\.\d+)\] no answer yet for icmp_seq=(\d+)")
 
 
-def parse_ping(lines: Sequence[str], count: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """The replies in ``ping -D`` output: (seq 1..count, rtt_ms with NaN for no answer,
-    wall-clock send time of the earliest answered probe, print time - RTT)."""
+def parse_ping(lines: Sequence[str], count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The probes in ``ping -D`` output: (seq 1..count, rtt_ms with NaN for no answer, wall
+    send time). An answered probe was sent at its reply's print time minus its RTT; an
+    unanswered one between its answered neighbours, by sequence number (``ping -i`` is a
+    least interval: under load the real one is longer, so the count does not give times)."""
     rtt = np.full(count, np.nan)
     sent = np.full(count, np.nan)
     for ln in lines:
@@ -92,7 +94,16 @@ def parse_ping(lines: Sequence[str], count: int) -> tuple[np.ndarray, np.ndarray
             if 1 <= k <= count:
                 rtt[k - 1] = float(m.group(3))
                 sent[k - 1] = float(m.group(1)) - float(m.group(3)) / 1e3
-    return np.arange(1, count + 1), rtt, float(np.nanmin(sent)) if np.isfinite(sent).any() else 0.0
+    seq = np.arange(1, count + 1)
+    ok = np.isfinite(sent)
+    if ok.sum() >= 2:
+        sent = np.interp(seq, seq[ok], sent[ok])
+        # before the first and after the last answer: the median spacing
+        gap = float(np.median(np.diff(sent[ok]) / np.diff(seq[ok])))
+        first, last = int(seq[ok][0]), int(seq[ok][-1])
+        sent[: first - 1] = sent[first - 1] - gap * (first - seq[: first - 1])
+        sent[last:] = sent[last - 1] + gap * (seq[last:] - last)
+    return seq, rtt, sent
 
 
 @dataclass
@@ -213,15 +224,19 @@ def validate_access(
     if "p" not in probe or not steps:
         raise EmulationError("the run ended before the probe started")
     p = probe["p"]
-    seq, rtt, t_first = parse_ping(p.lines, count)
-    k0 = int(np.flatnonzero(np.isfinite(rtt))[0]) if np.isfinite(rtt).any() else 0
-    wall = t_first + (seq - 1 - k0) * interval_s  # ping sends every interval_s
+    seq, rtt, wall = parse_ping(p.lines, count)
+    if not np.isfinite(wall).all():
+        raise EmulationError(
+            f"the probe {name} -> {pop} got fewer than two answers; its output ends: "
+            + " | ".join(p.lines[-5:])
+        )
     # the clock applies step k at (its start + t_s); the hook runs after the apply, so the
     # least lag over the steps is the clock's own alignment
     lag = min(w - t for w, t in steps)
     t_s = wall - lag
     utc = sc.epoch.timestamp() + t_s
     run_dir = Path(res.run_dir)
+    (run_dir / "probe_ping.txt").write_text("\n".join(p.lines) + "\n")
     f, w_ = open_csv(run_dir, PROBE)
     with f:
         for k, u, ts, r in zip(seq.tolist(), utc.tolist(), t_s.tolist(), rtt.tolist()):

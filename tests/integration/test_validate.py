@@ -79,7 +79,8 @@ def test_validate_probes_user_to_pop_and_writes_figures_and_slot_report(tmp_path
     utc = np.array([float(r["utc_s"]) for r in rows])
     t = np.array([float(r["t_s"]) for r in rows])
     assert np.allclose(utc - t, 1767225600.0)  # the scenario's epoch, not the wall clock
-    assert np.allclose(np.diff(t), 0.1, atol=1e-6) and -1 < t[0] < 1
+    # ping's real interval: at least the 0.1 s asked for, a little more under load
+    assert np.all(np.diff(t) > 0.09) and 0.1 <= np.median(np.diff(t)) < 0.11 and -1 < t[0] < 1
     fid = json.loads((out / "fidelity.json").read_text())
     assert fid["checks"]["rtt_median_ms"]["range"] == [36.0, 48.0]
     assert json.loads((out / "summary.json").read_text())["slots"] == m

@@ -59,10 +59,11 @@ def test_parse_ping_takes_replies_and_leaves_unanswered_as_nan():
         "[1700000000.300000] no answer yet for icmp_seq=2",
         "[1700000000.241000] 64 bytes from 10.0.0.7: icmp_seq=3 ttl=60 time=41.0 ms",
     ]
-    seq, rtt, t_first = parse_ping(lines, 4)
+    seq, rtt, sent = parse_ping(lines, 4)
     assert seq.tolist() == [1, 2, 3, 4]
     assert rtt[0] == 25.0 and rtt[2] == 41.0 and np.isnan(rtt[1]) and np.isnan(rtt[3])
-    assert t_first == pytest.approx(1700000000.1)
+    # answered: print time - RTT; unanswered: between its neighbours, or one spacing on
+    assert sent == pytest.approx([1700000000.1, 1700000000.15, 1700000000.2, 1700000000.25])
 
 
 def test_report_of_a_probed_slotted_run_writes_slot_figures(tmp_path):
