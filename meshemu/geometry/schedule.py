@@ -52,7 +52,7 @@ from meshemu.errors import ScenarioError
 from meshemu.geometry.arrays import BoolArray, FloatArray, Int32Array, Int64Array
 from meshemu.geometry.constellation import Constellation, build_constellation, build_nodes
 from meshemu.geometry.grid import GridLinks, plus_grid
-from meshemu.geometry.linkstate import C_M_PER_S, GSL, ISL, TRL, Snapshot
+from meshemu.geometry.linkstate import C_M_PER_S, GSL, ISL, TRL, Snapshot, link_draw
 from meshemu.geometry.orbit import (
     ecef_to_geodetic,
     geodetic_to_ecef_km,
@@ -364,6 +364,7 @@ class LinkSchedule:
             tier=self.tier,
             relay=self.relay,
             access=access,
+            access_draw=np.where(access, link_draw(key), 0.0) if model is not None else np.zeros(0),
             access_model=model,
         )
         return snap, _History(key, formed, isl_now)

@@ -41,6 +41,7 @@ PARAMS_DTYPE = np.dtype(
         ("loss", np.float64),
         ("up", np.bool_),
         ("access", np.bool_),
+        ("access_draw", np.float64),
     ]
 )
 
@@ -226,6 +227,7 @@ class LinkTable:
         rows["loss"][ids] = loss
         rows["up"][ids] = snap.up
         rows["access"][ids] = snap.access
+        rows["access_draw"][ids] = snap.access_draw
         if snap.access_model is not None:
             self.access_model = snap.access_model
         return rows
@@ -249,7 +251,7 @@ class LinkTable:
             d_rate &= ~((rate == old_rate) | (np.isinf(rate) & np.isinf(old_rate)))
         differs = (np.abs(new["delay_s"] - old["delay_s"]) > DELAY_TOLERANCE_S) | d_rate
         differs |= (new["queue_packets"] != old["queue_packets"]) | (new["loss"] != old["loss"])
-        differs |= new["access"] != old["access"]
+        differs |= (new["access"] != old["access"]) | (new["access_draw"] != old["access_draw"])
         changed = np.flatnonzero((up != was_up) | (up & differs))
         up_ids = changed[up[changed] & ~was_up[changed]]
         down_ids = changed[~up[changed] & was_up[changed]]
@@ -266,13 +268,16 @@ class LinkTable:
         m = self.access_model
         down, up_ = (m.downlink, m.uplink) if m is not None else (None, None)
         return [
-            LinkParams(d, rt, q, ls, u, down, up_) if acc else LinkParams(d, rt, q, ls, u)
-            for d, rt, q, ls, u, acc in zip(
+            LinkParams(d, rt, q, ls, u, down.assigned(x), up_.assigned(x))
+            if acc and down is not None and up_ is not None
+            else LinkParams(d, rt, q, ls, u)
+            for d, rt, q, ls, u, acc, x in zip(
                 r["delay_s"].tolist(),
                 r["rate_bps"].tolist(),
                 r["queue_packets"].tolist(),
                 r["loss"].tolist(),
                 r["up"].tolist(),
                 r["access"].tolist(),
+                r["access_draw"].tolist(),
             )
         ]

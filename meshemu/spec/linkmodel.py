@@ -14,6 +14,11 @@ terminal's GSL (not a gateway's feeder links):
   Systems, 2023);
 - uplink only, a request-grant wait, uniform in ``[grant_min, grant_max]`` before the
   alignment (uplink one-way delay is larger than downlink's: Mohan et al.);
+- ``per_assignment``: each assignment (a user terminal's GSL to one satellite: one link)
+  adds a fixed delay drawn once for it, uniform in ``[0, per_assignment]``: the scheduler's
+  share that holds for a slot and changes with the satellite, so that the minimum RTT steps
+  at slot boundaries "often by 10, 20 or even 50 ms" (Pan, Zhao and Cai, ICC 2024, as
+  summarised in issue 13); the draw travels in the snapshots (``Snapshot.access_draw``);
 - Gilbert-Elliott bursty loss (netem's ``loss gemodel``): two states, good -> bad with
   probability ``p`` and bad -> good with ``r`` per packet, a packet lost with ``loss_bad``
   in the bad state and ``loss_good`` in the good one (the state a packet finds; then the
@@ -21,13 +26,15 @@ terminal's GSL (not a gateway's feeder links):
 
 Per packet, extra delay = ``constant + W`` with ``W`` the wait for the transmission
 opportunity: in ``[grant_min, grant_max + frame)``, mean ``(grant_min + grant_max)/2 +
-frame/2``. The deterministic part a plan predicts is the mean (:attr:`DirectionModel.mean_s`).
+frame/2``, plus the assignment's draw. The deterministic part a plan predicts is that mean
+(:attr:`DirectionModel.mean_s` of :meth:`DirectionModel.assigned`).
 
 Schema (``gsl.access_model``)::
 
     frame_ms: 1.333                    MAC frame (both directions); 0: no alignment
     downlink:                          satellite -> ground
       constant_ms: 0
+      per_assignment_ms: 0             each assignment adds uniform [0, this], drawn once
       gilbert_elliott: {p, r, loss_bad: 1, loss_good: 0}   (optional)
     uplink:                            ground -> satellite
       constant_ms: 0, grant_min_ms: 0, grant_max_ms: 0 (default grant_min_ms)
@@ -39,7 +46,7 @@ This module is pure: the values travel in the geometry's snapshots
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshemu.spec.validate import Validator
@@ -65,6 +72,9 @@ class DirectionModel:
         (``ge_p`` 0: no Gilbert-Elliott loss).
     ge_loss_bad, ge_loss_good : float
         Loss probability in the bad and in the good state (netem's ``1-h`` and ``1-k``).
+    per_assignment_s : float
+        Each assignment adds ``draw * per_assignment_s`` to ``constant_s``
+        (:meth:`assigned`); 0: none.
     """
 
     constant_s: float = 0.0
@@ -75,6 +85,16 @@ class DirectionModel:
     ge_r: float = 1.0
     ge_loss_bad: float = 1.0
     ge_loss_good: float = 0.0
+    per_assignment_s: float = 0.0
+
+    def assigned(self, draw: float) -> DirectionModel:
+        """The model of one assignment: ``draw`` (uniform in [0, 1), the link's) times
+        ``per_assignment_s`` added to the constant."""
+        if not self.per_assignment_s:
+            return self
+        return replace(
+            self, constant_s=self.constant_s + draw * self.per_assignment_s, per_assignment_s=0.0
+        )
 
     @property
     def gilbert_elliott(self) -> bool:
@@ -88,7 +108,8 @@ class DirectionModel:
 
     @property
     def mean_s(self) -> float:
-        """Mean extra delay (the deterministic part a plan predicts), seconds."""
+        """Mean extra delay of an assignment (the deterministic part a plan predicts; the
+        per-assignment draw is in the constant, :meth:`assigned`), seconds."""
         return self.constant_s + (self.grant_min_s + self.grant_max_s) / 2 + self.frame_s / 2
 
     @property
@@ -130,7 +151,9 @@ def parse_access_model(v: Validator, d: Any, path: str = "gsl.access_model") -> 
 
 
 def _direction(v: Validator, d: Any, p: str, frame_s: float, uplink: bool) -> DirectionModel:
-    keys = ("constant_ms", "gilbert_elliott") + (("grant_min_ms", "grant_max_ms") if uplink else ())
+    keys = ("constant_ms", "per_assignment_ms", "gilbert_elliott") + (
+        ("grant_min_ms", "grant_max_ms") if uplink else ()
+    )
     if not uplink and isinstance(d, dict):
         for k in ("grant_min_ms", "grant_max_ms"):
             if k in d:
@@ -151,4 +174,5 @@ def _direction(v: Validator, d: Any, p: str, frame_s: float, uplink: bool) -> Di
             "ge_loss_bad": v.number(g, "loss_bad", gp, 1.0, lo=0, hi=1),
             "ge_loss_good": v.number(g, "loss_good", gp, 0.0, lo=0, hi=1),
         }
-    return DirectionModel(constant, frame_s, gmin, gmax, **ge)
+    per = v.number(d, "per_assignment_ms", p, 0.0, lo=0, hi=10_000) / 1e3
+    return DirectionModel(constant, frame_s, gmin, gmax, per_assignment_s=per, **ge)

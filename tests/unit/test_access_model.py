@@ -264,3 +264,40 @@ def test_access_ready_aligns_to_frames_after_grant_and_constant():
     assert w.mean() == pytest.approx(UP.mean_s, abs=5e-5)
     none = _direction(DirectionModel())
     assert not none.acc and not none.ge
+
+
+def test_each_assignment_draws_its_own_fixed_share_of_the_delay():
+    model = {"uplink": {"constant_ms": 2, "per_assignment_ms": 30}}
+    s = LinkSchedule(scenario(model))
+    m = s.scenario.gsl.access_model
+    assert m.uplink.per_assignment_s == pytest.approx(0.03) and m.downlink.per_assignment_s == 0
+    draws = {}
+    for snap in list(s.snapshots(60, start_s=0))[::10]:
+        acc = np.flatnonzero(snap.access)
+        for i in acc.tolist():
+            k = int(snap.key[i])
+            draws.setdefault(k, set()).add(float(snap.access_draw[i]))
+        assert not snap.access_draw[~snap.access].any()
+        ab, ba = snap.access_delays_s()
+        assert np.allclose(ba[acc], m.uplink.mean_s + 0.03 * snap.access_draw[acc])
+        assert np.allclose(ab[acc], m.downlink.mean_s)
+        table = LinkTable(RunLinks.from_snapshot(snap), s.nodes.names)
+        table.load(snap)
+        for p, x in zip(table.params_of(table.ids(snap)[acc]), snap.access_draw[acc].tolist()):
+            assert p.ba.constant_s == pytest.approx(0.002 + 0.03 * x) and p.ba.per_assignment_s == 0
+            assert p.ab.constant_s == 0
+    assert all(len(v) == 1 for v in draws.values())  # fixed per link over the snapshots
+    vals = [next(iter(v)) for v in draws.values()]
+    assert len(set(vals)) == len(vals) and all(0 <= x < 1 for x in vals)
+
+
+def test_link_draw_is_uniform_and_fixed_per_key():
+    from meshemu.geometry.linkstate import link_draw
+
+    keys = np.arange(0, 200_000, 7, dtype=np.int64) * 1_601 + 3
+    d = link_draw(keys)
+    assert np.array_equal(d, link_draw(keys.copy()))
+    assert d.min() >= 0 and d.max() < 1
+    assert np.histogram(d, bins=10, range=(0, 1))[0] == pytest.approx(
+        np.full(10, keys.size / 10), rel=0.05
+    )
