@@ -12,6 +12,8 @@
     meshemu clean
     meshemu report  RUN_DIR [--out DIR] [--no-plots]
     meshemu compare RUN_DIR RUN_DIR... [--out DIR]
+    meshemu validate [SCENARIO] [--user NAME] [--duration S] [--interval S] [--start S]
+                    [--shaper auto|netem|userspace] [--out DIR] [--json FILE]
     meshemu scenarios
     meshemu tle fetch GROUP [--out FILE] [--url BASE] [--force]
 
@@ -158,6 +160,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from meshemu.report import compare_from_cli
 
     return compare_from_cli(args)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from meshemu.linux.limits import require_root
+    from meshemu.live.fidelity import format_figures, validate_access
+
+    require_root("meshemu validate")
+    res = validate_access(
+        args.scenario,
+        user=args.user,
+        duration_s=args.duration,
+        interval_s=args.interval,
+        start_s=args.start,
+        shaper=args.shaper,
+        out_dir=args.out,
+        json_path=args.json,
+    )
+    print(format_figures(res))
+    return 0
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
@@ -467,6 +488,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--out", help="output directory (default: runs/compare-<time>)")
     sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser(
+        "validate",
+        help="run an access scenario live with an idle RTT probe and set the measured "
+        "figures beside the published ones (root)",
+    )
+    sp.add_argument(
+        "scenario",
+        nargs="?",
+        default="starlink-access",
+        help="an access scenario with slotted GSLs (default: starlink-access)",
+    )
+    sp.add_argument("--user", help="the probing user (default: the scenario's first)")
+    sp.add_argument(
+        "--duration", type=_number, default=120.0, help="emulated seconds (default: 120)"
+    )
+    sp.add_argument(
+        "--interval", type=_number, default=0.1, help="seconds between probes (default: 0.1)"
+    )
+    sp.add_argument(
+        "--start", type=_number, default=0.0, help="seconds after the epoch (default: 0)"
+    )
+    sp.add_argument(
+        "--shaper", default="auto", choices=("auto", "netem", "userspace"), help="link shaper"
+    )
+    sp.add_argument("--out", help="run directory (default: runs/<kind>-<scenario>-<time>)")
+    sp.add_argument("--json", help="also write the figures to this JSON file")
+    sp.set_defaults(func=cmd_validate)
 
     sp = sub.add_parser("scenarios", help="list the shipped scenarios")
     sp.set_defaults(func=cmd_scenarios)

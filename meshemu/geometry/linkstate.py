@@ -22,6 +22,7 @@ from meshemu.geometry.arrays import (
     Int32Array,
     Int64Array,
 )
+from meshemu.spec.linkmodel import AccessLinkModel
 
 #: ``Snapshot.kind`` values.
 ISL = 0
@@ -69,6 +70,17 @@ class Snapshot:
     relay : ndarray of bool, shape (n_nodes,)
         Nodes that forward only between a lower-tier and a higher-tier neighbour (gateways,
         PoPs); default none.
+    access : ndarray of bool, shape (E,)
+        Links that carry :attr:`access_model` (a user terminal's GSLs: ``a`` is the
+        satellite, so ``a -> b`` is the downlink and ``b -> a`` the uplink); default none.
+    access_draw : ndarray of float64, shape (E,)
+        Each access link's draw, uniform in [0, 1) and fixed for the link (a hash of its
+        ends): its assignment's share of the access model
+        (:meth:`meshemu.spec.linkmodel.DirectionModel.assigned`); default 0.
+    access_model : AccessLinkModel or None
+        The extra delay and bursty loss of the ``access`` links, per direction
+        (``gsl.access_model``, :mod:`meshemu.spec.linkmodel`); ``delay_s`` stays the
+        propagation delay.
 
     Every parameter of a link travels in the snapshot, so the emulator takes them from here
     and nowhere else.
@@ -88,6 +100,9 @@ class Snapshot:
     loss: FloatArray = field(default_factory=lambda: np.zeros(0))
     tier: Int8Array = field(default_factory=lambda: np.zeros(0, np.int8))
     relay: BoolArray = field(default_factory=lambda: np.zeros(0, bool))
+    access: BoolArray = field(default_factory=lambda: np.zeros(0, bool))
+    access_draw: FloatArray = field(default_factory=lambda: np.zeros(0))
+    access_model: AccessLinkModel | None = None
 
     def __post_init__(self) -> None:
         e = self.a.shape[0]
@@ -102,6 +117,21 @@ class Snapshot:
             object.__setattr__(self, "queue_packets", np.full(e, DEFAULT_QUEUE_PACKETS, np.int32))
         if self.loss.shape != (e,):
             object.__setattr__(self, "loss", np.zeros(e))
+        if self.access.shape != (e,) or self.access_model is None:
+            object.__setattr__(self, "access", np.zeros(e, bool))
+        if self.access_draw.shape != (e,):
+            object.__setattr__(self, "access_draw", np.zeros(e))
+
+    def access_delays_s(self) -> tuple[FloatArray, FloatArray]:
+        """Mean extra delay of each link, ``a -> b`` and ``b -> a`` (the deterministic part
+        of :attr:`access_model`; 0 on the other links), seconds."""
+        ab, ba = np.zeros(self.n_links), np.zeros(self.n_links)
+        m = self.access_model
+        if m is not None:
+            draw = self.access_draw[self.access]
+            ab[self.access] = m.downlink.mean_s + draw * m.downlink.per_assignment_s
+            ba[self.access] = m.uplink.mean_s + draw * m.uplink.per_assignment_s
+        return ab, ba
 
     @property
     def key(self) -> Int64Array:
@@ -211,3 +241,15 @@ def _match_keys(
 
 def _ascending(k: Int64Array) -> bool:
     return bool(k.size < 2 or np.all(k[1:] > k[:-1]))
+
+
+def link_draw(key: Int64Array) -> FloatArray:
+    """A number uniform in [0, 1) fixed for each link key (splitmix64 of the key): the same
+    link gets the same draw in every snapshot and every run."""
+    with np.errstate(over="ignore"):
+        z = key.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    out: FloatArray = (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return out

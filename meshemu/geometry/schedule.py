@@ -52,7 +52,7 @@ from meshemu.errors import ScenarioError
 from meshemu.geometry.arrays import BoolArray, FloatArray, Int32Array, Int64Array
 from meshemu.geometry.constellation import Constellation, build_constellation, build_nodes
 from meshemu.geometry.grid import GridLinks, plus_grid
-from meshemu.geometry.linkstate import C_M_PER_S, GSL, ISL, TRL, Snapshot
+from meshemu.geometry.linkstate import C_M_PER_S, GSL, ISL, TRL, Snapshot, link_draw
 from meshemu.geometry.orbit import (
     ecef_to_geodetic,
     geodetic_to_ecef_km,
@@ -335,6 +335,9 @@ class LinkSchedule:
         dist_km, rate, acq, lingering = dist_km[order], rate[order], acq[order], lingering[order]
         blocked = blocked[order]
         delay, queue, loss = delay[order], queue[order], loss[order]
+        model = sc.gsl.access_model
+        # the access model is a user terminal's: every GSL but a gateway's (b is the ground end)
+        access = (kind == GSL) & ~self.relay[b] if model is not None else np.zeros(0, bool)
         # --- acquisition: when was each present link formed?
         formed = np.full(key.size, t if not first else -np.inf)
         if hist.keys.size:
@@ -360,6 +363,9 @@ class LinkSchedule:
             loss=loss,
             tier=self.tier,
             relay=self.relay,
+            access=access,
+            access_draw=np.where(access, link_draw(key), 0.0) if model is not None else np.zeros(0),
+            access_model=model,
         )
         return snap, _History(key, formed, isl_now)
 

@@ -116,6 +116,10 @@ TCA_STATS = 3
 TCA_NETEM_RATE = 6
 TCA_NETEM_RATE64 = 8
 TCA_NETEM_LATENCY64 = 10
+TCA_NETEM_LOSS = 5
+TCA_NETEM_SLOT = 12
+TCA_NETEM_JITTER64 = 11
+NETEM_LOSS_GE = 2
 TC_H_ROOT = 0xFFFFFFFF
 #: The netem root qdisc's handle, ``1:``.
 NETEM_HANDLE = 0x10000
@@ -138,6 +142,8 @@ _TCMSG = struct.Struct("=BxxxiIII")  # tcmsg: family, ifindex, handle, parent, i
 _NETEM_QOPT = struct.Struct("=IIIIII")  # latency (ticks), limit, loss, gap, duplicate, jitter
 _NETEM_RATE = struct.Struct("=IiIi")  # rate (bytes/s), packet/cell overhead, cell size
 _U32_MAX = 0xFFFFFFFF
+_NETEM_SLOT = struct.Struct("=qqiiqq")  # min/max delay ns, max packets/bytes, dist delay/jitter
+_NETEM_GE = struct.Struct("=IIII")  # tc_netem_gemodel: p, r, h, k1
 
 
 def _rta_hdr(rta_type: int, payload_len: int) -> int:
@@ -376,6 +382,9 @@ def netem_qdisc_msg(
     loss: float,
     create: bool,
     seq: int = 0,
+    slot_ns: tuple[int, int] | None = None,
+    gemodel: tuple[float, float, float, float] | None = None,
+    jitter_ns: int = 0,
 ) -> bytes:
     """One ``RTM_NEWQDISC`` for the netem root qdisc (handle ``1:``) of ``ifindex``.
 
@@ -402,20 +411,45 @@ def netem_qdisc_msg(
         the existing qdisc in place (``tc qdisc change``).
     seq : int
         Sequence number (failures are reported by it).
+    slot_ns : (int, int) or None
+        ``TCA_NETEM_SLOT`` (``slot MIN MAX``): packets leave only at slot starts, the next
+        one ``MIN + uniform(MAX - MIN)`` ns after the previous (``get_slot_next``); no
+        packet or byte limit per slot. ``(0, 0)`` turns slots off; None leaves the
+        attribute out (a change then keeps the qdisc's slots as they were).
+    gemodel : (p, r, loss_bad, loss_good) or None
+        ``TCA_NETEM_LOSS`` with ``NETEM_LOSS_GE`` (Gilbert-Elliott; ``loss`` is then not
+        used). The kernel's ``loss_gilb_ell`` loses a packet in the bad state when a random
+        u32 exceeds ``h`` and in the good state when it is below ``k1``, so ``h = 1 -
+        loss_bad`` and ``k1 = loss_good``. None: ``loss`` is a random loss (a change
+        without the attribute returns netem to random loss).
+    jitter_ns : int
+        ``delay D J``: without a distribution table netem draws each packet's delay
+        uniformly from ``[D - J, D + J]`` (``tabledist``); in ``tc_netem_qopt`` (ticks) and
+        ``TCA_NETEM_JITTER64`` (ns). 0: none (every message sets it, so a change clears it).
     """
+    if gemodel is not None:
+        loss = 0.0
     qopt = _NETEM_QOPT.pack(
         min(latency_ns >> 6, _U32_MAX),
         min(limit, _U32_MAX),
         min(int(round(loss * _U32_MAX)), _U32_MAX),
         0,
         0,
-        0,
+        min(jitter_ns >> 6, _U32_MAX),
     )
     nested = rta(TCA_NETEM_LATENCY64, struct.pack("=q", latency_ns)) + rta(
         TCA_NETEM_RATE, _NETEM_RATE.pack(min(rate_bytes_s, _U32_MAX), 0, 0, 0)
     )
     if rate_bytes_s > _U32_MAX:
         nested += rta(TCA_NETEM_RATE64, struct.pack("=Q", rate_bytes_s))
+    if jitter_ns:
+        nested += rta(TCA_NETEM_JITTER64, struct.pack("=q", jitter_ns))
+    if slot_ns is not None:
+        nested += rta(TCA_NETEM_SLOT, _NETEM_SLOT.pack(slot_ns[0], slot_ns[1], 0, 0, 0, 0))
+    if gemodel is not None:
+        p, r, bad, good = (min(int(round(x * _U32_MAX)), _U32_MAX) for x in gemodel)
+        ge = _NETEM_GE.pack(p, r, _U32_MAX - bad, good)
+        nested += rta(TCA_NETEM_LOSS, rta(NETEM_LOSS_GE, ge))
     body = (
         _TCMSG.pack(socket.AF_UNSPEC, ifindex, NETEM_HANDLE, TC_H_ROOT, 0)
         + rta(TCA_KIND, b"netem\0")

@@ -29,12 +29,26 @@ depends on the ingress interface, so no state is shared.
 
 Control protocol (parent -> worker on stdin, replies on stdout), little-endian binary:
 a header :data:`HDR` ``(op, count)`` followed by ``count`` records: :data:`LINK_REC` for
-:data:`OP_ADD` / :data:`OP_UPDATE`, :data:`ID_REC` for :data:`OP_REMOVE`, nothing for
+:data:`OP_ADD` / :data:`OP_UPDATE`, :data:`ACCESS_REC` for :data:`OP_ACCESS`,
+:data:`ID_REC` for :data:`OP_REMOVE`, nothing for
 :data:`OP_COUNTERS` / :data:`OP_GUARD` / :data:`OP_QUIT`. Every message is answered with
 :data:`HDR` ``(status, nbytes)`` and ``nbytes`` of payload: an error text when ``status`` is
 :data:`ST_ERROR`, :data:`CNT_REC` records for :data:`OP_COUNTERS`, :data:`GUARD_REC` records
 for :data:`OP_GUARD`. The process exits when its stdin reaches EOF, so it never outlives the
 shaper that started it (even after SIGKILL).
+
+The access model (:data:`OP_ACCESS`, :mod:`meshemu.spec.linkmodel`): per link direction, an
+extra delay and Gilbert-Elliott loss. A frame of such a direction is first put through the
+Gilbert-Elliott chain (lost with ``loss_bad`` in the bad state and ``loss_good`` in the good
+one; then the state moves: bad -> good with ``r``, good -> bad with ``p``; netem's
+``loss_gilb_ell``), then the uniform loss, and its departure becomes::
+
+    ready     = link_free (or arrival, unlimited) + grant, grant uniform in [grant_min, grant_max]
+    ready     = the next multiple of frame_ns at or after ready (CLOCK_REALTIME; no frame: as is)
+    departure = max(ready + constant + delay_s, previous departure)
+
+``OP_ADD`` gives a direction no access model; ``OP_UPDATE`` keeps it; a record of zeros
+(``p`` 0) turns it off. A direction without one takes no extra branch per frame.
 
 The fidelity guard (:data:`OP_GUARD`): since the previous ``OP_GUARD``, one
 :data:`GUARD_REC` per link direction this worker owns that sent at least one frame
@@ -71,7 +85,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from meshemu.errors import CommandError
@@ -85,6 +99,10 @@ HDR = struct.Struct("<BI")
 #: One link's parameters: link_id, delay_ns, rate_bps (0 = unlimited), queue_packets,
 #: loss probability, up (0/1).
 LINK_REC = struct.Struct("<IqdIdB")
+#: One direction's access model: link_id, direction (0: frames from the a side, 1: from b),
+#: constant_ns, frame_ns (0: no alignment), grant_min_ns, grant_max_ns, Gilbert-Elliott p,
+#: r, loss in the bad state, loss in the good state (p 0: no Gilbert-Elliott loss).
+ACCESS_REC = struct.Struct("<IBqqqqdddd")
 #: A link id (for removal).
 ID_REC = struct.Struct("<I")
 #: Counters of one link (both directions summed): link_id, packets, bytes, dropped.
@@ -103,6 +121,7 @@ OP_REMOVE = 3
 OP_COUNTERS = 4
 OP_QUIT = 5
 OP_GUARD = 6
+OP_ACCESS = 7
 ST_OK = 0
 ST_ERROR = 1
 
@@ -255,6 +274,15 @@ def encode_links(op: int, recs: Iterable[tuple[int, float, float, int, float, bo
     return HDR.pack(op, len(body)) + b"".join(body)
 
 
+def encode_access(
+    recs: Iterable[tuple[int, int, int, int, int, int, float, float, float, float]],
+) -> bytes:
+    """Encode an :data:`OP_ACCESS` message: records of (link_id, direction, constant_ns,
+    frame_ns, grant_min_ns, grant_max_ns, p, r, loss_bad, loss_good)."""
+    body = [ACCESS_REC.pack(*r) for r in recs]
+    return HDR.pack(OP_ACCESS, len(body)) + b"".join(body)
+
+
 def encode_ids(op: int, ids: Sequence[int]) -> bytes:
     """Encode an :data:`OP_REMOVE` message (or any op with id records)."""
     return HDR.pack(op, len(ids)) + struct.pack(f"<{len(ids)}I", *ids)
@@ -283,6 +311,17 @@ class _Direction:
         "g_frames",
         "g_max",
         "g_hist",
+        "acc",
+        "a_const",
+        "a_frame",
+        "a_gmin",
+        "a_gspan",
+        "ge",
+        "ge_p",
+        "ge_r",
+        "ge_lb",
+        "ge_lg",
+        "ge_bad",
     )
 
     def __init__(self, link_id: int, side: int, out_ifname: str):
@@ -296,6 +335,50 @@ class _Direction:
         self.txq: deque[int] = deque()
         self.pkts = self.bytes = self.drops = 0
         self.alive = True
+        self.set_access(0, 0, 0, 0, 0.0, 1.0, 1.0, 0.0)
+
+    def set_access(
+        self,
+        const_ns: int,
+        frame_ns: int,
+        gmin_ns: int,
+        gmax_ns: int,
+        p: float,
+        r: float,
+        loss_bad: float,
+        loss_good: float,
+    ) -> None:
+        """Set the access model (zeros and ``p`` 0: none; see the module docstring)."""
+        self.a_const, self.a_frame, self.a_gmin = const_ns, frame_ns, gmin_ns
+        self.a_gspan = max(0, gmax_ns - gmin_ns)
+        self.acc = bool(const_ns or frame_ns or gmin_ns or self.a_gspan)
+        self.ge = p > 0
+        self.ge_p, self.ge_r, self.ge_lb, self.ge_lg = p, r, loss_bad, loss_good
+        self.ge_bad = False
+
+    def ge_lost(self, rnd: Callable[[], float]) -> bool:
+        """One step of the Gilbert-Elliott chain: whether this frame is lost (by the state
+        it finds), then the state's move."""
+        if self.ge_bad:
+            lost = rnd() < self.ge_lb
+            if rnd() < self.ge_r:
+                self.ge_bad = False
+        else:
+            lost = rnd() < self.ge_lg
+            if rnd() < self.ge_p:
+                self.ge_bad = True
+        return lost
+
+    def access_ready(self, t: int, rnd: Callable[[], float]) -> int:
+        """When a frame ready at ``t`` (ns) may take the propagation: after its grant, at
+        the next frame boundary, plus the constant."""
+        t += self.a_gmin
+        if self.a_gspan:
+            t += int(rnd() * self.a_gspan)
+        f = self.a_frame
+        if f:
+            t = -(-t // f) * f
+        return t + self.a_const
 
     def configure(self, delay_ns: int, rate_bps: float, limit: int, loss: float, up: int) -> None:
         self.delay_ns = delay_ns
@@ -415,6 +498,21 @@ class DelayLine:
         if unknown:
             raise LookupError(f"update of unknown link ids {unknown[:10]} ({len(unknown)} in all)")
 
+    def _access(self, recs: list[tuple]) -> None:
+        unknown = []
+        for lid, side, const, frame, gmin, gmax, p, r, lb, lg in recs:
+            ds = self.links.get(lid)
+            if ds is None:
+                unknown.append(lid)
+                continue
+            for d in ds:
+                if d.side == side:
+                    d.set_access(const, frame, gmin, gmax, p, r, lb, lg)
+        if unknown:
+            raise LookupError(
+                f"access model of unknown link ids {unknown[:10]} ({len(unknown)} in all)"
+            )
+
     def _remove(self, ids: Iterable[int]) -> None:
         for lid in ids:
             for d in self.links.pop(lid, ()):
@@ -476,9 +574,12 @@ class DelayLine:
         buf = self._buf + chunk
         while len(buf) >= HDR.size:
             op, n = HDR.unpack_from(buf)
-            size = {OP_ADD: LINK_REC.size, OP_UPDATE: LINK_REC.size, OP_REMOVE: ID_REC.size}.get(
-                op, 0
-            ) * n
+            size = {
+                OP_ADD: LINK_REC.size,
+                OP_UPDATE: LINK_REC.size,
+                OP_REMOVE: ID_REC.size,
+                OP_ACCESS: ACCESS_REC.size,
+            }.get(op, 0) * n
             if len(buf) < HDR.size + size:
                 break
             body = memoryview(buf)[HDR.size : HDR.size + size]
@@ -496,6 +597,9 @@ class DelayLine:
                 elif op == OP_REMOVE:
                     self._remove([i for (i,) in ID_REC.iter_unpack(body)])
                     payload = b""
+                elif op == OP_ACCESS:
+                    self._access(list(ACCESS_REC.iter_unpack(body)))
+                    payload = b""
                 elif op == OP_COUNTERS:
                     payload = self._counters()
                 elif op == OP_GUARD:
@@ -503,7 +607,7 @@ class DelayLine:
                 else:
                     raise ValueError(
                         f"unknown control operation {op!r}; valid: "
-                        f"{OP_ADD, OP_UPDATE, OP_REMOVE, OP_COUNTERS, OP_QUIT, OP_GUARD}"
+                        f"{OP_ADD, OP_UPDATE, OP_REMOVE, OP_COUNTERS, OP_QUIT, OP_GUARD, OP_ACCESS}"
                     )
             except Exception as exc:  # reported to the parent, which raises it
                 self._reply(ST_ERROR, str(exc).encode())
@@ -537,7 +641,7 @@ class DelayLine:
             elif snap < length:
                 self.truncated += 1
                 d.drops += 1
-            elif not d.up or (d.loss and rnd() < d.loss):
+            elif not d.up or (d.ge and d.ge_lost(rnd)) or (d.loss and rnd() < d.loss):
                 d.drops += 1
             else:
                 t = sec * 1_000_000_000 + nsec
@@ -555,9 +659,9 @@ class DelayLine:
                     end = (t if t > free else free) + int(length * npb)
                     d.free_ns = end
                     txq.append(end)
-                    dep = end + d.delay_ns
+                    dep = (d.access_ready(end, rnd) if d.acc else end) + d.delay_ns
                 else:
-                    dep = t + d.delay_ns
+                    dep = (d.access_ready(t, rnd) if d.acc else t) + d.delay_ns
                 if dep < d.last_dep:
                     dep = d.last_dep
                 d.last_dep = dep

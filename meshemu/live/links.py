@@ -3,8 +3,9 @@
 Each link of the run has a link id (its index in the sorted keys ``a * n_nodes + b`` of every
 link that appears in any snapshot, :class:`RunLinks`) and, in the :class:`LinkTable`, one
 parameter record with the fields of :class:`meshemu.live.shapers.LinkParams` (delay, rate,
-queue size, loss, up). Every value comes from the snapshots (:class:`Snapshot` ``kind``,
-``delay_s``, ``rate_bps``, ``queue_packets``, ``loss``, ``up``) and from nowhere else; a
+queue size, loss, up, access model per direction). Every value comes from the snapshots
+(:class:`Snapshot` ``kind``, ``delay_s``, ``rate_bps``, ``queue_packets``, ``loss``, ``up``,
+``access`` and ``access_model``) and from nowhere else; a
 link absent from a snapshot is down in it and keeps its other parameters.
 
 :meth:`LinkTable.advance` brings the table to the next snapshot and returns only the links
@@ -26,6 +27,7 @@ import numpy as np
 from meshemu.errors import EmulationError
 from meshemu.geometry.linkstate import DEFAULT_QUEUE_PACKETS, GSL, ISL, TRL, Snapshot
 from meshemu.live.shapers import LinkParams
+from meshemu.spec.linkmodel import AccessLinkModel
 
 #: A link parameter change smaller than this is not pushed to the shaper (seconds).
 DELAY_TOLERANCE_S = 1e-6
@@ -40,6 +42,8 @@ PARAMS_DTYPE = np.dtype(
         ("queue_packets", np.int32),
         ("loss", np.float64),
         ("up", np.bool_),
+        ("access", np.bool_),
+        ("access_draw", np.float64),
     ]
 )
 
@@ -170,6 +174,8 @@ class LinkTable:
         self.names = list(names)
         self.rows = np.zeros(links.n_links, dtype=PARAMS_DTYPE)
         self.rows["queue_packets"] = DEFAULT_QUEUE_PACKETS
+        #: The snapshots' access model (the ``access`` links' ``ab`` / ``ba``).
+        self.access_model: AccessLinkModel | None = None
 
     def __len__(self) -> int:
         return self.links.n_links
@@ -230,6 +236,10 @@ class LinkTable:
         rows["queue_packets"][ids] = queue
         rows["loss"][ids] = loss
         rows["up"][ids] = snap.up
+        rows["access"][ids] = snap.access
+        rows["access_draw"][ids] = snap.access_draw
+        if snap.access_model is not None:
+            self.access_model = snap.access_model
         return rows
 
     def _pair(self, snap: Snapshot, k: int) -> str:
@@ -251,6 +261,7 @@ class LinkTable:
             d_rate &= ~((rate == old_rate) | (np.isinf(rate) & np.isinf(old_rate)))
         differs = (np.abs(new["delay_s"] - old["delay_s"]) > self.delay_tolerance_s) | d_rate
         differs |= (new["queue_packets"] != old["queue_packets"]) | (new["loss"] != old["loss"])
+        differs |= (new["access"] != old["access"]) | (new["access_draw"] != old["access_draw"])
         changed = np.flatnonzero((up != was_up) | (up & differs))
         up_ids = changed[up[changed] & ~was_up[changed]]
         down_ids = changed[~up[changed] & was_up[changed]]
@@ -264,13 +275,19 @@ class LinkTable:
     def params_of(self, link_ids: np.ndarray) -> list[LinkParams]:
         """:class:`LinkParams` of each of ``link_ids``, in order."""
         r = self.rows[np.asarray(link_ids, dtype=np.int64)]
+        m = self.access_model
+        down, up_ = (m.downlink, m.uplink) if m is not None else (None, None)
         return [
-            LinkParams(d, rt, q, ls, u)
-            for d, rt, q, ls, u in zip(
+            LinkParams(d, rt, q, ls, u, down.assigned(x), up_.assigned(x))
+            if acc and down is not None and up_ is not None
+            else LinkParams(d, rt, q, ls, u)
+            for d, rt, q, ls, u, acc, x in zip(
                 r["delay_s"].tolist(),
                 r["rate_bps"].tolist(),
                 r["queue_packets"].tolist(),
                 r["loss"].tolist(),
                 r["up"].tolist(),
+                r["access"].tolist(),
+                r["access_draw"].tolist(),
             )
         ]

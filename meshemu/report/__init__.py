@@ -11,7 +11,9 @@ Data flow, one module per step:
   (:func:`run_stats`; the definitions of loss, reordering and percentiles are there);
 - :mod:`~meshemu.report.tables`: ``summary.csv`` and ``summary.md``;
 - :mod:`~meshemu.report.plots` and :mod:`~meshemu.report.maps`: PNG plots;
-- :mod:`~meshemu.report.compare_runs`: several runs side by side (:func:`compare`).
+- :mod:`~meshemu.report.compare_runs`: several runs side by side (:func:`compare`);
+- :mod:`~meshemu.report.slot_report`: a probed run of slotted GSLs (``meshemu validate``):
+  RTT over time with the slot boundaries, the slot-jump statistic, loss near boundaries.
 
 :func:`report` writes the tables and plots into ``RUN_DIR/report/``. Reporting reads only
 the run directory: it never imports :mod:`meshemu.spec` or :mod:`meshemu.geometry`.
@@ -53,6 +55,7 @@ from meshemu.report.plots import (
     plot_throughput,
 )
 from meshemu.report.run import Run, Table, load_run, read_spec, read_table
+from meshemu.report.slot_report import write_slot_report
 from meshemu.report.stats import (
     PERCENTILES,
     FlowStats,
@@ -212,6 +215,7 @@ def _report(run: Run, out_dir: Path | str | None, plots: bool = True) -> ReportR
             skipped.append(f"{name}: {exc}")
     for s in skipped:
         log.info("skipped %s", s)
+    files += write_slot_report(run, out, plots)
     table = metrics(stats, run.summary)
     files.append(write_metrics_csv(out / "summary.csv", table))
     md = summary_markdown(run, stats)

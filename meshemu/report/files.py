@@ -179,22 +179,57 @@ DAEMONS = FileSpec(
     ("node", "daemon", "cpu_s"),
     ("pid", "cpu_s", "rss_kib", "pss_kib", "hwm_kib"),
 )
-#: ``up``: 1 when the link carries traffic, 0 while it is acquiring.
+#: ``up``: 1 when the link carries traffic, 0 while it is acquiring. ``delay_ms`` is the
+#: propagation delay; ``access_down_ms`` / ``access_up_ms`` the mean extra delay of the
+#: access model (``gsl.access_model``) from ``a`` to ``b`` (a GSL's satellite to the ground:
+#: downlink) and back (uplink), 0 on other links.
 LINKS = FileSpec(
     "links.csv",
-    ("t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"),
+    (
+        "t_s",
+        "a",
+        "b",
+        "kind",
+        "up",
+        "distance_km",
+        "delay_ms",
+        "rate_mbps",
+        "access_down_ms",
+        "access_up_ms",
+    ),
     ("t_s", "a", "b"),
-    ("t_s", "distance_km", "delay_ms", "rate_mbps"),
-    ("float64", "string", "string", "string", "int8", "float64", "float64", "float64"),
+    ("t_s", "distance_km", "delay_ms", "rate_mbps", "access_down_ms", "access_up_ms"),
+    (
+        "float64",
+        "string",
+        "string",
+        "string",
+        "int8",
+        "float64",
+        "float64",
+        "float64",
+        "float64",
+        "float64",
+    ),
+)
+#: The idle RTT probe of ``meshemu validate`` (``meshemu/live/fidelity.py``): one row per
+#: echo request, its send time in the scenario's UTC and ``t_s``, its RTT (empty: no answer).
+PROBE = FileSpec(
+    "probe.csv",
+    ("seq", "utc_s", "t_s", "rtt_ms"),
+    ("seq", "utc_s", "rtt_ms"),
+    ("utc_s", "t_s", "rtt_ms"),
 )
 #: An unreachable pair has an empty ``path`` and no ``hops`` or ``delay_ms`` (empty cells in
-#: CSV, nulls in Parquet).
+#: CSV, nulls in Parquet). ``delay_ms`` is the predicted one-way delay, ``propagation_ms``
+#: (the links' propagation) plus ``access_ms`` (the mean extra delay of the access links on
+#: the path, each in the direction it is taken: the deterministic part of the access model).
 PATHS = FileSpec(
     "paths.csv",
-    ("t_s", "src", "dst", "path", "hops", "delay_ms"),
+    ("t_s", "src", "dst", "path", "hops", "delay_ms", "propagation_ms", "access_ms"),
     ("t_s", "src", "dst", "path", "delay_ms"),
-    ("t_s", "hops", "delay_ms"),
-    ("float64", "string", "string", "string", "int32", "float64"),
+    ("t_s", "hops", "delay_ms", "propagation_ms", "access_ms"),
+    ("float64", "string", "string", "string", "int32", "float64", "float64", "float64"),
 )
 _STEP_COLUMNS = (
     "step",
@@ -309,6 +344,7 @@ SPECS: dict[str, FileSpec] = {
         ITERATIONS,
         INFERENCE,
         RTT,
+        PROBE,
     )
 }
 
@@ -531,6 +567,10 @@ SUMMARY_KEYS: dict[str, str] = {
     "nodes": "number of nodes",
     "events.route_changes": "route changes over the plan",
     "kind": "'run' for a live run (a plan has none)",
+    "gsl.schedule": "continuous or slotted GSL assignments",
+    "gsl.slot_s": "slotted: the slot (s)",
+    "gsl.slot_offset_s": "slotted: the UTC second (mod slot_s) of the boundaries",
+    "slots": "a probed slotted run: the probe's figures (meshemu/report/slots.py probe_figures)",
     "shaper": "link shaper of a live run",
     "time_scale": "emulated seconds per wall-clock second (default 1)",
     "timing.apply_ms_p50": "step apply time, median (ms)",

@@ -241,25 +241,29 @@ class PlanRecorder:
         csv_rows = self.table_format == "csv"
         texts: list[str] = []
         delays = np.full(len(self.pair_stats), np.nan)
+        props, accs = delays.copy(), delays.copy()
         paths: dict[tuple[int, int], list[int] | None] = {}
         for i, ((s, d_), st) in enumerate(self.pair_stats.items()):
             path = traced.path(i)
             paths[(s, d_)] = path
             if path is None:
                 if csv_rows:
-                    self._pw.writerow([t, names[s], names[d_], "", "", ""])
+                    self._pw.writerow([t, names[s], names[d_], "", "", "", "", ""])
                 texts.append("")
                 if st.last_path is not None:
                     st.path_changes += 1
                 st.last_path = None
                 continue
-            delay_ms = traced.delay_s(snap, i) * 1e3
+            prop_ms = traced.delay_s(snap, i) * 1e3
+            access_ms = traced.access_s(snap, i) * 1e3
+            delay_ms = prop_ms + access_ms
             text = " ".join([names[x] for x in path])
-            cell = f"{delay_ms:.6f}"
+            cell, pcell, acell = f"{delay_ms:.6f}", f"{prop_ms:.6f}", f"{access_ms:.6f}"
             if csv_rows:
-                self._pw.writerow([t, names[s], names[d_], text, len(path) - 1, cell])
+                self._pw.writerow([t, names[s], names[d_], text, len(path) - 1, cell, pcell, acell])
             texts.append(text)
             delays[i] = float(cell)  # the value the CSV cell reads back as
+            props[i], accs[i] = float(pcell), float(acell)
             st.delays_ms.append(delay_ms)
             st.reachable_steps += 1
             tp = tuple(path)
@@ -276,6 +280,8 @@ class PlanRecorder:
                     "path": texts,
                     "hops": (traced.hops, none),
                     "delay_ms": (delays, none),
+                    "propagation_ms": (props, none),
+                    "access_ms": (accs, none),
                 }
             )
         return paths
@@ -310,6 +316,8 @@ class PlanRecorder:
             "distance_km": np.round(snap.distance_m / 1e3, 3),
             "delay_ms": np.round(snap.delay_s * 1e3, 6),
             "rate_mbps": _as_text_values(snap.rate_bps / 1e6),
+            "access_down_ms": np.round(snap.access_delays_s()[0] * 1e3, 6),
+            "access_up_ms": np.round(snap.access_delays_s()[1] * 1e3, 6),
         }
 
     def map_nodes(self, t_s: float | None = None) -> MapNodes:
@@ -371,6 +379,11 @@ class PlanRecorder:
             "scenario": scenario.name,
             "source": scenario.source,
             "epoch": scenario.epoch.isoformat(),
+            "gsl": {
+                "schedule": scenario.gsl.schedule,
+                "slot_s": scenario.gsl.slot_s,
+                "slot_offset_s": scenario.gsl.slot_offset_s,
+            },
             "start_s": start_s,
             "duration_s": duration_s,
             "step_s": step_s,
@@ -468,9 +481,21 @@ def _write_links(w: Any, snap: Snapshot, names: tuple[str, ...]) -> None:
     delay = np.round(snap.delay_s * 1e3, 6)
     rate = snap.rate_bps / 1e6
     up = snap.up.astype(int)
+    ab, ba = (np.round(x * 1e3, 6).tolist() for x in snap.access_delays_s())
     w.writerows(
-        [t, names[a], names[b], KIND_NAMES[k], u, f"{dk:.3f}", f"{dm:.6f}", _num_text(r)]
-        for a, b, k, u, dk, dm, r in zip(
+        [
+            t,
+            names[a],
+            names[b],
+            KIND_NAMES[k],
+            u,
+            f"{dk:.3f}",
+            f"{dm:.6f}",
+            _num_text(r),
+            _num_text(xd),
+            _num_text(xu),
+        ]
+        for a, b, k, u, dk, dm, r, xd, xu in zip(
             snap.a.tolist(),
             snap.b.tolist(),
             snap.kind.tolist(),
@@ -478,6 +503,8 @@ def _write_links(w: Any, snap: Snapshot, names: tuple[str, ...]) -> None:
             dist.tolist(),
             delay.tolist(),
             rate.tolist(),
+            ab,
+            ba,
         )
     )
 

@@ -83,6 +83,22 @@ class TracedPaths:
             return float("nan")
         return float(snap.delay_s[self.links[i, :h]].sum()) if h else 0.0
 
+    def access_s(self, snap: Snapshot, i: int) -> float:
+        """Mean extra delay of pair i's path on its access links, each in the direction the
+        path takes it (:meth:`Snapshot.access_delays_s`); 0 without them, NaN: no path."""
+        h = int(self.hops[i])
+        if h < 0:
+            return float("nan")
+        if not h or snap.access_model is None:
+            return 0.0
+        links = self.links[i, :h]
+        on = snap.access[links]
+        if not on.any():
+            return 0.0
+        ab, ba = snap.access_delays_s()
+        forward = self.nodes[i, :h] < self.nodes[i, 1 : h + 1]  # a -> b
+        return float(np.where(forward, ab[links], ba[links])[on].sum())
+
 
 def trace_paths(
     tables: ForwardingTables, snap: Snapshot, src: npt.ArrayLike, dst: npt.ArrayLike

@@ -67,6 +67,20 @@ Schema (units are in the key names)::
                                            another is nearer by more than this
       gateway_links: int | all             satellites a gateway (a station with a backhaul
                                            PoP) links to at once; default links_per_station
+      access_model:                        (optional) delay and loss beyond propagation on
+                                           every GSL but a gateway's, per direction
+                                           (meshemu/spec/linkmodel.py):
+        frame_ms: 1.333                    MAC frame alignment (Starlink: 1/750 s,
+                                           Humphreys et al., IEEE TAES 2023); 0: none
+        downlink: {constant_ms: 0,         satellite -> ground
+                   gilbert_elliott: {p, r, loss_bad: 1, loss_good: 0}}   bursty loss
+                                           (netem's loss gemodel p r 1-h 1-k)
+        uplink: {constant_ms: 0, grant_min_ms: 0, grant_max_ms: grant_min_ms,
+                 gilbert_elliott: {...}}   ground -> satellite; grant wait uniform in
+                                           [grant_min_ms, grant_max_ms]
+                                           Extra delay per packet: constant + grant + the
+                                           wait to the next frame boundary; plans predict
+                                           its mean (paths.csv access_ms)
     endpoints: [names]                     (optional) pairs for paths.csv; default: every
                                            ground node and every compute satellite
 """
@@ -89,6 +103,7 @@ from meshemu.spec.access import (
     read_kml_sites,
     select_sites,
 )
+from meshemu.spec.linkmodel import AccessLinkModel, parse_access_model
 from meshemu.spec.tle import ShellMatch, TLESource, parse_entry, resolve_epoch
 from meshemu.spec.validate import (
     GROUND_KINDS,
@@ -222,6 +237,7 @@ class GSLPolicy:
     outage_s: float = STARLINK_HANDOVER_OUTAGE_S
     hysteresis_km: float = 0.0
     gateway_links: int | None = 1  # None: all; parsed default: links_per_station
+    access_model: AccessLinkModel | None = None  # None: propagation delay only
 
 
 @dataclass(frozen=True)
@@ -612,6 +628,7 @@ def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
             "outage_s",
             "hysteresis_km",
             "gateway_links",
+            "access_model",
         ),
         none_ok=True,
     )
@@ -669,6 +686,11 @@ def _parse_gsl(v: Validator, d: Any) -> GSLPolicy:
         outage_s=v.number(d, "outage_s", p, STARLINK_HANDOVER_OUTAGE_S, lo=0, hi=60),
         hysteresis_km=hysteresis,
         gateway_links=None if per_gateway == "all" else per_gateway,
+        access_model=(
+            parse_access_model(v, d["access_model"], f"{p}.access_model")
+            if "access_model" in d
+            else None
+        ),
     )
 
 

@@ -41,10 +41,30 @@ def test_files_and_columns(plan_dir):
     assert len(nodes) == 68
     assert {n["kind"] for n in nodes} == {"sat", "compute", "station", "user", "datacenter"}
     links = rows(plan_dir / "links.csv")
-    assert list(links[0]) == ["t_s", "a", "b", "kind", "up", "distance_km", "delay_ms", "rate_mbps"]
+    assert list(links[0]) == [
+        "t_s",
+        "a",
+        "b",
+        "kind",
+        "up",
+        "distance_km",
+        "delay_ms",
+        "rate_mbps",
+        "access_down_ms",
+        "access_up_ms",
+    ]
     assert {r["kind"] for r in links} == {"isl", "gsl"}
     paths = rows(plan_dir / "paths.csv")
-    assert list(paths[0]) == ["t_s", "src", "dst", "path", "hops", "delay_ms"]
+    assert list(paths[0]) == [
+        "t_s",
+        "src",
+        "dst",
+        "path",
+        "hops",
+        "delay_ms",
+        "propagation_ms",
+        "access_ms",
+    ]
     summary = json.loads((plan_dir / "summary.json").read_text())
     assert summary["steps"] == 121 and summary["nodes"] == 68
 

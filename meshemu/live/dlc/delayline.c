@@ -41,6 +41,11 @@
  *   ingress ifindex % W == i, so every direction belongs to exactly one worker and nothing
  *   is shared: no locks anywhere.
  *
+ * The access model (OP_ACCESS, as in delayline.py): per direction, Gilbert-Elliott loss
+ * before the uniform loss, and a departure of (next frame boundary at or after
+ * serialisation end + grant) + constant + delay; directions without it take no extra work
+ * per frame (one flag test each for loss and departure).
+ *
  * The fidelity guard (OP_GUARD): per direction, frames sent and the lateness of each
  * (actual send time - scheduled departure; within one sendmmsg batch the send time of
  * frame k of n is interpolated between the clock before and after the call) in a
@@ -82,10 +87,16 @@
 #endif
 
 /* ---- control protocol (meshemu/live/delayline.py: HDR, LINK_REC, ID_REC, ...) ---------- */
-enum { OP_ADD = 1, OP_UPDATE = 2, OP_REMOVE = 3, OP_COUNTERS = 4, OP_QUIT = 5, OP_GUARD = 6 };
+enum {
+    OP_ADD = 1, OP_UPDATE = 2, OP_REMOVE = 3, OP_COUNTERS = 4, OP_QUIT = 5, OP_GUARD = 6,
+    OP_ACCESS = 7
+};
 enum { ST_OK = 0, ST_ERROR = 1 };
 #define HDR_SIZE 5        /* <BI   op/status, count/nbytes */
 #define LINK_REC_SIZE 33  /* <IqdIdB link_id, delay_ns, rate_bps, queue_packets, loss, up */
+/* <IBqqqqdddd link_id, direction, constant_ns, frame_ns, grant_min_ns, grant_max_ns,
+   Gilbert-Elliott p, r, loss_bad, loss_good (delayline.py: the access model) */
+#define ACCESS_REC_SIZE 69
 #define ID_REC_SIZE 4     /* <I    link_id */
 #define CNT_REC_SIZE 28   /* <IQQQ link_id, packets, bytes, dropped */
 #define GUARD_REC_SIZE 29 /* <IBQqq link_id, direction, frames, lateness p99 ns, max ns */
@@ -192,6 +203,10 @@ typedef struct dir {
     uint64_t g_frames;  /* the guard, since the last OP_GUARD */
     int64_t g_max;
     uint32_t *g_hist;
+    /* the access model (OP_ACCESS); acc / ge false: none, no work per frame */
+    bool acc, ge, ge_bad;
+    int64_t a_const, a_frame, a_gmin, a_gspan;
+    double ge_p, ge_r, ge_lb, ge_lg;
 } dir_t;
 
 typedef struct {
@@ -443,6 +458,47 @@ static void configure(dir_t *d, const uint8_t *rec) {
     d->up = rec[32] != 0;
 }
 
+static void set_access(dir_t *d, const uint8_t *rec) {
+    d->a_const = rd_i64(rec + 5);
+    d->a_frame = rd_i64(rec + 13);
+    d->a_gmin = rd_i64(rec + 21);
+    int64_t gmax = rd_i64(rec + 29);
+    d->a_gspan = gmax > d->a_gmin ? gmax - d->a_gmin : 0;
+    d->acc = d->a_const || d->a_frame || d->a_gmin || d->a_gspan;
+    d->ge_p = rd_f64(rec + 37);
+    d->ge_r = rd_f64(rec + 45);
+    d->ge_lb = rd_f64(rec + 53);
+    d->ge_lg = rd_f64(rec + 61);
+    d->ge = d->ge_p > 0;
+    d->ge_bad = false;
+}
+
+/* One step of the Gilbert-Elliott chain: lost by the state the frame finds, then the move
+   (netem's loss_gilb_ell). */
+static inline bool ge_lost(dir_t *d) {
+    bool lost;
+    if (d->ge_bad) {
+        lost = rnd() < d->ge_lb;
+        if (rnd() < d->ge_r) d->ge_bad = false;
+    } else {
+        lost = rnd() < d->ge_lg;
+        if (rnd() < d->ge_p) d->ge_bad = true;
+    }
+    return lost;
+}
+
+/* When a frame ready at t may take the propagation: after its grant, at the next frame
+   boundary, plus the constant. */
+static inline int64_t access_ready(const dir_t *d, int64_t t) {
+    t += d->a_gmin;
+    if (d->a_gspan) t += (int64_t)(rnd() * (double)d->a_gspan);
+    if (d->a_frame > 0) {
+        int64_t r = t % d->a_frame;
+        if (r) t += d->a_frame - (r < 0 ? r + d->a_frame : r);
+    }
+    return t + d->a_const;
+}
+
 static void dir_free(dir_t *d) {
     heap_remove(d);
     for (uint32_t i = d->qhead; i != d->qtail; i++) buf_put(d->q[i & d->qmask].buf);
@@ -498,9 +554,9 @@ static void enqueue(dir_t *d, int64_t t, const uint8_t *data, uint32_t len) {
             d->etail = n;
         }
         d->ends[d->etail++ & d->emask] = end;
-        dep = end + d->delay_ns;
+        dep = (d->acc ? access_ready(d, end) : end) + d->delay_ns;
     } else {
-        dep = t + d->delay_ns;
+        dep = (d->acc ? access_ready(d, t) : t) + d->delay_ns;
     }
     if (dep < d->last_dep) dep = d->last_dep;
     d->last_dep = dep;
@@ -542,7 +598,7 @@ static int drain(int max) {
         } else if (h->tp_snaplen < h->tp_len || h->tp_snaplen > BUF_SIZE) {
             S.truncated++;
             d->drops++;
-        } else if (!d->up || (d->loss > 0 && rnd() < d->loss)) {
+        } else if (!d->up || (d->ge && ge_lost(d)) || (d->loss > 0 && rnd() < d->loss)) {
             d->drops++;
         } else {
             enqueue(d, (int64_t)h->tp_sec * 1000000000LL + h->tp_nsec,
@@ -726,6 +782,31 @@ static void op_update(const uint8_t *body, uint32_t n) {
     reply(ST_OK, NULL, 0);
 }
 
+static void op_access(const uint8_t *body, uint32_t n) {
+    uint32_t *unknown = NULL, nunk = 0;
+    for (uint32_t r = 0; r < n; r++) {
+        const uint8_t *rec = body + (size_t)r * ACCESS_REC_SIZE;
+        uint32_t id = rd_u32(rec);
+        link_t *l = hget(&S.links, id);
+        if (!l) {
+            unknown = xrealloc(unknown, (nunk + 1) * sizeof *unknown);
+            unknown[nunk++] = id;
+            continue;
+        }
+        uint8_t side = rec[4];
+        if (side < 2 && l->d[side]) set_access(l->d[side], rec);
+    }
+    if (nunk) {
+        char ids[256], msg[512];
+        id_list(ids, sizeof ids, unknown, nunk);
+        int len = snprintf(msg, sizeof msg, "access model of unknown link ids %s", ids);
+        free(unknown);
+        reply(ST_ERROR, msg, (uint32_t)len);
+        return;
+    }
+    reply(ST_OK, NULL, 0);
+}
+
 static void op_counters(void) {
     uint32_t n = S.links.n, o = 0;
     uint8_t *out = xrealloc(NULL, (size_t)n * CNT_REC_SIZE + 1);
@@ -807,6 +888,7 @@ static size_t rec_size(uint8_t op) {
     case OP_ADD:
     case OP_UPDATE: return LINK_REC_SIZE;
     case OP_REMOVE: return ID_REC_SIZE;
+    case OP_ACCESS: return ACCESS_REC_SIZE;
     default: return 0;
     }
 }
@@ -846,10 +928,11 @@ static bool control(void) {
             break;
         case OP_COUNTERS: op_counters(); break;
         case OP_GUARD: op_guard(); break;
+        case OP_ACCESS: op_access(body, n); break;
         default: {
             char msg[128];
             int len = snprintf(msg, sizeof msg,
-                               "unknown control operation %u; valid: (1, 2, 3, 4, 5, 6)", op);
+                               "unknown control operation %u; valid: (1, 2, 3, 4, 5, 6, 7)", op);
             reply(ST_ERROR, msg, (uint32_t)len);
         }
         }

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from meshemu.errors import LinkParamsError, ShaperError
+from meshemu.spec.linkmodel import DirectionModel
 
 #: Prefix of everything meshemu's shapers create in the root namespace (named netns).
 NS_PREFIX = "meshemu-"
@@ -31,7 +32,7 @@ _IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
 # ---- value types --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LinkParams:
-    """How one link behaves (both directions alike).
+    """How one link behaves (both directions alike but for the access model).
 
     Attributes
     ----------
@@ -45,6 +46,10 @@ class LinkParams:
         Random loss probability, 0..1.
     up : bool
         False: the link drops everything (its interfaces stay up).
+    ab, ba : DirectionModel or None
+        The access model's extra delay and Gilbert-Elliott loss of frames from the ``a``
+        end to ``b`` and back (:mod:`meshemu.spec.linkmodel`; a GSL's satellite is its ``a``
+        end, so ``ab`` is the downlink); None: none.
     """
 
     delay_s: float
@@ -52,6 +57,8 @@ class LinkParams:
     queue_packets: int = 1000
     loss: float = 0.0
     up: bool = True
+    ab: DirectionModel | None = None
+    ba: DirectionModel | None = None
 
     def __post_init__(self) -> None:
         if not (
@@ -86,6 +93,10 @@ class LinkParams:
             raise LinkParamsError(f"loss must be a probability in 0..1; got {self.loss!r}")
         if not isinstance(self.up, bool):
             raise LinkParamsError(f"up must be True or False; got {self.up!r}")
+        for attr in ("ab", "ba"):
+            m = getattr(self, attr)
+            if m is not None and not isinstance(m, DirectionModel):
+                raise LinkParamsError(f"{attr} must be a DirectionModel or None; got {m!r}")
 
     @property
     def unlimited(self) -> bool:

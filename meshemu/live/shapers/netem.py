@@ -28,6 +28,7 @@ from meshemu.live.shapers.base import (
     LinkShaper,
     veth_cmd,
 )
+from meshemu.spec.linkmodel import DirectionModel
 
 #: netem: packet size (bytes) used to turn a link's bandwidth-delay product into packets.
 NETEM_BDP_PACKET_BYTES = 1500
@@ -44,7 +45,7 @@ def _fmt_us(seconds: float) -> str:
     return f"{seconds * 1e6:.3f}us"
 
 
-def netem_limit(params: LinkParams) -> int:
+def netem_limit(params: LinkParams, model: DirectionModel | None = None) -> int:
     """netem ``limit`` (packets) for a link.
 
     netem's limit counts every packet inside the qdisc, including those only waiting out the
@@ -52,15 +53,62 @@ def netem_limit(params: LinkParams) -> int:
     limit is the queue plus the packets one bandwidth-delay product holds
     (:data:`NETEM_BDP_PACKET_BYTES`-byte packets; :data:`NETEM_UNLIMITED_PPS` when unlimited).
     """
+    delay = params.delay_s + (model.max_s if model is not None else 0.0)
     if params.unlimited:
-        in_flight = params.delay_s * NETEM_UNLIMITED_PPS
+        in_flight = delay * NETEM_UNLIMITED_PPS
     else:
-        in_flight = params.rate_bps * params.delay_s / (8 * NETEM_BDP_PACKET_BYTES)
+        in_flight = params.rate_bps * delay / (8 * NETEM_BDP_PACKET_BYTES)
     return int(min(params.queue_packets + math.ceil(in_flight), 2**32 - 1))
 
 
-def netem_args(params: LinkParams) -> list[str]:
-    """The ``netem ...`` part of a tc qdisc command for ``params``.
+def netem_access(
+    params: LinkParams, model: DirectionModel | None
+) -> tuple[float, float, tuple[int, int] | None, tuple[float, float, float, float] | None]:
+    """netem's share of one direction's access model (:mod:`meshemu.spec.linkmodel`): the
+    delay and its jitter, the slots and the Gilbert-Elliott loss.
+
+    netem's own features carry the model:
+
+    - the grant: ``delay D J`` with ``D`` = propagation + constant + the grant's mean and
+      ``J`` its half range; netem without a distribution table draws the delay uniformly
+      from ``[D - J, D + J]``, the grant's range. netem keeps its queue in send-time order,
+      so packets closer together than the grant range may be reordered, where the delay
+      line keeps a direction FIFO;
+    - the frame: ``slot 0 FRAME``: packets leave only at slot starts; after a packet's delay
+      the wait is uniform in ``[0, FRAME]`` when the delay is at least a frame (always, for a
+      GSL of 1.8 ms or more) and packets are farther apart than a frame. Its slots start
+      from the queue's own clock rather than a UTC-aligned frame grid;
+    - ``loss gemodel`` for the Gilbert-Elliott loss, with the link's uniform loss folded
+      into both states' loss (``1 - (1 - state loss)(1 - loss)``: netem has one loss model
+      at a time, and losing a packet in either of two independent draws is the same). A
+      link that is down is ``loss 100%`` without Gilbert-Elliott.
+
+    Returns (delay_s, jitter_s, slot (min_ns, max_ns) or None, gemodel or None).
+    """
+    if model is None:
+        return params.delay_s, 0.0, None, None
+    half = (model.grant_max_s - model.grant_min_s) / 2
+    delay = params.delay_s + model.constant_s + model.grant_min_s + half
+    slot = (0, round(model.frame_s * 1e9)) if model.frame_s else None
+    ge = None
+    if model.gilbert_elliott and params.up:
+        u = params.loss
+        ge = (
+            model.ge_p,
+            model.ge_r,
+            1 - (1 - model.ge_loss_bad) * (1 - u),
+            1 - (1 - model.ge_loss_good) * (1 - u),
+        )
+    return delay, half, slot, ge
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.6g}%"
+
+
+def netem_args(params: LinkParams, model: DirectionModel | None = None) -> list[str]:
+    """The ``netem ...`` part of a tc qdisc command for ``params`` on the end whose egress
+    is the direction ``model`` describes (the access model, :func:`netem_access`).
 
     Every option is always given so that ``tc qdisc change`` sets all of them (netem keeps an
     omitted ``rate`` from before). ``up=False`` becomes ``loss 100%``.
@@ -74,21 +122,23 @@ def netem_args(params: LinkParams) -> list[str]:
     """
     rate = 0 if params.unlimited else int(round(params.rate_bps))
     loss = 100.0 if not params.up else params.loss * 100.0
-    return [
-        "netem",
-        "delay",
-        _fmt_us(params.delay_s),
-        "rate",
-        f"{rate}bit",
-        "limit",
-        str(netem_limit(params)),
-        "loss",
-        "random",
-        f"{loss:.6g}%",
-    ]
+    delay, jitter, slot, ge = netem_access(params, model)
+    out = ["netem", "delay", _fmt_us(delay)] + ([_fmt_us(jitter)] if jitter else [])
+    out += ["rate", f"{rate}bit", "limit"]
+    out.append(str(netem_limit(params, model)))
+    if slot is not None:
+        out += ["slot", _fmt_us(slot[0] / 1e9), _fmt_us(slot[1] / 1e9)]
+    if ge is not None:
+        # iproute2 stores its third number in tc_netem_gemodel.h, which the kernel takes as
+        # the bad state's *delivery* probability (meshemu.linux.netlink.netem_qdisc_msg)
+        p, r, bad, good = ge
+        return out + ["loss", "gemodel", _pct(p), _pct(r), _pct(1 - bad), _pct(good)]
+    return out + ["loss", "random", f"{loss:.6g}%"]
 
 
-def netem_qdisc_cmd(dev: str, params: LinkParams, action: str = "add") -> list[str]:
+def netem_qdisc_cmd(
+    dev: str, params: LinkParams, action: str = "add", model: DirectionModel | None = None
+) -> list[str]:
     """A ``tc`` command (without the leading ``tc``) setting the netem root qdisc of ``dev``.
 
     Parameters
@@ -98,6 +148,9 @@ def netem_qdisc_cmd(dev: str, params: LinkParams, action: str = "add") -> list[s
     params : LinkParams
     action : {"add", "change"}
         ``add`` when creating the link, ``change`` for live updates (never delete + add).
+    model : DirectionModel or None
+        The access model of ``dev``'s egress direction (``params.ab`` on the ``a`` end,
+        ``params.ba`` on the ``b`` end).
 
     Returns
     -------
@@ -106,7 +159,7 @@ def netem_qdisc_cmd(dev: str, params: LinkParams, action: str = "add") -> list[s
         ``" ".join(...)`` is a ``tc -batch`` line.
     """
     _check_action(action)
-    return ["qdisc", action, "dev", dev, "root", "handle", "1:", *netem_args(params)]
+    return ["qdisc", action, "dev", dev, "root", "handle", "1:", *netem_args(params, model)]
 
 
 def netem_create_cmds(
@@ -118,8 +171,8 @@ def netem_create_cmds(
     tc_cmds: dict[int, list[list[str]]] = defaultdict(list)
     for ends, params in links:
         ip_cmds.append(veth_cmd(ends.if_a, ends.pid_a, ends.if_b, ends.pid_b))
-        tc_cmds[ends.pid_a].append(netem_qdisc_cmd(ends.if_a, params, "add"))
-        tc_cmds[ends.pid_b].append(netem_qdisc_cmd(ends.if_b, params, "add"))
+        tc_cmds[ends.pid_a].append(netem_qdisc_cmd(ends.if_a, params, "add", params.ab))
+        tc_cmds[ends.pid_b].append(netem_qdisc_cmd(ends.if_b, params, "add", params.ba))
     return ip_cmds, dict(tc_cmds)
 
 
@@ -127,8 +180,8 @@ def netem_change_cmds(changes: Iterable[tuple[LinkEnds, LinkParams]]) -> dict[in
     """``tc qdisc change`` commands per node namespace (pid) for live updates."""
     out: dict[int, list[list[str]]] = defaultdict(list)
     for ends, params in changes:
-        out[ends.pid_a].append(netem_qdisc_cmd(ends.if_a, params, "change"))
-        out[ends.pid_b].append(netem_qdisc_cmd(ends.if_b, params, "change"))
+        out[ends.pid_a].append(netem_qdisc_cmd(ends.if_a, params, "change", params.ab))
+        out[ends.pid_b].append(netem_qdisc_cmd(ends.if_b, params, "change", params.ba))
     return dict(out)
 
 
@@ -137,7 +190,13 @@ def _check_action(action: str) -> None:
         raise ShaperError(choices_message("tc qdisc action", action, list(QDISC_ACTIONS)))
 
 
-def netem_qdisc_msg(ifindex: int, params: LinkParams, action: str = "add", seq: int = 0) -> bytes:
+def netem_qdisc_msg(
+    ifindex: int,
+    params: LinkParams,
+    action: str = "add",
+    seq: int = 0,
+    model: DirectionModel | None = None,
+) -> bytes:
     """The ``RTM_NEWQDISC`` netlink message equivalent to :func:`netem_qdisc_cmd`.
 
     Same options as ``tc qdisc {add|change} dev IF root handle 1: netem delay D rate R limit L
@@ -155,16 +214,22 @@ def netem_qdisc_msg(ifindex: int, params: LinkParams, action: str = "add", seq: 
     action : {"add", "change"}
     seq : int
         Netlink sequence number (failures are reported by it).
+    model : DirectionModel or None
+        The access model of the interface's egress direction (:func:`netem_access`).
     """
     _check_action(action)
+    delay, jitter, slot, ge = netem_access(params, model)
     return netlink.netem_qdisc_msg(
         ifindex,
-        int(round(params.delay_s * 1e9)),
+        int(round(delay * 1e9)),
         0 if params.unlimited else int(round(params.rate_bps)) // 8,
-        netem_limit(params),
+        netem_limit(params, model),
         1.0 if not params.up else params.loss,
         QDISC_ACTIONS[action],
         seq,
+        slot_ns=slot,
+        gemodel=ge,
+        jitter_ns=int(round(jitter * 1e9)),
     )
 
 
@@ -260,25 +325,35 @@ class NetemShaper(LinkShaper):
             for (ifname, _), k in zip(wanted[pid], idx):
                 self._ifindex[(pid, ifname)] = k
 
-    def _send_qdiscs(self, items: Iterable[tuple[int, str, LinkParams]], action: str) -> None:
-        """Add or change the netem qdisc of each ``(pid, ifname, params)``, one netlink batch
-        per namespace. CommandError (quoting the equivalent ``tc`` command) on failure."""
+    def _send_qdiscs(
+        self, items: Iterable[tuple[int, str, LinkParams, DirectionModel | None]], action: str
+    ) -> None:
+        """Add or change the netem qdisc of each ``(pid, ifname, params, model)`` (``model``:
+        the access model of the interface's egress), one netlink batch per namespace.
+        CommandError (quoting the equivalent ``tc`` command) on failure."""
         per_pid: dict[int, list[bytes]] = defaultdict(list)
-        what: dict[int, tuple[int, str, LinkParams]] = {}
-        for pid, ifname, params in items:
+        what: dict[int, tuple[int, str, LinkParams, DirectionModel | None]] = {}
+        for pid, ifname, params, model in items:
             self._seq = (self._seq + 1) & 0x7FFFFFFF
-            what[self._seq] = (pid, ifname, params)
+            what[self._seq] = (pid, ifname, params, model)
             per_pid[pid].append(
-                netem_qdisc_msg(self._ifindex[(pid, ifname)], params, action, self._seq)
+                netem_qdisc_msg(self._ifindex[(pid, ifname)], params, action, self._seq, model)
             )
         errors = []
         for pid, msgs in per_pid.items():
             errors += self._nl[pid].send_batch(netlink.pack_messages(msgs))
         if errors:
             seq, err, text = errors[0]
-            pid, ifname, params = what[seq]
+            pid, ifname, params, model = what[seq]
             raise CommandError(
-                ["nsenter", "-t", str(pid), "-n", "tc", *netem_qdisc_cmd(ifname, params, action)],
+                [
+                    "nsenter",
+                    "-t",
+                    str(pid),
+                    "-n",
+                    "tc",
+                    *netem_qdisc_cmd(ifname, params, action, model),
+                ],
                 err,
                 f"{os.strerror(err)}{': ' + text if text else ''}"
                 f"{f' (and {len(errors) - 1} more)' if len(errors) > 1 else ''}",
@@ -297,9 +372,9 @@ class NetemShaper(LinkShaper):
         self._open_namespaces([e for e, _ in links])
         self._send_qdiscs(
             (
-                (pid, ifn, p)
+                (pid, ifn, p, m)
                 for e, p in links
-                for pid, ifn in ((e.pid_a, e.if_a), (e.pid_b, e.if_b))
+                for pid, ifn, m in ((e.pid_a, e.if_a, p.ab), (e.pid_b, e.if_b, p.ba))
             ),
             "add",
         )
@@ -312,7 +387,7 @@ class NetemShaper(LinkShaper):
         items = []
         for i, p in changes:
             e = self._links[i][0]
-            items += [(e.pid_a, e.if_a, p), (e.pid_b, e.if_b, p)]
+            items += [(e.pid_a, e.if_a, p, p.ab), (e.pid_b, e.if_b, p, p.ba)]
         self._send_qdiscs(items, "change")
         for i, p in changes:
             self._links[i] = (self._links[i][0], p)

@@ -268,6 +268,9 @@ class UserspaceShaper(LinkShaper):
             jobs[dl_pid].append((dl.dl_ifname(e.link_id, "b"), True, False))
         ifaces.configure_interfaces(jobs)
         self._call(dl.encode_links(dl.OP_ADD, _recs(links)))
+        acc = list(_access_recs((e.link_id, p) for e, p in links if p.ab or p.ba))
+        if acc:
+            self._call(dl.encode_access(acc))
 
     def create_cut_links(self, links: Sequence[tuple[int, str, CutLink, LinkParams]]) -> None:
         """Links to another host (:mod:`meshemu.live.tunnels`), as ``(pid, ifname, cut,
@@ -323,6 +326,13 @@ class UserspaceShaper(LinkShaper):
             )
         )
         links = self._links
+        acc = list(
+            _access_recs(
+                (i, p) for i, p in changes if (p.ab, p.ba) != (links[i][1].ab, links[i][1].ba)
+            )
+        )
+        if acc:
+            self._call(dl.encode_access(acc))
         for i, p in changes:
             links[i] = (links[i][0], p)
 
@@ -417,6 +427,28 @@ def _stdin(p: subprocess.Popen[bytes]) -> IO[bytes]:
 def _stdout(p: subprocess.Popen[bytes]) -> IO[bytes]:
     assert p.stdout is not None  # and stdout=PIPE
     return p.stdout
+
+
+def _access_recs(items: Iterable[tuple[int, LinkParams]]) -> Iterable[tuple]:
+    """:data:`~meshemu.live.delayline.ACCESS_REC` fields of both directions of each link
+    (direction 0: ``ab``, 1: ``ba``; zeros: none)."""
+    for lid, p in items:
+        for side, m in ((0, p.ab), (1, p.ba)):
+            if m is None:
+                yield (lid, side, 0, 0, 0, 0, 0.0, 1.0, 1.0, 0.0)
+            else:
+                yield (
+                    lid,
+                    side,
+                    round(m.constant_s * 1e9),
+                    round(m.frame_s * 1e9),
+                    round(m.grant_min_s * 1e9),
+                    round(m.grant_max_s * 1e9),
+                    m.ge_p,
+                    m.ge_r,
+                    m.ge_loss_bad,
+                    m.ge_loss_good,
+                )
 
 
 def _recs(links: Iterable[tuple[LinkEnds, LinkParams]]) -> Iterable[tuple]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from meshemu.live.shapers import (
     netem_available,
     netem_limit,
 )
+from meshemu.spec.linkmodel import DirectionModel
 
 ADDR_A, ADDR_B = "10.9.1.1", "10.9.1.2"
 #: Bytes netem's rate applies to for ``ping -s 1000``: ICMP 8 + IP 20 + Ethernet 14 + 1000.
@@ -238,3 +241,75 @@ def test_close_after_a_namespace_is_gone(netns_factory, run_id):
     b.close()  # the node died: its veth end went with it, and so did the pair
     s.close()
     assert a.links() == ["lo"]
+
+
+# ---- the access model (gsl.access_model) through netem's own features ----------------------
+def _lost_runs(output: str, n: int) -> tuple[float, float]:
+    """(loss rate, mean run of consecutive lost echo requests) from ``ping`` output."""
+    got = {int(m) for m in re.findall(r"icmp_seq=(\d+) ", output)}
+    lost = [i not in got for i in range(1, n + 1)]
+    runs, k = [], 0
+    for x in lost:
+        if x:
+            k += 1
+        elif k:
+            runs.append(k)
+            k = 0
+    runs += [k] if k else []
+    return sum(lost) / n, (statistics.mean(runs) if runs else 0.0)
+
+
+def test_access_model_gives_each_end_its_slots_jitter_and_gemodel(pair):
+    down = DirectionModel(0.003, 0.0015, ge_p=0.03, ge_r=0.25)
+    up = DirectionModel(0.002, 0.0015, 0.001, 0.004)
+    s, a, b = pair(LinkParams(0.0005, 0, ab=down, ba=up))
+    qa = a.run(["tc", "qdisc", "show", "dev", "isl-a"]).stdout
+    qb = b.run(["tc", "qdisc", "show", "dev", "isl-b"]).stdout
+    # what tc reads back: a's end has the slots and the Gilbert-Elliott chain, b's end the
+    # grant as jitter and the slots; printed here for the record
+    print(qa, qb)
+    assert "slot" in qa and "gemodel" in qa and "slot" in qb and "gemodel" not in qb, (qa, qb)
+    assert re.search(r"delay 5ms\s+1\.5ms", qb), qb  # 0.5 + 2 + 1 + 1.5 +- 1.5 ms
+
+
+def test_access_delay_mean_and_bounds_through_netem(pair):
+    down = DirectionModel(0.003, 0.0015)
+    up = DirectionModel(0.002, 0.0015, 0.001, 0.004)
+    prop = 0.0005
+    # the VM's own overhead per round trip (ping, timers; some tenths of a ms under qemu)
+    _, a0, _ = pair(LinkParams(prop, 0))
+    ping(a0, ADDR_B, count=1)
+    base = ping(a0, ADDR_B, count=100, interval_s=0.011)
+    overhead = statistics.median(base.rtts_ms) - 2 * prop * 1e3
+    s, a, b = pair(LinkParams(prop, 0, ab=down, ba=up))
+    ping(a, ADDR_B, count=1)
+    r = ping(a, ADDR_B, count=300, interval_s=0.011)
+    assert r.received == 300, r.output
+    lo = (2 * prop + down.min_s + up.min_s) * 1e3
+    hi = (2 * prop + down.max_s + up.max_s) * 1e3
+    mean = (2 * prop + down.mean_s + up.mean_s) * 1e3
+    x = sorted(r.rtts_ms)
+    print(
+        f"netem access delay: overhead {overhead:.2f} ms, RTT min {x[0]}, mean "
+        f"{statistics.mean(x):.2f}, p90 {x[269]}, max {x[-1]}; model [{lo}, {hi}), mean {mean}"
+    )
+    assert x[0] >= lo - 0.05, (x[0], lo)
+    assert x[269] < hi + overhead + 1.0, (x[269], hi)  # p90: a loaded VM stalls some pings
+    # a slot costs netem a second timer wake-up: up to the overhead once more
+    assert abs(statistics.mean(x) - overhead - mean) < 2 * max(overhead, 0.2) + 0.3, (
+        statistics.mean(x),
+        overhead,
+        mean,
+    )
+
+
+def test_gilbert_elliott_loss_rate_and_bursts_through_netem(pair):
+    ge = DirectionModel(ge_p=0.03, ge_r=0.25)  # 10.7 % loss in bursts of 4 on average
+    s, a, b = pair(LinkParams(0.0005, 0, ab=ge))
+    ping(a, ADDR_B, count=1)
+    n = 6000
+    r = ping(a, ADDR_B, count=n, interval_s=0.002, wait_s=1.0)
+    rate, burst = _lost_runs(r.output, n)
+    # about 4 standard errors (about 500 bursts)
+    assert abs(rate - ge.ge_loss_rate) < 0.03, rate
+    assert abs(burst - 1 / ge.ge_r) < 0.8, burst
