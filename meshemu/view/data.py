@@ -127,6 +127,127 @@ class GrowingTable:
             return cols
 
 
+class AgentPackets:
+    """The traffic agents' own received-packet files, ``traffic/<node>.packets.csv`` (no
+    header, the columns of ``packets.csv``), read as a live run writes them: each agent
+    flushes its file every second (:data:`meshemu.traffic.agent.FLUSH_NS`) and the run merges
+    them into ``packets.csv`` only at its end. Each :meth:`arrays` call parses (with Arrow,
+    which does not hold the interpreter lock while it parses) only the complete lines added
+    since the last one; a line cut short is skipped, as the final merge skips it. The flows'
+    sampling (``sample`` of the agents' ``traffic/<node>.json``: one received row stands for
+    ``n``) is read with them.
+    """
+
+    COLUMNS = ("flow_id", "size_bytes", "send_unix_ns", "recv_unix_ns", "owd_ms")
+
+    def __init__(self, agent_dir: Path):
+        self.dir = agent_dir
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._offset: dict[Path, int] = {}
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._configs: set[Path] = set()
+        self.sample: dict[int, int] = {}
+
+    def _poll(self) -> None:
+        if not self.dir.is_dir():
+            if self._offset:
+                self._reset()
+            return
+        for cfg in self.dir.glob("*.json"):
+            if cfg in self._configs:
+                continue
+            try:
+                got = json.loads(cfg.read_text())
+            except (OSError, ValueError):
+                continue  # being written: read at the next call
+            self._configs.add(cfg)
+            if isinstance(got, dict) and isinstance(got.get("sample"), dict):
+                for k, v in got["sample"].items():
+                    self.sample[int(k)] = int(v)
+        for path in sorted(self.dir.glob("*.packets.csv")):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            off = self._offset.get(path, 0)
+            if size < off:  # rewritten (a new run in the same directory): start again
+                self._reset()
+                return self._poll()
+            if size == off:
+                continue
+            with open(path, "rb") as f:
+                f.seek(off)
+                data = f.read(size - off)
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                continue
+            self._offset[path] = off + cut + 1
+            chunk = _parse_packets(data[: cut + 1])
+            if len(chunk["flow_id"]):
+                self._chunks.append(chunk)
+        return None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every row read so far: ``flow_id``, ``size_bytes``, ``send_unix_ns``,
+        ``recv_unix_ns`` (int64) and ``owd_ms`` (float64, NaN where empty)."""
+        with self._lock:
+            self._poll()
+            if len(self._chunks) > 1:
+                self._chunks = [
+                    {c: np.concatenate([ch[c] for ch in self._chunks]) for c in self.COLUMNS}
+                ]
+            if not self._chunks:
+                return {
+                    c: np.zeros(0, dtype=float if c == "owd_ms" else np.int64) for c in self.COLUMNS
+                }
+            return self._chunks[0]
+
+
+def _parse_packets(data: bytes) -> dict[str, np.ndarray]:
+    """Header-less ``packets.csv`` lines (an agent's file) into :data:`AgentPackets.COLUMNS`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    ints = ("flow_id", "size_bytes", "send_unix_ns", "recv_unix_ns")
+    try:
+        tab = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=list(F.PACKETS.columns)),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(AgentPackets.COLUMNS),
+                column_types={**{c: pa.int64() for c in ints}, "owd_ms": pa.float64()},
+            ),
+        )
+    except pa.ArrowInvalid:  # a cell that is no number: keep the lines that parse
+        lines = data.splitlines()
+        good = [ln for ln in lines if _packet_line_ok(ln)]
+        if not good or len(good) == len(lines):
+            return {c: np.zeros(0, dtype=np.int64) for c in ints} | {"owd_ms": np.zeros(0)}
+        return _parse_packets(b"\n".join(good) + b"\n")
+    res = {c: np.asarray(pc.fill_null(tab[c], 0).to_numpy(), dtype=np.int64) for c in ints}
+    res["owd_ms"] = np.asarray(pc.fill_null(tab["owd_ms"], np.nan).to_numpy(), dtype=float)
+    return res
+
+
+def _packet_line_ok(line: bytes) -> bool:
+    cells = line.split(b",")
+    if len(cells) != len(F.PACKETS.columns):
+        return False
+    try:
+        for c in AgentPackets.COLUMNS[:-1]:
+            int(cells[F.PACKETS.columns.index(c)])
+        if cells[-1]:
+            float(cells[-1])
+    except ValueError:
+        return False
+    return True
+
+
 def _floats(values: Sequence[str]) -> np.ndarray:
     try:
         return np.array(values, dtype=float)
@@ -238,12 +359,13 @@ class RunData:
                 F.STEPS,
             )
         }
+        self._agents = AgentPackets(m / "traffic")
 
     # ----------------------------------------------------------------- reading geometry
     def _read_links(self) -> None:
-        """``links.csv`` (or ``links.parquet``): the links up at each step, through the reader
-        of :mod:`meshemu.report.run`; a link's id is its rank in first-seen order."""
-        t = read_spec(self.geometry_dir, F.LINKS)
+        """``links.csv`` (or ``links.parquet``): the links up at each step (read by
+        :func:`_links_arrow`); a link's id is its rank in first-seen order."""
+        t = _links_arrow(self.geometry_dir)
         n = len(self.names)
         if t is None or not len(t["t_s"]):
             z = np.zeros(0, dtype=np.int32)
@@ -252,15 +374,19 @@ class RunData:
             self._link_t, self._link_id = np.zeros(0), z
             self._link_delay = self._link_rate = np.zeros(0, dtype=np.float32)
             return
-        up = np.isin(np.char.lower(t["up"].astype(str)), ["1", "1.0", "true"])
-        up |= t["up"].astype(str) == ""  # no up column (an older file): rows are links up
-        try:
-            a = np.array([self.id_of[x] for x in t["a"][up]], dtype=np.int64)
-            b = np.array([self.id_of[x] for x in t["b"][up]], dtype=np.int64)
-        except KeyError as exc:
-            raise ReportError(
-                f"{self.geometry_dir / F.LINKS.name}: node {exc.args[0]!r} is not in {F.NODES.name}"
-            ) from None
+        up = t["up"]
+        ids = {}
+        for col in ("a", "b"):
+            names, codes = t[col]
+            try:
+                lookup = np.array([self.id_of[str(x)] for x in names], dtype=np.int64)
+            except KeyError as exc:
+                raise ReportError(
+                    f"{self.geometry_dir / F.LINKS.name}: node {exc.args[0]!r} is not in "
+                    f"{F.NODES.name}"
+                ) from None
+            ids[col] = lookup[codes[up]] if lookup.size else np.zeros(0, dtype=np.int64)
+        a, b = ids["a"], ids["b"]
         key = a * n + b
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         order = np.argsort(first)
@@ -268,14 +394,17 @@ class RunData:
         rank[order] = np.arange(order.size)
         lid = rank[inv.ravel()]
         firsts = first[order]
-        kinds = t["kind"][up][firsts].astype(str)
+        kind_names, kind_codes = t["kind"]
+        kind_of = np.array(
+            [F.LINK_KINDS.index(k) if k in F.LINK_KINDS else -1 for k in kind_names] or [-1],
+            dtype=np.int8,
+        )
         self.link_a = a[firsts].astype(np.int32)
         self.link_b = b[firsts].astype(np.int32)
-        self.link_kind = np.array(
-            [F.LINK_KINDS.index(k) if k in F.LINK_KINDS else -1 for k in kinds], dtype=np.int8
-        )
+        self.link_kind = kind_of[kind_codes[up][firsts]] if len(kind_names) else kind_of[:0]
         self._link_key = {
-            (int(x), int(y)): i for i, (x, y) in enumerate(zip(self.link_a, self.link_b))
+            (int(x), int(y)): i
+            for i, (x, y) in enumerate(zip(self.link_a.tolist(), self.link_b.tolist()))
         }
         self._link_t = np.asarray(t["t_s"][up], dtype=float)
         self._link_id = lid.astype(np.int32)
@@ -364,6 +493,7 @@ class RunData:
         out: list[dict[str, Any]] = []
         fp = self._tables[F.FLOW_PATHS.name].table()
         th = self._tables[F.FLOW_THROUGHPUT.name].table()
+        live_th = None if len(th["flow_id"]) else self._agent_throughput()
         lat = self._latency()
         latest = -math.inf
         for j in range(len(fl["flow_id"])):
@@ -374,9 +504,13 @@ class RunData:
                 [self.id_of[x] for x in str(p).split() if x in self.id_of] for p in fp["path"][sel]
             ]
             changes = [float(pt[i]) for i in range(1, len(paths)) if paths[i] != paths[i - 1]]
-            tsel = th["flow_id"] == fid
+            if live_th is None:
+                tsel = th["flow_id"] == fid
+                tt, tv = th["t_s"][tsel], th["mbps"][tsel]
+            else:
+                tt, tv = live_th.get(fid, (np.zeros(0), np.zeros(0)))
             lt, lv = lat.get(fid, (np.zeros(0), np.zeros(0)))
-            for arr in (pt, th["t_s"][tsel], lt):
+            for arr in (pt, tt, lt):
                 if len(arr):
                     latest = max(latest, float(np.nanmax(arr)))
             out.append(
@@ -390,10 +524,7 @@ class RunData:
                     "paths": paths,
                     "path_delay_ms": _nums(fp["delay_ms"][sel], 3),
                     "route_changes_t_s": changes,
-                    "throughput": {
-                        "t_s": _nums(th["t_s"][tsel]),
-                        "mbps": _nums(th["mbps"][tsel], 4),
-                    },
+                    "throughput": {"t_s": _nums(tt), "mbps": _nums(tv, 4)},
                     "latency": {"t_s": _nums(lt), "owd_ms": _nums(lv, 3)},
                 }
             )
@@ -402,6 +533,7 @@ class RunData:
         return {
             "flows": out,
             "measured_to_s": latest if math.isfinite(latest) else None,
+            "flow_stats": "agents" if live_th is not None and live_th else "files",
             "has_fib": bool(len(self._tables[F.FIB.name].table()["t_s"])),
         }
 
@@ -460,21 +592,79 @@ class RunData:
                 util[lid] = float(lc["bytes"][r]) * 8 / wall_s / 1e6 / rate
         return {"k": k, "util": _nums(np.clip(util, 0, 1), 4)}
 
-    def _latency(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Mean one-way delay per flow and step from ``packets.csv`` (send times mapped to
-        emulated time through ``steps.csv``'s step 0 and the time scale)."""
+    def _packets(self) -> dict[str, np.ndarray]:
+        """``packets.csv``'s flow ids (str), send and receive times (ns) and one-way delays;
+        while a run has not merged it yet, the agents' own files (:class:`AgentPackets`)."""
         pk = self._tables[F.PACKETS.name].table()
+        if len(pk["flow_id"]):
+            return {
+                "flow_id": pk["flow_id"],
+                "size_bytes": pk["size_bytes"],
+                "send_unix_ns": pk["send_unix_ns"],
+                "recv_unix_ns": pk["recv_unix_ns"],
+                "owd_ms": pk["owd_ms"],
+            }
+        ag = self._agents.arrays()
+        return {**ag, "flow_id": ag["flow_id"].astype(str)}
+
+    def _step_clock(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``steps.csv``'s (emulated t_s, unix_s) per step, in step order; None without it."""
+        st = self._tables[F.STEPS.name].table()
+        if not len(st["step"]):
+            return None
+        order = np.argsort(st["step"], kind="stable")
+        return st["t_s"][order], st["unix_s"][order]
+
+    def _agent_throughput(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per flow, Mbit/s received in each step that is over (``steps.csv`` has the next
+        step's start), from the agents' files, as the run's ``flow_throughput.csv`` will
+        have it (rows weighted by the flow's sampling, every flow of ``flows.csv`` with a
+        value for every step, zero without traffic). Empty before two steps are known or
+        before any agent wrote a row."""
+        clock = self._step_clock()
+        ag = self._agents.arrays()
+        fl = self._tables[F.FLOWS.name].table()
+        if clock is None or len(clock[0]) < 2 or not len(ag["flow_id"]):
+            return {}
+        t_s, unix_s = clock
+        edges_ns = unix_s * 1e9
+        nb = len(t_s) - 1  # the last step is still running
+        b = np.searchsorted(edges_ns, ag["recv_unix_ns"].astype(float), side="right") - 1
+        ok = (b >= 0) & (b < nb)
+        uniq, inv = np.unique(ag["flow_id"][ok], return_inverse=True)
+        per_row = np.array([self._agents.sample.get(int(u), 1) for u in uniq], dtype=float)
+        weights = ag["size_bytes"][ok] * (per_row[inv] if uniq.size else 1.0)
+        bins = b[ok]
+        dt = np.diff(edges_ns[: nb + 1]) / 1e9
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for fid in fl["flow_id"].tolist():
+            try:
+                f_int = int(fid)
+            except ValueError:
+                continue
+            j = int(np.searchsorted(uniq, f_int))
+            sel = inv == j if j < uniq.size and uniq[j] == f_int else np.zeros(inv.size, bool)
+            by = np.bincount(bins[sel], weights=weights[sel], minlength=nb).astype(float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mbps = np.where(dt > 0, by * 8 / dt / 1e6, 0.0)
+            out[str(fid)] = (t_s[:nb], mbps)
+        return out
+
+    def _latency(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Mean one-way delay per flow and step from ``packets.csv`` (or, live, the agents'
+        files; send times mapped to emulated time through ``steps.csv``'s step 0 and the
+        time scale)."""
+        pk = self._packets()
         if not len(pk["flow_id"]):
             return {}
-        st = self._tables[F.STEPS.name].table()
+        clock = self._step_clock()
         sent_s = pk["send_unix_ns"] / 1e9
-        if len(st["step"]):
-            i0 = int(np.argmin(st["step"]))
-            t0, u0 = float(st["t_s"][i0]), float(st["unix_s"][i0])
+        if clock is not None:
+            t0, u0 = float(clock[0][0]), float(clock[1][0])
         else:
             t0, u0 = float(self.steps[0]), float(np.nanmin(sent_s))
         t_em = t0 + (sent_s - u0) * self.time_scale
-        owd = pk["owd_ms"]
+        owd = np.asarray(pk["owd_ms"], dtype=float)
         if np.isnan(owd).all():
             owd = (pk["recv_unix_ns"] - pk["send_unix_ns"]) / 1e6
         k = np.clip(np.searchsorted(self.steps, t_em, side="right") - 1, 0, len(self.steps) - 1)
@@ -590,6 +780,87 @@ class RunData:
     def link_id(self, a: int, b: int) -> int | None:
         """Id of the link between nodes ``a`` and ``b`` (either order); None if none."""
         return self._link_key.get((a, b), self._link_key.get((b, a)))
+
+
+def _links_arrow(d: Path) -> dict[str, Any] | None:
+    """``links.csv`` or ``links.parquet`` of ``d`` through Arrow (a 10,000-satellite plan's
+    file has a million rows: Arrow's CSV reader takes a fraction of a second where the
+    :mod:`csv` module takes seconds). Returns ``t_s``, ``delay_ms``, ``rate_mbps`` (float64,
+    NaN for an empty cell), ``up`` (bool: ``1``/``true``, or no ``up`` column) and ``a``,
+    ``b``, ``kind`` as ``(distinct values, code per row)``; None without the file.
+
+    Raises
+    ------
+    ReportError
+        The file cannot be read or lacks a required column (the message names them).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    path = F.table_path(d, F.LINKS)
+    if path is None:
+        return None
+    strings = ("a", "b", "kind", "up")
+    floats = ("t_s", "delay_ms", "rate_mbps")
+    try:
+        if path.suffix == F.PARQUET_SUFFIX:
+            from meshemu.report import parquet
+
+            if not parquet.parts(path):
+                return None
+            tab = parquet.read(path, [*floats, *strings])
+        else:
+            with open(path, newline="") as f:
+                header = [h.strip() for h in next(csv.reader(f), [])]
+            if not header:
+                return None
+            missing = [c for c in F.LINKS.required if c not in header]
+            if missing:
+                raise ReportError(
+                    f"{path}: missing column(s) {', '.join(missing)}; expected a header with "
+                    f"{','.join(F.LINKS.required)} (found {','.join(header)})"
+                )
+            tab = pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=[c for c in (*floats, *strings) if c in header],
+                    column_types={
+                        **{c: pa.string() for c in strings},
+                        **{c: pa.float64() for c in floats},
+                    },
+                    strings_can_be_null=False,
+                ),
+            )
+    except pa.ArrowException as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+    missing = [c for c in F.LINKS.required if c not in tab.column_names]
+    if missing:
+        raise ReportError(f"{path}: missing column(s) {', '.join(missing)}")
+    n = tab.num_rows
+    out: dict[str, Any] = {}
+    for c in floats:
+        out[c] = (
+            np.asarray(pc.fill_null(tab[c].cast(pa.float64()), np.nan).to_numpy(), dtype=float)
+            if c in tab.column_names
+            else np.full(n, np.nan)
+        )
+    for c in ("a", "b", "kind"):
+        if c not in tab.column_names:
+            out[c] = (np.array([""]), np.zeros(n, dtype=np.int64))
+            continue
+        enc = pc.fill_null(tab[c].cast(pa.string()), "").combine_chunks().dictionary_encode()
+        out[c] = (
+            enc.dictionary.to_numpy(zero_copy_only=False).astype(str),
+            np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64),
+        )
+    if "up" in tab.column_names:
+        text = pc.utf8_lower(pc.fill_null(tab["up"].cast(pa.string()), ""))
+        up = pc.is_in(text, value_set=pa.array(["1", "1.0", "true", ""]))
+        out["up"] = np.asarray(up.to_numpy(zero_copy_only=False), dtype=bool)
+    else:  # an older file: its rows are the links up
+        out["up"] = np.ones(n, dtype=bool)
+    return out
 
 
 def _cell(row: list[str], j: int) -> float:
