@@ -357,6 +357,7 @@ class RunData:
                 F.LINK_COUNTERS,
                 F.FIB,
                 F.STEPS,
+                F.SHAPER,
             )
         }
         self._agents = AgentPackets(m / "traffic")
@@ -750,8 +751,11 @@ class RunData:
         ]
 
     def link(self, lid: int) -> dict[str, Any]:
-        """Link ``lid`` over time: delay and rate (null while down), and the shaper's counters
-        per direction from ``link_counters.csv``."""
+        """Link ``lid`` over time: delay and rate (null while down), the shaper's counters
+        per direction from ``link_counters.csv`` and its queue per direction and step from
+        ``shaper.csv`` (``queue``: frames in the drop-tail queue at the step's end, 0 at a
+        step the guard wrote no row for the direction, null at the steps the guard has not
+        reached yet; empty where the shaper reports no queue: netem, a plan)."""
         if not 0 <= lid < len(self.link_a):
             raise IndexError(f"link {lid} out of range 0..{len(self.link_a) - 1}")
         a, b = int(self.link_a[lid]), int(self.link_b[lid])
@@ -775,7 +779,36 @@ class RunData:
             "delay_ms": _nums(self.delay_ms[:, lid], 3),
             "rate_mbps": _nums(self.rate_mbps[:, lid], 3),
             "counters": counters,
+            "queue": self._queue(a, b),
         }
+
+    def _queue(self, a: int, b: int) -> dict[str, list[float | None]]:
+        """``shaper.csv``'s ``queue_frames`` of the link a-b per direction (``a>b``, ``b>a``,
+        by node names) on the steps of :attr:`steps`; {} without queue figures."""
+        sh = self._tables[F.SHAPER.name].table()
+        q = sh["queue_frames"]
+        if not len(q) or np.isnan(q).all():
+            return {}
+        t = sh["t_s"]
+        reached = float(np.nanmax(t))
+        k = np.searchsorted(self.steps, t - 1e-6)
+        ok = (k < len(self.steps)) & (
+            np.abs(self.steps[np.minimum(k, len(self.steps) - 1)] - t) < 1e-6
+        )
+        out: dict[str, list[float | None]] = {}
+        for x, y in ((a, b), (b, a)):
+            # a row names the link's ends as the run's link table has them: a>b or b>a
+            fwd = (
+                (sh["a"] == self.names[x]) & (sh["b"] == self.names[y]) & (sh["direction"] == "a>b")
+            )
+            rev = (
+                (sh["a"] == self.names[y]) & (sh["b"] == self.names[x]) & (sh["direction"] == "b>a")
+            )
+            sel = ok & (fwd | rev)
+            series = np.where(self.steps <= reached + 1e-9, 0.0, np.nan)
+            series[k[sel]] = np.nan_to_num(q[sel])
+            out[f"{self.names[x]}>{self.names[y]}"] = _nums(series, 0)
+        return out
 
     def link_id(self, a: int, b: int) -> int | None:
         """Id of the link between nodes ``a`` and ``b`` (either order); None if none."""

@@ -1,7 +1,8 @@
 """``meshemu run --view`` (root): headless Chromium follows a running default emulation step
 by step for at least 10 steps, drawing at each step the links the run itself wrote to its
-``links.csv``; after the run the page has the flows' throughput, and nothing of the run
-is left once the command is stopped."""
+``links.csv``; while the run goes the flows' throughput and one-way delay charts fill in
+(from the agents' own files, before the run merges them), after it they hold the run's
+files, and nothing of the run is left once the command is stopped."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from chromium import Browser
 from conftest import REPO, ViewProcess
 
-DURATION_S = 20
+DURATION_S = 30
 
 
 def run_processes(run_id: str) -> list[int]:
@@ -62,6 +63,20 @@ def test_page_follows_a_running_default_emulation(
             time.sleep(0.2)
         keep_screenshot(browser, "view-live")
         assert max(drawn) >= 10
+        # the charts have points before the run ends
+        charted = (
+            "meshemuState.chartPoints.tp > 0 && meshemuState.chartPoints.lat > 0 && "
+            "meshemu.flows.flows.some(f => f.throughput.mbps.some(x => x > 0))"
+        )
+        browser.wait(f"meshemuState.live.done || ({charted})", 120, "points on the charts")
+        done, stats, points = browser.js(
+            "return [meshemuState.live.done, meshemuState.flowStats, meshemuState.chartPoints]"
+        )
+        assert not done, "the charts got their first points only when the run was over"
+        assert stats == "agents" and points["tp"] > 0 and points["lat"] > 0, (stats, points)
+        assert browser.js(f"return {charted}")
+        assert browser.js("return meshemuState.live.step") < DURATION_S
+        keep_screenshot(browser, "view-live-charts")
         assert sorted(lag)[len(lag) // 2] <= 1, f"the page trails the run: {lag}"
         run_id = vp.wait_line(r"^run (\S+) of ", 300).group(1)
         vp.wait_line(r"view: the run is over; still serving", 120)
@@ -75,9 +90,10 @@ def test_page_follows_a_running_default_emulation(
             )
         # the run's own measurements, written at its end, are on the page now
         browser.wait(
+            "meshemuState.flowStats === 'files' && "
             "meshemu.flows.flows.some(f => f.throughput.mbps.some(x => x > 0))",
             30,
-            "the flows' throughput",
+            "the flows' throughput from the run's files",
         )
         keep_screenshot(browser, "view-live-end")
     finally:

@@ -256,3 +256,35 @@ def test_live_flow_stats_come_from_the_agents_files_as_they_grow(
     (run / "flow_throughput.csv").write_text("t_s,flow_id,rx_bytes,mbps\n0,1,1,7.5\n")
     got = {f["flow_id"]: f for f in data.flows()["flows"]}
     assert got["1"]["throughput"] == {"t_s": [0.0], "mbps": [7.5]}
+
+
+def test_link_queue_per_direction_and_step_from_shaper_csv(plan_dir: Path, tmp_path: Path) -> None:
+    """A link's queue: shaper.csv's queue_frames per direction on the run's steps, 0 where
+    the guard wrote no row for it, null beyond the last step the guard reached; none from
+    a plan (no shaper.csv) or an older shaper.csv without the column."""
+    import shutil
+
+    from meshemu.report.files import SHAPER
+
+    run = tmp_path / "run"
+    shutil.copytree(plan_dir, run)
+    data = RunData(run)
+    assert data.link(0)["queue"] == {}
+    a, b = data.names[int(data.link_a[0])], data.names[int(data.link_b[0])]
+    steps = data.steps.tolist()
+    lines = [
+        f"1,{steps[1]:g},0,{a},{b},a>b,10,0.01,0.02,0,7",
+        f"1,{steps[1]:g},0,{a},{b},b>a,3,0.01,0.02,0,0",
+        f"2,{steps[2]:g},0,{b},{a},b>a,5,0.01,0.02,0,4",  # ends the other way round: a>b
+        f"3,{steps[3]:g},-1,,,,0,0.01,0.02,0,0",  # a worker's own row
+        f"3,{steps[3]:g},9,x,y,a>b,5,0.01,0.02,0,99",  # another link
+    ]
+    (run / SHAPER.name).write_text(SHAPER.header + "\n".join(lines) + "\n")
+    q = data.link(0)["queue"]
+    assert q[f"{a}>{b}"][:5] == [0, 7, 4, 0, None]
+    assert q[f"{b}>{a}"][:5] == [0, 0, 0, 0, None]
+    old = ",".join(SHAPER.columns[:-1])  # before queue_frames
+    (run / SHAPER.name).write_text(
+        old + "\n" + "\n".join(ln.rsplit(",", 1)[0] for ln in lines) + "\n"
+    )
+    assert RunData(run).link(0)["queue"] == {}
