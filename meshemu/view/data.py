@@ -173,9 +173,10 @@ class AgentPackets:
             except FileNotFoundError:
                 continue
             off = self._offset.get(path, 0)
-            if size < off:  # rewritten (a new run in the same directory): start again
+            if size < off:  # rewritten (a new run in the same directory): read it all again
                 self._reset()
-                return self._poll()
+                self._poll()
+                return
             if size == off:
                 continue
             with open(path, "rb") as f:
@@ -188,7 +189,6 @@ class AgentPackets:
             chunk = _parse_packets(data[: cut + 1])
             if len(chunk["flow_id"]):
                 self._chunks.append(chunk)
-        return None
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every row read so far: ``flow_id``, ``size_bytes``, ``send_unix_ns``,

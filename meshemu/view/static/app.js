@@ -38,10 +38,13 @@ async function getJSON(url) {
   return r.json();
 }
 const col = (hex) => new THREE.Color(hex);
-function scaleColor(x) { // x in [0, 1] -> a colour of SCALE
+// colours made once: a step's buffers are rewritten without allocating per link
+const SCALE_COLORS = SCALE.map((c) => new THREE.Color(c));
+const scratch = new THREE.Color();
+function scaleColor(x, out = new THREE.Color()) { // x in [0, 1] -> a colour of SCALE
   x = Math.min(Math.max(x, 0), 1) * (SCALE.length - 1);
   const i = Math.min(Math.floor(x), SCALE.length - 2);
-  return col(SCALE[i]).lerp(col(SCALE[i + 1]), x - i);
+  return out.copy(SCALE_COLORS[i]).lerp(SCALE_COLORS[i + 1], x - i);
 }
 
 // ------------------------------------------------------------------------ data
@@ -259,17 +262,20 @@ function segment(pos, colArr, s, a, b, c, lift, d) {
   return 1;
 }
 
+const LINK_COLORS = Object.fromEntries(Object.entries(LINK_COLOR).map(([k, c]) => [k, new THREE.Color(c)]));
+const NO_UTIL_COLOR = new THREE.Color('#2a3440');
+const SELECT_COLOR = new THREE.Color('#ffff66');
 let linkColorMode = 'kind';
 let util = null;
 function fillLinks(d) {
   let s = 0;
-  const kc = Object.fromEntries(Object.entries(LINK_COLOR).map(([k, c]) => [k, col(c)]));
+  const kc = LINK_COLORS;
   for (const lid of d.up) {
     const a = meta.links.a[lid]; const b = meta.links.b[lid];
     let c = kc[meta.links.kind[lid]] || kc['?'];
     if (linkColorMode === 'util' && util) {
       const u = util.util[lid];
-      c = u == null ? col('#2a3440') : scaleColor(u);
+      c = u == null ? NO_UTIL_COLOR : scaleColor(u, scratch);
     }
     const n = segment(linkPos, linkCol, s, a, b, c, 1.0, d);
     for (let j = 0; j < n; j++) segLink[s + j] = lid;
@@ -320,13 +326,13 @@ function fillSelection(d) {
   if (state.selectedNode != null) {
     const i = state.selectedNode;
     for (const lid of d.up) {
-      if ((meta.links.a[lid] === i || meta.links.b[lid] === i) && s < 120) s += segment(selPos, selCol, s, meta.links.a[lid], meta.links.b[lid], col('#ffff66'), 1.002, d);
+      if ((meta.links.a[lid] === i || meta.links.b[lid] === i) && s < 120) s += segment(selPos, selCol, s, meta.links.a[lid], meta.links.b[lid], SELECT_COLOR, 1.002, d);
     }
     marker.geometry.attributes.position.array.set(nodePos.subarray(i * 3, i * 3 + 3));
     marker.geometry.attributes.position.needsUpdate = true; marker.visible = true;
   } else if (state.selectedLink != null && d.up.includes(state.selectedLink)) {
     const lid = state.selectedLink;
-    s += segment(selPos, selCol, s, meta.links.a[lid], meta.links.b[lid], col('#ffff66'), 1.002, d);
+    s += segment(selPos, selCol, s, meta.links.a[lid], meta.links.b[lid], SELECT_COLOR, 1.002, d);
   }
   selGeo.setDrawRange(0, s * 2); selGeo.attributes.position.needsUpdate = true;
 }
@@ -377,9 +383,10 @@ function frame(now) {
   placeLabels();
   if (continuous) requestRender();
 }
+const labelTmp = new THREE.Vector3();
 function placeLabels() {
   const v = $('view'); const w = v.clientWidth; const h = v.clientHeight;
-  const cp = camera().position; const tmp = new THREE.Vector3();
+  const cp = camera().position; const tmp = labelTmp;
   for (const [i, el] of labels) {
     tmp.fromArray(nodePos, i * 3);
     const visible = state.mode === '2d' || tmp.dot(cp) > 1.0;
@@ -515,7 +522,7 @@ async function showNode(i) {
   h += '</table><p class="hint">From paths.csv: the rest of a recorded endpoint path through this node.</p>';
   if (d.fib) {
     h += `<h2>FIB (daemon routing, fib.csv)</h2><table id="node-fib"><tr><th>to</th><th>next hops</th><th>since s</th></tr>`;
-    for (const f of d.fib) h += `<tr><td>${nodeLink(f.dest)}</td><td>${f.next_hops.map(nodeLink).join(', ') || '<span class="hint">no route</span>'}</td><td>${fmt(f.since_t_s, 3)}</td></tr>`;
+    for (const f of d.fib) h += `<tr data-dest="${name(f.dest)}" data-next="${f.next_hops.map(name).join('|')}"><td>${nodeLink(f.dest)}</td><td>${f.next_hops.map(nodeLink).join(', ') || '<span class="hint">no route</span>'}</td><td>${fmt(f.since_t_s, 3)}</td></tr>`;
     h += '</table>';
   }
   $('info').innerHTML = h;
@@ -634,7 +641,7 @@ function buildCharts() {
       axes: [{ stroke: '#8b949e', grid: { stroke: '#21262d' } }, { stroke: '#8b949e', grid: { stroke: '#21262d' } }],
       series, plugins: [cursorPlugin(true)] }, data, box));
     const note = document.createElement('div'); note.className = 'nodata'; note.id = `${el}-nodata`;
-    note.textContent = which === 'tp' ? (planned ? 'no throughput: no traffic in a plan' : 'no throughput measured yet')
+    note.textContent = which === 'tp' ? (planned ? (meta.kind === 'plan' ? 'no throughput: no traffic in a plan' : 'no throughput: this run has no traffic') : 'no throughput measured yet')
       : 'no one-way delays measured yet';
     note.hidden = n > 0;
     box.appendChild(note);
