@@ -146,6 +146,7 @@ class AgentPackets:
         self._reset()
 
     def _reset(self) -> None:
+        self.generation = getattr(self, "generation", -1) + 1
         self._offset: dict[Path, int] = {}
         self._chunks: list[dict[str, np.ndarray]] = []
         self._configs: set[Path] = set()
@@ -190,20 +191,93 @@ class AgentPackets:
             if len(chunk["flow_id"]):
                 self._chunks.append(chunk)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Every row read so far: ``flow_id``, ``size_bytes``, ``send_unix_ns``,
-        ``recv_unix_ns`` (int64) and ``owd_ms`` (float64, NaN where empty)."""
+    def take(self) -> tuple[dict[str, np.ndarray], int]:
+        """The rows added since the previous call (``flow_id``, ``size_bytes``,
+        ``send_unix_ns``, ``recv_unix_ns`` int64, ``owd_ms`` float64 with NaN where empty)
+        and the reading's generation: it changes when a file was rewritten and every row
+        is read again (whoever sums the rows starts again then)."""
         with self._lock:
             self._poll()
-            if len(self._chunks) > 1:
-                self._chunks = [
-                    {c: np.concatenate([ch[c] for ch in self._chunks]) for c in self.COLUMNS}
-                ]
-            if not self._chunks:
-                return {
-                    c: np.zeros(0, dtype=float if c == "owd_ms" else np.int64) for c in self.COLUMNS
-                }
-            return self._chunks[0]
+            chunks, self._chunks = self._chunks, []
+            if not chunks:
+                empty = {c: np.zeros(0, dtype=np.int64) for c in self.COLUMNS}
+                return {**empty, "owd_ms": np.zeros(0)}, self.generation
+            return {c: np.concatenate([ch[c] for ch in chunks]) for c in self.COLUMNS}, (
+                self.generation
+            )
+
+
+class FlowSums:
+    """Per flow and step of the run, summed as the agents' rows come in (each row once):
+    bytes received (times the flow's sampling), and the sum and count of one-way delays.
+    A row's step is that of its receive time (bytes) or send time (delays) in emulated time,
+    ``t0 + (unix_s - u0) * time_scale`` with ``(t0, u0)`` the first step's emulated and
+    wall-clock time of ``steps.csv``, as :meth:`RunData._latency` maps ``packets.csv``."""
+
+    def __init__(self, steps: np.ndarray, time_scale: float):
+        self.steps, self.time_scale = steps, time_scale
+        self.reset()
+
+    def reset(self) -> None:
+        self.bytes: dict[int, np.ndarray] = {}
+        self.owd_sum: dict[int, np.ndarray] = {}
+        self.owd_n: dict[int, np.ndarray] = {}
+        self._pending: list[dict[str, np.ndarray]] = []
+
+    def add(
+        self,
+        rows: dict[str, np.ndarray],
+        sample: dict[int, int],
+        clock: tuple[float, float] | None,
+    ) -> None:
+        """Sum ``rows`` in (kept until ``clock``, the first step's ``(t_s, unix_s)``, is
+        known)."""
+        if len(rows["flow_id"]):
+            self._pending.append(rows)
+        if clock is None or not self._pending:
+            return
+        t0, u0 = clock
+        T = len(self.steps)
+        for r in self._pending:
+
+            def step_of(unix_ns: np.ndarray) -> np.ndarray:
+                t = t0 + (unix_ns / 1e9 - u0) * self.time_scale
+                return np.searchsorted(self.steps, t, side="right") - 1
+
+            k_rx = step_of(r["recv_unix_ns"])
+            k_tx = np.clip(step_of(r["send_unix_ns"]), 0, T - 1)
+            owd = r["owd_ms"]
+            if np.isnan(owd).all():
+                owd = (r["recv_unix_ns"] - r["send_unix_ns"]) / 1e6
+            for f in np.unique(r["flow_id"]).tolist():
+                sel = r["flow_id"] == f
+                ok = sel & (k_rx >= 0) & (k_rx < T)
+                w = float(sample.get(int(f), 1))
+                by = self.bytes.setdefault(f, np.zeros(T))
+                by += np.bincount(k_rx[ok], weights=r["size_bytes"][ok] * w, minlength=T)
+                fin = sel & np.isfinite(owd)
+                self.owd_sum.setdefault(f, np.zeros(T))[:] += np.bincount(
+                    k_tx[fin], weights=owd[fin], minlength=T
+                )
+                self.owd_n.setdefault(f, np.zeros(T))[:] += np.bincount(k_tx[fin], minlength=T)
+        self._pending = []
+
+    def throughput(self, flow: int, n_over: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mbit/s of ``flow`` in the first ``n_over`` steps (those that are over)."""
+        n = max(0, min(n_over, len(self.steps)))
+        by = self.bytes.get(flow, np.zeros(len(self.steps)))[:n]
+        ends = np.append(self.steps[1:], self.steps[-1] + 1.0) if len(self.steps) else self.steps
+        wall = (ends[:n] - self.steps[:n]) / self.time_scale
+        return self.steps[:n], np.where(wall > 0, by * 8 / np.maximum(wall, 1e-12) / 1e6, 0.0)
+
+    def latency(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Mean one-way delay per flow (str id) and step, where it has any."""
+        out = {}
+        for f, n in self.owd_n.items():
+            has = n > 0
+            if has.any():
+                out[str(f)] = (self.steps[has], self.owd_sum[f][has] / n[has])
+        return out
 
 
 def _parse_packets(data: bytes) -> dict[str, np.ndarray]:
@@ -216,7 +290,8 @@ def _parse_packets(data: bytes) -> dict[str, np.ndarray]:
     try:
         tab = pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=list(F.PACKETS.columns)),
+            # one thread: this runs in the run's process, beside its step loop
+            read_options=pacsv.ReadOptions(column_names=list(F.PACKETS.columns), use_threads=False),
             parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
             convert_options=pacsv.ConvertOptions(
                 include_columns=list(AgentPackets.COLUMNS),
@@ -361,6 +436,8 @@ class RunData:
             )
         }
         self._agents = AgentPackets(m / "traffic")
+        self._flow_sums = FlowSums(self.steps, self.time_scale)
+        self._flow_sums_gen = 0
 
     # ----------------------------------------------------------------- reading geometry
     def _read_links(self) -> None:
@@ -494,8 +571,14 @@ class RunData:
         out: list[dict[str, Any]] = []
         fp = self._tables[F.FLOW_PATHS.name].table()
         th = self._tables[F.FLOW_THROUGHPUT.name].table()
-        live_th = None if len(th["flow_id"]) else self._agent_throughput()
-        lat = self._latency()
+        live_th = None
+        if len(self._tables[F.PACKETS.name].table()["flow_id"]):
+            lat = self._latency()
+        else:  # not merged yet (a live run): what the agents have written so far
+            sums, n_over = self._agent_sums()
+            lat = sums.latency()
+            if not len(th["flow_id"]):
+                live_th = self._agent_throughput(sums, n_over)
         latest = -math.inf
         for j in range(len(fl["flow_id"])):
             fid = str(fl["flow_id"][j])
@@ -593,21 +676,6 @@ class RunData:
                 util[lid] = float(lc["bytes"][r]) * 8 / wall_s / 1e6 / rate
         return {"k": k, "util": _nums(np.clip(util, 0, 1), 4)}
 
-    def _packets(self) -> dict[str, np.ndarray]:
-        """``packets.csv``'s flow ids (str), send and receive times (ns) and one-way delays;
-        while a run has not merged it yet, the agents' own files (:class:`AgentPackets`)."""
-        pk = self._tables[F.PACKETS.name].table()
-        if len(pk["flow_id"]):
-            return {
-                "flow_id": pk["flow_id"],
-                "size_bytes": pk["size_bytes"],
-                "send_unix_ns": pk["send_unix_ns"],
-                "recv_unix_ns": pk["recv_unix_ns"],
-                "owd_ms": pk["owd_ms"],
-            }
-        ag = self._agents.arrays()
-        return {**ag, "flow_id": ag["flow_id"].astype(str)}
-
     def _step_clock(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``steps.csv``'s (emulated t_s, unix_s) per step, in step order; None without it."""
         st = self._tables[F.STEPS.name].table()
@@ -616,46 +684,39 @@ class RunData:
         order = np.argsort(st["step"], kind="stable")
         return st["t_s"][order], st["unix_s"][order]
 
-    def _agent_throughput(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per flow, Mbit/s received in each step that is over (``steps.csv`` has the next
-        step's start), from the agents' files, as the run's ``flow_throughput.csv`` will
-        have it (rows weighted by the flow's sampling, every flow of ``flows.csv`` with a
-        value for every step, zero without traffic). Empty before two steps are known or
-        before any agent wrote a row."""
+    def _agent_sums(self) -> tuple[FlowSums, int]:
+        """The agents' rows summed so far, and how many steps are over (``steps.csv`` has
+        the next one's start)."""
+        rows, gen = self._agents.take()
+        if gen != self._flow_sums_gen:
+            self._flow_sums.reset()
+            self._flow_sums_gen = gen
         clock = self._step_clock()
-        ag = self._agents.arrays()
-        fl = self._tables[F.FLOWS.name].table()
-        if clock is None or len(clock[0]) < 2 or not len(ag["flow_id"]):
+        first = (float(clock[0][0]), float(clock[1][0])) if clock is not None else None
+        self._flow_sums.add(rows, self._agents.sample, first)
+        return self._flow_sums, (len(clock[0]) - 1 if clock is not None else 0)
+
+    def _agent_throughput(
+        self, sums: FlowSums, n_over: int
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per flow of ``flows.csv``, Mbit/s received in each step that is over, from the
+        agents' files, as the run's ``flow_throughput.csv`` will have it (every flow with a
+        value for every step, zero without traffic). Empty before any agent wrote a row or
+        before a step is over."""
+        if not sums.bytes or n_over < 1:
             return {}
-        t_s, unix_s = clock
-        edges_ns = unix_s * 1e9
-        nb = len(t_s) - 1  # the last step is still running
-        b = np.searchsorted(edges_ns, ag["recv_unix_ns"].astype(float), side="right") - 1
-        ok = (b >= 0) & (b < nb)
-        uniq, inv = np.unique(ag["flow_id"][ok], return_inverse=True)
-        per_row = np.array([self._agents.sample.get(int(u), 1) for u in uniq], dtype=float)
-        weights = ag["size_bytes"][ok] * (per_row[inv] if uniq.size else 1.0)
-        bins = b[ok]
-        dt = np.diff(edges_ns[: nb + 1]) / 1e9
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for fid in fl["flow_id"].tolist():
+        for fid in self._tables[F.FLOWS.name].table()["flow_id"].tolist():
             try:
-                f_int = int(fid)
+                out[str(fid)] = sums.throughput(int(fid), n_over)
             except ValueError:
                 continue
-            j = int(np.searchsorted(uniq, f_int))
-            sel = inv == j if j < uniq.size and uniq[j] == f_int else np.zeros(inv.size, bool)
-            by = np.bincount(bins[sel], weights=weights[sel], minlength=nb).astype(float)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mbps = np.where(dt > 0, by * 8 / dt / 1e6, 0.0)
-            out[str(fid)] = (t_s[:nb], mbps)
         return out
 
     def _latency(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Mean one-way delay per flow and step from ``packets.csv`` (or, live, the agents'
-        files; send times mapped to emulated time through ``steps.csv``'s step 0 and the
-        time scale)."""
-        pk = self._packets()
+        """Mean one-way delay per flow and step from ``packets.csv`` (send times mapped to
+        emulated time through ``steps.csv``'s step 0 and the time scale)."""
+        pk = self._tables[F.PACKETS.name].table()
         if not len(pk["flow_id"]):
             return {}
         clock = self._step_clock()
@@ -665,7 +726,7 @@ class RunData:
         else:
             t0, u0 = float(self.steps[0]), float(np.nanmin(sent_s))
         t_em = t0 + (sent_s - u0) * self.time_scale
-        owd = np.asarray(pk["owd_ms"], dtype=float)
+        owd = pk["owd_ms"]
         if np.isnan(owd).all():
             owd = (pk["recv_unix_ns"] - pk["send_unix_ns"]) / 1e6
         k = np.clip(np.searchsorted(self.steps, t_em, side="right") - 1, 0, len(self.steps) - 1)

@@ -687,7 +687,9 @@ async function loadFlows() {
   state.flows = flows.flows.length; state.flowStats = flows.flow_stats;
   if (before !== flows.flows.map((f) => `${f.flow_id}:${f.route_changes_t_s.length}`).join(',')) flowList();
   updateCharts(); legend();
-  if (cur) applyStep(cur);
+  // a live page that follows the run redraws the paths' colours with the next step anyway
+  const following = meta.live && !state.live?.done && $('follow').checked && !playing;
+  if (cur && !following) applyStep(cur);
 }
 
 function legend() {
