@@ -238,6 +238,8 @@ def main() -> int:
     ap.add_argument("--skip-render", action="store_true")
     ap.add_argument("--skip-live", action="store_true")
     args = ap.parse_args()
+    if args.real and not REAL_TLE.is_file():
+        ap.error(f"--real needs the shared catalogue {REAL_TLE} (../shared/data beside the repo)")
     res: dict[str, Any] = {"when": dt.datetime.now().isoformat(timespec="seconds")}
     with tempfile.TemporaryDirectory(prefix="bench-view-") as tmp:
         if not args.skip_render:
