@@ -8,6 +8,11 @@
    (mean, p99; the GPU work is waited for by reading one pixel back), step update time
    (positions and the link and path buffers rewritten), and the time from opening the page
    to the first globe. Then the same on the 2D map.
+1b. **real** (no root, ``--real``): the same on a plan of the real Starlink catalogue of
+   the shared test data (``../shared/data/starlink-2026-05-21.tle``, 8,817 satellites on
+   shells and about 15,000 links per step; the scenario is written to a temporary directory,
+   see ``tests/browser/realcat.py``), plus the time ``meshemu view`` takes to read the plan
+   (to its URL) and the sizes of ``/api/meta`` and one ``/api/step``.
 2. **live** (root): ``meshemu run --live-scenario --duration --live-duration`` three times:
    without ``--view``; with ``--view`` and no page open; with ``--view`` and headless
    Chromium following the run. Printed from each run's ``steps.csv``: the step apply time
@@ -18,7 +23,7 @@ Usage (others run timing-sensitive benchmarks on this machine, hence the locks):
 
     flock /tmp/meshemu-heavy.lock flock /tmp/meshemu-root.lock \\
         .venv/bin/python benchmarks/bench_view.py [--render-scenario starlink-shell1] \\
-        [--seconds 10] [--live-scenario default] [--live-duration 60] [--skip-live]
+        [--seconds 10] [--real] [--live-scenario default] [--live-duration 60] [--skip-live]
 
 Writes ``benchmarks/results/view-<time>.json``.
 """
@@ -36,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "browser"))
 from chromium import Browser  # noqa: E402
+from realcat import REAL_TLE, write_scenario  # noqa: E402
 
 MESHEMU = [sys.executable, "-m", "meshemu.cli"]
 
@@ -104,7 +111,13 @@ def render(scenario: str, seconds: float, tmp: Path) -> dict[str, Any]:
         capture_output=True,
     )
     plan_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     srv = Served(["view", str(plan), "--port", "0"])
+    serve_s = time.perf_counter() - t0
+    sizes = {
+        f"{name}_bytes": len(urllib.request.urlopen(srv.url + f"api/{name}").read())
+        for name in ("meta", "step/0")
+    }
     b = Browser()
     try:
         t0 = time.perf_counter()
@@ -112,7 +125,13 @@ def render(scenario: str, seconds: float, tmp: Path) -> dict[str, Any]:
         b.wait("window.meshemuState && meshemuState.ready", 300, "the globe")
         load_s = time.perf_counter() - t0
         b.driver.set_script_timeout(seconds * 10 + 120)
-        out: dict[str, Any] = {"scenario": scenario, "plan_s": plan_s, "page_load_s": load_s}
+        out: dict[str, Any] = {
+            "scenario": scenario,
+            "plan_s": plan_s,
+            "view_ready_s": serve_s,
+            "page_load_s": load_s,
+            **sizes,
+        }
         for mode in ("3d", "2d"):
             b.js(f"meshemu.setMode('{mode}')")
             out[mode] = b.driver.execute_async_script(
@@ -189,33 +208,49 @@ def live(scenario: str, duration: float, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def print_render(r: dict[str, Any]) -> None:
+    print(
+        f"render {Path(r['scenario']).stem}: view ready (plan read) in {r['view_ready_s']:.1f} s, "
+        f"page to first globe {r['page_load_s']:.1f} s (plan {r['plan_s']:.1f} s); "
+        f"/api/meta {r['meta_bytes'] / 1e3:.0f} kB, /api/step/0 {r['step/0_bytes'] / 1e3:.0f} kB"
+    )
+    for mode in ("3d", "2d"):
+        m = {k: (v if v is not None else float("nan")) for k, v in r[mode].items()}
+        print(
+            f"  {mode}: {m['nodes']} nodes, up to {m['links_max']} links: "
+            f"{m['fps']:.1f} frames/s over {m['seconds']:.0f} s; render "
+            f"{m['render_ms_mean']:.1f} ms mean, {m['render_ms_p99']:.1f} ms p99; step "
+            f"update {m['step_update_ms_mean']:.2f} ms mean, "
+            f"{m['step_update_ms_p99']:.2f} ms p99 ({m['steps']} steps); frame gap "
+            f"p50 {m['frame_gap_ms_p50']:.1f} ms, p99 {m['frame_gap_ms_p99']:.1f} ms"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--render-scenario", default="starlink-shell1")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--real", action="store_true", help=f"also render the real catalogue ({REAL_TLE})"
+    )
     ap.add_argument("--live-scenario", default="default")
     ap.add_argument("--live-duration", type=float, default=60.0)
     ap.add_argument("--skip-render", action="store_true")
     ap.add_argument("--skip-live", action="store_true")
     args = ap.parse_args()
+    if args.real and not REAL_TLE.is_file():
+        ap.error(f"--real needs the shared catalogue {REAL_TLE} (../shared/data beside the repo)")
     res: dict[str, Any] = {"when": dt.datetime.now().isoformat(timespec="seconds")}
     with tempfile.TemporaryDirectory(prefix="bench-view-") as tmp:
         if not args.skip_render:
-            r = res["render"] = render(args.render_scenario, args.seconds, Path(tmp))
-            print(
-                f"render {r['scenario']}: page to first globe {r['page_load_s']:.1f} s "
-                f"(plan {r['plan_s']:.1f} s)"
-            )
-            for mode in ("3d", "2d"):
-                m = {k: (v if v is not None else float("nan")) for k, v in r[mode].items()}
-                print(
-                    f"  {mode}: {m['nodes']} nodes, up to {m['links_max']} links: "
-                    f"{m['fps']:.1f} frames/s over {m['seconds']:.0f} s; render "
-                    f"{m['render_ms_mean']:.1f} ms mean, {m['render_ms_p99']:.1f} ms p99; step "
-                    f"update {m['step_update_ms_mean']:.2f} ms mean, "
-                    f"{m['step_update_ms_p99']:.2f} ms p99 ({m['steps']} steps); frame gap "
-                    f"p50 {m['frame_gap_ms_p50']:.1f} ms, p99 {m['frame_gap_ms_p99']:.1f} ms"
-                )
+            (Path(tmp) / "render").mkdir()
+            res["render"] = render(args.render_scenario, args.seconds, Path(tmp) / "render")
+            print_render(res["render"])
+        if args.real:
+            (Path(tmp) / "real").mkdir()
+            scenario = write_scenario(Path(tmp) / "real")
+            res["real"] = render(str(scenario), args.seconds, Path(tmp) / "real")
+            print_render(res["real"])
         if not args.skip_live:
             lv = res["live"] = live(args.live_scenario, args.live_duration, Path(tmp))
             print(f"live {lv['scenario']}, {lv['duration_s']:g} s runs (steps.csv):")

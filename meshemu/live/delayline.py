@@ -52,15 +52,17 @@ one; then the state moves: bad -> good with ``r``, good -> bad with ``p``; netem
 
 The fidelity guard (:data:`OP_GUARD`): since the previous ``OP_GUARD``, one
 :data:`GUARD_REC` per link direction this worker owns that sent at least one frame
-(direction 0: frames that arrived on the a-side end ``dl<k>a``, 1: the b-side end):
-frames sent, and the p99 and maximum of their *lateness*, ``actual send time - scheduled
-departure``, in ns; the p99 comes from a log-spaced histogram (:func:`lateness_bucket`,
-buckets at most 1/16 of their lower edge wide) and is the upper edge of the bucket holding
-it, at most the maximum. Then one record with link id :data:`WORKER_LINK_ID` for the
-worker itself: direction = the worker's index, frames = the kernel's ring drops
-(``PACKET_STATISTICS`` ``tp_drops``: frames lost because the worker could not keep up, as
-opposed to queue overflow, which is the model and shows in :data:`CNT_REC` drops), and the
-lateness p99 / max over all its links. :func:`decode_guard` reads a reply.
+(direction 0: frames that arrived on the a-side end ``dl<k>a``, 1: the b-side end): frames
+sent, the p99 and maximum of their *lateness*, ``actual send time - scheduled departure``,
+in ns, and the frames in its drop-tail queue at that moment (a direction with a queue but no
+frame sent has a record too); the p99 comes from a log-spaced histogram
+(:func:`lateness_bucket`, buckets at most 1/16 of their lower edge wide) and is the upper
+edge of the bucket holding it, at most the maximum. Then one record with link id
+:data:`WORKER_LINK_ID` for the worker itself: direction = the worker's index, frames = the
+kernel's ring drops (``PACKET_STATISTICS`` ``tp_drops``: frames lost because the worker
+could not keep up, as opposed to queue overflow, which is the model and shows in
+:data:`CNT_REC` drops), and the lateness p99 / max over all its links. :func:`decode_guard`
+reads a reply.
 
 Two implementations speak this protocol with the same command line: this module (the
 reference) and the compiled worker ``meshemu/live/dlc/meshemu-delayline`` (C, built by
@@ -108,10 +110,12 @@ ID_REC = struct.Struct("<I")
 #: Counters of one link (both directions summed): link_id, packets, bytes, dropped.
 CNT_REC = struct.Struct("<IQQQ")
 #: The guard of one link direction since the previous :data:`OP_GUARD`: link_id, direction
-#: (0: arrived on the a-side end, 1: b-side), frames sent, lateness p99 ns, lateness max ns.
-#: A worker's own record has link_id :data:`WORKER_LINK_ID`, its index as direction and its
-#: kernel ring drops as frames.
-GUARD_REC = struct.Struct("<IBQqq")
+#: (0: arrived on the a-side end, 1: b-side), frames sent, lateness p99 ns, lateness max ns,
+#: queue frames (the direction's drop-tail queue when the guard was read: frames waiting
+#: for or in serialisation, as ``queue_packets`` counts them).
+#: A worker's own record has link_id :data:`WORKER_LINK_ID`, its index as direction, its
+#: kernel ring drops as frames and queue 0.
+GUARD_REC = struct.Struct("<IBQqqI")
 #: The link id of a worker's own :data:`GUARD_REC`.
 WORKER_LINK_ID = 0xFFFFFFFF
 
@@ -223,6 +227,9 @@ class GuardRecord:
         Lateness (actual send time - scheduled departure) p99 and maximum, ns.
     worker : int
         The worker that answered.
+    queue_frames : int
+        Frames in the direction's drop-tail queue when the guard was read (0 in the
+        worker's own record).
     """
 
     link_id: int
@@ -231,6 +238,7 @@ class GuardRecord:
     lateness_p99_ns: int
     lateness_max_ns: int
     worker: int = 0
+    queue_frames: int = 0
 
     @property
     def is_worker(self) -> bool:
@@ -246,9 +254,15 @@ def decode_guard(payload: bytes, worker: int = 0) -> list[GuardRecord]:
             f"{GUARD_REC.size}-byte records"
         )
     return [
-        GuardRecord(lid, direction, frames, p99, mx, worker)
-        for lid, direction, frames, p99, mx in GUARD_REC.iter_unpack(payload)
+        GuardRecord(lid, direction, frames, p99, mx, worker, queue)
+        for lid, direction, frames, p99, mx, queue in GUARD_REC.iter_unpack(payload)
     ]
+
+
+def queue_backlog(ends: Iterable[int], now_ns: int) -> int:
+    """Frames of a drop-tail queue still there at ``now_ns``: its serialisation ends
+    (ascending, as ``_Direction.txq`` holds them) later than ``now_ns``."""
+    return sum(1 for e in ends if e > now_ns)
 
 
 def dl_ifname(link_id: int, side: str) -> str:
@@ -536,9 +550,11 @@ class DelayLine:
         out = []
         merged: dict[int, int] = {}
         n_all = max_all = 0
+        now = time.time_ns()  # CLOCK_REALTIME: the clock of the ring's timestamps
         for lid, ds in self.links.items():
             for d in ds:
-                if not d.g_frames:
+                queue = queue_backlog(d.txq, now) if d.txq else 0
+                if not d.g_frames and not queue:
                     continue
                 out.append(
                     pack(
@@ -547,6 +563,7 @@ class DelayLine:
                         d.g_frames,
                         lateness_p99(d.g_hist, d.g_frames, d.g_max),
                         d.g_max,
+                        queue,
                     )
                 )
                 for b, c in d.g_hist.items():
@@ -558,7 +575,12 @@ class DelayLine:
         _, ring_drops = struct.unpack("<II", self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
         out.append(
             pack(
-                WORKER_LINK_ID, self.wid, ring_drops, lateness_p99(merged, n_all, max_all), max_all
+                WORKER_LINK_ID,
+                self.wid,
+                ring_drops,
+                lateness_p99(merged, n_all, max_all),
+                max_all,
+                0,
             )
         )
         return b"".join(out)

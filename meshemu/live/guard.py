@@ -5,9 +5,11 @@ leave later than the model says, or are lost before the model sees them. Every s
 guard asks the shaper (:meth:`~meshemu.live.shapers.base.LinkShaper.guard`) for, per link
 and direction, how late frames left against their scheduled departure (p99 and max) and
 how many frames it lost because it could not keep up (kernel ring overflow: not the model's
-drop-tail queue). It writes them to ``shaper.csv``, warns live when a link's lateness p99
-over a step exceeds the threshold (default :data:`THRESHOLD_MS`) or frames were lost, and
-sums up for ``summary.json`` which links and steps were affected.
+drop-tail queue), and the frames in each direction's drop-tail queue when it asked (the
+userspace delay line reports it; netem does not). It writes them to ``shaper.csv``, warns
+live when a link's lateness p99 over a step exceeds the threshold (default
+:data:`THRESHOLD_MS`) or frames were lost, and sums up for ``summary.json`` which links and
+steps were affected.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class FidelityGuard:
         return res
 
     def _row(self, step: int, t_s: float, r: GuardRecord) -> None:
-        if not (r.frames or r.behind_drops):
+        if not (r.frames or r.behind_drops or r.queue_frames):
             return
         if r.link_id == WORKER_LINK:
             a = b = d = ""
@@ -142,6 +144,7 @@ class FidelityGuard:
                 round(r.late_p99_ns / 1e6, 4),
                 round(r.late_max_ns / 1e6, 4),
                 r.behind_drops,
+                r.queue_frames,
             )
         )
 

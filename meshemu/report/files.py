@@ -87,7 +87,10 @@ NODES = FileSpec(
 )
 #: The fidelity guard (``meshemu/live/guard.py``): per step, link and direction, frames sent,
 #: lateness against the scheduled departure (p99, max) and frames the shaper lost because it
-#: could not keep up; ``link_id`` -1 for a shaper worker as a whole. Only rows with frames.
+#: could not keep up; ``link_id`` -1 for a shaper worker as a whole; ``queue_frames``: the
+#: direction's drop-tail queue (frames waiting for or in serialisation) when the guard was
+#: read at the step's end (userspace delay line only; absent in older files). Only rows with
+#: frames or a queue.
 SHAPER = FileSpec(
     "shaper.csv",
     (
@@ -101,9 +104,10 @@ SHAPER = FileSpec(
         "late_p99_ms",
         "late_max_ms",
         "behind_drops",
+        "queue_frames",
     ),
     ("step", "link_id", "frames", "late_p99_ms"),
-    ("t_s", "late_p99_ms", "late_max_ms"),
+    ("t_s", "late_p99_ms", "late_max_ms", "queue_frames"),
 )
 #: Daemon routing (``meshemu/live/fib.py``): every change of a node's kernel next hops toward
 #: an endpoint (``next_hops`` ``|``-separated node names, empty: no route); the first rows are

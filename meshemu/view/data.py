@@ -127,6 +127,202 @@ class GrowingTable:
             return cols
 
 
+class AgentPackets:
+    """The traffic agents' own received-packet files, ``traffic/<node>.packets.csv`` (no
+    header, the columns of ``packets.csv``), read as a live run writes them: each agent
+    flushes its file every second (:data:`meshemu.traffic.agent.FLUSH_NS`) and the run merges
+    them into ``packets.csv`` only at its end. Each :meth:`arrays` call parses (with Arrow,
+    which does not hold the interpreter lock while it parses) only the complete lines added
+    since the last one; a line cut short is skipped, as the final merge skips it. The flows'
+    sampling (``sample`` of the agents' ``traffic/<node>.json``: one received row stands for
+    ``n``) is read with them.
+    """
+
+    COLUMNS = ("flow_id", "size_bytes", "send_unix_ns", "recv_unix_ns", "owd_ms")
+
+    def __init__(self, agent_dir: Path):
+        self.dir = agent_dir
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.generation = getattr(self, "generation", -1) + 1
+        self._offset: dict[Path, int] = {}
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._configs: set[Path] = set()
+        self.sample: dict[int, int] = {}
+
+    def _poll(self) -> None:
+        if not self.dir.is_dir():
+            if self._offset:
+                self._reset()
+            return
+        for cfg in self.dir.glob("*.json"):
+            if cfg in self._configs:
+                continue
+            try:
+                got = json.loads(cfg.read_text())
+            except (OSError, ValueError):
+                continue  # being written: read at the next call
+            self._configs.add(cfg)
+            if isinstance(got, dict) and isinstance(got.get("sample"), dict):
+                for k, v in got["sample"].items():
+                    self.sample[int(k)] = int(v)
+        for path in sorted(self.dir.glob("*.packets.csv")):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            off = self._offset.get(path, 0)
+            if size < off:  # rewritten (a new run in the same directory): read it all again
+                self._reset()
+                self._poll()
+                return
+            if size == off:
+                continue
+            with open(path, "rb") as f:
+                f.seek(off)
+                data = f.read(size - off)
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                continue
+            self._offset[path] = off + cut + 1
+            chunk = _parse_packets(data[: cut + 1])
+            if len(chunk["flow_id"]):
+                self._chunks.append(chunk)
+
+    def take(self) -> tuple[dict[str, np.ndarray], int]:
+        """The rows added since the previous call (``flow_id``, ``size_bytes``,
+        ``send_unix_ns``, ``recv_unix_ns`` int64, ``owd_ms`` float64 with NaN where empty)
+        and the reading's generation: it changes when a file was rewritten and every row
+        is read again (whoever sums the rows starts again then)."""
+        with self._lock:
+            self._poll()
+            chunks, self._chunks = self._chunks, []
+            if not chunks:
+                empty = {c: np.zeros(0, dtype=np.int64) for c in self.COLUMNS}
+                return {**empty, "owd_ms": np.zeros(0)}, self.generation
+            return {c: np.concatenate([ch[c] for ch in chunks]) for c in self.COLUMNS}, (
+                self.generation
+            )
+
+
+class FlowSums:
+    """Per flow and step of the run, summed as the agents' rows come in (each row once):
+    bytes received (times the flow's sampling), and the sum and count of one-way delays.
+    A row's step is that of its receive time (bytes) or send time (delays) in emulated time,
+    ``t0 + (unix_s - u0) * time_scale`` with ``(t0, u0)`` the first step's emulated and
+    wall-clock time of ``steps.csv``, as :meth:`RunData._latency` maps ``packets.csv``."""
+
+    def __init__(self, steps: np.ndarray, time_scale: float):
+        self.steps, self.time_scale = steps, time_scale
+        self.reset()
+
+    def reset(self) -> None:
+        self.bytes: dict[int, np.ndarray] = {}
+        self.owd_sum: dict[int, np.ndarray] = {}
+        self.owd_n: dict[int, np.ndarray] = {}
+        self._pending: list[dict[str, np.ndarray]] = []
+
+    def add(
+        self,
+        rows: dict[str, np.ndarray],
+        sample: dict[int, int],
+        clock: tuple[float, float] | None,
+    ) -> None:
+        """Sum ``rows`` in (kept until ``clock``, the first step's ``(t_s, unix_s)``, is
+        known)."""
+        if len(rows["flow_id"]):
+            self._pending.append(rows)
+        if clock is None or not self._pending:
+            return
+        t0, u0 = clock
+        T = len(self.steps)
+        for r in self._pending:
+
+            def step_of(unix_ns: np.ndarray) -> np.ndarray:
+                t = t0 + (unix_ns / 1e9 - u0) * self.time_scale
+                return np.searchsorted(self.steps, t, side="right") - 1
+
+            k_rx = step_of(r["recv_unix_ns"])
+            k_tx = np.clip(step_of(r["send_unix_ns"]), 0, T - 1)
+            owd = r["owd_ms"]
+            if np.isnan(owd).all():
+                owd = (r["recv_unix_ns"] - r["send_unix_ns"]) / 1e6
+            for f in np.unique(r["flow_id"]).tolist():
+                sel = r["flow_id"] == f
+                ok = sel & (k_rx >= 0) & (k_rx < T)
+                w = float(sample.get(int(f), 1))
+                by = self.bytes.setdefault(f, np.zeros(T))
+                by += np.bincount(k_rx[ok], weights=r["size_bytes"][ok] * w, minlength=T)
+                fin = sel & np.isfinite(owd)
+                self.owd_sum.setdefault(f, np.zeros(T))[:] += np.bincount(
+                    k_tx[fin], weights=owd[fin], minlength=T
+                )
+                self.owd_n.setdefault(f, np.zeros(T))[:] += np.bincount(k_tx[fin], minlength=T)
+        self._pending = []
+
+    def throughput(self, flow: int, n_over: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mbit/s of ``flow`` in the first ``n_over`` steps (those that are over)."""
+        n = max(0, min(n_over, len(self.steps)))
+        by = self.bytes.get(flow, np.zeros(len(self.steps)))[:n]
+        ends = np.append(self.steps[1:], self.steps[-1] + 1.0) if len(self.steps) else self.steps
+        wall = (ends[:n] - self.steps[:n]) / self.time_scale
+        return self.steps[:n], np.where(wall > 0, by * 8 / np.maximum(wall, 1e-12) / 1e6, 0.0)
+
+    def latency(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Mean one-way delay per flow (str id) and step, where it has any."""
+        out = {}
+        for f, n in self.owd_n.items():
+            has = n > 0
+            if has.any():
+                out[str(f)] = (self.steps[has], self.owd_sum[f][has] / n[has])
+        return out
+
+
+def _parse_packets(data: bytes) -> dict[str, np.ndarray]:
+    """Header-less ``packets.csv`` lines (an agent's file) into :data:`AgentPackets.COLUMNS`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    ints = ("flow_id", "size_bytes", "send_unix_ns", "recv_unix_ns")
+    try:
+        tab = pacsv.read_csv(
+            io.BytesIO(data),
+            # one thread: this runs in the run's process, beside its step loop
+            read_options=pacsv.ReadOptions(column_names=list(F.PACKETS.columns), use_threads=False),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(AgentPackets.COLUMNS),
+                column_types={**{c: pa.int64() for c in ints}, "owd_ms": pa.float64()},
+            ),
+        )
+    except pa.ArrowInvalid:  # a cell that is no number: keep the lines that parse
+        lines = data.splitlines()
+        good = [ln for ln in lines if _packet_line_ok(ln)]
+        if not good or len(good) == len(lines):
+            return {c: np.zeros(0, dtype=np.int64) for c in ints} | {"owd_ms": np.zeros(0)}
+        return _parse_packets(b"\n".join(good) + b"\n")
+    res = {c: np.asarray(pc.fill_null(tab[c], 0).to_numpy(), dtype=np.int64) for c in ints}
+    res["owd_ms"] = np.asarray(pc.fill_null(tab["owd_ms"], np.nan).to_numpy(), dtype=float)
+    return res
+
+
+def _packet_line_ok(line: bytes) -> bool:
+    cells = line.split(b",")
+    if len(cells) != len(F.PACKETS.columns):
+        return False
+    try:
+        for c in AgentPackets.COLUMNS[:-1]:
+            int(cells[F.PACKETS.columns.index(c)])
+        if cells[-1]:
+            float(cells[-1])
+    except ValueError:
+        return False
+    return True
+
+
 def _floats(values: Sequence[str]) -> np.ndarray:
     try:
         return np.array(values, dtype=float)
@@ -236,14 +432,18 @@ class RunData:
                 F.LINK_COUNTERS,
                 F.FIB,
                 F.STEPS,
+                F.SHAPER,
             )
         }
+        self._agents = AgentPackets(m / "traffic")
+        self._flow_sums = FlowSums(self.steps, self.time_scale)
+        self._flow_sums_gen = 0
 
     # ----------------------------------------------------------------- reading geometry
     def _read_links(self) -> None:
-        """``links.csv`` (or ``links.parquet``): the links up at each step, through the reader
-        of :mod:`meshemu.report.run`; a link's id is its rank in first-seen order."""
-        t = read_spec(self.geometry_dir, F.LINKS)
+        """``links.csv`` (or ``links.parquet``): the links up at each step (read by
+        :func:`_links_arrow`); a link's id is its rank in first-seen order."""
+        t = _links_arrow(self.geometry_dir)
         n = len(self.names)
         if t is None or not len(t["t_s"]):
             z = np.zeros(0, dtype=np.int32)
@@ -252,15 +452,19 @@ class RunData:
             self._link_t, self._link_id = np.zeros(0), z
             self._link_delay = self._link_rate = np.zeros(0, dtype=np.float32)
             return
-        up = np.isin(np.char.lower(t["up"].astype(str)), ["1", "1.0", "true"])
-        up |= t["up"].astype(str) == ""  # no up column (an older file): rows are links up
-        try:
-            a = np.array([self.id_of[x] for x in t["a"][up]], dtype=np.int64)
-            b = np.array([self.id_of[x] for x in t["b"][up]], dtype=np.int64)
-        except KeyError as exc:
-            raise ReportError(
-                f"{self.geometry_dir / F.LINKS.name}: node {exc.args[0]!r} is not in {F.NODES.name}"
-            ) from None
+        up = t["up"]
+        ids = {}
+        for col in ("a", "b"):
+            names, codes = t[col]
+            try:
+                lookup = np.array([self.id_of[str(x)] for x in names], dtype=np.int64)
+            except KeyError as exc:
+                raise ReportError(
+                    f"{self.geometry_dir / F.LINKS.name}: node {exc.args[0]!r} is not in "
+                    f"{F.NODES.name}"
+                ) from None
+            ids[col] = lookup[codes[up]] if lookup.size else np.zeros(0, dtype=np.int64)
+        a, b = ids["a"], ids["b"]
         key = a * n + b
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         order = np.argsort(first)
@@ -268,14 +472,17 @@ class RunData:
         rank[order] = np.arange(order.size)
         lid = rank[inv.ravel()]
         firsts = first[order]
-        kinds = t["kind"][up][firsts].astype(str)
+        kind_names, kind_codes = t["kind"]
+        kind_of = np.array(
+            [F.LINK_KINDS.index(k) if k in F.LINK_KINDS else -1 for k in kind_names] or [-1],
+            dtype=np.int8,
+        )
         self.link_a = a[firsts].astype(np.int32)
         self.link_b = b[firsts].astype(np.int32)
-        self.link_kind = np.array(
-            [F.LINK_KINDS.index(k) if k in F.LINK_KINDS else -1 for k in kinds], dtype=np.int8
-        )
+        self.link_kind = kind_of[kind_codes[up][firsts]] if len(kind_names) else kind_of[:0]
         self._link_key = {
-            (int(x), int(y)): i for i, (x, y) in enumerate(zip(self.link_a, self.link_b))
+            (int(x), int(y)): i
+            for i, (x, y) in enumerate(zip(self.link_a.tolist(), self.link_b.tolist()))
         }
         self._link_t = np.asarray(t["t_s"][up], dtype=float)
         self._link_id = lid.astype(np.int32)
@@ -364,7 +571,14 @@ class RunData:
         out: list[dict[str, Any]] = []
         fp = self._tables[F.FLOW_PATHS.name].table()
         th = self._tables[F.FLOW_THROUGHPUT.name].table()
-        lat = self._latency()
+        live_th = None
+        if len(self._tables[F.PACKETS.name].table()["flow_id"]):
+            lat = self._latency()
+        else:  # not merged yet (a live run): what the agents have written so far
+            sums, n_over = self._agent_sums()
+            lat = sums.latency()
+            if not len(th["flow_id"]):
+                live_th = self._agent_throughput(sums, n_over)
         latest = -math.inf
         for j in range(len(fl["flow_id"])):
             fid = str(fl["flow_id"][j])
@@ -374,9 +588,13 @@ class RunData:
                 [self.id_of[x] for x in str(p).split() if x in self.id_of] for p in fp["path"][sel]
             ]
             changes = [float(pt[i]) for i in range(1, len(paths)) if paths[i] != paths[i - 1]]
-            tsel = th["flow_id"] == fid
+            if live_th is None:
+                tsel = th["flow_id"] == fid
+                tt, tv = th["t_s"][tsel], th["mbps"][tsel]
+            else:
+                tt, tv = live_th.get(fid, (np.zeros(0), np.zeros(0)))
             lt, lv = lat.get(fid, (np.zeros(0), np.zeros(0)))
-            for arr in (pt, th["t_s"][tsel], lt):
+            for arr in (pt, tt, lt):
                 if len(arr):
                     latest = max(latest, float(np.nanmax(arr)))
             out.append(
@@ -390,10 +608,7 @@ class RunData:
                     "paths": paths,
                     "path_delay_ms": _nums(fp["delay_ms"][sel], 3),
                     "route_changes_t_s": changes,
-                    "throughput": {
-                        "t_s": _nums(th["t_s"][tsel]),
-                        "mbps": _nums(th["mbps"][tsel], 4),
-                    },
+                    "throughput": {"t_s": _nums(tt), "mbps": _nums(tv, 4)},
                     "latency": {"t_s": _nums(lt), "owd_ms": _nums(lv, 3)},
                 }
             )
@@ -402,6 +617,7 @@ class RunData:
         return {
             "flows": out,
             "measured_to_s": latest if math.isfinite(latest) else None,
+            "flow_stats": "agents" if live_th is not None and live_th else "files",
             "has_fib": bool(len(self._tables[F.FIB.name].table()["t_s"])),
         }
 
@@ -460,17 +676,53 @@ class RunData:
                 util[lid] = float(lc["bytes"][r]) * 8 / wall_s / 1e6 / rate
         return {"k": k, "util": _nums(np.clip(util, 0, 1), 4)}
 
+    def _step_clock(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``steps.csv``'s (emulated t_s, unix_s) per step, in step order; None without it."""
+        st = self._tables[F.STEPS.name].table()
+        if not len(st["step"]):
+            return None
+        order = np.argsort(st["step"], kind="stable")
+        return st["t_s"][order], st["unix_s"][order]
+
+    def _agent_sums(self) -> tuple[FlowSums, int]:
+        """The agents' rows summed so far, and how many steps are over (``steps.csv`` has
+        the next one's start)."""
+        rows, gen = self._agents.take()
+        if gen != self._flow_sums_gen:
+            self._flow_sums.reset()
+            self._flow_sums_gen = gen
+        clock = self._step_clock()
+        first = (float(clock[0][0]), float(clock[1][0])) if clock is not None else None
+        self._flow_sums.add(rows, self._agents.sample, first)
+        return self._flow_sums, (len(clock[0]) - 1 if clock is not None else 0)
+
+    def _agent_throughput(
+        self, sums: FlowSums, n_over: int
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per flow of ``flows.csv``, Mbit/s received in each step that is over, from the
+        agents' files, as the run's ``flow_throughput.csv`` will have it (every flow with a
+        value for every step, zero without traffic). Empty before any agent wrote a row or
+        before a step is over."""
+        if not sums.bytes or n_over < 1:
+            return {}
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for fid in self._tables[F.FLOWS.name].table()["flow_id"].tolist():
+            try:
+                out[str(fid)] = sums.throughput(int(fid), n_over)
+            except ValueError:
+                continue
+        return out
+
     def _latency(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Mean one-way delay per flow and step from ``packets.csv`` (send times mapped to
         emulated time through ``steps.csv``'s step 0 and the time scale)."""
         pk = self._tables[F.PACKETS.name].table()
         if not len(pk["flow_id"]):
             return {}
-        st = self._tables[F.STEPS.name].table()
+        clock = self._step_clock()
         sent_s = pk["send_unix_ns"] / 1e9
-        if len(st["step"]):
-            i0 = int(np.argmin(st["step"]))
-            t0, u0 = float(st["t_s"][i0]), float(st["unix_s"][i0])
+        if clock is not None:
+            t0, u0 = float(clock[0][0]), float(clock[1][0])
         else:
             t0, u0 = float(self.steps[0]), float(np.nanmin(sent_s))
         t_em = t0 + (sent_s - u0) * self.time_scale
@@ -560,8 +812,11 @@ class RunData:
         ]
 
     def link(self, lid: int) -> dict[str, Any]:
-        """Link ``lid`` over time: delay and rate (null while down), and the shaper's counters
-        per direction from ``link_counters.csv``."""
+        """Link ``lid`` over time: delay and rate (null while down), the shaper's counters
+        per direction from ``link_counters.csv`` and its queue per direction and step from
+        ``shaper.csv`` (``queue``: frames in the drop-tail queue at the step's end, 0 at a
+        step the guard wrote no row for the direction, null at the steps the guard has not
+        reached yet; empty where the shaper reports no queue: netem, a plan)."""
         if not 0 <= lid < len(self.link_a):
             raise IndexError(f"link {lid} out of range 0..{len(self.link_a) - 1}")
         a, b = int(self.link_a[lid]), int(self.link_b[lid])
@@ -585,11 +840,121 @@ class RunData:
             "delay_ms": _nums(self.delay_ms[:, lid], 3),
             "rate_mbps": _nums(self.rate_mbps[:, lid], 3),
             "counters": counters,
+            "queue": self._queue(a, b),
         }
+
+    def _queue(self, a: int, b: int) -> dict[str, list[float | None]]:
+        """``shaper.csv``'s ``queue_frames`` of the link a-b per direction (``a>b``, ``b>a``,
+        by node names) on the steps of :attr:`steps`; {} without queue figures."""
+        sh = self._tables[F.SHAPER.name].table()
+        q = sh["queue_frames"]
+        if not len(q) or np.isnan(q).all():
+            return {}
+        t = sh["t_s"]
+        reached = float(np.nanmax(t))
+        k = np.searchsorted(self.steps, t - 1e-6)
+        ok = (k < len(self.steps)) & (
+            np.abs(self.steps[np.minimum(k, len(self.steps) - 1)] - t) < 1e-6
+        )
+        out: dict[str, list[float | None]] = {}
+        for x, y in ((a, b), (b, a)):
+            # a row names the link's ends as the run's link table has them: a>b or b>a
+            fwd = (
+                (sh["a"] == self.names[x]) & (sh["b"] == self.names[y]) & (sh["direction"] == "a>b")
+            )
+            rev = (
+                (sh["a"] == self.names[y]) & (sh["b"] == self.names[x]) & (sh["direction"] == "b>a")
+            )
+            sel = ok & (fwd | rev)
+            series = np.where(self.steps <= reached + 1e-9, 0.0, np.nan)
+            series[k[sel]] = np.nan_to_num(q[sel])
+            out[f"{self.names[x]}>{self.names[y]}"] = _nums(series, 0)
+        return out
 
     def link_id(self, a: int, b: int) -> int | None:
         """Id of the link between nodes ``a`` and ``b`` (either order); None if none."""
         return self._link_key.get((a, b), self._link_key.get((b, a)))
+
+
+def _links_arrow(d: Path) -> dict[str, Any] | None:
+    """``links.csv`` or ``links.parquet`` of ``d`` through Arrow (a 10,000-satellite plan's
+    file has a million rows: Arrow's CSV reader takes a fraction of a second where the
+    :mod:`csv` module takes seconds). Returns ``t_s``, ``delay_ms``, ``rate_mbps`` (float64,
+    NaN for an empty cell), ``up`` (bool: ``1``/``true``, or no ``up`` column) and ``a``,
+    ``b``, ``kind`` as ``(distinct values, code per row)``; None without the file.
+
+    Raises
+    ------
+    ReportError
+        The file cannot be read or lacks a required column (the message names them).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    path = F.table_path(d, F.LINKS)
+    if path is None:
+        return None
+    strings = ("a", "b", "kind", "up")
+    floats = ("t_s", "delay_ms", "rate_mbps")
+    try:
+        if path.suffix == F.PARQUET_SUFFIX:
+            from meshemu.report import parquet
+
+            if not parquet.parts(path):
+                return None
+            tab = parquet.read(path, [*floats, *strings])
+        else:
+            with open(path, newline="") as f:
+                header = [h.strip() for h in next(csv.reader(f), [])]
+            if not header:
+                return None
+            missing = [c for c in F.LINKS.required if c not in header]
+            if missing:
+                raise ReportError(
+                    f"{path}: missing column(s) {', '.join(missing)}; expected a header with "
+                    f"{','.join(F.LINKS.required)} (found {','.join(header)})"
+                )
+            tab = pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=[c for c in (*floats, *strings) if c in header],
+                    column_types={
+                        **{c: pa.string() for c in strings},
+                        **{c: pa.float64() for c in floats},
+                    },
+                    strings_can_be_null=False,
+                ),
+            )
+    except pa.ArrowException as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+    missing = [c for c in F.LINKS.required if c not in tab.column_names]
+    if missing:
+        raise ReportError(f"{path}: missing column(s) {', '.join(missing)}")
+    n = tab.num_rows
+    out: dict[str, Any] = {}
+    for c in floats:
+        out[c] = (
+            np.asarray(pc.fill_null(tab[c].cast(pa.float64()), np.nan).to_numpy(), dtype=float)
+            if c in tab.column_names
+            else np.full(n, np.nan)
+        )
+    for c in ("a", "b", "kind"):
+        if c not in tab.column_names:
+            out[c] = (np.array([""]), np.zeros(n, dtype=np.int64))
+            continue
+        enc = pc.fill_null(tab[c].cast(pa.string()), "").combine_chunks().dictionary_encode()
+        out[c] = (
+            enc.dictionary.to_numpy(zero_copy_only=False).astype(str),
+            np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64),
+        )
+    if "up" in tab.column_names:
+        text = pc.utf8_lower(pc.fill_null(tab["up"].cast(pa.string()), ""))
+        up = pc.is_in(text, value_set=pa.array(["1", "1.0", "true", ""]))
+        out["up"] = np.asarray(up.to_numpy(zero_copy_only=False), dtype=bool)
+    else:  # an older file: its rows are the links up
+        out["up"] = np.ones(n, dtype=bool)
+    return out
 
 
 def _cell(row: list[str], j: int) -> float:

@@ -186,8 +186,15 @@ def test_drop_tail_queue_bounds_the_queueing_delay(pair):
     )
     # measure once the queue is full: the delay line has started dropping
     assert wait_for(lambda: s.counters()[0][2] > 0, timeout_s=seconds), s.counters()
+    # the guard reports the full queue of the flooded direction (a side in: direction 0)
+    queued = [r.queue_frames for r in s.worker_guard() if (r.link_id, r.direction) == (0, 0)]
     _, rtts = _ping(a, 30, interval=0.03)
     flood.wait(timeout=seconds + 10)
+    assert queued and queue // 2 <= queued[0] <= queue, queued
+    # once the flood is over the queue drains: no direction reports one
+    assert wait_for(lambda: all(r.queue_frames == 0 for r in s.worker_guard()), timeout_s=5), (
+        s.worker_guard()
+    )
     pk, by, dr = s.counters()[0]
     # 2x overload: about half of what is offered is dropped
     assert 0.3 < dr / (pk + dr) < 0.7, (pk, dr)
@@ -273,6 +280,7 @@ def test_guard_at_light_load_counts_frames_per_direction_and_sees_no_lateness(pa
     assert sum(r.frames for r in links.values()) == after[0] - before[0]
     for r in links.values():
         assert 0 <= r.lateness_p99_ns <= r.lateness_max_ns < LATE_NS, recs
+        assert r.queue_frames == 0, recs  # no rate limit: no queue
     assert sorted(r.worker for r in workers) == [0, 1]
     assert [r.direction for r in sorted(workers, key=lambda r: r.worker)] == [0, 1]
     assert all(r.frames == 0 for r in workers), workers  # no ring drops

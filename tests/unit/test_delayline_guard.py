@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,21 +23,34 @@ from meshemu.live.shapers import userspace as us
 # ---- GUARD_REC ------------------------------------------------------------------------------
 def test_guard_record_layout_and_decoding():
     assert dl.OP_GUARD == 6
-    assert dl.GUARD_REC.format == "<IBQqq" and dl.GUARD_REC.size == 29
-    payload = dl.GUARD_REC.pack(7, 1, 12345, 40_000, 90_000) + dl.GUARD_REC.pack(
-        dl.WORKER_LINK_ID, 3, 17, 1_000, 2_000
+    assert dl.GUARD_REC.format == "<IBQqqI" and dl.GUARD_REC.size == 33
+    payload = dl.GUARD_REC.pack(7, 1, 12345, 40_000, 90_000, 42) + dl.GUARD_REC.pack(
+        dl.WORKER_LINK_ID, 3, 17, 1_000, 2_000, 0
     )
     recs = dl.decode_guard(payload, worker=3)
     assert recs == [
-        dl.GuardRecord(7, 1, 12345, 40_000, 90_000, 3),
+        dl.GuardRecord(7, 1, 12345, 40_000, 90_000, 3, queue_frames=42),
         dl.GuardRecord(0xFFFFFFFF, 3, 17, 1_000, 2_000, 3),
     ]
     assert [r.is_worker for r in recs] == [False, True]
     assert dl.decode_guard(b"") == []
-    with pytest.raises(ValueError, match="29-byte records"):
+    with pytest.raises(ValueError, match="33-byte records"):
         dl.decode_guard(payload[:-1])
     with pytest.raises(AttributeError):
         recs[0].frames = 1  # type: ignore[misc]  (frozen)
+
+
+def test_queue_backlog_counts_the_frames_not_yet_serialised():
+    ends = [100, 200, 300, 400]
+    assert [dl.queue_backlog(ends, t) for t in (0, 100, 250, 400, 999)] == [4, 3, 2, 0, 0]
+    assert dl.queue_backlog([], 5) == 0
+
+
+def test_c_worker_guard_record_is_the_python_layout():
+    """The compiled worker's GUARD_REC_SIZE and field offsets are GUARD_REC's."""
+    src = (Path(dl.__file__).parent / "dlc" / "delayline.c").read_text()
+    assert f"#define GUARD_REC_SIZE {dl.GUARD_REC.size} " in src
+    assert "memcpy(p + 29, &queue, 4);" in src and dl.GUARD_REC.format.endswith("I")
 
 
 # ---- the lateness histogram -----------------------------------------------------------------

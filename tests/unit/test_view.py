@@ -198,3 +198,93 @@ def test_cli_names_a_missing_run_dir(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["view", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "meshemu plan" in err
+
+
+def test_live_flow_stats_come_from_the_agents_files_as_they_grow(
+    plan_dir: Path, tmp_path: Path
+) -> None:
+    """Before the run merges packets.csv and writes flow_throughput.csv, a flow's
+    throughput per finished step and its mean one-way delay per step come from the
+    agents' own files (only complete, well-formed lines; a sampled flow's rows weighted),
+    and grow as the files do."""
+    import shutil
+
+    from meshemu.report.files import FLOWS, PACKETS, STEPS
+
+    run = tmp_path / "run"
+    shutil.copytree(plan_dir, run)
+    (run / "traffic").mkdir()
+    (run / FLOWS.name).write_text(
+        FLOWS.header + "1,a,stream,london,s0_0_0\n2,b,stream,s0_0_0,london\n"
+    )
+    u0 = 1_700_000_000
+    with open(run / STEPS.name, "w") as f:
+        f.write(STEPS.header)
+        for k in range(4):  # steps 0..3 started; 0..2 are over
+            f.write(f"{k},{float(k)},{float(k)},{u0 + k},0.1,1.0,0,0,0,0\n")
+    (run / "traffic" / "s0_0_0.json").write_text(json.dumps({"node": "s0_0_0", "sample": {"2": 3}}))
+
+    def pkt(flow: int, seq: int, size: int, step: float, owd_ms: float) -> str:
+        recv = int((u0 + step) * 1e9)
+        send = recv - int(owd_ms * 1e6)
+        return f"{flow},1,{seq},x,y,{size},{send},{recv},{owd_ms}\n"
+
+    packets = run / "traffic" / "s0_0_0.packets.csv"
+    packets.write_text(
+        pkt(1, 0, 1000, 0.2, 10.0)
+        + pkt(1, 1, 1000, 0.7, 20.0)
+        + "1,1,2,x,y,oops,1,2,3\n"  # damaged: left out
+        + pkt(2, 0, 500, 1.5, 5.0)
+        + "1,1,3,x,y,1000,"  # cut short (no newline yet): waits
+    )
+    assert len(PACKETS.columns) == 9
+    data = RunData(run)
+    got = {f["flow_id"]: f for f in data.flows()["flows"]}
+    assert got["1"]["throughput"]["t_s"] == [0.0, 1.0, 2.0]
+    assert got["1"]["throughput"]["mbps"] == [0.016, 0.0, 0.0]  # 2000 B in 1 s
+    assert got["2"]["throughput"]["mbps"] == [0.0, 0.012, 0.0]  # 500 B x 3 in 1 s
+    assert got["1"]["latency"] == {"t_s": [0.0], "owd_ms": [15.0]}
+    assert data.flows()["flow_stats"] == "agents"
+    # the agent writes on: the cut line completes, a later packet lands in step 2
+    with open(packets, "a") as f:
+        f.write(pkt(1, 3, 1000, 0.9, 12.0).split(",", 6)[6])
+        f.write(pkt(1, 4, 4000, 2.5, 30.0))
+    got = {f["flow_id"]: f for f in data.flows()["flows"]}
+    assert got["1"]["throughput"]["mbps"] == [0.024, 0.0, 0.032]
+    assert got["1"]["latency"] == {"t_s": [0.0, 2.0], "owd_ms": [14.0, 30.0]}
+    # once the run has written its own files, those are served
+    (run / "flow_throughput.csv").write_text("t_s,flow_id,rx_bytes,mbps\n0,1,1,7.5\n")
+    got = {f["flow_id"]: f for f in data.flows()["flows"]}
+    assert got["1"]["throughput"] == {"t_s": [0.0], "mbps": [7.5]}
+
+
+def test_link_queue_per_direction_and_step_from_shaper_csv(plan_dir: Path, tmp_path: Path) -> None:
+    """A link's queue: shaper.csv's queue_frames per direction on the run's steps, 0 where
+    the guard wrote no row for it, null beyond the last step the guard reached; none from
+    a plan (no shaper.csv) or an older shaper.csv without the column."""
+    import shutil
+
+    from meshemu.report.files import SHAPER
+
+    run = tmp_path / "run"
+    shutil.copytree(plan_dir, run)
+    data = RunData(run)
+    assert data.link(0)["queue"] == {}
+    a, b = data.names[int(data.link_a[0])], data.names[int(data.link_b[0])]
+    steps = data.steps.tolist()
+    lines = [
+        f"1,{steps[1]:g},0,{a},{b},a>b,10,0.01,0.02,0,7",
+        f"1,{steps[1]:g},0,{a},{b},b>a,3,0.01,0.02,0,0",
+        f"2,{steps[2]:g},0,{b},{a},b>a,5,0.01,0.02,0,4",  # ends the other way round: a>b
+        f"3,{steps[3]:g},-1,,,,0,0.01,0.02,0,0",  # a worker's own row
+        f"3,{steps[3]:g},9,x,y,a>b,5,0.01,0.02,0,99",  # another link
+    ]
+    (run / SHAPER.name).write_text(SHAPER.header + "\n".join(lines) + "\n")
+    q = data.link(0)["queue"]
+    assert q[f"{a}>{b}"][:5] == [0, 7, 4, 0, None]
+    assert q[f"{b}>{a}"][:5] == [0, 0, 0, 0, None]
+    old = ",".join(SHAPER.columns[:-1])  # before queue_frames
+    (run / SHAPER.name).write_text(
+        old + "\n" + "\n".join(ln.rsplit(",", 1)[0] for ln in lines) + "\n"
+    )
+    assert RunData(run).link(0)["queue"] == {}

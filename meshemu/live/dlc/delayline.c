@@ -51,7 +51,8 @@
  * frame k of n is interpolated between the clock before and after the call) in a
  * log-spaced histogram whose buckets are at most 1/16 of their lower edge wide; plus the
  * ring's drops (PACKET_STATISTICS tp_drops: frames the kernel could not put in the ring
- * because this worker fell behind).
+ * because this worker fell behind); and the frames in each direction's drop-tail queue
+ * when the guard is read (counted from the ends ring, which the data path keeps anyway).
  *
  * Build: make -C meshemu/live/dlc (install.sh does it).
  */
@@ -99,7 +100,8 @@ enum { ST_OK = 0, ST_ERROR = 1 };
 #define ACCESS_REC_SIZE 69
 #define ID_REC_SIZE 4     /* <I    link_id */
 #define CNT_REC_SIZE 28   /* <IQQQ link_id, packets, bytes, dropped */
-#define GUARD_REC_SIZE 29 /* <IBQqq link_id, direction, frames, lateness p99 ns, max ns */
+#define GUARD_REC_SIZE 33 /* <IBQqqI link_id, direction, frames, lateness p99 ns, max ns,
+                            queue frames */
 #define WORKER_LINK_ID 0xFFFFFFFFu
 
 /* ---- tuning (the same values as the Python worker) -------------------------------------- */
@@ -829,12 +831,21 @@ static void op_counters(void) {
 }
 
 static void guard_rec(uint8_t *p, uint32_t id, uint8_t dir, uint64_t frames, int64_t p99,
-                      int64_t max) {
+                      int64_t max, uint32_t queue) {
     memcpy(p, &id, 4);
     p[4] = dir;
     memcpy(p + 5, &frames, 8);
     memcpy(p + 13, &p99, 8);
     memcpy(p + 21, &max, 8);
+    memcpy(p + 29, &queue, 4);
+}
+
+/* Frames of d's drop-tail queue still there at now: serialisation ends later than now
+ * (the ends ring is in ascending order; read only, the data path trims it itself). */
+static uint32_t queue_backlog(const dir_t *d, int64_t now) {
+    uint32_t n = 0;
+    for (uint32_t i = d->etail; i != d->ehead && d->ends[(i - 1) & d->emask] > now; i--) n++;
+    return n;
 }
 
 static void op_guard(void) {
@@ -843,15 +854,17 @@ static void op_guard(void) {
     uint32_t all[LAT_BUCKETS];
     memset(all, 0, sizeof all);
     uint64_t all_n = 0;
-    int64_t all_max = 0;
+    int64_t all_max = 0, now = now_ns();
     for (uint32_t i = 0; S.links.t && i <= S.links.mask; i++) {
         link_t *l = S.links.t[i].val;
         if (!l) continue;
         for (int k = 0; k < 2; k++) {
             dir_t *d = l->d[k];
-            if (!d || !d->g_frames) continue;
+            if (!d) continue;
+            uint32_t queue = d->ends ? queue_backlog(d, now) : 0;
+            if (!d->g_frames && !queue) continue;
             guard_rec(out + o, l->id, (uint8_t)k, d->g_frames,
-                      lat_p99(d->g_hist, d->g_frames, d->g_max), d->g_max);
+                      lat_p99(d->g_hist, d->g_frames, d->g_max), d->g_max, queue);
             o += GUARD_REC_SIZE;
             if (d->g_hist) {
                 for (uint32_t b = 0; b < LAT_BUCKETS; b++) all[b] += d->g_hist[b];
@@ -868,7 +881,7 @@ static void op_guard(void) {
     if (getsockopt(S.rxfd, SOL_PACKET, PACKET_STATISTICS, &st, &sl) < 0)
         logmsg("WARNING", "PACKET_STATISTICS: %s", strerror(errno));
     guard_rec(out + o, WORKER_LINK_ID, (uint8_t)S.wid, st.tp_drops,
-              lat_p99(all, all_n, all_max), all_max);
+              lat_p99(all, all_n, all_max), all_max, 0);
     o += GUARD_REC_SIZE;
     reply(ST_OK, out, o);
     free(out);

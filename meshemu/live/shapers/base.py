@@ -195,6 +195,9 @@ class GuardRecord:
     behind_drops : int
         Frames lost because the shaper could not keep up (e.g. its kernel receive ring
         overflowed); not the model's queue drops.
+    queue_frames : int
+        Frames in the direction's drop-tail queue when the record was taken (0 where the
+        shaper does not report it).
     """
 
     link_id: int
@@ -203,6 +206,7 @@ class GuardRecord:
     late_p99_ns: int
     late_max_ns: int
     behind_drops: int = 0
+    queue_frames: int = 0
 
 
 # ---- the interface ------------------------------------------------------------------------

@@ -373,7 +373,12 @@ class UserspaceShaper(LinkShaper):
             else:
                 out.append(
                     GuardRecord(
-                        r.link_id, r.direction, r.frames, r.lateness_p99_ns, r.lateness_max_ns
+                        r.link_id,
+                        r.direction,
+                        r.frames,
+                        r.lateness_p99_ns,
+                        r.lateness_max_ns,
+                        queue_frames=r.queue_frames,
                     )
                 )
         return out

@@ -25,7 +25,7 @@ const state = {
   ready: false, mode: '3d', step: -1, t_s: null, drawnLinks: 0, drawnSegments: 0,
   drawnNodes: 0, drawnPaths: 0, selectedNode: null, selectedLink: null, nodeInfo: null,
   linkInfo: null, live: null, renders: 0, renderMs: [], stepMs: [], frameTimes: [],
-  errors: [], flows: 0,
+  errors: [], flows: 0, chartPoints: { tp: 0, lat: 0 }, flowStats: null,
 };
 window.meshemuState = state;
 window.addEventListener('error', (e) => state.errors.push(String(e.message)));
@@ -38,10 +38,13 @@ async function getJSON(url) {
   return r.json();
 }
 const col = (hex) => new THREE.Color(hex);
-function scaleColor(x) { // x in [0, 1] -> a colour of SCALE
+// colours made once: a step's buffers are rewritten without allocating per link
+const SCALE_COLORS = SCALE.map((c) => new THREE.Color(c));
+const scratch = new THREE.Color();
+function scaleColor(x, out = new THREE.Color()) { // x in [0, 1] -> a colour of SCALE
   x = Math.min(Math.max(x, 0), 1) * (SCALE.length - 1);
   const i = Math.min(Math.floor(x), SCALE.length - 2);
-  return col(SCALE[i]).lerp(col(SCALE[i + 1]), x - i);
+  return out.copy(SCALE_COLORS[i]).lerp(SCALE_COLORS[i + 1], x - i);
 }
 
 // ------------------------------------------------------------------------ data
@@ -259,17 +262,20 @@ function segment(pos, colArr, s, a, b, c, lift, d) {
   return 1;
 }
 
+const LINK_COLORS = Object.fromEntries(Object.entries(LINK_COLOR).map(([k, c]) => [k, new THREE.Color(c)]));
+const NO_UTIL_COLOR = new THREE.Color('#2a3440');
+const SELECT_COLOR = new THREE.Color('#ffff66');
 let linkColorMode = 'kind';
 let util = null;
 function fillLinks(d) {
   let s = 0;
-  const kc = Object.fromEntries(Object.entries(LINK_COLOR).map(([k, c]) => [k, col(c)]));
+  const kc = LINK_COLORS;
   for (const lid of d.up) {
     const a = meta.links.a[lid]; const b = meta.links.b[lid];
     let c = kc[meta.links.kind[lid]] || kc['?'];
     if (linkColorMode === 'util' && util) {
       const u = util.util[lid];
-      c = u == null ? col('#2a3440') : scaleColor(u);
+      c = u == null ? NO_UTIL_COLOR : scaleColor(u, scratch);
     }
     const n = segment(linkPos, linkCol, s, a, b, c, 1.0, d);
     for (let j = 0; j < n; j++) segLink[s + j] = lid;
@@ -320,13 +326,13 @@ function fillSelection(d) {
   if (state.selectedNode != null) {
     const i = state.selectedNode;
     for (const lid of d.up) {
-      if ((meta.links.a[lid] === i || meta.links.b[lid] === i) && s < 120) s += segment(selPos, selCol, s, meta.links.a[lid], meta.links.b[lid], col('#ffff66'), 1.002, d);
+      if ((meta.links.a[lid] === i || meta.links.b[lid] === i) && s < 120) s += segment(selPos, selCol, s, meta.links.a[lid], meta.links.b[lid], SELECT_COLOR, 1.002, d);
     }
     marker.geometry.attributes.position.array.set(nodePos.subarray(i * 3, i * 3 + 3));
     marker.geometry.attributes.position.needsUpdate = true; marker.visible = true;
   } else if (state.selectedLink != null && d.up.includes(state.selectedLink)) {
     const lid = state.selectedLink;
-    s += segment(selPos, selCol, s, meta.links.a[lid], meta.links.b[lid], col('#ffff66'), 1.002, d);
+    s += segment(selPos, selCol, s, meta.links.a[lid], meta.links.b[lid], SELECT_COLOR, 1.002, d);
   }
   selGeo.setDrawRange(0, s * 2); selGeo.attributes.position.needsUpdate = true;
 }
@@ -377,9 +383,10 @@ function frame(now) {
   placeLabels();
   if (continuous) requestRender();
 }
+const labelTmp = new THREE.Vector3();
 function placeLabels() {
   const v = $('view'); const w = v.clientWidth; const h = v.clientHeight;
-  const cp = camera().position; const tmp = new THREE.Vector3();
+  const cp = camera().position; const tmp = labelTmp;
   for (const [i, el] of labels) {
     tmp.fromArray(nodePos, i * 3);
     const visible = state.mode === '2d' || tmp.dot(cp) > 1.0;
@@ -515,7 +522,7 @@ async function showNode(i) {
   h += '</table><p class="hint">From paths.csv: the rest of a recorded endpoint path through this node.</p>';
   if (d.fib) {
     h += `<h2>FIB (daemon routing, fib.csv)</h2><table id="node-fib"><tr><th>to</th><th>next hops</th><th>since s</th></tr>`;
-    for (const f of d.fib) h += `<tr><td>${nodeLink(f.dest)}</td><td>${f.next_hops.map(nodeLink).join(', ') || '<span class="hint">no route</span>'}</td><td>${fmt(f.since_t_s, 3)}</td></tr>`;
+    for (const f of d.fib) h += `<tr data-dest="${name(f.dest)}" data-next="${f.next_hops.map(name).join('|')}"><td>${nodeLink(f.dest)}</td><td>${f.next_hops.map(nodeLink).join(', ') || '<span class="hint">no route</span>'}</td><td>${fmt(f.since_t_s, 3)}</td></tr>`;
     h += '</table>';
   }
   $('info').innerHTML = h;
@@ -535,6 +542,9 @@ async function showLink(lid) {
     const dirs = Object.keys(d.counters);
     h += `<div class="mini"><h3>shaper counters: Mbit/s carried, frames dropped per step</h3><div id="lc-count"></div></div>`;
     if (!dirs.some((x) => d.counters[x].t_s.length)) h += '<p class="hint">no counters: no traffic crossed this link (or this is a plan)</p>';
+    const qdirs = Object.keys(d.queue || {});
+    h += qdirs.length ? '<div class="mini"><h3>queue: frames in the drop-tail queue at each step\'s end</h3><div id="lc-queue"></div></div>'
+      : '<p class="hint" id="lc-noqueue">no queue figures: the netem shaper does not report them (or this is a plan)</p>';
     $('info').innerHTML = h;
     linkCharts.forEach((c) => c.destroy()); linkCharts = [];
     const w = $('side').clientWidth - 30;
@@ -554,11 +564,19 @@ async function showLink(lid) {
     linkCharts.push(new uPlot({ width: w, height: 130, cursor: { show: false }, scales: { x: { time: false }, r: {} },
       axes: [{ stroke: '#8b949e' }, { stroke: '#8b949e' }, { scale: 'r', side: 1, stroke: '#8b949e', grid: { show: false } }],
       series, plugins: [cursorPlugin()] }, data, $('lc-count')));
+    if (qdirs.length) {
+      linkCharts.push(new uPlot({ width: w, height: 110, cursor: { show: false }, scales: { x: { time: false } },
+        axes: [{ stroke: '#8b949e' }, { stroke: '#8b949e' }],
+        series: [{}, ...qdirs.map((dir, j) => ({ label: `${dir} frames`, stroke: PALETTE[j * 2], width: 1.4 }))],
+        plugins: [cursorPlugin()] }, [meta.steps, ...qdirs.map((dir) => d.queue[dir])], $('lc-queue')));
+    }
   }
   const el = $('link-now');
   if (el) {
-    el.textContent = d.delay_ms[k] == null ? `down at step ${k}`
-      : `at step ${k}: delay ${fmt(d.delay_ms[k], 3)} ms, rate ${fmt(d.rate_mbps[k], 0)} Mbit/s`;
+    const q = Object.entries(d.queue || {}).filter(([, v]) => v[k] != null).map(([dir, v]) => `${dir} ${v[k]}`);
+    el.textContent = (d.delay_ms[k] == null ? `down at step ${k}`
+      : `at step ${k}: delay ${fmt(d.delay_ms[k], 3)} ms, rate ${fmt(d.rate_mbps[k], 0)} Mbit/s`)
+      + (q.length ? `; queue (frames) ${q.join(', ')}` : '');
   }
   linkCharts.forEach((c) => c.redraw(false, false));
 }
@@ -598,6 +616,12 @@ function seriesOn(f, which) {
   return out;
 }
 const chartHeight = () => Math.max(120, $('charts').clientHeight - 28);
+// the charts' data: x = the step times, one series per flow (null where not measured)
+function chartData(which) {
+  return [meta.steps, ...flows.flows.map((f) => seriesOn(f, which))];
+}
+const countPoints = (data) => data.slice(1).reduce((n, a) => n + a.filter((x) => x != null).length, 0);
+let chartKey = '';
 function buildCharts() {
   charts.forEach((c) => c.destroy()); charts = [];
   const fl = flows.flows;
@@ -606,23 +630,33 @@ function buildCharts() {
     : 'one-way delay per flow (ms, mean per step), route changes dashed';
   for (const [which, el] of [['tp', 'chart-tp'], ['lat', 'chart-lat']]) {
     const box = $(el); box.innerHTML = '';
-    const series = [{}]; const data = [meta.steps];
+    const series = [{}];
     fl.forEach((f, j) => {
       series.push({ label: flowLabel(f), stroke: PALETTE[j % PALETTE.length], width: 1.4, points: { show: false }, show: !hiddenFlows.has(f.flow_id), spanGaps: false });
-      data.push(seriesOn(f, which));
     });
+    const data = chartData(which);
     const w = box.parentElement.clientWidth - 16;
-    const hasData = data.slice(1).some((a) => a.some((x) => x != null));
+    const n = countPoints(data); state.chartPoints[which] = n;
     charts.push(new uPlot({ width: w, height: chartHeight(), scales: { x: { time: false } }, legend: { show: fl.length <= 12 },
       axes: [{ stroke: '#8b949e', grid: { stroke: '#21262d' } }, { stroke: '#8b949e', grid: { stroke: '#21262d' } }],
-      series, plugins: [cursorPlugin(hasData)] }, data, box));
-    if (!hasData) {
-      const note = document.createElement('div'); note.className = 'nodata';
-      note.textContent = which === 'tp' ? (planned ? 'no throughput: no traffic in a plan' : 'throughput is written when the run ends')
-        : 'no one-way delays measured yet';
-      box.appendChild(note);
-    }
+      series, plugins: [cursorPlugin(true)] }, data, box));
+    const note = document.createElement('div'); note.className = 'nodata'; note.id = `${el}-nodata`;
+    note.textContent = which === 'tp' ? (planned ? (meta.kind === 'plan' ? 'no throughput: no traffic in a plan' : 'no throughput: this run has no traffic') : 'no throughput measured yet')
+      : 'no one-way delays measured yet';
+    note.hidden = n > 0;
+    box.appendChild(note);
   }
+  chartKey = fl.map((f) => f.flow_id).join(',');
+}
+// a live run's new measurements: the same charts, their data replaced (no rebuild)
+function updateCharts() {
+  if (charts.length !== 2 || chartKey !== flows.flows.map((f) => f.flow_id).join(',')) { buildCharts(); return; }
+  [['tp', 'chart-tp'], ['lat', 'chart-lat']].forEach(([which, el], i) => {
+    const data = chartData(which);
+    const n = countPoints(data); state.chartPoints[which] = n;
+    charts[i].setData(data, true);
+    const note = $(`${el}-nodata`); if (note) note.hidden = n > 0;
+  });
 }
 function resizeCharts() {
   for (const [c, el] of charts.map((c, i) => [c, i ? 'chart-lat' : 'chart-tp'])) c.setSize({ width: $(el).parentElement.clientWidth - 16, height: chartHeight() });
@@ -646,12 +680,16 @@ async function loadFlows() {
   if (!r.ok) throw new Error(`/api/flows: ${r.status} ${await r.text()}`);
   const text = await r.text();
   if (text === flowsText) return; // a live run's poll with nothing new: no redraw
+  const before = flows.flows.map((f) => `${f.flow_id}:${f.route_changes_t_s.length}`).join(',');
   flowsText = text; flows = JSON.parse(text);
   maxMbps = 0;
   for (const f of flows.flows) for (const v of f.throughput.mbps) if (v != null && v > maxMbps) maxMbps = v;
-  state.flows = flows.flows.length;
-  flowList(); buildCharts(); legend();
-  if (cur) applyStep(cur);
+  state.flows = flows.flows.length; state.flowStats = flows.flow_stats;
+  if (before !== flows.flows.map((f) => `${f.flow_id}:${f.route_changes_t_s.length}`).join(',')) flowList();
+  updateCharts(); legend();
+  // a live page that follows the run redraws the paths' colours with the next step anyway
+  const following = meta.live && !state.live?.done && $('follow').checked && !playing;
+  if (cur && !following) applyStep(cur);
 }
 
 function legend() {
