@@ -21,6 +21,11 @@ class Worker:
         time.sleep(delay_s)
         return delay_s
 
+    def die(self) -> None:
+        import os
+
+        os._exit(1)
+
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
@@ -69,7 +74,9 @@ def test_answers_are_gathered(local_ray):
 def test_a_dead_worker_is_named(local_ray):
     emu = driver()
     ray.get([w.apply.remote(0.0) for w in emu.workers.values()])
-    ray.kill(emu.workers[1], no_restart=True)
+    # the worker process dies while running a call (ray.kill would be asynchronous: a call
+    # sent right after it may still be answered); an actor's calls run in the order sent
+    emu.workers[1].die.remote()
     refs = {h: w.apply.remote(0.0) for h, w in emu.workers.items()}
     with pytest.raises(
         EmulationError,
