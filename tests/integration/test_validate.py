@@ -86,3 +86,28 @@ def test_validate_probes_user_to_pop_and_writes_figures_and_slot_report(tmp_path
     assert json.loads((out / "summary.json").read_text())["slots"] == m
     for name in ("slots.json", "slot_jump.csv", "rtt_slots.png", "slot_jump.png"):
         assert (out / "report" / name).stat().st_size > 0, name
+
+
+def test_make_before_break_loses_no_probe_across_handovers(tmp_path):
+    """The user's satellite changes at a slot boundary of the run (222 s of this scenario,
+    from its plan; the run starts at 140 s with the best satellite then); with
+    make-before-break and no loss model, a 10 Hz probe across it loses nothing."""
+    import copy
+
+    sc = copy.deepcopy(SMALL)
+    sc["gsl"]["handover_mode"] = "make-before-break"
+    sc["gsl"]["access_model"] = {"downlink": {"constant_ms": 4}, "uplink": {"constant_ms": 7}}
+    path = tmp_path / "mbb.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    out = tmp_path / "run"
+    res = validate_access(path, duration_s=90, start_s=140, interval_s=0.1, out_dir=out)
+    sats = {}
+    with open(out / "links.csv") as f:
+        for r in csv.DictReader(f):
+            if "paris" in (r["a"], r["b"]) and r["up"] in ("1", "True", "true"):
+                sats.setdefault(float(r["t_s"]), set()).add(r["a"] if r["b"] == "paris" else r["b"])
+    ts = sorted(sats)
+    handovers = [t for t0, t in zip(ts, ts[1:]) if sats[t] != sats[t0]]
+    assert handovers, sorted(sats.items())  # the run did cross a handover
+    m = res["measured"]
+    assert m["probes"] > 850 and m["answered"] == m["probes"], m
