@@ -158,22 +158,30 @@ def test_hosts_match_one_host(tmp_path: Path, n_hosts: int) -> None:
     path = _planned(tmp_path / "two", "london", "s0_4_4")
     checked = 0
     worst = {"vs_one_host_ms": 0.0, "vs_plan_ms": 0.0}
+    baseline_late = []  # steps where the one-host run itself was over 1 ms off the plan
     for pair, planned in ((f"{cut_a}:{cut_b}", link), ("london:s0_4_4", path)):
         r2, r1 = two["rtt_ms"][pair], one["rtt_ms"][pair]
         assert set(r2) == set(r1) and len(r2) >= 5
         for k in r2:
             ow2, ow1 = r2[k] / 2, r1[k] / 2
-            assert abs(ow2 - ow1) < 1.0, (pair, k, ow2, ow1)
-            worst["vs_one_host_ms"] = max(worst["vs_one_host_ms"], abs(ow2 - ow1))
             if int(k) in planned:
+                # the run over several hosts against the plan: at every step
                 assert abs(ow2 - planned[int(k)]) < 1.0, (pair, k, ow2, planned[int(k)])
                 worst["vs_plan_ms"] = max(worst["vs_plan_ms"], abs(ow2 - planned[int(k)]))
                 checked += 1
+                if abs(ow1 - planned[int(k)]) >= 1.0:
+                    # the one-host baseline's single delay line was late (a host stall on a
+                    # loaded CI machine: seen at 2 of 16 steps, up to 2.3 ms); no reference there
+                    baseline_late.append((pair, k, ow1, planned[int(k)]))
+                    continue
+            assert abs(ow2 - ow1) < 1.0, (pair, k, ow2, ow1)
+            worst["vs_one_host_ms"] = max(worst["vs_one_host_ms"], abs(ow2 - ow1))
     assert checked >= 8
+    assert len(baseline_late) <= checked // 4, baseline_late  # a few stalls, not a drift
     print(
         f"\ncut link {cut_a}-{cut_b} and london->s0_4_4 over {n_hosts} hosts, worst one-way "
         f"difference: {worst}; per host: {c['hosts']}; substrate {c['substrate_one_way_ms']}; "
-        f"clock {c['clock']}"
+        f"clock {c['clock']}; one-host steps off the plan: {baseline_late}"
     )
 
 
