@@ -759,6 +759,20 @@ static void op_add(const uint8_t *body, uint32_t n) {
     reply(ST_OK, NULL, 0);
 }
 
+/* The reply to an operation on links: OK, or an error naming the ids no link has (frees
+ * them). */
+static void reply_unknown(uint32_t *unknown, uint32_t nunk, const char *what) {
+    if (nunk) {
+        char ids[256], msg[512];
+        id_list(ids, sizeof ids, unknown, nunk);
+        int len = snprintf(msg, sizeof msg, "%s of unknown link ids %s", what, ids);
+        free(unknown);
+        reply(ST_ERROR, msg, (uint32_t)len);
+        return;
+    }
+    reply(ST_OK, NULL, 0);
+}
+
 static void op_update(const uint8_t *body, uint32_t n) {
     uint32_t *unknown = NULL, nunk = 0;
     for (uint32_t r = 0; r < n; r++) {
@@ -773,15 +787,7 @@ static void op_update(const uint8_t *body, uint32_t n) {
         for (int k = 0; k < 2; k++)
             if (l->d[k]) configure(l->d[k], rec);
     }
-    if (nunk) {
-        char ids[256], msg[512];
-        id_list(ids, sizeof ids, unknown, nunk);
-        int len = snprintf(msg, sizeof msg, "update of unknown link ids %s", ids);
-        free(unknown);
-        reply(ST_ERROR, msg, (uint32_t)len);
-        return;
-    }
-    reply(ST_OK, NULL, 0);
+    reply_unknown(unknown, nunk, "update");
 }
 
 static void op_access(const uint8_t *body, uint32_t n) {
@@ -798,15 +804,7 @@ static void op_access(const uint8_t *body, uint32_t n) {
         uint8_t side = rec[4];
         if (side < 2 && l->d[side]) set_access(l->d[side], rec);
     }
-    if (nunk) {
-        char ids[256], msg[512];
-        id_list(ids, sizeof ids, unknown, nunk);
-        int len = snprintf(msg, sizeof msg, "access model of unknown link ids %s", ids);
-        free(unknown);
-        reply(ST_ERROR, msg, (uint32_t)len);
-        return;
-    }
-    reply(ST_OK, NULL, 0);
+    reply_unknown(unknown, nunk, "access model");
 }
 
 static void op_counters(void) {
