@@ -106,6 +106,24 @@ def read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def fifo_owd_ms(packets: list[dict], rate_bps: float, delay_s: float) -> np.ndarray:
+    """The one-way delay each packet of ``packets.csv`` rows (one hop each) would see on a
+    FIFO link of ``rate_bps`` and ``delay_s`` given its actual send time: Lindley's
+    recursion per flow, departure = max(send, previous departure) + frame / rate (the
+    frame is the IP packet plus its 14-byte Ethernet header)."""
+    out = np.empty(len(packets))
+    last: dict[tuple[str, str], float] = {}
+    order = sorted(range(len(packets)), key=lambda i: int(packets[i]["send_unix_ns"]))
+    for i in order:
+        p = packets[i]
+        sent = int(p["send_unix_ns"]) * 1e-9
+        key = (p["src"], p["dst"])
+        dep = max(sent, last.get(key, 0.0)) + (int(p["size_bytes"]) + 14) * 8 / rate_bps
+        last[key] = dep
+        out[i] = (dep + delay_s - sent) * 1e3
+    return out
+
+
 def test_ring_allreduce_matches_alpha_beta(network, tmp_path):
     emu, snap, tab = network
     prof = {
@@ -149,8 +167,13 @@ def test_ring_allreduce_matches_alpha_beta(network, tmp_path):
     assert len(pk) >= 5 * 6 * 4 * 184
     owd = np.array([float(r["owd_ms"]) for r in pk])
     # one hop: 5 ms plus serialisation of the frame at 50 Mbit/s (0.23 ms)
-    err = np.abs(owd - DELAY_S * 1e3)
-    assert np.median(err) < 1.0 and np.percentile(err, 95) < 1.0, np.percentile(owd, [5, 50, 95])
+    assert np.median(np.abs(owd - DELAY_S * 1e3)) < 1.0, np.percentile(owd, [5, 50, 95])
+    # each frame against the link it crossed, fed by the actual send times: an agent that
+    # was descheduled catches up with a burst, which queues at 50 Mbit/s as it should (in
+    # CI that queueing put the plain OWD's p95 at 7.7 ms); the tail beyond p90 is this
+    # shared VM's own stalls, which stop the delay line too
+    err = np.abs(owd - fifo_owd_ms(pk, RATE_BPS, DELAY_S))
+    assert np.median(err) < 0.2 and np.percentile(err, 90) < 1.0, np.percentile(err, [50, 90, 99])
     s = run.summary()
     assert s["retransmissions"] <= 10  # none, unless a busy machine drops a few
     assert any(line.startswith("all-reduce ring over 4 nodes") for line in s["lines"])
