@@ -714,6 +714,10 @@ class DelayLine:
             while heap and heap[0][0] <= now:
                 dep, _, d, data = pop(heap)
                 if d.alive:
+                    # the guard: lateness = actual send time - scheduled departure, the
+                    # send time taken as the call begins (a veth runs the receiver's stack
+                    # inside the call: the time after it overstates the departure)
+                    late = clock() - dep
                     try:
                         sendto(data, d.addr)
                     except OSError:
@@ -721,8 +725,6 @@ class DelayLine:
                         continue
                     d.pkts += 1
                     d.bytes += len(data)
-                    # the guard: lateness = actual send time - scheduled departure
-                    late = clock() - dep
                     if late < 32:
                         b = late = late if late > 0 else 0
                     else:

@@ -265,26 +265,46 @@ def _settled(s: UserspaceShaper):
 def test_guard_at_light_load_counts_frames_per_direction_and_sees_no_lateness(pair):
     a, b, make = pair
     s = make(LinkParams(0.002, 0), workers=2)
+    # permanent neighbour entries and no IPv6 on A and B: no ARP probe, router solicitation
+    # or MLD report crosses the link, so the frames counted below are the pings alone
+    for ns, dev, addr, peer, peer_dev in (
+        (a, "mxa", ADDR_B, b, "mxb"),
+        (b, "mxb", ADDR_A, a, "mxa"),
+    ):
+        mac = json.loads(peer.run(["ip", "-j", "link", "show", peer_dev]).stdout)[0]["address"]
+        ns.run(["ip", "neigh", "replace", addr, "lladdr", mac, "dev", dev, "nud", "permanent"])
+        ns.run(["sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1"])
     s.worker_guard()  # start a fresh guard period
-    before = s.counters()[0]
-    got, _ = _ping(a, 20, interval=0.02)
-    assert got == 20
-    recs = s.worker_guard()
-    after = s.counters()[0]
-    links = {(r.link_id, r.direction): r for r in recs if not r.is_worker}
-    workers = [r for r in recs if r.is_worker]
-    # echo requests arrive on the a side (direction 0), replies on the b side (1); with two
-    # workers each direction is owned by one of them
-    assert set(links) <= {(0, 0), (0, 1)} and len(links) == 2, recs
-    assert links[0, 0].frames >= 20 and links[0, 1].frames >= 20
-    assert links[0, 0].worker != links[0, 1].worker
-    assert sum(r.frames for r in links.values()) == after[0] - before[0]
-    for r in links.values():
-        assert 0 <= r.lateness_p99_ns <= r.lateness_max_ns < LATE_NS, recs
-        assert r.queue_frames == 0, recs  # no rate limit: no queue
-    assert sorted(r.worker for r in workers) == [0, 1]
-    assert [r.direction for r in sorted(workers, key=lambda r: r.worker)] == [0, 1]
-    assert all(r.frames == 0 for r in workers), workers  # no ring drops
+    # 3 rounds of 20 pings, each its own guard period. The lateness the guard reports at
+    # light load must be real: a frame that left L late made its ping's round trip L longer,
+    # so no direction's worst lateness exceeds the worst RTT's excess over the 4 ms planned
+    # by more than the default threshold (a quiet round: ping's excess is 0.1-0.3 ms, so
+    # the guard must report under the threshold; on this shared VM an idle vCPU sometimes
+    # wakes 1-7 ms late, which ping sees as well)
+    for _ in range(3):
+        before = s.counters()[0]
+        got, rtts = _ping(a, 20, interval=0.02)
+        assert got == 20 and len(rtts) == 20
+        recs = s.worker_guard()
+        after = s.counters()[0]
+        links = {(r.link_id, r.direction): r for r in recs if not r.is_worker}
+        workers = [r for r in recs if r.is_worker]
+        # echo requests arrive on the a side (direction 0), replies on the b side (1); with
+        # two workers each direction is owned by one of them
+        assert set(links) <= {(0, 0), (0, 1)} and len(links) == 2, recs
+        assert links[0, 0].frames == 20 and links[0, 1].frames == 20, recs
+        assert links[0, 0].worker != links[0, 1].worker
+        assert sum(r.frames for r in links.values()) == after[0] - before[0]
+        excess_ns = (max(rtts) - 4.0) * 1e6
+        for r in links.values():
+            assert 0 <= r.lateness_p99_ns <= r.lateness_max_ns <= excess_ns + LATE_NS, (
+                recs,
+                rtts,
+            )
+            assert r.queue_frames == 0, recs  # no rate limit: no queue
+        assert sorted(r.worker for r in workers) == [0, 1]
+        assert [r.direction for r in sorted(workers, key=lambda r: r.worker)] == [0, 1]
+        assert all(r.frames == 0 for r in workers), workers  # no ring drops
     # counted since the previous query: nothing new
     again = s.worker_guard()
     assert all(r.is_worker and r.frames == 0 for r in again), again

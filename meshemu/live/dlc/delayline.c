@@ -47,8 +47,10 @@
  * per frame (one flag test each for loss and departure).
  *
  * The fidelity guard (OP_GUARD): per direction, frames sent and the lateness of each
- * (actual send time - scheduled departure; within one sendmmsg batch the send time of
- * frame k of n is interpolated between the clock before and after the call) in a
+ * (actual send time - scheduled departure; within one sendmmsg batch frame k of n is
+ * taken as handed to the kernel at t0 + k/n of the call's span, t0 the clock before it:
+ * a veth runs the receiving stack inside the call, so the clock after it would charge
+ * the receiver's work, and any stall during it, to the frame) in a
  * log-spaced histogram whose buckets are at most 1/16 of their lower edge wide; plus the
  * ring's drops (PACKET_STATISTICS tp_drops: frames the kernel could not put in the ring
  * because this worker fell behind); and the frames in each direction's drop-tail queue
@@ -637,7 +639,7 @@ static void flush(void) {
         } else {
             d->pkts++;
             d->bytes += p->len;
-            int64_t lat = t0 + span * (int64_t)(k + 1) / (int64_t)n - p->dep;
+            int64_t lat = t0 + span * (int64_t)k / (int64_t)n - p->dep;
             if (lat < 0) lat = 0;
             d->g_frames++;
             if (lat > d->g_max) d->g_max = lat;
