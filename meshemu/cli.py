@@ -6,8 +6,8 @@
                     [--format auto|csv|parquet] [--no-plots]
     meshemu run     [SCENARIO] [--duration S] [--step S] [--start S] [--time-scale X]
                     [--shaper auto|netem|userspace] [--routing NAME] [--traffic PROFILE]
-                    [--shaper-workers N] [--shaper-gso] [--capture NODE[:PEER]] [--guard-ms MS]
-                    [--out DIR] [--cli]
+                    [--shaper-workers N] [--shaper-gso auto|on|off] [--capture NODE[:PEER]]
+                    [--guard-ms MS] [--out DIR] [--cli]
                     [--view [--view-port N] [--view-host H]]
     meshemu view    RUN_DIR [--port N] [--host H]
     meshemu clean
@@ -378,10 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--shaper-gso",
-        action="store_true",
-        help="userspace shaper, compiled delay line: pass TCP's segmentation-offload "
-        "super-frames through whole (much faster bulk TCP; each still counted and "
-        "serialised per segment)",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="userspace shaper: pass TCP's segmentation-offload super-frames through the "
+        "delay line whole (much faster bulk TCP; each still serialised, queued and counted "
+        "per segment); auto (the default): on with the compiled delay line",
     )
     sp.add_argument(
         "--capture",

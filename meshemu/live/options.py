@@ -54,10 +54,10 @@ class RunOptions:
     shaper_workers : int
         Delay-line worker processes of the userspace shaper (links are partitioned among
         them; ignored by netem). 2 forwards faster on 2 cores (``bench_dataplane.py``).
-    shaper_gso : bool
-        Userspace shaper with the compiled delay line: GSO passthrough (TCP bursts cross
-        the delay line as super-frames; see :class:`~meshemu.live.shapers.userspace.
-        UserspaceShaper`). Ignored by netem, which does this in the kernel.
+    shaper_gso : bool, optional
+        Userspace shaper: GSO passthrough (TCP bursts cross the delay line as super-frames;
+        see :class:`~meshemu.live.shapers.userspace.UserspaceShaper`); None (the default):
+        on with the compiled delay line. Ignored by netem, which does this in the kernel.
     routing : str or RoutingScheme
         A scheme name, a plug-in spec (``file.py:Class``, ``module:Class``) or an instance.
     out_dir : path, optional
@@ -103,7 +103,7 @@ class RunOptions:
     time_scale: float = 1.0
     shaper: str = "auto"
     shaper_workers: int = 1
-    shaper_gso: bool = False
+    shaper_gso: bool | None = None
     routing: str | RoutingScheme = "shortest-delay"
     out_dir: Path | str | None = None
     traffic: str | Path | Profile | None = "default"
@@ -163,9 +163,10 @@ class RunOptions:
                 f"unknown detection {self.detect!r}; please specify one of: carrier, silent",
                 field="--detect",
             )
-        if not isinstance(self.shaper_gso, bool):
+        if self.shaper_gso is not None and not isinstance(self.shaper_gso, bool):
             raise OptionsError(
-                f"must be true or false; got {self.shaper_gso!r}", field="--shaper-gso"
+                f"must be true, false or None (auto); got {self.shaper_gso!r}",
+                field="--shaper-gso",
             )
         w = self.shaper_workers
         if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 64:

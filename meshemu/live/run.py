@@ -141,8 +141,8 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
     workers: dict[str, object] = {}
     if options.shaper_workers != 1:
         workers["workers"] = options.shaper_workers
-    if options.shaper_gso:
-        workers["gso"] = True
+    if options.shaper_gso is not None:
+        workers["gso"] = options.shaper_gso
     # over several hosts each host makes its own (userspace) shaper; the driver's is unused
     name = "userspace" if options.cluster is not None else options.shaper
     shaper = make_shaper(name, run_id, **workers)  # unknown, or netem without it

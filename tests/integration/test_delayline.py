@@ -71,12 +71,13 @@ def impl(request) -> str:
 def pair(netns_factory, run_id, impl):
     """Namespaces A and B joined by one userspace-shaped link (id 0), addresses set.
 
-    Yields (A, B, make) where ``make(params, workers=1, gso=False)`` creates the link.
+    Yields (A, B, make) where ``make(params, workers=1, gso=None)`` creates the link (GSO
+    passthrough: the shaper's default, on with the compiled worker).
     """
     a, b = netns_factory(), netns_factory()
     made: list[UserspaceShaper] = []
 
-    def make(params: LinkParams, workers: int = 1, gso: bool = False) -> UserspaceShaper:
+    def make(params: LinkParams, workers: int = 1, gso: bool | None = None) -> UserspaceShaper:
         s = UserspaceShaper(run_id, workers=workers, delayline=impl, gso=gso)
         assert s.delayline == impl
         made.append(s)

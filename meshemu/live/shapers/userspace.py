@@ -184,8 +184,9 @@ class UserspaceShaper(LinkShaper):
     delayline : str, optional
         ``auto``, ``c`` or ``python``: which worker to run (:func:`resolve_delayline`;
         default: the ``MESHEMU_DELAYLINE`` environment variable, else ``auto``).
-    gso : bool
-        GSO passthrough (compiled worker only): the nodes' ends keep their segmentation and
+    gso : bool, optional
+        GSO passthrough (compiled worker only; None, the default: on with the compiled
+        worker, off with the Python one): the nodes' ends keep their segmentation and
         checksum offloads, so a TCP burst crosses the delay line as one super-frame of up to
         :func:`gso_max_segs` segments instead of one frame per segment. Serialisation, the
         drop-tail queue and the counters still count every segment; the super-frame leaves
@@ -197,7 +198,11 @@ class UserspaceShaper(LinkShaper):
     has_guard = True
 
     def __init__(
-        self, run_id: str, workers: int = 1, delayline: str | None = None, gso: bool = False
+        self,
+        run_id: str,
+        workers: int = 1,
+        delayline: str | None = None,
+        gso: bool | None = None,
     ):
         super().__init__(run_id)
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
@@ -211,7 +216,7 @@ class UserspaceShaper(LinkShaper):
                 f"frames of at most one MTU); {_BUILD_HINT}, or turn GSO off"
             )
         #: GSO passthrough on (the compiled worker's ``--gso``).
-        self.gso = bool(gso)
+        self.gso = self.delayline == "c" if gso is None else bool(gso)
         self.netns = f"{NS_PREFIX}{run_id}{DL_SUFFIX}"
         self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
