@@ -24,6 +24,8 @@ the end):
 ``inference.csv``        ``request_id,user,server,send_unix,done_unix,latency_ms,deadline_ms,
                          missed``
 ``traffic.json``         the resolved profile, the flows and the summary
+``owd_trust.csv``        over several hosts: how far each flow's one-way delays can be trusted
+                         (:mod:`meshemu.traffic.clocks`)
 
 The agents' own files (``traffic/<node>.*``: configs, logs, raw measurements) stay in the
 ``traffic/`` sub-directory.

@@ -171,6 +171,9 @@ class WorkerActor:
     def clock(self):
         return self.w.clock()
 
+    def clock_server(self, address):
+        return self.w.clock_server(address)
+
     def agents_start(self, configs, timeout):
         return self.w.agents_start(configs, timeout)
 
@@ -207,10 +210,15 @@ def test_remote_agents_run_on_their_hosts_and_skew_refuses(local_ray, tmp_path):
     assert part.host.tolist() == [0, 1], part.host
     actor = ray.remote(WorkerActor).options(num_cpus=0)
     emu.workers = {h: actor.remote(h, str(tmp_path / "hosts" / f"h{h}")) for h in range(2)}
+    # without the hosts' addresses the clocks are read through Ray calls
+    assert {v["via"] for v in emu.measure_clocks().values()} == {"ray"}
+    emu.info = {h: {"address": "127.0.0.1"} for h in range(2)}
     emu.clock["start"] = emu.measure_clocks()
-    real = {h: v["offset_ms"] for h, v in emu.clock["start"].items()}
-    # one kernel clock: the measured offset is within its own error bound
-    assert all(abs(real[h]) <= emu.clock["start"][h]["error_ms"] + 0.05 for h in real), emu.clock
+    start = emu.clock["start"]
+    # through the hosts' UDP clock servers; one kernel clock: the measured offset is within
+    # its own error bound (+ 0.05 ms: the two time.time_ns() reads around the exchange)
+    assert {v["via"] for v in start.values()} == {"udp"}, start
+    assert all(abs(v["offset_ms"]) <= v["error_ms"] + 0.05 for v in start.values()), start
 
     addrs = {"a": "127.0.0.1", "b": "127.0.0.2"}
     src, dst = "a", "b"  # a on host 0, b on host 1
@@ -230,8 +238,8 @@ def test_remote_agents_run_on_their_hosts_and_skew_refuses(local_ray, tmp_path):
     sup = emu.agents(tmp_path / "traffic")
     try:
         sup.start(cfg, 60)
-        start = time.time_ns() + 200_000_000
-        sup.go(start, start + 1_000_000_000)
+        t0 = time.time_ns() + 200_000_000
+        sup.go(t0, t0 + 1_000_000_000)
         assert sup.wait_done([src], time.time() + 10)
     finally:
         statuses = sup.stop()
