@@ -6,7 +6,9 @@ Paths measured:
 - ``kernel``: a veth pair straight between two namespaces, offloads off as on the delay
   line's node ends (the physical ceiling of this host; no delay, no rate);
 - ``python``: the Python delay line (1 worker);
-- ``c1``, ``c2``: the compiled delay line with 1 and 2 workers.
+- ``c1``, ``c2``: the compiled delay line with 1 and 2 workers;
+- ``kernel-gso``, ``c1-gso``, ``c2-gso``: the same with the nodes' segmentation offloads on
+  (the kernel's ceiling for TCP; the compiled delay line with GSO passthrough).
 
 Figures:
 
@@ -61,7 +63,17 @@ from meshemu.live.shapers import (  # noqa: E402
 HERE = Path(__file__).resolve().parent
 TOOL_SRC = HERE / "tools" / "dlbench.c"
 #: path name -> (delay-line implementation or None for the bare kernel path, workers)
-PATHS = {"kernel": (None, 0), "python": ("python", 1), "c1": ("c", 1), "c2": ("c", 2)}
+#: path -> (delay line, workers, GSO): the ``-gso`` paths keep the nodes' segmentation
+#: offloads (the kernel's: on its bare veths; the delay line's: GSO passthrough)
+PATHS = {
+    "kernel": (None, 0, False),
+    "python": ("python", 1, False),
+    "c1": ("c", 1, False),
+    "c2": ("c", 2, False),
+    "kernel-gso": (None, 0, True),
+    "c1-gso": ("c", 1, True),
+    "c2-gso": ("c", 2, True),
+}
 FLOOD_DELAY_S = 0.001
 PROBE_DELAY_S = 0.005
 HOP_DELAY_S = 0.005
@@ -84,17 +96,17 @@ def _uid() -> str:
 @contextlib.contextmanager
 def pair(path: str, params: LinkParams) -> Iterator[tuple[Netns, Netns, UserspaceShaper | None]]:
     """Namespaces A and B joined by interfaces ``mxa`` / ``mxb`` over ``path``."""
-    impl, workers = PATHS[path]
+    impl, workers, gso = PATHS[path]
     a, b = Netns("bench-a"), Netns("bench-b")
     s = None
     try:
         if impl is None:
             commands.batch("ip", [veth_cmd("mxa", a.pid, "mxb", b.pid)])
             ifaces.configure_interfaces(
-                {a.pid: [("mxa", True, True)], b.pid: [("mxb", True, True)]}
+                {a.pid: [("mxa", True, not gso)], b.pid: [("mxb", True, not gso)]}
             )
         else:
-            s = UserspaceShaper(_uid(), workers=workers, delayline=impl)
+            s = UserspaceShaper(_uid(), workers=workers, delayline=impl, gso=gso)
             s.create_links([(LinkEnds(0, a.pid, "mxa", b.pid, "mxb"), params)])
         yield a, b, s
     finally:
@@ -189,7 +201,7 @@ def delay_error(tool: Path, path: str, rates: list[int], seconds: float) -> list
 def chain(path: str, rate_bps: float) -> Iterator[tuple[list[Netns], str, UserspaceShaper | None]]:
     """Four namespaces n0 - n1 - n2 - n3 routed over 3 hops; yields them, n3's address and
     the shaper (None on the kernel path)."""
-    impl, workers = PATHS[path]
+    impl, workers, gso = PATHS[path]
     nss = [Netns(f"bench-{i}") for i in range(4)]
     s = None
     try:
@@ -198,11 +210,11 @@ def chain(path: str, rate_bps: float) -> Iterator[tuple[list[Netns], str, Usersp
             commands.batch("ip", [veth_cmd(e.if_a, e.pid_a, e.if_b, e.pid_b) for e in ends])
             jobs: dict[int, list[tuple[str, bool, bool]]] = {}
             for e in ends:
-                jobs.setdefault(e.pid_a, []).append((e.if_a, True, True))
-                jobs.setdefault(e.pid_b, []).append((e.if_b, True, True))
+                jobs.setdefault(e.pid_a, []).append((e.if_a, True, not gso))
+                jobs.setdefault(e.pid_b, []).append((e.if_b, True, not gso))
             ifaces.configure_interfaces(jobs)
         else:
-            s = UserspaceShaper(_uid(), workers=workers, delayline=impl)
+            s = UserspaceShaper(_uid(), workers=workers, delayline=impl, gso=gso)
             s.create_links([(e, LinkParams(HOP_DELAY_S, rate_bps)) for e in ends])
         for i, e in enumerate(ends):
             nss[i].run(["ip", "addr", "add", f"10.80.{i}.1/24", "dev", e.if_a])
@@ -277,7 +289,7 @@ def main() -> None:
         if "rate" not in args.skip:
             print("\n== max forwarding rate (raw frames, link delay 1 ms, unlimited rate)")
             print(
-                f"{'path':>7} {'frame':>6} {'dirs':>5} {'offered pps':>12} {'forwarded pps':>14} "
+                f"{'path':>10} {'frame':>6} {'dirs':>5} {'offered pps':>12} {'forwarded pps':>14} "
                 f"{'Gbit/s':>7} {'ring drops':>10} {'late p99 us':>11}"
             )
             for size in (64, 1514):
@@ -288,7 +300,7 @@ def main() -> None:
                         if size == 64:
                             max64[path] = max(max64.get(path, 0), r["forwarded_pps"])
                         print(
-                            f"{path:>7} {size:>6} {'both' if bidir else 'one':>5} "
+                            f"{path:>10} {size:>6} {'both' if bidir else 'one':>5} "
                             f"{r['offered_pps']:>12,.0f} {r['forwarded_pps']:>14,.0f} "
                             f"{r['gbps']:>7.2f} {r.get('ring_drops', ''):>10} "
                             f"{r.get('lateness_p99_us', float('nan')):>11.1f}",
@@ -305,7 +317,7 @@ def main() -> None:
                 "kernel rx timestamps; up to half of each path's max 64-byte rate)"
             )
             print(
-                f"{'path':>7} {'rate pps':>9} {'frames':>8} {'lost':>6} {'p50 us':>8} "
+                f"{'path':>10} {'rate pps':>9} {'frames':>8} {'lost':>6} {'p50 us':>8} "
                 f"{'p99 us':>8} {'max us':>9} {'late p99 us':>11}"
             )
             for path in args.paths:
@@ -314,7 +326,7 @@ def main() -> None:
                 for r in delay_error(tool, path, use, secs):
                     results["delay_error"].append(r)
                     print(
-                        f"{path:>7} {r['rate_pps']:>9} {r['n']:>8} {r['lost']:>6} "
+                        f"{path:>10} {r['rate_pps']:>9} {r['n']:>8} {r['lost']:>6} "
                         f"{r['p50_us']:>8.1f} {r['p99_us']:>8.1f} {r['max_us']:>9.1f} "
                         f"{r.get('lateness_p99_us', float('nan')):>11.1f}",
                         flush=True,
@@ -322,16 +334,16 @@ def main() -> None:
         if "iperf" not in args.skip:
             print("\n== iperf3 TCP over 3 hops (5 ms per hop; kernel: bare veths, no delay)")
             print(
-                f"{'path':>7} {'links':>9} {'goodput Mbit/s':>15} {'retransmits':>12} "
+                f"{'path':>10} {'links':>9} {'goodput Mbit/s':>15} {'retransmits':>12} "
                 f"{'queue drops':>11} {'ring drops':>10} {'late p99 us':>11}"
             )
             for rate in (1e9, 1e10):
                 for path in args.paths:
                     r = iperf3(path, rate, secs + 2)
                     results["iperf3"].append(r)
-                    label = f"{rate / 1e9:g} Gbit/s" if path != "kernel" else "bare"
+                    label = f"{rate / 1e9:g} Gbit/s" if PATHS[path][0] else "bare"
                     print(
-                        f"{path:>7} {label:>9} {r['mbps']:>15.1f} {r['retransmits']:>12} "
+                        f"{path:>10} {label:>9} {r['mbps']:>15.1f} {r['retransmits']:>12} "
                         f"{r['queue_drops']:>11} {r.get('ring_drops', ''):>10} "
                         f"{r.get('lateness_p99_us', float('nan')):>11.1f}",
                         flush=True,

@@ -6,7 +6,8 @@
                     [--format auto|csv|parquet] [--no-plots]
     meshemu run     [SCENARIO] [--duration S] [--step S] [--start S] [--time-scale X]
                     [--shaper auto|netem|userspace] [--routing NAME] [--traffic PROFILE]
-                    [--shaper-workers N] [--capture NODE[:PEER]] [--guard-ms MS] [--out DIR] [--cli]
+                    [--shaper-workers N] [--shaper-gso] [--capture NODE[:PEER]] [--guard-ms MS]
+                    [--out DIR] [--cli]
                     [--view [--view-port N] [--view-host H]]
     meshemu view    RUN_DIR [--port N] [--host H]
     meshemu clean
@@ -374,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="userspace shaper: delay-line worker processes, each owning a share of the "
         "links (default: 1; 2 forwards faster on 2 cores)",
+    )
+    sp.add_argument(
+        "--shaper-gso",
+        action="store_true",
+        help="userspace shaper, compiled delay line: pass TCP's segmentation-offload "
+        "super-frames through whole (much faster bulk TCP; each still counted and "
+        "serialised per segment)",
     )
     sp.add_argument(
         "--capture",

@@ -54,6 +54,10 @@ class RunOptions:
     shaper_workers : int
         Delay-line worker processes of the userspace shaper (links are partitioned among
         them; ignored by netem). 2 forwards faster on 2 cores (``bench_dataplane.py``).
+    shaper_gso : bool
+        Userspace shaper with the compiled delay line: GSO passthrough (TCP bursts cross
+        the delay line as super-frames; see :class:`~meshemu.live.shapers.userspace.
+        UserspaceShaper`). Ignored by netem, which does this in the kernel.
     routing : str or RoutingScheme
         A scheme name, a plug-in spec (``file.py:Class``, ``module:Class``) or an instance.
     out_dir : path, optional
@@ -102,6 +106,7 @@ class RunOptions:
     time_scale: float = 1.0
     shaper: str = "auto"
     shaper_workers: int = 1
+    shaper_gso: bool = False
     routing: str | RoutingScheme = "shortest-delay"
     out_dir: Path | str | None = None
     traffic: str | Path | Profile | None = "default"
@@ -161,6 +166,10 @@ class RunOptions:
             raise OptionsError(
                 f"unknown detection {self.detect!r}; please specify one of: carrier, silent",
                 field="--detect",
+            )
+        if not isinstance(self.shaper_gso, bool):
+            raise OptionsError(
+                f"must be true or false; got {self.shaper_gso!r}", field="--shaper-gso"
             )
         w = self.shaper_workers
         if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 64:

@@ -135,7 +135,11 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
     out = out.absolute()  # the agents in the nodes read their configuration from there
     profile = load_profile(options.traffic) if options.wants_traffic else None  # type: ignore[arg-type]
     run_id = uuid.uuid4().hex[:6]
-    workers = {"workers": options.shaper_workers} if options.shaper_workers != 1 else {}
+    workers: dict[str, object] = {}
+    if options.shaper_workers != 1:
+        workers["workers"] = options.shaper_workers
+    if options.shaper_gso:
+        workers["gso"] = True
     # over several hosts each host makes its own (userspace) shaper; the driver's is unused
     name = "userspace" if options.cluster is not None else options.shaper
     shaper = make_shaper(name, run_id, **workers)  # unknown, or netem without it

@@ -47,6 +47,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         time_scale=args.time_scale,
         shaper=args.shaper,
         shaper_workers=getattr(args, "shaper_workers", 1),
+        shaper_gso=getattr(args, "shaper_gso", False),
         routing=args.routing,
         out_dir=args.out,
         traffic=args.traffic or "default",

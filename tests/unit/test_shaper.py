@@ -219,6 +219,42 @@ def test_userspace_commands_put_one_end_of_each_pair_in_the_delay_line_namespace
     assert all(len(dl.dl_ifname(2**32 - 1, s)) <= sh.IFNAME_MAX for s in "ab")
 
 
+@pytest.mark.parametrize(
+    "params, segs",
+    [
+        # as many 1,514-byte frames as serialise in 100 us: 10 Gbit/s -> 82, capped at 64
+        (LinkParams(0.005, 10e9), 64),
+        (LinkParams(0.005, 1e9), 8),  # 100 us x 1 Gbit/s / 12,112 bits
+        (LinkParams(0.005, 100e6), 1),  # under one frame in 100 us: no super-frames
+        (LinkParams(0.005, 0), 64),  # unlimited rate
+        (LinkParams(0.005, 1e9, loss=0.01), 1),  # losses per frame: no super-frames
+    ],
+)
+def test_gso_super_frames_are_capped_by_serialisation_time(params, segs):
+    assert sh.gso_max_segs(params) == segs
+
+
+def test_gso_segment_cap_goes_on_the_nodes_ends_only():
+    from meshemu.spec.linkmodel import DirectionModel
+
+    acc = LinkParams(0.005, 1e9, ab=DirectionModel(0.004, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    assert sh.gso_max_segs(acc) == 1  # an access model draws its loss per frame
+    e = LinkEnds(7, 100, "x0", 200, "y0")
+    cmds = sh.userspace_create_cmds([e], "meshemu-r1-dl", {7: 8})
+    for cmd, (name, pid, end) in zip(cmds, [("x0", 100, "a"), ("y0", 200, "b")], strict=True):
+        plain = sh.veth_cmd(name, pid, dl.dl_ifname(7, end), "meshemu-r1-dl")
+        at = cmd.index("gso_max_segs")
+        assert cmd[at + 1] == "8" and cmd[:at] + cmd[at + 2 :] == plain
+        assert at < cmd.index("peer")  # the first device of the pair: the node's end
+
+
+def test_gso_needs_the_compiled_delay_line():
+    with pytest.raises(ShaperError, match="GSO passthrough needs the compiled delay line"):
+        sh.UserspaceShaper("r1", delayline="python", gso=True)
+    assert sh.delayline_argv("c", "r1", 2, 1, gso=True)[-1] == "--gso"
+    assert "--gso" not in sh.delayline_argv("c", "r1", 2, 1)
+
+
 # ---- validation ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "kw, needle",

@@ -56,6 +56,18 @@
  * because this worker fell behind); and the frames in each direction's drop-tail queue
  * when the guard is read (counted from the ends ring, which the data path keeps anyway).
  *
+ * GSO passthrough (--gso; the shaper's gso=True): both packet sockets use PACKET_VNET_HDR,
+ * so every frame carries a struct virtio_net_hdr (as a tap device's do), and the nodes'
+ * ends keep their segmentation and checksum offloads. A TCP burst then arrives as one
+ * super-frame of up to 64 KiB (the ring holds its head; PACKET_COPY_THRESH puts the whole
+ * in the socket's queue, read with recv() in the same order) and leaves whole, the
+ * kernel finishing its checksums and segments wherever it goes next. The model still
+ * counts segments: a super-frame of n segments serialises as n frames back to back
+ * (its wire bytes: the frame plus n - 1 copies of its headers), takes n places in the
+ * drop-tail queue, and counts n packets; it leaves when its last segment would, so its
+ * first arrives up to (n - 1) frames' serialisation late, which the shaper bounds (100 us)
+ * by capping the nodes' ends' gso_max_segs for the link's rate. A loss takes it whole.
+ *
  * Build: make -C meshemu/live/dlc (install.sh does it).
  */
 #define _GNU_SOURCE
@@ -67,6 +79,7 @@
 #include <linux/filter.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <linux/virtio_net.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -144,6 +157,9 @@ enum { ST_OK = 0, ST_ERROR = 1 };
 #define BLOCK_NR 32u                  /* 16,384 frames, 32 MiB */
 #define BUF_SIZE 2048                 /* a pool buffer holds any frame the ring can hold */
 #define SLAB_BUFS 1024
+#define VNET_SIZE ((uint32_t)sizeof(struct virtio_net_hdr)) /* --gso: before every frame */
+#define BIG_SIZE (65536u + 256u)       /* --gso: the largest super-frame with its headers */
+#define BIG_MAX_BYTES (1ull << 30)     /* --gso: bytes of super-frames in flight at most */
 #define POOL_MAX_BUFS (1u << 19)      /* 1 GiB of frames in flight per worker at most */
 
 /* ---- lateness histogram: bucket(v) = v for v < 32, else (s << 4) + (v >> s) with
@@ -183,8 +199,10 @@ static int64_t lat_p99(const uint32_t *h, uint64_t n, int64_t max) {
 
 /* ---- state -------------------------------------------------------------------------- */
 typedef struct {
-    uint8_t *buf;
-    uint32_t len;
+    uint8_t *buf;  /* a pool buffer, or (len > BUF_SIZE) a malloc'd super-frame */
+    uint32_t len;  /* bytes in buf (with --gso: the virtio_net_hdr, then the frame) */
+    uint32_t wire; /* bytes on the wire: the frame, or the segments a super-frame stands for */
+    uint32_t segs; /* frames on the wire: 1, or a super-frame's segments */
     int64_t dep;
 } pkt_t;
 
@@ -242,6 +260,9 @@ static struct {
     uint8_t **pool;
     uint32_t pool_n, pool_cap, pool_total;
     uint64_t unknown, truncated, pool_drops;
+    bool gso;             /* --gso: frames carry a virtio_net_hdr; super-frames pass whole */
+    uint8_t *big;         /* --gso: where a super-frame from the socket queue is read */
+    uint64_t big_bytes;   /* --gso: bytes of super-frames in flight */
     uint64_t rng;
     int64_t spin_ns, spin_budget_ns, spin_cap_ns;
     double overshoot_q;   /* running p95 estimate of the timer's overshoot, ns */
@@ -398,6 +419,15 @@ static uint8_t *buf_get(void) {
 
 static inline void buf_put(uint8_t *b) { S.pool[S.pool_n++] = b; }
 
+static inline void pkt_release(const pkt_t *p) {
+    if (p->len > BUF_SIZE) {
+        S.big_bytes -= p->len;
+        free(p->buf);
+    } else {
+        buf_put(p->buf);
+    }
+}
+
 /* ---- the departure heap: directions keyed by their head frame's departure ----------- */
 static inline int64_t dkey(const dir_t *d) { return d->q[d->qhead & d->qmask].dep; }
 
@@ -505,7 +535,7 @@ static inline int64_t access_ready(const dir_t *d, int64_t t) {
 
 static void dir_free(dir_t *d) {
     heap_remove(d);
-    for (uint32_t i = d->qhead; i != d->qtail; i++) buf_put(d->q[i & d->qmask].buf);
+    for (uint32_t i = d->qhead; i != d->qtail; i++) pkt_release(&d->q[i & d->qmask]);
     free(d->q);
     free(d->ends);
     free(d->g_hist);
@@ -526,38 +556,81 @@ static void link_remove(uint32_t id) {
 }
 
 /* ---- data path ----------------------------------------------------------------------- */
+/* --gso: the segments a frame stands for and their bytes on the wire. A super-frame's
+ * virtio_net_hdr (linux/virtio_net.h; little-endian on the hosts this runs on) gives the
+ * segment payload (gso_size) and where the transport header starts (csum_start); the
+ * headers repeated in each segment are up to the end of the TCP (data offset) or UDP
+ * header. An unknown type counts as one frame. */
+static uint32_t gso_segments(const uint8_t *buf, uint32_t len, uint32_t *seg_hdr) {
+    const struct virtio_net_hdr *v = (const void *)buf;
+    uint32_t flen = len - VNET_SIZE;
+    uint8_t type = v->gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN;
+    uint32_t gsz = v->gso_size, cs = v->csum_start, hl;
+    const uint8_t *f = buf + VNET_SIZE;
+    if (type == VIRTIO_NET_HDR_GSO_NONE || !gsz) return 1;
+    if ((type == VIRTIO_NET_HDR_GSO_TCPV4 || type == VIRTIO_NET_HDR_GSO_TCPV6) && cs + 13 < flen)
+        hl = cs + ((uint32_t)(f[cs + 12] >> 4) * 4);
+#ifdef VIRTIO_NET_HDR_GSO_UDP_L4
+    else if (type == VIRTIO_NET_HDR_GSO_UDP_L4)
+        hl = cs + 8;
+#endif
+    else
+        return 1;
+    if (hl >= flen) return 1;
+    *seg_hdr = hl;
+    return (flen - hl + gsz - 1) / gsz;
+}
+
 static void enqueue(dir_t *d, int64_t t, const uint8_t *data, uint32_t len) {
     int64_t dep;
+    uint32_t segs = 1, hl = 0, wire = len;
+    if (S.gso) {
+        segs = gso_segments(data, len, &hl);
+        wire = len - VNET_SIZE + (segs - 1) * hl;
+    }
     if (d->ns_per_byte > 0) {
         while (d->ehead != d->etail && d->ends[d->ehead & d->emask] <= t) d->ehead++;
-        if (d->etail - d->ehead >= d->limit) {
-            d->drops++;
+        if (d->etail - d->ehead + segs > d->limit) { /* drop-tail, counted in frames */
+            d->drops += segs;
             return;
         }
     }
-    uint8_t *buf = buf_get();
+    uint8_t *buf;
+    if (len > BUF_SIZE) {
+        buf = S.big_bytes + len <= BIG_MAX_BYTES ? malloc(len) : NULL;
+        if (buf) S.big_bytes += len;
+    } else {
+        buf = buf_get();
+    }
     if (!buf) {
         if (!S.pool_drops++)
             logmsg("WARNING", "more than %u frames in flight: dropping frames",
                    (unsigned)POOL_MAX_BUFS);
-        d->drops++;
+        d->drops += segs;
         return;
     }
     if (d->ns_per_byte > 0) {
         int64_t start = t > d->free_ns ? t : d->free_ns;
-        int64_t end = start + (int64_t)(len * d->ns_per_byte);
-        d->free_ns = end;
-        if (d->etail - d->ehead == (d->ends ? d->emask + 1 : 0)) { /* grow the ends ring */
-            uint32_t cap = d->ends ? 2 * (d->emask + 1) : 64, n = d->etail - d->ehead;
-            int64_t *e = xrealloc(NULL, cap * sizeof *e);
-            for (uint32_t i = 0; i < n; i++) e[i] = d->ends[(d->ehead + i) & d->emask];
-            free(d->ends);
-            d->ends = e;
-            d->emask = cap - 1;
-            d->ehead = 0;
-            d->etail = n;
+        /* a super-frame's segments serialise back to back; each ends in the ends ring */
+        uint32_t gsz = segs > 1 ? ((const struct virtio_net_hdr *)data)->gso_size : 0;
+        uint64_t sent = 0;
+        int64_t end = start;
+        for (uint32_t k = 0; k < segs; k++) {
+            sent += segs > 1 ? (k + 1 < segs ? hl + gsz : wire - sent) : wire;
+            end = start + (int64_t)((double)sent * d->ns_per_byte);
+            if (d->etail - d->ehead == (d->ends ? d->emask + 1 : 0)) { /* grow the ends ring */
+                uint32_t cap = d->ends ? 2 * (d->emask + 1) : 64, n = d->etail - d->ehead;
+                int64_t *e = xrealloc(NULL, cap * sizeof *e);
+                for (uint32_t i = 0; i < n; i++) e[i] = d->ends[(d->ehead + i) & d->emask];
+                free(d->ends);
+                d->ends = e;
+                d->emask = cap - 1;
+                d->ehead = 0;
+                d->etail = n;
+            }
+            d->ends[d->etail++ & d->emask] = end;
         }
-        d->ends[d->etail++ & d->emask] = end;
+        d->free_ns = end;
         dep = (d->acc ? access_ready(d, end) : end) + d->delay_ns;
     } else {
         dep = (d->acc ? access_ready(d, t) : t) + d->delay_ns;
@@ -576,7 +649,7 @@ static void enqueue(dir_t *d, int64_t t, const uint8_t *data, uint32_t len) {
         d->qhead = 0;
         d->qtail = n;
     }
-    d->q[d->qtail++ & d->qmask] = (pkt_t){buf, len, dep};
+    d->q[d->qtail++ & d->qmask] = (pkt_t){buf, len, wire, segs, dep};
     if (n == 0) heap_push(d);
 }
 
@@ -593,20 +666,38 @@ static int drain(int max) {
     int n = 0;
     while (n < max) {
         struct tpacket2_hdr *h = frame(S.head);
-        if (!(__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)) break;
+        uint32_t status = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+        if (!(status & TP_STATUS_USER)) break;
         const struct sockaddr_ll *sll =
             (const void *)((uint8_t *)h + TPACKET_ALIGN(sizeof(struct tpacket2_hdr)));
         dir_t *d = hget(&S.dirs, (uint32_t)sll->sll_ifindex);
+        const uint8_t *data = (const uint8_t *)h + h->tp_mac;
+        uint32_t len = h->tp_snaplen, full = h->tp_len, cap = BUF_SIZE;
+        if (S.gso) { /* the kernel put the virtio_net_hdr just before the frame */
+            data -= VNET_SIZE;
+            len += VNET_SIZE;
+            full += VNET_SIZE;
+            cap = BIG_SIZE;
+            if (status & TP_STATUS_COPY) {
+                /* larger than a ring slot (a super-frame): the ring has its head, the
+                 * socket's queue (PACKET_COPY_THRESH) the whole, in the same order */
+                ssize_t r = recv(S.rxfd, S.big, BIG_SIZE, MSG_DONTWAIT | MSG_TRUNC);
+                if (r >= (ssize_t)VNET_SIZE && r <= (ssize_t)BIG_SIZE) {
+                    data = S.big;
+                    len = full = (uint32_t)r;
+                }
+            }
+        }
         if (!d) {
             S.unknown++;
-        } else if (h->tp_snaplen < h->tp_len || h->tp_snaplen > BUF_SIZE) {
+        } else if (len < full || len > cap) {
             S.truncated++;
             d->drops++;
         } else if (!d->up || (d->ge && ge_lost(d)) || (d->loss > 0 && rnd() < d->loss)) {
-            d->drops++;
+            uint32_t hl = 0; /* a super-frame is lost whole: all its segments */
+            d->drops += S.gso ? gso_segments(data, len, &hl) : 1;
         } else {
-            enqueue(d, (int64_t)h->tp_sec * 1000000000LL + h->tp_nsec,
-                    (const uint8_t *)h + h->tp_mac, h->tp_snaplen);
+            enqueue(d, (int64_t)h->tp_sec * 1000000000LL + h->tp_nsec, data, len);
         }
         __atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
         S.head = S.head + 1 < S.nframes ? S.head + 1 : 0;
@@ -635,18 +726,18 @@ static void flush(void) {
         dir_t *d = S.bdir[k];
         pkt_t *p = &S.bpkt[k];
         if (failed[k]) {
-            d->drops++;
+            d->drops += p->segs;
         } else {
-            d->pkts++;
-            d->bytes += p->len;
+            d->pkts += p->segs;
+            d->bytes += p->wire;
             int64_t lat = t0 + span * (int64_t)k / (int64_t)n - p->dep;
             if (lat < 0) lat = 0;
-            d->g_frames++;
+            d->g_frames += p->segs;
             if (lat > d->g_max) d->g_max = lat;
             if (!d->g_hist) d->g_hist = calloc(LAT_BUCKETS, sizeof *d->g_hist);
-            if (d->g_hist) d->g_hist[lat_bucket(lat)]++;
+            if (d->g_hist) d->g_hist[lat_bucket(lat)] += p->segs;
         }
-        buf_put(p->buf);
+        pkt_release(p);
     }
     S.bn = 0;
 }
@@ -979,6 +1070,18 @@ static void open_sockets(void) {
         if (setsockopt(s, SOL_SOCKET, SO_ATTACH_FILTER, &fp, sizeof fp) < 0)
             die("SO_ATTACH_FILTER: %s", strerror(errno));
     }
+    if (S.gso) {
+        /* frames with a virtio_net_hdr (set before the ring); larger than a slot: whole to
+         * the socket's queue as well, which must hold a few 64 KiB super-frames */
+        if (setsockopt(s, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0)
+            die("PACKET_VNET_HDR: %s", strerror(errno));
+        if (setsockopt(s, SOL_PACKET, PACKET_COPY_THRESH, &one, sizeof one) < 0)
+            die("PACKET_COPY_THRESH: %s", strerror(errno));
+        int rcvbuf = 32 << 20;
+        if (setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) < 0)
+            setsockopt(s, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+        S.big = xrealloc(NULL, BIG_SIZE);
+    }
     int ver = TPACKET_V2;
     if (setsockopt(s, SOL_PACKET, PACKET_VERSION, &ver, sizeof ver) < 0)
         die("PACKET_VERSION: %s", strerror(errno));
@@ -996,6 +1099,8 @@ static void open_sockets(void) {
     if (t < 0) die("packet socket: %s", strerror(errno));
     if (setsockopt(t, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one) < 0)
         logmsg("WARNING", "PACKET_QDISC_BYPASS: %s", strerror(errno));
+    if (S.gso && setsockopt(t, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0)
+        die("PACKET_VNET_HDR (send): %s", strerror(errno));
     int sndbuf = 16 << 20;
     if (setsockopt(t, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) < 0)
         setsockopt(t, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
@@ -1139,7 +1244,8 @@ static void run(void) {
 static _Noreturn void usage(const char *prog, const char *err) {
     FILE *f = err ? stderr : stdout;
     fprintf(f,
-            "usage: %s [-h] --run-id RUN_ID [--workers WORKERS] [--worker WORKER]\n", prog);
+            "usage: %s [-h] --run-id RUN_ID [--workers WORKERS] [--worker WORKER] [--gso]\n",
+            prog);
     if (err) {
         fprintf(f, "%s: error: %s\n", prog, err);
         exit(2);
@@ -1191,6 +1297,10 @@ int main(int argc, char **argv) {
         const char *names[] = {"--run-id", "--workers", "--worker"};
         int which = -1;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(prog, NULL);
+        if (!strcmp(a, "--gso")) {
+            S.gso = true;
+            continue;
+        }
         for (int k = 0; k < 3; k++) {
             size_t n = strlen(names[k]);
             if (!strncmp(a, names[k], n) && (a[n] == '\0' || a[n] == '=')) {

@@ -118,21 +118,53 @@ def resolve_delayline(requested: str | None = None) -> str:
     return "c"
 
 
-def delayline_argv(impl: str, run_id: str, workers: int, worker: int) -> list[str]:
+def delayline_argv(
+    impl: str, run_id: str, workers: int, worker: int, gso: bool = False
+) -> list[str]:
     """Command line of one delay-line worker (``impl`` ``"c"`` or ``"python"``)."""
     if impl == "c":
         head = [str(DELAYLINE_C_DIR / DELAYLINE_BINARY)]
     else:
         head = [sys.executable, "-m", DELAYLINE_MODULE]
-    return [*head, "--run-id", run_id, "--workers", str(workers), "--worker", str(worker)]
+    tail = ["--gso"] if gso else []
+    return [*head, "--run-id", run_id, "--workers", str(workers), "--worker", str(worker), *tail]
 
 
-def userspace_create_cmds(links: Iterable[LinkEnds], dl_ns: int | str) -> list[list[str]]:
-    """``ip`` commands creating the two veth pairs of each userspace-shaped link."""
+#: With GSO passthrough a super-frame leaves whole when its last segment would have, so its
+#: first segment arrives up to (segments - 1) frames' serialisation late; the nodes' ends
+#: cap a super-frame at this much serialisation time (TCP itself sizes its TSO bursts to
+#: about 1 ms of its pacing rate: tcp_tso_autosize in net/ipv4/tcp_output.c).
+GSO_BURST_S = 100e-6
+#: The most segments in a super-frame (a 64 KiB TSO burst is about 45 of 1,448 bytes).
+GSO_MAX_SEGS = 64
+_MTU_FRAME_BITS = 1514 * 8
+
+
+def gso_max_segs(params: LinkParams) -> int:
+    """Segments a super-frame may carry on a link with GSO passthrough: 1 (none) on links
+    with loss or an access model, whose losses are drawn per frame; else as many as
+    serialise in :data:`GSO_BURST_S` at the link's rate (unlimited rate:
+    :data:`GSO_MAX_SEGS`)."""
+    if params.loss > 0 or params.ab is not None or params.ba is not None:
+        return 1
+    if params.rate_bps <= 0:
+        return GSO_MAX_SEGS
+    return max(1, min(GSO_MAX_SEGS, int(params.rate_bps * GSO_BURST_S / _MTU_FRAME_BITS)))
+
+
+def userspace_create_cmds(
+    links: Iterable[LinkEnds], dl_ns: int | str, gso_segs: dict[int, int] | None = None
+) -> list[list[str]]:
+    """``ip`` commands creating the two veth pairs of each userspace-shaped link;
+    ``gso_segs`` (link id -> segments) caps the super-frames the nodes' ends send."""
     out = []
     for e in links:
-        out.append(veth_cmd(e.if_a, e.pid_a, dl.dl_ifname(e.link_id, "a"), dl_ns))
-        out.append(veth_cmd(e.if_b, e.pid_b, dl.dl_ifname(e.link_id, "b"), dl_ns))
+        for end, ifname, pid in (("a", e.if_a, e.pid_a), ("b", e.if_b, e.pid_b)):
+            cmd = veth_cmd(ifname, pid, dl.dl_ifname(e.link_id, end), dl_ns)
+            if gso_segs is not None:
+                at = cmd.index("type")  # before it: the node's end, not the peer
+                cmd[at:at] = ["gso_max_segs", str(gso_segs[e.link_id])]
+            out.append(cmd)
     return out
 
 
@@ -152,18 +184,34 @@ class UserspaceShaper(LinkShaper):
     delayline : str, optional
         ``auto``, ``c`` or ``python``: which worker to run (:func:`resolve_delayline`;
         default: the ``MESHEMU_DELAYLINE`` environment variable, else ``auto``).
+    gso : bool
+        GSO passthrough (compiled worker only): the nodes' ends keep their segmentation and
+        checksum offloads, so a TCP burst crosses the delay line as one super-frame of up to
+        :func:`gso_max_segs` segments instead of one frame per segment. Serialisation, the
+        drop-tail queue and the counters still count every segment; the super-frame leaves
+        when its last segment would (its first arrives up to :data:`GSO_BURST_S` late); a
+        loss takes the whole super-frame (so lossy links get none).
     """
 
     name = "userspace"
     has_guard = True
 
-    def __init__(self, run_id: str, workers: int = 1, delayline: str | None = None):
+    def __init__(
+        self, run_id: str, workers: int = 1, delayline: str | None = None, gso: bool = False
+    ):
         super().__init__(run_id)
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
             raise ShaperError(f"workers must be an integer in 1..64; got {workers!r}")
         self.workers = workers
         #: The delay-line implementation the workers run: ``"c"`` or ``"python"``.
         self.delayline = resolve_delayline(delayline)
+        if gso and self.delayline != "c":
+            raise ShaperError(
+                "GSO passthrough needs the compiled delay line (the Python one passes "
+                f"frames of at most one MTU); {_BUILD_HINT}, or turn GSO off"
+            )
+        #: GSO passthrough on (the compiled worker's ``--gso``).
+        self.gso = bool(gso)
         self.netns = f"{NS_PREFIX}{run_id}{DL_SUFFIX}"
         self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
@@ -184,7 +232,7 @@ class UserspaceShaper(LinkShaper):
                     "netns",
                     "exec",
                     self.netns,
-                    *delayline_argv(self.delayline, self.run_id, self.workers, i),
+                    *delayline_argv(self.delayline, self.run_id, self.workers, i, self.gso),
                 ]
                 self._procs.append(
                     subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
@@ -254,16 +302,18 @@ class UserspaceShaper(LinkShaper):
             return
         self._start()
         dl_pid = self._procs[0].pid
-        commands.batch("ip", userspace_create_cmds((e for e, _ in links), dl_pid))
+        segs = {e.link_id: gso_max_segs(p) for e, p in links} if self.gso else None
+        commands.batch("ip", userspace_create_cmds((e for e, _ in links), dl_pid, segs))
         for ends, params in links:
             self._links[ends.link_id] = (ends, params)
         jobs: dict[int, list] = defaultdict(list)
         for e, _ in links:
             # the nodes' ends send into the delay line: no checksum/segmentation offload, or
-            # the frames arrive with partial checksums / as 64 KiB super-frames. The delay
-            # line's own ends only send what packet sockets give them (complete frames).
-            jobs[e.pid_a].append((e.if_a, False, True))
-            jobs[e.pid_b].append((e.if_b, False, True))
+            # the frames arrive with partial checksums / as 64 KiB super-frames (with GSO
+            # passthrough that is the point: each frame's virtio_net_hdr says how to finish
+            # it). The delay line's own ends send what its packet socket gives them.
+            jobs[e.pid_a].append((e.if_a, False, not self.gso))
+            jobs[e.pid_b].append((e.if_b, False, not self.gso))
             jobs[dl_pid].append((dl.dl_ifname(e.link_id, "a"), True, False))
             jobs[dl_pid].append((dl.dl_ifname(e.link_id, "b"), True, False))
         ifaces.configure_interfaces(jobs)
