@@ -464,6 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "metis", "planes"),
         help="with --cluster: how nodes are assigned to hosts (default: %(default)s)",
     )
+    sp.add_argument(
+        "--owd-trust-ms",
+        type=float,
+        default=1.0,
+        metavar="MS",
+        help="with --cluster: one-way delays of flows between hosts are marked untrusted "
+        "when the hosts' clock offset bound (offset + uncertainty, at start and end) is above "
+        "this (default: %(default)s ms)",
+    )
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser(

@@ -95,6 +95,9 @@ class RunOptions:
         ``auto`` (on from 1,000 nodes), ``on`` or ``off``: install the build's routes as
         aggregate prefixes, with /32s over them as routes change
         (:mod:`meshemu.live.routes`).
+    owd_trust_ms : float
+        With ``cluster``: the largest clock offset bound (ms) between two hosts whose flows'
+        one-way delays are trusted (:mod:`meshemu.traffic.clocks`).
     """
 
     duration_s: float = 60.0
@@ -120,6 +123,7 @@ class RunOptions:
     cluster: str | None = None
     hosts: int | None = None
     partition: str = "auto"
+    owd_trust_ms: float = 1.0
 
     def __post_init__(self) -> None:
         span = self.span  # checks duration, step, start and the step count
@@ -202,6 +206,11 @@ class RunOptions:
         h = self.hosts
         if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
             raise OptionsError(f"must be an integer >= 1; got {h!r}", field="--hosts")
+        t = self.owd_trust_ms
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise OptionsError(
+                f"must be a finite number >= 0 (ms); got {t!r}", field="--owd-trust-ms"
+            )
         if self.partition not in METHODS:
             raise OptionsError(
                 f"unknown method {self.partition!r}; please specify one of: {', '.join(METHODS)}",
@@ -210,7 +219,6 @@ class RunOptions:
         for flag, on in (
             ("--cli", self.cli),
             ("--capture", bool(self.capture)),
-            ("--traffic", self.wants_traffic and not self.traffic_optional),
         ):
             if on:
                 raise OptionsError(

@@ -134,9 +134,6 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
     out = check_out_dir(options.out_dir or Path("runs") / f"run-{scenario.name}-{stamp}")
     out = out.absolute()  # the agents in the nodes read their configuration from there
     profile = load_profile(options.traffic) if options.wants_traffic else None  # type: ignore[arg-type]
-    if options.cluster is not None and profile is not None:
-        say("no traffic: the workloads do not run over several hosts yet (--cluster)")
-        profile = None
     run_id = uuid.uuid4().hex[:6]
     workers: dict[str, object] = {}
     if options.shaper_workers != 1:
@@ -273,7 +270,7 @@ class Network:
         from meshemu.live.emulation import Emulation, RunLinks
 
         inputs, plan, st = self.inputs, self.plan, self._stack
-        out, nodes, sc = inputs.out, plan.sched.nodes, inputs.scenario
+        out, nodes = inputs.out, plan.sched.nodes
         shaper = inputs.shaper
         st.callback(self._stop_emulation)
         make_out_dir(out)
@@ -350,25 +347,34 @@ class Network:
             st.callback(lambda: self.pcaps.extend(caps.stop()))
         if inputs.options.on_built:
             inputs.options.on_built(self.emu)
-        if plan.profile is not None:
-            from meshemu.traffic.runtime import start_traffic
+        self._start_traffic()
 
-            self.agents = start_traffic(
-                plan.profile,
-                sc,
-                self.emu,
-                plan.sched,
-                plan.snapshots,
-                out,
-                inputs.span.duration_s / inputs.options.time_scale,
-                self.tables0,
-            )
-            st.callback(self.agents.stop)
-            self.agents.step(0, plan.snapshots[0].t_s, self.paths0, self.tables0)
+    def _start_traffic(self, **over_hosts: Any) -> None:
+        """The profile's agents in their nodes (``over_hosts``: a run over several hosts'
+        ``supervisor`` and ``trust``, :func:`~meshemu.traffic.runtime.start_traffic`)."""
+        inputs, plan = self.inputs, self.plan
+        if plan.profile is None:
+            return
+        from meshemu.traffic.runtime import start_traffic
+
+        self.agents = start_traffic(
+            plan.profile,
+            inputs.scenario,
+            self.emu,
+            plan.sched,
+            plan.snapshots,
+            inputs.out,
+            inputs.span.duration_s / inputs.options.time_scale,
+            self.tables0,
+            **over_hosts,
+        )
+        self._stack.callback(self.agents.stop)
+        self.agents.step(0, plan.snapshots[0].t_s, self.paths0, self.tables0)
 
     def _build_cluster(self) -> None:
-        """``--cluster``: partition the nodes, build every host's share (no traffic, no
-        captures, no fidelity guard: the hosts' shapers are theirs)."""
+        """``--cluster``: partition the nodes, build every host's share, start the traffic
+        agents on their nodes' hosts (no captures, no fidelity guard: the hosts' shapers are
+        theirs)."""
         from meshemu.live.cluster.engine import ClusterEmulation, cluster_hosts, connect
         from meshemu.live.emulation import RunLinks
         from meshemu.partition import link_weights, partition_nodes
@@ -422,6 +428,10 @@ class Network:
         )
         if opts.on_built:
             opts.on_built(self.emu)
+        emu = self.emu
+        self._start_traffic(
+            supervisor=emu.agents, trust=lambda flows: emu.owd_trust(flows, opts.owd_trust_ms)
+        )
 
     def _initial_convergence(self) -> None:
         """Start the clock only once the daemons have routed every node to every endpoint

@@ -62,6 +62,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         cluster=getattr(args, "cluster", None),
         hosts=getattr(args, "hosts", None),
         partition=getattr(args, "partition", "auto"),
+        owd_trust_ms=getattr(args, "owd_trust_ms", 1.0),
     )
 
 

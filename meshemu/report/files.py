@@ -331,6 +331,28 @@ RTT = FileSpec(
     ("flow_id", "rtt_ms"),
     ("send_unix_ns", "rtt_ms"),
 )
+#: A run over several hosts: how far each flow's one-way delays can be trusted, from the
+#: clock offsets between its hosts (:mod:`meshemu.traffic.clocks`); ``owd`` is ``trusted``,
+#: ``untrusted`` or ``one host``.
+OWD_TRUST = FileSpec(
+    "owd_trust.csv",
+    (
+        "flow_id",
+        "src",
+        "dst",
+        "src_host",
+        "dst_host",
+        "offset_start_ms",
+        "offset_end_ms",
+        "error_ms",
+        "drift_ms",
+        "bound_ms",
+        "threshold_ms",
+        "owd",
+    ),
+    ("flow_id", "owd"),
+    ("offset_start_ms", "offset_end_ms", "error_ms", "drift_ms", "bound_ms", "threshold_ms"),
+)
 
 #: Every CSV file of the contract, by file name.
 SPECS: dict[str, FileSpec] = {
@@ -349,6 +371,7 @@ SPECS: dict[str, FileSpec] = {
         INFERENCE,
         RTT,
         PROBE,
+        OWD_TRUST,
     )
 }
 

@@ -55,6 +55,7 @@ from meshemu.report.files import (
     FLOWS,
     INFERENCE,
     ITERATIONS,
+    OWD_TRUST,
     PACKETS,
     PATHS,
     RTT,
@@ -257,12 +258,15 @@ def flow_stats(run: Run) -> list[FlowStats]:
     fp_groups = group_indices(fp["flow_id"]) if fp is not None else {}
     pair_groups = pair_indices(paths) if paths is not None else {}
     flows = _flow_names(run, pk_groups, fp_groups, thr_groups)
+    untrusted = _untrusted_owd(run)
     out = []
     for fid in sorted(flows, key=natural_key):
         info = flows[fid]
         idx = pk_groups.get(fid)
         if pk is not None and idx is not None:
             sq, owd_ms, t_s, mbps = _packet_stats(run, pk, idx)
+            if fid in untrusted:  # the run refused its one-way delays (owd_trust.csv)
+                owd_ms, t_s = np.zeros(0), np.zeros(0)
         else:
             sq, owd_ms, t_s, mbps = (
                 SeqStats(0, 0, 0, 0, 0, False),
@@ -289,6 +293,16 @@ def flow_stats(run: Run) -> list[FlowStats]:
             )
         )
     return out
+
+
+def _untrusted_owd(run: Run) -> set[str]:
+    """Flow ids whose one-way delays a run over several hosts marked untrusted (its hosts'
+    clocks too far apart, ``owd_trust.csv``, :mod:`meshemu.traffic.clocks`)."""
+    t = run.table(OWD_TRUST)
+    if t is None:
+        return set()
+    ids, owd = np.asarray(t["flow_id"]).astype(str), np.asarray(t["owd"]).astype(str)
+    return set(ids[owd == "untrusted"].tolist())
 
 
 def _flow_names(

@@ -13,6 +13,10 @@ headers, see :mod:`meshemu.traffic.transport`) become, with the headers of
 
 and ``traffic.json`` (the resolved profile, the flows, the jobs, the agents' statuses and
 the summary). ``flows.csv`` is written at planning time (:func:`write_flows`).
+
+Over several hosts, ``owd_trust.csv`` says per flow how far its one-way delays can be trusted
+(:mod:`meshemu.traffic.clocks`); an untrusted flow's one-way delay is left out of the summary,
+whose lines say why and how to fix it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 from meshemu.report import files as F
 from meshemu.spec.profile import ResolvedProfile
 from meshemu.traffic import schedule as sch
+from meshemu.traffic.clocks import UNTRUSTED, FlowTrust, trust_summary
 from meshemu.traffic.config import AgentStatus
 from meshemu.traffic.planning import Flow, Job, TrafficPlan
 
@@ -230,6 +235,7 @@ def collect(
     predict: Predict,
     window_ns: tuple[int, int],
     t_call_s: float,
+    trust: Sequence[FlowTrust] | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Write the run's traffic files from the agents' files; the summary and the files.
 
@@ -251,6 +257,9 @@ def collect(
         The traffic's time zero and end (unix ns).
     t_call_s : float
         When the traffic was started (bins without steps count from here).
+    trust : sequence of FlowTrust, optional
+        A run over several hosts: how far each flow's one-way delays can be trusted
+        (``owd_trust.csv``, the summary's ``owd_trust``).
     """
     rx_rows, owd = _merge_packets(run_dir, agent_dir, nodes)
     edges, ts = _bins(steps, t_call_s)
@@ -258,7 +267,17 @@ def collect(
     _merge_rtt(run_dir, agent_dir, nodes)
     iters = _iterations(run_dir, agent_dir, nodes, plan.jobs, predict)
     inf = _inference(run_dir, agent_dir, nodes)
-    summary = summarize(resolved, plan, len(nodes), iters, inf, rx_rows, owd, statuses)
+    untrusted = {t.flow_id for t in trust or () if t.owd == UNTRUSTED}
+    summary = summarize(
+        resolved, plan, len(nodes), iters, inf, rx_rows, owd, statuses, untrusted=untrusted
+    )
+    extra: tuple[str, ...] = ()
+    if trust is not None:
+        summary["owd_trust"], lines = trust_summary(trust)
+        summary["lines"] += lines
+        with spec_writer(run_dir, F.OWD_TRUST) as w:
+            w.writerows(t.row() for t in trust)
+        extra = (F.OWD_TRUST.name,)
     doc = {
         "profile": resolved.to_dict(),
         "flows": [asdict(fl) for fl in plan.flows],
@@ -288,6 +307,7 @@ def collect(
         F.ITERATIONS.name,
         F.INFERENCE.name,
         F.RTT.name,
+        *extra,
         "traffic.json",
     )
     return summary, [run_dir / n for n in names]
@@ -337,7 +357,11 @@ def _inference_summary(inf: list[list[str]]) -> tuple[dict[str, Any], str]:
 
 
 def _stream_summary(
-    fl: Flow, every: int, rx_rows: list[tuple[int, int, int]], owd: dict[int, list[float]]
+    fl: Flow,
+    every: int,
+    rx_rows: list[tuple[int, int, int]],
+    owd: dict[int, list[float]],
+    trusted: bool = True,
 ) -> tuple[dict[str, Any], str]:
     got = [r for r in rx_rows if r[0] == fl.flow_id]
     by = sum(r[1] for r in got) * every
@@ -348,12 +372,16 @@ def _stream_summary(
         "rx_bytes": by,
         "rx_packets": len(got) * every,
         "mbps": rate,
-        "owd_p50_ms": float(np.median(o)) if o else None,
+        "owd_p50_ms": float(np.median(o)) if o and trusted else None,
     }
+    delay = (
+        f"one-way delay p50 {np.median(o) if o else float('nan'):.1f} ms"
+        if trusted
+        else "one-way delay untrusted (clocks between hosts, see below)"
+    )
     return s, (
         f"{fl.kind} {fl.src}->{fl.dst}: {by / 1e6:.1f} MB in {len(got) * every} "
-        f"packets, {rate:.1f} Mbit/s, one-way delay p50 "
-        f"{np.median(o) if o else float('nan'):.1f} ms"
+        f"packets, {rate:.1f} Mbit/s, {delay}"
     )
 
 
@@ -366,8 +394,10 @@ def summarize(
     rx_rows: list[tuple[int, int, int]],
     owd: dict[int, list[float]],
     statuses: Mapping[str, AgentStatus],
+    untrusted: set[int] | frozenset[int] = frozenset(),
 ) -> dict[str, Any]:
-    """The traffic's summary: figures per workload and ``lines`` to print."""
+    """The traffic's summary: figures per workload and ``lines`` to print (``untrusted``:
+    flows whose one-way delays are refused, :mod:`meshemu.traffic.clocks`)."""
     lines: list[str] = []
     s: dict[str, Any] = {"flows": len(plan.flows), "agents": n_agents}
     for job in plan.jobs:
@@ -379,7 +409,9 @@ def summarize(
         lines.append(line)
     for fl in plan.flows:
         if fl.kind in ("bulk", "replay"):
-            st, line = _stream_summary(fl, plan.sample.get(fl.flow_id, 1), rx_rows, owd)
+            st, line = _stream_summary(
+                fl, plan.sample.get(fl.flow_id, 1), rx_rows, owd, fl.flow_id not in untrusted
+            )
             s.setdefault("streams", {})[fl.name] = st
             lines.append(line)
     retx = sum(st.retransmissions for st in statuses.values())

@@ -24,6 +24,8 @@ the end):
 ``inference.csv``        ``request_id,user,server,send_unix,done_unix,latency_ms,deadline_ms,
                          missed``
 ``traffic.json``         the resolved profile, the flows and the summary
+``owd_trust.csv``        over several hosts: how far each flow's one-way delays can be trusted
+                         (:mod:`meshemu.traffic.clocks`)
 
 The agents' own files (``traffic/<node>.*``: configs, logs, raw measurements) stay in the
 ``traffic/`` sub-directory.
@@ -44,7 +46,7 @@ import contextlib
 import csv
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,7 @@ from meshemu.spec.profile import (
     load_profile,
     resolve,
 )
+from meshemu.traffic.clocks import FlowTrust
 from meshemu.traffic.collection import StepMark, collect, write_flows
 from meshemu.traffic.config import AgentStatus, Targets
 from meshemu.traffic.planning import (  # noqa: F401
@@ -172,6 +175,8 @@ class TrafficRun:
         wall_duration_s: float,
         tables0: ForwardingTables | None = None,
         spawn: Spawn | None = None,
+        supervisor: Callable[[Path], Any] | None = None,
+        trust: Callable[[Sequence[Flow]], Sequence[FlowTrust]] | None = None,
     ):
         self.resolved = resolved
         self.profile: Profile = resolved.profile
@@ -198,9 +203,15 @@ class TrafficRun:
             str(self.dir),
         )
         write_flows(self.out, self.plan.flows)
-        self.supervisor = AgentSupervisor(
-            self.dir, spawn or (lambda node, argv, **kw: emu.node(node).popen(argv, **kw))
+        # over several hosts the emulation's own (meshemu.live.cluster.traffic.RemoteAgents)
+        self.supervisor: Any = (
+            supervisor(self.dir)
+            if supervisor is not None
+            else AgentSupervisor(
+                self.dir, spawn or (lambda node, argv, **kw: emu.node(node).popen(argv, **kw))
+            )
         )
+        self.trust = trust
         self.steps: list[StepMark] = []
         self.paths_at: list[dict[int, list[int] | None]] = []  # per step: flow -> path
         self._last_path: dict[int, tuple[int, ...]] = {}
@@ -328,6 +339,7 @@ class TrafficRun:
     def _collect(self, statuses: Mapping[str, AgentStatus]) -> None:
         nodes = list(self.procs)
         ordered = {n: statuses[n] for n in nodes if n in statuses}
+        trust = None if self.trust is None else list(self.trust(self.flows))
         self._summary, self._files = collect(
             self.out,
             self.dir,
@@ -339,6 +351,7 @@ class TrafficRun:
             self.predictions_ms,
             (self.start_ns, self.end_ns),
             self.t_call,
+            trust,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -397,6 +410,8 @@ def start_traffic(
     wall_duration_s: float,
     tables0: ForwardingTables | None = None,
     spawn: Spawn | None = None,
+    supervisor: Callable[[Path], Any] | None = None,
+    trust: Callable[[Sequence[Flow]], Sequence[FlowTrust]] | None = None,
 ) -> TrafficRun:
     """Resolve ``profile`` against the scenario's nodes and start its agents.
 
@@ -421,6 +436,13 @@ def start_traffic(
         follow them. Without them, the snapshot's ``shortest-delay`` tables are assumed.
     spawn : Spawn, optional
         How to start an agent in a node (default: the node's ``popen``).
+    supervisor : callable, optional
+        ``supervisor(traffic_dir)``: the agents' supervisor, when not this machine's
+        :class:`AgentSupervisor` (a run over several hosts:
+        :meth:`meshemu.live.cluster.engine.ClusterEmulation.agents`).
+    trust : callable, optional
+        ``trust(flows)``: how far each flow's one-way delays can be trusted, called once the
+        agents have stopped (a run over several hosts, :mod:`meshemu.traffic.clocks`).
 
     Raises
     ------
@@ -431,7 +453,9 @@ def start_traffic(
     """
     prof = load_profile(profile)
     res = resolve(prof, sched.nodes.names, sched.nodes.kind)
-    run = TrafficRun(res, emu, snapshots, Path(out_dir), wall_duration_s, tables0, spawn)
+    run = TrafficRun(
+        res, emu, snapshots, Path(out_dir), wall_duration_s, tables0, spawn, supervisor, trust
+    )
     try:
         run.start_agents()
     except BaseException:

@@ -18,8 +18,11 @@ def test_cluster_options_checked():
     assert ok.cluster == "10.0.0.1:6379" and ok.partition == "auto"
     with pytest.raises(OptionsError, match="ADDRESS:PORT"):
         RunOptions(cluster="10.0.0.1")
-    with pytest.raises(OptionsError, match="--traffic does not work over several hosts"):
-        RunOptions(cluster="10.0.0.1:6379", traffic="default")
+    # an explicit workload runs over several hosts; the trust threshold is checked
+    assert RunOptions(cluster="10.0.0.1:6379", traffic="default").owd_trust_ms == 1.0
+    for bad in (-1.0, float("nan"), "1", True):
+        with pytest.raises(OptionsError, match="--owd-trust-ms"):
+            RunOptions(cluster="10.0.0.1:6379", traffic="default", owd_trust_ms=bad)
     with pytest.raises(OptionsError, match="--capture"):
         RunOptions(cluster="10.0.0.1:6379", traffic="none", capture=("s0_0_0",))
     with pytest.raises(OptionsError, match="--cli"):

@@ -29,6 +29,7 @@ PURE = [
     "meshemu.traffic.schedule",
     "meshemu.traffic.header",
     "meshemu.traffic.config",
+    "meshemu.traffic.clocks",
     "meshemu.signals",
     "meshemu.view",
 ]

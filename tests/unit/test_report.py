@@ -334,6 +334,27 @@ def test_flow_statistics_equal_hand_computed(run_dir):
     assert bulk.path_changes == 1  # no flow_paths rows: paths.csv, t = 3
 
 
+def test_flows_with_untrusted_one_way_delays_have_none(run_dir):
+    """A run over several hosts whose clocks were too far apart marked flow 1's one-way
+    delays untrusted (owd_trust.csv): the report gives none for it, the rest as before."""
+    from meshemu.report.files import OWD_TRUST
+
+    row = {c: "" for c in OWD_TRUST.columns}
+    rows = [
+        {**row, "flow_id": 1, "src_host": 0, "dst_host": 1, "bound_ms": 3.2, "owd": "untrusted"},
+        {**row, "flow_id": 2, "src_host": 1, "dst_host": 0, "bound_ms": 0.2, "owd": "trusted"},
+    ]
+    write_csv(
+        run_dir / OWD_TRUST.name,
+        OWD_TRUST.columns,
+        [[r[c] for c in OWD_TRUST.columns] for r in rows],
+    )
+    probe, bulk = run_stats(load_run(run_dir)).flows
+    assert probe.owd_ms.size == 0 and all(np.isnan(probe.owd_p))
+    assert (probe.seq.received, probe.seq.lost) == (9, 1)  # loss needs no clock
+    assert sorted(bulk.owd_ms) == pytest.approx([30] * 6 + [40])
+
+
 def test_job_inference_and_clock_statistics(run_dir):
     st = run_stats(load_run(run_dir))
     ring, pooled = st.jobs

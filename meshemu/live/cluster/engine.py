@@ -15,6 +15,12 @@ substrate's round trip (``ping`` from one worker to the other, minimum of 10), a
 half of it off the delay the shaper adds to those links; and, at start and at the end, each
 host's clock offset to the driver's (the sample with the shortest round trip of
 :data:`CLOCK_SAMPLES`; its half round trip bounds the error).
+
+Traffic: :meth:`ClusterEmulation.agents` is the run's agent supervisor (its agents run on
+their nodes' hosts, :mod:`meshemu.live.cluster.traffic`), :attr:`ClusterEmulation.shaper`
+gathers every host's link counters, and :meth:`ClusterEmulation.owd_trust` applies the
+one-way-delay trust rule (:mod:`meshemu.traffic.clocks`) to the clock offsets measured at
+start and at the end of the traffic.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from meshemu.errors import EmulationError
+from meshemu.live import addressing as adr
 from meshemu.live.cluster.simhosts import host_resource
 from meshemu.live.cluster.worker import HostWorker, clean_host, host_run_id
 from meshemu.live.emulation import StepStats
@@ -45,8 +53,14 @@ BUILD_TIMEOUT_S = 600.0
 #: :data:`STEP_TIMEOUT_MIN_S`), or the host is reported as fallen behind and the run stops.
 STEP_TIMEOUT_PERIODS = 5.0
 STEP_TIMEOUT_MIN_S = 10.0
-#: Round trips to each host's clock; the shortest one's sample is kept.
-CLOCK_SAMPLES = 7
+#: Ray calls to each host's clock when its clock server cannot be reached; the shortest
+#: one's sample is kept.
+CLOCK_SAMPLES = 15
+#: Exchanges with each host's UDP clock server (about 0.1 ms each on a LAN; the shortest
+#: round trip's sample is kept, so more find one not delayed by a busy CPU), and how long
+#: one waits for its answer.
+CLOCK_UDP_SAMPLES = 200
+CLOCK_UDP_TIMEOUT_S = 0.2
 #: Columns of ``hosts_steps.csv``: per step and host, the worker's apply time, the driver's
 #: round trip for all hosts' shares, and when this host was done after the driver sent the
 #: step (its clock corrected by the offset measured at start): the host's own lag.
@@ -149,6 +163,12 @@ class ClusterEmulation:
         self._rows: list[tuple] = []
         self._csv: Any = None
         self._writer: Any = None
+        #: The link ends (node ids) by link id, as the traffic's link counters read them.
+        self.plan: Any = None
+        #: Added to host i's measured clock offset (ms): a test hook for the trust rule
+        #: (simulated hosts share one kernel clock); empty in a real run.
+        self.clock_skew_ms: dict[int, float] = {}
+        self._clock_ports: dict[int, int] = {}
 
     @property
     def n_hosts(self) -> int:
@@ -174,6 +194,8 @@ class ClusterEmulation:
             self.clock["start"] = self.measure_clocks()
             self.links = LinkTable(links, self.names)
             self.links.load(first_snapshot)
+            key = np.asarray(links.key, dtype=np.int64)
+            self.plan = _LinkEnds(key // self.n_nodes, key % self.n_nodes)
             cut = self._cut_links(links)
             specs = self._specs(links, first_snapshot, first_tables, cut)
             refs = {h: self.workers[h].build.remote(specs[h]) for h in self.workers}
@@ -289,24 +311,79 @@ class ClusterEmulation:
         }
 
     def measure_clocks(self) -> dict[str, dict[str, float]]:
-        """Per host, its clock's offset to the driver's (s, + = ahead) and the bound on the
-        error (half the shortest round trip)."""
+        """Per host, its clock's offset to the driver's (ms, + = ahead), the bound on the
+        error (half the shortest round trip) and how it was measured (``via``: ``udp``, the
+        host's clock server, or ``ray`` calls when that cannot be reached)."""
         ray = self._ray
-        out: dict[str, dict[str, float]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for h, w in self.workers.items():
             if h in self._dead:
                 continue
-            best: tuple[float, float] | None = None
-            for _ in range(CLOCK_SAMPLES):
-                t0 = time.time()
-                remote = ray.get(w.clock.remote(), timeout=30)
-                t1 = time.time()
-                sample = (t1 - t0, remote - (t0 + t1) / 2)
+            best = self._udp_clock(h)
+            via = "udp"
+            if best is None:
+                via = "ray"
+                for _ in range(CLOCK_SAMPLES):
+                    t0 = time.time()
+                    remote = ray.get(w.clock.remote(), timeout=30)
+                    t1 = time.time()
+                    sample = (t1 - t0, remote - (t0 + t1) / 2)
+                    if best is None or sample[0] < best[0]:
+                        best = sample
+            assert best is not None
+            skew = self.clock_skew_ms.get(h, 0.0)
+            out[str(h)] = {
+                "offset_ms": best[1] * 1e3 + skew,
+                "error_ms": best[0] / 2 * 1e3,
+                "via": via,
+            }
+        return out
+
+    def _udp_clock(self, h: int) -> tuple[float, float] | None:
+        """(round trip, offset) in s of the shortest of :data:`CLOCK_UDP_SAMPLES` exchanges
+        with host ``h``'s clock server (Cristian's algorithm); None when it does not answer."""
+        import socket
+
+        from meshemu.live.cluster.worker import CLOCK_REPLY
+
+        addr = self.info.get(h, {}).get("address")
+        if addr is None:
+            return None
+        try:
+            if h not in self._clock_ports:
+                self._clock_ports[h] = self._ray.get(
+                    self.workers[h].clock_server.remote(addr), timeout=30
+                )
+        except Exception as exc:  # noqa: BLE001 (an older worker, a dead host)
+            log.info("%s: no clock server (%s)", self.host_name(h), exc)
+            return None
+        best: tuple[float, float] | None = None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(CLOCK_UDP_TIMEOUT_S)
+            try:
+                sock.connect((addr, self._clock_ports[h]))
+            except OSError as exc:
+                log.info("%s: clock server unreachable (%s)", self.host_name(h), exc)
+                return None
+            for i in range(CLOCK_UDP_SAMPLES):
+                seq = i.to_bytes(8, "big")
+                try:
+                    t0 = time.time_ns()
+                    sock.send(seq)
+                    while True:  # (a late answer to an earlier request is skipped)
+                        remote, got = CLOCK_REPLY.unpack(sock.recv(64)[: CLOCK_REPLY.size])
+                        if got == seq:
+                            break
+                    t1 = time.time_ns()
+                except (OSError, struct.error):  # a lost datagram (socket.timeout is one)
+                    continue
+                # (integer ns: a float of ~1.8e18 ns keeps only 256 ns)
+                sample = ((t1 - t0) / 1e9, (remote - (t0 + t1) // 2) / 1e9)
                 if best is None or sample[0] < best[0]:
                     best = sample
-            assert best is not None
-            out[str(h)] = {"offset_ms": best[1] * 1e3, "error_ms": best[0] / 2 * 1e3}
-        return out
+        if best is None:
+            log.info("%s: its clock server did not answer", self.host_name(h))
+        return best
 
     # -- gathering with failure detection ---------------------------------------------------
     def _gather(self, refs: dict[int, Any], timeout_s: float, what: str) -> dict[int, Any]:
@@ -402,6 +479,44 @@ class ClusterEmulation:
             changes.n_went_down,
         )
 
+    # -- traffic -----------------------------------------------------------------------------
+    def host_of(self, name: str) -> int:
+        """The host that holds node ``name``."""
+        try:
+            return int(self.partition.host[self.names.index(name)])
+        except ValueError:
+            raise EmulationError(f"unknown node {name!r}") from None
+
+    def node_address(self, name: str) -> str:
+        """The node address (on ``lo``) of node ``name``: the same on every host."""
+        self.host_of(name)
+        return adr.node_address(self.names.index(name))
+
+    def agents(self, directory: Path) -> Any:
+        """The run's agent supervisor (:class:`~meshemu.live.cluster.traffic.RemoteAgents`),
+        writing the agents' files into ``directory`` at the end."""
+        from meshemu.live.cluster.traffic import RemoteAgents
+
+        return RemoteAgents(self, directory)
+
+    @property
+    def shaper(self) -> Any:
+        """Every host's shaper seen as one for its link counters (``counters()``)."""
+        return _ClusterCounters(self)
+
+    def owd_trust(self, flows: Any, threshold_ms: float) -> list[Any]:
+        """The trust rule (:func:`meshemu.traffic.clocks.flow_trust`) per flow, with the
+        clocks measured at start and now (the end of the traffic; measured once)."""
+        from meshemu.traffic.clocks import flow_trust
+
+        if "end" not in self.clock and not self._stopped:
+            try:
+                self.clock["end"] = self.measure_clocks()
+            except Exception as exc:  # noqa: BLE001 (a dead host: its flows are untrusted)
+                log.warning("clock offsets at the end of the traffic: %s", exc)
+        host_of = {n: int(h) for n, h in zip(self.names, self.partition.host)}
+        return flow_trust(flows, host_of, self.clock, threshold_ms)
+
     def node_exec(self, name: str, argv: list[str], timeout_s: float = 60.0) -> tuple[int, str]:
         """Run ``argv`` in node ``name`` (on its host); (exit status, output)."""
         i = self.names.index(name)
@@ -467,7 +582,8 @@ class ClusterEmulation:
         errors: list[str] = []
         if ray is not None and self.workers:
             try:
-                self.clock["end"] = self.measure_clocks()
+                if "end" not in self.clock:  # (measured at the end of the traffic)
+                    self.clock["end"] = self.measure_clocks()
             except Exception as exc:  # noqa: BLE001 (a dead host: reported below)
                 log.info("clock at the end: %s", exc)
             refs = {h: w.stop.remote() for h, w in self.workers.items() if h not in self._dead}
@@ -500,3 +616,28 @@ class ClusterEmulation:
             ray.shutdown()
         if errors:
             raise EmulationError("; ".join(errors))
+
+
+class _LinkEnds:
+    """The ends ``a``, ``b`` (node ids) of every link, by link id."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray):
+        self.a, self.b = a, b
+
+
+class _ClusterCounters:
+    """The hosts' shapers' link counters as one shaper's ``counters()`` (a link between hosts
+    is shaped, so counted, by one host; a link counted by two is summed)."""
+
+    def __init__(self, emu: ClusterEmulation):
+        self.emu = emu
+
+    def counters(self) -> dict[int, tuple[int, int, int]]:
+        e = self.emu
+        refs = {h: w.counters.remote() for h, w in e.workers.items() if h not in e._dead}
+        out: dict[int, tuple[int, int, int]] = {}
+        for c in e._gather(refs, e.step_timeout_s, "read its link counters").values():
+            for lid, (pk, by, dr) in c.items():
+                o = out.get(lid, (0, 0, 0))
+                out[lid] = (o[0] + pk, o[1] + by, o[2] + dr)
+        return out
