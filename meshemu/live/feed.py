@@ -21,6 +21,7 @@ kernel work and delay line run at normal priority; after the build they go back 
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -34,6 +35,8 @@ import numpy as np
 from meshemu.errors import EmulationError, RoutingError
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.routing import ComputedScheme, ForwardingTables, RouteDiff, route_diff
+
+log = logging.getLogger(__name__)
 
 #: Steps a route process may run ahead of the clock (diffs are small: about 0.4 MB a step
 #: on Starlink Gen1 with shortest-delay routing).
@@ -169,6 +172,8 @@ class RouteFeed:
                 os.sched_setscheduler(proc.pid, policy, os.sched_param(0))
             except ProcessLookupError:  # ended meanwhile
                 continue
+            except PermissionError:  # (not root: leaving SCHED_IDLE needs RLIMIT_NICE room)
+                log.debug("route process %d: cannot change its scheduling policy", proc.pid)
 
     @property
     def proc(self) -> Any:
