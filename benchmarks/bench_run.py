@@ -102,6 +102,7 @@ def bench(n_sats: int, duration: float, shaper: str, tolerance_us: float = 1.0) 
         "nodes": res.summary["nodes"],
         "links": res.summary["links_total"],
         "build_s": t["build_s"],
+        "build_phases_s": t.get("build_phases_s"),
         "stop_s": t["stop_s"],
         "plan_s": t["plan_s"],
         "mem_gib": (peak[0] - base) / 2**30,

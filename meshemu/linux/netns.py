@@ -16,6 +16,7 @@ rtnetlink codec and socket), :mod:`meshemu.linux.procs` (``/proc`` scans, killin
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -155,17 +156,44 @@ def write_sysctls(values: dict[str, str | int]) -> None:
     """Write sysctls of the calling thread's network namespace (keys like
     ``net.ipv4.ip_forward``).
 
+    Every directory on the way is looked up once, one component at a time from its parent
+    (``openat``), and each file is opened relative to its directory. Each namespace has its
+    own dentries for ``/proc/sys/net/...``, with the same names under the same parents as
+    every other namespace's, so they share dcache hash chains, and each lookup walks the
+    entries of every namespace touched so far (twice: the RCU walk fails,
+    ``proc_sys_revalidate``, and the reference walk repeats it; ``fs/proc/proc_sysctl.c``).
+    With whole paths, writing 8 sysctls in each of 4,418 namespaces took 40-54 s.
+
     Raises
     ------
     CommandError
         A write failed (``cmd`` is the equivalent ``sysctl -w``).
     """
-    for key, value in values.items():
-        path = "/proc/sys/" + key.replace(".", "/")
-        try:
-            with open(path, "w") as f:
-                f.write(f"{value}\n")
-        except OSError as exc:
-            raise CommandError(
-                f"sysctl -w {key}={value}", exc.errno or 1, exc.strerror or str(exc)
-            ) from None
+    dirs: dict[tuple[str, ...], int] = {}
+
+    def dir_fd(parts: tuple[str, ...]) -> int:
+        fd = dirs.get(parts)
+        if fd is None:
+            parent = dir_fd(parts[:-1]) if len(parts) > 1 else None
+            name = parts[-1] if parent is not None else "/proc/sys/" + parts[0]
+            fd = dirs[parts] = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=parent)
+        return fd
+
+    try:
+        for key, value in values.items():
+            parts = tuple(key.split("."))
+            try:
+                if len(parts) < 2 or not all(parts):
+                    raise OSError(errno.EINVAL, "not a sysctl name like net.ipv4.ip_forward")
+                fd = os.open(parts[-1], os.O_WRONLY, dir_fd=dir_fd(parts[:-1]))
+                try:
+                    os.write(fd, f"{value}\n".encode())
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise CommandError(
+                    f"sysctl -w {key}={value}", exc.errno or 1, exc.strerror or str(exc)
+                ) from None
+    finally:
+        for fd in dirs.values():
+            os.close(fd)

@@ -476,7 +476,9 @@ class Emulation:
             return ino, netlink.Netlink(names[i])
 
         self._netlink = [None] * self.n_nodes
-        res = nl.in_namespaces(self.pids, setup)
+        # (two threads: the dcache lookups run in parallel; the few writes that need the RTNL
+        # lock, ip_forward and disable_ipv6, retry until the other thread has released it)
+        res = nl.in_namespaces(self.pids, setup, threads=2)
         for i, r in zip(self.local_ids.tolist(), res):
             self._netlink[i] = r[1]
         self._inodes = {r[0] for r in res}

@@ -10,11 +10,18 @@ the clock) and sends only the :class:`~meshemu.routing.RouteDiff`, a few thousan
 the parent applies it to its copy of the tables. A diff is small, so the children may run
 far ahead (``lookahead`` steps, by default :data:`LOOKAHEAD_STEPS`): they start while the
 network is being built and bank the build's minutes as steps routed ahead of the clock.
+
+While the network is built they only take what the build leaves: :meth:`RouteFeed.yield_cpu`
+puts them under ``SCHED_IDLE`` (``man 7 sched``: run only when a CPU has nothing else to
+run), so on a small machine they no longer take a core from the build, whose ``ip``,
+kernel work and delay line run at normal priority; after the build they go back to
+``SCHED_OTHER`` at nice :data:`ROUTES_NICE`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -28,6 +35,8 @@ import numpy as np
 from meshemu.errors import EmulationError, RoutingError
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.routing import ComputedScheme, ForwardingTables, RouteDiff, route_diff
+
+log = logging.getLogger(__name__)
 
 #: Steps a route process may run ahead of the clock (diffs are small: about 0.4 MB a step
 #: on Starlink Gen1 with shortest-delay routing).
@@ -149,6 +158,22 @@ class RouteFeed:
             self.procs.append(proc)
         for proc in self.procs:
             proc.start()
+
+    def yield_cpu(self, idle: bool) -> None:
+        """Put the route processes under ``SCHED_IDLE`` (``idle``: they run only on CPU
+        time nothing else wants, e.g. while the network is built) or back under
+        ``SCHED_OTHER`` at their nice :data:`ROUTES_NICE`. A process that has already
+        ended is skipped."""
+        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        for proc in self.procs:
+            if proc.pid is None or not proc.is_alive():
+                continue
+            try:  # (the niceness is kept across SCHED_IDLE and back: sched_setscheduler(2))
+                os.sched_setscheduler(proc.pid, policy, os.sched_param(0))
+            except ProcessLookupError:  # ended meanwhile
+                continue
+            except PermissionError:  # (not root: leaving SCHED_IDLE needs RLIMIT_NICE room)
+                log.debug("route process %d: cannot change its scheduling policy", proc.pid)
 
     @property
     def proc(self) -> Any:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,8 @@ from meshemu.routing import RouteDiff
 #: Route aggregation is on by default from this many nodes (below it every route is a /32,
 #: as ``ip route`` shows them one per destination).
 AGGREGATE_FROM_NODES = 1000
+#: Threads that send the build's routes (:meth:`RouteInstaller.install_full`).
+BUILD_SEND_THREADS = 2
 #: Next-hop value of a destination that any aggregate may cover (its own address, and the
 #: destinations with several next hops, which get a /32 multipath route of their own).
 DONT_CARE = -2
@@ -174,6 +177,8 @@ class RouteInstaller:
         self.aggregate = aggregate
         self.cover: np.ndarray | None = None
         self.local = None if local is None or bool(np.all(local)) else np.asarray(local, bool)
+        #: Threads sending the nodes' batches (the build's: :data:`BUILD_SEND_THREADS`).
+        self.send_threads = 1
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -185,6 +190,13 @@ class RouteInstaller:
 
         With aggregation (and routes towards every node, in node order) the routes are
         aggregate prefixes, plus a /32 per destination with several next hops."""
+        self.send_threads = BUILD_SEND_THREADS
+        try:
+            return self._install_full(dests, nh, block)
+        finally:
+            self.send_threads = 1
+
+    def _install_full(self, dests: np.ndarray, nh: np.ndarray, block: int) -> int:
         n = self.plan.n_nodes
         if self.aggregate and dests.size == n and np.array_equal(dests, np.arange(n)):
             return self._install_aggregated(nh, block)
@@ -261,17 +273,35 @@ class RouteInstaller:
         return m
 
     def _send(self, per_node: dict[int, list[Any]]) -> list[tuple[int, int, int, str]]:
-        failures = []
-        for node, chunks in per_node.items():
-            sock = self.sockets[node]
-            if sock is None:
+        """Send each node's chunks on its socket; the failures as (node, seq, errno, text).
+
+        With :attr:`send_threads` > 1 the nodes are dealt out to that many threads: the
+        kernel inserts routes one message at a time under the RTNL lock, but copying,
+        allocating and parsing each message happen outside it, and so does numpy's and the
+        socket calls' share of Python (``sendmsg`` releases the GIL)."""
+        for node in per_node:
+            if self.sockets[node] is None:
                 raise EmulationError(
                     f"node {self.names[node]} has no netlink socket (the "
                     f"emulation is not built, or stopped)"
                 )
-            for s, err, text in sock.send_batch(chunks, ignore=(errno.ESRCH,)):
-                failures.append((node, s, err, text))
-        return failures
+        nodes = list(per_node)
+        threads = min(self.send_threads, len(nodes))
+
+        def send(part: list[int]) -> list[tuple[int, int, int, str]]:
+            out = []
+            for node in part:
+                sock = self.sockets[node]
+                assert sock is not None
+                for s, err, text in sock.send_batch(per_node[node], ignore=(errno.ESRCH,)):
+                    out.append((node, s, err, text))
+            return out
+
+        if threads <= 1:
+            return send(nodes)
+        with ThreadPoolExecutor(threads, thread_name_prefix="meshemu-routes") as pool:
+            parts = list(pool.map(send, [nodes[i::threads] for i in range(threads)]))
+        return sorted((f for part in parts for f in part), key=lambda f: (f[0], f[1]))
 
     def apply_diff(self, diff: RouteDiff, dests: np.ndarray) -> int:
         """Apply the changed entries of ``diff`` (towards ``dests[diff.dest_index]``); a

@@ -320,7 +320,12 @@ class Network:
             f"(shaper: {shaper.name}{why}) ..."
         )
         t0 = time.perf_counter()
-        self.emu.build(RunLinks.from_snapshots(plan.snapshots), plan.snapshots[0], self.tables0)
+        # the route processes bank steps on what the build leaves, not on a core of its own
+        self.feed.yield_cpu(True)
+        try:
+            self.emu.build(RunLinks.from_snapshots(plan.snapshots), plan.snapshots[0], self.tables0)
+        finally:
+            self.feed.yield_cpu(False)
         self.t_build = time.perf_counter() - t0
         say(f"built in {self.t_build:.1f} s")
         if daemons is not None:

@@ -162,6 +162,8 @@ def test_build_configures_nodes(built, tmp_path):
         assert re.search(rf"isl{k}|gsl{k}", addrs)
     assert s1.cmd("cat /proc/sys/net/ipv4/ip_forward").strip() == "1"
     assert s1.cmd("cat /proc/sys/net/ipv4/conf/all/rp_filter").strip() == "0"
+    for key, value in {**em.NODE_SYSCTLS, **em.NO_IPV6_SYSCTLS}.items():  # each one written
+        assert s1.cmd(f"cat /proc/sys/{key.replace('.', '/')}").strip() == str(value), key
     routes = s1.cmd("ip route show proto static").strip().splitlines()
     assert len(routes) == 4, routes  # every other node's address
     g0_route = next(r for r in routes if r.startswith("10.0.0.4 "))

@@ -149,3 +149,25 @@ def test_route_processes_split_the_destinations_and_agree_with_one():
         finally:
             one.close()
             two.close()
+
+
+def test_route_processes_yield_the_cpu_during_the_build_and_keep_their_niceness():
+    import os
+
+    from meshemu.live.feed import ROUTES_NICE
+
+    feed = RouteFeed([object()] * 400, SlowScheme(0.01), np.arange(2, dtype=np.int32), workers=2)
+    try:
+        pids = [p.pid for p in feed.procs]
+        assert len(pids) == 2
+        feed.get(0)  # (both have started: they took their niceness first)
+        feed.yield_cpu(True)
+        assert [os.sched_getscheduler(p) for p in pids] == [os.SCHED_IDLE] * 2
+        feed.yield_cpu(False)
+        assert [os.sched_getscheduler(p) for p in pids] == [os.SCHED_OTHER] * 2
+        assert [os.getpriority(os.PRIO_PROCESS, p) for p in pids] == [ROUTES_NICE] * 2
+        for k in range(1, 3):  # still routing
+            feed.get(k)
+    finally:
+        feed.close()
+    feed.yield_cpu(True)  # ended processes are skipped
