@@ -256,6 +256,21 @@ def test_gso_segment_cap_goes_on_the_nodes_ends_only():
         assert at < cmd.index("peer")  # the first device of the pair: the node's end
 
 
+def test_gso_says_once_when_a_change_outgrows_the_cap_set_at_creation(caplog):
+    if sh.delayline_binary() is None:
+        pytest.fail("the compiled delay line is not built; run ./install.sh")
+    s = sh.UserspaceShaper("r1", delayline="c", gso=True)
+    s._gso_segs.update({3: 8, 4: 8})  # as create_links records them at 1 Gbit/s
+    with caplog.at_level(logging.WARNING):
+        s._warn_gso_cap([(3, LinkParams(0.005, 2e9)), (4, LinkParams(0.005, 1e9))])
+        assert caplog.records == []  # as fast or faster: super-frames stay short enough
+        for _ in range(2):
+            s._warn_gso_cap([(3, LinkParams(0.005, 100e6))])
+    (rec,) = caplog.records  # once a link
+    assert "link 3" in rec.getMessage() and "8 segments" in rec.getMessage()
+    assert "--shaper-gso off" in rec.getMessage()
+
+
 def test_gso_needs_the_compiled_delay_line():
     with pytest.raises(ShaperError, match="GSO passthrough needs the compiled delay line"):
         sh.UserspaceShaper("r1", delayline="python", gso=True)

@@ -217,6 +217,8 @@ class UserspaceShaper(LinkShaper):
             )
         #: GSO passthrough on (the compiled worker's ``--gso``).
         self.gso = self.delayline == "c" if gso is None else bool(gso)
+        self._gso_segs: dict[int, int] = {}  # link id -> its nodes' ends' gso_max_segs
+        self._gso_warned: set[int] = set()
         self.netns = f"{NS_PREFIX}{run_id}{DL_SUFFIX}"
         self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
@@ -308,6 +310,7 @@ class UserspaceShaper(LinkShaper):
         self._start()
         dl_pid = self._procs[0].pid
         segs = {e.link_id: gso_max_segs(p) for e, p in links} if self.gso else None
+        self._gso_segs.update(segs or {})
         commands.batch("ip", userspace_create_cmds((e for e, _ in links), dl_pid, segs))
         for ends, params in links:
             self._links[ends.link_id] = (ends, params)
@@ -374,6 +377,8 @@ class UserspaceShaper(LinkShaper):
         if not changes:
             return
         self._check_changes(changes)
+        if self.gso:
+            self._warn_gso_cap(changes)
         self._call(
             dl.encode_links(
                 dl.OP_UPDATE,
@@ -390,6 +395,25 @@ class UserspaceShaper(LinkShaper):
             self._call(dl.encode_access(acc))
         for i, p in changes:
             links[i] = (links[i][0], p)
+
+    def _warn_gso_cap(self, changes: Sequence[tuple[int, LinkParams]]) -> None:
+        """Say so (once a link) when a change makes a link's super-frames longer than
+        :data:`GSO_BURST_S` allows: the cap is set on the nodes' ends when the link is made
+        (the built-in scenarios keep each link's rate and loss)."""
+        for i, p in changes:
+            made = self._gso_segs.get(i, 1)
+            if i not in self._gso_warned and gso_max_segs(p) < made:
+                self._gso_warned.add(i)
+                frame_s = _MTU_FRAME_BITS / p.rate_bps if p.rate_bps > 0 else 0.0
+                log.warning(
+                    "link %d: its super-frames keep up to %d segments from when it was made, "
+                    "more than its new rate or loss allows (first segment up to %.0f us "
+                    "late; loss taking a whole super-frame); use --shaper-gso off if that "
+                    "matters",
+                    i,
+                    made,
+                    (made - 1) * frame_s * 1e6,
+                )
 
     def remove_links(self, link_ids: Sequence[int]) -> None:
         ids = self._known(link_ids)
