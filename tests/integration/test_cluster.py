@@ -371,8 +371,9 @@ def _meshemu_run(hosts: SimulatedHosts, out: Path, *extra: str) -> str:
     return p.stdout
 
 
-def test_traffic_over_hosts_matches_plan_and_one_host(tmp_path: Path) -> None:
-    """The default scenario with its default workload over 2 simulated hosts: the agents run
+@pytest.mark.parametrize("n_hosts", [2, 3])
+def test_traffic_over_hosts_matches_plan_and_one_host(tmp_path: Path, n_hosts: int) -> None:
+    """The default scenario with its default workload over 2 and 3 simulated hosts: the agents run
     on their nodes' hosts, their files are merged into the one run directory, flows cross
     hosts, and each flow's one-way delays keep to the plan and to a one-host run of the same
     (per step, median within 1 ms); the trust rule says trusted, with the measured offsets.
@@ -386,14 +387,14 @@ def test_traffic_over_hosts_matches_plan_and_one_host(tmp_path: Path) -> None:
     from meshemu.live.clean import find_runs
 
     before = set(find_runs())
-    two, one = tmp_path / "two", tmp_path / "one"
-    with SimulatedHosts(2) as hosts:
+    two, one = tmp_path / "hosts", tmp_path / "one"
+    with SimulatedHosts(n_hosts) as hosts:
         try:
             text = _meshemu_run(hosts, two, "--cluster", hosts.head_address)
         finally:
             if (two / "summary.json").exists():
                 rid = json.loads((two / "summary.json").read_text())["run_id"]
-                hosts.run_ids |= {f"{rid}h0", f"{rid}h1"}
+                hosts.run_ids |= {f"{rid}h{i}" for i in range(n_hosts)}
         _meshemu_run(hosts, one, "--shaper", "userspace")
         inodes = set(hosts.inodes.values())
     # nothing left: no run, no process in the hosts' namespaces, no agent anywhere
@@ -435,10 +436,10 @@ def test_traffic_over_hosts_matches_plan_and_one_host(tmp_path: Path) -> None:
         worst["vs_one_host_ms"] = max(worst["vs_one_host_ms"], vs_one)
         checked += 1
         checked_cross += fid in cross
-    # (a ring over compute satellites on both hosts crosses between them at least twice)
+    # (a ring over compute satellites on several hosts crosses between them at least twice)
     assert checked_cross >= 2, (sorted(d2), cross)
     print(
-        f"\ntraffic over 2 hosts: {len(cross)} of {len(trust)} flows between hosts; "
+        f"\ntraffic over {n_hosts} hosts: {len(cross)} of {len(trust)} flows between hosts; "
         f"{checked} flows checked ({checked_cross} between hosts); worst per-flow median "
         f"one-way delay difference {worst}; "
         f"trust {tr['owd_trust']['offset_bound_ms']:.3f} ms bound; "
