@@ -236,6 +236,8 @@ def test_userspace_commands_put_one_end_of_each_pair_in_the_delay_line_namespace
         (LinkParams(0.005, 100e6), 1),  # under one frame in 100 us: no super-frames
         (LinkParams(0.005, 0), 64),  # unlimited rate
         (LinkParams(0.005, 1e9, loss=0.01), 1),  # losses per frame: no super-frames
+        (LinkParams(0.005, 10e9, queue_packets=20), 10),  # at most half the queue
+        (LinkParams(0.005, 10e9, queue_packets=1), 1),
     ],
 )
 def test_gso_super_frames_are_capped_by_serialisation_time(params, segs):

@@ -144,12 +144,14 @@ def gso_max_segs(params: LinkParams) -> int:
     """Segments a super-frame may carry on a link with GSO passthrough: 1 (none) on links
     with loss or an access model, whose losses are drawn per frame; else as many as
     serialise in :data:`GSO_BURST_S` at the link's rate (unlimited rate:
-    :data:`GSO_MAX_SEGS`)."""
+    :data:`GSO_MAX_SEGS`), and at most half the drop-tail queue (a super-frame takes a
+    place per segment, and one longer than the queue could never enter it)."""
     if params.loss > 0 or params.ab is not None or params.ba is not None:
         return 1
-    if params.rate_bps <= 0:
-        return GSO_MAX_SEGS
-    return max(1, min(GSO_MAX_SEGS, int(params.rate_bps * GSO_BURST_S / _MTU_FRAME_BITS)))
+    segs = GSO_MAX_SEGS
+    if params.rate_bps > 0:
+        segs = min(segs, int(params.rate_bps * GSO_BURST_S / _MTU_FRAME_BITS))
+    return max(1, min(segs, params.queue_packets // 2))
 
 
 def userspace_create_cmds(
