@@ -31,20 +31,10 @@ class Worker:
 def local_ray(tmp_path_factory):
     import sys
 
-    # the workers cannot import this test module: ship Worker by value
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(
-        num_cpus=1,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    from localray import local_ray_session
+
+    with local_ray_session(sys.modules[__name__], tmp_path_factory.mktemp("ray")) as r:
+        yield r
 
 
 def driver():

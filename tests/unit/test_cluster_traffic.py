@@ -146,19 +146,10 @@ def make_worker(host: int, run_dir: str):
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(
-        num_cpus=1,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    from localray import local_ray_session
+
+    with local_ray_session(sys.modules[__name__], tmp_path_factory.mktemp("ray")) as r:
+        yield r
 
 
 class WorkerActor:
