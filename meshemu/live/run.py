@@ -208,6 +208,13 @@ def make_plan(inputs: RunInputs) -> RunPlan:
     return RunPlan(sched, snapshots, link_keys, endpoint_ids(sc, nodes), profile, captures, plan_s)
 
 
+def _link_ends(plan: RunPlan) -> dict[int, tuple[str, str]]:
+    """Link id -> the names of its a and b nodes (for the fidelity guard's rows)."""
+    names = plan.sched.nodes.names
+    n = len(names)
+    return {i: (names[int(k) // n], names[int(k) % n]) for i, k in enumerate(plan.link_keys)}
+
+
 def _snapshots(sched: LinkSchedule, span: TimeSpan) -> list[Snapshot]:
     """Every snapshot of the run, refusing (after the first) a run whose snapshots would not
     fit in :data:`SNAPSHOT_MEMORY_SHARE` of the available memory."""
@@ -301,12 +308,7 @@ class Network:
             route_aggregation={"on": True, "off": False}.get(inputs.options.route_aggregation),
         )
         if shaper.has_guard:  # this shaper measures how far behind the plan it is
-            names = nodes.names
-            ends = {
-                i: (names[int(k) // len(nodes)], names[int(k) % len(nodes)])
-                for i, k in enumerate(plan.link_keys)
-            }
-            self.guard = FidelityGuard(shaper, out, ends, inputs.options.guard_ms)
+            self.guard = FidelityGuard(shaper, out, _link_ends(plan), inputs.options.guard_ms)
             st.callback(self.guard.close)
         why = ""
         if inputs.options.shaper == "auto":
@@ -378,8 +380,8 @@ class Network:
 
     def _build_cluster(self) -> None:
         """``--cluster``: partition the nodes, build every host's share, start the traffic
-        agents on their nodes' hosts (no captures, no fidelity guard: the hosts' shapers are
-        theirs)."""
+        agents on their nodes' hosts (no captures; the fidelity guard reads every host's
+        shaper)."""
         from meshemu.live.cluster.engine import ClusterEmulation, cluster_hosts, connect
         from meshemu.live.emulation import RunLinks
         from meshemu.partition import link_weights, partition_nodes
@@ -426,6 +428,8 @@ class Network:
         self.emu.build(RunLinks.from_snapshots(plan.snapshots), plan.snapshots[0], self.tables0)
         self.t_build = time.perf_counter() - t0
         say(f"built in {self.t_build:.1f} s")
+        self.guard = FidelityGuard(self.emu.shaper, out, _link_ends(plan), opts.guard_ms)
+        self._stack.callback(self.guard.close)
         self.paths0 = self.recorder.record(  # type: ignore[union-attr]
             plan.snapshots[0],
             self.tables0,

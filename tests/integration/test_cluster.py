@@ -134,6 +134,33 @@ def _link_delay(run_dir: Path, a: str, b: str) -> dict[int, float]:
     }
 
 
+def _guard_late(run_dir: Path) -> dict[int, dict[frozenset[str], float]]:
+    """shaper.csv: per poll (step), each link's (its ends) largest late_max_ms."""
+    import csv
+
+    out: dict[int, dict[frozenset[str], float]] = {}
+    with open(run_dir / "shaper.csv") as f:
+        for r in csv.DictReader(f):
+            if r["a"]:
+                d = out.setdefault(int(r["step"]), {})
+                key = frozenset((r["a"], r["b"]))
+                d[key] = max(d.get(key, 0.0), float(r["late_max_ms"]))
+    return out
+
+
+def _path_links(run_dir: Path, src: str, dst: str) -> dict[int, set[frozenset[str]]]:
+    """The links of the planned path src -> dst per step (paths.csv)."""
+    import csv
+
+    with open(run_dir / "paths.csv") as f:
+        out = {}
+        for r in csv.DictReader(f):
+            if r["src"] == src and r["dst"] == dst and r["path"]:
+                hops = r["path"].split()
+                out[int(float(r["t_s"]))] = {frozenset(h) for h in zip(hops, hops[1:])}
+        return out
+
+
 @pytest.mark.parametrize("n_hosts", [2, 3])
 def test_hosts_match_one_host(tmp_path: Path, n_hosts: int) -> None:
     """The default scenario over 2 and 3 simulated hosts: the same paths as on one host, and at
@@ -156,18 +183,44 @@ def test_hosts_match_one_host(tmp_path: Path, n_hosts: int) -> None:
     ).read_text()
     link = _link_delay(tmp_path / "two", cut_a, cut_b)
     path = _planned(tmp_path / "two", "london", "s0_4_4")
+    # the fidelity guard over every host's shaper: the cut link's pings were measured
+    guard = _guard_late(tmp_path / "two")
+    assert any(frozenset((cut_a, cut_b)) in g for g in guard.values()), sorted(guard)
+    on_path = {
+        f"{cut_a}:{cut_b}": {k: {frozenset((cut_a, cut_b))} for k in link},
+        "london:s0_4_4": _path_links(tmp_path / "two", "london", "s0_4_4"),
+    }
     checked = 0
     worst = {"vs_one_host_ms": 0.0, "vs_plan_ms": 0.0}
     baseline_late = []  # steps where the one-host run itself was over 1 ms off the plan
+    reported_late = []  # steps the run over several hosts was off the plan and said so
     for pair, planned in ((f"{cut_a}:{cut_b}", link), ("london:s0_4_4", path)):
         r2, r1 = two["rtt_ms"][pair], one["rtt_ms"][pair]
         assert set(r2) == set(r1) and len(r2) >= 5
         for k in r2:
             ow2, ow1 = r2[k] / 2, r1[k] / 2
             if int(k) in planned:
-                # the run over several hosts against the plan: at every step
-                assert abs(ow2 - planned[int(k)]) < 1.0, (pair, k, ow2, planned[int(k)])
-                worst["vs_plan_ms"] = max(worst["vs_plan_ms"], abs(ow2 - planned[int(k)]))
+                # the run over several hosts against the plan, at every step; a host stall
+                # of this shared 2-core VM (seen once in CI: 1.9 ms over at one step) is
+                # allowed only where the run's own fidelity guard reported it on the path:
+                # the pings of step k are in the guard's poll at step k + 1 (or the last
+                # poll, labelled k, after the last step)
+                off = abs(ow2 - planned[int(k)])
+                if off >= 1.0:
+                    late = max(
+                        (
+                            g.get(lk, 0.0)
+                            for s in (int(k), int(k) + 1)
+                            for g in [guard.get(s, {})]
+                            for lk in on_path[pair][int(k)]
+                        ),
+                        default=0.0,
+                    )
+                    assert late >= 0.5, (pair, k, ow2, planned[int(k)], "guard saw", late)
+                    reported_late.append((pair, k, round(off, 3), late))
+                    checked += 1
+                    continue  # (a stall here, so no comparison with the one-host run)
+                worst["vs_plan_ms"] = max(worst["vs_plan_ms"], off)
                 checked += 1
                 if abs(ow1 - planned[int(k)]) >= 1.0:
                     # the one-host baseline's single delay line was late (a host stall on a
@@ -178,10 +231,12 @@ def test_hosts_match_one_host(tmp_path: Path, n_hosts: int) -> None:
             worst["vs_one_host_ms"] = max(worst["vs_one_host_ms"], abs(ow2 - ow1))
     assert checked >= 8
     assert len(baseline_late) <= checked // 4, baseline_late  # a few stalls, not a drift
+    assert len(reported_late) <= checked // 4, reported_late
     print(
         f"\ncut link {cut_a}-{cut_b} and london->s0_4_4 over {n_hosts} hosts, worst one-way "
         f"difference: {worst}; per host: {c['hosts']}; substrate {c['substrate_one_way_ms']}; "
-        f"clock {c['clock']}; one-host steps off the plan: {baseline_late}"
+        f"clock {c['clock']}; one-host steps off the plan: {baseline_late}; steps off the plan "
+        f"the guard reported: {reported_late}"
     )
 
 

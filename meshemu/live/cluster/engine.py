@@ -626,11 +626,22 @@ class _LinkEnds:
 
 
 class _ClusterCounters:
-    """The hosts' shapers' link counters as one shaper's ``counters()`` (a link between hosts
-    is shaped, so counted, by one host; a link counted by two is summed)."""
+    """The hosts' shapers seen as one shaper, for its link counters (``counters()``: a link
+    between hosts is shaped, so counted, by one host; a link counted by two is summed) and
+    its fidelity guard (``guard()``: every host's records; a link is shaped, so measured,
+    where its frames are delayed, and a link both hosts measure has a record from each)."""
+
+    has_guard = True
 
     def __init__(self, emu: ClusterEmulation):
         self.emu = emu
+        self.name = f"{emu.shaper_name} (over {emu.n_hosts} hosts)"
+
+    def guard(self) -> list[Any]:
+        e = self.emu
+        refs = {h: w.guard.remote() for h, w in e.workers.items() if h not in e._dead}
+        got = e._gather(refs, e.step_timeout_s, "read its fidelity guard")
+        return [r for h in sorted(got) for r in got[h]]
 
     def counters(self) -> dict[int, tuple[int, int, int]]:
         e = self.emu

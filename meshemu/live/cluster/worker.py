@@ -180,6 +180,11 @@ class HostWorker:
         """This host's shaper's per-link counters (link id -> packets, bytes, dropped)."""
         return {} if self.emu is None else self.emu.shaper.counters()
 
+    def guard(self) -> list[Any]:
+        """This host's shaper's fidelity-guard records since the previous call
+        (:class:`~meshemu.live.shapers.base.GuardRecord`; link ids are the run's)."""
+        return [] if self.emu is None else list(self.emu.shaper.guard() or [])
+
     # -- the traffic agents of this host's nodes ----------------------------------------------
     def agents_start(self, configs: dict[str, Any], ready_timeout_s: float) -> int:
         """Start the agents of ``configs`` (node -> AgentConfig) in their nodes here, each
