@@ -92,6 +92,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         start_s=args.start,
         table_format=args.format,
+        route_hold_us=args.route_hold_us,
     )
     s = res.summary
     print(
@@ -342,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
             default="shortest-delay",
             help="routing scheme: a built-in name, FILE.py:Class or module:Class "
             "(default: %(default)s)",
+        )
+        sp.add_argument(
+            "--route-hold-us",
+            type=_number,
+            default=0.0,
+            metavar="US",
+            help="route hold: keep a node's next hop while it is loop-free and its path at "
+            "most this much longer than the best (one-way, us); cuts route changes on large "
+            "constellations (default: %(default)s, off)",
         )
         sp.add_argument("--out", help="output directory (default: runs/<kind>-<scenario>-<time>)")
 

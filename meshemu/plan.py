@@ -49,6 +49,7 @@ from meshemu.routing import (
     get_scheme,
     validate_tables,
 )
+from meshemu.routing.hold import with_hold
 from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
 from meshemu.spec.scenario import Nodes, Scenario, load_scenario
 
@@ -83,6 +84,7 @@ def run_plan(
     plots: bool = True,
     start_s: float = 0.0,
     table_format: str = "auto",
+    route_hold_us: float = 0.0,
 ) -> PlanResult:
     """Compute snapshots, routes and paths over ``[start_s, start_s + duration_s]`` (seconds
     after the scenario epoch) and write the plan files.
@@ -112,6 +114,8 @@ def run_plan(
     start_s : float
     table_format : {"auto", "csv", "parquet"}
         How the tables are written (see the module docstring).
+    route_hold_us : float
+        Route hold (:mod:`meshemu.routing.hold`), microseconds; 0 (the default) is off.
 
     Raises
     ------
@@ -128,7 +132,7 @@ def run_plan(
     span = TimeSpan.checked(duration_s, step_s, start_s)
     out = check_out_dir(out_dir)
     choose_format(table_format, 0)  # an unknown format fails here, before anything is done
-    scheme = load_scheme(routing)
+    scheme = with_hold(load_scheme(routing), route_hold_us)
     sched = LinkSchedule(scenario, span.step_s)  # validates names before anything is written
     ends = endpoint_ids(scenario, sched.nodes)
     n_steps = span.n_steps
@@ -161,6 +165,7 @@ def run_plan(
             rec.close()
     assert rec is not None  # a plan has at least one step
     summary = rec.summary(scenario, scheme.name, span.duration_s, span.step_s, span.start_s)
+    summary["route_hold_us"] = float(route_hold_us)
     summary["catalogues"] = [c.as_dict() for c in sched.constellation.catalogues]
     summary["timing"] = {
         "geometry_ms_per_step": 1e3 * t_geom / n_steps,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshemu.errors import OptionsError
+from meshemu.routing.hold import check_route_hold_us
 from meshemu.spec.options import MAX_STEPS, TimeSpan
 
 if TYPE_CHECKING:
@@ -91,6 +92,10 @@ class RunOptions:
         delay the shaper holds stays within it of the plan (default 1 us; 10-50 us, below
         the userspace delay line's own p99 error, saves most ISL updates on large
         constellations).
+    route_hold_us : float
+        Route hold (:mod:`meshemu.routing.hold`): a node keeps its next hop while it is
+        loop-free and its path is at most this much (microseconds, one-way) longer than the
+        scheme's; 0 (the default) is off. Computed single-path schemes only.
     route_aggregation : str
         ``auto`` (on from 1,000 nodes), ``on`` or ``off``: install the build's routes as
         aggregate prefixes, with /32s over them as routes change
@@ -119,6 +124,7 @@ class RunOptions:
     guard_ms: float = 0.5
     detect: str = "carrier"
     delay_tolerance_us: float = 1.0
+    route_hold_us: float = 0.0
     route_aggregation: str = "auto"
     cluster: str | None = None
     hosts: int | None = None
@@ -157,6 +163,7 @@ class RunOptions:
                 f"must be a number of microseconds from 0 to 100000; got {tol!r}",
                 field="--delay-tolerance-us",
             )
+        check_route_hold_us(self.route_hold_us)
         if self.route_aggregation not in ("auto", "on", "off"):
             raise OptionsError(
                 f"must be auto, on or off; got {self.route_aggregation!r}",

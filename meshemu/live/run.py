@@ -52,6 +52,7 @@ from meshemu.plan import PlanRecorder, endpoint_ids, load_scheme
 from meshemu.report.files import CONVERGENCE, DISRUPTION, SHAPER, STEPS, open_csv
 from meshemu.report.record import node_positions_ecef_km
 from meshemu.routing import ComputedScheme, scheme_kind
+from meshemu.routing.hold import with_hold
 from meshemu.signals import handle_signals, signals_deferred
 from meshemu.spec.options import TimeSpan, check_out_dir, make_out_dir
 from meshemu.spec.profile import Profile, load_profile, resolve
@@ -129,7 +130,15 @@ def validate(scenario: Scenario | str | Path, options: RunOptions) -> RunInputs:
             field="--cluster",
         )
     if scheme_kind(scheme) == "daemon":
+        if options.route_hold_us:
+            raise OptionsError(
+                f"route hold applies to computed schemes; {scheme.name} runs daemons, whose "
+                f"own protocol decides when routes move (give --route-hold-us 0)",
+                field="--route-hold-us",
+            )
         scheme.check_installed()  # type: ignore[attr-defined]  # names the Debian package
+    else:
+        scheme = with_hold(scheme, options.route_hold_us)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = check_out_dir(options.out_dir or Path("runs") / f"run-{scenario.name}-{stamp}")
     out = out.absolute()  # the agents in the nodes read their configuration from there
@@ -684,6 +693,7 @@ def collect(inputs: RunInputs, plan: RunPlan, net: Network, loop: StepLoop) -> R
     rec = net.recorder
     assert rec is not None
     summary = rec.summary(sc, inputs.scheme.name, span.duration_s, span.step_s, span.start_s)
+    summary["route_hold_us"] = float(inputs.options.route_hold_us)
     summary["catalogues"] = [c.as_dict() for c in plan.sched.constellation.catalogues]
     rows = loop.rows
     arr = np.array([r[5] for r in rows]) if rows else np.zeros(1)

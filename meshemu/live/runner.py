@@ -58,6 +58,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         detect=getattr(args, "detect", "carrier"),
         plots=not getattr(args, "no_plots", False),
         delay_tolerance_us=getattr(args, "delay_tolerance_us", 1.0),
+        route_hold_us=getattr(args, "route_hold_us", 0.0),
         route_aggregation=getattr(args, "route_aggregation", "auto"),
         cluster=getattr(args, "cluster", None),
         hosts=getattr(args, "hosts", None),
