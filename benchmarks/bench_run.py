@@ -11,7 +11,12 @@ Targets (issue 3), Starlink shell 1 plus ground stations: build < 30 s, stop < 1
 < 3 GiB, apply p99 < 200 ms, no lag growth over 10 minutes.
 
 Usage: sudo .venv/bin/python benchmarks/bench_run.py [--duration 600] [--sizes 100 500 1584]
-       [--shaper userspace] [--delay-tolerance-us 1]    (--sizes 4408: Starlink Gen1)
+       [--shaper userspace] [--delay-tolerance-us 1] [--route-hold-us 0 100]
+       (--sizes 4408: Starlink Gen1; several --route-hold-us values: each size is run with
+       each, one after the other in the same session, for a side-by-side comparison)
+
+The figures are printed and written as JSON (``--json``, by default
+``benchmarks/results/run-<time>.json``).
 """
 
 from __future__ import annotations
@@ -59,7 +64,9 @@ def scenario_for(n_sats: int):
     return load_scenario(f.name)
 
 
-def bench(n_sats: int, duration: float, shaper: str, tolerance_us: float = 1.0) -> dict:
+def bench(
+    n_sats: int, duration: float, shaper: str, tolerance_us: float = 1.0, hold_us: float = 0.0
+) -> dict:
     sc = scenario_for(n_sats)
     base = mem_used_bytes()
     peak = [base]
@@ -83,6 +90,7 @@ def bench(n_sats: int, duration: float, shaper: str, tolerance_us: float = 1.0) 
             traffic=None,
             plots=False,
             delay_tolerance_us=tolerance_us,
+            route_hold_us=hold_us,
         )
     finally:
         done.set()
@@ -95,10 +103,12 @@ def bench(n_sats: int, duration: float, shaper: str, tolerance_us: float = 1.0) 
     routes_ms = np.array([float(r["routes_ms"]) for r in steps])
     links_ms = np.array([float(r["links_ms"]) for r in steps])
     wait_ms = np.array([float(r["route_wait_ms"]) for r in steps])
+    changes = np.array([int(r["route_changes"]) for r in steps])
     t = res.summary["timing"]
     first, last = lag[:60], lag[-60:]
     return {
         "sats": n_sats,
+        "route_hold_us": hold_us,
         "nodes": res.summary["nodes"],
         "links": res.summary["links_total"],
         "build_s": t["build_s"],
@@ -117,6 +127,8 @@ def bench(n_sats: int, duration: float, shaper: str, tolerance_us: float = 1.0) 
         "lag_p99_last_min_ms": float(np.percentile(last, 99)),
         "link_updates": res.summary["link_updates_total"],
         "route_changes": res.summary["route_changes_total"],
+        "route_changes_p50": float(np.percentile(changes, 50)),
+        "route_changes_p99": float(np.percentile(changes, 99)),
         "wall_s": wall,
         "run_dir": str(out),
     }
@@ -130,22 +142,34 @@ def main() -> None:
     ap.add_argument(
         "--delay-tolerance-us", type=float, default=1.0, help="as meshemu run's (default 1)"
     )
-    ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument(
+        "--route-hold-us",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="as meshemu run's; several values run each size with each (default 0: off)",
+    )
+    ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args()
     rows = []
     for n in args.sizes:
-        print(f"== {n} satellites, {args.duration:g} s in real time ...", flush=True)
-        r = bench(n, args.duration, args.shaper, args.delay_tolerance_us)
-        rows.append(r)
-        print(
-            "   "
-            + ", ".join(
-                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
-            ),
-            flush=True,
-        )
+        for hold in args.route_hold_us:
+            print(
+                f"== {n} satellites, {args.duration:g} s in real time, route hold {hold:g} us ...",
+                flush=True,
+            )
+            r = bench(n, args.duration, args.shaper, args.delay_tolerance_us, hold)
+            rows.append(r)
+            print(
+                "   "
+                + ", ".join(
+                    f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                ),
+                flush=True,
+            )
     cols = [
         "sats",
+        "route_hold_us",
         "nodes",
         "links",
         "build_s",
@@ -156,6 +180,8 @@ def main() -> None:
         "apply_max_ms",
         "lag_p99_first_min_ms",
         "lag_p99_last_min_ms",
+        "route_changes_p99",
+        "routes_p99_ms",
     ]
     print()
     print(" ".join(f"{c:>20}" for c in cols))
@@ -163,8 +189,11 @@ def main() -> None:
         print(
             " ".join(f"{r[c]:>20.3f}" if isinstance(r[c], float) else f"{r[c]:>20}" for c in cols)
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    stamp = time.strftime("%Y-%m-%dT%H%M%S")
+    dest = Path(args.json or Path(__file__).parent / "results" / f"run-{stamp}.json")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {dest}")
 
 
 if __name__ == "__main__":
