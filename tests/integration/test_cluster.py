@@ -400,6 +400,30 @@ def _owd_per_step(run_dir: Path) -> dict[str, dict[int, float]]:
     }
 
 
+def _guard_flagged(run_dir: Path, threshold_ms: float = 0.5) -> dict[str, set[int]]:
+    """Per flow, the steps whose packets the run's own fidelity guard says left late on the
+    flow's path (a link direction's lateness p99 over ``threshold_ms``, the guard's default,
+    in the poll after the step: the one that covers the step's packets)."""
+    late: dict[int, set[frozenset[str]]] = {}
+    for r in _rows(run_dir / "shaper.csv"):
+        if r["a"] and float(r["late_p99_ms"]) > threshold_ms:
+            late.setdefault(int(r["step"]) - 1, set()).add(frozenset((r["a"], r["b"])))
+    steps = [float(s["t_s"]) for s in _rows(run_dir / "steps.csv")]
+    paths: dict[str, list[tuple[float, set[frozenset[str]]]]] = {}
+    for r in _rows(run_dir / "flow_paths.csv"):
+        hops = r["path"].split()
+        paths.setdefault(r["flow_id"], []).append(
+            (float(r["t_s"]), {frozenset(h) for h in zip(hops, hops[1:])})
+        )
+    out: dict[str, set[int]] = {}
+    for fid, rows in paths.items():
+        for k, t in enumerate(steps):
+            now = [links for tt, links in rows if tt <= t + 1e-9]
+            if now and now[-1] & late.get(k, set()):
+                out.setdefault(fid, set()).add(k)
+    return out
+
+
 def _processes_naming(path: Path) -> list[int]:
     """Processes whose command line names ``path`` (the agents name their configuration)."""
     out = []
@@ -476,26 +500,39 @@ def test_traffic_over_hosts_matches_plan_and_one_host(tmp_path: Path, n_hosts: i
     assert f"one-way delay trusted for {len(cross)} flow(s) between hosts" in text, text[-3000:]
     # one-way delays: per flow and step against the plan, and against the one-host run
     d2, d1 = _owd_per_step(two), _owd_per_step(one)
-    checked = checked_cross = 0
+    # the one-host run is the reference only where its own guard says it kept to the plan
+    # (its single delay line carries every flow; on a loaded machine it can fall behind,
+    # and then says so in shaper.csv)
+    baseline_off = _guard_flagged(one)
+    checked = checked_cross = compared = skipped = 0
     worst = {"vs_plan_ms": 0.0, "vs_one_host_ms": 0.0}
     for fid, per in d2.items():
         if len(per) < 3:
             continue
         vs_plan = float(np.median(np.abs(list(per.values()))))
         assert vs_plan < 1.0, (fid, trust.get(fid), per)
-        common = sorted(set(per) & set(d1.get(fid, {})))
-        assert len(common) >= min(3, len(per)), (fid, sorted(per), sorted(d1.get(fid, {})))
-        vs_one = float(np.median([abs(per[k] - d1[fid][k]) for k in common]))
-        assert vs_one < 1.0, (fid, per, d1[fid])
         worst["vs_plan_ms"] = max(worst["vs_plan_ms"], vs_plan)
-        worst["vs_one_host_ms"] = max(worst["vs_one_host_ms"], vs_one)
         checked += 1
         checked_cross += fid in cross
+        common = sorted(set(per) & set(d1.get(fid, {})))
+        assert len(common) >= min(3, len(per)), (fid, sorted(per), sorted(d1.get(fid, {})))
+        valid = [k for k in common if k not in baseline_off.get(fid, set())]
+        skipped += len(common) - len(valid)
+        if len(valid) < 3:
+            continue
+        vs_one = float(np.median([abs(per[k] - d1[fid][k]) for k in valid]))
+        assert vs_one < 1.0, (fid, per, d1[fid])
+        worst["vs_one_host_ms"] = max(worst["vs_one_host_ms"], vs_one)
+        compared += 1
     # (a ring over compute satellites on several hosts crosses between them at least twice)
     assert checked_cross >= 2, (sorted(d2), cross)
+    # the comparison with one host happened: most flows had a reference
+    assert compared >= checked // 2, (compared, checked, "one-host steps off the plan", skipped)
     print(
         f"\ntraffic over {n_hosts} hosts: {len(cross)} of {len(trust)} flows between hosts; "
-        f"{checked} flows checked ({checked_cross} between hosts); worst per-flow median "
+        f"{checked} flows checked ({checked_cross} between hosts), {compared} against one "
+        f"host ({skipped} flow-steps where the one-host run's guard said it fell behind); "
+        f"worst per-flow median "
         f"one-way delay difference {worst}; "
         f"trust {tr['owd_trust']['offset_bound_ms']:.3f} ms bound; "
         f"clock {s['cluster']['clock']}"
