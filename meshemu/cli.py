@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="userspace shaper: delay-line worker processes, each owning a share of the "
-        "links (default: 1; 2 forwards faster on 2 cores)",
+        "links (default: 1; leave the nodes a core: more than CPUs - 1 is warned about)",
     )
     sp.add_argument(
         "--shaper-gso",

@@ -92,6 +92,7 @@ from dataclasses import dataclass
 
 from meshemu.errors import CommandError
 from meshemu.linux.netns import write_sysctls
+from meshemu.linux.pmqos import CpuLatencyRequest
 
 log = logging.getLogger(__name__)
 
@@ -765,11 +766,16 @@ class DelayLine:
 RT_PRIORITY = 10
 
 
+#: The CPU latency QoS request this worker holds while it runs (:mod:`meshemu.linux.pmqos`).
+_CPU_LATENCY = CpuLatencyRequest(0)
+
+
 def _prepare_process() -> bool:
     """Per-process tuning: real-time scheduling, fine timer slack, no IPv6 in this
-    namespace. Returns whether real-time scheduling is on."""
+    namespace, the CPU latency request. Returns whether real-time scheduling is on."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    _CPU_LATENCY.hold()
     realtime = True
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))

@@ -504,14 +504,26 @@ def test_traffic_over_hosts_matches_plan_and_one_host(tmp_path: Path, n_hosts: i
     # (its single delay line carries every flow; on a loaded machine it can fall behind,
     # and then says so in shaper.csv)
     baseline_off = _guard_flagged(one)
+    # over 3 simulated hosts the machine's 2 cores carry 3 delay lines, 3 Ray nodes and the
+    # agents: there the delay lines fall behind at some steps (lateness p99 of 1-3 ms per
+    # hop) and say so in shaper.csv. Against the plan, a flow's median is taken over the
+    # steps the run's own guard did not report on its path (a step's median may still be
+    # off by queueing, which the model has and the plan's path delay leaves out); most
+    # flows must have at least 3 such steps
+    reported = _guard_flagged(two)
     checked = checked_cross = compared = skipped = 0
+    off_reported = against_plan = 0
     worst = {"vs_plan_ms": 0.0, "vs_one_host_ms": 0.0}
     for fid, per in d2.items():
         if len(per) < 3:
             continue
-        vs_plan = float(np.median(np.abs(list(per.values()))))
-        assert vs_plan < 1.0, (fid, trust.get(fid), per)
-        worst["vs_plan_ms"] = max(worst["vs_plan_ms"], vs_plan)
+        clean = [abs(v) for k, v in per.items() if k not in reported.get(fid, set())]
+        off_reported += len(per) - len(clean)
+        if len(clean) >= 3:
+            vs_plan = float(np.median(clean))
+            assert vs_plan < 1.0, (fid, trust.get(fid), per, sorted(reported.get(fid, ())))
+            worst["vs_plan_ms"] = max(worst["vs_plan_ms"], vs_plan)
+            against_plan += 1
         checked += 1
         checked_cross += fid in cross
         common = sorted(set(per) & set(d1.get(fid, {})))
@@ -526,12 +538,15 @@ def test_traffic_over_hosts_matches_plan_and_one_host(tmp_path: Path, n_hosts: i
         compared += 1
     # (a ring over compute satellites on several hosts crosses between them at least twice)
     assert checked_cross >= 2, (sorted(d2), cross)
-    # the comparison with one host happened: most flows had a reference
+    # the comparisons happened: most flows had steps to compare
+    assert against_plan >= checked // 2, (against_plan, checked, "steps reported", off_reported)
     assert compared >= checked // 2, (compared, checked, "one-host steps off the plan", skipped)
     print(
         f"\ntraffic over {n_hosts} hosts: {len(cross)} of {len(trust)} flows between hosts; "
         f"{checked} flows checked ({checked_cross} between hosts), {compared} against one "
         f"host ({skipped} flow-steps where the one-host run's guard said it fell behind); "
+        f"{against_plan} against the plan ({off_reported} flow-steps the guard reported "
+        f"late on the flow's path left out); "
         f"worst per-flow median "
         f"one-way delay difference {worst}; "
         f"trust {tr['owd_trust']['offset_bound_ms']:.3f} ms bound; "

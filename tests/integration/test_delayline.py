@@ -599,3 +599,23 @@ def test_netem_commands_are_accepted_by_ip_and_tc(netns_factory):
                 r.stderr,
             )
             assert "Illegal" not in r.stderr and "Usage" not in r.stderr
+
+
+def test_delay_line_holds_a_cpu_latency_request_while_it_runs(pair, monkeypatch):
+    """While a delay line runs, the kernel's CPU latency target is 0 us (its request through
+    /dev/cpu_dma_latency); once it has stopped the request is gone; with
+    MESHEMU_CPU_LATENCY=off it makes none."""
+    from meshemu.linux.pmqos import current_target_us
+
+    before = current_target_us()
+    assert before is not None, "no /dev/cpu_dma_latency on this machine"
+    assert before > 0, f"something else holds a CPU latency request of {before} us"
+    _, _, make = pair
+    s = make(LinkParams(delay_s=0.001, rate_bps=1e8))
+    assert current_target_us() == 0
+    s.close()
+    assert wait_for(lambda: current_target_us() == before, 5.0), current_target_us()
+    monkeypatch.setenv("MESHEMU_CPU_LATENCY", "off")
+    s = make(LinkParams(delay_s=0.001, rate_bps=1e8))
+    assert current_target_us() == before
+    s.close()

@@ -20,6 +20,7 @@ from meshemu.linux import commands, ifaces, netlink
 from meshemu.linux.ifaces import softnet_dropped
 from meshemu.linux.limits import require_root, room_for_fds
 from meshemu.linux.netns import in_namespaces
+from meshemu.linux.pmqos import CpuLatencyRequest
 from meshemu.live.shapers.base import (
     WORKER_LINK,
     GuardRecord,
@@ -286,6 +287,8 @@ class NetemShaper(LinkShaper):
         self._ifindex: dict[tuple[int, str], int] = {}  # (pid, ifname) -> ifindex
         self._seq = 0
         self._softnet: int | None = softnet_dropped()
+        # netem's departures are hrtimer wake-ups too: no slow idle exits while links exist
+        self._cpu_latency = CpuLatencyRequest(0)
 
     def _open_namespaces(self, ends: Sequence[LinkEnds]) -> None:
         """Open a netlink socket in each new namespace, look up the interfaces' indexes
@@ -365,6 +368,7 @@ class NetemShaper(LinkShaper):
         self._check_new(links)
         if not links:
             return
+        self._cpu_latency.hold()
         ip_cmds, _ = netem_create_cmds(links)
         commands.batch("ip", ip_cmds)
         for ends, params in links:
@@ -437,6 +441,7 @@ class NetemShaper(LinkShaper):
         return [GuardRecord(WORKER_LINK, -1, 0, 0, 0, behind_drops=now - last)]
 
     def close(self) -> None:
+        self._cpu_latency.release()
         socks, self._nl = list(self._nl.values()), {}
         self._ifindex.clear()
         for sock in socks:

@@ -180,9 +180,13 @@ class UserspaceShaper(LinkShaper):
     run_id : str
     workers : int
         Delay-line processes sharing the links (by ingress interface, so each direction
-        belongs to one of them). The compiled worker scales with cores (one per core is a
-        good choice); the Python one does not (keep 1); see
-        ``benchmarks/bench_delayline.py``.
+        belongs to one of them). The compiled worker scales with cores, but the nodes'
+        own processes (traffic, iperf3) and the kernel's forwarding need CPU too: leave
+        them a core (with GSO passthrough, at most one worker fewer than the CPUs; more is
+        warned about: on 2 cores, 2 workers carried TCP at 2.7 Gbit/s against 4.4 with 1,
+        ``benchmarks/bench_dataplane.py``; without it, 2 workers were faster for TCP, 889
+        against 572 Mbit/s, and slower for floods of small frames). The Python one does not
+        scale (keep 1); see ``benchmarks/bench_delayline.py``.
     delayline : str, optional
         ``auto``, ``c`` or ``python``: which worker to run (:func:`resolve_delayline`;
         default: the ``MESHEMU_DELAYLINE`` environment variable, else ``auto``).
@@ -233,6 +237,17 @@ class UserspaceShaper(LinkShaper):
         if self._closed:
             raise ShaperError(f"shaper {self.run_id!r} is closed; make a new one")
         require_root("the userspace shaper")
+        cpus = len(os.sched_getaffinity(0))
+        if self.gso and self.workers > 1 and self.workers >= cpus:
+            log.warning(
+                "%d delay-line workers on %d CPU(s) leave none for the nodes' processes and "
+                "the kernel's forwarding, which then slow the traffic down (with GSO "
+                "passthrough on 2 cores, 2 workers carried TCP at 2.7 Gbit/s against 4.4 "
+                "with 1: benchmarks/bench_dataplane.py); use --shaper-workers %d",
+                self.workers,
+                cpus,
+                max(1, cpus - 1),
+            )
         commands.run(["ip", "netns", "add", self.netns])
         try:
             for i in range(self.workers):
