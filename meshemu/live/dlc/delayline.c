@@ -1125,13 +1125,9 @@ static void write_proc(const char *path, const char *value) {
 /* Keep the CPUs out of idle states that are slow to leave while this worker runs: a CPU
  * latency QoS request of 0 us through /dev/cpu_dma_latency, which holds while the file is
  * open, so it ends with this process (the kernel's admin guide, pm/cpuidle.rst, "Power
- * Management Quality of Service for CPUs"). In a KVM guest with cpuidle-haltpoll and
- * guest_halt_poll_ns 0, as on the machine this was measured on, an idle vCPU halts at
- * once and a timer wake-up from halt came up to milliseconds late: the default run's
- * traffic left its links with lateness p99 0.59 ms at the median step (p90 4.2 ms); with
- * the request the idle loop polls instead, and it was 0.03 ms (p90 0.06 ms). The cost: idle
- * CPUs poll (no deep C-states, the host sees busy vCPUs) while a run's delay line is up.
- * MESHEMU_CPU_LATENCY=off leaves the machine's idle policy alone. */
+ * Management Quality of Service for CPUs"). Why (a KVM guest's halted vCPUs woke the
+ * worker milliseconds late), what it measured and what it costs: meshemu/linux/pmqos.py,
+ * which the Python worker and the netem shaper use. MESHEMU_CPU_LATENCY=off skips it. */
 static int S_cpu_latency_fd = -1;
 static void hold_cpu_latency(void) {
     const char *env = getenv("MESHEMU_CPU_LATENCY");
