@@ -83,11 +83,16 @@ class RunLinks:
         Sorted unique keys ``a * n_nodes + b`` (``a < b``); link id = index.
     kind : ndarray of int8, shape (L,)
         :data:`meshemu.geometry.linkstate.ISL` or ``GSL``, from the snapshots.
+    first : ndarray of :data:`PARAMS_DTYPE`, shape (L,), optional
+        Each link's parameters where it first appears (:meth:`from_snapshots`): a link that
+        is down when the network is built is made with them (so a shaper sizes what it
+        sets once per link, such as the GSO segment cap, for the rate the link will have).
     """
 
     n_nodes: int
     key: np.ndarray
     kind: np.ndarray
+    first: np.ndarray | None = None
 
     @classmethod
     def from_snapshots(cls, snapshots: Iterable[Snapshot]) -> RunLinks:
@@ -117,7 +122,23 @@ class RunLinks:
                 f"link {bad // n}-{bad % n} changes kind (ISL/GSL) between "
                 f"snapshots; a link's kind is fixed"
             )
-        return cls(n, uniq.astype(np.int64), kind.astype(np.int8))
+        first_rows = np.zeros(uniq.size, dtype=PARAMS_DTYPE)
+        for name, default in (
+            ("delay_s", 0.0),
+            ("rate_bps", 0.0),
+            ("queue_packets", DEFAULT_QUEUE_PACKETS),
+            ("loss", 0.0),
+        ):
+            col = np.concatenate(
+                [
+                    np.asarray(v)
+                    if (v := getattr(s, name)).size == s.key.size
+                    else np.full(s.key.size, default)
+                    for s in snaps
+                ]
+            )
+            first_rows[name] = col[first]
+        return cls(n, uniq.astype(np.int64), kind.astype(np.int8), first_rows)
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> RunLinks:
@@ -160,7 +181,7 @@ class LinkTable:
     links : RunLinks
     rows : ndarray of :data:`PARAMS_DTYPE`, shape (L,)
         What the shaper was last told about each link (before :meth:`load`: every link down,
-        with the snapshot's default queue size).
+        with the parameters it first appears with, else the snapshot's default queue size).
     """
 
     def __init__(
@@ -174,6 +195,9 @@ class LinkTable:
         self.names = list(names)
         self.rows = np.zeros(links.n_links, dtype=PARAMS_DTYPE)
         self.rows["queue_packets"] = DEFAULT_QUEUE_PACKETS
+        if links.first is not None:  # a link down at the start: the parameters it comes with
+            for name in ("delay_s", "rate_bps", "queue_packets", "loss"):
+                self.rows[name] = links.first[name]
         #: The snapshots' access model (the ``access`` links' ``ab`` / ``ba``).
         self.access_model: AccessLinkModel | None = None
 

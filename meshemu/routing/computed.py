@@ -151,6 +151,13 @@ class ShortestDelay(RoutingScheme):
             A bad snapshot or destination, or :meth:`weights` returned something other than
             one positive finite cost per link.
         """
+        return self.forwarding_tables_and_costs(snapshot, destinations)[0]
+
+    def forwarding_tables_and_costs(
+        self, snapshot: Snapshot, destinations: npt.ArrayLike
+    ) -> tuple[ForwardingTables, FloatArray]:
+        """:meth:`forwarding_tables` and each node's cost (by :meth:`weights`) to each
+        destination, shape (D, N), inf where unreachable (the route hold uses them)."""
         dests = _check_snapshot(snapshot, destinations)
         w = np.asarray(self.weights(snapshot), dtype=np.float64)
         if w.shape != snapshot.delay_s.shape or np.any(~np.isfinite(w)) or np.any(w <= 0):
@@ -158,8 +165,8 @@ class ShortestDelay(RoutingScheme):
                 f"scheme {self.name}: weights() must return one positive finite "
                 f"cost per link ({snapshot.n_links})"
             )
-        _, pred, _ = _trees(snapshot, w, dests)
-        return ForwardingTables(dests, pred.T[:, :, None].copy(), self.name)
+        dist, pred, _ = _trees(snapshot, w, dests)
+        return ForwardingTables(dests, pred.T[:, :, None].copy(), self.name), dist
 
 
 class FewestHops(ShortestDelay):

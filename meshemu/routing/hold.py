@@ -33,6 +33,7 @@ per step, in step order; the route processes of a live run and ``meshemu plan`` 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +42,7 @@ from meshemu.errors import OptionsError, RoutingError
 from meshemu.geometry.arrays import FloatArray, Int32Array, Int64Array
 from meshemu.geometry.linkstate import Snapshot
 from meshemu.routing.base import ComputedScheme, ForwardingTables
+from meshemu.routing.computed import ShortestDelay
 
 #: Largest route hold tolerance accepted (us): a tenth of a second.
 MAX_HOLD_US = 100_000.0
@@ -104,13 +106,15 @@ def hold_next_hops(
     destinations: npt.ArrayLike,
     snap: Snapshot,
     tolerance_s: float,
+    delays: FloatArray | None = None,
 ) -> tuple[Int32Array, int]:
     """The held next hops (N, D) and how many entries kept their previous next hop.
 
     ``prev`` are the previous step's held next hops, ``new`` the scheme's for ``snap``
     (both (N, D), -1 for no route); ``new`` is changed in place into the held next hops
     (at 4,418 x 4,418 entries a copy costs more than the hold). See the module docstring
-    for the rule.
+    for the rule. ``delays`` (D, N), optional: each node's one-way delay to each destination
+    over ``new`` (shortest-delay's Dijkstra distances); without it those are walked.
     """
     dests = np.asarray(destinations, dtype=np.int64)
     out = new
@@ -129,9 +133,13 @@ def hold_next_hops(
     if np.asarray(snap.relay).size:
         plain = plain & ~np.asarray(snap.relay, dtype=bool)
     ok = np.isfinite(w_ip) & (plain[p] | (p == d))
-    d_i = _path_cost(new, ci, cj, d, w)
-    d_p = np.full(ci.shape, np.inf)
-    d_p[ok] = _path_cost(new, p[ok], cj[ok], d[ok], w)
+    if delays is not None:
+        d_i = delays[cj, ci]
+        d_p = np.where(ok, delays[cj, p], np.inf)
+    else:
+        d_i = _path_cost(new, ci, cj, d, w)
+        d_p = np.full(ci.shape, np.inf)
+        d_p[ok] = _path_cost(new, p[ok], cj[ok], d[ok], w)
     # downstream (loop-free), and no worse than the tolerance on the first hop already
     ok &= (d_p < d_i) & (w_ip + d_p <= d_i + tolerance_s)
     keep = np.flatnonzero(ok)
@@ -169,12 +177,24 @@ class HeldRoutes:
         self.tolerance_s = float(tolerance_s)
         self.held_total = 0
         self._prev: ForwardingTables | None = None
+        # shortest-delay itself (not a subclass with other weights or tables): its Dijkstra
+        # distances are the delays the hold needs, so it need not walk them
+        kind = type(scheme)
+        self._by_delay = (
+            getattr(kind, "weights", None) is ShortestDelay.weights
+            and getattr(kind, "forwarding_tables", None) is ShortestDelay.forwarding_tables
+        )
 
     def forwarding_tables(
         self, snapshot: Snapshot, destinations: npt.ArrayLike
     ) -> ForwardingTables:
         """The scheme's tables for ``snapshot``, with the entries held that may be."""
-        t = self.scheme.forwarding_tables(snapshot, destinations)
+        delays = None
+        if self._by_delay:
+            sd = cast(ShortestDelay, self.scheme)
+            t, delays = sd.forwarding_tables_and_costs(snapshot, destinations)
+        else:
+            t = self.scheme.forwarding_tables(snapshot, destinations)
         if t.next_hop.shape[2] > 1 and np.any(t.next_hop[:, :, 1:] >= 0):
             raise RoutingError(
                 f"route hold applies to single-path schemes; {self.name!r} installs several "
@@ -189,7 +209,7 @@ class HeldRoutes:
         ):
             nh = np.array(t.next_hop[:, :, 0])  # (the scheme's tables stay its own)
             nh, n_held = hold_next_hops(
-                prev.next_hop[:, :, 0], nh, t.destinations, snapshot, self.tolerance_s
+                prev.next_hop[:, :, 0], nh, t.destinations, snapshot, self.tolerance_s, delays
             )
             self.held_total += n_held
             t = ForwardingTables(t.destinations, nh[:, :, None], t.scheme)

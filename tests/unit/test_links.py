@@ -54,7 +54,11 @@ def test_table_holds_the_snapshot_parameters_as_one_value_per_link():
     s = snap(up=[True, True, False, True], queue_packets=queue, loss=loss)
     s = dataclasses.replace(s, rate_bps=np.array([1e9, 2e9, 3e9, np.inf]))
     table = LinkTable(RunLinks.from_snapshot(s), NAMES)
-    assert table.params(0) == LinkParams(0.0, 0.0, DEFAULT_QUEUE_PACKETS, 0.0, False)
+    # before load: down, with the parameters the link first appears with
+    assert table.params(0) == LinkParams(0.005, 1e9, 7, 0.0, False)
+    assert LinkTable(RunLinks(4, s.key, s.kind), NAMES).params(0) == LinkParams(
+        0.0, 0.0, DEFAULT_QUEUE_PACKETS, 0.0, False
+    )
     table.load(s)
     got = table.params_of(np.arange(4))
     assert got == [
@@ -123,6 +127,25 @@ def test_a_link_absent_from_a_snapshot_is_down_and_keeps_its_parameters():
     k = int(np.searchsorted(table.links.key, 2 * 4 + 3))
     assert ch.ids.tolist() == [k] and ch.n_went_down == 1
     assert table.params(k) == LinkParams(0.005, 1e9, DEFAULT_QUEUE_PACKETS, 0.0, False)
+
+
+def test_a_link_down_at_the_start_is_made_with_the_parameters_it_comes_up_with():
+    """A link that first appears later (a ground link after a handover) is built down, with
+    its later rate, queue and loss (the shaper sizes per-link settings from them)."""
+    first = snap(edges=EDGES[:3], kinds=KINDS[:3])
+    later = dataclasses.replace(
+        snap(edges=EDGES, t_s=5.0),
+        rate_bps=np.array([1e9, 2e9, 3e9, 1e8]),
+        queue_packets=np.array([7, 7, 9, 40], np.int32),
+        loss=np.array([0.0, 0.0, 0.0, 0.02]),
+    )
+    table = LinkTable(RunLinks.from_snapshots([first, later]), NAMES)
+    table.load(first)
+    k = int(np.searchsorted(table.links.key, 2 * 4 + 3))
+    assert table.params(k) == LinkParams(0.005, 1e8, 40, 0.02, False)
+    ch = table.advance(later)
+    assert k in ch.ids.tolist() and ch.n_went_up == 1
+    assert table.params(k) == LinkParams(0.005, 1e8, 40, 0.02, True)
 
 
 def test_table_refuses_what_does_not_fit():

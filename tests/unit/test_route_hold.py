@@ -225,3 +225,27 @@ def test_plan_cli_takes_the_hold_and_refuses_a_bad_one(tmp_path):
     import json
 
     assert json.loads((tmp_path / "ok" / "summary.json").read_text())["route_hold_us"] == 100
+
+
+def test_shortest_delay_distances_and_walked_delays_hold_the_same():
+    """The hold takes shortest-delay's Dijkstra distances when it can; walking the tables
+    gives the same held entries."""
+    snaps = _moving_mesh(5, 25)
+    n = snaps[0].n_nodes
+    dests = np.arange(n, dtype=np.int32)
+    sd = get_scheme("shortest-delay")
+    assert HeldRoutes(sd, 1e-4)._by_delay
+    assert not HeldRoutes(get_scheme("fewest-hops"), 1e-4)._by_delay
+    prev = None
+    kept_any = 0
+    for snap in snaps:
+        t, dist = sd.forwarding_tables_and_costs(snap, dests)
+        if prev is not None:
+            a, ka = hold_next_hops(prev, t.next_hop[:, :, 0].copy(), dests, snap, 1e-4, dist)
+            b, kb = hold_next_hops(prev, t.next_hop[:, :, 0].copy(), dests, snap, 1e-4)
+            assert np.array_equal(a, b) and ka == kb
+            kept_any += ka
+            prev = a
+        else:
+            prev = t.next_hop[:, :, 0].copy()
+    assert kept_any > 0

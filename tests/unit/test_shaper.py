@@ -266,6 +266,9 @@ def test_gso_says_once_when_a_change_outgrows_the_cap_set_at_creation(caplog):
     with caplog.at_level(logging.WARNING):
         s._warn_gso_cap([(3, LinkParams(0.005, 2e9)), (4, LinkParams(0.005, 1e9))])
         assert caplog.records == []  # as fast or faster: super-frames stay short enough
+        # a link going down (its row may carry no rate, queue or loss): no warning
+        s._warn_gso_cap([(4, LinkParams(0.005, 0.0, loss=1.0, up=False))])
+        assert caplog.records == []
         for _ in range(2):
             s._warn_gso_cap([(3, LinkParams(0.005, 100e6))])
     (rec,) = caplog.records  # once a link

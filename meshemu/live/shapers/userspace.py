@@ -416,8 +416,11 @@ class UserspaceShaper(LinkShaper):
     def _warn_gso_cap(self, changes: Sequence[tuple[int, LinkParams]]) -> None:
         """Say so (once a link) when a change makes a link's super-frames longer than
         :data:`GSO_BURST_S` allows: the cap is set on the nodes' ends when the link is made
-        (the built-in scenarios keep each link's rate and loss)."""
+        (the built-in scenarios keep each link's rate and loss). A link going down is no
+        such change: it carries nothing until it is up again."""
         for i, p in changes:
+            if not p.up:
+                continue
             made = self._gso_segs.get(i, 1)
             if i not in self._gso_warned and gso_max_segs(p) < made:
                 self._gso_warned.add(i)
