@@ -475,9 +475,16 @@ def test_access_delay_has_its_mean_and_bounds_per_direction(pair):
     over = [r for r in rtts if r >= hi + 0.5]
     assert len(over) <= 30, (over, hi)
     assert max(rtts) > hi - 1.5  # and the waits do reach near their bound
-    # the waits are uniform and symmetric, so their sum's median is its mean; the median
-    # of 300 (sd about 1 ms) within 0.35 ms; a stall hardly moves it
-    assert abs(statistics.median(rtts) - mean) < 0.35, (statistics.median(rtts), mean)
+    # the grant waits are uniform and symmetric, so with uniform frame phases the sum's
+    # median would be its mean. But ping sends on whole milliseconds, and 11 ms mod 1.5 ms
+    # meets the downlink's frame grid at only 3 phases: since the delay line keeps its
+    # schedule to tens of microseconds (the CPU latency request), the alignment waits take
+    # 3 values and the median sat 0.4 ms above the mean in most runs. That bias is within
+    # half a frame; a stall hardly moves the median
+    assert abs(statistics.median(rtts) - mean) < down.frame_s / 2 * 1e3, (
+        statistics.median(rtts),
+        mean,
+    )
     # the spread covers the uniform waits: well beyond a host's jitter
     inside = [r for r in rtts if r < hi + 0.5]
     assert statistics.pstdev(inside) > 0.6
