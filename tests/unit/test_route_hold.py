@@ -4,6 +4,7 @@ and meshemu's own table validator, never against the hold's own path costs."""
 import networkx as nx
 import numpy as np
 import pytest
+from meshes import random_mesh_edges
 
 from meshemu.errors import OptionsError, RoutingError
 from meshemu.geometry.schedule import LinkSchedule
@@ -25,14 +26,7 @@ def _moving_mesh(seed, steps, n_sat=30, n_ground=4, jitter=20e-6, down_every=7):
     """A random satellite mesh whose link delays drift by up to ``jitter`` per step (so
     near-equal paths swap), with one random link down every ``down_every`` steps."""
     rng = np.random.default_rng(seed)
-    edges = {(i, i + 1) for i in range(n_sat - 1)}
-    while len(edges) < 2 * n_sat:
-        a, b = sorted(rng.choice(n_sat, 2, replace=False).tolist())
-        edges.add((a, b))
-    for g in range(n_ground):
-        for s in rng.choice(n_sat, 2, replace=False).tolist():
-            edges.add((s, n_sat + g))
-    edges = sorted(edges)
+    edges = random_mesh_edges(rng, n_sat, n_ground)
     transit = np.r_[np.ones(n_sat, bool), np.zeros(n_ground, bool)]
     delays = rng.uniform(2e-3, 4e-3, len(edges))
     out = []

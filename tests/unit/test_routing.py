@@ -5,6 +5,7 @@ import textwrap
 import networkx as nx
 import numpy as np
 import pytest
+from meshes import random_mesh_edges
 
 from meshemu.errors import RoutingError
 from meshemu.geometry.schedule import LinkSchedule
@@ -23,14 +24,7 @@ from meshemu.spec.scenario import load_scenario
 def random_graph(seed, n_sat=40, n_ground=6):
     """A random connected satellite mesh with ground nodes hanging off two satellites each."""
     rng = np.random.default_rng(seed)
-    edges = {(i, i + 1) for i in range(n_sat - 1)}
-    while len(edges) < 2 * n_sat:
-        a, b = sorted(rng.choice(n_sat, 2, replace=False).tolist())
-        edges.add((a, b))
-    for g in range(n_ground):
-        for s in rng.choice(n_sat, 2, replace=False).tolist():
-            edges.add((s, n_sat + g))
-    edges = sorted(edges)
+    edges = random_mesh_edges(rng, n_sat, n_ground)
     delays = rng.uniform(1e-3, 10e-3, len(edges))
     transit = np.r_[np.ones(n_sat, bool), np.zeros(n_ground, bool)]
     return snapshot_from_edges(n_sat + n_ground, edges, delays, transit=transit), edges, delays
