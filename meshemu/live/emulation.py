@@ -466,19 +466,22 @@ class Emulation:
             sysctls.update(NO_IPV6_SYSCTLS)
         names = [self.names[i] for i in self.local_ids.tolist()]
 
+        proc = nl.ProcSys()
+
         def setup(i: int, pid: int) -> tuple[int, netlink.Netlink]:
             ino = os.stat("/proc/thread-self/ns/net").st_ino
             if ino == own:
                 raise EmulationError(
                     f"node {names[i]} (pid {pid}) is not in a network namespace of its own"
                 )
-            nl.write_sysctls(sysctls)
+            proc.write(sysctls)
             return ino, netlink.Netlink(names[i])
 
         self._netlink = [None] * self.n_nodes
-        # (two threads: the dcache lookups run in parallel; the few writes that need the RTNL
+        # (two threads: the lookups run in parallel; the few writes that need the RTNL
         # lock, ip_forward and disable_ipv6, retry until the other thread has released it)
-        res = nl.in_namespaces(self.pids, setup, threads=2)
+        with proc:
+            res = nl.in_namespaces(self.pids, setup, threads=2)
         for i, r in zip(self.local_ids.tolist(), res):
             self._netlink[i] = r[1]
         self._inodes = {r[0] for r in res}
