@@ -14,8 +14,11 @@ network is being built and bank the build's minutes as steps routed ahead of the
 While the network is built they only take what the build leaves: :meth:`RouteFeed.yield_cpu`
 puts them under ``SCHED_IDLE`` (``man 7 sched``: run only when a CPU has nothing else to
 run), so on a small machine they no longer take a core from the build, whose ``ip``,
-kernel work and delay line run at normal priority; after the build they go back to
-``SCHED_OTHER`` at nice :data:`ROUTES_NICE`.
+kernel work and delay line run at normal priority. After the build a child stays under
+``SCHED_IDLE`` while it is more than :data:`IDLE_LEAD_STEPS` steps ahead of the clock, and
+runs under ``SCHED_OTHER`` at nice :data:`ROUTES_NICE` only when its lead is shorter: on
+Starlink Gen1 two children route 1 CPU-second a step between them, and at nice 5 they
+took a share of the CPU from every step's route changes while dozens of steps ahead.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 LOOKAHEAD_STEPS = 512
 #: Niceness of the route processes.
 ROUTES_NICE = 5
+#: A route process more steps than this ahead of the clock runs under ``SCHED_IDLE``.
+IDLE_LEAD_STEPS = 8
 
 
 def _die_with_parent() -> None:
@@ -59,9 +64,12 @@ def _routes_worker(
     dests: np.ndarray,
     q: mp.Queue,
     cost: Any,
+    ctl: Any,
 ) -> None:
     """Child process: forwarding tables for every step, in order, into ``q``; the seconds
-    each took into ``cost`` (shared memory, read by the parent at any time)."""
+    each took into ``cost`` (shared memory, read by the parent at any time). ``ctl`` (shared
+    with the parent): the steps the clock has taken, and 1 while the parent wants every
+    child idle; after each step the child picks its policy from them (:func:`_pick_policy`)."""
     _die_with_parent()
     # the parent tears the run down on these (a Ctrl-C reaches the whole process group);
     # the child ends when the parent terminates it or dies
@@ -71,6 +79,7 @@ def _routes_worker(
     # behind the step loop, the build and the traffic agents: those keep time; routing ahead
     # only needs what they leave (and gets all of it while the clock waits for it)
     os.nice(ROUTES_NICE)
+    policy = os.sched_getscheduler(0)
     try:
         prev: ForwardingTables | None = None
         for k, snap in enumerate(snapshots):
@@ -91,9 +100,23 @@ def _routes_worker(
             prev = t
             cost[k] = time.perf_counter() - t0
             q.put(item)
+            policy = _pick_policy(policy, k + 1 - int(ctl[0]), bool(ctl[1]))
         q.put(None)
     except Exception as exc:  # report to the parent, which raises it
         q.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _pick_policy(policy: int, lead: int, force_idle: bool) -> int:
+    """Set this process's scheduling policy for a lead of ``lead`` steps over the clock:
+    ``SCHED_IDLE`` when ``force_idle`` or ``lead > IDLE_LEAD_STEPS``, else ``SCHED_OTHER``
+    (its niceness is kept). Returns the policy now in force (``policy`` if unchanged)."""
+    want = os.SCHED_IDLE if force_idle or lead > IDLE_LEAD_STEPS else os.SCHED_OTHER
+    if want != policy:
+        try:
+            os.sched_setscheduler(0, want, os.sched_param(0))
+        except PermissionError:  # (not root: leaving SCHED_IDLE needs RLIMIT_NICE room)
+            return policy
+    return want
 
 
 class RouteFeed:
@@ -144,12 +167,14 @@ class RouteFeed:
         self._diffs: list[RouteDiff | None] = [None, None]  # the diff that made each
         self._dests: np.ndarray = np.asarray(dests)
         self._name = getattr(scheme, "name", "")
+        #: Shared with the children: [steps taken by the clock, 1 while all must idle].
+        self._ctl = ctx.Array("q", [0, 0], lock=False)
         for i, part in enumerate(parts):
             q: mp.Queue = ctx.Queue(maxsize=lookahead)
             cost = ctx.Array("d", [-1.0] * n, lock=False)
             proc = ctx.Process(
                 target=_routes_worker,
-                args=(snapshots, scheme, part, q, cost),
+                args=(snapshots, scheme, part, q, cost, self._ctl),
                 name=f"meshemu-routes-{i}",
                 daemon=True,
             )
@@ -161,9 +186,11 @@ class RouteFeed:
 
     def yield_cpu(self, idle: bool) -> None:
         """Put the route processes under ``SCHED_IDLE`` (``idle``: they run only on CPU
-        time nothing else wants, e.g. while the network is built) or back under
-        ``SCHED_OTHER`` at their nice :data:`ROUTES_NICE`. A process that has already
-        ended is skipped."""
+        time nothing else wants, e.g. while the network is built) until told otherwise, or
+        back under ``SCHED_OTHER`` at their nice :data:`ROUTES_NICE`, from where each goes
+        idle again after a step that leaves it more than :data:`IDLE_LEAD_STEPS` ahead of
+        the clock. A process that has already ended is skipped."""
+        self._ctl[1] = int(idle)
         policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
         for proc in self.procs:
             if proc.pid is None or not proc.is_alive():
@@ -212,6 +239,7 @@ class RouteFeed:
             raise EmulationError(f"route feed out of order: wanted step {self._next}, got {k}")
         items = self._take(k, timeout_s)
         self._next += 1
+        self._ctl[0] = self._next
         if k == 0:
             nhs = [np.asarray(it[2]) for it in items]
             nhs = [a if a.ndim == 3 else a[:, :, None] for a in nhs]

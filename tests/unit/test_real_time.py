@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from types import SimpleNamespace
 
@@ -151,23 +152,72 @@ def test_route_processes_split_the_destinations_and_agree_with_one():
             two.close()
 
 
-def test_route_processes_yield_the_cpu_during_the_build_and_keep_their_niceness():
-    import os
+class SettableScheme(SlowScheme):
+    """A stand-in whose cost per step the test changes while the children run (the value
+    is in shared memory, so the forked children see it)."""
 
-    from meshemu.live.feed import ROUTES_NICE
+    def __init__(self, cost_s: float):
+        import multiprocessing as mp
 
-    feed = RouteFeed([object()] * 400, SlowScheme(0.01), np.arange(2, dtype=np.int32), workers=2)
+        self.shared = mp.get_context("fork").Value("d", cost_s, lock=False)
+
+    @property
+    def cost_s(self) -> float:
+        return self.shared.value
+
+    @cost_s.setter
+    def cost_s(self, value: float) -> None:
+        self.shared.value = value
+
+
+def policies(feed) -> list[int]:
+    return [os.sched_getscheduler(p.pid) for p in feed.procs]
+
+
+def wait_for(cond, what: str, timeout_s: float = 20.0, between=lambda: None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, what
+        between()
+        time.sleep(0.005)
+
+
+def test_route_processes_idle_during_the_build_and_while_far_ahead_of_the_clock():
+    from meshemu.live.feed import IDLE_LEAD_STEPS, ROUTES_NICE
+
+    scheme = SettableScheme(0.002)
+    lookahead = IDLE_LEAD_STEPS + 12
+    feed = RouteFeed(
+        [object()] * 400, scheme, np.arange(2, dtype=np.int32), lookahead=lookahead, workers=2
+    )
     try:
-        pids = [p.pid for p in feed.procs]
-        assert len(pids) == 2
+        assert len(feed.procs) == 2
         feed.get(0)  # (both have started: they took their niceness first)
-        feed.yield_cpu(True)
-        assert [os.sched_getscheduler(p) for p in pids] == [os.SCHED_IDLE] * 2
+        feed.yield_cpu(True)  # the build: idle, however far ahead or behind
+        assert policies(feed) == [os.SCHED_IDLE] * 2
+        taken = [1]
+
+        def take() -> None:  # the clock takes a step (the children then route one more)
+            feed.get(taken[0])
+            taken[0] += 1
+
+        # after the build, children that run far ahead of the clock go idle by themselves
         feed.yield_cpu(False)
-        assert [os.sched_getscheduler(p) for p in pids] == [os.SCHED_OTHER] * 2
-        assert [os.getpriority(os.PRIO_PROCESS, p) for p in pids] == [ROUTES_NICE] * 2
-        for k in range(1, 3):  # still routing
-            feed.get(k)
+        assert policies(feed) == [os.SCHED_OTHER] * 2
+        wait_for(
+            lambda: taken[0] > 3 and policies(feed) == [os.SCHED_IDLE] * 2,
+            "route processes far ahead of the clock did not go idle",
+            between=take,
+        )
+        assert [os.getpriority(os.PRIO_PROCESS, p.pid) for p in feed.procs] == [ROUTES_NICE] * 2
+        # routing gets slower than the clock: once the lead is gone they compete again
+        scheme.cost_s = 0.03
+        wait_for(
+            lambda: taken[0] > lookahead + 8 and policies(feed) == [os.SCHED_OTHER] * 2,
+            "route processes that the clock caught up with stayed idle",
+            between=take,
+        )
+        assert [os.getpriority(os.PRIO_PROCESS, p.pid) for p in feed.procs] == [ROUTES_NICE] * 2
     finally:
         feed.close()
     feed.yield_cpu(True)  # ended processes are skipped

@@ -67,6 +67,24 @@ def test_shortest_delay_matches_networkx_and_never_transits_ground(seed):
             assert all(snap.transit[x] for x in path[1:-1])
 
 
+def test_tables_of_more_destinations_than_a_transpose_block_match_networkx():
+    # 150 satellites and 10 ground nodes: the next hops are transposed 64 rows at a time
+    snap, _, _ = random_graph(11, n_sat=150, n_ground=10)
+    dests = np.arange(snap.n_nodes, dtype=np.int32)
+    tab = get_scheme("shortest-delay").forwarding_tables(snap, dests)
+    assert tab.next_hop.shape == (snap.n_nodes, snap.n_nodes, 1)
+    assert validate_tables(tab, snap) == []
+    rng = np.random.default_rng(5)
+    for s, d in rng.integers(0, snap.n_nodes, size=(120, 2)):
+        if s == d:
+            continue
+        ref = ref_distance(snap, snap.delay_s, int(s), int(d))
+        path = trace_path(tab, snap, int(s), int(d))
+        assert (path is None) == (ref is None)
+        if path is not None:
+            assert path_delay_s(snap, path) == pytest.approx(ref, abs=1e-12)
+
+
 def test_fewest_hops_matches_networkx_hop_count():
     snap, _, _ = random_graph(7)
     tab = get_scheme("fewest-hops").forwarding_tables(snap, np.arange(snap.n_nodes))
