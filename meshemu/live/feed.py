@@ -14,7 +14,11 @@ network is being built and bank the build's minutes as steps routed ahead of the
 While the network is built they only take what the build leaves: :meth:`RouteFeed.yield_cpu`
 puts them under ``SCHED_IDLE`` (``man 7 sched``: run only when a CPU has nothing else to
 run), so on a small machine they no longer take a core from the build, whose ``ip``,
-kernel work and delay line run at normal priority. After the build a child stays under
+kernel work and delay line run at normal priority; and once :data:`BUILD_LEAD_STEPS` steps
+are banked they wait for the build's end. Even idle, routing took the build's memory
+bandwidth and cache: Starlink Gen1 built in 44.5 s without route processes, in 58.5 s with
+them idle all along, and in 40 s with them waiting (``benchmarks/bench_build.py --feed``,
+``bench_run.py``). After the build a child stays under
 ``SCHED_IDLE`` while it is more than :data:`IDLE_LEAD_STEPS` steps ahead of the clock, and
 runs under ``SCHED_OTHER`` at nice :data:`ROUTES_NICE` only when its lead is shorter: on
 Starlink Gen1 two children route 1 CPU-second a step between them, and at nice 5 they
@@ -23,6 +27,7 @@ took a share of the CPU from every step's route changes while dozens of steps ah
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
@@ -48,6 +53,8 @@ LOOKAHEAD_STEPS = 512
 ROUTES_NICE = 5
 #: A route process more steps than this ahead of the clock runs under ``SCHED_IDLE``.
 IDLE_LEAD_STEPS = 8
+#: While the network is built, a route process routes this many steps ahead and then waits.
+BUILD_LEAD_STEPS = 16
 
 
 def _die_with_parent() -> None:
@@ -79,7 +86,6 @@ def _routes_worker(
     # behind the step loop, the build and the traffic agents: those keep time; routing ahead
     # only needs what they leave (and gets all of it while the clock waits for it)
     os.nice(ROUTES_NICE)
-    policy = os.sched_getscheduler(0)
     try:
         prev: ForwardingTables | None = None
         for k, snap in enumerate(snapshots):
@@ -100,23 +106,24 @@ def _routes_worker(
             prev = t
             cost[k] = time.perf_counter() - t0
             q.put(item)
-            policy = _pick_policy(policy, k + 1 - int(ctl[0]), bool(ctl[1]))
+            _pick_policy(k + 1 - int(ctl[0]), bool(ctl[1]))
+            while ctl[1] and k + 1 - int(ctl[0]) >= BUILD_LEAD_STEPS:
+                time.sleep(0.05)  # banked enough during the build: leave it the memory
         q.put(None)
     except Exception as exc:  # report to the parent, which raises it
         q.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def _pick_policy(policy: int, lead: int, force_idle: bool) -> int:
+def _pick_policy(lead: int, force_idle: bool) -> None:
     """Set this process's scheduling policy for a lead of ``lead`` steps over the clock:
     ``SCHED_IDLE`` when ``force_idle`` or ``lead > IDLE_LEAD_STEPS``, else ``SCHED_OTHER``
-    (its niceness is kept). Returns the policy now in force (``policy`` if unchanged)."""
+    (its niceness is kept). The parent may have set it meanwhile (:meth:`RouteFeed.yield_cpu`),
+    so it is read, not remembered."""
     want = os.SCHED_IDLE if force_idle or lead > IDLE_LEAD_STEPS else os.SCHED_OTHER
-    if want != policy:
-        try:
+    if os.sched_getscheduler(0) != want:
+        # (not root: leaving SCHED_IDLE needs RLIMIT_NICE room)
+        with contextlib.suppress(PermissionError):
             os.sched_setscheduler(0, want, os.sched_param(0))
-        except PermissionError:  # (not root: leaving SCHED_IDLE needs RLIMIT_NICE room)
-            return policy
-    return want
 
 
 class RouteFeed:

@@ -183,10 +183,10 @@ def wait_for(cond, what: str, timeout_s: float = 20.0, between=lambda: None) -> 
 
 
 def test_route_processes_idle_during_the_build_and_while_far_ahead_of_the_clock():
-    from meshemu.live.feed import IDLE_LEAD_STEPS, ROUTES_NICE
+    from meshemu.live.feed import BUILD_LEAD_STEPS, ROUTES_NICE
 
     scheme = SettableScheme(0.002)
-    lookahead = IDLE_LEAD_STEPS + 12
+    lookahead = BUILD_LEAD_STEPS + 12
     feed = RouteFeed(
         [object()] * 400, scheme, np.arange(2, dtype=np.int32), lookahead=lookahead, workers=2
     )
@@ -195,6 +195,13 @@ def test_route_processes_idle_during_the_build_and_while_far_ahead_of_the_clock(
         feed.get(0)  # (both have started: they took their niceness first)
         feed.yield_cpu(True)  # the build: idle, however far ahead or behind
         assert policies(feed) == [os.SCHED_IDLE] * 2
+        # ... and no further ahead than BUILD_LEAD_STEPS (step 0 is taken)
+        banked = BUILD_LEAD_STEPS + 1
+        wait_for(lambda: feed.steps_ready() >= banked, "no steps routed during the build")
+        t_end = time.monotonic() + 0.3  # time for 150 more steps at 2 ms each: none may come
+        while time.monotonic() < t_end:
+            assert feed.steps_ready() == banked
+            time.sleep(0.01)
         taken = [1]
 
         def take() -> None:  # the clock takes a step (the children then route one more)

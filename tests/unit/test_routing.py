@@ -67,13 +67,21 @@ def test_shortest_delay_matches_networkx_and_never_transits_ground(seed):
             assert all(snap.transit[x] for x in path[1:-1])
 
 
-def test_tables_of_more_destinations_than_a_transpose_block_match_networkx():
-    # 150 satellites and 10 ground nodes: the next hops are transposed 64 rows at a time
+@pytest.mark.parametrize("chunk", [50, 256])
+def test_tables_routed_in_chunks_and_transposed_in_blocks_match_networkx(monkeypatch, chunk):
+    # 150 satellites and 10 ground nodes: the trees are routed `chunk` destinations at a
+    # time (50: four chunks, the last one short) and transposed 64 rows at a time
+    from meshemu.routing import computed
+
+    monkeypatch.setattr(computed, "TREE_CHUNK", chunk)
     snap, _, _ = random_graph(11, n_sat=150, n_ground=10)
     dests = np.arange(snap.n_nodes, dtype=np.int32)
-    tab = get_scheme("shortest-delay").forwarding_tables(snap, dests)
+    scheme = get_scheme("shortest-delay")
+    tab = scheme.forwarding_tables(snap, dests)
     assert tab.next_hop.shape == (snap.n_nodes, snap.n_nodes, 1)
     assert validate_tables(tab, snap) == []
+    # the route hold's tables (all trees at once, with their costs) are the same
+    assert np.array_equal(scheme.forwarding_tables_and_costs(snap, dests)[0].next_hop, tab.next_hop)
     rng = np.random.default_rng(5)
     for s, d in rng.integers(0, snap.n_nodes, size=(120, 2)):
         if s == d:
