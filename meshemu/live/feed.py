@@ -71,10 +71,12 @@ def _routes_worker(
     dests: np.ndarray,
     q: mp.Queue,
     cost: Any,
+    cpu: Any,
     ctl: Any,
 ) -> None:
     """Child process: forwarding tables for every step, in order, into ``q``; the seconds
-    each took into ``cost`` (shared memory, read by the parent at any time). ``ctl`` (shared
+    each took into ``cost`` and the CPU seconds into ``cpu`` (shared memory, read by the
+    parent at any time). ``ctl`` (shared
     with the parent): the steps the clock has taken, and 1 while the parent wants every
     child idle; after each step the child picks its policy from them (:func:`_pick_policy`)."""
     _die_with_parent()
@@ -89,7 +91,7 @@ def _routes_worker(
     try:
         prev: ForwardingTables | None = None
         for k, snap in enumerate(snapshots):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             t = scheme.forwarding_tables(snap, dests)
             if prev is None:
                 item: tuple = (k, t.destinations, np.asarray(t.next_hop), t.scheme)
@@ -104,6 +106,7 @@ def _routes_worker(
                     np.asarray(t.next_hop).shape[2],
                 )
             prev = t
+            cpu[k] = time.process_time() - c0
             cost[k] = time.perf_counter() - t0
             q.put(item)
             _pick_policy(k + 1 - int(ctl[0]), bool(ctl[1]))
@@ -168,6 +171,8 @@ class RouteFeed:
         self.qs: list[mp.Queue] = []
         #: Seconds each child took to route (and diff) each step (-1: not yet).
         self.costs: list[Any] = []
+        #: CPU seconds each child spent on each step (-1: not yet).
+        self.cpu_costs: list[Any] = []
         self.procs: list[Any] = []
         self._next = 0
         self._bufs: list[np.ndarray] = []  # next hops of steps k % 2
@@ -179,14 +184,16 @@ class RouteFeed:
         for i, part in enumerate(parts):
             q: mp.Queue = ctx.Queue(maxsize=lookahead)
             cost = ctx.Array("d", [-1.0] * n, lock=False)
+            cpu = ctx.Array("d", [-1.0] * n, lock=False)
             proc = ctx.Process(
                 target=_routes_worker,
-                args=(snapshots, scheme, part, q, cost, self._ctl),
+                args=(snapshots, scheme, part, q, cost, cpu, self._ctl),
                 name=f"meshemu-routes-{i}",
                 daemon=True,
             )
             self.qs.append(q)
             self.costs.append(cost)
+            self.cpu_costs.append(cpu)
             self.procs.append(proc)
         for proc in self.procs:
             proc.start()
@@ -310,9 +317,24 @@ class RouteFeed:
             done = k + 1
         return done
 
+    def routing_cpu_s(self, k: int) -> float:
+        """CPU seconds step ``k`` took the slowest route process (NaN until all have routed
+        it)."""
+        if not 0 <= k < len(self.cpu_costs[0]):
+            return float("nan")
+        c = [float(cpu[k]) for cpu in self.cpu_costs]
+        return max(c) if min(c) >= 0 else float("nan")
+
     def estimate_s(self, steps: int = 3, timeout_s: float = 120.0) -> float:
-        """Median seconds per step over the first ``steps`` steps (waits until the children
-        have routed them, or ``timeout_s``; NaN when none is done)."""
+        """Seconds a step will take the route processes: the median over the first
+        ``steps`` steps of the slowest child's CPU seconds, times children per CPU where
+        there are more children than CPUs (waits until the children have routed them, or
+        ``timeout_s``; NaN when none is done).
+
+        CPU seconds, not wall: the first steps are routed during the build under
+        ``SCHED_IDLE``, so their wall time says how busy the build kept the machine
+        (Starlink Gen1: 0.89 s a step, where the run then kept up with 1 s steps to its
+        end), not what routing will cost once the clock runs."""
         n = min(steps, len(self.costs[0]))
         deadline = time.monotonic() + timeout_s
         while (
@@ -321,8 +343,9 @@ class RouteFeed:
             and all(p.is_alive() for p in self.procs)
         ):
             time.sleep(0.01)
-        done = [c for c in (self.routing_cost_s(i) for i in range(n)) if not math.isnan(c)]
-        return float(np.median(done)) if done else float("nan")
+        done = [c for c in (self.routing_cpu_s(i) for i in range(n)) if not math.isnan(c)]
+        share = max(1.0, len(self.procs) / (os.cpu_count() or 1))
+        return float(np.median(done)) * share if done else float("nan")
 
     def close(self) -> None:
         """End the children and release the queues."""

@@ -644,10 +644,10 @@ class StepLoop:
 
 
 def check_real_time(net: Network, period_s: float) -> float:
-    """Before the clock starts: the route process's seconds per step (median of the first
-    steps it routed); a warning with a step and a time scale that would keep up when routing
-    takes more than the step lasts and the steps routed ahead (during the build) will run out
-    before the run ends."""
+    """Before the clock starts: the route processes' CPU seconds per step
+    (:meth:`RouteFeed.estimate_s`); a warning with a step and a time scale that would keep
+    up when routing takes more than the step lasts and the steps routed ahead (during the
+    build) will run out before the run ends."""
     assert net.feed is not None
     feed = net.feed
     est = feed.estimate_s()
@@ -660,7 +660,7 @@ def check_real_time(net: Network, period_s: float) -> float:
     behind_from = math.floor(ahead * est / (est - ROUTING_SHARE_OF_STEP * period_s)) + 1
     if behind_from >= n_steps:
         log.info(
-            "routing takes %.2f s per step, more than a step lasts, but the %d steps routed "
+            "routing takes %.2f CPU-s per step, more than a step lasts, but the %d steps routed "
             "ahead last the run's %d steps",
             est,
             ahead,
@@ -671,7 +671,7 @@ def check_real_time(net: Network, period_s: float) -> float:
     step = math.ceil(need * opts.time_scale * 10) / 10
     scale = math.floor(span.step_s / need * 100) / 100
     log.warning(
-        "routing (%s) takes %.2f s per step, more than the %.2f s a step lasts: with %d "
+        "routing (%s) takes %.2f CPU-s per step, more than the %.2f s a step lasts: with %d "
         "steps routed ahead, the run will fall behind real time from about step %d of %d. "
         "Use --step %g or --time-scale %g to keep up",
         net.inputs.scheme.name,
