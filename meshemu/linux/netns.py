@@ -169,13 +169,16 @@ def _detached_proc() -> int:
     OSError
         The kernel has no new mount API (before 5.2) or refuses the mount.
     """
-    fs = _libc.syscall(_SYS_FSOPEN, b"proc", _FSOPEN_CLOEXEC)
+    # (syscall(2) reads its arguments as longs: pass them as such, not as C ints)
+    arg, null = ctypes.c_long, ctypes.c_void_p()
+    fs = _libc.syscall(arg(_SYS_FSOPEN), ctypes.c_char_p(b"proc"), arg(_FSOPEN_CLOEXEC))
     if fs < 0:
         raise OSError(ctypes.get_errno(), "fsopen(proc)")
     try:
-        if _libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0) < 0:
+        cmd = arg(_FSCONFIG_CMD_CREATE)
+        if _libc.syscall(arg(_SYS_FSCONFIG), arg(fs), cmd, null, null, arg(0)) < 0:
             raise OSError(ctypes.get_errno(), "fsconfig(proc)")
-        mnt = _libc.syscall(_SYS_FSMOUNT, fs, _FSMOUNT_CLOEXEC, 0)
+        mnt = _libc.syscall(arg(_SYS_FSMOUNT), arg(fs), arg(_FSMOUNT_CLOEXEC), arg(0))
         if mnt < 0:
             raise OSError(ctypes.get_errno(), "fsmount(proc)")
         return int(mnt)

@@ -76,9 +76,10 @@ def _routes_worker(
 ) -> None:
     """Child process: forwarding tables for every step, in order, into ``q``; the seconds
     each took into ``cost`` and the CPU seconds into ``cpu`` (shared memory, read by the
-    parent at any time). ``ctl`` (shared
-    with the parent): the steps the clock has taken, and 1 while the parent wants every
-    child idle; after each step the child picks its policy from them (:func:`_pick_policy`)."""
+    parent at any time). ``ctl``, shared with the parent: the steps the clock has taken,
+    and 1 while the parent wants every child idle (the build); after each step the child
+    picks its policy from them (:func:`_pick_policy`), and during the build it waits once
+    it is :data:`BUILD_LEAD_STEPS` ahead."""
     _die_with_parent()
     # the parent tears the run down on these (a Ctrl-C reaches the whole process group);
     # the child ends when the parent terminates it or dies
