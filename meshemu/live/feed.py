@@ -1,8 +1,8 @@
 """Forwarding tables for every step of a run, computed ahead of the clock by child processes.
 
-Routing to every destination costs up to ~0.7 s per step on a Starlink shell (ECMP) and over
-1 s on Starlink Gen1 (4,418 nodes), more than a step may take; forked children compute the
-tables in step order and the clock takes them as it goes.
+Routing to every destination costs up to ~0.7 s per step on a Starlink shell (ECMP) and
+0.7 s (shortest-delay) to over 1 s on Starlink Gen1 (4,418 nodes), most of a step or more;
+forked children compute the tables in step order and the clock takes them as it goes.
 
 Only step 0 crosses the pipe whole (4,418 x 4,418 next hops are 78 MB). From step 1 on, each
 child diffs its tables against its previous step's (:func:`~meshemu.routing.route_diff`, off
@@ -16,13 +16,14 @@ puts them under ``SCHED_IDLE`` (``man 7 sched``: run only when a CPU has nothing
 run), so on a small machine they no longer take a core from the build, whose ``ip``,
 kernel work and delay line run at normal priority; and once :data:`BUILD_LEAD_STEPS` steps
 are banked they wait for the build's end. Even idle, routing took the build's memory
-bandwidth and cache: Starlink Gen1 built in 44.5 s without route processes, in 58.5 s with
-them idle all along, and in 40 s with them waiting (``benchmarks/bench_build.py --feed``,
-``bench_run.py``). After the build a child stays under
-``SCHED_IDLE`` while it is more than :data:`IDLE_LEAD_STEPS` steps ahead of the clock, and
-runs under ``SCHED_OTHER`` at nice :data:`ROUTES_NICE` only when its lead is shorter: on
-Starlink Gen1 two children route 1 CPU-second a step between them, and at nice 5 they
-took a share of the CPU from every step's route changes while dozens of steps ahead.
+bandwidth and cache: Starlink Gen1 built in 44.5 s without route processes and in 58.5 s
+with them idle all along (``benchmarks/bench_build.py --feed off|idle``), and in 40-58 s
+with them waiting (``bench_run.py``, four builds: builds here vary by 15 s). After the
+build a child stays under ``SCHED_IDLE`` while it is more than :data:`IDLE_LEAD_STEPS` steps
+ahead of the clock, and runs under ``SCHED_OTHER`` at nice :data:`ROUTES_NICE` only when its
+lead is shorter: on Starlink Gen1 the two children route 0.7-1 CPU-second a step between
+them, and at nice 5 they took a share of the CPU from every step's route changes while
+dozens of steps ahead.
 """
 
 from __future__ import annotations
