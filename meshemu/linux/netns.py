@@ -208,16 +208,19 @@ class ProcSys:
     ----------
     per_mount : int
         Namespaces written through one procfs instance before it is replaced.
+    detached : bool
+        Look up through detached procfs instances (False: through ``/proc``). It turns False
+        by itself where the kernel refuses them.
     """
 
-    def __init__(self, per_mount: int = 64) -> None:
+    def __init__(self, per_mount: int = 64, detached: bool = True) -> None:
         if per_mount < 1:
             raise ValueError(f"per_mount must be at least 1, got {per_mount}")
         self.per_mount = per_mount
         self._lock = threading.Lock()
         self._root: int | None = None
         self._uses = 0
-        self.detached = True
+        self.detached = detached
 
     def _take_root(self) -> int:
         """A descriptor of the procfs root for one namespace's writes (the caller closes it)."""
@@ -306,9 +309,5 @@ def write_sysctls(values: dict[str, str | int]) -> None:
     CommandError
         A write failed (``cmd`` is the equivalent ``sysctl -w``).
     """
-    writer = ProcSys()
-    writer.detached = False
-    try:
+    with ProcSys(detached=False) as writer:
         writer.write(values)
-    finally:
-        writer.close()

@@ -305,10 +305,7 @@ class RouteFeed:
 
     def routing_cost_s(self, k: int) -> float:
         """Seconds step ``k`` took the slowest route process (NaN until all have routed it)."""
-        if not 0 <= k < len(self.costs[0]):
-            return float("nan")
-        c = [float(cost[k]) for cost in self.costs]
-        return max(c) if min(c) >= 0 else float("nan")
+        return _slowest(self.costs, k)
 
     def steps_ready(self) -> int:
         """Steps every child has routed so far (taken or not)."""
@@ -322,10 +319,7 @@ class RouteFeed:
     def routing_cpu_s(self, k: int) -> float:
         """CPU seconds step ``k`` took the slowest route process (NaN until all have routed
         it)."""
-        if not 0 <= k < len(self.cpu_costs[0]):
-            return float("nan")
-        c = [float(cpu[k]) for cpu in self.cpu_costs]
-        return max(c) if min(c) >= 0 else float("nan")
+        return _slowest(self.cpu_costs, k)
 
     def estimate_s(self, steps: int = 3, timeout_s: float = 120.0) -> float:
         """Seconds a step will take the route processes: the median over the first
@@ -359,6 +353,15 @@ class RouteFeed:
         for q in self.qs:
             q.close()
             q.cancel_join_thread()
+
+
+def _slowest(per_child: list[Any], k: int) -> float:
+    """The largest of the children's figures for step ``k`` (NaN until every child has one,
+    or outside the run's steps)."""
+    if not 0 <= k < len(per_child[0]):
+        return float("nan")
+    c = [float(a[k]) for a in per_child]
+    return max(c) if min(c) >= 0 else float("nan")
 
 
 def _join(nhs: list[np.ndarray]) -> np.ndarray:
