@@ -7,14 +7,16 @@ memory it added.
 
 ``--feed nice`` or ``--feed idle`` runs the run's route processes
 (:class:`meshemu.live.feed.RouteFeed` over the same steps) during the build, at nice 5 or
-under ``SCHED_IDLE`` (what ``meshemu run`` does), so what they cost the build shows against
-``--feed off``. ``--perf DIR`` records each phase system-wide with ``perf record -a -g``
-into ``DIR/<phase>.data`` (read them with ``perf report -i``).
+under ``SCHED_IDLE`` and stopped while the node shells spawn (what ``meshemu run`` does),
+so what they cost the build shows against ``--feed off``; ``--feed idle-all`` keeps them
+under ``SCHED_IDLE`` without stopping them. ``--perf DIR`` records each phase
+system-wide with ``perf record -a -g`` into ``DIR/<phase>.data`` (read them with
+``perf report -i``).
 
 Writes ``benchmarks/results/build-<scenario>-<label>-<time>.json``.
 
 Usage: sudo .venv/bin/python benchmarks/bench_build.py [--scenario starlink-shell1]
-       [--steps 60] [--feed off|nice|idle] [--repeat 1] [--perf DIR] [--label NAME]
+       [--steps 60] [--feed off|nice|idle|idle-all] [--repeat 1] [--perf DIR] [--label NAME]
        (--scenario starlink-gen1: 4,418 nodes, about 6 GiB: take the heavy lock)
 """
 
@@ -78,7 +80,7 @@ def build_once(scenario: str, steps: int, feed: str, perf_dir: Path | None) -> d
         workers = 2 if n >= 2000 and (os.cpu_count() or 1) > 1 else 1
         route_feed = RouteFeed(snaps, scheme, dests, workers=workers)
         tables = route_feed.get(0)
-        if feed == "idle":  # as meshemu run does
+        if feed.startswith("idle"):  # as meshemu run does
             route_feed.yield_cpu(True)
     else:
         tables = scheme.forwarding_tables(snaps[0], dests)
@@ -105,7 +107,12 @@ def build_once(scenario: str, steps: int, feed: str, perf_dir: Path | None) -> d
             RouteInstaller.install_full = install_full  # type: ignore[method-assign]
         try:
             t0 = time.perf_counter()
-            emu.build(RunLinks.from_snapshots(snaps), snaps[0], tables)
+            emu.build(
+                RunLinks.from_snapshots(snaps),
+                snaps[0],
+                tables,
+                quiet=route_feed.paused if route_feed is not None and feed == "idle" else None,
+            )
             out["build_s"] = time.perf_counter() - t0
             out["links"] = int(emu.plan.n_links)
             out["phases_s"] = {k: round(v, 3) for k, v in emu.timings.items()}
@@ -129,10 +136,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="steps whose links are built")
     ap.add_argument(
         "--feed",
-        choices=("off", "nice", "idle"),
+        choices=("off", "nice", "idle", "idle-all"),
         default="off",
-        help="route processes during the build: none, at nice 5, or SCHED_IDLE (as "
-        "`meshemu run` has them; default off)",
+        help="route processes during the build: none, at nice 5, SCHED_IDLE and stopped "
+        "while the shells spawn (as `meshemu run` has them), or SCHED_IDLE all along "
+        "(default off)",
     )
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--perf", type=Path, help="perf record each phase into this directory")

@@ -40,7 +40,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,7 +327,12 @@ class Emulation:
 
     # -- build -------------------------------------------------------------------------------
     def build(
-        self, links: RunLinks | np.ndarray, first_snapshot: Snapshot, first_tables: Any
+        self,
+        links: RunLinks | np.ndarray,
+        first_snapshot: Snapshot,
+        first_tables: Any,
+        *,
+        quiet: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
     ) -> None:
         """Create the nodes, every link of the run, the addresses and the first routes.
 
@@ -342,6 +347,10 @@ class Emulation:
         first_snapshot : Snapshot
         first_tables : ForwardingTables
             Routes to every destination in ``first_tables.destinations``.
+        quiet : callable returning a context manager, optional
+            Entered around the spawning of the node shells, the phase that other work on
+            the machine slows most: ``meshemu run`` stops its route processes there
+            (:meth:`~meshemu.live.feed.RouteFeed.paused`).
 
         Raises
         ------
@@ -367,8 +376,13 @@ class Emulation:
         t0 = time.perf_counter()
         try:
             self._lock = write_lock(self.run_id, self.run_dir, n)
+
+            def spawn() -> None:
+                with quiet() if quiet is not None else contextlib.nullcontext():
+                    self._spawn_nodes()
+
             steps = (
-                ("shells_s", self._spawn_nodes),
+                ("shells_s", spawn),
                 ("netns_s", self._setup_namespaces),
                 ("links_s", lambda: self._create_links(table)),
                 ("addresses_s", lambda: self._configure_addresses(plan)),

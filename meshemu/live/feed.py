@@ -36,7 +36,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -218,6 +218,28 @@ class RouteFeed:
             except PermissionError:  # (not root: leaving SCHED_IDLE needs RLIMIT_NICE room)
                 log.debug("route process %d: cannot change its scheduling policy", proc.pid)
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the route processes (``SIGSTOP``) for the ``with`` block, then let them go
+        on (``SIGCONT``), even when the block raises.
+
+        Even under ``SCHED_IDLE`` they take what a CPU leaves between the steps of another
+        task, and the node spawn loop leaves a lot: each spawn waits for its child's
+        ``exec``. On Starlink Gen1 the shells took 15-16 s to start with the route processes
+        idle and 7 s without them (``benchmarks/bench_build.py --feed idle|off``).
+        """
+        self._signal_all(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: int) -> None:
+        for proc in self.procs:
+            if proc.pid is not None and proc.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+
     @property
     def proc(self) -> Any:
         """The first route process (the only one with one worker)."""
@@ -348,6 +370,7 @@ class RouteFeed:
         for proc in self.procs:
             if proc.is_alive():
                 proc.terminate()
+        self._signal_all(signal.SIGCONT)  # (a stopped process takes its SIGTERM only then)
         for proc in self.procs:
             proc.join(timeout=5)
         for q in self.qs:

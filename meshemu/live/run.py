@@ -334,7 +334,12 @@ class Network:
         # the route processes bank steps on what the build leaves, not on a core of its own
         self.feed.yield_cpu(True)
         try:
-            self.emu.build(RunLinks.from_snapshots(plan.snapshots), plan.snapshots[0], self.tables0)
+            self.emu.build(
+                RunLinks.from_snapshots(plan.snapshots),
+                plan.snapshots[0],
+                self.tables0,
+                quiet=self.feed.paused,
+            )
         finally:
             self.feed.yield_cpu(False)
         self.t_build = time.perf_counter() - t0

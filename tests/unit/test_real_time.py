@@ -228,3 +228,35 @@ def test_route_processes_idle_during_the_build_and_while_far_ahead_of_the_clock(
     finally:
         feed.close()
     feed.yield_cpu(True)  # ended processes are skipped
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_route_processes_stop_while_paused_and_go_on_after_even_on_an_error():
+    feed = RouteFeed([object()] * 400, SettableScheme(0.002), np.arange(2, dtype=np.int32))
+    try:
+        feed.get(0)
+        try:
+            with feed.paused():
+                wait_for(
+                    lambda: [proc_state(p.pid) for p in feed.procs] == ["T"],
+                    "the route process was not stopped",
+                )
+                ready = feed.steps_ready()
+                t_end = time.monotonic() + 0.2  # 100 steps' time at 2 ms each: none may come
+                while time.monotonic() < t_end:
+                    assert feed.steps_ready() == ready
+                    time.sleep(0.01)
+                raise KeyError("the spawn failed")
+        except KeyError:
+            pass
+        assert [proc_state(p.pid) for p in feed.procs] != ["T"]
+        wait_for(lambda: feed.steps_ready() > ready, "the route process did not go on")
+        with feed.paused():  # closing a stopped feed ends its processes
+            feed.close()
+        assert not any(p.is_alive() for p in feed.procs)
+    finally:
+        feed.close()
