@@ -14,11 +14,12 @@ network is being built and bank the build's minutes as steps routed ahead of the
 While the network is built they only take what the build leaves: :meth:`RouteFeed.yield_cpu`
 puts them under ``SCHED_IDLE`` (``man 7 sched``: run only when a CPU has nothing else to
 run), so on a small machine they no longer take a core from the build, whose ``ip``,
-kernel work and delay line run at normal priority; and once :data:`BUILD_LEAD_STEPS` steps
-are banked they wait for the build's end. Even idle, routing took the build's memory
-bandwidth and cache: Starlink Gen1 built in 44.5 s without route processes and in 58.5 s
-with them idle all along (``benchmarks/bench_build.py --feed off|idle``), and in 40-58 s
-with them waiting (``bench_run.py``, four builds: builds here vary by 15 s). After the
+kernel work and delay line run at normal priority; once :data:`BUILD_LEAD_STEPS` steps
+are banked they wait for the build's end; and while the node shells spawn they are stopped
+(:meth:`RouteFeed.paused`). Even idle, routing took what the spawn loop leaves between a
+spawn and its child's ``exec``: Starlink Gen1's shells started in 13.8-16.4 s with the route
+processes idle all along and in 7.2-9.1 s with them stopped there, and the build took 27.5-37.4
+s against 23.6-24.3 s (``benchmarks/bench_build.py --feed idle-all|idle``). After the
 build a child stays under ``SCHED_IDLE`` while it is more than :data:`IDLE_LEAD_STEPS` steps
 ahead of the clock, and runs under ``SCHED_OTHER`` at nice :data:`ROUTES_NICE` only when its
 lead is shorter: on Starlink Gen1 the two children route 0.7-1 CPU-second a step between
