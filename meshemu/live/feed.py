@@ -226,8 +226,9 @@ class RouteFeed:
 
         Even under ``SCHED_IDLE`` they take what a CPU leaves between the steps of another
         task, and the node spawn loop leaves a lot: each spawn waits for its child's
-        ``exec``. On Starlink Gen1 the shells took 15-16 s to start with the route processes
-        idle and 7 s without them (``benchmarks/bench_build.py --feed idle|off``).
+        ``exec``. On Starlink Gen1 the shells took 13.8-16.4 s to start with the route
+        processes idle, 7.2-9.1 s with them stopped and 7.1 s without them
+        (``benchmarks/bench_build.py --feed idle-all|idle|off``).
         """
         self._signal_all(signal.SIGSTOP)
         try:
