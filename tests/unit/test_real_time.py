@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from meshemu.live.feed import RouteFeed
 from meshemu.live.run import check_real_time
@@ -239,20 +240,17 @@ def test_route_processes_stop_while_paused_and_go_on_after_even_on_an_error():
     feed = RouteFeed([object()] * 400, SettableScheme(0.002), np.arange(2, dtype=np.int32))
     try:
         feed.get(0)
-        try:
-            with feed.paused():
-                wait_for(
-                    lambda: [proc_state(p.pid) for p in feed.procs] == ["T"],
-                    "the route process was not stopped",
-                )
-                ready = feed.steps_ready()
-                t_end = time.monotonic() + 0.2  # 100 steps' time at 2 ms each: none may come
-                while time.monotonic() < t_end:
-                    assert feed.steps_ready() == ready
-                    time.sleep(0.01)
-                raise KeyError("the spawn failed")
-        except KeyError:
-            pass
+        with pytest.raises(KeyError), feed.paused():
+            wait_for(
+                lambda: [proc_state(p.pid) for p in feed.procs] == ["T"],
+                "the route process was not stopped",
+            )
+            ready = feed.steps_ready()
+            t_end = time.monotonic() + 0.2  # 100 steps' time at 2 ms each: none may come
+            while time.monotonic() < t_end:
+                assert feed.steps_ready() == ready
+                time.sleep(0.01)
+            raise KeyError("the spawn failed")
         assert [proc_state(p.pid) for p in feed.procs] != ["T"]
         wait_for(lambda: feed.steps_ready() > ready, "the route process did not go on")
         with feed.paused():  # closing a stopped feed ends its processes
