@@ -80,11 +80,11 @@ if ! cmp -s "$WEB/package-lock.json" "$WEB/node_modules/.meshemu-installed-lock"
     cp "$WEB/package-lock.json" "$WEB/node_modules/.meshemu-installed-lock"
 fi
 
-echo "==> building the compiled delay line (meshemu/live/dlc)"
+echo "==> building the compiled delay line and node holder (meshemu/live/dlc)"
 make -s -C "$HERE/meshemu/live/dlc" || {
-    echo "install.sh: could not build the compiled delay line in meshemu/live/dlc (see the" \
-         "compiler's messages above); the userspace shaper would fall back to the slow" \
-         "Python one" >&2; exit 1; }
+    echo "install.sh: could not build the compiled delay line and node holder in" \
+         "meshemu/live/dlc (see the compiler's messages above); the userspace shaper would" \
+         "fall back to the slow Python delay line, and the nodes to a larger holder" >&2; exit 1; }
 
 if [ "$WITH_TEST" = 1 ]; then
     echo "==> fetching a netem-capable Debian kernel for tests/vm"

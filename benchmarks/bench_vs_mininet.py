@@ -129,6 +129,7 @@ def bench_mininet(names, kinds, snap, tables) -> dict:
     t0 = time.perf_counter()
     try:
         hosts = [net.addHost(f"v{i}", ip=None) for i in range(n)]
+        mem_hosts = used_memory()
         # one /31 per link, as meshemu's addressing plan (the link index as in the snapshot)
         links = []
         for k, (i, j) in enumerate(zip(a.tolist(), b.tolist())):
@@ -139,12 +140,14 @@ def bench_mininet(names, kinds, snap, tables) -> dict:
             )
         net.build()
         t_links = time.perf_counter()
+        mem_links = used_memory()
         for k, lk in enumerate(links):
             lk.intf1.setIP(adr.int_to_ip(adr.link_address_int(k, 0)), 31)
             lk.intf2.setIP(adr.int_to_ip(adr.link_address_int(k, 1)), 31)
         for i, h in enumerate(hosts):
             h.cmd(f"ip addr add {adr.node_address(i)}/32 dev lo; sysctl -qw net.ipv4.ip_forward=1")
         t_addr = time.perf_counter()
+        mem_addr = used_memory()
         # routes: each host's, through its next hop over the link they share
         nh = np.asarray(tables.next_hop)[:, :, 0]
         link_of = {(int(x), int(y)): k for k, (x, y) in enumerate(zip(a, b))}
@@ -177,6 +180,18 @@ def bench_mininet(names, kinds, snap, tables) -> dict:
             "routes_s": round(t_routes - t_addr, 3),
         }
         out["routes"] = total
+        mem_routes = used_memory()
+        # what a node costs, per part of the build (as meshemu's per_node_kib; the shells
+        # are Mininet's addHost, the links its build())
+        out["per_node_kib"] = {
+            k: round(v / n / 1024, 1)
+            for k, v in (
+                ("shells", mem_hosts - mem0),
+                ("links", mem_links - mem_hosts),
+                ("addresses", mem_addr - mem_links),
+                ("routes", mem_routes - mem_addr),
+            )
+        }
         out["mem_gib"] = (settle_memory() - mem0) / 2**30
         out["ping_ok"] = _ping(hosts[-1], adr.node_address(0))
     finally:

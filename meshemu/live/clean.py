@@ -35,6 +35,7 @@ from meshemu.errors import CommandError, EmulationError
 from meshemu.linux import commands, procs
 from meshemu.linux.limits import require_root
 from meshemu.live.emulation import ENV_MARKER, LOCK_DIR, RUN_MARKER, lock_is_live, read_lock
+from meshemu.live.nodes import NODE_PROGRAMS
 from meshemu.live.shapers import NS_PREFIX, cleanup_leftovers
 from meshemu.live.shapers.userspace import delayline_netns_run
 
@@ -68,7 +69,7 @@ def find_runs() -> dict[str, dict]:
             e["live"] = bool(info and lock_is_live(info))
     for pid, (ino, argv) in procs.scan_processes().items():
         rid = _run_of_argv(argv)
-        if rid is not None and argv and os.path.basename(argv[0]) in ("bash", "mnexec"):
+        if rid is not None and argv and os.path.basename(argv[0]) in NODE_PROGRAMS:
             e = entry(rid)
             e["shells"].append(pid)
             e["netns"].add(ino)

@@ -257,7 +257,8 @@ class DaemonRunner:
             if not argv:
                 continue
             prog, args = argv[0], " ".join(f"'{a}'" for a in argv[1:])
-            self.mesh[node.node_id].cmd(f'{prog}() {{ command {prog} {args} "$@"; }}')
+            # (run when that node's shell starts: most nodes' never do)
+            self.mesh[node.node_id].on_shell_start(f'{prog}() {{ command {prog} {args} "$@"; }}')
 
     # -- stop ------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -68,7 +67,12 @@ from meshemu.live.lock import (  # noqa: E402
     read_lock,
     write_lock,
 )
-from meshemu.live.nodes import MeshIntf, MeshNode, await_prompts, mark_ready  # noqa: E402
+from meshemu.live.nodes import (  # noqa: E402
+    MeshIntf,
+    MeshNode,
+    await_namespaces,
+    start_shells,
+)
 from meshemu.live.resources import (  # noqa: E402
     LINK_BYTES,
     MEMORY_HEADROOM,
@@ -113,7 +117,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds ``build`` waits at most for the kernel to activate every interface.
 LINKS_RUNNING_TIMEOUT_S = 30.0
-#: Seconds to wait for all node shells to print their prompt.
+#: Seconds to wait for all nodes' namespaces (their holders: :class:`MeshNode`).
 SHELL_TIMEOUT_S = 120.0
 #: Sysctls of every node's namespace (written before its links exist, so ``default`` values
 #: apply to them): a router that answers traceroute at any rate and does not drop
@@ -321,9 +325,18 @@ class Emulation:
 
     @property
     def pids(self) -> list[int]:
-        """Shell pid of every node built here, in node id order (each in its node's
-        namespace)."""
+        """Pid of every node built here (its namespace holder: :class:`MeshNode`), in node
+        id order (each in its node's namespace)."""
         return [n.pid for n in self.nodes]
+
+    def start_shells(self, names: Sequence[str] | None = None) -> None:
+        """Start the bash of the named nodes (default: every node built here) at once.
+
+        A node's shell otherwise starts when it is first used (``node.cmd``), one at a time;
+        this is for code about to use many (each costs about 220 KiB).
+        """
+        nodes = self.nodes if names is None else [self.node(n) for n in names]
+        start_shells(nodes)
 
     # -- build -------------------------------------------------------------------------------
     def build(
@@ -470,8 +483,7 @@ class Emulation:
                 inNamespace=True,
             )
             self.nodes.append(node)
-        await_prompts(self.nodes, "start", SHELL_TIMEOUT_S)
-        mark_ready(self.nodes)
+        await_namespaces(self.nodes, SHELL_TIMEOUT_S)
 
     def _setup_namespaces(self) -> None:
         own = os.stat("/proc/self/ns/net").st_ino
@@ -852,8 +864,7 @@ class Emulation:
             except Exception as exc:
                 errors.append(exc)
             for node in self.nodes:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(node.pid, signal.SIGKILL)
+                node.kill()
             if self._inodes:
                 try:
                     stray = procs.pids_in_netns(self._inodes)
@@ -862,9 +873,11 @@ class Emulation:
                 except Exception as exc:
                     errors.append(exc)
             for node in self.nodes:
-                if node.shell is not None and node.shell.wait(timeout=5) is None:
+                if not node.wait_gone(timeout_s=5):
                     errors.append(
-                        EmulationError(f"shell of node {node.name} (pid {node.pid}) did not die")
+                        EmulationError(
+                            f"holder or shell of node {node.name} (pid {node.pid}) did not die"
+                        )
                     )
                 node.cleanup()
             for sock in self._netlink:

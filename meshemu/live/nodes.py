@@ -28,6 +28,7 @@ import subprocess
 import termios
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from mininet.link import Intf
@@ -117,11 +118,49 @@ def _shell_env(extra: dict[str, str], run_id: str) -> dict[str, str]:
     return env
 
 
+#: The node holder (``meshemu/live/dlc/node.c``, built by ``install.sh``).
+HOLDER_BINARY = Path(__file__).resolve().parent / "dlc" / "meshemu-node"
+#: Program names (argv[0]) of meshemu's node processes: the holders (compiled, or ``sh``
+#: when it is not built) and the shells started in them (``meshemu clean`` looks for these
+#: with the run's marker in their argv).
+NODE_PROGRAMS = ("meshemu-node", "sh", "bash")
+
+_LIFELINE: list[int] = []
+
+
+def _lifeline() -> int:
+    """The read end of this process's lifeline pipe: every node holder reads it (its stdin)
+    until end of file, which comes when this process exits, however it exits (the write end
+    is never closed here, nor inherited: it is not inheritable)."""
+    if not _LIFELINE:
+        r, w = os.pipe()
+        _LIFELINE[:] = [nl.high_fd(r), nl.high_fd(w)]
+    return _LIFELINE[0]
+
+
+def _holder_argv(name: str, run_id: str) -> tuple[str, list[str]]:
+    """Executable and argv of a node's holder: the compiled one when it is built, else
+    ``unshare --net sh -c 'read _'`` (the same, about 60 KiB more per node)."""
+    markers = ["mininet:" + name, RUN_MARKER + run_id]
+    if HOLDER_BINARY.is_file() and os.access(HOLDER_BINARY, os.X_OK):
+        return str(HOLDER_BINARY), ["meshemu-node", *markers]
+    unshare = _tool_path("unshare", "util-linux")
+    return unshare, ["unshare", "--net", "--", "sh", "-c", "read _", *markers]
+
+
 class MeshNode(Host):
     """A Mininet host that is a meshemu node (a router with its address on ``lo``).
 
-    Its shell is only *spawned* by the constructor; :class:`Emulation` waits for all shells'
-    prompts at once. The shell's argv ends with ``mininet:<name> meshemu-run=<run_id>``.
+    The node is its network namespace, held by a small process (``node.pid``, the
+    *holder*: :data:`HOLDER_BINARY`) that the constructor only spawns;
+    :func:`await_namespaces` waits for all of them at once. Its bash starts on first use:
+    anything that talks to the shell (``cmd``, ``sendCmd``, the CLI, ``stdin``/``stdout``)
+    starts it first, in the holder's namespace (``nsenter``), and :func:`start_shells`
+    starts many at once. A shell costs about 220 KiB per node that most nodes of a large
+    constellation never use (``benchmarks/bench_vs_mininet.py``). ``popen`` attaches to
+    the holder (``mnexec -a``) and needs no shell. The holder's and the shell's argv end
+    with ``mininet:<name> meshemu-run=<run_id>``.
+
     ``IP()`` is the node address (10.0.x.y), also what the CLI substitutes for node names.
 
     Parameters
@@ -135,6 +174,10 @@ class MeshNode(Host):
     def __init__(self, name: str, run_id: str = "", **params: Any) -> None:
         self.run_id = run_id
         self.shell: ShellHandle | None = None
+        self._io: Any = None
+        self._poll: Any = None
+        self._bash: ShellHandle | None = None
+        self._on_shell: list[str] = []
         super().__init__(name, **params)
 
     #: Environment of every node shell: the prompt is Mininet's sentinel; job control and
@@ -142,9 +185,55 @@ class MeshNode(Host):
     #: shell itself before its first prompt, which saves a round trip per node.
     SHELL_ENV = {"PS1": PROMPT, "HISTFILE": "", "PROMPT_COMMAND": "set +m; unset PROMPT_COMMAND"}
 
+    # Mininet's Node reads and writes its shell through these: reading one starts the shell
+    @property
+    def stdin(self) -> Any:
+        """The shell's pty (started on first use)."""
+        return self._shell_io()
+
+    @stdin.setter
+    def stdin(self, value: Any) -> None:
+        self._io = value
+
+    @property
+    def stdout(self) -> Any:
+        """The shell's pty (started on first use)."""
+        return self._shell_io()
+
+    @stdout.setter
+    def stdout(self, value: Any) -> None:
+        self._io = value
+
+    @property
+    def pollOut(self) -> Any:  # noqa: N802 (Mininet's name)
+        """A poll object on the shell's pty (started on first use)."""
+        self._shell_io()
+        return self._poll
+
+    @pollOut.setter
+    def pollOut(self, value: Any) -> None:  # noqa: N802
+        self._poll = value
+
+    @property
+    def has_shell(self) -> bool:
+        """Whether the node's bash has been started."""
+        return self._io is not None
+
+    def _shell_io(self) -> Any:
+        if self._io is None and self.shell is not None and self.shell.poll() is None:
+            start_shells([self])
+        return self._io
+
+    def on_shell_start(self, command: str) -> None:
+        """Run ``command`` in the node's shell when it starts (now, if it runs)."""
+        if self._io is not None:
+            self.cmd(command)
+        else:
+            self._on_shell.append(command)
+
     def startShell(self, mnopts: str | None = None) -> None:  # noqa: N802 (Mininet's name)
-        """Spawn the shell (``unshare --net bash`` in a session of its own) without waiting
-        for its prompt.
+        """Spawn the node's holder (a network namespace of its own, in a session of its own)
+        without waiting for it; the shell starts on first use.
 
         Only the network namespace is new. ``mnexec -n`` (vanilla Mininet) also makes a
         mount namespace and mounts a sysfs in it, so that ``/sys/class/net`` shows the
@@ -157,31 +246,45 @@ class MeshNode(Host):
         """
         if self.shell:
             raise EmulationError(f"{self.name}: shell is already running")
+        if not self.inNamespace:
+            raise EmulationError(f"{self.name}: meshemu nodes have a network namespace each")
         _mnexec_path()  # (node.popen needs it: say so before anything is built)
-        shell = [
-            "bash",
-            "--norc",
-            "--noediting",
-            "-is",
-            "mininet:" + self.name,
-            RUN_MARKER + self.run_id,
-        ]
-        if self.inNamespace:
-            exe, argv = _tool_path("unshare", "util-linux"), ["unshare", "--net", "--", *shell]
-        else:
-            exe, argv = _tool_path("bash", "bash"), shell
+        exe, argv = _holder_argv(self.name, self.run_id)
+        pid = os.posix_spawn(
+            exe,
+            argv,
+            {ENV_MARKER: self.run_id, "PATH": os.environ.get("PATH", os.defpath)},
+            setsid=True,  # (as mnexec -d: no controlling terminal of ours)
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, _lifeline(), 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            ],
+        )
+        self.shell = ShellHandle(pid)
+        self.pid = pid
+        self.execed = False
+        self.lastCmd = None
+        self.lastPid = None
+        self.readbuf = ""
+        self.waiting = False
+
+    def _spawn_bash(self) -> None:
+        """Spawn the node's bash in the holder's namespace, without waiting for its prompt."""
+        shell = ["bash", "--norc", "--noediting", "-is", "mininet:" + self.name]
+        shell.append(RUN_MARKER + self.run_id)
+        nsenter = _tool_path("nsenter", "util-linux")
+        argv = ["nsenter", f"--net=/proc/{self.pid}/ns/net", "--", *shell]
         master, slave = pty.openpty()
         try:
             # no echo (Mininet's `stty -echo`), set before the shell starts
             attrs = termios.tcgetattr(slave)
             attrs[3] &= ~termios.ECHO
             termios.tcsetattr(slave, termios.TCSANOW, attrs)
-            env = _shell_env(self.SHELL_ENV, self.run_id)
             pid = os.posix_spawn(
-                exe,
+                nsenter,
                 argv,
-                env,
-                setsid=True,  # (as mnexec -d: no controlling terminal of ours)
+                _shell_env(self.SHELL_ENV, self.run_id),
+                setsid=True,
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, slave, 0),
                     (os.POSIX_SPAWN_DUP2, slave, 1),
@@ -194,18 +297,13 @@ class MeshNode(Host):
         finally:
             os.close(slave)
         master = nl.high_fd(master)
-        self.master, self.slave = master, None
-        self.shell = ShellHandle(pid)
-        self.stdin = os.fdopen(master, "r")
-        self.stdout = self.stdin
-        self.pid = pid
-        self.pollOut = select.poll()
-        self.pollOut.register(self.stdout)
-        self.outToNode[self.stdout.fileno()] = self
-        self.inToNode[self.stdin.fileno()] = self
-        self.execed = False
-        self.lastCmd = None
-        self.lastPid = None
+        self.master = master
+        self._bash = ShellHandle(pid)
+        self._io = os.fdopen(master, "r")
+        self._poll = select.poll()
+        self._poll.register(self._io)
+        self.outToNode[master] = self
+        self.inToNode[master] = self
         self.readbuf = ""
         self.waiting = True
 
@@ -215,21 +313,33 @@ class MeshNode(Host):
         env[ENV_MARKER] = self.run_id
         return subprocess.Popen(cmd, env=env, **params)
 
+    def kill(self) -> None:
+        """SIGKILL the holder and the shell, each with its process group."""
+        for h in (self.shell, self._bash):
+            if h is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(h.pid, signal.SIGKILL)
+
+    def wait_gone(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the holder and the shell have exited; whether they have."""
+        return all(
+            h is None or h.wait(timeout=timeout_s) is not None for h in (self.shell, self._bash)
+        )
+
     def cleanup(self) -> None:
-        """Close the pty (the shell is killed by :meth:`Emulation.stop`)."""
-        if self.stdin is not None:
-            self.outToNode.pop(self.stdin.fileno(), None)
-            self.inToNode.pop(self.stdin.fileno(), None)
+        """Close the pty (the processes are killed by :meth:`Emulation.stop`)."""
+        if self._io is not None:
+            self.outToNode.pop(self._io.fileno(), None)
+            self.inToNode.pop(self._io.fileno(), None)
             with contextlib.suppress(OSError):
-                self.stdin.close()
-        self.shell = None
+                self._io.close()
+        self._io = self._poll = None
+        self.shell = self._bash = None
 
     def terminate(self) -> None:
-        """Kill the shell and everything in its process group."""
-        if self.shell is not None and self.shell.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self.shell.wait(timeout=5)
+        """Kill the holder and the shell, and everything in their process groups."""
+        self.kill()
+        self.wait_gone()
         self.cleanup()
 
 
@@ -316,3 +426,70 @@ def mark_ready(nodes: Sequence[MeshNode]) -> None:
     for node in nodes:
         node.waiting = False
         node.readbuf = ""
+
+
+#: Seconds to wait for node shells to show their prompts.
+SHELL_TIMEOUT_S = 120.0
+
+
+def start_shells(nodes: Sequence[MeshNode], timeout_s: float = SHELL_TIMEOUT_S) -> None:
+    """Start the bash of every node in ``nodes`` that has none yet, all at once (one
+    :func:`await_prompts`), and run what :meth:`MeshNode.on_shell_start` queued.
+
+    Raises
+    ------
+    EmulationError
+        A node's holder is gone, or a shell did not start.
+    """
+    todo = [n for n in nodes if not n.has_shell]
+    for n in todo:
+        if n.shell is None or n.shell.poll() is not None:
+            raise EmulationError(f"node {n.name} is stopped (its namespace holder is gone)")
+        n._spawn_bash()
+    if not todo:
+        return
+    await_prompts(todo, "start", timeout_s)
+    mark_ready(todo)
+    for n in todo:
+        queued, n._on_shell = n._on_shell, []
+        for command in queued:
+            n.cmd(command)
+
+
+def await_namespaces(nodes: Sequence[MeshNode], timeout_s: float) -> None:
+    """Wait until every node's holder is in a network namespace of its own.
+
+    Raises
+    ------
+    EmulationError
+        A holder exited first, or not all were in their namespaces within ``timeout_s``.
+    """
+    own = os.stat("/proc/self/ns/net").st_ino
+    todo = list(nodes)
+    deadline = time.monotonic() + timeout_s
+    pause = 0.0005
+    while todo:
+        left = []
+        for node in todo:
+            try:
+                if os.stat(f"/proc/{node.pid}/ns/net").st_ino != own:
+                    continue
+            except FileNotFoundError:
+                pass
+            if node.shell is not None and node.shell.poll() is not None:
+                raise EmulationError(
+                    f"the namespace holder of node {node.name} (pid {node.pid}) exited "
+                    f"with status {node.shell.returncode} before its namespace was made"
+                )
+            left.append(node)
+        todo = left
+        if not todo:
+            return
+        if time.monotonic() > deadline:
+            sample = ", ".join(n.name for n in todo[:5])
+            raise EmulationError(
+                f"{len(todo)} node(s) had no network namespace within {timeout_s:.0f} s "
+                f"(e.g. {sample}); the machine may be overloaded"
+            )
+        time.sleep(pause)  # (a short wait between checks of the condition)
+        pause = min(pause * 2, 0.05)

@@ -46,6 +46,8 @@ from meshemu.live.tunnels import CutLink
 
 log = logging.getLogger(__name__)
 
+#: Sysctls of the delay line's namespace, written before its links exist.
+NO_IPV6 = ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 #: Seconds to wait for a delay-line worker to answer a control message.
 CONTROL_TIMEOUT_S = 60.0
 #: The module the Python delay-line workers run (``python -m ...``); their argv names it.
@@ -250,6 +252,9 @@ class UserspaceShaper(LinkShaper):
             )
         commands.run(["ip", "netns", "add", self.netns])
         try:
+            # the delay line's ends carry frames for a packet socket only: no IPv6 state on
+            # them (link-local addresses and their routes, multicast memberships, DAD)
+            commands.run(["ip", "netns", "exec", self.netns, "sysctl", "-qw", *NO_IPV6])
             for i in range(self.workers):
                 cmd = [
                     "ip",
