@@ -286,6 +286,34 @@ def test_node_shells_start_on_first_use_in_the_nodes_namespace(tmp_path, run_id)
     assert _run_processes(run_id) == {}
 
 
+def test_nodes_without_the_compiled_holder_use_sh_and_a_failed_holder_is_named(monkeypatch, run_id):
+    """Without ``meshemu-node`` built, ``unshare --net sh`` holds the namespace; a holder that
+    exits before its namespace is made is an error naming the node."""
+    _require_root()
+    from meshemu.live import nodes
+
+    monkeypatch.setattr(nodes, "HOLDER_BINARY", Path("/nonexistent/meshemu-node"))
+    node = nodes.MeshNode("h1", run_id=run_id)
+    try:
+        nodes.await_namespaces([node], 30)
+        assert _run_processes(run_id) == {node.pid: "sh"}
+        assert nl.netns_inode(node.pid) != nl.netns_inode(os.getpid())
+        assert node.cmd("readlink /proc/self/ns/net").strip() == os.readlink(
+            f"/proc/{node.pid}/ns/net"
+        )
+    finally:
+        node.terminate()
+    assert _run_processes(run_id) == {}
+
+    monkeypatch.setattr(nodes, "HOLDER_BINARY", Path("/bin/false"))
+    bad = nodes.MeshNode("h2", run_id=run_id)
+    try:
+        with pytest.raises(EmulationError, match=r"holder of node h2 .* exited with status 1"):
+            nodes.await_namespaces([bad], 30)
+    finally:
+        bad.terminate()
+
+
 def test_partial_build_failure_leaves_nothing(tmp_path, run_id):
     _require_root()
     snap, tab = ring()
