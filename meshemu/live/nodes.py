@@ -195,14 +195,7 @@ class MeshNode(Host):
     def stdin(self, value: Any) -> None:
         self._io = value
 
-    @property
-    def stdout(self) -> Any:
-        """The shell's pty (started on first use)."""
-        return self._shell_io()
-
-    @stdout.setter
-    def stdout(self, value: Any) -> None:
-        self._io = value
+    stdout = stdin  # (one pty both ways, as in Mininet)
 
     @property
     def pollOut(self) -> Any:  # noqa: N802 (Mininet's name)

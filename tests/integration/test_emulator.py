@@ -238,51 +238,31 @@ def _run_processes(run_id: str) -> dict[int, str]:
     }
 
 
-def test_node_shells_start_on_first_use_in_the_nodes_namespace(tmp_path, run_id):
+def test_node_shells_start_on_first_use_in_the_nodes_namespace(built, run_id):
     """A node is its namespace, held by a small process; its bash starts when used."""
-    _require_root()
-    snap, tab = ring()
-    emu = em.Emulation(NAMES, KINDS, make_shaper("userspace", run_id), tmp_path, run_id)
-    try:
-        emu.build(snap.key, snap, tab)
-        running = _run_processes(run_id)
-        # one holder per node, each in a namespace of its own, and no shell yet
-        assert sorted(running) == sorted(emu.pids)
-        assert set(running.values()) == {"meshemu-node"}, running
-        inodes = {nl.netns_inode(p) for p in emu.pids}
-        assert len(inodes) == len(NAMES) and nl.netns_inode(os.getpid()) not in inodes
-        assert not any(n.has_shell for n in emu.nodes)
-        # the node forwards without a shell: g1 reaches g0 through the ring
-        assert (
-            " 0% packet loss"
-            in subprocess.run(
-                [
-                    "mnexec",
-                    "-a",
-                    str(emu.node("g1").pid),
-                    "ping",
-                    "-c",
-                    "1",
-                    "-W",
-                    "3",
-                    emu.node_address("g0"),
-                ],
-                capture_output=True,
-                text=True,
-            ).stdout
-        )
-        g0 = emu.node("g0")
-        g0.on_shell_start("GREETING=queued")  # runs when the shell starts
-        out = g0.cmd("echo $GREETING; readlink /proc/self/ns/net")
-        assert out.split() == ["queued", os.readlink(f"/proc/{g0.pid}/ns/net")]
-        assert g0.has_shell and [n.name for n in emu.nodes if n.has_shell] == ["g0"]
-        emu.start_shells(["s1", "s2"])  # several at once
-        assert {n.name for n in emu.nodes if n.has_shell} == {"g0", "s1", "s2"}
-        assert sorted(_run_processes(run_id).values()).count("bash") == 3
-        bash = emu.node("s2")._bash
-        assert bash is not None and "mininet:s2" in procs.scan_processes()[bash.pid][1]
-    finally:
-        emu.stop()
+    emu = built
+    running = _run_processes(run_id)
+    # one holder per node, each in a namespace of its own, and no shell yet
+    assert sorted(running) == sorted(emu.pids)
+    assert set(running.values()) == {"meshemu-node"}, running
+    inodes = {nl.netns_inode(p) for p in emu.pids}
+    assert len(inodes) == len(NAMES) and nl.netns_inode(os.getpid()) not in inodes
+    assert not any(n.has_shell for n in emu.nodes)
+    # the node forwards without a shell: g1 reaches g0 through the ring
+    g1 = str(emu.node("g1").pid)
+    ping = ["mnexec", "-a", g1, "ping", "-c", "1", "-W", "3", emu.node_address("g0")]
+    assert " 0% packet loss" in subprocess.run(ping, capture_output=True, text=True).stdout
+    g0 = emu.node("g0")
+    g0.on_shell_start("GREETING=queued")  # runs when the shell starts
+    out = g0.cmd("echo $GREETING; readlink /proc/self/ns/net")
+    assert out.split() == ["queued", os.readlink(f"/proc/{g0.pid}/ns/net")]
+    assert g0.has_shell and [n.name for n in emu.nodes if n.has_shell] == ["g0"]
+    emu.start_shells(["s1", "s2"])  # several at once
+    assert {n.name for n in emu.nodes if n.has_shell} == {"g0", "s1", "s2"}
+    assert sorted(_run_processes(run_id).values()).count("bash") == 3
+    bash = emu.node("s2")._bash
+    assert bash is not None and "mininet:s2" in procs.scan_processes()[bash.pid][1]
+    emu.stop()
     assert _run_processes(run_id) == {}
 
 
