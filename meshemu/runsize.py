@@ -64,7 +64,7 @@ def check_emulable(scenario: Scenario, mem_available: int | None = None) -> None
         )
     if need > budget:
         reasons.append(
-            f"it would need about {_size(need)} of memory (a network namespace, shell and "
+            f"it would need about {_size(need)} of memory (a network namespace with its holder and "
             f"interfaces per node, {resources.LINKS_PER_SAT} links per satellite, a route "
             f"from every node to every node: {nodes:,}^2 routes) and this machine has "
             f"{_size(avail)} available, of which a run may plan {resources.MEMORY_HEADROOM:.0%}"

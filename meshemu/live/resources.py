@@ -1,10 +1,12 @@
 """What an emulation needs from the machine: memory, open files, ptys; refused early.
 
-The memory model (measured on Debian 12, kernel 6.x; see ``benchmarks/bench_emulator.py``):
-a node costs :data:`NODE_BYTES` (bash + pty + namespace + netlink socket), a link
-:data:`LINK_BYTES` (its interfaces, 4 veth ends for the userspace shaper, and shaper state),
-a route :data:`ROUTE_BYTES` (a kernel fib entry). An emulation may plan to use at most
-:data:`MEMORY_HEADROOM` of ``MemAvailable``.
+The memory model (measured on Debian 12, kernel 6.x, per build phase: see
+``benchmarks/bench_vs_mininet.py`` and ``benchmarks/bench_build.py``): a node costs
+:data:`NODE_BYTES` (its namespace, the process holding it, a netlink socket: 322-370 KiB
+measured at 1,594 and 4,418 nodes; a node's bash, about 220 KiB more, starts only when
+something uses it), a link :data:`LINK_BYTES` (its interfaces, 4 veth ends for the userspace
+shaper, and shaper state: 195-203 KiB measured), a route :data:`ROUTE_BYTES` (a kernel fib
+entry). An emulation may plan to use at most :data:`MEMORY_HEADROOM` of ``MemAvailable``.
 
 :func:`check_capacity` runs before planning (from node counts only),
 :func:`check_memory` and :func:`reserve_descriptors` at build time with the exact figures.
@@ -16,8 +18,8 @@ from meshemu.errors import ResourceError
 from meshemu.linux.limits import FD_FLOOR, ensure_ptys, mem_available_bytes, raise_nofile_limit
 from meshemu.live import addressing
 
-NODE_BYTES = 900 * 1024
-LINK_BYTES = 120 * 1024
+NODE_BYTES = 400 * 1024
+LINK_BYTES = 210 * 1024
 ROUTE_BYTES = 300
 #: Share of MemAvailable an emulation may plan to use.
 MEMORY_HEADROOM = 0.85
