@@ -87,7 +87,8 @@ def check_capacity(n_nodes: int, n_sats: int, n_ground: int) -> None:
 
 def reserve_descriptors(n_nodes: int) -> None:
     """Raise the open-file limit and make sure there are ptys for ``n_nodes`` node shells
-    (each node holds a pty master and a netlink socket).
+    (each node holds a netlink socket, and a pty master once its shell starts: shells start
+    on first use, so they may all be started at any time of the run).
 
     Raises
     ------
