@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from doubles import FakeShaper
+from waits import wait_for
 
 from meshemu.errors import EmulationError, NotRootError, ResourceError
 from meshemu.geometry.linkstate import GSL, ISL
@@ -276,7 +277,10 @@ def test_nodes_without_the_compiled_holder_use_sh_and_a_failed_holder_is_named(m
     node = nodes.MeshNode("h1", run_id=run_id)
     try:
         nodes.await_namespaces([node], 30)
-        assert _run_processes(run_id) == {node.pid: "sh"}
+        # (its namespace is made by unshare, which then execs sh)
+        assert wait_for(lambda: _run_processes(run_id) == {node.pid: "sh"}, timeout_s=10), (
+            _run_processes(run_id)
+        )
         assert nl.netns_inode(node.pid) != nl.netns_inode(os.getpid())
         assert node.cmd("readlink /proc/self/ns/net").strip() == os.readlink(
             f"/proc/{node.pid}/ns/net"
