@@ -263,8 +263,14 @@ class MeshNode(Host):
 
     def _spawn_bash(self) -> None:
         """Spawn the node's bash in the holder's namespace, without waiting for its prompt."""
-        shell = ["bash", "--norc", "--noediting", "-is", "mininet:" + self.name]
-        shell.append(RUN_MARKER + self.run_id)
+        shell = [
+            "bash",
+            "--norc",
+            "--noediting",
+            "-is",
+            "mininet:" + self.name,
+            RUN_MARKER + self.run_id,
+        ]
         nsenter = _tool_path("nsenter", "util-linux")
         argv = ["nsenter", f"--net=/proc/{self.pid}/ns/net", "--", *shell]
         master, slave = pty.openpty()
