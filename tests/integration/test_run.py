@@ -261,7 +261,25 @@ def ping_run(tmp_path_factory):
         starts=np.array([float(s["unix_s"]) for s in steps]),
         planned=_planned_rtt_ms(res.run_dir, "london", "new_york"),
         paths=_paths(res.run_dir, "london", "new_york"),
+        reported=_guard_reported(res.run_dir, steps, _paths(res.run_dir, "london", "new_york")),
     )
+
+
+def _guard_reported(run_dir: Path, steps: list[dict], paths: dict[float, str]) -> set[int]:
+    """The steps whose probes the run's own fidelity guard reported late on the london -
+    new_york path: a link of the step's path with lateness p99 over the guard's 0.5 ms in
+    the poll at the step or the next one (the poll at step k + 1 covers step k's frames)."""
+    late: dict[int, set[frozenset[str]]] = defaultdict(set)
+    for r in _rows(run_dir / "shaper.csv"):
+        if r["a"] and float(r["late_p99_ms"]) > 0.5:
+            late[int(r["step"])].add(frozenset((r["a"], r["b"])))
+    out = set()
+    for k, s in enumerate(steps):
+        hops = paths.get(float(s["t_s"]), "").split()
+        on_path = {frozenset(h) for h in zip(hops, hops[1:])}
+        if on_path & (late[k] | late[k + 1]):
+            out.add(k)
+    return out
 
 
 def _per_step(samples, starts):
@@ -301,8 +319,16 @@ def test_rtt_tracks_plan_while_path_changes(ping_run):
             continue
         errors.append((k, np.median(rtts), planned[t]))
     assert len(errors) >= 30
-    bad = [(k, m, p) for k, m, p in errors if abs(m - p) > RTT_TOLERANCE_MS]
-    assert not bad, f"steps where median RTT is off the plan by > {RTT_TOLERANCE_MS} ms: {bad[:5]}"
+    off = [(k, m, p) for k, m, p in errors if abs(m - p) > RTT_TOLERANCE_MS]
+    # a step off the plan is allowed only where the run's own guard said so (issue 10: the
+    # delay line on this 2-core machine falls behind at some steps, and must then report it)
+    silent = [e for e in off if e[0] not in r.reported]
+    assert not silent, (
+        f"steps where median RTT is off the plan by > {RTT_TOLERANCE_MS} ms and the guard "
+        f"did not report it: {silent[:5]}"
+    )
+    on_plan = [e for e in errors if e[0] not in r.reported]
+    assert len(on_plan) >= 10, f"the guard reported {len(r.reported)} steps late: too few to check"
     # the planned RTT itself changes across the run (the geometry moves the path)
     ps = [p for _, _, p in errors]
     assert max(ps) - min(ps) > 1.0
@@ -312,8 +338,10 @@ def test_ping_agrees_with_the_probe(ping_run):
     """Plain ping sees the same RTTs (to its display resolution: 1 ms above 100 ms)."""
     r = ping_run
     a, b = _per_step(r.probe, r.starts), _per_step(r.ping, r.starts)
-    common = [k for k in a if k in b and len(a[k]) >= 3 and len(b[k]) >= 3]
-    assert len(common) >= 30
+    # (where the guard reported the delay line late, ping and probe, sent at other instants
+    # of the step, need not see the same lateness)
+    common = [k for k in a if k in b and len(a[k]) >= 3 and len(b[k]) >= 3 and k not in r.reported]
+    assert len(common) >= 10
     for k in common:
         assert abs(np.median(a[k]) - np.median(b[k])) <= RTT_TOLERANCE_MS, k
 
