@@ -581,5 +581,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console() -> None:
+    """The ``meshemu`` command: :func:`main`, then exit with its status.
+
+    After a run over several hosts (Ray), the interpreter's own exit can deadlock in Ray's
+    native threads, after ``ray.shutdown()`` and with every file written: the main thread
+    joins Ray's io thread while that thread waits for the interpreter's runtime lock (seen
+    in CI: a finished run that never exited). So once Ray has been loaded, the command
+    flushes what it wrote and leaves with ``os._exit``. ``main`` itself, as called from
+    Python, returns as usual."""
+    rc = main()
+    if "ray" in sys.modules:
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
