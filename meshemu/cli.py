@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -592,8 +593,6 @@ def console() -> None:
     Python, returns as usual."""
     rc = main()
     if "ray" in sys.modules:
-        import os
-
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -252,6 +252,7 @@ def ping_run(tmp_path_factory):
     ping = _ping_samples(state["ping"].communicate(timeout=10)[0])
     state["echo"].wait(timeout=10)
     steps = _rows(res.run_dir / "steps.csv")
+    paths = _paths(res.run_dir, "london", "new_york")
     return SimpleNamespace(
         res=res,
         probe=probe,
@@ -260,8 +261,8 @@ def ping_run(tmp_path_factory):
         steps=steps,
         starts=np.array([float(s["unix_s"]) for s in steps]),
         planned=_planned_rtt_ms(res.run_dir, "london", "new_york"),
-        paths=_paths(res.run_dir, "london", "new_york"),
-        reported=_guard_reported(res.run_dir, steps, _paths(res.run_dir, "london", "new_york")),
+        paths=paths,
+        reported=_guard_reported(res.run_dir, steps, paths),
     )
 
 
